@@ -1,0 +1,68 @@
+"""mmapkit: memory-mapped files done right.
+
+Crash-safe key-value storage (MMKV class), crash-safe logging (xlog/Logan class),
+shared-memory channels between processes, and zero-copy file transfer, in pure Python.
+"""
+
+from __future__ import annotations
+
+from .errors import (
+    AlignmentError,
+    BrokenError,
+    ClosedError,
+    CorruptFileError,
+    DecryptionError,
+    DiskFullError,
+    EmptyFileError,
+    EndOfChannel,
+    ExportedViewsError,
+    FileFormatError,
+    ForeignFileError,
+    FormatVersionError,
+    InvalidSizeError,
+    LockTimeout,
+    MessageTooLargeError,
+    MissingExtraError,
+    MmapkitError,
+    ModeConflictError,
+    NotGrowableError,
+    OutOfRangeError,
+    ReadOnlyError,
+    RegionError,
+    UnsupportedPlatformError,
+)
+from .lock import FileLock
+from .region import Region
+from .wait import Waiter
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlignmentError",
+    "BrokenError",
+    "ClosedError",
+    "CorruptFileError",
+    "DecryptionError",
+    "DiskFullError",
+    "EmptyFileError",
+    "EndOfChannel",
+    "ExportedViewsError",
+    "FileFormatError",
+    "FileLock",
+    "ForeignFileError",
+    "FormatVersionError",
+    "InvalidSizeError",
+    "LockTimeout",
+    "MessageTooLargeError",
+    "MissingExtraError",
+    "MmapkitError",
+    "ModeConflictError",
+    "NotGrowableError",
+    "OutOfRangeError",
+    "ReadOnlyError",
+    "Region",
+    "RegionError",
+    "UnsupportedPlatformError",
+    "Waiter",
+    "__version__",
+]

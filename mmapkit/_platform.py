@@ -1,0 +1,264 @@
+"""The operating-system seam: everything that differs between kernels lives here.
+
+Design rules:
+
+- Only this module calls into libc through ctypes or names OS constants; the rest of
+  mmapkit asks it for capabilities (``HAVE_FUTEX``...) and calls plain functions.
+- Linux is the first-class target.  macOS gets what exists there (flock, mmap, msync,
+  madvise, mincore); futex is Linux only, callers fall back to a FIFO doorbell.
+- Windows is refused at import with a clear message: the design needs fork-inherited
+  MAP_SHARED memory, flock and POSIX signals.
+- No mutable module state: the libc handle and configured foreign functions are built
+  once by cached functions, which is a pure function of the running process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import functools
+import mmap
+import os
+import platform
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from .errors import DiskFullError, UnsupportedPlatformError
+
+if sys.platform == "win32":  # pragma: no cover - refused by design
+    raise UnsupportedPlatformError(
+        "mmapkit needs POSIX (fork-inherited shared mappings, flock, signals); "
+        "Windows is not supported. Use WSL2 or a Linux/macOS machine."
+    )
+
+__all__ = [
+    "ADVICE",
+    "HAVE_FUTEX",
+    "HAVE_POPULATE",
+    "IS_LINUX",
+    "PAGE_SIZE",
+    "align_down",
+    "align_up",
+    "buffer_address",
+    "ensure_allocated",
+    "fadvise_dontneed",
+    "futex_wait",
+    "futex_wake",
+    "mincore",
+    "msync",
+]
+
+IS_LINUX = sys.platform.startswith("linux")
+PAGE_SIZE: int = mmap.PAGESIZE
+
+# madvise names accepted by Region.advise().  "populate" prefaults the range (Linux 5.14+
+# MADV_POPULATE_READ/WRITE); where the kernel lacks it we touch the pages instead.
+ADVICE: dict[str, int] = {
+    name: getattr(mmap, const)
+    for name, const in (
+        ("normal", "MADV_NORMAL"),
+        ("sequential", "MADV_SEQUENTIAL"),
+        ("random", "MADV_RANDOM"),
+        ("willneed", "MADV_WILLNEED"),
+        ("dontneed", "MADV_DONTNEED"),
+        ("hugepage", "MADV_HUGEPAGE"),
+    )
+    if hasattr(mmap, const)
+}
+MADV_POPULATE_READ = 22
+MADV_POPULATE_WRITE = 23
+HAVE_POPULATE = IS_LINUX
+
+_FUTEX_SYSCALL = {"x86_64": 202, "aarch64": 98, "arm64": 98, "riscv64": 98, "ppc64le": 221,
+                  "s390x": 238, "i686": 240, "armv7l": 240}
+HAVE_FUTEX = IS_LINUX and platform.machine() in _FUTEX_SYSCALL
+_FUTEX_WAIT = 0  # no FUTEX_PRIVATE_FLAG: the word is shared between processes
+_FUTEX_WAKE = 1
+_MS_ASYNC = 1
+_MS_SYNC = 4 if IS_LINUX else 16
+
+
+def align_down(n: int, alignment: int = PAGE_SIZE) -> int:
+    return n - (n % alignment)
+
+
+def align_up(n: int, alignment: int = PAGE_SIZE) -> int:
+    return -(-n // alignment) * alignment
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+class _PyBuffer(ctypes.Structure):
+    _fields_ = [
+        ("buf", ctypes.c_void_p),
+        ("obj", ctypes.c_void_p),
+        ("len", ctypes.c_ssize_t),
+        ("itemsize", ctypes.c_ssize_t),
+        ("readonly", ctypes.c_int),
+        ("ndim", ctypes.c_int),
+        ("format", ctypes.c_char_p),
+        ("shape", ctypes.c_void_p),
+        ("strides", ctypes.c_void_p),
+        ("suboffsets", ctypes.c_void_p),
+        ("internal", ctypes.c_void_p),
+    ]
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    name = ctypes.util.find_library("c")
+    return ctypes.CDLL(name, use_errno=True)
+
+
+@functools.cache
+def _buffer_api() -> tuple[Callable[..., int], Callable[..., None]]:
+    get = ctypes.pythonapi.PyObject_GetBuffer
+    get.argtypes = [ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int]
+    get.restype = ctypes.c_int
+    release = ctypes.pythonapi.PyBuffer_Release
+    release.argtypes = [ctypes.POINTER(_PyBuffer)]
+    release.restype = None
+    return get, release
+
+
+def buffer_address(obj: Any) -> int:
+    """Address of the first byte of a buffer (mmap, memoryview, bytearray), read-only or not.
+
+    The buffer is released again before returning, so this leaves no export behind that
+    would stop an mmap from closing.  The caller keeps ``obj`` alive while it uses the address.
+    """
+    get, release = _buffer_api()
+    view = _PyBuffer()
+    get(obj, ctypes.byref(view), 0)
+    try:
+        return int(view.buf or 0)
+    finally:
+        release(ctypes.byref(view))
+
+
+def _raise_errno(what: str) -> None:
+    err = ctypes.get_errno()
+    raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def mincore(address: int, length: int) -> bytes:
+    """One byte per page of ``[address, address+length)``: bit 0 set when resident."""
+    start = align_down(address)
+    pages = (align_up(address + length) - start) // PAGE_SIZE
+    vec = (ctypes.c_ubyte * max(pages, 1))()
+    fn = _libc().mincore
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    if fn(ctypes.c_void_p(start), ctypes.c_size_t(pages * PAGE_SIZE), vec) != 0:
+        _raise_errno("mincore")
+    return bytes(b & 1 for b in vec[:pages])
+
+
+def msync(address: int, length: int, *, wait: bool) -> None:
+    """msync(MS_SYNC) when ``wait`` else MS_ASYNC; the range is widened to whole pages."""
+    start = align_down(address)
+    fn = _libc().msync
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    size = align_up(address + length) - start
+    if fn(ctypes.c_void_p(start), ctypes.c_size_t(size), _MS_SYNC if wait else _MS_ASYNC) != 0:
+        _raise_errno("msync")
+
+
+def ensure_allocated(fd: int, size: int) -> None:
+    """Make the file at least ``size`` bytes with real blocks behind every byte.
+
+    A mapping of a sparse or truncated-up range raises SIGBUS on first touch when the
+    disk is full, which kills the interpreter.  Allocating first turns that into an
+    ordinary ENOSPC here, raised as :class:`DiskFullError`.
+    """
+    current = os.fstat(fd).st_size
+    try:
+        if hasattr(os, "posix_fallocate"):
+            try:
+                os.posix_fallocate(fd, 0, size)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    raise
+        # No fallocate here (macOS, some file systems): write zeros over the new range.
+        if size > current:
+            chunk = b"\0" * (1 << 20)
+            pos = current
+            while pos < size:
+                n = os.pwrite(fd, chunk[: min(len(chunk), size - pos)], pos)
+                pos += n
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            if os.fstat(fd).st_size > current:
+                os.ftruncate(fd, current)  # give back the partial extension
+            raise DiskFullError(
+                exc.errno,
+                f"no space left to extend the file to {size} bytes; free some disk space "
+                "and retry (nothing already written was lost)",
+            ) from exc
+        raise
+
+
+def fadvise_dontneed(fd: int) -> None:
+    """Ask the kernel to drop the file's clean pages from the page cache."""
+    if not hasattr(os, "posix_fadvise"):
+        raise UnsupportedPlatformError("posix_fadvise is not available on this system")
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+@functools.cache
+def _syscall() -> Callable[..., int]:
+    fn = _libc().syscall
+    fn.restype = ctypes.c_long
+    return fn  # type: ignore[no-any-return]
+
+
+def futex_wait(address: int, expected: int, timeout: float | None) -> bool:
+    """Sleep while the 32-bit word at ``address`` equals ``expected``.
+
+    Returns False only when the timeout passed; True when woken, when the word already
+    differed, or on a signal (callers re-check the word in a loop anyway).
+    """
+    ts = None
+    if timeout is not None:
+        timeout = max(timeout, 0.0)
+        sec = int(timeout)
+        ts = _Timespec(sec, int((timeout - sec) * 1e9))
+    nr = _FUTEX_SYSCALL[platform.machine()]
+    rc = _syscall()(
+        ctypes.c_long(nr),
+        ctypes.c_void_p(address),
+        ctypes.c_int(_FUTEX_WAIT),
+        ctypes.c_uint(expected & 0xFFFFFFFF),
+        ctypes.byref(ts) if ts is not None else None,
+        None,
+        ctypes.c_int(0),
+    )
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err == errno.ETIMEDOUT:
+        return False
+    if err in (errno.EAGAIN, errno.EINTR):
+        return True
+    raise OSError(err, f"futex wait: {os.strerror(err)}")
+
+
+def futex_wake(address: int, count: int) -> int:
+    """Wake up to ``count`` sleepers on the word at ``address``; returns how many woke."""
+    nr = _FUTEX_SYSCALL[platform.machine()]
+    rc = _syscall()(
+        ctypes.c_long(nr),
+        ctypes.c_void_p(address),
+        ctypes.c_int(_FUTEX_WAKE),
+        ctypes.c_int(min(count, 0x7FFFFFFF)),
+        None,
+        None,
+        ctypes.c_int(0),
+    )
+    if rc < 0:
+        _raise_errno("futex wake")
+    return int(rc)

@@ -1,0 +1,65 @@
+"""Shared test helpers: real child processes, tmpfs mounts, timeouts."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def child_env() -> dict[str, str]:
+    """Environment for an unrelated ``python`` child that can import this checkout."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def spawn(code: str, *args: str, **kw: object) -> subprocess.Popen[str]:
+    """Start an unrelated Python process (not a fork) running ``code``."""
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        env=child_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def run_py(code: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in an unrelated Python process and wait for it."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        env=child_env(), text=True, capture_output=True, timeout=timeout,
+    )
+
+
+@contextlib.contextmanager
+def tiny_tmpfs(size: str = "256k") -> Iterator[Path]:
+    """A freshly mounted tmpfs of ``size``; skips the test where mounting is not allowed."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("tmpfs mounts are Linux only")
+    mnt = Path(tempfile.mkdtemp(prefix="mmapkit-tmpfs-"))
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        mnt.rmdir()
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip() or 'not permitted'}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+        with contextlib.suppress(OSError):
+            mnt.rmdir()
+
+
+@pytest.fixture
+def tmpfs() -> Iterator[Path]:
+    with tiny_tmpfs() as mnt:
+        yield mnt
