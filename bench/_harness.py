@@ -92,7 +92,7 @@ class Report:
         return rows
 
     def target_results(self) -> list[dict[str, Any]]:
-        out = []
+        out: list[dict[str, Any]] = []
         for case, peer, op, goal in self.targets:
             ours, other = self.find(case, OURS), self.find(case, peer)
             if ours is None or other is None or not other.median:

@@ -213,7 +213,7 @@ def fadvise_dontneed(fd: int) -> None:
 def _syscall() -> Callable[..., int]:
     fn = _libc().syscall
     fn.restype = ctypes.c_long
-    return fn  # type: ignore[no-any-return]
+    return fn
 
 
 def futex_wait(address: int, expected: int, timeout: float | None) -> bool:

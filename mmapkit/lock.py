@@ -22,7 +22,7 @@ Process-local states (``S`` = shared holds, ``X`` = exclusive holds, by any thre
     free          acquire shared                flock(LOCK_SH)           shared
     free          acquire exclusive             flock(LOCK_EX)           exclusive
     shared        acquire shared (any thread)   none                     shared
-    shared        acquire exclusive, the only   flock(LOCK_EX) convert   exclusive
+    shared        acquire exclusive, the only   flock(LOCK_EX) convert*  exclusive
                   holder being this thread
     shared        acquire exclusive, others     wait for them            --
     shared        last shared release           flock(LOCK_UN)           free
@@ -32,6 +32,9 @@ Process-local states (``S`` = shared holds, ``X`` = exclusive holds, by any thre
                   shared holds remain
     exclusive     last release                  flock(LOCK_UN)           free
     ============  ============================  =======================  ==============
+
+    * flock converts shared to exclusive by dropping and re-taking, so another process may
+      get the lock in between: re-read shared state after an upgrade.
 """
 
 from __future__ import annotations
@@ -63,8 +66,9 @@ class FileLock:
     def __init__(self, path_or_fd: str | os.PathLike[str] | int, *, create: bool = True) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._owner: int | None = None  # thread holding the exclusive lock
-        self._exclusive = 0
-        self._shared: dict[int, int] = {}  # thread id -> shared holds
+        # thread id -> its holds, innermost last (True: exclusive), so release() undoes
+        # the most recent acquire() of the calling thread
+        self._holds: dict[int, list[bool]] = {}
         self._kernel = 0  # 0 none, 1 shared, 2 exclusive: what flock currently holds
         if isinstance(path_or_fd, int):
             self._path: str | None = None
@@ -110,7 +114,7 @@ class FileLock:
         with self._cond:
             if self._owner == me:
                 return "exclusive"
-            return "shared" if self._shared.get(me) else None
+            return "shared" if me in self._holds else None
 
     # --- acquire / release ------------------------------------------------------------
 
@@ -119,7 +123,7 @@ class FileLock:
             return
         # Forked: the inherited descriptor shares the parent's lock.  Start afresh.
         self._cond = threading.Condition(threading.Lock())
-        self._owner, self._exclusive, self._shared, self._kernel = None, 0, {}, 0
+        self._owner, self._holds, self._kernel = None, {}, 0
         if self._own_fd and self._fd is not None:
             os.close(self._fd)
             self._fd = self._open(self._create)
@@ -134,14 +138,11 @@ class FileLock:
             if self._fd is None:
                 raise ClosedError("the FileLock is closed; create a new one")
             if self._owner == me:  # re-entrant under our own exclusive lock
-                if shared:
-                    self._shared[me] = self._shared.get(me, 0) + 1
-                else:
-                    self._exclusive += 1
+                self._holds[me].append(not shared)
                 return
             while True:
-                others_shared = any(n for t, n in self._shared.items() if t != me)
-                if self._owner is None and (shared or not others_shared):
+                others = any(t != me for t in self._holds)
+                if self._owner is None and (shared or not others):
                     break
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
@@ -152,10 +153,9 @@ class FileLock:
                 self._flock(fcntl.LOCK_SH if shared else fcntl.LOCK_EX, deadline, shared,
                             timeout)
                 self._kernel = want
-            if shared:
-                self._shared[me] = self._shared.get(me, 0) + 1
-            else:
-                self._owner, self._exclusive = me, 1
+            self._holds.setdefault(me, []).append(not shared)
+            if not shared:
+                self._owner = me
 
     def _flock(self, op: int, deadline: float | None, shared: bool,
                timeout: float | None) -> None:
@@ -185,22 +185,20 @@ class FileLock:
             f"(e.g. `fuser {where}`)")
 
     def release(self) -> None:
-        """Drop one hold of the calling thread (its exclusive hold first, if it has one)."""
+        """Undo the calling thread's most recent acquire()."""
         self._check_fork()
         me = threading.get_ident()
         with self._cond:
-            if self._owner == me and self._exclusive:
-                self._exclusive -= 1
-                if self._exclusive == 0:
-                    self._owner = None
-            elif self._shared.get(me):
-                self._shared[me] -= 1
-                if not self._shared[me]:
-                    del self._shared[me]
-            else:
+            stack = self._holds.get(me)
+            if not stack:
                 raise RuntimeError("release() of a FileLock this thread does not hold")
+            stack.pop()
+            if not stack:
+                del self._holds[me]
+            if self._owner == me and not any(stack):
+                self._owner = None
             if self._owner is None:
-                want = 1 if self._shared else 0
+                want = 1 if self._holds else 0
                 if want < self._kernel and self._fd is not None:
                     fcntl.flock(self._fd, fcntl.LOCK_SH if want else fcntl.LOCK_UN)
                     self._kernel = want
@@ -248,7 +246,7 @@ class FileLock:
             if self._own_fd:
                 os.close(self._fd)
             self._fd = None
-            self._owner, self._exclusive, self._shared, self._kernel = None, 0, {}, 0
+            self._owner, self._holds, self._kernel = None, {}, 0
             self._cond.notify_all()
 
     def __repr__(self) -> str:

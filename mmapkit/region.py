@@ -46,6 +46,7 @@ from .errors import (
     NotGrowableError,
     OutOfRangeError,
     ReadOnlyError,
+    RegionError,
 )
 
 __all__ = ["Region"]
@@ -124,7 +125,7 @@ class Region:
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                raise InvalidSizeError(f"{path} is not a regular file; only files can be mapped")
+                raise RegionError(f"{path} is not a regular file; only regular files can be mapped")
             file_size = st.st_size
             if size is None:
                 size = file_size - offset

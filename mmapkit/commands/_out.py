@@ -41,9 +41,10 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *,
         print(title)
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
               for i, h in enumerate(headers)]
-    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)))
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
     for row in cells:
-        print("  ".join(c.rjust(w) if _numeric(c) else c.ljust(w) for c, w in zip(row, widths)))
+        cols = zip(row, widths, strict=True)
+        print("  ".join(c.rjust(w) if _numeric(c) else c.ljust(w) for c, w in cols))
 
 
 def _fmt(value: Any) -> str:
