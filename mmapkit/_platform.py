@@ -115,6 +115,15 @@ def _libc() -> ctypes.CDLL:
 
 
 @functools.cache
+def _libc_fn(name: str, argtypes: tuple[Any, ...], restype: Any = ctypes.c_int) -> Any:
+    """A libc function with its signature set once (cached per process)."""
+    fn = getattr(_libc(), name)
+    fn.argtypes = list(argtypes)
+    fn.restype = restype
+    return fn
+
+
+@functools.cache
 def _buffer_api() -> tuple[Callable[..., int], Callable[..., None]]:
     get = ctypes.pythonapi.PyObject_GetBuffer
     get.argtypes = [ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int]
@@ -150,8 +159,7 @@ def mincore(address: int, length: int) -> bytes:
     start = align_down(address)
     pages = (align_up(address + length) - start) // PAGE_SIZE
     vec = (ctypes.c_ubyte * max(pages, 1))()
-    fn = _libc().mincore
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    fn = _libc_fn("mincore", (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p))
     if fn(ctypes.c_void_p(start), ctypes.c_size_t(pages * PAGE_SIZE), vec) != 0:
         _raise_errno("mincore")
     return bytes(b & 1 for b in vec[:pages])
@@ -160,8 +168,7 @@ def mincore(address: int, length: int) -> bytes:
 def msync(address: int, length: int, *, wait: bool) -> None:
     """msync(MS_SYNC) when ``wait`` else MS_ASYNC; the range is widened to whole pages."""
     start = align_down(address)
-    fn = _libc().msync
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    fn = _libc_fn("msync", (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int))
     size = align_up(address + length) - start
     if fn(ctypes.c_void_p(start), ctypes.c_size_t(size), _MS_SYNC if wait else _MS_ASYNC) != 0:
         _raise_errno("msync")
@@ -209,13 +216,6 @@ def fadvise_dontneed(fd: int) -> None:
     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
-@functools.cache
-def _syscall() -> Callable[..., int]:
-    fn = _libc().syscall
-    fn.restype = ctypes.c_long
-    return fn
-
-
 def futex_wait(address: int, expected: int, timeout: float | None) -> bool:
     """Sleep while the 32-bit word at ``address`` equals ``expected``.
 
@@ -228,7 +228,7 @@ def futex_wait(address: int, expected: int, timeout: float | None) -> bool:
         sec = int(timeout)
         ts = _Timespec(sec, int((timeout - sec) * 1e9))
     nr = _FUTEX_SYSCALL[platform.machine()]
-    rc = _syscall()(
+    rc = _libc_fn("syscall", (), ctypes.c_long)(
         ctypes.c_long(nr),
         ctypes.c_void_p(address),
         ctypes.c_int(_FUTEX_WAIT),
@@ -250,7 +250,7 @@ def futex_wait(address: int, expected: int, timeout: float | None) -> bool:
 def futex_wake(address: int, count: int) -> int:
     """Wake up to ``count`` sleepers on the word at ``address``; returns how many woke."""
     nr = _FUTEX_SYSCALL[platform.machine()]
-    rc = _syscall()(
+    rc = _libc_fn("syscall", (), ctypes.c_long)(
         ctypes.c_long(nr),
         ctypes.c_void_p(address),
         ctypes.c_int(_FUTEX_WAKE),
