@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from mmapkit import _platform
 from mmapkit.cli import main
+from mmapkit.commands.demo import run_demo
 from mmapkit.errors import UnsupportedPlatformError
 from mmapkit.inspect import (
     Mapping,
@@ -374,3 +375,29 @@ def test_cli_pid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     child.wait(30)
     assert main(["inspect", "--pid", str(child.pid)]) == 1
     assert "no process with pid" in capsys.readouterr().err
+
+
+# --- demo acts of the foundation (unrelated processes; private map + residency) --------
+
+
+def test_demo_acts(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_demo(["a20_", "a30_"]) == 0
+    out = capsys.readouterr().out
+    assert "2 of 2 acts ran as described" in out
+    assert "hello back from pid" in out and "PRIVATE SCRIBBLE HERE!" in out
+    assert "after touch:      [" + "O" * 32 + "] 64/64" in out
+
+
+def test_demo_acts_fail_loudly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mmapkit.demos import a20_unrelated_file, a30_private_and_residency
+
+    monkeypatch.setattr(a20_unrelated_file, "_CHILD", "import sys; sys.exit('gave up')")
+    (tmp_path / "a20").mkdir()
+    with pytest.raises(RuntimeError, match="never wrote its message: gave up"):
+        a20_unrelated_file.run(tmp_path / "a20", lambda text: None)
+    # A "touch" that reads nothing: the act must notice the pages are not all resident.
+    monkeypatch.setattr(a30_private_and_residency, "touch", residency)
+    (tmp_path / "a30").mkdir()
+    _evicted(_file(tmp_path / "probe", 4))
+    with pytest.raises(RuntimeError, match="touch left"):
+        a30_private_and_residency.run(tmp_path / "a30", lambda text: None)
