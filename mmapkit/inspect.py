@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import sys
 from collections.abc import Iterable
@@ -43,6 +44,7 @@ __all__ = [
 ]
 
 _READ_CHUNK = 1 << 20
+_RESIDENT_RUN = re.compile(rb"[^\x00]+")
 _SORT_KEYS = ("size", "rss", "pss", "swap")
 
 
@@ -89,17 +91,7 @@ class Residency:
 
     def ranges(self) -> list[tuple[int, int]]:
         """Runs of resident pages as ``(first, end)`` page numbers, ``end`` exclusive."""
-        out: list[tuple[int, int]] = []
-        start = None
-        for i, b in enumerate(self.page_map):
-            if b and start is None:
-                start = i
-            elif not b and start is not None:
-                out.append((start, i))
-                start = None
-        if start is not None:
-            out.append((start, len(self.page_map)))
-        return out
+        return [m.span() for m in _RESIDENT_RUN.finditer(self.page_map)]
 
     def to_dict(self, width: int = 60) -> dict[str, object]:
         """JSON-ready summary (the page map as runs of resident pages, plus the chart)."""
@@ -126,9 +118,8 @@ def chart(page_map: bytes, width: int = 60) -> str:
     out = []
     for i in range(cells):
         lo, hi = i * pages // cells, (i + 1) * pages // cells
-        run = page_map[lo:hi]
-        resident = sum(1 for b in run if b)
-        out.append("O" if resident == len(run) else "o" if resident else " ")
+        missing = page_map.count(0, lo, hi)
+        out.append(" " if missing == hi - lo else "o" if missing else "O")
     return "[" + "".join(out) + "]"
 
 
@@ -167,7 +158,7 @@ def residency(path: str | os.PathLike[str]) -> Residency:
         with Region.open(path, readonly=True) as region:
             page_map = region.resident()
     return Residency(path=path, size=st.st_size, page_size=page, pages=len(page_map),
-                     resident_pages=sum(page_map), page_map=page_map,
+                     resident_pages=len(page_map) - page_map.count(0), page_map=page_map,
                      cachestat=_cachestat(path))
 
 

@@ -19,6 +19,7 @@ from mmapkit.commands.demo import run_demo
 from mmapkit.errors import UnsupportedPlatformError
 from mmapkit.inspect import (
     Mapping,
+    Residency,
     chart,
     evict,
     mappings,
@@ -65,6 +66,19 @@ def test_chart_shapes() -> None:
     assert chart(b"\0" * 99 + b"\1", 1) == "[o]"
     assert chart(bytes([1] * 100), 1) == "[O]"
     assert chart(bytes(1000), 10) == "[" + " " * 10 + "]"
+
+
+@given(st.binary(max_size=300).map(lambda b: bytes(x & 1 for x in b)))
+def test_ranges_rebuild_the_page_map(page_map: bytes) -> None:
+    res = Residency("p", len(page_map) * PAGE, PAGE, len(page_map),
+                    len(page_map) - page_map.count(0), page_map)
+    rebuilt = bytearray(len(page_map))
+    for lo, hi in res.ranges():
+        assert lo < hi
+        rebuilt[lo:hi] = b"\1" * (hi - lo)
+    assert bytes(rebuilt) == page_map
+    assert all(b[0] < a[0] for a, b in zip(res.ranges()[1:], res.ranges(), strict=False))
+    assert res.resident_pages == sum(hi - lo for lo, hi in res.ranges())
 
 
 def test_chart_rejects_zero_width() -> None:

@@ -53,7 +53,9 @@ def _files(args: argparse.Namespace) -> int:
     for r in results:
         dirty = ""
         if r.cachestat is not None and r.cachestat.dirty:
-            dirty = f"  ({r.cachestat.dirty} dirty)"
+            dirty = f"  ({r.cachestat.dirty} dirty"
+            dirty += ": not evictable until written back; sync, then evict again)" if args.evict \
+                else ")"
         print(f"{r.resident_pages:>{digits}}/{r.pages:<{digits}} pages {r.fraction:7.1%}  "
               f"{r.chart(args.width)}  {r.path}{dirty}")
     if results:
