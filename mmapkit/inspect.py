@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from . import _platform
-from .errors import UnsupportedPlatformError
+from .errors import EmptyFileError, UnsupportedPlatformError
 from .region import Region
 
 __all__ = [
@@ -151,13 +151,14 @@ def residency(path: str | os.PathLike[str]) -> Residency:
     """
     path = os.fspath(path)
     st = _check_file(path)
-    page = _platform.PAGE_SIZE
-    if st.st_size == 0:
-        page_map = b""
-    else:
-        with Region.open(path, readonly=True) as region:
-            page_map = region.resident()
-    return Residency(path=path, size=st.st_size, page_size=page, pages=len(page_map),
+    size, page_map = st.st_size, b""
+    if size:
+        try:
+            with Region.open(path, readonly=True) as region:
+                size, page_map = region.size, region.resident()
+        except EmptyFileError:
+            size = 0  # emptied since the stat: nothing to map, nothing resident
+    return Residency(path=path, size=size, page_size=_platform.PAGE_SIZE, pages=len(page_map),
                      resident_pages=len(page_map) - page_map.count(0), page_map=page_map,
                      cachestat=_cachestat(path))
 
