@@ -168,7 +168,8 @@ def touch(path: str | os.PathLike[str]) -> Residency:
 
     Reads with ``preadv`` into one scratch buffer (after a WILLNEED hint so the kernel
     reads ahead), never through a mapping: a file shrunk meanwhile gives a short read,
-    not a SIGBUS.  The pages stay cached until memory pressure or :func:`evict`.
+    not a SIGBUS; a file growing meanwhile is read up to its size at the start.  The
+    pages stay cached until memory pressure or :func:`evict`.
     """
     path = os.fspath(path)
     _check_file(path)
@@ -176,12 +177,17 @@ def touch(path: str | os.PathLike[str]) -> Residency:
     try:
         if hasattr(os, "posix_fadvise"):
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        # Up to the size at the start: a file that keeps growing must not keep us here.
+        end = os.fstat(fd).st_size
         buf = bytearray(_READ_CHUNK)
         offset = 0
-        while True:
-            n = os.preadv(fd, [buf], offset)
+        while offset < end:
+            if hasattr(os, "preadv"):
+                n = os.preadv(fd, [buf], offset)
+            else:  # pragma: no cover - macOS before 11
+                n = len(os.pread(fd, _READ_CHUNK, offset))
             if n <= 0:
-                break
+                break  # shrunk meanwhile
             offset += n
     finally:
         os.close(fd)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import spawn
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mmapkit import _platform
@@ -68,6 +68,7 @@ def test_chart_shapes() -> None:
     assert chart(bytes(1000), 10) == "[" + " " * 10 + "]"
 
 
+@settings(deadline=None)
 @given(st.binary(max_size=300).map(lambda b: bytes(x & 1 for x in b)))
 def test_ranges_rebuild_the_page_map(page_map: bytes) -> None:
     res = Residency("p", len(page_map) * PAGE, PAGE, len(page_map),
@@ -86,6 +87,7 @@ def test_chart_rejects_zero_width() -> None:
         chart(b"\1", 0)
 
 
+@settings(deadline=None)
 @given(st.binary(max_size=300).map(lambda b: bytes(x & 1 for x in b)),
        st.integers(min_value=1, max_value=80))
 def test_chart_cells_summarise_runs(page_map: bytes, width: int) -> None:
