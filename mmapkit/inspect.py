@@ -224,7 +224,7 @@ class Mapping:
     ``name`` is the file path, ``[anon]`` for unnamed anonymous memory, or the kernel's
     own label (``[heap]``, ``[stack]``, ``[vdso]``...).  ``kind`` is ``"file"``,
     ``"anon"`` or ``"special"``.  A shared anonymous map (``Region.anonymous``) shows as
-    ``/dev/zero (deleted)``, as the kernel names it.
+    ``/dev/zero (deleted)``, as the kernel names it, of kind ``"anon"``.
     """
 
     name: str
@@ -237,7 +237,9 @@ class Mapping:
 
 
 def _kind(name: str) -> str:
-    if name == "[anon]":
+    # Named anonymous memory reads "[anon:NAME]" (Linux 5.17+); shared anonymous memory
+    # (MAP_SHARED|MAP_ANONYMOUS) is backed by an unlinked "/dev/zero" in the kernel.
+    if name.startswith(("[anon]", "[anon:", "[anon_shmem:")) or name == "/dev/zero (deleted)":
         return "anon"
     if name.startswith("[") and name.endswith("]"):
         return "special"

@@ -221,6 +221,16 @@ Size:                  4 kB
 Rss:                   4 kB
 Pss:                   2 kB
 Swap:                  0 kB
+7f0000300000-7f0000301000 rw-s 00000000 00:01 5                          /dev/zero (deleted)
+Size:                  4 kB
+Rss:                   4 kB
+Pss:                   4 kB
+Swap:                  0 kB
+7f0000400000-7f0000402000 rw-p 00000000 00:00 0                          [anon:arena]
+Size:                  8 kB
+Rss:                   0 kB
+Pss:                   0 kB
+Swap:                  0 kB
 7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0                          [stack]
 Size:                132 kB
 Rss:                  12 kB
@@ -237,8 +247,9 @@ def test_parse_smaps_groups_per_file() -> None:
                                      12 * 1024, 1)
     assert rows["/tmp/a file (deleted)"].kind == "file"
     assert rows["[stack]"].kind == "special"
+    assert rows["/dev/zero (deleted)"].kind == "anon" and rows["[anon:arena]"].kind == "anon"
     total = totals(rows.values())
-    assert total.size == (8 + 20 + 1024 + 4 + 132) * 1024 and total.areas == 5
+    assert total.size == (8 + 20 + 1024 + 4 + 4 + 8 + 132) * 1024 and total.areas == 7
     assert parse_smaps("") == []
     assert parse_smaps("garbage\nSize: x kB\n") == []
 
@@ -263,6 +274,9 @@ def test_mappings_of_this_process(tmp_path: Path) -> None:
         by_rss = mappings(os.getpid(), sort="rss")
         assert [r.rss for r in by_rss] == sorted((r.rss for r in by_rss), reverse=True)
     assert os.path.realpath(f) not in [m.name for m in mappings(os.getpid())]
+    with Region.anonymous(5 * PAGE):
+        shared = {m.name: m for m in mappings(os.getpid())}["/dev/zero (deleted)"]
+        assert shared.kind == "anon" and shared.size >= 5 * PAGE
 
 
 @linux_only
@@ -293,8 +307,9 @@ def test_mappings_errors() -> None:
     child.wait(30)
     with pytest.raises(ProcessLookupError, match=f"no process with pid {child.pid}"):
         mappings(child.pid)
-    with pytest.raises(ValueError, match="positive"):
-        mappings(0)
+    for bad in (0, -5, True):
+        with pytest.raises(ValueError, match="positive"):
+            mappings(bad)
     with pytest.raises(ValueError, match="sort"):
         mappings(os.getpid(), sort="name")
 
