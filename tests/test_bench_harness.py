@@ -144,7 +144,7 @@ def test_main_for_writes_json_and_markdown(tmp_path: Path,
 @pytest.mark.timeout(60)
 def test_bench_region_quick_end_to_end(tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["bench", "region", "--quick", "--repeat", "1", "--out", str(tmp_path)]) == 0
+    assert main(["bench", "region", "--quick", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "== region ==" in out
     doc = json.loads((tmp_path / "region.json").read_text())
