@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .. import _platform
+from ..errors import UnsupportedPlatformError
 from ..inspect import evict, residency, touch
 from ..region import Region
 
@@ -46,11 +47,15 @@ def _residency(workdir: Path, say: Callable[[str], None]) -> None:
         f.write(os.urandom(_PAGES * page))
         f.flush()
         os.fsync(f.fileno())  # clean pages: only clean pages can be evicted
-    before = evict(path)
+    try:
+        before = evict(path)
+    except UnsupportedPlatformError:  # no posix_fadvise (macOS): show the cache as it is
+        before = residency(path)
     say(f"after evict:      {before.chart(_PAGES // 2)} {before.resident_pages:>2}/{before.pages} "
         "pages in the page cache")
     if before.resident_pages == before.pages:
-        say("(this file system ignores POSIX_FADV_DONTNEED, e.g. tmpfs keeps every page)")
+        say("(nothing was evicted: this system or file system ignores POSIX_FADV_DONTNEED, "
+            "e.g. tmpfs keeps every page)")
     fd = os.open(path, os.O_RDONLY)
     try:
         if hasattr(os, "posix_fadvise"):
