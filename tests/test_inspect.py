@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -155,6 +156,19 @@ def test_cachestat_agrees_with_mincore(tmp_path: Path) -> None:
     res = residency(f)
     assert res.cachestat is not None
     assert abs(res.cachestat.cached - res.resident_pages) <= 2
+
+
+def test_cachestat_syscall_errors(tmp_path: Path) -> None:
+    f = _file(tmp_path / "data", 2)
+    fd = os.open(f, os.O_RDONLY)
+    counts = _platform.cachestat(fd)
+    os.close(fd)
+    if counts is None:
+        pytest.skip("the kernel has no cachestat (Linux 6.5+)")
+    assert len(counts) == 5 and counts[0] <= 2
+    with pytest.raises(OSError, match="cachestat") as info:
+        _platform.cachestat(fd)  # closed descriptor
+    assert info.value.errno == errno.EBADF
 
 
 def test_residency_of_a_mapped_file_written_through_the_map(tmp_path: Path) -> None:
@@ -319,18 +333,25 @@ def test_mappings_errors() -> None:
 
 @linux_only
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root")
-def test_mappings_of_another_users_process() -> None:
+def test_mappings_of_another_users_process(tmp_path: Path) -> None:
+    secret = _file(tmp_path / "secret", 1)
+    secret.chmod(0o600)
     parent = os.getpid()
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
             os.setgid(65534)
-            os.setuid(65534)  # now "nobody", looking at root's process
+            os.setuid(65534)  # now "nobody", looking at root's process and files
             try:
                 mappings(parent)
             except PermissionError as exc:
                 code = 0 if "another user" in str(exc) else 2
+            try:
+                residency(secret)
+                code = 3
+            except PermissionError:
+                pass
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
