@@ -262,3 +262,45 @@ def futex_wake(address: int, count: int) -> int:
     if rc < 0:
         _raise_errno("futex wake")
     return int(rc)
+
+
+# --- cachestat (Linux 6.5+), used by mmapkit.inspect ------------------------------------
+# Page-cache totals of a file range in one syscall: a cheap cross-check of the per-page
+# mincore map, and the only way to see dirty / writeback / recently evicted counts.
+# Older kernels answer ENOSYS; seccomp filters may answer EPERM: both mean "not here".
+
+__all__ += ["cachestat"]
+
+_CACHESTAT_SYSCALL = {"x86_64": 451, "aarch64": 451, "arm64": 451, "riscv64": 451}
+
+
+class _CachestatRange(ctypes.Structure):
+    _fields_ = [("off", ctypes.c_uint64), ("len", ctypes.c_uint64)]
+
+
+class _Cachestat(ctypes.Structure):
+    _fields_ = [("nr_cache", ctypes.c_uint64), ("nr_dirty", ctypes.c_uint64),
+                ("nr_writeback", ctypes.c_uint64), ("nr_evicted", ctypes.c_uint64),
+                ("nr_recently_evicted", ctypes.c_uint64)]
+
+
+def cachestat(fd: int, offset: int = 0, length: int = 0) -> tuple[int, int, int, int, int] | None:
+    """Page-cache counts of ``[offset, offset+length)`` of the open file ``fd`` (length 0:
+    to the end): (cached, dirty, writeback, evicted, recently_evicted), in pages.
+
+    ``None`` where the kernel has no cachestat (before 6.5, non-Linux, or filtered).
+    """
+    nr = _CACHESTAT_SYSCALL.get(platform.machine()) if IS_LINUX else None
+    if nr is None:
+        return None
+    rng = _CachestatRange(offset, length)
+    out = _Cachestat()
+    rc = _syscall()(ctypes.c_long(nr), ctypes.c_uint(fd), ctypes.byref(rng), ctypes.byref(out),
+                    ctypes.c_uint(0))
+    if rc != 0:
+        err = ctypes.get_errno()
+        if err in (errno.ENOSYS, errno.EPERM, errno.EOPNOTSUPP):
+            return None
+        raise OSError(err, f"cachestat: {os.strerror(err)}")
+    return (int(out.nr_cache), int(out.nr_dirty), int(out.nr_writeback), int(out.nr_evicted),
+            int(out.nr_recently_evicted))
