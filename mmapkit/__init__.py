@@ -31,6 +31,7 @@ from .errors import (
     RegionError,
     UnsupportedPlatformError,
 )
+from .inspect import Residency, residency
 from .lock import FileLock
 from .region import Region
 from .wait import Waiter
@@ -62,7 +63,9 @@ __all__ = [
     "ReadOnlyError",
     "Region",
     "RegionError",
+    "Residency",
     "UnsupportedPlatformError",
     "Waiter",
     "__version__",
+    "residency",
 ]

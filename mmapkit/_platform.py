@@ -216,6 +216,27 @@ def fadvise_dontneed(fd: int) -> None:
     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
+@functools.cache
+def _syscall() -> Any:
+    """libc's variadic syscall(); callers wrap every argument in its ctypes type."""
+    return _libc_fn("syscall", (), ctypes.c_long)
+
+
+@functools.cache
+def _futex_fns() -> tuple[Any, Any]:
+    """syscall() typed for FUTEX_WAIT and FUTEX_WAKE, so a call converts no arguments in
+    Python (each futex round trip through ctypes is the hot path of every blocking wait)."""
+    args = (ctypes.c_long, ctypes.c_void_p, ctypes.c_int, ctypes.c_uint)
+    wait = ctypes.CFUNCTYPE(ctypes.c_long, *args, ctypes.POINTER(_Timespec), ctypes.c_void_p,
+                            ctypes.c_int, use_errno=True)(("syscall", _libc()))
+    wake = ctypes.CFUNCTYPE(ctypes.c_long, *args, ctypes.c_void_p, ctypes.c_void_p,
+                            ctypes.c_int, use_errno=True)(("syscall", _libc()))
+    return wait, wake
+
+
+_FUTEX_NR = _FUTEX_SYSCALL.get(platform.machine(), -1)
+
+
 def futex_wait(address: int, expected: int, timeout: float | None) -> bool:
     """Sleep while the 32-bit word at ``address`` equals ``expected``.
 
@@ -227,17 +248,7 @@ def futex_wait(address: int, expected: int, timeout: float | None) -> bool:
         timeout = max(timeout, 0.0)
         sec = int(timeout)
         ts = _Timespec(sec, int((timeout - sec) * 1e9))
-    nr = _FUTEX_SYSCALL[platform.machine()]
-    rc = _libc_fn("syscall", (), ctypes.c_long)(
-        ctypes.c_long(nr),
-        ctypes.c_void_p(address),
-        ctypes.c_int(_FUTEX_WAIT),
-        ctypes.c_uint(expected & 0xFFFFFFFF),
-        ctypes.byref(ts) if ts is not None else None,
-        None,
-        ctypes.c_int(0),
-    )
-    if rc == 0:
+    if _futex_fns()[0](_FUTEX_NR, address, _FUTEX_WAIT, expected & 0xFFFFFFFF, ts, None, 0) == 0:
         return True
     err = ctypes.get_errno()
     if err == errno.ETIMEDOUT:
@@ -249,16 +260,7 @@ def futex_wait(address: int, expected: int, timeout: float | None) -> bool:
 
 def futex_wake(address: int, count: int) -> int:
     """Wake up to ``count`` sleepers on the word at ``address``; returns how many woke."""
-    nr = _FUTEX_SYSCALL[platform.machine()]
-    rc = _libc_fn("syscall", (), ctypes.c_long)(
-        ctypes.c_long(nr),
-        ctypes.c_void_p(address),
-        ctypes.c_int(_FUTEX_WAKE),
-        ctypes.c_int(min(count, 0x7FFFFFFF)),
-        None,
-        None,
-        ctypes.c_int(0),
-    )
+    rc = _futex_fns()[1](_FUTEX_NR, address, _FUTEX_WAKE, min(count, 0x7FFFFFFF), None, None, 0)
     if rc < 0:
         _raise_errno("futex wake")
     return int(rc)

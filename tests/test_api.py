@@ -17,8 +17,8 @@ def test_all_is_pinned():
         "FileFormatError", "FileLock", "ForeignFileError", "FormatVersionError",
         "InvalidSizeError", "LockTimeout", "MessageTooLargeError", "MissingExtraError",
         "MmapkitError", "ModeConflictError", "NotGrowableError", "OutOfRangeError",
-        "ReadOnlyError", "Region", "RegionError", "UnsupportedPlatformError", "Waiter",
-        "__version__",
+        "ReadOnlyError", "Region", "RegionError", "Residency", "UnsupportedPlatformError",
+        "Waiter", "__version__", "residency",
     }
     assert set(mmapkit.__all__) == expected
     for name in mmapkit.__all__:
