@@ -153,7 +153,9 @@ class Report:
                    "<1 for times and sizes):")
         for r in self.ratios():
             mark = "" if r["better"] else "   (worse)"
-            out.append(f"  {r['case']:<{width}} vs {r['peer']:<{iw}} {r['ratio']:8.2f}x{mark}")
+            ours = "" if r["ours"] == OURS else f" [{r['ours']}]"
+            line = f"  {r['case']:<{width}} vs {r['peer']:<{iw}} {r['ratio']:8.2f}x"
+            out.append(line + mark + ours)
         for t in self.target_results():
             got = "n/a" if t["ratio"] is None else f"{t['ratio']:.2f}x"
             met = {True: "met", False: "NOT MET", None: "n/a"}[t["met"]]

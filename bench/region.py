@@ -172,7 +172,7 @@ def _reap(pid: int) -> None:
         raise RuntimeError(f"benchmark child {pid} failed (status {status})")
 
 
-def ping_waiter(rounds: int) -> list[float]:
+def ping_waiter(rounds: int, spin: float = 0.0) -> list[float]:
     """One-way wake-up latencies (s) of a futex Waiter ping-pong with a fork child."""
     region = Region.anonymous(4096)
     word = Waiter(region, 0)
@@ -181,7 +181,7 @@ def ping_waiter(rounds: int) -> list[float]:
         seen = 0
         while True:
             while word.load() == seen:
-                if not word.wait(seen, _TIMEOUT):
+                if not word.wait(seen, _TIMEOUT, spin=spin):
                     raise TimeoutError("the parent stopped pinging")
             value = word.load()
             if value == _STOP:
@@ -199,7 +199,7 @@ def ping_waiter(rounds: int) -> list[float]:
             word.store(ping)
             word.wake()
             while word.load() == ping:
-                if not word.wait(ping, _TIMEOUT):
+                if not word.wait(ping, _TIMEOUT, spin=spin):
                     raise TimeoutError("the child stopped answering")
             out.append((time.perf_counter() - t0) / 2)
     finally:
@@ -276,7 +276,8 @@ def bench_wakeup(report: _harness.Report, args: argparse.Namespace) -> None:
     warm = rounds // 10
     case = f"wake-up latency one way ({rounds} ping-pongs)"
     impls: list[tuple[str, Callable[[int], list[float]]]] = [
-        ("mmapkit", ping_waiter), ("pipe", ping_pipe), ("multiprocessing.Event", ping_event)]
+        ("mmapkit", ping_waiter), ("mmapkit spin 50µs", lambda n: ping_waiter(n, 50e-6)),
+        ("pipe", ping_pipe), ("multiprocessing.Event", ping_event)]
     for impl, ping in impls:
         if _harness.wanted(args, impl):
             samples = ping(rounds + warm)[warm:]

@@ -102,15 +102,30 @@ class Waiter:
         self._word[0] = value
         return value
 
-    def wait(self, expected: int, timeout: float | None = None) -> bool:
+    def wait(self, expected: int, timeout: float | None = None, *, spin: float = 0.0) -> bool:
         """Sleep while the word equals ``expected``.
 
         Returns True when the word differs (now or after a wake-up), False when the timeout
         passed with the word still equal to ``expected``.  A wake-up with the word unchanged
         (someone called wake() without changing it) also returns True.
+
+        ``spin`` seconds (e.g. 50e-6) are first spent re-reading the word without sleeping:
+        when the peer answers within that window (a ping-pong on another core), this saves
+        the kernel round trip of sleeping and waking.  The spin is bounded, so an idle
+        waiter still sleeps.
         """
-        if int(self._word[0]) != expected:
+        word = self._word
+        if word[0] != expected:
             return True
+        if spin > 0:
+            now = time.perf_counter()
+            end = now + (spin if timeout is None else min(spin, timeout))
+            while now < end:
+                if word[0] != expected:
+                    return True
+                now = time.perf_counter()
+            if timeout is not None:
+                timeout -= spin
         if self._backend == "futex":
             return self._wait_futex(expected, timeout)
         return self._wait_fifo(expected, timeout)

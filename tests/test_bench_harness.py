@@ -157,6 +157,6 @@ def test_bench_region_quick_end_to_end(tmp_path: Path,
         assert m["n"] >= 1 and m["median"] > 0, m
     latency = [m for m in doc["measurements"] if m["unit"] == "µs"]
     assert all(m["n"] == 300 and not m["higher_is_better"] for m in latency)
-    assert len(doc["ratios"]) == 7
+    assert len(doc["ratios"]) == 9  # 4 throughput + 2 x 2 wake-up variants + 1 lock
     assert all(t["ratio"] is not None for t in doc["targets"])
     assert (tmp_path / "region.md").read_text().startswith("### region")
