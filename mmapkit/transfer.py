@@ -197,6 +197,10 @@ class _MmapWindows:
     def __call__(self, src: int, dst: int, off: int, n: int, size: int) -> int:
         if os.fstat(src).st_size < min(off + n, size):
             raise _shrunk(src, size, off)
+        return self.write_window(src, dst, off, n, size)
+
+    def write_window(self, src: int, dst: int, off: int, n: int, size: int) -> int:
+        """The copy itself, without the size check: a shrink that lands after the fstat."""
         view = self._window(src, off, size)
         rel = off - self.start
         n = min(n, self.end - off)
