@@ -242,3 +242,11 @@ def test_parse_address() -> None:
     for bad in ("unix:", "host", "127.0.0.1:http", "10.0.0.1:80"):
         with pytest.raises(ValueError):
             cmd.parse_address(bad)
+
+
+def test_demo_act_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mmapkit.commands.demo import run_demo
+
+    assert run_demo(["transfer"], str(tmp_path)) == 0
+    out = capsys.readouterr().out
+    assert "copy() used" in out and "the child survived" in out
