@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import mmap
 import os
 import secrets
@@ -43,9 +44,10 @@ from typing import Any
 from . import _platform
 from .errors import BrokenError
 
-__all__ = ["CHUNK", "METHODS", "CopyResult", "asend", "copy", "send"]
+__all__ = ["CHUNK", "METHODS", "SEND_METHODS", "CopyResult", "asend", "copy", "send"]
 
 METHODS = ("auto", "reflink", "copy_file_range", "sendfile", "mmap", "readwrite")
+SEND_METHODS = ("splice", "sendfile", "readwrite", "mmap")
 AUTO_CHAIN = ("reflink", "copy_file_range", "sendfile", "readwrite")
 CHUNK = 8 << 20  # bytes per kernel call: large enough to amortise the call, small for progress
 _RW_BUFFER = 1 << 20  # read/write loop buffer (the fastest of 64 KiB..8 MiB measured here)
@@ -53,6 +55,9 @@ _MAP_WINDOW = 64 << 20  # the mmap method maps at most this much of the source a
 _SEND_PIPE = 1 << 20
 # O_NONBLOCK: opening a FIFO by mistake must not hang before we can refuse it (regular
 # files ignore the flag)
+# MAP_POPULATE: fault the (cached) window in with one call instead of a fault per page
+# while the kernel copies out of it; pages it cannot populate are simply left out.
+_MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
 
 # errnos that mean "this method is not available for these files", so try the next one.
@@ -188,7 +193,7 @@ class _MmapWindows:
             self.start = off - off % mmap.ALLOCATIONGRANULARITY
             self.end = min(self.start + _MAP_WINDOW, size)
             self.map = mmap.mmap(src, self.end - self.start, prot=mmap.PROT_READ,
-                                 flags=mmap.MAP_SHARED, offset=self.start)
+                                 flags=_MAP_FLAGS, offset=self.start)
             if hasattr(self.map, "madvise") and hasattr(mmap, "MADV_SEQUENTIAL"):
                 self.map.madvise(mmap.MADV_SEQUENTIAL)
             self.view = memoryview(self.map)
@@ -448,13 +453,28 @@ def _send_plan(sock: socket.socket, fd: int, offset: int, count: int | None) -> 
     elif offset + count > st.st_size:
         raise ValueError(f"offset + count ({offset + count}) is past the end of the file "
                          f"({st.st_size} bytes); pass count=None to send to the end")
-    # Measured here (bench/transfer.py): to a Unix socket, splice through a 1 MiB pipe beats
-    # sendfile (about 12 vs 10 GB/s); over TCP loopback sendfile is as fast and simpler.
+    # Measured here (bench/transfer.py, docs/benchmarks.md): to a Unix socket, splice through
+    # a 1 MiB pipe beats sendfile (about 10 vs 8.5 GB/s) and read+sendall (3.5).  Over TCP
+    # loopback the stack is the limit and sendfile's page references cost more than they
+    # save (2.2 vs 3.0 GB/s for a pread loop), so a loopback peer gets the pread loop; a
+    # remote peer gets sendfile, which spares the sender's CPU on a real NIC (Kafka's way).
     if sock.family == socket.AF_UNIX and _platform.HAVE_SPLICE:
         return count, "splice"
+    if _peer_is_loopback(sock):
+        return count, "readwrite"
     if _platform.HAVE_SENDFILE:
         return count, "sendfile"
     return count, "mmap"
+
+
+def _peer_is_loopback(sock: socket.socket) -> bool:
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return False
+    try:
+        host = sock.getpeername()[0]
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except (OSError, ValueError):
+        return False
 
 
 def _send_shrunk(fd: int, end: int, where: int) -> BrokenError:
@@ -520,6 +540,25 @@ def _steps_splice(sock: socket.socket, fd: int, offset: int, count: int) -> _Ste
         os.close(w)
 
 
+def _steps_readwrite(sock: socket.socket, fd: int, offset: int, count: int) -> _Steps:
+    """pread into one reused buffer, then socket.send it: fastest over TCP loopback."""
+    buf = bytearray(min(_RW_BUFFER, count))
+    view = memoryview(buf)
+    sent, end = 0, offset + count
+    while sent < count:
+        got = os.preadv(fd, [view[:min(len(buf), count - sent)]], offset + sent)
+        if got == 0:
+            raise _send_shrunk(fd, end, offset + sent)
+        done = 0
+        while done < got:
+            try:
+                done += sock.send(view[done:got])
+            except BlockingIOError:
+                yield
+        sent += got
+    return sent
+
+
 def _steps_mmap(sock: socket.socket, fd: int, offset: int, count: int) -> _Steps:
     """Map the file in windows and let socket.send copy from it in the kernel (no SIGBUS)."""
     sent, end = 0, offset + count
@@ -529,7 +568,7 @@ def _steps_mmap(sock: socket.socket, fd: int, offset: int, count: int) -> _Steps
         pos = offset + sent
         start = pos - pos % mmap.ALLOCATIONGRANULARITY
         length = min(_MAP_WINDOW, end - start)
-        mapped = mmap.mmap(fd, length, prot=mmap.PROT_READ, offset=start)
+        mapped = mmap.mmap(fd, length, flags=_MAP_FLAGS, prot=mmap.PROT_READ, offset=start)
         view = memoryview(mapped)
         try:
             while sent < count and offset + sent < start + length:
@@ -564,7 +603,10 @@ def _steps(sock: socket.socket, path_or_file: Any, offset: int, count: int | Non
             return (yield from _steps_sendfile(sock, fd, offset, total))
         if how == "mmap":
             return (yield from _steps_mmap(sock, fd, offset, total))
-        raise ValueError(f"unknown send method {how!r}; choose splice, sendfile or mmap")
+        if how == "readwrite":
+            return (yield from _steps_readwrite(sock, fd, offset, total))
+        raise ValueError(f"unknown send method {how!r}; choose one of "
+                         f"{', '.join(SEND_METHODS)}")
     finally:
         if owned:
             os.close(fd)
@@ -574,9 +616,10 @@ def send(sock: socket.socket, path_or_file: Any, offset: int = 0, count: int | N
          *, method: str | None = None) -> int:
     """Send ``count`` bytes (default: to the end) of a file from ``offset`` on ``sock``.
 
-    Uses splice through a pipe for Unix sockets, sendfile for TCP, and a mapped window
-    handed to ``socket.send`` where neither exists (``method`` forces one of ``splice``,
-    ``sendfile``, ``mmap``).  Partial sends are continued; on a non-blocking socket it
+    Uses splice through a pipe for Unix sockets, a pread loop for TCP loopback peers (the
+    fastest there, measured), sendfile for other TCP peers, and a mapped window handed to
+    ``socket.send`` where neither exists (``method`` forces one of ``splice``, ``sendfile``,
+    ``readwrite``, ``mmap``).  Partial sends are continued; on a non-blocking socket it
     waits for writability with poll(); a socket timeout bounds each wait (TimeoutError).
     Returns the bytes sent.  A file truncated meanwhile raises :class:`BrokenError`.
     """

@@ -128,7 +128,7 @@ sys.exit(3)
 
 
 @pytest.mark.parametrize("family", ["unix", "tcp"])
-@pytest.mark.parametrize("method", ["splice", "sendfile", "mmap"])
+@pytest.mark.parametrize("method", ["splice", "sendfile", "readwrite", "mmap"])
 def test_source_truncated_during_send_raises_broken(tmp_path: Path, method: str,
                                                     family: str) -> None:
     src = tmp_path / "src"

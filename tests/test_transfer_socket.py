@@ -68,7 +68,7 @@ class Drain(threading.Thread):
 
 
 @pytest.mark.parametrize("mode", ["blocking", "nonblocking", "timeout"])
-@pytest.mark.parametrize("method", [None, "splice", "sendfile", "mmap"])
+@pytest.mark.parametrize("method", [None, "splice", "sendfile", "readwrite", "mmap"])
 @pytest.mark.parametrize("family", ["unix", "tcp"])
 def test_send_whole_file(src: Path, data: bytes, family: str, method: str | None,
                          mode: str) -> None:
@@ -88,11 +88,17 @@ def test_default_method_is_the_measured_one(family: str, src: Path) -> None:
         fd = src.open("rb")
         with fd:
             _, how = transfer._send_plan(a, fd.fileno(), 0, None)
-    expected = "splice" if family == "unix" and _platform.HAVE_SPLICE else "sendfile"
+    expected = "splice" if family == "unix" and _platform.HAVE_SPLICE else "readwrite"
     assert how == expected
 
 
-@pytest.mark.parametrize("method", ["splice", "sendfile", "mmap"])
+def test_remote_tcp_peers_get_sendfile(src: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(transfer, "_peer_is_loopback", lambda sock: False)
+    with connected("tcp") as (a, _), src.open("rb") as f:
+        assert transfer._send_plan(a, f.fileno(), 0, None)[1] == "sendfile"
+
+
+@pytest.mark.parametrize("method", ["splice", "sendfile", "readwrite", "mmap"])
 def test_offset_count_file_object_and_fd(src: Path, data: bytes, method: str) -> None:
     with connected("unix") as (a, b):
         drain = Drain(b)
@@ -103,7 +109,7 @@ def test_offset_count_file_object_and_fd(src: Path, data: bytes, method: str) ->
         assert drain.result(a) == data[1000:6000] + data[-10:]
 
 
-@pytest.mark.parametrize("method", ["splice", "sendfile", "mmap"])
+@pytest.mark.parametrize("method", ["splice", "sendfile", "readwrite", "mmap"])
 def test_partial_sends_are_continued(src: Path, data: bytes, method: str,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """Every kernel call moves at most a few hundred bytes: the loop must stitch them."""
@@ -121,15 +127,16 @@ def test_partial_sends_are_continued(src: Path, data: bytes, method: str,
     monkeypatch.setattr(_platform, "sendfile", small_sendfile)
     monkeypatch.setattr(_platform, "splice", small_splice)
     monkeypatch.setattr(transfer, "CHUNK", 1000)  # mmap: socket.send of 1000 at most
+    monkeypatch.setattr(transfer, "_RW_BUFFER", 999)  # readwrite: pread of 999 at most
     with connected("tcp") as (a, b):
         drain = Drain(b)
         assert send(a, src, 12345, 200_000, method=method) == 200_000
         assert drain.result(a) == data[12345:212345]
-    if method != "mmap":
+    if method in ("splice", "sendfile"):
         assert calls[0] >= 200_000 // 777
 
 
-@pytest.mark.parametrize("method", [None, "sendfile", "mmap"])
+@pytest.mark.parametrize("method", [None, "sendfile", "readwrite", "mmap"])
 def test_nonblocking_socket_waits_for_a_slow_reader(src: Path, data: bytes,
                                                     method: str | None) -> None:
     with connected("unix") as (a, b):
@@ -141,7 +148,7 @@ def test_nonblocking_socket_waits_for_a_slow_reader(src: Path, data: bytes,
         assert drain.result(a) == data
 
 
-@pytest.mark.parametrize("method", [None, "sendfile", "mmap"])
+@pytest.mark.parametrize("method", [None, "sendfile", "readwrite", "mmap"])
 def test_socket_timeout_bounds_the_wait(src: Path, method: str | None) -> None:
     with connected("unix") as (a, _b):
         a.settimeout(0.3)
@@ -175,7 +182,7 @@ def test_bad_arguments(src: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("family", ["unix", "tcp"])
-@pytest.mark.parametrize("method", [None, "sendfile", "mmap"])
+@pytest.mark.parametrize("method", [None, "sendfile", "readwrite", "mmap"])
 def test_asend_alongside_an_asyncio_reader(src: Path, data: bytes, family: str,
                                            method: str | None) -> None:
     async def main() -> tuple[int, bytes]:
