@@ -4,7 +4,8 @@ read+sendall and socket.sendfile over TCP loopback and Unix sockets.
 Design rules:
 
 - One source file (512 MiB, 128 MiB with --quick) of random bytes.  Copies run round-robin
-  (every implementation once per round) so drift in the machine's state hits all alike;
+  (every implementation once per round, the order rotated each round) so drift in the
+  machine's state hits all alike;
   the destination is deleted and dirty pages are synced *before* each timed copy.
 - Cold cache: sync, then posix_fadvise(DONTNEED) on the source before each sample (plus
   /proc/sys/vm/drop_caches outside --quick when it is writable: it is machine-wide).
@@ -124,7 +125,7 @@ def _copy_impls(report: _harness.Report, args: argparse.Namespace,
         copy(probe_src, probe_dst, method="reflink")
         impls["mmapkit[reflink]"] = _ours("reflink")
     except OSError as exc:
-        report.skip("mmapkit[reflink]", f"this file system has no reflink ({exc.strerror})")
+        report.skip("mmapkit[reflink]", f"no reflink on this file system ({exc.strerror})")
     peers: dict[str, Callable[[str, str], None]] = {
         "shutil.copyfile": _shutil_copyfile,
         "mmap both + slices": _naive_mmap,
@@ -153,8 +154,12 @@ def _bench_copy(report: _harness.Report, args: argparse.Namespace, workdir: str,
             _warm(src)
         samples: dict[str, list[float]] = {name: [] for name in impls}
         dst = os.path.join(workdir, "dst")
-        for _ in range(args.repeat):
-            for name, fn in impls.items():
+        names = list(impls)
+        for round_ in range(args.repeat):
+            # rotate the order each round: no implementation always runs first or last
+            k = round_ % len(names)
+            for name in names[k:] + names[:k]:
+                fn = impls[name]
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(dst)
                 if temp == "cold":
@@ -283,9 +288,11 @@ def _bench_send(report: _harness.Report, args: argparse.Namespace, src: str,
                  "socket.sendfile": _socket_sendfile(src)}
         impls.update({k: v for k, v in peers.items() if _harness.wanted(args, k)})
         samples: dict[str, list[float]] = {name: [] for name in impls}
-        for _ in range(args.repeat):
-            for name, fn in impls.items():
-                samples[name].append(size / _timed_send(family, fn) / 1e9)
+        names = list(impls)
+        for round_ in range(args.repeat):
+            k = round_ % len(names)
+            for name in names[k:] + names[:k]:
+                samples[name].append(size / _timed_send(family, impls[name]) / 1e9)
         case = f"send {label} {family} socket"
         for name, values in samples.items():
             report.add(case, name, values, "GB/s")
