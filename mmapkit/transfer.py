@@ -63,11 +63,21 @@ _READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOC
 # errnos that mean "this method is not available for these files", so try the next one.
 _FALLBACK_ERRNOS = frozenset(
     e for e in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", None),
-                errno.EINVAL, errno.ETXTBSY, errno.ENOTTY, errno.EBADF, errno.ESPIPE)
+                errno.EINVAL, errno.ETXTBSY, errno.ENOTTY, errno.EBADF, errno.ESPIPE,
+                errno.ENOTSOCK)
     if e is not None
 )
 
 Progress = Callable[[int, int], object]
+
+
+def _pread_into(fd: int, view: memoryview, offset: int) -> int:
+    """Read into ``view`` at ``offset`` without moving the file position."""
+    if hasattr(os, "preadv"):
+        return os.preadv(fd, [view], offset)
+    data = os.pread(fd, len(view), offset)  # pragma: no cover - systems without preadv
+    view[:len(data)] = data
+    return len(data)
 
 
 @dataclass(frozen=True)
@@ -156,7 +166,7 @@ class _ReadWrite:
 
     def __call__(self, src: int, dst: int, off: int, n: int, size: int) -> int:
         want = min(n, len(self.buf))
-        got = os.preadv(src, [self.view[:want]], off)
+        got = _pread_into(src, self.view[:want], off)
         if got == 0:
             raise _shrunk(src, size, off)
         written = 0
@@ -317,7 +327,8 @@ def copy(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, method: st
     fsyncs the file and its directory before returning, for power-loss safety.
 
     The destination appears complete or not at all: a crash leaves at most a
-    ``.<name>.*.mmapkit-tmp`` file beside it.  A source truncated by another process
+    ``.<name>.*.mmapkit-tmp`` file beside it.  A symlink at ``dst`` is replaced by the
+    copy, not written through.  A source truncated by another process
     during the copy raises :class:`BrokenError`.
     """
     if method not in METHODS:
@@ -546,7 +557,7 @@ def _steps_readwrite(sock: socket.socket, fd: int, offset: int, count: int) -> _
     view = memoryview(buf)
     sent, end = 0, offset + count
     while sent < count:
-        got = os.preadv(fd, [view[:min(len(buf), count - sent)]], offset + sent)
+        got = _pread_into(fd, view[:min(len(buf), count - sent)], offset + sent)
         if got == 0:
             raise _send_shrunk(fd, end, offset + sent)
         done = 0
