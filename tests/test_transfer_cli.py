@@ -9,6 +9,8 @@ import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mmapkit import cli
 from mmapkit.commands import transfer as cmd
@@ -250,3 +252,24 @@ def test_demo_act_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert run_demo(["transfer"], str(tmp_path)) == 0
     out = capsys.readouterr().out
     assert "copy() used" in out and "the child survived" in out
+
+
+def test_rich_progress_bar_on_a_terminal(src: Path, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("rich")
+    monkeypatch.setattr(cmd, "PROGRESS_MIN", 1)
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True, raising=False)
+    assert cli.main(["copy", str(src), str(tmp_path / "dst")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("copied ") and "GB/s" in out  # the bar went to stderr
+    assert (tmp_path / "dst").read_bytes() == DATA
+
+
+@given(st.one_of(st.binary(max_size=40), st.binary(max_size=36).map(lambda b: b"MKXF" + b)))
+@settings(max_examples=300, deadline=None)
+def test_header_decoder_fuzz(garbage: bytes) -> None:
+    try:
+        assert cmd.decode_header(garbage) >= 0
+    except (BrokenError, ForeignFileError, FormatVersionError):
+        pass

@@ -201,3 +201,40 @@ def test_sigkill_mid_copy_never_leaves_a_half_file(tmp_path: Path, method: str) 
     _out, err = child.communicate(timeout=60)
     assert child.returncode == 0, err
     assert dst.read_bytes() == data
+
+
+BOUNDED_CHILD = """
+import os, resource, sys
+from mmapkit import transfer
+# address space now + 96 MiB: the file (256 MiB) cannot be read or mapped whole
+with open("/proc/self/status") as f:
+    vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS, (vm + (96 << 20), vm + (96 << 20)))
+try:
+    bytearray(300 << 20)
+    print("limit not enforced", flush=True)
+    sys.exit(4)
+except MemoryError:
+    pass
+for method in sys.argv[3:]:
+    res = transfer.copy(sys.argv[1], sys.argv[2] + "-" + method, method=method)
+    print(method, res.bytes, flush=True)
+"""
+
+
+def test_file_larger_than_the_memory_it_may_use(tmp_path: Path) -> None:
+    """A child limited to 96 MiB of extra address space copies 256 MiB with each method."""
+    if not os.path.exists("/proc/self/status"):
+        pytest.skip("needs /proc to size the address-space limit")
+    src = tmp_path / "src"
+    block = random.Random(1).randbytes(1 << 20)
+    with open(src, "wb") as f:
+        for i in range(256):
+            f.write(block[i:] + block[:i])
+    methods = ["auto", "mmap", "readwrite", "sendfile", "copy_file_range"]
+    res = run_py(BOUNDED_CHILD, str(src), str(tmp_path / "dst"), *methods, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.split() == [w for m in methods for w in (m, str(256 << 20))]
+    want = src.read_bytes()
+    for m in methods:
+        assert (tmp_path / f"dst-{m}").read_bytes() == want

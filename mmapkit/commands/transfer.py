@@ -82,6 +82,7 @@ def _progress_bar(name: str, size: int) -> Iterator[Callable[[int, int], object]
         yield None
         return
     try:
+        from rich.console import Console
         from rich.progress import (
             BarColumn,
             DownloadColumn,
@@ -101,7 +102,8 @@ def _progress_bar(name: str, size: int) -> Iterator[Callable[[int, int], object]
         print(file=sys.stderr)
         return
     with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                  TransferSpeedColumn(), transient=True) as bar:
+                  TransferSpeedColumn(), transient=True,
+                  console=Console(stderr=True)) as bar:  # stdout keeps only the summary
         task = bar.add_task(name, total=size)
         yield lambda done, total: bar.update(task, completed=done)
 
