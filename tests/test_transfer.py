@@ -331,6 +331,8 @@ def test_bad_arguments(tmp_path: Path) -> None:
         copy(tmp_path / "fifo", tmp_path / "dst")
     with pytest.raises(FileNotFoundError):
         copy(tmp_path / "missing", tmp_path / "dst")
+    with pytest.raises(FileNotFoundError, match=r"destination directory .* does not exist"):
+        copy(src, tmp_path / "no" / "such" / "dir" / "dst")
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "src").mkdir()
     with pytest.raises(IsADirectoryError):
