@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import ipaddress
 import mmap
 import os
 import secrets
@@ -468,27 +467,14 @@ def _send_plan(sock: socket.socket, fd: int, offset: int, count: int | None) -> 
         raise ValueError(f"offset + count ({offset + count}) is past the end of the file "
                          f"({st.st_size} bytes); pass count=None to send to the end")
     # Measured here (bench/transfer.py, docs/benchmarks.md): to a Unix socket, splice through
-    # a 1 MiB pipe beats sendfile (about 10 vs 8.5 GB/s) and read+sendall (3.5).  Over TCP
-    # loopback the stack is the limit and sendfile's page references cost more than they
-    # save (2.2 vs 3.0 GB/s for a pread loop), so a loopback peer gets the pread loop; a
-    # remote peer gets sendfile, which spares the sender's CPU on a real NIC (Kafka's way).
+    # a 1 MiB pipe beat sendfile in every run (about 10 vs 8.5 GB/s) and read+sendall (3.5).
+    # Over TCP loopback the figures swung 0.7x..2.5x between sendfile and a pread loop with
+    # the machine's load, so TCP keeps sendfile: it spares the sender's CPU (Kafka's way).
     if sock.family == socket.AF_UNIX and _platform.HAVE_SPLICE:
         return count, "splice"
-    if _peer_is_loopback(sock):
-        return count, "readwrite"
     if _platform.HAVE_SENDFILE:
         return count, "sendfile"
     return count, "mmap"
-
-
-def _peer_is_loopback(sock: socket.socket) -> bool:
-    if sock.family not in (socket.AF_INET, socket.AF_INET6):
-        return False
-    try:
-        host = sock.getpeername()[0]
-        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
-    except (OSError, ValueError):
-        return False
 
 
 def _send_shrunk(fd: int, end: int, where: int) -> BrokenError:
@@ -630,11 +616,11 @@ def send(sock: socket.socket, path_or_file: Any, offset: int = 0, count: int | N
          *, method: str | None = None) -> int:
     """Send ``count`` bytes (default: to the end) of a file from ``offset`` on ``sock``.
 
-    Uses splice through a pipe for Unix sockets, a pread loop for TCP loopback peers (the
-    fastest there, measured), sendfile for other TCP peers, and a mapped window handed to
-    ``socket.send`` where neither exists (``method`` forces one of ``splice``, ``sendfile``,
-    ``readwrite``, ``mmap``).  Partial sends are continued; on a non-blocking socket it
-    waits for writability with poll(); a socket timeout bounds each wait (TimeoutError).
+    Uses splice through a pipe for Unix sockets (measured fastest), sendfile for TCP, and
+    a mapped window handed to ``socket.send`` where neither exists (``method`` forces one
+    of ``splice``, ``sendfile``, ``readwrite`` (a pread loop), ``mmap``).  Partial sends
+    are continued; on a non-blocking socket it waits for writability with poll(); a
+    socket timeout bounds each wait (TimeoutError).
     Returns the bytes sent.  A file truncated meanwhile raises :class:`BrokenError`.
     """
     timeout = sock.gettimeout()

@@ -88,14 +88,8 @@ def test_default_method_is_the_measured_one(family: str, src: Path) -> None:
         fd = src.open("rb")
         with fd:
             _, how = transfer._send_plan(a, fd.fileno(), 0, None)
-    expected = "splice" if family == "unix" and _platform.HAVE_SPLICE else "readwrite"
+    expected = "splice" if family == "unix" and _platform.HAVE_SPLICE else "sendfile"
     assert how == expected
-
-
-def test_remote_tcp_peers_get_sendfile(src: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(transfer, "_peer_is_loopback", lambda sock: False)
-    with connected("tcp") as (a, _), src.open("rb") as f:
-        assert transfer._send_plan(a, f.fileno(), 0, None)[1] == "sendfile"
 
 
 @pytest.mark.parametrize("method", ["splice", "sendfile", "readwrite", "mmap"])

@@ -373,8 +373,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--offset", type=int, default=0, help="first byte to send")
     s.add_argument("--count", type=int, default=None, help="bytes to send (default: to EOF)")
     s.add_argument("--method", choices=SEND_METHODS, default=None,
-                   help="force a method (default: splice for Unix sockets, the pread loop "
-                   "for TCP loopback, as measured fastest)")
+                   help="force a method (default: splice for Unix sockets, sendfile for "
+                   "TCP)")
     s.add_argument("--wait", type=float, default=10.0,
                    help="seconds to keep retrying the connection / waiting for the reply")
     s.set_defaults(func=_usage_errors(_send))
