@@ -176,13 +176,12 @@ print("done", flush=True)
 """
 
 
-@pytest.mark.parametrize("method", ["auto", "mmap"])
-def test_sigkill_mid_copy_never_leaves_a_half_file(tmp_path: Path, method: str) -> None:
+def _kill_rounds(tmp_path: Path, method: str, rounds: int) -> None:
     src, dst = tmp_path / "src", tmp_path / "dst"
     data = _source(src)
     dst.write_bytes(b"the previous version")
     rng = random.Random(method)
-    for _ in range(4):
+    for _ in range(rounds):
         child = spawn(KILL_CHILD, str(src), str(dst), method)
         assert child.stdout is not None
         assert child.stdout.readline().strip() == "started"
@@ -201,6 +200,17 @@ def test_sigkill_mid_copy_never_leaves_a_half_file(tmp_path: Path, method: str) 
     _out, err = child.communicate(timeout=60)
     assert child.returncode == 0, err
     assert dst.read_bytes() == data
+
+
+@pytest.mark.parametrize("method", ["auto", "mmap"])
+def test_sigkill_mid_copy_never_leaves_a_half_file(tmp_path: Path, method: str) -> None:
+    _kill_rounds(tmp_path, method, 4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["auto", "mmap", "readwrite", "sendfile"])
+def test_sigkill_soak(tmp_path: Path, method: str) -> None:
+    _kill_rounds(tmp_path, method, 40)
 
 
 BOUNDED_CHILD = """
