@@ -34,6 +34,7 @@ from .errors import (
 from .inspect import Residency, residency
 from .lock import FileLock
 from .region import Region
+from .transfer import CopyResult, asend, copy, send
 from .wait import Waiter
 
 __version__ = "0.1.0"
@@ -42,6 +43,7 @@ __all__ = [
     "AlignmentError",
     "BrokenError",
     "ClosedError",
+    "CopyResult",
     "CorruptFileError",
     "DecryptionError",
     "DiskFullError",
@@ -67,5 +69,8 @@ __all__ = [
     "UnsupportedPlatformError",
     "Waiter",
     "__version__",
+    "asend",
+    "copy",
     "residency",
+    "send",
 ]

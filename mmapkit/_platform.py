@@ -306,3 +306,121 @@ def cachestat(fd: int, offset: int = 0, length: int = 0) -> tuple[int, int, int,
         raise OSError(err, f"cachestat: {os.strerror(err)}")
     return (int(out.nr_cache), int(out.nr_dirty), int(out.nr_writeback), int(out.nr_evicted),
             int(out.nr_recently_evicted))
+
+# =====================================================================================
+# transfer: kernel copy paths (reflink, copy_file_range, sendfile, splice) and sparse
+# extents.  Used by mmapkit.transfer.  Each wrapper raises the plain OSError the kernel
+# gave, so the caller can decide which errno means "try the next method".
+# =====================================================================================
+
+# FICLONE = _IOW(0x94, 9, int); not in the fcntl module before Python 3.12.
+FICLONE = 0x40049409
+HAVE_REFLINK = IS_LINUX
+HAVE_COPY_FILE_RANGE = hasattr(os, "copy_file_range")
+HAVE_SENDFILE = hasattr(os, "sendfile")
+HAVE_SPLICE = hasattr(os, "splice")
+HAVE_SEEK_DATA = hasattr(os, "SEEK_DATA") and hasattr(os, "SEEK_HOLE")
+SPLICE_F_MOVE = getattr(os, "SPLICE_F_MOVE", 1)
+SPLICE_F_NONBLOCK = getattr(os, "SPLICE_F_NONBLOCK", 2)
+SPLICE_F_MORE = getattr(os, "SPLICE_F_MORE", 4)
+
+
+def reflink(src_fd: int, dst_fd: int) -> None:
+    """Make ``dst_fd`` share the extents of ``src_fd`` (FICLONE: btrfs, xfs, bcachefs...).
+
+    ext4 and tmpfs answer EOPNOTSUPP / ENOTTY / EINVAL; other kernels ENOSYS.
+    """
+    if not HAVE_REFLINK:
+        raise OSError(errno.ENOSYS, "reflink (FICLONE) is Linux only")
+    import fcntl
+
+    fcntl.ioctl(dst_fd, FICLONE, src_fd)
+
+
+def copy_file_range(src_fd: int, dst_fd: int, count: int, src_offset: int,
+                    dst_offset: int) -> int:
+    """In-kernel copy of up to ``count`` bytes between explicit offsets; 0 at end of file."""
+    if not HAVE_COPY_FILE_RANGE:
+        raise OSError(errno.ENOSYS, "copy_file_range is not available on this system")
+    return os.copy_file_range(src_fd, dst_fd, count, src_offset, dst_offset)
+
+
+def sendfile(out_fd: int, in_fd: int, offset: int, count: int) -> int:
+    """Kernel copy from a file at ``offset`` to ``out_fd`` at its current position."""
+    if not HAVE_SENDFILE:
+        raise OSError(errno.ENOSYS, "sendfile is not available on this system")
+    return os.sendfile(out_fd, in_fd, offset, count)
+
+
+def splice(fd_in: int, fd_out: int, count: int, *, offset_in: int | None = None,
+           flags: int = 0) -> int:
+    """Move up to ``count`` bytes through a pipe end without copying into user space."""
+    if not HAVE_SPLICE:
+        raise OSError(errno.ENOSYS, "splice is Linux only")
+    return os.splice(fd_in, fd_out, count, offset_src=offset_in, flags=flags)
+
+
+def pipe_with_size(size: int) -> tuple[int, int]:
+    """A close-on-exec pipe whose buffer is raised towards ``size`` (best effort).
+
+    Returns (read_fd, write_fd); the kernel may give less than asked (pipe-max-size).
+    """
+    r, w = os.pipe()
+    if IS_LINUX:
+        import fcntl
+
+        try:
+            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, size)
+        except OSError:
+            pass  # unprivileged and above /proc/sys/fs/pipe-max-size: keep the default
+    return r, w
+
+
+def pipe_size(fd: int) -> int:
+    """Capacity of a pipe in bytes (64 KiB where it cannot be asked)."""
+    if IS_LINUX:
+        import fcntl
+
+        return int(fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ))
+    return 65536
+
+
+def data_extents(fd: int, size: int) -> list[tuple[int, int]]:
+    """The ``(start, end)`` ranges of ``fd`` that hold data, below ``size``.
+
+    Holes (never-written ranges of a sparse file) are left out.  Where the file system
+    cannot say (no SEEK_DATA, or EINVAL), the whole file is one extent; a file system that
+    does not track holes reports one extent too, which is correct, only not sparse.
+    """
+    if size <= 0:
+        return []
+    if not HAVE_SEEK_DATA:
+        return [(0, size)]
+    out: list[tuple[int, int]] = []
+    pos = 0
+    try:
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # only a hole is left
+                    break
+                raise
+            if start >= size:
+                break
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+            out.append((start, end))
+            pos = end
+    except OSError as exc:
+        if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+            return [(0, size)]
+        raise
+    finally:
+        os.lseek(fd, 0, os.SEEK_SET)
+    return out
+
+__all__ += [
+    "HAVE_COPY_FILE_RANGE", "HAVE_REFLINK", "HAVE_SEEK_DATA", "HAVE_SENDFILE", "HAVE_SPLICE",
+    "copy_file_range", "data_extents", "pipe_size", "pipe_with_size", "reflink", "sendfile",
+    "splice",
+]

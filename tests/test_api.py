@@ -12,13 +12,14 @@ from mmapkit import errors
 
 def test_all_is_pinned():
     expected = {
-        "AlignmentError", "BrokenError", "ClosedError", "CorruptFileError", "DecryptionError",
+        "AlignmentError", "BrokenError", "ClosedError", "CopyResult", "CorruptFileError",
+        "DecryptionError",
         "DiskFullError", "EmptyFileError", "EndOfChannel", "ExportedViewsError",
         "FileFormatError", "FileLock", "ForeignFileError", "FormatVersionError",
         "InvalidSizeError", "LockTimeout", "MessageTooLargeError", "MissingExtraError",
         "MmapkitError", "ModeConflictError", "NotGrowableError", "OutOfRangeError",
         "ReadOnlyError", "Region", "RegionError", "Residency", "UnsupportedPlatformError",
-        "Waiter", "__version__", "residency",
+        "Waiter", "__version__", "asend", "copy", "residency", "send",
     }
     assert set(mmapkit.__all__) == expected
     for name in mmapkit.__all__:
