@@ -15,7 +15,6 @@ Design rules:
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import functools
 import mmap
@@ -110,8 +109,9 @@ class _PyBuffer(ctypes.Structure):
 
 @functools.cache
 def _libc() -> ctypes.CDLL:
-    name = ctypes.util.find_library("c")
-    return ctypes.CDLL(name, use_errno=True)
+    # dlopen(NULL): the running interpreter's own symbols, libc among them.  Cheaper than
+    # ctypes.util.find_library, which starts subprocesses to look for it.
+    return ctypes.CDLL(None, use_errno=True)
 
 
 @functools.cache

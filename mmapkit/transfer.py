@@ -26,7 +26,6 @@ Design rules:
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import mmap
 import os
@@ -38,10 +37,13 @@ import stat
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _platform
 from .errors import BrokenError
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = ["CHUNK", "METHODS", "SEND_METHODS", "CopyResult", "asend", "copy", "send"]
 
@@ -652,6 +654,8 @@ async def asend(loop: asyncio.AbstractEventLoop | None, sock: socket.socket, pat
     ``loop`` may be None (the running loop).  The socket is switched to non-blocking mode,
     as asyncio requires.
     """
+    import asyncio  # only the async path pays for importing asyncio
+
     loop = loop or asyncio.get_running_loop()
     sock.setblocking(False)
     steps = _steps(sock, path_or_file, offset, count, method)
