@@ -11,8 +11,8 @@ Design rules:
   offset    size    field
   ========  ======  ===========================================================
   0         64      fixed header: magic, version, flags, capacity, sizes, crc
-  64        64      producer line: head (u64), consumers sleeping (u32)
-  128       64      consumer line: tail (u64), producers sleeping (u32)
+  64        64      producer line: head (u64), consumers sleeping, sleep epoch (u32s)
+  128       64      consumer line: tail (u64), producers sleeping, sleep epoch (u32s)
   4096      4096    participant slots: 64 x 64 bytes
   8192      cap     the ring: frames ``[u32 length][u32 kind][payload][pad to 8]``
   ========  ======  ===========================================================
@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from ..errors import CorruptFileError, ForeignFileError, FormatVersionError
 
 __all__ = [
+    "CONSUMERS_EPOCH",
     "CONSUMERS_WAITING",
     "FIXED",
     "FLAG_MULTI_CONSUMER",
@@ -44,6 +45,7 @@ __all__ = [
     "KIND_DATA",
     "KIND_PAD",
     "MAGIC",
+    "PRODUCERS_EPOCH",
     "PRODUCERS_WAITING",
     "SLOT_COUNT",
     "SLOT_OFFSET",
@@ -72,8 +74,10 @@ SLOT_SIZE = 64
 SLOT_COUNT = 64
 HEAD = 64  # u64, producers write
 CONSUMERS_WAITING = 72  # u32, consumers write
+CONSUMERS_EPOCH = 76  # u32, consumers write: bumped each time one goes to sleep
 TAIL = 128  # u64, consumers write
 PRODUCERS_WAITING = 136  # u32, producers write
+PRODUCERS_EPOCH = 140  # u32, producers write
 FLAG_MULTI_PRODUCER = 1
 FLAG_MULTI_CONSUMER = 2
 _KNOWN_FLAGS = FLAG_MULTI_PRODUCER | FLAG_MULTI_CONSUMER

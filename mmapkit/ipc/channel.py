@@ -91,6 +91,8 @@ _HEAD_Q = fmt.HEAD // 8
 _TAIL_Q = fmt.TAIL // 8
 _CW_I = fmt.CONSUMERS_WAITING // 4
 _PW_I = fmt.PRODUCERS_WAITING // 4
+_CE_I = fmt.CONSUMERS_EPOCH // 4
+_PE_I = fmt.PRODUCERS_EPOCH // 4
 _PAD_WORD = fmt.KIND_PAD << 32
 _OBJ_HEAD = struct.Struct("<IIQ")  # buffer count, reserved, pickle length
 _U64 = struct.Struct("<Q")
@@ -160,6 +162,7 @@ class Channel:
         self._recv_mutex = threading.Lock()
         self._sent = self._sent_bytes = self._received = self._received_bytes = 0
         self._full_waits = self._empty_waits = 0
+        self._woke_consumers = self._woke_producers = -1  # sleep epochs already woken
         ref = weakref.ref(self)
 
         def after_fork() -> None:
@@ -381,8 +384,11 @@ class Channel:
         assert slot is not None
         h32[_slot_word(slot, 2)] = int(sleeping)
         word = _CW_I if role == _CONSUMER else _PW_I
+        epoch = _CE_I if role == _CONSUMER else _PE_I
         shared = self._mc if role == _CONSUMER else self._mp
         if not shared:
+            if sleeping:
+                h32[epoch] = (h32[epoch] + 1) & 0xFFFFFFFF
             h32[word] = int(sleeping)
             return
         # Several sleepers share the counter: recount under the role's claim lock, skipping
@@ -395,11 +401,26 @@ class Channel:
                 if (h32[_slot_word(i, 0)] == role and h32[_slot_word(i, 2)]
                         and self._alive(i)):
                     count += 1
+            if sleeping:
+                h32[epoch] = (h32[epoch] + 1) & 0xFFFFFFFF
             h32[word] = count
         finally:
             _platform.range_unlock(self._lock_fd, byte)
 
     # --- waiting ----------------------------------------------------------------------
+
+    def _wake_consumers(self) -> None:
+        """Someone sleeps for data: wake them, once per sleep (the epoch tells which)."""
+        epoch = self._hdr32[_CE_I]
+        if epoch != self._woke_consumers:
+            self._woke_consumers = epoch
+            self._head_w.wake()
+
+    def _wake_producers(self) -> None:
+        epoch = self._hdr32[_PE_I]
+        if epoch != self._woke_producers:
+            self._woke_producers = epoch
+            self._tail_w.wake()
 
     def _spin_until(self, index: int, value: int, deadline: float | None) -> bool:
         """Busy-poll header word ``index`` for up to ``spin`` seconds; True if it moved."""
@@ -517,7 +538,7 @@ class Channel:
             head += pad
             hdr[_HEAD_Q] = head
             if self._hdr32[_CW_I]:
-                self._head_w.wake()
+                self._wake_consumers()
         if head + need - tail > cap:
             return -1
         return int(head)
@@ -566,7 +587,7 @@ class Channel:
         self._dq[pos >> 3] = n
         hdr[_HEAD_Q] = head + need
         if self._hdr32[_CW_I]:
-            self._head_w.wake()
+            self._wake_consumers()
         self._sent += 1
         self._sent_bytes += n
 
@@ -582,7 +603,7 @@ class Channel:
             finally:
                 _platform.range_unlock(self._lock_fd, self._plock_byte)
             if self._hdr32[_CW_I]:
-                self._head_w.wake()
+                self._wake_consumers()
             self._sent += 1
             self._sent_bytes += n
 
@@ -642,7 +663,7 @@ class Channel:
                 if self._plocked:
                     _platform.range_unlock(self._lock_fd, self._plock_byte)
             if self._hdr32[_CW_I]:
-                self._head_w.wake()
+                self._wake_consumers()
         return len(batch)
 
     @contextlib.contextmanager
@@ -675,7 +696,7 @@ class Channel:
                 if self._plocked:
                     _platform.range_unlock(self._lock_fd, self._plock_byte)
             if self._hdr32[_CW_I]:
-                self._head_w.wake()
+                self._wake_consumers()
             self._sent += 1
             self._sent_bytes += n
 
@@ -728,7 +749,7 @@ class Channel:
             out = bytes(self._data[pos + 8 : pos + 8 + n])
             hdr[_TAIL_Q] = tail + ((n + 15) & ~7)
             if self._hdr32[_PW_I]:
-                self._tail_w.wake()
+                self._wake_producers()
             self._received += 1
             self._received_bytes += n
             return out
@@ -768,7 +789,7 @@ class Channel:
         if self._clocked:
             _platform.range_unlock(self._lock_fd, self._clock_byte)
         if self._hdr32[_PW_I]:
-            self._tail_w.wake()
+            self._wake_producers()
         self._received += 1
         self._received_bytes += n
 
@@ -830,7 +851,7 @@ class Channel:
                 if self._clocked:
                     _platform.range_unlock(self._lock_fd, self._clock_byte)
             if self._hdr32[_PW_I]:
-                self._tail_w.wake()
+                self._wake_producers()
             self._received += len(out)
             self._received_bytes += total
             return out
