@@ -44,13 +44,13 @@ def run(workdir: Path, say: Callable[[str], None]) -> None:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         filter(None, [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")])))
     with Channel.create(path, capacity=1 << 16) as ch:
-        code = ("import sys\nfrom mmapkit.ipc import Channel\n"
+        program = ("import sys\nfrom mmapkit.ipc import Channel\n"
                 "ch = Channel.open(sys.argv[1])\n"
                 "ch.send_obj({'pid': __import__('os').getpid(), 'hello': 'from another program'})\n"
                 "i = 0\n"
                 "while True:\n"
                 "    ch.send(b'tick %d' % i); i += 1\n")
-        proc = subprocess.Popen([sys.executable, "-c", code, str(path)], env=env)
+        proc = subprocess.Popen([sys.executable, "-c", program, str(path)], env=env)
         try:
             hello = ch.recv_obj(timeout=30)
             say(f"unrelated process {hello['pid']} opened {path.name} by path: {hello['hello']!r}")
