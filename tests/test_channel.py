@@ -172,6 +172,17 @@ def test_oversized_and_exact_fit() -> None:
             assert ch.recv() == b"abc"
 
 
+def test_finished_handle_cannot_send() -> None:
+    with Channel.anonymous(1024) as ch:
+        ch.send(b"a")
+        ch.finish()
+        with pytest.raises(ClosedError, match="finish"):
+            ch.send(b"b")
+        assert ch.recv() == b"a"
+        with pytest.raises(EndOfChannel):
+            ch.recv_nowait()
+
+
 def test_closed_handle() -> None:
     ch = Channel.anonymous(1024)
     ch.close()

@@ -91,6 +91,8 @@ _HEAD_Q = fmt.HEAD // 8
 _TAIL_Q = fmt.TAIL // 8
 _CW_I = fmt.CONSUMERS_WAITING // 4
 _PW_I = fmt.PRODUCERS_WAITING // 4
+# send() and recv() spell these four as literals (a constant beats a global lookup there)
+assert (_HEAD_Q, _TAIL_Q, _CW_I, _PW_I) == (8, 16, 18, 34)
 _CE_I = fmt.CONSUMERS_EPOCH // 4
 _PE_I = fmt.PRODUCERS_EPOCH // 4
 _PAD_WORD = fmt.KIND_PAD << 32
@@ -154,6 +156,7 @@ class Channel:
         self._tail_w = Waiter(region, fmt.TAIL)
         self._pslot: int | None = None
         self._cslot: int | None = None
+        self._send_fast = self._recv_fast = False  # attached, and no claim lock needed
         self._finished = False
         self._closed = False
         self._head_seen = 0  # consumer's last look at head: data below it is published
@@ -268,6 +271,7 @@ class Channel:
         self._lock_fd = _platform.reopen_fd(old)
         os.close(old)
         self._pslot = self._cslot = None
+        self._send_fast = self._recv_fast = False
         self._finished = False
         self._send_mutex = threading.Lock()
         self._recv_mutex = threading.Lock()
@@ -346,6 +350,10 @@ class Channel:
             order = ([i for i, st in states if st == _FREE]
                      + [i for i, st in states if st == _CONSUMER and not alive[i]]
                      + [i for i, st in states if st in (_PRODUCER, _FINISHED) and not alive[i]])
+            # Map the whole ring into this process now, not one page fault at a time while
+            # messages flow (the kernel may refuse: then faults happen as usual).
+            with contextlib.suppress(OSError, ValueError):
+                self._region.advise("populate", fmt.HEADER_SIZE, self._cap)
             for slot in order:
                 if _platform.range_lock(fd, _LOCK_SLOT + slot, wait=False):
                     h32[_slot_word(slot, 1)] = os.getpid() & 0xFFFFFFFF
@@ -353,8 +361,10 @@ class Channel:
                     h32[_slot_word(slot, 0)] = role
                     if role == _PRODUCER:
                         self._pslot = slot
+                        self._send_fast = not self._plocked
                     else:
                         self._cslot = slot
+                        self._recv_fast = not self._clocked
                     return slot
             raise ModeConflictError(
                 f"all {fmt.SLOT_COUNT} participant slots of the channel are taken by live "
@@ -442,22 +452,25 @@ class Channel:
         if self._spin > 0 and self._spin_until(_HEAD_Q, tail, deadline):
             return
         self._empty_waits += 1
-        while True:
+        looked = False  # peers are looked at only when a sleep brought nothing: the
+        while True:     # common wake-up costs no census syscalls
             if hdr[_HEAD_Q] != tail:
                 return
-            alive, gone, finished = self._census(_PRODUCER)
-            if hdr[_HEAD_Q] != tail:  # published just before finishing or dying
-                return
-            if not alive and gone:
-                raise BrokenError(
-                    f"every producer of {self._where()} is gone without finish() (killed, "
-                    "or closed its handle); nothing more will arrive")
-            if not alive and finished:
-                raise EndOfChannel(f"every producer of {self._where()} finished the stream "
-                                   "and all its messages were received")
             remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise queue.Empty
+            expired = remaining is not None and remaining <= 0
+            if looked or expired:
+                alive, gone, finished = self._census(_PRODUCER)
+                if hdr[_HEAD_Q] != tail:  # published just before finishing or dying
+                    return
+                if not alive and gone:
+                    raise BrokenError(
+                        f"every producer of {self._where()} is gone without finish() "
+                        "(killed, or closed its handle); nothing more will arrive")
+                if not alive and finished:
+                    raise EndOfChannel(f"every producer of {self._where()} finished the "
+                                       "stream and all its messages were received")
+                if expired:
+                    raise queue.Empty
             nap = _SLICE if remaining is None else min(_SLICE, remaining)
             self._announce(_CONSUMER, True)
             try:
@@ -467,6 +480,7 @@ class Channel:
                 self._head_w.wait(head & 0xFFFFFFFF, nap)
             finally:
                 self._announce(_CONSUMER, False)
+            looked = True
 
     def _await_room(self, tail: int, deadline: float | None) -> None:
         """Return once tail moved past ``tail``; raise when every consumer died, or at the
@@ -475,18 +489,21 @@ class Channel:
         if self._spin > 0 and self._spin_until(_TAIL_Q, tail, deadline):
             return
         self._full_waits += 1
+        looked = False
         while True:
             if hdr[_TAIL_Q] != tail:
                 return
-            alive, gone, _ = self._census(_CONSUMER)
-            if hdr[_TAIL_Q] != tail:
-                return
-            if not alive and gone:
-                raise BrokenError(f"every consumer of {self._where()} died with the channel "
-                                  "full; nothing will make room")
             remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise queue.Full
+            expired = remaining is not None and remaining <= 0
+            if looked or expired:
+                alive, gone, _ = self._census(_CONSUMER)
+                if hdr[_TAIL_Q] != tail:
+                    return
+                if not alive and gone:
+                    raise BrokenError(f"every consumer of {self._where()} died with the "
+                                      "channel full; nothing will make room")
+                if expired:
+                    raise queue.Full
             nap = _SLICE if remaining is None else min(_SLICE, remaining)
             self._announce(_PRODUCER, True)
             try:
@@ -496,6 +513,7 @@ class Channel:
                 self._tail_w.wait(now & 0xFFFFFFFF, nap)
             finally:
                 self._announce(_PRODUCER, False)
+            looked = True
 
     def _where(self) -> str:
         return self._path or "the anonymous channel"
@@ -565,31 +583,40 @@ class Channel:
 
     def send(self, data: bytes | bytearray | memoryview, timeout: float | None = None) -> None:
         """Send one message; block while the ring is full (queue.Full after ``timeout``)."""
-        if self._pslot is None:
-            self._attach(_PRODUCER)
+        # The hot path: a handful of memoryview operations, no syscall, no lock.
         if data.__class__ is not bytes:
             data = memoryview(data).cast("B")
         n = len(data)
-        need = (n + 15) & ~7
-        if n > self._max:
-            raise self._too_large(n)
-        if self._plocked:
-            self._send_locked(data, n, need, timeout)
+        if not self._send_fast or n > self._max:
+            self._send_slow(data, n, timeout)
             return
+        need = (n + 15) & ~7
         hdr = self._hdr
         cap = self._cap
-        head = hdr[_HEAD_Q]
+        head = hdr[8]  # _HEAD_Q
         pos = head % cap
         if pos + need > cap or head + need - self._tail_seen > cap:
             head = self._acquire_space(need, timeout)
             pos = head % cap
         self._data[pos + 8 : pos + 8 + n] = data
-        self._dq[pos >> 3] = n
-        hdr[_HEAD_Q] = head + need
-        if self._hdr32[_CW_I]:
+        self._dq[pos >> 3] = n  # the length word, after the payload
+        hdr[8] = head + need  # publish
+        if self._hdr32[18]:  # _CW_I: a consumer sleeps
             self._wake_consumers()
         self._sent += 1
         self._sent_bytes += n
+
+    def _send_slow(self, data: bytes | memoryview, n: int, timeout: float | None) -> None:
+        if self._finished:
+            raise ClosedError("this handle called finish(); it cannot send any more")
+        if self._pslot is None:
+            self._attach(_PRODUCER)
+        if n > self._max:
+            raise self._too_large(n)
+        if self._plocked:
+            self._send_locked(data, n, (n + 15) & ~7, timeout)
+        else:
+            self.send(data, timeout)
 
     def _send_locked(self, data: bytes | memoryview, n: int, need: int,
                      timeout: float | None) -> None:
@@ -708,6 +735,7 @@ class Channel:
         assert self._pslot is not None
         self._hdr32[_slot_word(self._pslot, 0)] = _FINISHED
         self._finished = True
+        self._send_fast = False
         self._head_w.wake()
 
     # --- receiving --------------------------------------------------------------------
@@ -723,36 +751,50 @@ class Channel:
         """Receive one message; block while the ring is empty (queue.Empty after
         ``timeout``).  EndOfChannel when the stream finished, BrokenError when every
         producer is gone and the ring is drained."""
+        if not self._recv_fast:
+            return self._recv_slow(timeout)
+        hdr = self._hdr
+        tail = hdr[16]  # _TAIL_Q
+        if tail >= self._head_seen:
+            head = hdr[8]
+            if head == tail:
+                self._await_data(tail, None if timeout is None else time.monotonic() + timeout)
+                head = hdr[8]
+            self._head_seen = head
+        cap = self._cap
+        pos = tail % cap
+        n = self._dq[pos >> 3]
+        if pos + 8 + n > cap or n + 8 > self._head_seen - tail:  # PAD (kind bits), or damage
+            return self._recv_slow(timeout)
+        out = bytes(self._data[pos + 8 : pos + 8 + n])
+        hdr[16] = tail + ((n + 15) & ~7)  # release the bytes to the producer
+        if self._hdr32[34]:  # _PW_I: a producer sleeps
+            self._wake_producers()
+        self._received += 1
+        self._received_bytes += n
+        return out
+
+    def _recv_slow(self, timeout: float | None) -> bytes:
         if self._cslot is None:
             self._attach(_CONSUMER)
         if self._clocked:
             return self._recv_locked(timeout)
-        hdr = self._hdr
-        cap = self._cap
+        # Unlocked single consumer: skip PAD frames, check the frame, then the fast path.
+        hdr, cap = self._hdr, self._cap
         while True:
             tail = hdr[_TAIL_Q]
-            if tail >= self._head_seen:
-                head = hdr[_HEAD_Q]
-                if head == tail:
-                    self._await_data(tail, None if timeout is None
-                                     else time.monotonic() + timeout)
-                    head = hdr[_HEAD_Q]
-                self._head_seen = head
+            head = hdr[_HEAD_Q]
+            if head == tail:
+                return self.recv(timeout)
             pos = tail % cap
             word = self._dq[pos >> 3]
+            if word == _PAD_WORD:
+                hdr[_TAIL_Q] = tail + cap - pos
+                continue
             n = word & 0xFFFFFFFF
-            if word >> 32 or pos + 8 + n > cap or n + 8 > self._head_seen - tail:
-                if word == _PAD_WORD:
-                    hdr[_TAIL_Q] = tail + cap - pos
-                    continue
-                raise self._bad_frame(tail, self._head_seen)
-            out = bytes(self._data[pos + 8 : pos + 8 + n])
-            hdr[_TAIL_Q] = tail + ((n + 15) & ~7)
-            if self._hdr32[_PW_I]:
-                self._wake_producers()
-            self._received += 1
-            self._received_bytes += n
-            return out
+            if word >> 32 or pos + 8 + n > cap or n + 8 > head - tail:
+                raise self._bad_frame(tail, head)
+            return self.recv(timeout)
 
     def _take(self, deadline: float | None) -> tuple[int, int, int]:
         """Find the next message: (tail, payload position, length).  Skips PAD frames.
@@ -978,6 +1020,7 @@ class Channel:
             self._hdr32[_slot_word(self._cslot, 0)] = _FREE
         self._closed = True
         self._pslot = self._cslot = None
+        self._send_fast = self._recv_fast = False
         for view in (self._dq, self._data, self._hdr, self._hdr32):
             view.release()
         self._head_w.close()
