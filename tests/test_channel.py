@@ -434,3 +434,79 @@ def test_objects_and_numpy_without_extra_copy() -> None:
         ch.send(b"not an object")
         with pytest.raises(ValueError, match="recv"):
             ch.recv_obj()
+
+
+# --- doorbell and asyncio -------------------------------------------------------------
+
+
+def test_asyncio_round_trip_between_processes(tmp_path: Path) -> None:
+    import asyncio
+
+    ping = Channel.create(tmp_path / "ping", capacity=1024, spin=0)
+    pong = Channel.create(tmp_path / "pong", capacity=1024, spin=0)
+
+    def child() -> None:
+        async def echo() -> None:
+            while True:
+                try:
+                    msg = await ping.arecv(timeout=30)
+                except EndOfChannel:
+                    pong.finish()
+                    return
+                await pong.asend(msg.upper(), timeout=30)
+
+        asyncio.run(echo())
+
+    pid = _fork(child)
+
+    async def main() -> list[bytes]:
+        ticks = 0
+
+        async def ticker() -> None:  # the loop stays free while we wait for replies
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.001)
+                ticks += 1
+
+        task = asyncio.create_task(ticker())
+        got = []
+        for i in range(200):
+            await ping.asend(b"msg %d" % i + b"." * 100, timeout=30)  # 200 x 120 B > 1 KiB
+            got.append(await pong.arecv(timeout=30))
+        ping.finish()
+        with pytest.raises(EndOfChannel):
+            await pong.arecv(timeout=30)
+        task.cancel()
+        assert ticks > 0
+        return got
+
+    got = asyncio.run(main())
+    assert got == [(b"msg %d" % i + b"." * 100).upper() for i in range(200)]
+    assert _exit_code(pid) == 0
+    with pytest.raises(queue.Empty):
+        asyncio.run(Channel.anonymous(64).arecv(timeout=0.1))
+    ping.close()
+    pong.close()
+
+
+def test_select_on_the_doorbell() -> None:
+    import select
+
+    with Channel.anonymous(1024, spin=0) as ch:
+        def child() -> None:
+            time.sleep(0.3)
+            ch.send(b"ding")
+            time.sleep(0.5)
+
+        pid = _fork(child)
+        t0 = time.monotonic()
+        msg = None
+        while msg is None and time.monotonic() - t0 < 20:
+            try:
+                msg = ch.recv_nowait()
+            except queue.Empty:
+                with ch.armed() as fd:
+                    select.select([fd], [], [], 5)
+        assert msg == b"ding"
+        assert time.monotonic() - t0 < 4  # woken by the bell, not by the 5 s timeout
+        assert _exit_code(pid) == 0

@@ -36,6 +36,7 @@ from ..errors import CorruptFileError, ForeignFileError, FormatVersionError
 __all__ = [
     "CONSUMERS_EPOCH",
     "CONSUMERS_WAITING",
+    "DOORBELL",
     "FIXED",
     "FLAG_MULTI_CONSUMER",
     "FLAG_MULTI_PRODUCER",
@@ -75,6 +76,7 @@ SLOT_COUNT = 64
 HEAD = 64  # u64, producers write
 CONSUMERS_WAITING = 72  # u32, consumers write
 CONSUMERS_EPOCH = 76  # u32, consumers write: bumped each time one goes to sleep
+DOORBELL = 80  # u32: 1 once any handle waits through the doorbell FIFO (fileno())
 TAIL = 128  # u64, consumers write
 PRODUCERS_WAITING = 136  # u32, producers write
 PRODUCERS_EPOCH = 140  # u32, producers write

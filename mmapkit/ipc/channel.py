@@ -48,6 +48,7 @@ it starts a new stream on the same ring.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import pickle
@@ -95,6 +96,7 @@ _PW_I = fmt.PRODUCERS_WAITING // 4
 assert (_HEAD_Q, _TAIL_Q, _CW_I, _PW_I) == (8, 16, 18, 34)
 _CE_I = fmt.CONSUMERS_EPOCH // 4
 _PE_I = fmt.PRODUCERS_EPOCH // 4
+_BELL_I = fmt.DOORBELL // 4
 _PAD_WORD = fmt.KIND_PAD << 32
 _OBJ_HEAD = struct.Struct("<IIQ")  # buffer count, reserved, pickle length
 _U64 = struct.Struct("<Q")
@@ -130,7 +132,7 @@ class Channel:
     """
 
     def __init__(self, region: Region, header: fmt.Header, lock_fd: int, *,
-                 lock_path: str | None, spin: float, owner_of_region: bool = True) -> None:
+                 lock_path: str | None, spin: float, bell_fd: int = -1) -> None:
         self._region = region
         self._header = header
         self._path = region.path
@@ -166,6 +168,7 @@ class Channel:
         self._sent = self._sent_bytes = self._received = self._received_bytes = 0
         self._full_waits = self._empty_waits = 0
         self._woke_consumers = self._woke_producers = -1  # sleep epochs already woken
+        self._bell = bell_fd  # doorbell FIFO (read and write end in one), opened on demand
         ref = weakref.ref(self)
 
         def after_fork() -> None:
@@ -255,7 +258,17 @@ class Channel:
         # The liveness locks need a file: an unlinked temporary one, reopened after fork.
         fd, tmp = tempfile.mkstemp(prefix="mmapkit-chan-lock-")
         os.unlink(tmp)
-        return cls(region, fmt.decode_header(header_bytes), fd, lock_path=None, spin=spin)
+        # And the doorbell a FIFO: made now so that fork children inherit the same one.
+        directory = tempfile.mkdtemp(prefix="mmapkit-chan-bell-")
+        try:
+            bell = os.path.join(directory, "bell")
+            os.mkfifo(bell, 0o600)
+            bell_fd = os.open(bell, os.O_RDWR | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+            os.unlink(bell)
+        finally:
+            os.rmdir(directory)
+        return cls(region, fmt.decode_header(header_bytes), fd, lock_path=None, spin=spin,
+                   bell_fd=bell_fd)
 
     def __reduce__(self) -> tuple[Any, ...]:
         if self._path is None:
@@ -425,12 +438,16 @@ class Channel:
         if epoch != self._woke_consumers:
             self._woke_consumers = epoch
             self._head_w.wake()
+            if self._hdr32[_BELL_I]:
+                self._ring()
 
     def _wake_producers(self) -> None:
         epoch = self._hdr32[_PE_I]
         if epoch != self._woke_producers:
             self._woke_producers = epoch
             self._tail_w.wake()
+            if self._hdr32[_BELL_I]:
+                self._ring()
 
     def _spin_until(self, index: int, value: int, deadline: float | None) -> bool:
         """Busy-poll header word ``index`` for up to ``spin`` seconds; True if it moved."""
@@ -914,6 +931,106 @@ class Channel:
                 view.release()
                 self._release(tail, n)
 
+    # --- doorbell and asyncio --------------------------------------------------------
+
+    def fileno(self) -> int:
+        """The channel's doorbell: a FIFO descriptor that turns readable when a waiting
+        receiver (or sender) should look again.  For select/selectors/asyncio; see
+        :meth:`armed` for the protocol, or just use :meth:`arecv` / :meth:`asend`."""
+        self._check_open()
+        if self._bell < 0:
+            assert self._path is not None
+            bell = self._path + ".bell"
+            with contextlib.suppress(FileExistsError):
+                os.mkfifo(bell, 0o600)
+            self._bell = os.open(bell, os.O_RDWR | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        self._hdr32[_BELL_I] = 1  # from now on, wake-ups also ring the doorbell
+        return self._bell
+
+    def _ring(self) -> None:
+        fd = self._bell if self._bell >= 0 else self.fileno()
+        with contextlib.suppress(BlockingIOError):  # full: it is ringing already
+            os.write(fd, b"\1")
+
+    def _drain_bell(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._bell, 4096):
+                pass
+
+    @contextlib.contextmanager
+    def armed(self, *, send: bool = False) -> Iterator[int]:
+        """``with ch.armed() as fd: select([fd], ...)``: announce that this handle waits for a
+        message (or, with ``send=True``, for room) through the doorbell, so the other side
+        rings it.  Try ``recv_nowait()`` (``send_nowait()``) first and again after the
+        wait; if something is already there when arming, the bell is rung at once.
+        Wake-ups are hints: wait with a timeout (a lost one costs one timeout)."""
+        role = _PRODUCER if send else _CONSUMER
+        if (self._pslot if send else self._cslot) is None:
+            self._attach(role)
+        fd = self.fileno()
+        self._announce(role, True)
+        try:
+            hdr = self._hdr
+            if send:
+                ready = hdr[_HEAD_Q] - hdr[_TAIL_Q] < self._cap // 2
+            else:
+                ready = hdr[_HEAD_Q] != hdr[_TAIL_Q]
+            if ready:
+                self._ring()
+            yield fd
+        finally:
+            self._announce(role, False)
+            self._drain_bell()
+
+    async def _await_bell(self, send: bool, nap: float) -> None:
+        loop = asyncio.get_running_loop()
+        with self.armed(send=send) as fd:
+            ready = loop.create_future()
+
+            def ring() -> None:
+                if not ready.done():
+                    ready.set_result(None)
+
+            loop.add_reader(fd, ring)
+            try:
+                await asyncio.wait_for(ready, nap)
+            except asyncio.TimeoutError:
+                pass
+            finally:
+                loop.remove_reader(fd)
+
+    async def arecv(self, timeout: float | None = None) -> bytes:
+        """``await ch.arecv()``: :meth:`recv` for asyncio; the event loop keeps running
+        while the ring is empty (it waits on the doorbell, never in a thread)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                return self.recv_nowait()
+            except queue.Empty:
+                pass
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise queue.Empty
+            await self._await_bell(False, _SLICE if remaining is None
+                                   else min(_SLICE, remaining))
+
+    async def asend(self, data: bytes | bytearray | memoryview,
+                    timeout: float | None = None) -> None:
+        """``await ch.asend(data)``: :meth:`send` for asyncio (waits for room on the
+        doorbell, never blocking the event loop)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                self.send_nowait(data)
+                return
+            except queue.Full:
+                pass
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise queue.Full
+            await self._await_bell(True, _SLICE if remaining is None
+                                   else min(_SLICE, remaining))
+
     # --- objects ----------------------------------------------------------------------
 
     def send_obj(self, obj: Any, timeout: float | None = None) -> None:
@@ -1029,12 +1146,15 @@ class Channel:
             self._region.close()
         finally:
             os.close(self._lock_fd)
+            if self._bell >= 0:
+                os.close(self._bell)
+                self._bell = -1
 
     def unlink(self) -> None:
         """Remove the channel's file and lock file (handles already open keep working)."""
         if self._path is None:
             return
-        for p in (self._path, self._lock_path):
+        for p in (self._path, self._lock_path, self._path + ".bell"):
             if p is not None:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(p)
