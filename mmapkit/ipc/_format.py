@@ -38,6 +38,7 @@ __all__ = [
     "CONSUMERS_WAITING",
     "DOORBELL",
     "FIXED",
+    "FLAG_BROADCAST",
     "FLAG_MULTI_CONSUMER",
     "FLAG_MULTI_PRODUCER",
     "FRAME",
@@ -46,9 +47,12 @@ __all__ = [
     "KIND_DATA",
     "KIND_PAD",
     "MAGIC",
+    "NAME_SIZE",
     "PRODUCERS_EPOCH",
     "PRODUCERS_WAITING",
     "SLOT_COUNT",
+    "SLOT_CURSOR",
+    "SLOT_NAME",
     "SLOT_OFFSET",
     "SLOT_SIZE",
     "TAIL",
@@ -82,7 +86,11 @@ PRODUCERS_WAITING = 136  # u32, producers write
 PRODUCERS_EPOCH = 140  # u32, producers write
 FLAG_MULTI_PRODUCER = 1
 FLAG_MULTI_CONSUMER = 2
-_KNOWN_FLAGS = FLAG_MULTI_PRODUCER | FLAG_MULTI_CONSUMER
+FLAG_BROADCAST = 4
+_KNOWN_FLAGS = FLAG_MULTI_PRODUCER | FLAG_MULTI_CONSUMER | FLAG_BROADCAST
+SLOT_CURSOR = 16  # u64 in a slot: a broadcast subscriber's read position
+SLOT_NAME = 32  # 32 bytes in a slot: a subscriber's UTF-8 name, zero-padded
+NAME_SIZE = 32
 FRAME = struct.Struct("<II")  # payload length, kind
 KIND_DATA = 0
 KIND_PAD = 1
@@ -108,6 +116,10 @@ class Header:
     @property
     def multi_consumer(self) -> bool:
         return bool(self.flags & FLAG_MULTI_CONSUMER)
+
+    @property
+    def broadcast(self) -> bool:
+        return bool(self.flags & FLAG_BROADCAST)
 
     @property
     def file_size(self) -> int:

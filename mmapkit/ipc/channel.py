@@ -71,6 +71,7 @@ from ..errors import (
     ForeignFileError,
     MessageTooLargeError,
     ModeConflictError,
+    OverrunError,
 )
 from ..region import Region
 from ..wait import Waiter
@@ -86,7 +87,7 @@ _LOCK_CONSUME = 1
 _LOCK_REGISTRY = 2
 _LOCK_SLOT = 64
 # slot states
-_FREE, _PRODUCER, _CONSUMER, _FINISHED = 0, 1, 2, 3
+_FREE, _PRODUCER, _CONSUMER, _FINISHED, _SUBSCRIBER = 0, 1, 2, 3, 4
 # word indexes into the header cast as u64 / u32
 _HEAD_Q = fmt.HEAD // 8
 _TAIL_Q = fmt.TAIL // 8
@@ -100,6 +101,11 @@ _BELL_I = fmt.DOORBELL // 4
 _PAD_WORD = fmt.KIND_PAD << 32
 _OBJ_HEAD = struct.Struct("<IIQ")  # buffer count, reserved, pickle length
 _U64 = struct.Struct("<Q")
+
+
+def _slot_byte(slot: int, offset: int) -> int:
+    """Byte offset in the header of ``offset`` within participant slot ``slot``."""
+    return fmt.SLOT_OFFSET + slot * fmt.SLOT_SIZE + offset
 
 
 def _slot_word(slot: int, field: int) -> int:
@@ -143,6 +149,8 @@ class Channel:
         self._max = fmt.max_message(header.capacity)
         self._mp = header.multi_producer
         self._mc = header.multi_consumer
+        self._bc = header.broadcast
+        self._cursor = 0  # a broadcast subscriber's read position
         # Weakly ordered CPUs: both sides serialise on one kernel lock (see the top comment).
         strict = not _platform.IS_TSO or bool(os.environ.get("MMAPKIT_CHANNEL_STRICT"))
         self._plocked = self._mp or strict
@@ -152,6 +160,7 @@ class Channel:
         view = region.view
         self._hdr = view[: fmt.HEADER_SIZE].cast("Q")
         self._hdr32 = view[: fmt.HEADER_SIZE].cast("I")
+        self._hdr8 = view[: fmt.HEADER_SIZE]
         self._data = view[fmt.HEADER_SIZE : fmt.HEADER_SIZE + self._cap]
         self._dq = self._data.cast("Q")
         self._head_w = Waiter(region, fmt.HEAD)
@@ -183,7 +192,7 @@ class Channel:
     @classmethod
     def create(cls, path: str | os.PathLike[str], capacity: int = 1 << 20, *,
                multi_producer: bool = False, multi_consumer: bool = False,
-               spin: float = _DEFAULT_SPIN) -> Channel:
+               broadcast: bool = False, spin: float = _DEFAULT_SPIN) -> Channel:
         """Create a channel file at ``path`` with a ring of ``capacity`` bytes.
 
         Raises FileExistsError if ``path`` exists (open it, or unlink it first).  The file
@@ -192,7 +201,11 @@ class Channel:
         path = os.fspath(path)
         cap = fmt.round_capacity(capacity)
         flags = ((fmt.FLAG_MULTI_PRODUCER if multi_producer else 0)
-                 | (fmt.FLAG_MULTI_CONSUMER if multi_consumer else 0))
+                 | (fmt.FLAG_MULTI_CONSUMER if multi_consumer else 0)
+                 | (fmt.FLAG_BROADCAST if broadcast else 0))
+        if broadcast and multi_consumer:
+            raise ValueError("broadcast channels have subscribers, each with its own cursor; "
+                             "drop multi_consumer=True")
         header = fmt.encode_header(cap, flags)
         directory = os.path.dirname(os.path.abspath(path))
         fd, tmp = tempfile.mkstemp(prefix=".mmapkit-chan-", dir=directory)
@@ -246,12 +259,17 @@ class Channel:
 
     @classmethod
     def anonymous(cls, capacity: int = 1 << 20, *, multi_producer: bool = False,
-                  multi_consumer: bool = False, spin: float = _DEFAULT_SPIN) -> Channel:
+                  multi_consumer: bool = False, broadcast: bool = False,
+                  spin: float = _DEFAULT_SPIN) -> Channel:
         """A channel in anonymous shared memory: create it before ``fork()``; the children
         inherit it.  It has no name, cannot be pickled, and vanishes with its last user."""
         cap = fmt.round_capacity(capacity)
         flags = ((fmt.FLAG_MULTI_PRODUCER if multi_producer else 0)
-                 | (fmt.FLAG_MULTI_CONSUMER if multi_consumer else 0))
+                 | (fmt.FLAG_MULTI_CONSUMER if multi_consumer else 0)
+                 | (fmt.FLAG_BROADCAST if broadcast else 0))
+        if broadcast and multi_consumer:
+            raise ValueError("broadcast channels have subscribers, each with its own cursor; "
+                             "drop multi_consumer=True")
         header_bytes = fmt.encode_header(cap, flags)
         region = Region.anonymous(fmt.HEADER_SIZE + cap)
         region.view[: len(header_bytes)] = header_bytes
@@ -343,6 +361,9 @@ class Channel:
         self._check_open()
         if role == _PRODUCER and self._finished:
             raise ClosedError("this handle called finish(); it cannot send any more")
+        if role == _CONSUMER and self._bc:
+            raise ModeConflictError("this is a broadcast channel: call subscribe(name) on the "
+                                    "handle first, then receive")
         fd, h32 = self._lock_fd, self._hdr32
         _platform.range_lock(fd, _LOCK_REGISTRY)
         try:
@@ -374,7 +395,7 @@ class Channel:
                     h32[_slot_word(slot, 0)] = role
                     if role == _PRODUCER:
                         self._pslot = slot
-                        self._send_fast = not self._plocked
+                        self._send_fast = not (self._plocked or self._bc)
                     else:
                         self._cslot = slot
                         self._recv_fast = not self._clocked
@@ -408,7 +429,7 @@ class Channel:
         h32[_slot_word(slot, 2)] = int(sleeping)
         word = _CW_I if role == _CONSUMER else _PW_I
         epoch = _CE_I if role == _CONSUMER else _PE_I
-        shared = self._mc if role == _CONSUMER else self._mp
+        shared = (self._mc or self._bc) if role == _CONSUMER else self._mp
         if not shared:
             if sleeping:
                 h32[epoch] = (h32[epoch] + 1) & 0xFFFFFFFF
@@ -421,8 +442,9 @@ class Channel:
         try:
             count = 0
             for i in range(fmt.SLOT_COUNT):
-                if (h32[_slot_word(i, 0)] == role and h32[_slot_word(i, 2)]
-                        and self._alive(i)):
+                state = h32[_slot_word(i, 0)]
+                if ((state == role or (role == _CONSUMER and state == _SUBSCRIBER))
+                        and h32[_slot_word(i, 2)] and self._alive(i)):
                     count += 1
             if sleeping:
                 h32[epoch] = (h32[epoch] + 1) & 0xFFFFFFFF
@@ -630,7 +652,9 @@ class Channel:
             self._attach(_PRODUCER)
         if n > self._max:
             raise self._too_large(n)
-        if self._plocked:
+        if self._bc:
+            self._send_broadcast(data, n, timeout)
+        elif self._plocked:
             self._send_locked(data, n, (n + 15) & ~7, timeout)
         else:
             self.send(data, timeout)
@@ -660,6 +684,12 @@ class Channel:
         """Send messages in order, publishing them together where they fit (one head store
         and at most one wake-up per batch).  Returns how many were sent; ``timeout``
         applies to each wait for room."""
+        if self._bc:
+            count = 0
+            for item in messages:
+                self.send(item, timeout)
+                count += 1
+            return count
         if self._pslot is None:
             self._attach(_PRODUCER)
         count = 0
@@ -718,6 +748,9 @@ class Channel:
         With ``multi_producer`` the producer claim is held for the whole block: keep it
         short.  Do not keep ``buf`` (or views of it) after the block.
         """
+        if self._bc:
+            raise ModeConflictError("reserve() writes in place, which a broadcast channel "
+                                    "cannot offer; use send()")
         if self._pslot is None:
             self._attach(_PRODUCER)
         if n < 0:
@@ -792,6 +825,8 @@ class Channel:
         return out
 
     def _recv_slow(self, timeout: float | None) -> bytes:
+        if self._bc:
+            return self._recv_broadcast(timeout)
         if self._cslot is None:
             self._attach(_CONSUMER)
         if self._clocked:
@@ -875,6 +910,18 @@ class Channel:
         if it alone exceeds ``max_bytes``).  One tail store and one wake-up per call."""
         if max_messages < 1:
             raise ValueError("max_messages must be at least 1")
+        if self._bc:
+            got = [self.recv(timeout)]
+            size = len(got[0])
+            with contextlib.suppress(queue.Empty, EndOfChannel, BrokenError):
+                while len(got) < max_messages:
+                    msg = self.recv_nowait()  # may overrun: raises after what we have
+                    if max_bytes is not None and size + len(msg) > max_bytes:
+                        self._cursor_back(msg)
+                        break
+                    got.append(msg)
+                    size += len(msg)
+            return got
         if self._cslot is None:
             self._attach(_CONSUMER)
         limit_bytes = max_bytes if max_bytes is not None else 1 << 62
@@ -920,6 +967,9 @@ class Channel:
         """``with ch.recv_view() as mv:`` read the next message in place (no copy); it is
         consumed when the block ends, even if the block raises.  ``mv`` is read-only
         and invalid after the block; copy what you keep."""
+        if self._bc:
+            raise ModeConflictError("a broadcast producer may overwrite what a view shows; "
+                                    "use recv() on broadcast channels")
         if self._cslot is None:
             self._attach(_CONSUMER)
         with self._recv_mutex if self._clocked else contextlib.nullcontext():
@@ -930,6 +980,160 @@ class Channel:
             finally:
                 view.release()
                 self._release(tail, n)
+
+    # --- broadcast --------------------------------------------------------------------
+
+    @property
+    def broadcast(self) -> bool:
+        return self._bc
+
+    @property
+    def cursor(self) -> int:
+        """A broadcast subscriber's read position (bytes since the channel was created)."""
+        return self._cursor
+
+    def subscribe(self, name: str) -> Channel:
+        """Make this handle the broadcast subscriber ``name`` and return it.
+
+        A new name starts at the oldest message the ring still retains; a name seen before
+        resumes where it stopped (if the producer overwrote that meanwhile, the first
+        receive raises OverrunError).  Each name is one live handle at a time.
+        """
+        self._check_open()
+        if not self._bc:
+            raise ModeConflictError("subscribe() is for channels created with broadcast=True")
+        if self._cslot is not None:
+            raise ModeConflictError("this handle already subscribed; open another handle "
+                                    "for another subscriber")
+        raw = name.encode()
+        if not 1 <= len(raw) <= fmt.NAME_SIZE:
+            raise ValueError(f"a subscriber name is 1 to {fmt.NAME_SIZE} bytes of UTF-8, "
+                             f"got {len(raw)}")
+        fd, h32, h8 = self._lock_fd, self._hdr32, self._hdr8
+        _platform.range_lock(fd, _LOCK_REGISTRY)
+        try:
+            states = [(i, h32[_slot_word(i, 0)]) for i in range(fmt.SLOT_COUNT)]
+            mine = [i for i, st in states if st == _SUBSCRIBER
+                    and bytes(h8[_slot_byte(i, fmt.SLOT_NAME):_slot_byte(i, fmt.SLOT_NAME)
+                                 + fmt.NAME_SIZE]).rstrip(b"\0") == raw]
+            if mine and self._alive(mine[0]):
+                raise ModeConflictError(f"subscriber {name!r} is in use by a live process "
+                                        f"(pid {h32[_slot_word(mine[0], 1)]})")
+            if mine:
+                order = mine
+            else:
+                alive = {i: self._alive(i) for i, st in states if st != _FREE}
+                order = ([i for i, st in states if st == _FREE]
+                         + [i for i, st in states if st == _CONSUMER and not alive[i]]
+                         + [i for i, st in states if st == _SUBSCRIBER and not alive[i]])
+            for slot in order:
+                if not _platform.range_lock(fd, _LOCK_SLOT + slot, wait=False):
+                    continue
+                cursor_q = _slot_byte(slot, fmt.SLOT_CURSOR) // 8
+                if not mine:  # a new name: start at the oldest retained message
+                    h8[_slot_byte(slot, fmt.SLOT_NAME):
+                       _slot_byte(slot, fmt.SLOT_NAME) + fmt.NAME_SIZE] = raw.ljust(
+                           fmt.NAME_SIZE, b"\0")
+                    self._hdr[cursor_q] = self._hdr[_TAIL_Q]
+                h32[_slot_word(slot, 1)] = os.getpid() & 0xFFFFFFFF
+                h32[_slot_word(slot, 2)] = 0
+                h32[_slot_word(slot, 0)] = _SUBSCRIBER
+                self._cslot = slot
+                self._cursor = int(self._hdr[cursor_q])
+                return self
+            raise ModeConflictError(f"all {fmt.SLOT_COUNT} participant slots are taken; "
+                                    "close some handles first")
+        finally:
+            _platform.range_unlock(fd, _LOCK_REGISTRY)
+
+    def _set_cursor(self, value: int) -> None:
+        assert self._cslot is not None
+        self._cursor = value
+        self._hdr[_slot_byte(self._cslot, fmt.SLOT_CURSOR) // 8] = value
+
+    def _cursor_back(self, msg: bytes) -> None:
+        """Un-receive the message just received (recv_many's byte limit)."""
+        self._set_cursor(self._cursor - ((len(msg) + 15) & ~7))
+        self._received -= 1
+        self._received_bytes -= len(msg)
+
+    def _send_broadcast(self, data: bytes | memoryview, n: int, timeout: float | None) -> None:
+        """Publish to every subscriber; never waits for readers: the oldest messages are
+        evicted (tail moves first, then the bytes are overwritten) to make room."""
+        need = (n + 15) & ~7
+        hdr, cap, dq = self._hdr, self._cap, self._dq
+        with self._send_mutex:
+            if self._plocked:
+                self._claim(self._plock_byte, None if timeout is None
+                            else time.monotonic() + timeout, True)
+            try:
+                head = hdr[_HEAD_Q]
+                tail = hdr[_TAIL_Q]
+                pos = head % cap
+                pad = cap - pos if pos + need > cap else 0
+                while tail < head and head + pad + need - tail > cap:
+                    tpos = tail % cap
+                    word = dq[tpos >> 3]
+                    tail += cap - tpos if word == _PAD_WORD else ((word & 0xFFFFFFFF) + 15) & ~7
+                if head + pad + need - tail > cap:  # even an empty ring needs the PAD gone
+                    tail = head + pad
+                if tail != hdr[_TAIL_Q]:
+                    hdr[_TAIL_Q] = tail  # readers see the eviction before the overwrite
+                if pad:
+                    dq[pos >> 3] = _PAD_WORD
+                    head += pad
+                    pos = 0
+                self._data[pos + 8 : pos + 8 + n] = data
+                dq[pos >> 3] = n
+                hdr[_HEAD_Q] = head + need
+            finally:
+                if self._plocked:
+                    _platform.range_unlock(self._lock_fd, self._plock_byte)
+        if self._hdr32[_CW_I]:
+            self._wake_consumers()
+        self._sent += 1
+        self._sent_bytes += n
+
+    def _overrun(self, cursor: int, tail: int) -> OverrunError:
+        self._set_cursor(tail)
+        return OverrunError(
+            f"subscriber fell behind: the producer overwrote {tail - cursor} bytes of messages "
+            "it had not read; it continues from the oldest retained message (a larger "
+            "capacity, or a faster reader, avoids this)", lost_bytes=tail - cursor)
+
+    def _recv_broadcast(self, timeout: float | None) -> bytes:
+        if self._cslot is None:
+            self._attach(_CONSUMER)  # raises: subscribe first
+        deadline = None if timeout is None else time.monotonic() + timeout
+        hdr, cap, dq, data = self._hdr, self._cap, self._dq, self._data
+        while True:
+            c = self._cursor
+            head = hdr[_HEAD_Q]
+            if head == c:
+                self._await_data(c, deadline)
+                continue
+            tail = hdr[_TAIL_Q]
+            if c < tail:
+                raise self._overrun(c, tail)
+            pos = c % cap
+            word = dq[pos >> 3]
+            if word == _PAD_WORD:
+                if hdr[_TAIL_Q] > c:
+                    raise self._overrun(c, hdr[_TAIL_Q])
+                self._set_cursor(c + cap - pos)
+                continue
+            n = word & 0xFFFFFFFF
+            if word >> 32 or pos + 8 + n > cap or n + 8 > head - c:
+                if hdr[_TAIL_Q] > c:  # overwritten while we looked
+                    raise self._overrun(c, hdr[_TAIL_Q])
+                raise self._bad_frame(c, head)
+            out = bytes(data[pos + 8 : pos + 8 + n])
+            if hdr[_TAIL_Q] > c:  # evicted during the copy: the bytes may be torn
+                raise self._overrun(c, hdr[_TAIL_Q])
+            self._set_cursor(c + ((n + 15) & ~7))
+            self._received += 1
+            self._received_bytes += n
+            return out
 
     # --- doorbell and asyncio --------------------------------------------------------
 
@@ -966,7 +1170,7 @@ class Channel:
         Wake-ups are hints: wait with a timeout (a lost one costs one timeout)."""
         role = _PRODUCER if send else _CONSUMER
         if (self._pslot if send else self._cslot) is None:
-            self._attach(role)
+            self._attach(role)  # (a broadcast handle must have subscribed)
         fd = self.fileno()
         self._announce(role, True)
         try:
@@ -974,7 +1178,7 @@ class Channel:
             if send:
                 ready = hdr[_HEAD_Q] - hdr[_TAIL_Q] < self._cap // 2
             else:
-                ready = hdr[_HEAD_Q] != hdr[_TAIL_Q]
+                ready = hdr[_HEAD_Q] != (self._cursor if self._bc else hdr[_TAIL_Q])
             if ready:
                 self._ring()
             yield fd
@@ -1045,7 +1249,9 @@ class Channel:
             except BufferError:  # not contiguous: pickle it in-band after all
                 raws.append(memoryview(bytes(memoryview(b))))
         total = _OBJ_HEAD.size + _pad8(len(body)) + sum(8 + _pad8(r.nbytes) for r in raws)
-        with self.reserve(total, timeout) as buf:
+        placed = (contextlib.nullcontext(memoryview(bytearray(total))) if self._bc
+                  else self.reserve(total, timeout))
+        with placed as buf:
             _OBJ_HEAD.pack_into(buf, 0, len(raws), 0, len(body))
             at = _OBJ_HEAD.size
             buf[at : at + len(body)] = body
@@ -1057,12 +1263,17 @@ class Channel:
                 at += _pad8(r.nbytes)
             for r in raws:
                 r.release()
+            if self._bc:
+                self.send(buf, timeout)
 
     def recv_obj(self, timeout: float | None = None) -> Any:
         """Receive an object sent by :meth:`send_obj`.  The message is copied once, into a
         bytearray; out-of-band buffers (numpy arrays) are views of that copy (writable)."""
-        with self.recv_view(timeout) as view:
-            blob = bytearray(view)
+        if self._bc:
+            blob = bytearray(self.recv(timeout))
+        else:
+            with self.recv_view(timeout) as view:
+                blob = bytearray(view)
         mv = memoryview(blob)
         try:
             count, _, body_len = _OBJ_HEAD.unpack_from(mv, 0)
@@ -1105,16 +1316,23 @@ class Channel:
         h32 = self._hdr32
         head, tail = int(self._hdr[_HEAD_Q]), int(self._hdr[_TAIL_Q])
         pending = sum(1 for _ in fmt.iter_frames(self._data, tail, head))
-        names = {_PRODUCER: "producer", _CONSUMER: "consumer", _FINISHED: "finished"}
+        names = {_PRODUCER: "producer", _CONSUMER: "consumer", _FINISHED: "finished",
+                 _SUBSCRIBER: "subscriber"}
         slots = []
         for i in range(fmt.SLOT_COUNT):
             st = h32[_slot_word(i, 0)]
             if st != _FREE:
-                slots.append({"slot": i, "role": names.get(st, f"unknown {st}"),
-                              "pid": h32[_slot_word(i, 1)], "alive": self._alive(i)})
+                entry: dict[str, Any] = {"slot": i, "role": names.get(st, f"unknown {st}"),
+                                         "pid": h32[_slot_word(i, 1)], "alive": self._alive(i)}
+                if st == _SUBSCRIBER:
+                    at = _slot_byte(i, fmt.SLOT_NAME)
+                    entry["name"] = bytes(self._hdr8[at : at + fmt.NAME_SIZE]).rstrip(
+                        b"\0").decode(errors="replace")
+                    entry["cursor"] = int(self._hdr[_slot_byte(i, fmt.SLOT_CURSOR) // 8])
+                slots.append(entry)
         return {"path": self._path, "version": self._header.version,
                 "capacity": self._cap, "max_message": self._max,
-                "multi_producer": self._mp, "multi_consumer": self._mc,
+                "multi_producer": self._mp, "multi_consumer": self._mc, "broadcast": self._bc,
                 "head": head, "tail": tail, "used": head - tail, "pending_messages": pending,
                 "participants": slots}
 
@@ -1134,11 +1352,12 @@ class Channel:
             return
         if self._cslot is not None:
             self._hdr32[_slot_word(self._cslot, 2)] = 0
-            self._hdr32[_slot_word(self._cslot, 0)] = _FREE
+            if not self._bc:  # a subscriber keeps its name and cursor for next time
+                self._hdr32[_slot_word(self._cslot, 0)] = _FREE
         self._closed = True
         self._pslot = self._cslot = None
         self._send_fast = self._recv_fast = False
-        for view in (self._dq, self._data, self._hdr, self._hdr32):
+        for view in (self._dq, self._data, self._hdr, self._hdr32, self._hdr8):
             view.release()
         self._head_w.close()
         self._tail_w.close()
