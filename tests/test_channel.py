@@ -510,3 +510,27 @@ def test_select_on_the_doorbell() -> None:
         assert msg == b"ding"
         assert time.monotonic() - t0 < 4  # woken by the bell, not by the 5 s timeout
         assert _exit_code(pid) == 0
+
+
+def test_strict_ordering_mode_for_weak_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The locked mode used on ARM64 & co (forced here on x86): same results."""
+    monkeypatch.setenv("MMAPKIT_CHANNEL_STRICT", "1")
+    ch = Channel.anonymous(512)
+
+    def child() -> None:
+        for i in range(3000):
+            ch.send(_signed(i, i % 100))
+        ch.send_many(_signed(i, 7) for i in range(3000, 3100))
+        ch.finish()
+
+    pid = _fork(child)
+    got = []
+    with pytest.raises(EndOfChannel):
+        while True:
+            if len(got) % 2:
+                got += [_verify(m) for m in ch.recv_many(10, timeout=30)]
+            else:
+                got.append(_verify(ch.recv(timeout=30)))
+    assert got == list(range(3100))
+    assert _exit_code(pid) == 0
+    ch.close()
