@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import mmap
 import os
 import pickle
 import queue
@@ -162,6 +163,14 @@ class Channel:
         self._hdr32 = view[: fmt.HEADER_SIZE].cast("I")
         self._hdr8 = view[: fmt.HEADER_SIZE]
         self._data = view[fmt.HEADER_SIZE : fmt.HEADER_SIZE + self._cap]
+        # The mmap itself: slicing it makes bytes in one step (3x cheaper than bytes() of a
+        # memoryview slice), and slice assignment to it is a plain memcpy.  ``_base`` is
+        # where the ring starts in it.
+        mapping = view.obj
+        if not isinstance(mapping, mmap.mmap):  # pragma: no cover - Region maps with mmap
+            raise TypeError("a Channel needs a Region backed by mmap")
+        self._mm = mapping
+        self._base = fmt.HEADER_SIZE + region.offset - region.map_offset
         self._dq = self._data.cast("Q")
         self._head_w = Waiter(region, fmt.HEAD)
         self._tail_w = Waiter(region, fmt.TAIL)
@@ -637,7 +646,8 @@ class Channel:
         if pos + need > cap or head + need - self._tail_seen > cap:
             head = self._acquire_space(need, timeout)
             pos = head % cap
-        self._data[pos + 8 : pos + 8 + n] = data
+        at = self._base + pos + 8
+        self._mm[at : at + n] = data
         self._dq[pos >> 3] = n  # the length word, after the payload
         hdr[8] = head + need  # publish
         if self._hdr32[18]:  # _CW_I: a consumer sleeps
@@ -816,7 +826,8 @@ class Channel:
         n = self._dq[pos >> 3]
         if pos + 8 + n > cap or n + 8 > self._head_seen - tail:  # PAD (kind bits), or damage
             return self._recv_slow(timeout)
-        out = bytes(self._data[pos + 8 : pos + 8 + n])
+        at = self._base + pos + 8
+        out = self._mm[at : at + n]
         hdr[16] = tail + ((n + 15) & ~7)  # release the bytes to the producer
         if self._hdr32[34]:  # _PW_I: a producer sleeps
             self._wake_producers()
@@ -891,7 +902,7 @@ class Channel:
         with self._recv_mutex:
             tail, start, n = self._take(None if timeout is None else time.monotonic() + timeout)
             try:
-                out = bytes(self._data[start : start + n])
+                out = self._mm[self._base + start : self._base + start + n]
             except BaseException:
                 if self._clocked:
                     _platform.range_unlock(self._lock_fd, self._clock_byte)
@@ -927,13 +938,14 @@ class Channel:
         limit_bytes = max_bytes if max_bytes is not None else 1 << 62
         with self._recv_mutex if self._clocked else contextlib.nullcontext():
             tail, start, n = self._take(None if timeout is None else time.monotonic() + timeout)
-            hdr, cap, data, dq = self._hdr, self._cap, self._data, self._dq
+            hdr, cap, dq = self._hdr, self._cap, self._dq
+            mm, base = self._mm, self._base
             out = []
             total = 0
             try:
                 head = hdr[_HEAD_Q]
                 while True:
-                    out.append(bytes(data[start : start + n]))
+                    out.append(mm[base + start : base + start + n])
                     total += n
                     tail += (n + 15) & ~7
                     if len(out) >= max_messages or tail == head:
@@ -1105,7 +1117,7 @@ class Channel:
         if self._cslot is None:
             self._attach(_CONSUMER)  # raises: subscribe first
         deadline = None if timeout is None else time.monotonic() + timeout
-        hdr, cap, dq, data = self._hdr, self._cap, self._dq, self._data
+        hdr, cap, dq = self._hdr, self._cap, self._dq
         while True:
             c = self._cursor
             head = hdr[_HEAD_Q]
@@ -1127,7 +1139,7 @@ class Channel:
                 if hdr[_TAIL_Q] > c:  # overwritten while we looked
                     raise self._overrun(c, hdr[_TAIL_Q])
                 raise self._bad_frame(c, head)
-            out = bytes(data[pos + 8 : pos + 8 + n])
+            out = self._mm[self._base + pos + 8 : self._base + pos + 8 + n]
             if hdr[_TAIL_Q] > c:  # evicted during the copy: the bytes may be torn
                 raise self._overrun(c, hdr[_TAIL_Q])
             self._set_cursor(c + ((n + 15) & ~7))
