@@ -165,3 +165,31 @@ def test_producer_sigkilled_mid_stream(tmp_path: Path) -> None:
     ch.check()
     ch.close()
     ch.unlink()
+
+
+def test_threads_share_a_multi_producer_handle() -> None:
+    import threading
+
+    ch = Channel.anonymous(4096, multi_producer=True, multi_consumer=True)
+    per = 2000
+
+    def produce(k: int) -> None:
+        for i in range(per):
+            ch.send(struct.pack("<II", k, i))
+
+    got: list[tuple[int, int]] = []
+
+    def consume() -> None:
+        for _ in range(per * 4 // 2):
+            got.append(struct.unpack("<II", ch.recv(timeout=60)))
+
+    threads = [threading.Thread(target=produce, args=(k,)) for k in range(4)]
+    threads += [threading.Thread(target=consume) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert sorted(got) == sorted((k, i) for k in range(4) for i in range(per))
+    info = ch.describe()
+    assert [p["role"] for p in info["participants"]].count("producer") == 1
+    ch.close()

@@ -183,6 +183,7 @@ class Channel:
         self._tail_seen = 0  # producer's last look at tail: room above it is free
         self._send_mutex = threading.Lock()
         self._recv_mutex = threading.Lock()
+        self._attach_mutex = threading.Lock()
         self._sent = self._sent_bytes = self._received = self._received_bytes = 0
         self._full_waits = self._empty_waits = 0
         self._woke_consumers = self._woke_producers = -1  # sleep epochs already woken
@@ -315,6 +316,7 @@ class Channel:
         self._finished = False
         self._send_mutex = threading.Lock()
         self._recv_mutex = threading.Lock()
+        self._attach_mutex = threading.Lock()
         self._sent = self._sent_bytes = self._received = self._received_bytes = 0
         self._full_waits = self._empty_waits = 0
 
@@ -367,6 +369,11 @@ class Channel:
 
     def _attach(self, role: int) -> int:
         """Take a participant slot for ``role`` and hold its lock for as long as we live."""
+        with self._attach_mutex:  # the kernel locks below do not exclude our own threads
+            slot = self._pslot if role == _PRODUCER else self._cslot
+            return slot if slot is not None else self._attach_locked(role)
+
+    def _attach_locked(self, role: int) -> int:
         self._check_open()
         if role == _PRODUCER and self._finished:
             raise ClosedError("this handle called finish(); it cannot send any more")
