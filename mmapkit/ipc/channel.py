@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import mmap
 import os
 import pickle
@@ -83,8 +84,6 @@ __all__ = ["Channel", "ChannelStatistics"]
 _SLICE = 0.05  # longest single sleep before re-checking positions and peers
 _DEFAULT_SPIN = 50e-6
 # lock-file bytes
-_LOCK_PRODUCE = 0
-_LOCK_CONSUME = 1
 _LOCK_REGISTRY = 2
 _LOCK_SLOT = 64
 # slot states
@@ -156,8 +155,9 @@ class Channel:
         strict = not _platform.IS_TSO or bool(os.environ.get("MMAPKIT_CHANNEL_STRICT"))
         self._plocked = self._mp or strict
         self._clocked = self._mc or strict
-        self._plock_byte = _LOCK_PRODUCE
-        self._clock_byte = _LOCK_PRODUCE if strict else _LOCK_CONSUME
+        # Claims are flock()s (a lock + unlock costs a third of an OFD byte-range pair):
+        # producers lock one file, consumers another; the strict mode uses one for both.
+        self._pclaim, self._cclaim = self._open_claims(strict)
         view = region.view
         self._hdr = view[: fmt.HEADER_SIZE].cast("Q")
         self._hdr32 = view[: fmt.HEADER_SIZE].cast("I")
@@ -311,6 +311,16 @@ class Channel:
         old = self._lock_fd
         self._lock_fd = _platform.reopen_fd(old)
         os.close(old)
+        same = self._cclaim == self._pclaim
+        fresh = _platform.reopen_fd(self._pclaim)
+        os.close(self._pclaim)
+        self._pclaim = fresh
+        if same:
+            self._cclaim = fresh
+        else:
+            fresh = _platform.reopen_fd(self._cclaim)
+            os.close(self._cclaim)
+            self._cclaim = fresh
         self._pslot = self._cslot = None
         self._send_fast = self._recv_fast = False
         self._finished = False
@@ -453,8 +463,8 @@ class Channel:
             return
         # Several sleepers share the counter: recount under the role's claim lock, skipping
         # flags left behind by dead sleepers.
-        byte = self._clock_byte if role == _CONSUMER else self._plock_byte
-        _platform.range_lock(self._lock_fd, byte)
+        claim = self._cclaim if role == _CONSUMER else self._pclaim
+        fcntl.flock(claim, fcntl.LOCK_EX)
         try:
             count = 0
             for i in range(fmt.SLOT_COUNT):
@@ -466,7 +476,7 @@ class Channel:
                 h32[epoch] = (h32[epoch] + 1) & 0xFFFFFFFF
             h32[word] = count
         finally:
-            _platform.range_unlock(self._lock_fd, byte)
+            fcntl.flock(claim, fcntl.LOCK_UN)
 
     # --- waiting ----------------------------------------------------------------------
 
@@ -573,18 +583,37 @@ class Channel:
     def _where(self) -> str:
         return self._path or "the anonymous channel"
 
-    def _claim(self, byte: int, deadline: float | None, full: bool) -> None:
+    def _claim(self, fd: int, deadline: float | None, full: bool) -> None:
         """Take a claim lock (producers' or consumers'), honouring the deadline."""
         if deadline is None:
-            _platform.range_lock(self._lock_fd, byte)
+            fcntl.flock(fd, fcntl.LOCK_EX)
             return
-        delay = 0.0002
-        while not _platform.range_lock(self._lock_fd, byte, wait=False):
+        delay = 0.0001
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                pass
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise queue.Full if full else queue.Empty
             time.sleep(min(delay, remaining))
-            delay = min(delay * 2, 0.01)
+            delay = min(delay * 2, 0.005)
+
+    def _open_claims(self, strict: bool) -> tuple[int, int]:
+        flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+        if self._path is not None:
+            assert self._lock_path is not None
+            pfd = os.open(self._path, flags)
+            cfd = pfd if strict else os.open(self._lock_path, flags)
+            return pfd, cfd
+        fds = []
+        for _ in range(1 if strict else 2):
+            fd, tmp = tempfile.mkstemp(prefix="mmapkit-chan-claim-")
+            os.unlink(tmp)
+            fds.append(fd)
+        return fds[0], fds[-1]
 
     # --- sending ----------------------------------------------------------------------
 
@@ -622,18 +651,18 @@ class Channel:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             if self._plocked:
-                self._claim(self._plock_byte, deadline, True)
+                self._claim(self._pclaim, deadline, True)
             try:
                 head = self._place(need)
             except BaseException:
                 if self._plocked:
-                    _platform.range_unlock(self._lock_fd, self._plock_byte)
+                    fcntl.flock(self._pclaim, fcntl.LOCK_UN)
                 raise
             if head >= 0:
                 return head
             tail = self._tail_seen
             if self._plocked:
-                _platform.range_unlock(self._lock_fd, self._plock_byte)
+                fcntl.flock(self._pclaim, fcntl.LOCK_UN)
             self._await_room(tail, deadline)
 
     def send(self, data: bytes | bytearray | memoryview, timeout: float | None = None) -> None:
@@ -686,7 +715,7 @@ class Channel:
                 self._dq[pos >> 3] = n
                 self._hdr[_HEAD_Q] = head + need
             finally:
-                _platform.range_unlock(self._lock_fd, self._plock_byte)
+                fcntl.flock(self._pclaim, fcntl.LOCK_UN)
             if self._hdr32[_CW_I]:
                 self._wake_consumers()
             self._sent += 1
@@ -752,7 +781,7 @@ class Channel:
                 self._sent_bytes += nbytes
             finally:
                 if self._plocked:
-                    _platform.range_unlock(self._lock_fd, self._plock_byte)
+                    fcntl.flock(self._pclaim, fcntl.LOCK_UN)
             if self._hdr32[_CW_I]:
                 self._wake_consumers()
         return len(batch)
@@ -788,7 +817,7 @@ class Channel:
                 self._hdr[_HEAD_Q] = head + need
             finally:
                 if self._plocked:
-                    _platform.range_unlock(self._lock_fd, self._plock_byte)
+                    fcntl.flock(self._pclaim, fcntl.LOCK_UN)
             if self._hdr32[_CW_I]:
                 self._wake_consumers()
             self._sent += 1
@@ -872,7 +901,7 @@ class Channel:
         hdr, cap = self._hdr, self._cap
         while True:
             if self._clocked:
-                self._claim(self._clock_byte, deadline, False)
+                self._claim(self._cclaim, deadline, False)
             try:
                 while True:
                     tail = hdr[_TAIL_Q]
@@ -890,16 +919,16 @@ class Channel:
                     return tail, pos + 8, n
             except BaseException:
                 if self._clocked:
-                    _platform.range_unlock(self._lock_fd, self._clock_byte)
+                    fcntl.flock(self._cclaim, fcntl.LOCK_UN)
                 raise
             if self._clocked:
-                _platform.range_unlock(self._lock_fd, self._clock_byte)
+                fcntl.flock(self._cclaim, fcntl.LOCK_UN)
             self._await_data(tail, deadline)
 
     def _release(self, tail: int, n: int) -> None:
         self._hdr[_TAIL_Q] = tail + ((n + 15) & ~7)
         if self._clocked:
-            _platform.range_unlock(self._lock_fd, self._clock_byte)
+            fcntl.flock(self._cclaim, fcntl.LOCK_UN)
         if self._hdr32[_PW_I]:
             self._wake_producers()
         self._received += 1
@@ -912,7 +941,7 @@ class Channel:
                 out = self._mm[self._base + start : self._base + start + n]
             except BaseException:
                 if self._clocked:
-                    _platform.range_unlock(self._lock_fd, self._clock_byte)
+                    fcntl.flock(self._cclaim, fcntl.LOCK_UN)
                 raise
             self._release(tail, n)
             return out
@@ -974,7 +1003,7 @@ class Channel:
                 hdr[_TAIL_Q] = tail
             finally:
                 if self._clocked:
-                    _platform.range_unlock(self._lock_fd, self._clock_byte)
+                    fcntl.flock(self._cclaim, fcntl.LOCK_UN)
             if self._hdr32[_PW_I]:
                 self._wake_producers()
             self._received += len(out)
@@ -1083,7 +1112,7 @@ class Channel:
         hdr, cap, dq = self._hdr, self._cap, self._dq
         with self._send_mutex:
             if self._plocked:
-                self._claim(self._plock_byte, None if timeout is None
+                self._claim(self._pclaim, None if timeout is None
                             else time.monotonic() + timeout, True)
             try:
                 head = hdr[_HEAD_Q]
@@ -1107,7 +1136,7 @@ class Channel:
                 hdr[_HEAD_Q] = head + need
             finally:
                 if self._plocked:
-                    _platform.range_unlock(self._lock_fd, self._plock_byte)
+                    fcntl.flock(self._pclaim, fcntl.LOCK_UN)
         if self._hdr32[_CW_I]:
             self._wake_consumers()
         self._sent += 1
@@ -1384,6 +1413,9 @@ class Channel:
             self._region.close()
         finally:
             os.close(self._lock_fd)
+            os.close(self._pclaim)
+            if self._cclaim != self._pclaim:
+                os.close(self._cclaim)
             if self._bell >= 0:
                 os.close(self._bell)
                 self._bell = -1
