@@ -13,12 +13,12 @@ Design rules:
 - Ordering: on x86-64 (TSO) plain aligned 8-byte stores through ``memoryview.cast('Q')``
   become visible to other cores in program order, which is all the protocol needs.  On
   weakly ordered CPUs (ARM64...) nothing orders them from Python, so there every send and
-  every receive of *every* channel takes one shared kernel lock (an OFD byte-range lock):
-  the kernel's lock and unlock are full barriers.  Slower, but correct.
-- Several producers (``multi_producer=True``) claim the head under an exclusive kernel
-  byte-range lock; several consumers (``multi_consumer=True``) claim the tail under
-  another.  The kernel drops a dead holder's lock at once, and a claim is never held
-  while waiting, so a killed peer cannot wedge the others.
+  every receive of *every* channel takes one shared kernel lock (flock): the kernel's
+  lock and unlock are full barriers.  Slower, but correct.
+- Several producers (``multi_producer=True``) claim the head under an exclusive flock on
+  the channel file; several consumers (``multi_consumer=True``) claim the tail under one
+  on the ``.lock`` file.  The kernel drops a dead holder's lock at once, and a claim is
+  never held while waiting, so a killed peer cannot wedge the others.
 - Blocking: spin on the position for ``spin`` seconds, then sleep on the futex of the
   position's low 32 bits (mmapkit.wait.Waiter).  A sleeper first raises a "sleeping"
   word that the other side reads after each publish, so the fast path makes no syscall
