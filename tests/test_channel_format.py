@@ -140,3 +140,65 @@ def test_frames_garbage_gives_our_errors(ring: bytes, tail8: int, span: int) -> 
             assert start >= 0 and start + n <= len(ring)
     except CorruptFileError:
         pass
+
+
+# --- the ring against a model ---------------------------------------------------------
+
+_OPS = st.lists(st.tuples(st.sampled_from(["send", "send_many", "recv", "recv_many",
+                                            "reserve", "view"]),
+                          st.integers(0, 300), st.integers(1, 5)), max_size=120)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from([64, 128, 256, 1000]), _OPS)
+def test_ring_matches_a_fifo_model(capacity: int, ops: list[tuple[str, int, int]]) -> None:
+    """Any interleaving of the sending and receiving calls behaves like a FIFO queue; the
+    ring never loses, duplicates or tears a message, whatever the wrap-around."""
+    import collections
+    import queue
+
+    from mmapkit.ipc import Channel
+
+    model: collections.deque[bytes] = collections.deque()
+    counter = 0
+    with Channel.anonymous(capacity) as ch:
+        for op, size, count in ops:
+            size = min(size, ch.max_message)
+            if op in ("send", "reserve", "send_many"):
+                batch = []
+                for _ in range(count if op == "send_many" else 1):
+                    counter += 1
+                    batch.append(bytes([counter % 251]) * size)
+                for msg in batch:
+                    try:
+                        if op == "reserve":
+                            with ch.reserve(len(msg), timeout=0) as buf:
+                                buf[:] = msg
+                        else:
+                            ch.send_nowait(msg)
+                    except queue.Full:
+                        break
+                    model.append(msg)
+            elif op == "recv_many":
+                try:
+                    got = ch.recv_many(count, max_bytes=size, timeout=0)
+                except queue.Empty:
+                    assert not model
+                    got = []
+                assert got == [model.popleft() for _ in got]
+            else:
+                try:
+                    if op == "view":
+                        with ch.recv_view(timeout=0) as mv:
+                            got1 = bytes(mv)
+                    else:
+                        got1 = ch.recv_nowait()
+                except queue.Empty:
+                    assert not model  # at most a PAD was there (and is skipped now)
+                    continue
+                assert got1 == model.popleft()
+            ch.check()
+        while model:
+            assert ch.recv_nowait() == model.popleft()
+        with pytest.raises(queue.Empty):
+            ch.recv_nowait()
