@@ -163,3 +163,16 @@ def test_broadcast_asyncio_subscriber() -> None:
 
         assert asyncio.run(main()) == list(range(20))
         os.waitpid(pid, 0)
+
+
+def test_caught_up_subscriber_loses_nothing_when_a_big_message_wraps() -> None:
+    with Channel.anonymous(256, broadcast=True) as ch:
+        sub = ch.subscribe("s")
+        for i in range(50):
+            ch.send(_seq(i))
+            assert _num(sub.recv()) == i
+        big = struct.pack("<Q", 999) + b"x" * 232  # 248 B: needs the whole ring
+        ch.send(big)  # the PAD before it is evicted at once, with nothing else
+        assert sub.recv() == big
+        ch.send(_seq(1000))
+        assert _num(sub.recv()) == 1000

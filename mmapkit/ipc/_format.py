@@ -48,6 +48,7 @@ __all__ = [
     "KIND_PAD",
     "MAGIC",
     "NAME_SIZE",
+    "PAD_EVICTED",
     "PRODUCERS_EPOCH",
     "PRODUCERS_WAITING",
     "SLOT_COUNT",
@@ -81,6 +82,7 @@ HEAD = 64  # u64, producers write
 CONSUMERS_WAITING = 72  # u32, consumers write
 CONSUMERS_EPOCH = 76  # u32, consumers write: bumped each time one goes to sleep
 DOORBELL = 80  # u32: 1 once any handle waits through the doorbell FIFO (fileno())
+PAD_EVICTED = 88  # u64, broadcast: start of a PAD the producer evicted with nothing else
 TAIL = 128  # u64, consumers write
 PRODUCERS_WAITING = 136  # u32, producers write
 PRODUCERS_EPOCH = 140  # u32, producers write

@@ -98,6 +98,7 @@ assert (_HEAD_Q, _TAIL_Q, _CW_I, _PW_I) == (8, 16, 18, 34)
 _CE_I = fmt.CONSUMERS_EPOCH // 4
 _PE_I = fmt.PRODUCERS_EPOCH // 4
 _BELL_I = fmt.DOORBELL // 4
+_PAD_EVICTED_Q = fmt.PAD_EVICTED // 8
 _PAD_WORD = fmt.KIND_PAD << 32
 _OBJ_HEAD = struct.Struct("<IIQ")  # buffer count, reserved, pickle length
 _U64 = struct.Struct("<Q")
@@ -1123,14 +1124,19 @@ class Channel:
                     tpos = tail % cap
                     word = dq[tpos >> 3]
                     tail += cap - tpos if word == _PAD_WORD else ((word & 0xFFFFFFFF) + 15) & ~7
-                if head + pad + need - tail > cap:  # even an empty ring needs the PAD gone
-                    tail = head + pad
                 if tail != hdr[_TAIL_Q]:
                     hdr[_TAIL_Q] = tail  # readers see the eviction before the overwrite
                 if pad:
                     dq[pos >> 3] = _PAD_WORD
                     head += pad
+                    hdr[_HEAD_Q] = head
                     pos = 0
+                    if head + need - tail > cap:
+                        # Even the emptied ring needs the PAD itself gone.  Readers that were
+                        # at the PAD lost nothing: say where it was, so they need not raise.
+                        hdr[_PAD_EVICTED_Q] = tail
+                        tail = head
+                        hdr[_TAIL_Q] = tail
                 self._data[pos + 8 : pos + 8 + n] = data
                 dq[pos >> 3] = n
                 hdr[_HEAD_Q] = head + need
@@ -1162,6 +1168,9 @@ class Channel:
                 continue
             tail = hdr[_TAIL_Q]
             if c < tail:
+                if c == hdr[_PAD_EVICTED_Q] and tail == c + cap - c % cap:
+                    self._set_cursor(tail)  # only a PAD was evicted under us: nothing lost
+                    continue
                 raise self._overrun(c, tail)
             pos = c % cap
             word = dq[pos >> 3]
