@@ -192,4 +192,5 @@ def test_threads_share_a_multi_producer_handle() -> None:
     assert sorted(got) == sorted((k, i) for k in range(4) for i in range(per))
     info = ch.describe()
     assert [p["role"] for p in info["participants"]].count("producer") == 1
+    ch.check()
     ch.close()
