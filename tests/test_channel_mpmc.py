@@ -194,3 +194,41 @@ def test_threads_share_a_multi_producer_handle() -> None:
     assert [p["role"] for p in info["participants"]].count("producer") == 1
     ch.check()
     ch.close()
+
+
+def test_consumer_sigkilled_mid_stream_does_not_wedge_the_others(tmp_path: Path) -> None:
+    ch = Channel.anonymous(1 << 14, multi_producer=True, multi_consumer=True)
+    per = 20_000
+
+    def produce(k: int) -> None:
+        for i in range(per):
+            ch.send(struct.pack("<QI", k, i) + b"z" * (i % 64))
+        ch.finish()
+
+    outs = [tmp_path / f"o{c}" for c in range(3)]
+
+    def consume(out: Path) -> None:
+        got = array.array("Q")
+        try:
+            while True:
+                k, i = struct.unpack_from("<QI", ch.recv(timeout=60))
+                got.append(k * per + i)
+        except EndOfChannel:
+            out.write_bytes(got.tobytes())
+
+    consumers = [_child(lambda o=o: consume(o)) for o in outs]
+    producers = [_child(lambda k=k: produce(k)) for k in range(2)]
+    time.sleep(random.uniform(0.1, 0.3))
+    os.kill(consumers[0], signal.SIGKILL)  # likely mid-claim: it receives all the time
+    os.waitpid(consumers[0], 0)
+    assert _wait_all(producers + consumers[1:], 240) == [0] * 4
+    seen: list[int] = []
+    for out in outs[1:]:
+        got = array.array("Q")
+        got.frombytes(out.read_bytes())
+        seen += list(got)
+    assert len(seen) == len(set(seen))  # no duplicate among the survivors
+    assert len(seen) > per  # and they carried on after the kill
+    ch.check()
+    assert ch.statistics().used == 0
+    ch.close()

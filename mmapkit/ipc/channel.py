@@ -69,6 +69,7 @@ from .. import _platform
 from ..errors import (
     BrokenError,
     ClosedError,
+    CorruptFileError,
     EndOfChannel,
     ForeignFileError,
     MessageTooLargeError,
@@ -1372,7 +1373,10 @@ class Channel:
         self._check_open()
         h32 = self._hdr32
         head, tail = int(self._hdr[_HEAD_Q]), int(self._hdr[_TAIL_Q])
-        pending = sum(1 for _ in fmt.iter_frames(self._data, tail, head))
+        try:
+            pending: int | None = sum(1 for _ in fmt.iter_frames(self._data, tail, head))
+        except CorruptFileError:  # a live channel moved under us (or it is damaged: check())
+            pending = None
         names = {_PRODUCER: "producer", _CONSUMER: "consumer", _FINISHED: "finished",
                  _SUBSCRIBER: "subscriber"}
         slots = []
