@@ -570,3 +570,14 @@ def test_damaged_ring_gives_our_error_never_a_crash(tmp_path: Path) -> None:
             # byte changes that message only: frames carry no checksum)
             diffs = sum(a != b for a, b in zip(got, msgs, strict=False))
             assert diffs <= 1
+
+
+def test_disk_full_on_create_leaves_nothing(tmpfs: Path) -> None:
+    from mmapkit.errors import DiskFullError
+
+    with pytest.raises(DiskFullError):
+        Channel.create(tmpfs / "big", capacity=4 << 20)
+    assert list(tmpfs.iterdir()) == []
+    with Channel.create(tmpfs / "small", capacity=64 << 10) as ch:  # what fits still works
+        ch.send(b"ok")
+        assert ch.recv() == b"ok"
