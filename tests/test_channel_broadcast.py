@@ -176,3 +176,17 @@ def test_caught_up_subscriber_loses_nothing_when_a_big_message_wraps() -> None:
         assert sub.recv() == big
         ch.send(_seq(1000))
         assert _num(sub.recv()) == 1000
+
+
+def test_recv_many_keeps_messages_and_reports_the_overrun_next() -> None:
+    with Channel.anonymous(1024, broadcast=True) as ch:
+        sub = ch.subscribe("s")
+        for i in range(5):
+            ch.send(_seq(i))
+        assert [_num(m) for m in sub.recv_many(2)] == [0, 1]
+        for i in range(5, 200):
+            ch.send(_seq(i))
+        with pytest.raises(OverrunError):
+            sub.recv_many(10)
+        got = [_num(m) for m in sub.recv_many(1000)]
+        assert got == list(range(got[0], 200))

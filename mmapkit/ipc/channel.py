@@ -153,6 +153,7 @@ class Channel:
         self._mc = header.multi_consumer
         self._bc = header.broadcast
         self._cursor = 0  # a broadcast subscriber's read position
+        self._pending_overrun: OverrunError | None = None  # seen by recv_many, raised next
         # Weakly ordered CPUs: both sides serialise on one kernel lock (see the top comment).
         strict = not _platform.IS_TSO or bool(os.environ.get("MMAPKIT_CHANNEL_STRICT"))
         self._plocked = self._mp or strict
@@ -964,7 +965,11 @@ class Channel:
             size = len(got[0])
             with contextlib.suppress(queue.Empty, EndOfChannel, BrokenError):
                 while len(got) < max_messages:
-                    msg = self.recv_nowait()  # may overrun: raises after what we have
+                    try:
+                        msg = self.recv_nowait()
+                    except OverrunError as exc:  # keep what we have; report it next call
+                        self._pending_overrun = exc
+                        break
                     if max_bytes is not None and size + len(msg) > max_bytes:
                         self._cursor_back(msg)
                         break
@@ -1159,6 +1164,9 @@ class Channel:
     def _recv_broadcast(self, timeout: float | None) -> bytes:
         if self._cslot is None:
             self._attach(_CONSUMER)  # raises: subscribe first
+        if self._pending_overrun is not None:
+            exc, self._pending_overrun = self._pending_overrun, None
+            raise exc
         deadline = None if timeout is None else time.monotonic() + timeout
         hdr, cap, dq = self._hdr, self._cap, self._dq
         while True:
