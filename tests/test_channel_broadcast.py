@@ -190,3 +190,25 @@ def test_recv_many_keeps_messages_and_reports_the_overrun_next() -> None:
             sub.recv_many(10)
         got = [_num(m) for m in sub.recv_many(1000)]
         assert got == list(range(got[0], 200))
+
+
+def test_broadcast_in_strict_ordering_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MMAPKIT_CHANNEL_STRICT", "1")
+    with Channel.anonymous(1 << 20, broadcast=True) as ch:  # holds all: no overrun here
+        sub = ch.subscribe("s")
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                for i in range(2000):
+                    ch.send(_seq(i))
+                ch.finish()
+                code = 0
+            finally:
+                os._exit(code)
+        got = []
+        with pytest.raises(EndOfChannel):
+            while True:
+                got.append(_num(sub.recv(timeout=30)))
+        os.waitpid(pid, 0)
+        assert got == list(range(2000))

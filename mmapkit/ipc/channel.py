@@ -1168,38 +1168,52 @@ class Channel:
             exc, self._pending_overrun = self._pending_overrun, None
             raise exc
         deadline = None if timeout is None else time.monotonic() + timeout
-        hdr, cap, dq = self._hdr, self._cap, self._dq
+        hdr = self._hdr
         while True:
             c = self._cursor
-            head = hdr[_HEAD_Q]
-            if head == c:
+            if hdr[_HEAD_Q] == c:
                 self._await_data(c, deadline)
                 continue
-            tail = hdr[_TAIL_Q]
-            if c < tail:
-                if c == hdr[_PAD_EVICTED_Q] and tail == c + cap - c % cap:
-                    self._set_cursor(tail)  # only a PAD was evicted under us: nothing lost
-                    continue
-                raise self._overrun(c, tail)
-            pos = c % cap
-            word = dq[pos >> 3]
-            if word == _PAD_WORD:
-                if hdr[_TAIL_Q] > c:
-                    raise self._overrun(c, hdr[_TAIL_Q])
-                self._set_cursor(c + cap - pos)
-                continue
-            n = word & 0xFFFFFFFF
-            if word >> 32 or pos + 8 + n > cap or n + 8 > head - c:
-                if hdr[_TAIL_Q] > c:  # overwritten while we looked
-                    raise self._overrun(c, hdr[_TAIL_Q])
-                raise self._bad_frame(c, head)
-            out = self._mm[self._base + pos + 8 : self._base + pos + 8 + n]
-            if hdr[_TAIL_Q] > c:  # evicted during the copy: the bytes may be torn
+            if self._clocked:  # weakly ordered CPU: read under the producers' lock
+                fcntl.flock(self._cclaim, fcntl.LOCK_EX)
+            try:
+                out = self._read_at(c)
+            finally:
+                if self._clocked:
+                    fcntl.flock(self._cclaim, fcntl.LOCK_UN)
+            if out is not None:
+                self._received += 1
+                self._received_bytes += len(out)
+                return out
+
+    def _read_at(self, c: int) -> bytes | None:
+        """The message at cursor ``c`` (moving the cursor past it), or None after skipping
+        a PAD; OverrunError if the producer evicted it before or while we copied it."""
+        hdr, cap = self._hdr, self._cap
+        head = hdr[_HEAD_Q]
+        tail = hdr[_TAIL_Q]
+        if c < tail:
+            if c == hdr[_PAD_EVICTED_Q] and tail == c + cap - c % cap:
+                self._set_cursor(tail)  # only a PAD was evicted under us: nothing lost
+                return None
+            raise self._overrun(c, tail)
+        pos = c % cap
+        word = self._dq[pos >> 3]
+        if word == _PAD_WORD:
+            if hdr[_TAIL_Q] > c:
                 raise self._overrun(c, hdr[_TAIL_Q])
-            self._set_cursor(c + ((n + 15) & ~7))
-            self._received += 1
-            self._received_bytes += n
-            return out
+            self._set_cursor(c + cap - pos)
+            return None
+        n = word & 0xFFFFFFFF
+        if word >> 32 or pos + 8 + n > cap or n + 8 > head - c:
+            if hdr[_TAIL_Q] > c:  # overwritten while we looked
+                raise self._overrun(c, hdr[_TAIL_Q])
+            raise self._bad_frame(c, head)
+        out = self._mm[self._base + pos + 8 : self._base + pos + 8 + n]
+        if hdr[_TAIL_Q] > c:  # evicted during the copy: the bytes may be torn
+            raise self._overrun(c, hdr[_TAIL_Q])
+        self._set_cursor(c + ((n + 15) & ~7))
+        return out
 
     # --- doorbell and asyncio --------------------------------------------------------
 
