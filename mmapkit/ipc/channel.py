@@ -174,16 +174,19 @@ class Channel:
             raise TypeError("a Channel needs a Region backed by mmap")
         self._mm = mapping
         self._base = fmt.HEADER_SIZE + region.offset - region.map_offset
+        self._base8 = self._base + 8  # where the payload of a frame at ring offset 0 goes
         self._dq = self._data.cast("Q")
         self._head_w = Waiter(region, fmt.HEAD)
         self._tail_w = Waiter(region, fmt.TAIL)
         self._pslot: int | None = None
         self._cslot: int | None = None
         self._send_fast = self._recv_fast = False  # attached, and no claim lock needed
+        self._send_limit = -1  # max_message while _send_fast, else -1 (one test in send())
         self._finished = False
         self._closed = False
         self._head_seen = 0  # consumer's last look at head: data below it is published
         self._tail_seen = 0  # producer's last look at tail: room above it is free
+        self._room_end = self._cap  # tail_seen + capacity: a frame must end below it
         self._send_mutex = threading.Lock()
         self._recv_mutex = threading.Lock()
         self._attach_mutex = threading.Lock()
@@ -326,6 +329,7 @@ class Channel:
             self._cclaim = fresh
         self._pslot = self._cslot = None
         self._send_fast = self._recv_fast = False
+        self._send_limit = -1
         self._finished = False
         self._send_mutex = threading.Lock()
         self._recv_mutex = threading.Lock()
@@ -425,6 +429,7 @@ class Channel:
                     if role == _PRODUCER:
                         self._pslot = slot
                         self._send_fast = not (self._plocked or self._bc)
+                        self._send_limit = self._max if self._send_fast else -1
                     else:
                         self._cslot = slot
                         self._recv_fast = not self._clocked
@@ -634,6 +639,7 @@ class Channel:
         head = hdr[_HEAD_Q]
         tail = hdr[_TAIL_Q]
         self._tail_seen = tail
+        self._room_end = tail + cap
         pos = head % cap
         if pos + need > cap:
             pad = cap - pos
@@ -674,7 +680,7 @@ class Channel:
         if data.__class__ is not bytes:
             data = memoryview(data).cast("B")
         n = len(data)
-        if not self._send_fast or n > self._max:
+        if n > self._send_limit:  # too large, or not on the fast path (limit -1)
             self._send_slow(data, n, timeout)
             return
         need = (n + 15) & ~7
@@ -682,10 +688,10 @@ class Channel:
         cap = self._cap
         head = hdr[8]  # _HEAD_Q
         pos = head % cap
-        if pos + need > cap or head + need - self._tail_seen > cap:
+        if pos + need > cap or head + need > self._room_end:
             head = self._acquire_space(need, timeout)
             pos = head % cap
-        at = self._base + pos + 8
+        at = self._base8 + pos
         self._mm[at : at + n] = data
         self._dq[pos >> 3] = n  # the length word, after the payload
         hdr[8] = head + need  # publish
@@ -835,6 +841,7 @@ class Channel:
         self._hdr32[_slot_word(self._pslot, 0)] = _FINISHED
         self._finished = True
         self._send_fast = False
+        self._send_limit = -1
         self._head_w.wake()
 
     # --- receiving --------------------------------------------------------------------
@@ -1440,6 +1447,7 @@ class Channel:
         self._closed = True
         self._pslot = self._cslot = None
         self._send_fast = self._recv_fast = False
+        self._send_limit = -1
         for view in (self._dq, self._data, self._hdr, self._hdr32, self._hdr8):
             view.release()
         self._head_w.close()
