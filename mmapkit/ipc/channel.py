@@ -508,6 +508,8 @@ class Channel:
     def _spin_until(self, index: int, value: int, deadline: float | None) -> bool:
         """Busy-poll header word ``index`` for up to ``spin`` seconds; True if it moved."""
         hdr = self._hdr
+        yield_cpu = self._spin != float("inf")  # spin=inf asks for pure busy-polling
+        sched_yield = os.sched_yield
         end = time.monotonic() + self._spin
         if deadline is not None and deadline < end:
             end = deadline
@@ -517,6 +519,10 @@ class Channel:
                     return True
             if time.monotonic() >= end:
                 return False
+            if yield_cpu:
+                # Spin, then yield (Disruptor's ladder): on a busy machine the peer we wait
+                # for may be runnable on this very CPU; a yield costs ~1 us when it is not.
+                sched_yield()
 
     def _await_data(self, tail: int, deadline: float | None) -> None:
         """Return once head moved past ``tail``; raise at the end of the stream, when every
