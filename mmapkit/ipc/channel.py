@@ -19,7 +19,8 @@ Design rules:
   the channel file; several consumers (``multi_consumer=True``) claim the tail under one
   on the ``.lock`` file.  The kernel drops a dead holder's lock at once, and a claim is
   never held while waiting, so a killed peer cannot wedge the others.
-- Blocking: spin on the position for ``spin`` seconds, then sleep on the futex of the
+- Blocking: spin on the position for ``spin`` seconds (yielding the CPU between rounds:
+  Disruptor's spin -> yield -> block), then sleep on the futex of the
   position's low 32 bits (mmapkit.wait.Waiter).  A sleeper first raises a "sleeping"
   word that the other side reads after each publish, so the fast path makes no syscall
   unless someone sleeps.  From Python there is no store-load fence, so a publish can race
