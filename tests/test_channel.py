@@ -581,3 +581,18 @@ def test_disk_full_on_create_leaves_nothing(tmpfs: Path) -> None:
     with Channel.create(tmpfs / "small", capacity=64 << 10) as ch:  # what fits still works
         ch.send(b"ok")
         assert ch.recv() == b"ok"
+
+
+def test_a_dropped_handle_does_not_look_alive(tmp_path: Path) -> None:
+    import gc
+
+    path = tmp_path / "c"
+    with Channel.create(path, capacity=4096) as receiver:
+        sender: Channel | None = Channel.open(path)
+        assert sender is not None
+        sender.send(b"only")
+        del sender  # dropped without close(): the finalizer releases its liveness lock
+        gc.collect()
+        assert receiver.recv(timeout=5) == b"only"
+        with pytest.raises(BrokenError):
+            receiver.recv(timeout=5)

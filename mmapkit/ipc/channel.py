@@ -195,6 +195,11 @@ class Channel:
         self._full_waits = self._empty_waits = 0
         self._woke_consumers = self._woke_producers = -1  # sleep epochs already woken
         self._bell = bell_fd  # doorbell FIFO (read and write end in one), opened on demand
+        # A handle dropped without close() must not look alive forever (its slot locks
+        # live as long as the lock descriptor): the finalizer closes whatever is in the box.
+        self._fdbox: list[int] = []
+        self._sync_fds()
+        weakref.finalize(self, _close_fds, self._fdbox)
         ref = weakref.ref(self)
 
         def after_fork() -> None:
@@ -328,6 +333,7 @@ class Channel:
             fresh = _platform.reopen_fd(self._cclaim)
             os.close(self._cclaim)
             self._cclaim = fresh
+        self._sync_fds()
         self._pslot = self._cslot = None
         self._send_fast = self._recv_fast = False
         self._send_limit = -1
@@ -375,6 +381,10 @@ class Channel:
         self._spin = float(value)
 
     # --- participants -----------------------------------------------------------------
+
+    def _sync_fds(self) -> None:
+        fds = {self._lock_fd, self._pclaim, self._cclaim, self._bell}
+        self._fdbox[:] = sorted(fd for fd in fds if fd >= 0)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -1242,6 +1252,7 @@ class Channel:
             with contextlib.suppress(FileExistsError):
                 os.mkfifo(bell, 0o600)
             self._bell = os.open(bell, os.O_RDWR | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+            self._sync_fds()
         self._hdr32[_BELL_I] = 1  # from now on, wake-ups also ring the doorbell
         return self._bell
 
@@ -1462,13 +1473,8 @@ class Channel:
         try:
             self._region.close()
         finally:
-            os.close(self._lock_fd)
-            os.close(self._pclaim)
-            if self._cclaim != self._pclaim:
-                os.close(self._cclaim)
-            if self._bell >= 0:
-                os.close(self._bell)
-                self._bell = -1
+            _close_fds(self._fdbox)
+            self._bell = -1
 
     def unlink(self) -> None:
         """Remove the channel's file and lock file (handles already open keep working)."""
@@ -1490,6 +1496,13 @@ class Channel:
         state = "closed" if self._closed else f"capacity={self._cap}"
         mode = ("MP" if self._mp else "SP") + ("MC" if self._mc else "SC")
         return f"<Channel {self._where()} {mode} {state}>"
+
+
+def _close_fds(box: list[int]) -> None:
+    """Close the descriptors in ``box`` once (explicit close() or garbage collection)."""
+    while box:
+        with contextlib.suppress(OSError):
+            os.close(box.pop())
 
 
 def _pad8(n: int) -> int:
