@@ -596,3 +596,25 @@ def test_a_dropped_handle_does_not_look_alive(tmp_path: Path) -> None:
         assert receiver.recv(timeout=5) == b"only"
         with pytest.raises(BrokenError):
             receiver.recv(timeout=5)
+
+
+def test_bad_arguments(tmp_path: Path) -> None:
+    with Channel.anonymous(1024) as ch:
+        with pytest.raises(TypeError):
+            ch.send("text is not bytes")  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            ch.send(12345)  # type: ignore[arg-type]
+        ch.send(memoryview(bytearray(b"abcdefgh")).cast("I"))  # any buffer: sent as bytes
+        assert ch.recv() == b"abcdefgh"
+        with pytest.raises(ValueError):
+            ch.recv_many(0)
+        with pytest.raises(ValueError):
+            with ch.reserve(-1):
+                pass
+    with pytest.raises(ValueError, match="at least"):
+        Channel.create(tmp_path / "tiny", capacity=8)
+    with pytest.raises(ValueError):
+        Channel.anonymous(0)
+    with pytest.raises(FileNotFoundError):
+        Channel.open(tmp_path / "missing")
+    assert not (tmp_path / "tiny").exists()
