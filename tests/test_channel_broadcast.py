@@ -212,3 +212,30 @@ def test_broadcast_in_strict_ordering_mode(monkeypatch: pytest.MonkeyPatch) -> N
                 got.append(_num(sub.recv(timeout=30)))
         os.waitpid(pid, 0)
         assert got == list(range(2000))
+
+
+def test_several_producers_broadcast() -> None:
+    with Channel.anonymous(1 << 20, broadcast=True, multi_producer=True) as ch:
+        sub = ch.subscribe("all")
+        pids = []
+        for k in range(3):
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    for i in range(1000):
+                        ch.send(struct.pack("<QQ", k, i))
+                    ch.finish()
+                    code = 0
+                finally:
+                    os._exit(code)
+            pids.append(pid)
+        got: list[tuple[int, int]] = []
+        with pytest.raises(EndOfChannel):
+            while True:
+                got.append(struct.unpack("<QQ", sub.recv(timeout=30)))
+        for pid in pids:
+            os.waitpid(pid, 0)
+        for k in range(3):
+            assert [i for kk, i in got if kk == k] == list(range(1000))
+        ch.check()
