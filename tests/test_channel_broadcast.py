@@ -218,6 +218,8 @@ def test_several_producers_broadcast() -> None:
     with Channel.anonymous(1 << 20, broadcast=True, multi_producer=True) as ch:
         sub = ch.subscribe("all")
         pids = []
+        ready_r, ready_w = os.pipe()  # all register before any finishes (see the MPMC gate)
+        go_r, go_w = os.pipe()
         for k in range(3):
             pid = os.fork()
             if pid == 0:
@@ -225,11 +227,17 @@ def test_several_producers_broadcast() -> None:
                 try:
                     for i in range(1000):
                         ch.send(struct.pack("<QQ", k, i))
+                        if i == 0:
+                            os.write(ready_w, b"r")
+                            os.read(go_r, 1)
                     ch.finish()
                     code = 0
                 finally:
                     os._exit(code)
             pids.append(pid)
+        for _ in range(3):
+            os.read(ready_r, 1)
+        os.write(go_w, b"ggg")
         got: list[tuple[int, int]] = []
         with pytest.raises(EndOfChannel):
             while True:

@@ -34,6 +34,25 @@ def _child(fn: object) -> int:
     return pid
 
 
+class _Gate:
+    """Lets forked producers register (first send) before any of them may finish: the
+    stream ends when every producer *that registered* finished."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.ready_r, self.ready_w = os.pipe()
+        self.go_r, self.go_w = os.pipe()
+
+    def arrive(self) -> None:  # in a producer, after its first send
+        os.write(self.ready_w, b"r")
+        os.read(self.go_r, 1)
+
+    def open(self) -> None:  # in the parent
+        for _ in range(self.n):
+            os.read(self.ready_r, 1)
+        os.write(self.go_w, b"g" * self.n)
+
+
 def _wait_all(pids: list[int], timeout: float) -> list[int]:
     deadline = time.monotonic() + timeout
     codes = []
@@ -86,14 +105,19 @@ def test_four_by_four_no_loss_no_duplicate(tmp_path: Path, total: int, batch: bo
     ch = Channel.anonymous(1 << 16, multi_producer=True, multi_consumer=True)
     producers = 4
 
+    gate = _Gate(producers)
+
     def produce(k: int) -> None:
         for i in range(k, total, producers):
             ch.send(i.to_bytes(8, "little") + b"p" * (i % 56))
+            if i == k:
+                gate.arrive()
         ch.finish()
 
     pids = [_child(lambda k=k: produce(k)) for k in range(producers)]
     outs = [tmp_path / f"c{c}" for c in range(4)]
     pids += [_child(lambda o=o: _consume(ch, o, batch)) for o in outs]
+    gate.open()
     assert _wait_all(pids, 240) == [0] * 8
     seen: list[int] = []
     for out in outs:
@@ -119,12 +143,16 @@ def test_producer_sigkilled_mid_stream(tmp_path: Path) -> None:
     ch = Channel.create(path, capacity=1 << 16, multi_producer=True, multi_consumer=True)
     per = 3000
 
+    gate = _Gate(3)
+
     def produce(k: int, forever: bool) -> None:
         i = 0
         while forever or i < per:
             body = random.Random(k * 10**6 + i).randbytes(i % 5000)
             head = struct.pack("<QI", k * 10**6 + i, zlib.crc32(body))
             ch.send(head + body)
+            if i == 0:
+                gate.arrive()
             i += 1
         ch.finish()
 
@@ -148,6 +176,7 @@ def test_producer_sigkilled_mid_stream(tmp_path: Path) -> None:
         out.write_bytes(seqs.tobytes() + end.encode())
 
     consumers = [_child(lambda o=o: consume(o)) for o in outs]
+    gate.open()
     time.sleep(random.uniform(0.2, 0.6))
     os.kill(victim, signal.SIGKILL)
     os.waitpid(victim, 0)
@@ -200,9 +229,13 @@ def test_consumer_sigkilled_mid_stream_does_not_wedge_the_others(tmp_path: Path)
     ch = Channel.anonymous(1 << 14, multi_producer=True, multi_consumer=True)
     per = 20_000
 
+    gate = _Gate(2)
+
     def produce(k: int) -> None:
         for i in range(per):
             ch.send(struct.pack("<QI", k, i) + b"z" * (i % 64))
+            if i == 0:
+                gate.arrive()
         ch.finish()
 
     outs = [tmp_path / f"o{c}" for c in range(3)]
@@ -218,6 +251,7 @@ def test_consumer_sigkilled_mid_stream_does_not_wedge_the_others(tmp_path: Path)
 
     consumers = [_child(lambda o=o: consume(o)) for o in outs]
     producers = [_child(lambda k=k: produce(k)) for k in range(2)]
+    gate.open()
     time.sleep(random.uniform(0.1, 0.3))
     os.kill(consumers[0], signal.SIGKILL)  # likely mid-claim: it receives all the time
     os.waitpid(consumers[0], 0)
