@@ -889,7 +889,7 @@ class Channel:
         n = self._dq[pos >> 3]
         if pos + 8 + n > cap or n + 8 > self._head_seen - tail:  # PAD (kind bits), or damage
             return self._recv_slow(timeout)
-        at = self._base + pos + 8
+        at = self._base8 + pos
         out = self._mm[at : at + n]
         hdr[16] = tail + ((n + 15) & ~7)  # release the bytes to the producer
         if self._hdr32[34]:  # _PW_I: a producer sleeps
