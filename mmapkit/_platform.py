@@ -283,7 +283,6 @@ def futex_wake(address: int, count: int) -> int:
 _FLOCK = "@hhqqi4x"
 
 
-@functools.lru_cache(maxsize=512)
 def _flock_struct(kind: int, start: int, length: int) -> bytes:
     return struct.pack(_FLOCK, kind, os.SEEK_SET, start, length, 0)
 
