@@ -320,19 +320,12 @@ class Channel:
         """In a fork child: get our own lock-file description and forget the parent's roles."""
         if self._closed:
             return
-        old = self._lock_fd
-        self._lock_fd = _platform.reopen_fd(old)
-        os.close(old)
+        # A new open file description for each lock file: by name where we can (portable),
+        # else through /proc/self/fd (the unlinked files of an anonymous channel).
         same = self._cclaim == self._pclaim
-        fresh = _platform.reopen_fd(self._pclaim)
-        os.close(self._pclaim)
-        self._pclaim = fresh
-        if same:
-            self._cclaim = fresh
-        else:
-            fresh = _platform.reopen_fd(self._cclaim)
-            os.close(self._cclaim)
-            self._cclaim = fresh
+        self._lock_fd = _reopen_fd(self._lock_fd, self._lock_path)
+        self._pclaim = _reopen_fd(self._pclaim, self._path)
+        self._cclaim = self._pclaim if same else _reopen_fd(self._cclaim, self._lock_path)
         self._sync_fds()
         self._pslot = self._cslot = None
         self._send_fast = self._recv_fast = False
@@ -1496,6 +1489,18 @@ class Channel:
         state = "closed" if self._closed else f"capacity={self._cap}"
         mode = ("MP" if self._mp else "SP") + ("MC" if self._mc else "SC")
         return f"<Channel {self._where()} {mode} {state}>"
+
+
+def _reopen_fd(fd: int, path: str | None) -> int:
+    """A fresh open file description for what ``fd`` has open; closes ``fd``."""
+    new_fd = -1
+    if path is not None:
+        with contextlib.suppress(OSError):  # unlinked meanwhile: use the descriptor
+            new_fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+    if new_fd < 0:
+        new_fd = _platform.reopen_fd(fd)
+    os.close(fd)
+    return new_fd
 
 
 def _close_fds(box: list[int]) -> None:
