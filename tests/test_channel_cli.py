@@ -55,3 +55,16 @@ def test_demo_act(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_demo(["channel"]) == 0
     out = capsys.readouterr().out
     assert "BrokenError" in out and "1 of 1 acts" in out
+
+
+def test_stat_shows_subscribers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "b"
+    with Channel.create(path, capacity=4096, broadcast=True) as ch:
+        ch.send(b"x")
+        with Channel.open(path) as sub:
+            sub.subscribe("dashboard")
+            assert sub.recv() == b"x"
+            capsys.readouterr()
+            assert cli.main(["channel", "stat", str(path)]) == 0
+            out = capsys.readouterr().out
+            assert "dashboard" in out and "subscriber" in out and "True" in out

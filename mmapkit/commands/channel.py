@@ -25,9 +25,10 @@ def _stat(args: argparse.Namespace) -> int:
     print_table(["field", "value"], rows, title=f"channel {args.path}")
     parts = info["participants"]
     if parts:
-        print_table(["slot", "role", "pid", "alive"],
-                    [[p["slot"], p["role"], p["pid"], "yes" if p["alive"] else "no"]
-                     for p in parts], title="participants")
+        print_table(["slot", "role", "pid", "alive", "subscriber", "cursor"],
+                    [[p["slot"], p["role"], p["pid"], "yes" if p["alive"] else "no",
+                      p.get("name", ""), p.get("cursor", "")] for p in parts],
+                    title="participants")
     return 0
 
 
