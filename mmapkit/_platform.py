@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import functools
 import mmap
 import os
 import platform
+import struct
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -35,8 +37,10 @@ if sys.platform == "win32":  # pragma: no cover - refused by design
 __all__ = [
     "ADVICE",
     "HAVE_FUTEX",
+    "HAVE_OFD_LOCKS",
     "HAVE_POPULATE",
     "IS_LINUX",
+    "IS_TSO",
     "PAGE_SIZE",
     "align_down",
     "align_up",
@@ -47,6 +51,10 @@ __all__ = [
     "futex_wake",
     "mincore",
     "msync",
+    "range_held",
+    "range_lock",
+    "range_unlock",
+    "reopen_fd",
 ]
 
 IS_LINUX = sys.platform.startswith("linux")
@@ -75,6 +83,13 @@ _FUTEX_SYSCALL = {"x86_64": 202, "aarch64": 98, "arm64": 98, "riscv64": 98, "ppc
 HAVE_FUTEX = IS_LINUX and platform.machine() in _FUTEX_SYSCALL
 _FUTEX_WAIT = 0  # no FUTEX_PRIVATE_FLAG: the word is shared between processes
 _FUTEX_WAKE = 1
+# CPUs whose plain aligned stores are seen by other cores in program order (TSO): there a
+# store of a 64-bit position after the stores of the bytes it covers publishes them.
+IS_TSO = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+# Open-file-description byte-range locks (Linux 3.15+): owned by one open() like flock,
+# so two handles in one process do not share them and close() of an unrelated descriptor
+# does not drop them (the trap of classic POSIX record locks).
+HAVE_OFD_LOCKS = IS_LINUX and hasattr(fcntl, "F_OFD_SETLK")
 _MS_ASYNC = 1
 _MS_SYNC = 4 if IS_LINUX else 16
 
@@ -307,7 +322,8 @@ def cachestat(fd: int, offset: int = 0, length: int = 0) -> tuple[int, int, int,
     return (int(out.nr_cache), int(out.nr_dirty), int(out.nr_writeback), int(out.nr_evicted),
             int(out.nr_recently_evicted))
 
-# =====================================================================================
+# ==============================================================================
+
 # transfer: kernel copy paths (reflink, copy_file_range, sendfile, splice) and sparse
 # extents.  Used by mmapkit.transfer.  Each wrapper raises the plain OSError the kernel
 # gave, so the caller can decide which errno means "try the next method".
@@ -424,3 +440,71 @@ __all__ += [
     "copy_file_range", "data_extents", "pipe_size", "pipe_with_size", "reflink", "sendfile",
     "splice",
 ]
+=======
+# struct flock as Linux (64-bit off_t) lays it out: type, whence, start, len, pid.
+_FLOCK = "@hhqqi4x"
+
+
+def _flock_struct(kind: int, start: int, length: int) -> bytes:
+    return struct.pack(_FLOCK, kind, os.SEEK_SET, start, length, 0)
+
+
+def range_lock(fd: int, start: int, length: int = 1, *, exclusive: bool = True,
+               wait: bool = True) -> bool:
+    """Lock bytes ``[start, start+length)`` of ``fd``'s file (they need not exist).
+
+    OFD locks where the kernel has them, classic POSIX record locks elsewhere (which are
+    per process: callers must not open the same file twice in one process there).  The
+    kernel drops the lock when the last descriptor of the open file goes, even on SIGKILL.
+    Returns False when ``wait`` is False and another holder has a conflicting lock.
+    """
+    kind = fcntl.F_WRLCK if exclusive else fcntl.F_RDLCK
+    if HAVE_OFD_LOCKS:
+        cmd = fcntl.F_OFD_SETLKW if wait else fcntl.F_OFD_SETLK
+        try:
+            fcntl.fcntl(fd, cmd, _flock_struct(kind, start, length))
+        except (BlockingIOError, PermissionError):
+            return False
+        return True
+    op = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if wait else fcntl.LOCK_NB)
+    try:
+        fcntl.lockf(fd, op, length, start, os.SEEK_SET)
+    except (BlockingIOError, PermissionError):
+        return False
+    return True
+
+
+def range_unlock(fd: int, start: int, length: int = 1) -> None:
+    """Release what :func:`range_lock` took."""
+    if HAVE_OFD_LOCKS:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock_struct(fcntl.F_UNLCK, start, length))
+    else:
+        fcntl.lockf(fd, fcntl.LOCK_UN, length, start, os.SEEK_SET)
+
+
+def range_held(fd: int, start: int, length: int = 1) -> bool:
+    """True when another open file (another process, or another open() of ours) holds a
+    lock on any of the bytes.  Locks taken through ``fd`` itself do not count."""
+    if HAVE_OFD_LOCKS:
+        out = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _flock_struct(fcntl.F_WRLCK, start, length))
+        return bool(struct.unpack(_FLOCK, out)[0] != fcntl.F_UNLCK)
+    if not range_lock(fd, start, length, exclusive=True, wait=False):
+        return True
+    range_unlock(fd, start, length)
+    return False
+
+
+def reopen_fd(fd: int) -> int:
+    """A new open file description of the file behind ``fd`` (even if it was unlinked).
+
+    A fork child needs one: an inherited descriptor shares its parent's OFD locks.
+    Returns a new descriptor; the caller closes the old one.
+    """
+    flags = os.O_RDWR | getattr(os, "O_CLOEXEC", 0)
+    for proc in (f"/proc/self/fd/{fd}", f"/dev/fd/{fd}"):
+        try:
+            return os.open(proc, flags)
+        except OSError:
+            continue
+    raise UnsupportedPlatformError(
+        "cannot reopen an unlinked file here (no /proc/self/fd); use a Channel with a path")

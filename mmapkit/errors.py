@@ -35,6 +35,7 @@ __all__ = [
     "ModeConflictError",
     "NotGrowableError",
     "OutOfRangeError",
+    "OverrunError",
     "ReadOnlyError",
     "RegionError",
     "UnsupportedPlatformError",
@@ -93,6 +94,16 @@ class BrokenError(MmapkitError):
 
 class EndOfChannel(MmapkitError):
     """Every sender finished the stream and nothing is left to receive."""
+
+
+class OverrunError(MmapkitError):
+    """A broadcast subscriber fell so far behind that the producer overwrote messages it had
+    not read yet.  ``lost_bytes`` says how much of the stream it missed; the subscription
+    goes on from the oldest message still retained (read again to continue)."""
+
+    def __init__(self, message: str, *, lost_bytes: int = 0) -> None:
+        super().__init__(message)
+        self.lost_bytes = lost_bytes
 
 
 class LockTimeout(MmapkitError, TimeoutError):

@@ -1,0 +1,247 @@
+"""The Channel file format: pure functions over bytes, no mmap, no OS.
+
+Design rules:
+
+- Little-endian, versioned: an 8-byte magic, a format version, and a CRC-32 over the fixed
+  fields.  A foreign file raises ForeignFileError, a newer version FormatVersionError (checked
+  before the CRC: a newer layout may checksum differently), damage CorruptFileError.
+- Layout (byte by byte in docs/formats.md, "Channel"):
+
+  ========  ======  ===========================================================
+  offset    size    field
+  ========  ======  ===========================================================
+  0         64      fixed header: magic, version, flags, capacity, sizes, crc
+  64        64      producer line: head (u64), consumers sleeping, sleep epoch (u32s)
+  128       64      consumer line: tail (u64), producers sleeping, sleep epoch (u32s)
+  4096      4096    participant slots: 64 x 64 bytes
+  8192      cap     the ring: frames ``[u32 length][u32 kind][payload][pad to 8]``
+  ========  ======  ===========================================================
+
+- Positions (head, tail) are byte counts since the channel was created; they only grow.
+  ``position % capacity`` is the place in the ring.  Head is written by producers only,
+  tail by consumers only, each on its own cache line (no false sharing).
+- A frame of kind PAD means "the rest of the ring up to its end is unused": a message is
+  never split across the wrap-around, so a reader always gets one contiguous view.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from ..errors import CorruptFileError, ForeignFileError, FormatVersionError
+
+__all__ = [
+    "CONSUMERS_EPOCH",
+    "CONSUMERS_WAITING",
+    "DOORBELL",
+    "FIXED",
+    "FLAG_BROADCAST",
+    "FLAG_MULTI_CONSUMER",
+    "FLAG_MULTI_PRODUCER",
+    "FRAME",
+    "HEAD",
+    "HEADER_SIZE",
+    "KIND_DATA",
+    "KIND_PAD",
+    "MAGIC",
+    "NAME_SIZE",
+    "PAD_EVICTED",
+    "PRODUCERS_EPOCH",
+    "PRODUCERS_WAITING",
+    "SLOT_COUNT",
+    "SLOT_CURSOR",
+    "SLOT_NAME",
+    "SLOT_OFFSET",
+    "SLOT_SIZE",
+    "TAIL",
+    "VERSION",
+    "Header",
+    "check_positions",
+    "decode_frame",
+    "decode_header",
+    "encode_frame",
+    "encode_header",
+    "frame_size",
+    "iter_frames",
+    "max_message",
+]
+
+MAGIC = b"MMKCHAN\x00"
+VERSION = 1
+FIXED = struct.Struct("<8sIIQIII")  # magic, version, flags, capacity, header, slots, slot size
+_CRC = struct.Struct("<I")
+FIXED_SIZE = 64
+HEADER_SIZE = 8192
+SLOT_OFFSET = 4096
+SLOT_SIZE = 64
+SLOT_COUNT = 64
+HEAD = 64  # u64, producers write
+CONSUMERS_WAITING = 72  # u32, consumers write
+CONSUMERS_EPOCH = 76  # u32, consumers write: bumped each time one goes to sleep
+DOORBELL = 80  # u32: 1 once any handle waits through the doorbell FIFO (fileno())
+PAD_EVICTED = 88  # u64, broadcast: start of a PAD the producer evicted with nothing else
+TAIL = 128  # u64, consumers write
+PRODUCERS_WAITING = 136  # u32, producers write
+PRODUCERS_EPOCH = 140  # u32, producers write
+FLAG_MULTI_PRODUCER = 1
+FLAG_MULTI_CONSUMER = 2
+FLAG_BROADCAST = 4
+_KNOWN_FLAGS = FLAG_MULTI_PRODUCER | FLAG_MULTI_CONSUMER | FLAG_BROADCAST
+SLOT_CURSOR = 16  # u64 in a slot: a broadcast subscriber's read position
+SLOT_NAME = 32  # 32 bytes in a slot: a subscriber's UTF-8 name, zero-padded
+NAME_SIZE = 32
+FRAME = struct.Struct("<II")  # payload length, kind
+KIND_DATA = 0
+KIND_PAD = 1
+MIN_CAPACITY = 64
+_MAX_LENGTH = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class Header:
+    """The fixed fields of a channel file."""
+
+    version: int
+    flags: int
+    capacity: int
+    header_size: int = HEADER_SIZE
+    slot_count: int = SLOT_COUNT
+    slot_size: int = SLOT_SIZE
+
+    @property
+    def multi_producer(self) -> bool:
+        return bool(self.flags & FLAG_MULTI_PRODUCER)
+
+    @property
+    def multi_consumer(self) -> bool:
+        return bool(self.flags & FLAG_MULTI_CONSUMER)
+
+    @property
+    def broadcast(self) -> bool:
+        return bool(self.flags & FLAG_BROADCAST)
+
+    @property
+    def file_size(self) -> int:
+        return self.header_size + self.capacity
+
+
+def round_capacity(capacity: int) -> int:
+    """The ring size actually used for a requested ``capacity`` (a multiple of 8)."""
+    if not isinstance(capacity, int) or isinstance(capacity, bool):
+        raise TypeError(f"capacity must be an int, got {type(capacity).__name__}")
+    if capacity < MIN_CAPACITY:
+        raise ValueError(f"capacity must be at least {MIN_CAPACITY} bytes, got {capacity}")
+    return (capacity + 7) & ~7
+
+
+def encode_header(capacity: int, flags: int = 0) -> bytes:
+    """The 64 fixed header bytes of a new channel with a ring of ``capacity`` bytes."""
+    if capacity % 8 or capacity < MIN_CAPACITY:
+        raise ValueError(f"capacity must be a multiple of 8 and >= {MIN_CAPACITY}")
+    if flags & ~_KNOWN_FLAGS:
+        raise ValueError(f"unknown flags {flags:#x}")
+    fixed = FIXED.pack(MAGIC, VERSION, flags, capacity, HEADER_SIZE, SLOT_COUNT, SLOT_SIZE)
+    body = fixed + _CRC.pack(zlib.crc32(fixed))
+    return body + b"\0" * (FIXED_SIZE - len(body))
+
+
+def decode_header(buf: bytes | bytearray | memoryview, *, path: str | None = None) -> Header:
+    """Check and decode the fixed header at the start of ``buf`` (trailing bytes ignored)."""
+    where = path or "the channel"
+    data = bytes(buf[:FIXED_SIZE])
+    if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
+        raise ForeignFileError(
+            f"{where} is not an mmapkit channel (wrong magic); check the path, or create "
+            "one with Channel.create()", path=path)
+    if len(data) < FIXED.size + _CRC.size:
+        raise CorruptFileError(f"{where} is cut off inside its header ({len(data)} bytes)",
+                               path=path, offset=len(data))
+    _, version, flags, capacity, header_size, slots, slot_size = FIXED.unpack_from(data)
+    if version != VERSION:
+        raise FormatVersionError(
+            f"{where} has channel format version {version}; this mmapkit reads version "
+            f"{VERSION}: upgrade mmapkit (or recreate the channel)",
+            path=path, found=version, supported=VERSION)
+    (crc,) = _CRC.unpack_from(data, FIXED.size)
+    if crc != zlib.crc32(data[: FIXED.size]):
+        raise CorruptFileError(f"{where} has a damaged header (checksum mismatch); "
+                               "unlink it and create the channel again", path=path, offset=0)
+    if flags & ~_KNOWN_FLAGS:
+        raise FormatVersionError(
+            f"{where} uses channel features {flags & ~_KNOWN_FLAGS:#x} unknown to this "
+            "mmapkit; upgrade mmapkit", path=path, found=version, supported=VERSION)
+    if (capacity % 8 or capacity < MIN_CAPACITY or header_size != HEADER_SIZE
+            or slots != SLOT_COUNT or slot_size != SLOT_SIZE):
+        raise CorruptFileError(f"{where} has impossible header fields (capacity {capacity}, "
+                               f"header {header_size}, slots {slots}x{slot_size})",
+                               path=path, offset=8)
+    return Header(version, flags, capacity, header_size, slots, slot_size)
+
+
+def max_message(capacity: int) -> int:
+    """The largest payload a ring of ``capacity`` bytes can carry."""
+    return min(capacity - FRAME.size, _MAX_LENGTH)
+
+
+def frame_size(length: int) -> int:
+    """Bytes a payload of ``length`` takes in the ring: 8-byte frame header, padded to 8."""
+    return FRAME.size + ((length + 7) & ~7)
+
+
+def encode_frame(payload: bytes | bytearray | memoryview) -> bytes:
+    """One data frame as it lies in the ring (the writer stores the frame header last)."""
+    n = memoryview(payload).nbytes
+    if n > _MAX_LENGTH:
+        raise ValueError(f"a frame holds at most {_MAX_LENGTH} bytes, got {n}")
+    return FRAME.pack(n, KIND_DATA) + bytes(payload) + b"\0" * (-n % 8)
+
+
+def decode_frame(ring: bytes | bytearray | memoryview, pos: int, *,
+                 limit: int | None = None) -> tuple[int, int, int]:
+    """Decode the frame at ``pos`` of ``ring``: (kind, payload start, payload length).
+
+    ``limit`` is how many bytes from ``pos`` are published (head - tail); a frame that
+    claims more, or runs past the ring's end, raises CorruptFileError.
+    """
+    size = len(ring)
+    if pos % 8 or pos < 0 or pos + FRAME.size > size:
+        raise CorruptFileError(f"frame position {pos} is not inside the ring of {size} bytes",
+                               offset=pos)
+    length, kind = FRAME.unpack_from(ring, pos)
+    if kind == KIND_PAD:
+        return KIND_PAD, pos + FRAME.size, size - pos - FRAME.size
+    if kind != KIND_DATA:
+        raise CorruptFileError(f"unknown frame kind {kind} at ring offset {pos}", offset=pos)
+    need = frame_size(length)
+    if pos + need > size or (limit is not None and need > limit):
+        raise CorruptFileError(f"frame at ring offset {pos} claims {length} bytes, more than "
+                               "was written; the channel is damaged", offset=pos)
+    return KIND_DATA, pos + FRAME.size, length
+
+
+def iter_frames(ring: bytes | bytearray | memoryview, tail: int,
+                head: int) -> Iterator[tuple[int, int, int]]:
+    """(position, payload start, length) of every data frame between ``tail`` and ``head``."""
+    capacity = len(ring)
+    check_positions(head, tail, capacity)
+    while tail < head:
+        pos = tail % capacity
+        kind, start, length = decode_frame(ring, pos, limit=head - tail)
+        if kind == KIND_PAD:
+            tail += capacity - pos
+            continue
+        yield tail, start, length
+        tail += frame_size(length)
+    if tail != head:
+        raise CorruptFileError(f"frames run past the head position {head}", offset=head)
+
+
+def check_positions(head: int, tail: int, capacity: int) -> None:
+    """Head and tail of a sane ring: aligned, ordered, at most ``capacity`` apart."""
+    if head % 8 or tail % 8 or tail > head or head - tail > capacity:
+        raise CorruptFileError(
+            f"impossible ring positions head={head} tail={tail} for capacity {capacity}; "
+            "the channel is damaged: unlink it and create it again", offset=HEAD)

@@ -1,0 +1,1518 @@
+"""Channel: a message channel between processes over one shared mapping.
+
+Design rules:
+
+- One ring of variable-length frames in a Region (format in ``_format.py`` and
+  docs/formats.md).  ``head`` and ``tail`` are 64-bit byte positions that only grow; head
+  is written only by producers, tail only by consumers.  A producer writes the payload,
+  then the frame's length word, then stores the new head: the head store publishes the
+  frame.  A producer killed at any instant before that store leaves nothing visible, so a
+  torn message is never delivered.  A consumer copies (or hands out a view of) the payload
+  and then stores the new tail: a consumer killed before that store leaves the message for
+  the next consumer (at-least-once for that one message), never half of it.
+- Ordering: on x86-64 (TSO) plain aligned 8-byte stores through ``memoryview.cast('Q')``
+  become visible to other cores in program order, which is all the protocol needs.  On
+  weakly ordered CPUs (ARM64...) nothing orders them from Python, so there every send and
+  every receive of *every* channel takes one shared kernel lock (flock): the kernel's
+  lock and unlock are full barriers.  Slower, but correct.
+- Several producers (``multi_producer=True``) claim the head under an exclusive flock on
+  the channel file; several consumers (``multi_consumer=True``) claim the tail under one
+  on the ``.lock`` file.  The kernel drops a dead holder's lock at once, and a claim is
+  never held while waiting, so a killed peer cannot wedge the others.
+- Blocking: spin on the position for ``spin`` seconds (yielding the CPU between rounds:
+  Disruptor's spin -> yield -> block), then sleep on the futex of the
+  position's low 32 bits (mmapkit.wait.Waiter).  A sleeper first raises a "sleeping"
+  word that the other side reads after each publish, so the fast path makes no syscall
+  unless someone sleeps.  From Python there is no store-load fence, so a publish can race
+  a sleeper's announcement; sleeps are therefore cut into slices of ``_SLICE`` seconds
+  after which the sleeper re-checks: a lost wake-up costs at most one slice, never a hang.
+- Liveness: every participant takes a slot in the header and holds an exclusive lock on
+  its slot's byte of the ``.lock`` file beside the channel.  A sleeper looks at the slots
+  before each slice: a producer slot whose lock is free belongs to a dead (or closed
+  without finish()) producer.  A receiver whose producers are all gone gets BrokenError
+  once it has drained the ring; when all of them called finish(), EndOfChannel.
+
+Participant slot states (one u32 per slot; the slot's lock byte says alive or not):
+
+    ========  ====================  ==========================================
+    state     set by                meaning for others
+    ========  ====================  ==========================================
+    FREE      consumer close()      nothing
+    PRODUCER  first send            live if locked; gone unfinished if not
+    CONSUMER  first recv            live if locked; dead consumer if not
+    FINISHED  finish()              this producer ended its stream
+    ========  ====================  ==========================================
+
+A new producer that finds no live producer clears the FINISHED and dead PRODUCER slots:
+it starts a new stream on the same ring.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import mmap
+import os
+import pickle
+import queue
+import struct
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from .. import _platform
+from ..errors import (
+    BrokenError,
+    ClosedError,
+    CorruptFileError,
+    EndOfChannel,
+    ForeignFileError,
+    MessageTooLargeError,
+    ModeConflictError,
+    OverrunError,
+)
+from ..region import Region
+from ..wait import Waiter
+from . import _format as fmt
+
+__all__ = ["Channel", "ChannelStatistics"]
+
+_SLICE = 0.05  # longest single sleep before re-checking positions and peers
+_DEFAULT_SPIN = 50e-6
+# lock-file bytes
+_LOCK_REGISTRY = 2
+_LOCK_SLOT = 64
+# slot states
+_FREE, _PRODUCER, _CONSUMER, _FINISHED, _SUBSCRIBER = 0, 1, 2, 3, 4
+# word indexes into the header cast as u64 / u32
+_HEAD_Q = fmt.HEAD // 8
+_TAIL_Q = fmt.TAIL // 8
+_CW_I = fmt.CONSUMERS_WAITING // 4
+_PW_I = fmt.PRODUCERS_WAITING // 4
+# send() and recv() spell these four as literals (a constant beats a global lookup there)
+assert (_HEAD_Q, _TAIL_Q, _CW_I, _PW_I) == (8, 16, 18, 34)
+_CE_I = fmt.CONSUMERS_EPOCH // 4
+_PE_I = fmt.PRODUCERS_EPOCH // 4
+_BELL_I = fmt.DOORBELL // 4
+_PAD_EVICTED_Q = fmt.PAD_EVICTED // 8
+_PAD_WORD = fmt.KIND_PAD << 32
+_OBJ_HEAD = struct.Struct("<IIQ")  # buffer count, reserved, pickle length
+_U64 = struct.Struct("<Q")
+
+
+def _slot_byte(slot: int, offset: int) -> int:
+    """Byte offset in the header of ``offset`` within participant slot ``slot``."""
+    return fmt.SLOT_OFFSET + slot * fmt.SLOT_SIZE + offset
+
+
+def _slot_word(slot: int, field: int) -> int:
+    """Index in the u32 header view of ``field`` (0 state, 1 pid, 2 sleeping) of a slot."""
+    return (fmt.SLOT_OFFSET + slot * fmt.SLOT_SIZE) // 4 + field
+
+
+@dataclass(frozen=True)
+class ChannelStatistics:
+    """What this handle did, and the ring as it is now."""
+
+    messages_sent: int
+    bytes_sent: int
+    messages_received: int
+    bytes_received: int
+    full_waits: int  # sends that had to wait for room
+    empty_waits: int  # receives that had to wait for a message
+    capacity: int
+    used: int  # bytes in the ring not yet consumed
+    producers_alive: int
+    consumers_alive: int
+
+
+class Channel:
+    """A message channel between processes over shared memory.
+
+    Make one with :meth:`create` (a file other processes :meth:`open`) or
+    :meth:`anonymous` (inherited by ``fork()`` children).  Messages are bytes-like;
+    :meth:`send_obj` / :meth:`recv_obj` carry any picklable object.
+    """
+
+    def __init__(self, region: Region, header: fmt.Header, lock_fd: int, *,
+                 lock_path: str | None, spin: float, bell_fd: int = -1) -> None:
+        self._region = region
+        self._header = header
+        self._path = region.path
+        self._lock_path = lock_path
+        self._lock_fd = lock_fd
+        self._spin = float(spin)
+        self._cap = header.capacity
+        self._max = fmt.max_message(header.capacity)
+        self._mp = header.multi_producer
+        self._mc = header.multi_consumer
+        self._bc = header.broadcast
+        self._cursor = 0  # a broadcast subscriber's read position
+        self._pending_overrun: OverrunError | None = None  # seen by recv_many, raised next
+        # Weakly ordered CPUs: both sides serialise on one kernel lock (see the top comment).
+        strict = not _platform.IS_TSO or bool(os.environ.get("MMAPKIT_CHANNEL_STRICT"))
+        self._plocked = self._mp or strict
+        self._clocked = self._mc or strict
+        # Claims are flock()s (a lock + unlock costs a third of an OFD byte-range pair):
+        # producers lock one file, consumers another; the strict mode uses one for both.
+        self._pclaim, self._cclaim = self._open_claims(strict)
+        view = region.view
+        self._hdr = view[: fmt.HEADER_SIZE].cast("Q")
+        self._hdr32 = view[: fmt.HEADER_SIZE].cast("I")
+        self._hdr8 = view[: fmt.HEADER_SIZE]
+        self._data = view[fmt.HEADER_SIZE : fmt.HEADER_SIZE + self._cap]
+        # The mmap itself: slicing it makes bytes in one step (3x cheaper than bytes() of a
+        # memoryview slice), and slice assignment to it is a plain memcpy.  ``_base`` is
+        # where the ring starts in it.
+        mapping = view.obj
+        if not isinstance(mapping, mmap.mmap):  # pragma: no cover - Region maps with mmap
+            raise TypeError("a Channel needs a Region backed by mmap")
+        self._mm = mapping
+        self._base = fmt.HEADER_SIZE + region.offset - region.map_offset
+        self._base8 = self._base + 8  # where the payload of a frame at ring offset 0 goes
+        self._dq = self._data.cast("Q")
+        self._head_w = Waiter(region, fmt.HEAD)
+        self._tail_w = Waiter(region, fmt.TAIL)
+        self._pslot: int | None = None
+        self._cslot: int | None = None
+        self._send_fast = self._recv_fast = False  # attached, and no claim lock needed
+        self._send_limit = -1  # max_message while _send_fast, else -1 (one test in send())
+        self._finished = False
+        self._closed = False
+        self._head_seen = 0  # consumer's last look at head: data below it is published
+        self._tail_seen = 0  # producer's last look at tail: room above it is free
+        self._room_end = self._cap  # tail_seen + capacity: a frame must end below it
+        self._send_mutex = threading.Lock()
+        self._recv_mutex = threading.Lock()
+        self._attach_mutex = threading.Lock()
+        self._sent = self._sent_bytes = self._received = self._received_bytes = 0
+        self._full_waits = self._empty_waits = 0
+        self._woke_consumers = self._woke_producers = -1  # sleep epochs already woken
+        self._bell = bell_fd  # doorbell FIFO (read and write end in one), opened on demand
+        # A handle dropped without close() must not look alive forever (its slot locks
+        # live as long as the lock descriptor): the finalizer closes whatever is in the box.
+        self._fdbox: list[int] = []
+        self._sync_fds()
+        weakref.finalize(self, _close_fds, self._fdbox)
+        ref = weakref.ref(self)
+
+        def after_fork() -> None:
+            channel = ref()
+            if channel is not None:
+                channel._after_fork()
+
+        os.register_at_fork(after_in_child=after_fork)
+
+    # --- construction -----------------------------------------------------------------
+
+    @classmethod
+    def create(cls, path: str | os.PathLike[str], capacity: int = 1 << 20, *,
+               multi_producer: bool = False, multi_consumer: bool = False,
+               broadcast: bool = False, spin: float = _DEFAULT_SPIN) -> Channel:
+        """Create a channel file at ``path`` with a ring of ``capacity`` bytes.
+
+        Raises FileExistsError if ``path`` exists (open it, or unlink it first).  The file
+        appears complete or not at all: it is built beside ``path`` and linked into place.
+        """
+        path = os.fspath(path)
+        cap = fmt.round_capacity(capacity)
+        flags = ((fmt.FLAG_MULTI_PRODUCER if multi_producer else 0)
+                 | (fmt.FLAG_MULTI_CONSUMER if multi_consumer else 0)
+                 | (fmt.FLAG_BROADCAST if broadcast else 0))
+        if broadcast and multi_consumer:
+            raise ValueError("broadcast channels have subscribers, each with its own cursor; "
+                             "drop multi_consumer=True")
+        header = fmt.encode_header(cap, flags)
+        directory = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(prefix=".mmapkit-chan-", dir=directory)
+        try:
+            _platform.ensure_allocated(fd, fmt.HEADER_SIZE + cap)
+            os.pwrite(fd, header, 0)
+            os.close(fd)
+            fd = -1
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise FileExistsError(
+                    f"{path} already exists; use Channel.open() to attach to it, or unlink "
+                    "it first to start a new channel") from None
+        finally:
+            if fd >= 0:
+                os.close(fd)
+            os.unlink(tmp)
+        return cls.open(path, spin=spin)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, spin: float = _DEFAULT_SPIN) -> Channel:
+        """Attach to the channel file at ``path`` (made by :meth:`create`)."""
+        path = os.fspath(path)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            head_bytes = os.pread(fd, fmt.FIXED_SIZE, 0)
+            size = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+        header = fmt.decode_header(head_bytes, path=path)
+        if size != header.file_size:
+            raise ForeignFileError(
+                f"{path} has {size} bytes but its header says {header.file_size}; it was "
+                "truncated or extended by something else: unlink it and create it again",
+                path=path)
+        region = Region.open(path, header.file_size)
+        try:
+            hdr = region.view[: fmt.HEADER_SIZE].cast("Q")
+            try:
+                fmt.check_positions(hdr[_HEAD_Q], hdr[_TAIL_Q], header.capacity)
+            finally:
+                hdr.release()
+            lock_path = path + ".lock"
+            lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0),
+                              0o644)
+        except BaseException:
+            region.close()
+            raise
+        return cls(region, header, lock_fd, lock_path=lock_path, spin=spin)
+
+    @classmethod
+    def anonymous(cls, capacity: int = 1 << 20, *, multi_producer: bool = False,
+                  multi_consumer: bool = False, broadcast: bool = False,
+                  spin: float = _DEFAULT_SPIN) -> Channel:
+        """A channel in anonymous shared memory: create it before ``fork()``; the children
+        inherit it.  It has no name, cannot be pickled, and vanishes with its last user."""
+        cap = fmt.round_capacity(capacity)
+        flags = ((fmt.FLAG_MULTI_PRODUCER if multi_producer else 0)
+                 | (fmt.FLAG_MULTI_CONSUMER if multi_consumer else 0)
+                 | (fmt.FLAG_BROADCAST if broadcast else 0))
+        if broadcast and multi_consumer:
+            raise ValueError("broadcast channels have subscribers, each with its own cursor; "
+                             "drop multi_consumer=True")
+        header_bytes = fmt.encode_header(cap, flags)
+        region = Region.anonymous(fmt.HEADER_SIZE + cap)
+        region.view[: len(header_bytes)] = header_bytes
+        # The liveness locks need a file: an unlinked temporary one, reopened after fork.
+        fd, tmp = tempfile.mkstemp(prefix="mmapkit-chan-lock-")
+        os.unlink(tmp)
+        # And the doorbell a FIFO: made now so that fork children inherit the same one.
+        directory = tempfile.mkdtemp(prefix="mmapkit-chan-bell-")
+        try:
+            bell = os.path.join(directory, "bell")
+            os.mkfifo(bell, 0o600)
+            bell_fd = os.open(bell, os.O_RDWR | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+            os.unlink(bell)
+        finally:
+            os.rmdir(directory)
+        return cls(region, fmt.decode_header(header_bytes), fd, lock_path=None, spin=spin,
+                   bell_fd=bell_fd)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self._path is None:
+            raise TypeError("an anonymous Channel cannot be pickled: children get it by fork(); "
+                            "use Channel.create(path) to pass it to spawned processes")
+        return (_reopen, (self._path, self._spin))
+
+    def _after_fork(self) -> None:
+        """In a fork child: get our own lock-file description and forget the parent's roles."""
+        if self._closed:
+            return
+        # A new open file description for each lock file: by name where we can (portable),
+        # else through /proc/self/fd (the unlinked files of an anonymous channel).
+        same = self._cclaim == self._pclaim
+        self._lock_fd = _reopen_fd(self._lock_fd, self._lock_path)
+        self._pclaim = _reopen_fd(self._pclaim, self._path)
+        self._cclaim = self._pclaim if same else _reopen_fd(self._cclaim, self._lock_path)
+        self._sync_fds()
+        self._pslot = self._cslot = None
+        self._send_fast = self._recv_fast = False
+        self._send_limit = -1
+        self._finished = False
+        self._send_mutex = threading.Lock()
+        self._recv_mutex = threading.Lock()
+        self._attach_mutex = threading.Lock()
+        self._sent = self._sent_bytes = self._received = self._received_bytes = 0
+        self._full_waits = self._empty_waits = 0
+
+    # --- properties -------------------------------------------------------------------
+
+    @property
+    def path(self) -> str | None:
+        return self._path
+
+    @property
+    def capacity(self) -> int:
+        return self._cap
+
+    @property
+    def max_message(self) -> int:
+        """The largest message :meth:`send` accepts."""
+        return self._max
+
+    @property
+    def multi_producer(self) -> bool:
+        return self._mp
+
+    @property
+    def multi_consumer(self) -> bool:
+        return self._mc
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def spin(self) -> float:
+        """Seconds to busy-poll before sleeping (``float('inf')``: never sleep)."""
+        return self._spin
+
+    @spin.setter
+    def spin(self, value: float) -> None:
+        self._spin = float(value)
+
+    # --- participants -----------------------------------------------------------------
+
+    def _sync_fds(self) -> None:
+        fds = {self._lock_fd, self._pclaim, self._cclaim, self._bell}
+        self._fdbox[:] = sorted(fd for fd in fds if fd >= 0)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("this Channel handle is closed; open the channel again")
+
+    def _alive(self, slot: int) -> bool:
+        if slot == self._pslot or slot == self._cslot:
+            return True
+        return _platform.range_held(self._lock_fd, _LOCK_SLOT + slot)
+
+    def _attach(self, role: int) -> int:
+        """Take a participant slot for ``role`` and hold its lock for as long as we live."""
+        with self._attach_mutex:  # the kernel locks below do not exclude our own threads
+            slot = self._pslot if role == _PRODUCER else self._cslot
+            return slot if slot is not None else self._attach_locked(role)
+
+    def _attach_locked(self, role: int) -> int:
+        self._check_open()
+        if role == _PRODUCER and self._finished:
+            raise ClosedError("this handle called finish(); it cannot send any more")
+        if role == _CONSUMER and self._bc:
+            raise ModeConflictError("this is a broadcast channel: call subscribe(name) on the "
+                                    "handle first, then receive")
+        fd, h32 = self._lock_fd, self._hdr32
+        _platform.range_lock(fd, _LOCK_REGISTRY)
+        try:
+            states = [(i, h32[_slot_word(i, 0)]) for i in range(fmt.SLOT_COUNT)]
+            alive = {i: self._alive(i) for i, st in states if st != _FREE}
+            single = (role == _PRODUCER and not self._mp) or (role == _CONSUMER and not self._mc)
+            if single and any(st == role and alive[i] for i, st in states):
+                kind = "producer" if role == _PRODUCER else "consumer"
+                raise ModeConflictError(
+                    f"another process is already the {kind} of this single-{kind} channel; "
+                    f"create it with multi_{kind}=True to have several")
+            if role == _PRODUCER and not any(st == _PRODUCER and alive[i] for i, st in states):
+                # No live producer: a new stream starts; forget ended and abandoned ones.
+                for i, st in states:
+                    if st in (_PRODUCER, _FINISHED) and not alive[i]:
+                        h32[_slot_word(i, 0)] = _FREE
+                states = [(i, h32[_slot_word(i, 0)]) for i in range(fmt.SLOT_COUNT)]
+            order = ([i for i, st in states if st == _FREE]
+                     + [i for i, st in states if st == _CONSUMER and not alive[i]]
+                     + [i for i, st in states if st in (_PRODUCER, _FINISHED) and not alive[i]])
+            # Map the whole ring into this process now, not one page fault at a time while
+            # messages flow (the kernel may refuse: then faults happen as usual).
+            with contextlib.suppress(OSError, ValueError):
+                self._region.advise("populate", fmt.HEADER_SIZE, self._cap)
+            for slot in order:
+                if _platform.range_lock(fd, _LOCK_SLOT + slot, wait=False):
+                    h32[_slot_word(slot, 1)] = os.getpid() & 0xFFFFFFFF
+                    h32[_slot_word(slot, 2)] = 0
+                    h32[_slot_word(slot, 0)] = role
+                    if role == _PRODUCER:
+                        self._pslot = slot
+                        self._send_fast = not (self._plocked or self._bc)
+                        self._send_limit = self._max if self._send_fast else -1
+                    else:
+                        self._cslot = slot
+                        self._recv_fast = not self._clocked
+                    return slot
+            raise ModeConflictError(
+                f"all {fmt.SLOT_COUNT} participant slots of the channel are taken by live "
+                "processes; close some handles first")
+        finally:
+            _platform.range_unlock(fd, _LOCK_REGISTRY)
+
+    def _census(self, role: int) -> tuple[int, int, int]:
+        """(alive, gone, finished) participants of ``role`` (finished: producers only)."""
+        h32 = self._hdr32
+        alive = gone = finished = 0
+        for i in range(fmt.SLOT_COUNT):
+            st = h32[_slot_word(i, 0)]
+            if st == role:
+                if self._alive(i):
+                    alive += 1
+                else:
+                    gone += 1
+            elif st == _FINISHED and role == _PRODUCER:
+                finished += 1
+        return alive, gone, finished
+
+    def _announce(self, role: int, sleeping: bool) -> None:
+        """Raise or lower our "sleeping" flag so the other side knows to wake us."""
+        h32 = self._hdr32
+        slot = self._cslot if role == _CONSUMER else self._pslot
+        assert slot is not None
+        h32[_slot_word(slot, 2)] = int(sleeping)
+        word = _CW_I if role == _CONSUMER else _PW_I
+        epoch = _CE_I if role == _CONSUMER else _PE_I
+        shared = (self._mc or self._bc) if role == _CONSUMER else self._mp
+        if not shared:
+            if sleeping:
+                h32[epoch] = (h32[epoch] + 1) & 0xFFFFFFFF
+            h32[word] = int(sleeping)
+            return
+        # Several sleepers share the counter: recount under the role's claim lock, skipping
+        # flags left behind by dead sleepers.
+        claim = self._cclaim if role == _CONSUMER else self._pclaim
+        fcntl.flock(claim, fcntl.LOCK_EX)
+        try:
+            count = 0
+            for i in range(fmt.SLOT_COUNT):
+                state = h32[_slot_word(i, 0)]
+                if ((state == role or (role == _CONSUMER and state == _SUBSCRIBER))
+                        and h32[_slot_word(i, 2)] and self._alive(i)):
+                    count += 1
+            if sleeping:
+                h32[epoch] = (h32[epoch] + 1) & 0xFFFFFFFF
+            h32[word] = count
+        finally:
+            fcntl.flock(claim, fcntl.LOCK_UN)
+
+    # --- waiting ----------------------------------------------------------------------
+
+    def _wake_consumers(self) -> None:
+        """Someone sleeps for data: wake them, once per sleep (the epoch tells which)."""
+        epoch = self._hdr32[_CE_I]
+        if epoch != self._woke_consumers:
+            self._woke_consumers = epoch
+            self._head_w.wake()
+            if self._hdr32[_BELL_I]:
+                self._ring()
+
+    def _wake_producers(self) -> None:
+        epoch = self._hdr32[_PE_I]
+        if epoch != self._woke_producers:
+            self._woke_producers = epoch
+            self._tail_w.wake()
+            if self._hdr32[_BELL_I]:
+                self._ring()
+
+    def _spin_until(self, index: int, value: int, deadline: float | None) -> bool:
+        """Busy-poll header word ``index`` for up to ``spin`` seconds; True if it moved."""
+        hdr = self._hdr
+        yield_cpu = self._spin != float("inf")  # spin=inf asks for pure busy-polling
+        sched_yield = os.sched_yield
+        end = time.monotonic() + self._spin
+        if deadline is not None and deadline < end:
+            end = deadline
+        while True:
+            for _ in range(64):
+                if hdr[index] != value:
+                    return True
+            if time.monotonic() >= end:
+                return False
+            if yield_cpu:
+                # Spin, then yield (Disruptor's ladder): on a busy machine the peer we wait
+                # for may be runnable on this very CPU; a yield costs ~1 us when it is not.
+                sched_yield()
+
+    def _await_data(self, tail: int, deadline: float | None) -> None:
+        """Return once head moved past ``tail``; raise at the end of the stream, when every
+        producer is gone, or at the deadline (queue.Empty)."""
+        hdr = self._hdr
+        if self._spin > 0 and self._spin_until(_HEAD_Q, tail, deadline):
+            return
+        self._empty_waits += 1
+        looked = False  # peers are looked at only when a sleep brought nothing: the
+        while True:     # common wake-up costs no census syscalls
+            if hdr[_HEAD_Q] != tail:
+                return
+            remaining = None if deadline is None else deadline - time.monotonic()
+            expired = remaining is not None and remaining <= 0
+            if looked or expired:
+                alive, gone, finished = self._census(_PRODUCER)
+                if hdr[_HEAD_Q] != tail:  # published just before finishing or dying
+                    return
+                if not alive and gone:
+                    raise BrokenError(
+                        f"every producer of {self._where()} is gone without finish() "
+                        "(killed, or closed its handle); nothing more will arrive")
+                if not alive and finished:
+                    raise EndOfChannel(f"every producer of {self._where()} finished the "
+                                       "stream and all its messages were received")
+                if expired:
+                    raise queue.Empty
+            nap = _SLICE if remaining is None else min(_SLICE, remaining)
+            self._announce(_CONSUMER, True)
+            try:
+                head = hdr[_HEAD_Q]
+                if head != tail:
+                    return
+                self._head_w.wait(head & 0xFFFFFFFF, nap)
+            finally:
+                self._announce(_CONSUMER, False)
+            looked = True
+
+    def _await_room(self, tail: int, deadline: float | None) -> None:
+        """Return once tail moved past ``tail``; raise when every consumer died, or at the
+        deadline (queue.Full)."""
+        hdr = self._hdr
+        if self._spin > 0 and self._spin_until(_TAIL_Q, tail, deadline):
+            return
+        self._full_waits += 1
+        looked = False
+        while True:
+            if hdr[_TAIL_Q] != tail:
+                return
+            remaining = None if deadline is None else deadline - time.monotonic()
+            expired = remaining is not None and remaining <= 0
+            if looked or expired:
+                alive, gone, _ = self._census(_CONSUMER)
+                if hdr[_TAIL_Q] != tail:
+                    return
+                if not alive and gone:
+                    raise BrokenError(f"every consumer of {self._where()} died with the "
+                                      "channel full; nothing will make room")
+                if expired:
+                    raise queue.Full
+            nap = _SLICE if remaining is None else min(_SLICE, remaining)
+            self._announce(_PRODUCER, True)
+            try:
+                now = hdr[_TAIL_Q]
+                if now != tail:
+                    return
+                self._tail_w.wait(now & 0xFFFFFFFF, nap)
+            finally:
+                self._announce(_PRODUCER, False)
+            looked = True
+
+    def _where(self) -> str:
+        return self._path or "the anonymous channel"
+
+    def _claim(self, fd: int, deadline: float | None, full: bool) -> None:
+        """Take a claim lock (producers' or consumers'), honouring the deadline."""
+        if deadline is None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            return
+        delay = 0.0001
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                pass
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise queue.Full if full else queue.Empty
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, 0.005)
+
+    def _open_claims(self, strict: bool) -> tuple[int, int]:
+        flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+        if self._path is not None:
+            assert self._lock_path is not None
+            pfd = os.open(self._path, flags)
+            cfd = pfd if strict else os.open(self._lock_path, flags)
+            return pfd, cfd
+        fds = []
+        for _ in range(1 if strict else 2):
+            fd, tmp = tempfile.mkstemp(prefix="mmapkit-chan-claim-")
+            os.unlink(tmp)
+            fds.append(fd)
+        return fds[0], fds[-1]
+
+    # --- sending ----------------------------------------------------------------------
+
+    def _too_large(self, n: int) -> MessageTooLargeError:
+        return MessageTooLargeError(
+            f"a message of {n} bytes cannot fit a channel whose ring holds {self._cap} bytes "
+            f"(largest message {self._max}); create the channel with a larger capacity, or "
+            "split the message")
+
+    def _place(self, need: int) -> int:
+        """Where a frame of ``need`` bytes can go now: its head position, or -1 when the
+        ring is too full.  Writes (and publishes) a PAD frame when the frame would cross
+        the end of the ring.  The caller holds the producer claim if there is one."""
+        hdr, cap = self._hdr, self._cap
+        head = hdr[_HEAD_Q]
+        tail = hdr[_TAIL_Q]
+        self._tail_seen = tail
+        self._room_end = tail + cap
+        pos = head % cap
+        if pos + need > cap:
+            pad = cap - pos
+            if head + pad - tail > cap:
+                return -1
+            self._dq[pos >> 3] = _PAD_WORD
+            head += pad
+            hdr[_HEAD_Q] = head
+            if self._hdr32[_CW_I]:
+                self._wake_consumers()
+        if head + need - tail > cap:
+            return -1
+        return int(head)
+
+    def _acquire_space(self, need: int, timeout: float | None) -> int:
+        """Block until ``need`` bytes are free; returns the head position to write at.
+        With a producer claim lock, returns holding it."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._plocked:
+                self._claim(self._pclaim, deadline, True)
+            try:
+                head = self._place(need)
+            except BaseException:
+                if self._plocked:
+                    fcntl.flock(self._pclaim, fcntl.LOCK_UN)
+                raise
+            if head >= 0:
+                return head
+            tail = self._tail_seen
+            if self._plocked:
+                fcntl.flock(self._pclaim, fcntl.LOCK_UN)
+            self._await_room(tail, deadline)
+
+    def send(self, data: bytes | bytearray | memoryview, timeout: float | None = None) -> None:
+        """Send one message; block while the ring is full (queue.Full after ``timeout``)."""
+        # The hot path: a handful of memoryview operations, no syscall, no lock.
+        if data.__class__ is not bytes:
+            data = memoryview(data).cast("B")
+        n = len(data)
+        if n > self._send_limit:  # too large, or not on the fast path (limit -1)
+            self._send_slow(data, n, timeout)
+            return
+        need = (n + 15) & ~7
+        hdr = self._hdr
+        cap = self._cap
+        head = hdr[8]  # _HEAD_Q
+        pos = head % cap
+        if pos + need > cap or head + need > self._room_end:
+            head = self._acquire_space(need, timeout)
+            pos = head % cap
+        at = self._base8 + pos
+        self._mm[at : at + n] = data
+        self._dq[pos >> 3] = n  # the length word, after the payload
+        hdr[8] = head + need  # publish
+        if self._hdr32[18]:  # _CW_I: a consumer sleeps
+            self._wake_consumers()
+        self._sent += 1
+        self._sent_bytes += n
+
+    def _send_slow(self, data: bytes | memoryview, n: int, timeout: float | None) -> None:
+        if self._finished:
+            raise ClosedError("this handle called finish(); it cannot send any more")
+        if self._pslot is None:
+            self._attach(_PRODUCER)
+        if n > self._max:
+            raise self._too_large(n)
+        if self._bc:
+            self._send_broadcast(data, n, timeout)
+        elif self._plocked:
+            self._send_locked(data, n, (n + 15) & ~7, timeout)
+        else:
+            self.send(data, timeout)
+
+    def _send_locked(self, data: bytes | memoryview, n: int, need: int,
+                     timeout: float | None) -> None:
+        with self._send_mutex:
+            head = self._acquire_space(need, timeout)
+            try:
+                pos = head % self._cap
+                self._data[pos + 8 : pos + 8 + n] = data
+                self._dq[pos >> 3] = n
+                self._hdr[_HEAD_Q] = head + need
+            finally:
+                fcntl.flock(self._pclaim, fcntl.LOCK_UN)
+            if self._hdr32[_CW_I]:
+                self._wake_consumers()
+            self._sent += 1
+            self._sent_bytes += n
+
+    def send_nowait(self, data: bytes | bytearray | memoryview) -> None:
+        """Send without waiting; raise queue.Full when the ring has no room now."""
+        self.send(data, timeout=0)
+
+    def send_many(self, messages: Iterable[bytes | bytearray | memoryview],
+                  timeout: float | None = None) -> int:
+        """Send messages in order, publishing them together where they fit (one head store
+        and at most one wake-up per batch).  Returns how many were sent; ``timeout``
+        applies to each wait for room."""
+        if self._bc:
+            count = 0
+            for item in messages:
+                self.send(item, timeout)
+                count += 1
+            return count
+        if self._pslot is None:
+            self._attach(_PRODUCER)
+        count = 0
+        cap, data, dq, hdr = self._cap, self._data, self._dq, self._hdr
+        with self._send_mutex if self._plocked else contextlib.nullcontext():
+            batch: list[memoryview | bytes] = []
+            for item in messages:
+                batch.append(item if item.__class__ is bytes else memoryview(item).cast("B"))
+                if len(batch) < 256:
+                    continue
+                count += self._send_batch(batch, timeout, cap, data, dq, hdr)
+                batch = []
+            if batch:
+                count += self._send_batch(batch, timeout, cap, data, dq, hdr)
+        return count
+
+    def _send_batch(self, batch: list[memoryview | bytes], timeout: float | None, cap: int,
+                    data: memoryview, dq: memoryview, hdr: memoryview) -> int:
+        for item in batch:
+            if len(item) > self._max:
+                raise self._too_large(len(item))
+        i = 0
+        while i < len(batch):
+            first = batch[i]
+            head = self._acquire_space((len(first) + 15) & ~7, timeout)
+            try:
+                limit = self._tail_seen + cap
+                nbytes = 0
+                while i < len(batch):
+                    item = batch[i]
+                    n = len(item)
+                    need = (n + 15) & ~7
+                    pos = head % cap
+                    if pos + need > cap or head + need > limit:
+                        break
+                    data[pos + 8 : pos + 8 + n] = item
+                    dq[pos >> 3] = n
+                    head += need
+                    nbytes += n
+                    i += 1
+                    self._sent += 1
+                hdr[_HEAD_Q] = head
+                self._sent_bytes += nbytes
+            finally:
+                if self._plocked:
+                    fcntl.flock(self._pclaim, fcntl.LOCK_UN)
+            if self._hdr32[_CW_I]:
+                self._wake_consumers()
+        return len(batch)
+
+    @contextlib.contextmanager
+    def reserve(self, n: int, timeout: float | None = None) -> Iterator[memoryview]:
+        """``with ch.reserve(n) as buf:`` fill ``buf`` (n bytes inside the ring) in place;
+        the message is published when the block ends, and dropped if it raises.
+
+        With ``multi_producer`` the producer claim is held for the whole block: keep it
+        short.  Do not keep ``buf`` (or views of it) after the block.
+        """
+        if self._bc:
+            raise ModeConflictError("reserve() writes in place, which a broadcast channel "
+                                    "cannot offer; use send()")
+        if self._pslot is None:
+            self._attach(_PRODUCER)
+        if n < 0:
+            raise ValueError(f"cannot reserve {n} bytes")
+        if n > self._max:
+            raise self._too_large(n)
+        need = (n + 15) & ~7
+        with self._send_mutex if self._plocked else contextlib.nullcontext():
+            head = self._acquire_space(need, timeout)
+            try:
+                pos = head % self._cap
+                buf = self._data[pos + 8 : pos + 8 + n]
+                try:
+                    yield buf
+                finally:
+                    buf.release()
+                self._dq[pos >> 3] = n
+                self._hdr[_HEAD_Q] = head + need
+            finally:
+                if self._plocked:
+                    fcntl.flock(self._pclaim, fcntl.LOCK_UN)
+            if self._hdr32[_CW_I]:
+                self._wake_consumers()
+            self._sent += 1
+            self._sent_bytes += n
+
+    def finish(self) -> None:
+        """End this producer's stream: once every producer finished, receivers drain what
+        is left and then get EndOfChannel.  Further sends from this handle raise."""
+        if self._pslot is None:
+            self._attach(_PRODUCER)
+        assert self._pslot is not None
+        self._hdr32[_slot_word(self._pslot, 0)] = _FINISHED
+        self._finished = True
+        self._send_fast = False
+        self._send_limit = -1
+        self._head_w.wake()
+
+    # --- receiving --------------------------------------------------------------------
+
+    def _bad_frame(self, tail: int, head: int) -> Exception:
+        try:
+            fmt.decode_frame(self._data, tail % self._cap, limit=head - tail)
+        except Exception as exc:
+            return exc
+        return BrokenError(f"inconsistent frame at position {tail} of {self._where()}")
+
+    def recv(self, timeout: float | None = None) -> bytes:
+        """Receive one message; block while the ring is empty (queue.Empty after
+        ``timeout``).  EndOfChannel when the stream finished, BrokenError when every
+        producer is gone and the ring is drained."""
+        if not self._recv_fast:
+            return self._recv_slow(timeout)
+        hdr = self._hdr
+        tail = hdr[16]  # _TAIL_Q
+        if tail >= self._head_seen:
+            head = hdr[8]
+            if head == tail:
+                self._await_data(tail, None if timeout is None else time.monotonic() + timeout)
+                head = hdr[8]
+            self._head_seen = head
+        cap = self._cap
+        pos = tail % cap
+        n = self._dq[pos >> 3]
+        if pos + 8 + n > cap or n + 8 > self._head_seen - tail:  # PAD (kind bits), or damage
+            return self._recv_slow(timeout)
+        at = self._base8 + pos
+        out = self._mm[at : at + n]
+        hdr[16] = tail + ((n + 15) & ~7)  # release the bytes to the producer
+        if self._hdr32[34]:  # _PW_I: a producer sleeps
+            self._wake_producers()
+        self._received += 1
+        self._received_bytes += n
+        return out
+
+    def _recv_slow(self, timeout: float | None) -> bytes:
+        if self._bc:
+            return self._recv_broadcast(timeout)
+        if self._cslot is None:
+            self._attach(_CONSUMER)
+        if self._clocked:
+            return self._recv_locked(timeout)
+        # Unlocked single consumer: skip PAD frames, check the frame, then the fast path.
+        hdr, cap = self._hdr, self._cap
+        while True:
+            tail = hdr[_TAIL_Q]
+            head = hdr[_HEAD_Q]
+            if head == tail:
+                return self.recv(timeout)
+            pos = tail % cap
+            word = self._dq[pos >> 3]
+            if word == _PAD_WORD:
+                hdr[_TAIL_Q] = tail + cap - pos
+                continue
+            n = word & 0xFFFFFFFF
+            if word >> 32 or pos + 8 + n > cap or n + 8 > head - tail:
+                raise self._bad_frame(tail, head)
+            return self.recv(timeout)
+
+    def _take(self, deadline: float | None) -> tuple[int, int, int]:
+        """Find the next message: (tail, payload position, length).  Skips PAD frames.
+        With a consumer claim lock, returns holding it."""
+        hdr, cap = self._hdr, self._cap
+        while True:
+            if self._clocked:
+                self._claim(self._cclaim, deadline, False)
+            try:
+                while True:
+                    tail = hdr[_TAIL_Q]
+                    head = hdr[_HEAD_Q]
+                    if head == tail:
+                        break
+                    pos = tail % cap
+                    word = self._dq[pos >> 3]
+                    n = word & 0xFFFFFFFF
+                    if word >> 32 or pos + 8 + n > cap or n + 8 > head - tail:
+                        if word == _PAD_WORD:
+                            hdr[_TAIL_Q] = tail + cap - pos
+                            continue
+                        raise self._bad_frame(tail, head)
+                    return tail, pos + 8, n
+            except BaseException:
+                if self._clocked:
+                    fcntl.flock(self._cclaim, fcntl.LOCK_UN)
+                raise
+            if self._clocked:
+                fcntl.flock(self._cclaim, fcntl.LOCK_UN)
+            self._await_data(tail, deadline)
+
+    def _release(self, tail: int, n: int) -> None:
+        self._hdr[_TAIL_Q] = tail + ((n + 15) & ~7)
+        if self._clocked:
+            fcntl.flock(self._cclaim, fcntl.LOCK_UN)
+        if self._hdr32[_PW_I]:
+            self._wake_producers()
+        self._received += 1
+        self._received_bytes += n
+
+    def _recv_locked(self, timeout: float | None) -> bytes:
+        with self._recv_mutex:
+            tail, start, n = self._take(None if timeout is None else time.monotonic() + timeout)
+            try:
+                out = self._mm[self._base + start : self._base + start + n]
+            except BaseException:
+                if self._clocked:
+                    fcntl.flock(self._cclaim, fcntl.LOCK_UN)
+                raise
+            self._release(tail, n)
+            return out
+
+    def recv_nowait(self) -> bytes:
+        """Receive without waiting; queue.Empty when nothing is there now."""
+        return self.recv(timeout=0)
+
+    def recv_many(self, max_messages: int = 1024, max_bytes: int | None = None,
+                  timeout: float | None = None) -> list[bytes]:
+        """Wait (up to ``timeout``) for at least one message, then take what is there, up to
+        ``max_messages`` and ``max_bytes`` of payload (at least one message is returned even
+        if it alone exceeds ``max_bytes``).  One tail store and one wake-up per call."""
+        if max_messages < 1:
+            raise ValueError("max_messages must be at least 1")
+        if self._bc:
+            got = [self.recv(timeout)]
+            size = len(got[0])
+            with contextlib.suppress(queue.Empty, EndOfChannel, BrokenError):
+                while len(got) < max_messages:
+                    try:
+                        msg = self.recv_nowait()
+                    except OverrunError as exc:  # keep what we have; report it next call
+                        self._pending_overrun = exc
+                        break
+                    if max_bytes is not None and size + len(msg) > max_bytes:
+                        self._cursor_back(msg)
+                        break
+                    got.append(msg)
+                    size += len(msg)
+            return got
+        if self._cslot is None:
+            self._attach(_CONSUMER)
+        limit_bytes = max_bytes if max_bytes is not None else 1 << 62
+        with self._recv_mutex if self._clocked else contextlib.nullcontext():
+            tail, start, n = self._take(None if timeout is None else time.monotonic() + timeout)
+            hdr, cap, dq = self._hdr, self._cap, self._dq
+            mm, base = self._mm, self._base
+            out = []
+            total = 0
+            try:
+                head = hdr[_HEAD_Q]
+                while True:
+                    out.append(mm[base + start : base + start + n])
+                    total += n
+                    tail += (n + 15) & ~7
+                    if len(out) >= max_messages or tail == head:
+                        break
+                    pos = tail % cap
+                    word = dq[pos >> 3]
+                    if word == _PAD_WORD:
+                        tail += cap - pos
+                        if tail == head:
+                            break
+                        pos = 0
+                        word = dq[0]
+                    n = word & 0xFFFFFFFF
+                    if word >> 32 or pos + 8 + n > cap or n + 8 > head - tail:
+                        raise self._bad_frame(tail, head)
+                    if total + n > limit_bytes:
+                        break
+                    start = pos + 8
+                hdr[_TAIL_Q] = tail
+            finally:
+                if self._clocked:
+                    fcntl.flock(self._cclaim, fcntl.LOCK_UN)
+            if self._hdr32[_PW_I]:
+                self._wake_producers()
+            self._received += len(out)
+            self._received_bytes += total
+            return out
+
+    @contextlib.contextmanager
+    def recv_view(self, timeout: float | None = None) -> Iterator[memoryview]:
+        """``with ch.recv_view() as mv:`` read the next message in place (no copy); it is
+        consumed when the block ends, even if the block raises.  ``mv`` is read-only
+        and invalid after the block; copy what you keep."""
+        if self._bc:
+            raise ModeConflictError("a broadcast producer may overwrite what a view shows; "
+                                    "use recv() on broadcast channels")
+        if self._cslot is None:
+            self._attach(_CONSUMER)
+        with self._recv_mutex if self._clocked else contextlib.nullcontext():
+            tail, start, n = self._take(None if timeout is None else time.monotonic() + timeout)
+            view = self._data[start : start + n].toreadonly()
+            try:
+                yield view
+            finally:
+                view.release()
+                self._release(tail, n)
+
+    # --- broadcast --------------------------------------------------------------------
+
+    @property
+    def broadcast(self) -> bool:
+        return self._bc
+
+    @property
+    def cursor(self) -> int:
+        """A broadcast subscriber's read position (bytes since the channel was created)."""
+        return self._cursor
+
+    def subscribe(self, name: str) -> Channel:
+        """Make this handle the broadcast subscriber ``name`` and return it.
+
+        A new name starts at the oldest message the ring still retains; a name seen before
+        resumes where it stopped (if the producer overwrote that meanwhile, the first
+        receive raises OverrunError).  Each name is one live handle at a time.
+        """
+        self._check_open()
+        if not self._bc:
+            raise ModeConflictError("subscribe() is for channels created with broadcast=True")
+        if self._cslot is not None:
+            raise ModeConflictError("this handle already subscribed; open another handle "
+                                    "for another subscriber")
+        raw = name.encode()
+        if not 1 <= len(raw) <= fmt.NAME_SIZE:
+            raise ValueError(f"a subscriber name is 1 to {fmt.NAME_SIZE} bytes of UTF-8, "
+                             f"got {len(raw)}")
+        fd, h32, h8 = self._lock_fd, self._hdr32, self._hdr8
+        _platform.range_lock(fd, _LOCK_REGISTRY)
+        try:
+            states = [(i, h32[_slot_word(i, 0)]) for i in range(fmt.SLOT_COUNT)]
+            mine = [i for i, st in states if st == _SUBSCRIBER
+                    and bytes(h8[_slot_byte(i, fmt.SLOT_NAME):_slot_byte(i, fmt.SLOT_NAME)
+                                 + fmt.NAME_SIZE]).rstrip(b"\0") == raw]
+            if mine and self._alive(mine[0]):
+                raise ModeConflictError(f"subscriber {name!r} is in use by a live process "
+                                        f"(pid {h32[_slot_word(mine[0], 1)]})")
+            if mine:
+                order = mine
+            else:
+                alive = {i: self._alive(i) for i, st in states if st != _FREE}
+                order = ([i for i, st in states if st == _FREE]
+                         + [i for i, st in states if st == _CONSUMER and not alive[i]]
+                         + [i for i, st in states if st == _SUBSCRIBER and not alive[i]])
+            for slot in order:
+                if not _platform.range_lock(fd, _LOCK_SLOT + slot, wait=False):
+                    continue
+                cursor_q = _slot_byte(slot, fmt.SLOT_CURSOR) // 8
+                if not mine:  # a new name: start at the oldest retained message
+                    h8[_slot_byte(slot, fmt.SLOT_NAME):
+                       _slot_byte(slot, fmt.SLOT_NAME) + fmt.NAME_SIZE] = raw.ljust(
+                           fmt.NAME_SIZE, b"\0")
+                    self._hdr[cursor_q] = self._hdr[_TAIL_Q]
+                h32[_slot_word(slot, 1)] = os.getpid() & 0xFFFFFFFF
+                h32[_slot_word(slot, 2)] = 0
+                h32[_slot_word(slot, 0)] = _SUBSCRIBER
+                self._cslot = slot
+                self._cursor = int(self._hdr[cursor_q])
+                return self
+            raise ModeConflictError(f"all {fmt.SLOT_COUNT} participant slots are taken; "
+                                    "close some handles first")
+        finally:
+            _platform.range_unlock(fd, _LOCK_REGISTRY)
+
+    def _set_cursor(self, value: int) -> None:
+        assert self._cslot is not None
+        self._cursor = value
+        self._hdr[_slot_byte(self._cslot, fmt.SLOT_CURSOR) // 8] = value
+
+    def _cursor_back(self, msg: bytes) -> None:
+        """Un-receive the message just received (recv_many's byte limit)."""
+        self._set_cursor(self._cursor - ((len(msg) + 15) & ~7))
+        self._received -= 1
+        self._received_bytes -= len(msg)
+
+    def _send_broadcast(self, data: bytes | memoryview, n: int, timeout: float | None) -> None:
+        """Publish to every subscriber; never waits for readers: the oldest messages are
+        evicted (tail moves first, then the bytes are overwritten) to make room."""
+        need = (n + 15) & ~7
+        hdr, cap, dq = self._hdr, self._cap, self._dq
+        with self._send_mutex:
+            if self._plocked:
+                self._claim(self._pclaim, None if timeout is None
+                            else time.monotonic() + timeout, True)
+            try:
+                head = hdr[_HEAD_Q]
+                tail = hdr[_TAIL_Q]
+                pos = head % cap
+                pad = cap - pos if pos + need > cap else 0
+                while tail < head and head + pad + need - tail > cap:
+                    tpos = tail % cap
+                    word = dq[tpos >> 3]
+                    tail += cap - tpos if word == _PAD_WORD else ((word & 0xFFFFFFFF) + 15) & ~7
+                if tail != hdr[_TAIL_Q]:
+                    hdr[_TAIL_Q] = tail  # readers see the eviction before the overwrite
+                if pad:
+                    dq[pos >> 3] = _PAD_WORD
+                    head += pad
+                    hdr[_HEAD_Q] = head
+                    pos = 0
+                    if head + need - tail > cap:
+                        # Even the emptied ring needs the PAD itself gone.  Readers that were
+                        # at the PAD lost nothing: say where it was, so they need not raise.
+                        hdr[_PAD_EVICTED_Q] = tail
+                        tail = head
+                        hdr[_TAIL_Q] = tail
+                self._data[pos + 8 : pos + 8 + n] = data
+                dq[pos >> 3] = n
+                hdr[_HEAD_Q] = head + need
+            finally:
+                if self._plocked:
+                    fcntl.flock(self._pclaim, fcntl.LOCK_UN)
+        if self._hdr32[_CW_I]:
+            self._wake_consumers()
+        self._sent += 1
+        self._sent_bytes += n
+
+    def _overrun(self, cursor: int, tail: int) -> OverrunError:
+        self._set_cursor(tail)
+        return OverrunError(
+            f"subscriber fell behind: the producer overwrote {tail - cursor} bytes of messages "
+            "it had not read; it continues from the oldest retained message (a larger "
+            "capacity, or a faster reader, avoids this)", lost_bytes=tail - cursor)
+
+    def _recv_broadcast(self, timeout: float | None) -> bytes:
+        if self._cslot is None:
+            self._attach(_CONSUMER)  # raises: subscribe first
+        if self._pending_overrun is not None:
+            exc, self._pending_overrun = self._pending_overrun, None
+            raise exc
+        deadline = None if timeout is None else time.monotonic() + timeout
+        hdr = self._hdr
+        while True:
+            c = self._cursor
+            if hdr[_HEAD_Q] == c:
+                self._await_data(c, deadline)
+                continue
+            if self._clocked:  # weakly ordered CPU: read under the producers' lock
+                fcntl.flock(self._cclaim, fcntl.LOCK_EX)
+            try:
+                out = self._read_at(c)
+            finally:
+                if self._clocked:
+                    fcntl.flock(self._cclaim, fcntl.LOCK_UN)
+            if out is not None:
+                self._received += 1
+                self._received_bytes += len(out)
+                return out
+
+    def _read_at(self, c: int) -> bytes | None:
+        """The message at cursor ``c`` (moving the cursor past it), or None after skipping
+        a PAD; OverrunError if the producer evicted it before or while we copied it."""
+        hdr, cap = self._hdr, self._cap
+        head = hdr[_HEAD_Q]
+        tail = hdr[_TAIL_Q]
+        if c < tail:
+            if c == hdr[_PAD_EVICTED_Q] and tail == c + cap - c % cap:
+                self._set_cursor(tail)  # only a PAD was evicted under us: nothing lost
+                return None
+            raise self._overrun(c, tail)
+        pos = c % cap
+        word = self._dq[pos >> 3]
+        if word == _PAD_WORD:
+            if hdr[_TAIL_Q] > c:
+                raise self._overrun(c, hdr[_TAIL_Q])
+            self._set_cursor(c + cap - pos)
+            return None
+        n = word & 0xFFFFFFFF
+        if word >> 32 or pos + 8 + n > cap or n + 8 > head - c:
+            if hdr[_TAIL_Q] > c:  # overwritten while we looked
+                raise self._overrun(c, hdr[_TAIL_Q])
+            raise self._bad_frame(c, head)
+        out = self._mm[self._base + pos + 8 : self._base + pos + 8 + n]
+        if hdr[_TAIL_Q] > c:  # evicted during the copy: the bytes may be torn
+            raise self._overrun(c, hdr[_TAIL_Q])
+        self._set_cursor(c + ((n + 15) & ~7))
+        return out
+
+    # --- doorbell and asyncio --------------------------------------------------------
+
+    def fileno(self) -> int:
+        """The channel's doorbell: a FIFO descriptor that turns readable when a waiting
+        receiver (or sender) should look again.  For select/selectors/asyncio; see
+        :meth:`armed` for the protocol, or just use :meth:`arecv` / :meth:`asend`."""
+        self._check_open()
+        if self._bell < 0:
+            assert self._path is not None
+            bell = self._path + ".bell"
+            with contextlib.suppress(FileExistsError):
+                os.mkfifo(bell, 0o600)
+            self._bell = os.open(bell, os.O_RDWR | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+            self._sync_fds()
+        self._hdr32[_BELL_I] = 1  # from now on, wake-ups also ring the doorbell
+        return self._bell
+
+    def _ring(self) -> None:
+        fd = self._bell if self._bell >= 0 else self.fileno()
+        with contextlib.suppress(BlockingIOError):  # full: it is ringing already
+            os.write(fd, b"\1")
+
+    def _drain_bell(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._bell, 4096):
+                pass
+
+    @contextlib.contextmanager
+    def armed(self, *, send: bool = False) -> Iterator[int]:
+        """``with ch.armed() as fd: select([fd], ...)``: announce that this handle waits for a
+        message (or, with ``send=True``, for room) through the doorbell, so the other side
+        rings it.  Try ``recv_nowait()`` (``send_nowait()``) first and again after the
+        wait; if something is already there when arming, the bell is rung at once.
+        Wake-ups are hints: wait with a timeout (a lost one costs one timeout)."""
+        role = _PRODUCER if send else _CONSUMER
+        if (self._pslot if send else self._cslot) is None:
+            self._attach(role)  # (a broadcast handle must have subscribed)
+        fd = self.fileno()
+        self._announce(role, True)
+        try:
+            hdr = self._hdr
+            if send:
+                ready = hdr[_HEAD_Q] - hdr[_TAIL_Q] < self._cap // 2
+            else:
+                ready = hdr[_HEAD_Q] != (self._cursor if self._bc else hdr[_TAIL_Q])
+            if ready:
+                self._ring()
+            yield fd
+        finally:
+            self._announce(role, False)
+            self._drain_bell()
+
+    async def _await_bell(self, send: bool, nap: float) -> None:
+        loop = asyncio.get_running_loop()
+        with self.armed(send=send) as fd:
+            ready = loop.create_future()
+
+            def ring() -> None:
+                if not ready.done():
+                    ready.set_result(None)
+
+            loop.add_reader(fd, ring)
+            try:
+                await asyncio.wait_for(ready, nap)
+            except asyncio.TimeoutError:
+                pass
+            finally:
+                loop.remove_reader(fd)
+
+    async def arecv(self, timeout: float | None = None) -> bytes:
+        """``await ch.arecv()``: :meth:`recv` for asyncio; the event loop keeps running
+        while the ring is empty (it waits on the doorbell, never in a thread)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                return self.recv_nowait()
+            except queue.Empty:
+                pass
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise queue.Empty
+            await self._await_bell(False, _SLICE if remaining is None
+                                   else min(_SLICE, remaining))
+
+    async def asend(self, data: bytes | bytearray | memoryview,
+                    timeout: float | None = None) -> None:
+        """``await ch.asend(data)``: :meth:`send` for asyncio (waits for room on the
+        doorbell, never blocking the event loop)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                self.send_nowait(data)
+                return
+            except queue.Full:
+                pass
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise queue.Full
+            await self._await_bell(True, _SLICE if remaining is None
+                                   else min(_SLICE, remaining))
+
+    # --- objects ----------------------------------------------------------------------
+
+    def send_obj(self, obj: Any, timeout: float | None = None) -> None:
+        """Send a picklable object (pickle protocol 5).  Out-of-band buffers (numpy arrays,
+        PickleBuffer) are copied straight into the ring: one copy, no intermediate bytes."""
+        buffers: list[pickle.PickleBuffer] = []
+        body = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+        raws: list[memoryview] = []
+        for b in buffers:
+            try:
+                raws.append(b.raw())
+            except BufferError:  # not contiguous: pickle it in-band after all
+                raws.append(memoryview(bytes(memoryview(b))))
+        total = _OBJ_HEAD.size + _pad8(len(body)) + sum(8 + _pad8(r.nbytes) for r in raws)
+        placed = (contextlib.nullcontext(memoryview(bytearray(total))) if self._bc
+                  else self.reserve(total, timeout))
+        with placed as buf:
+            _OBJ_HEAD.pack_into(buf, 0, len(raws), 0, len(body))
+            at = _OBJ_HEAD.size
+            buf[at : at + len(body)] = body
+            at += _pad8(len(body))
+            for r in raws:
+                _U64.pack_into(buf, at, r.nbytes)
+                at += 8
+                buf[at : at + r.nbytes] = r
+                at += _pad8(r.nbytes)
+            for r in raws:
+                r.release()
+            if self._bc:
+                self.send(buf, timeout)
+
+    def recv_obj(self, timeout: float | None = None) -> Any:
+        """Receive an object sent by :meth:`send_obj`.  The message is copied once, into a
+        bytearray; out-of-band buffers (numpy arrays) are views of that copy (writable)."""
+        if self._bc:
+            blob = bytearray(self.recv(timeout))
+        else:
+            with self.recv_view(timeout) as view:
+                blob = bytearray(view)
+        mv = memoryview(blob)
+        try:
+            count, _, body_len = _OBJ_HEAD.unpack_from(mv, 0)
+            at = _OBJ_HEAD.size
+            body = mv[at : at + body_len]
+            at += _pad8(body_len)
+            bufs = []
+            for _ in range(count):
+                (size,) = _U64.unpack_from(mv, at)
+                at += 8
+                if at + size > len(mv):
+                    raise ValueError("buffer past the end")
+                bufs.append(mv[at : at + size])
+                at += _pad8(size)
+            if _OBJ_HEAD.size + body_len > len(mv):
+                raise ValueError("pickle past the end")
+        except (struct.error, ValueError) as exc:
+            raise ValueError("the message is not an object sent by send_obj() "
+                             f"({exc}); receive it with recv()") from None
+        return pickle.loads(body, buffers=bufs)
+
+    # --- status -----------------------------------------------------------------------
+
+    def statistics(self) -> ChannelStatistics:
+        """Counts of this handle (since open, or since fork in a child) and the ring now."""
+        self._check_open()
+        hdr = self._hdr
+        head, tail = hdr[_HEAD_Q], hdr[_TAIL_Q]
+        return ChannelStatistics(
+            messages_sent=self._sent, bytes_sent=self._sent_bytes,
+            messages_received=self._received, bytes_received=self._received_bytes,
+            full_waits=self._full_waits, empty_waits=self._empty_waits,
+            capacity=self._cap, used=int(head - tail),
+            producers_alive=self._census(_PRODUCER)[0],
+            consumers_alive=self._census(_CONSUMER)[0])
+
+    def describe(self) -> dict[str, Any]:
+        """The header and ring state as plain data (what ``mmapkit channel stat`` prints)."""
+        self._check_open()
+        h32 = self._hdr32
+        head, tail = int(self._hdr[_HEAD_Q]), int(self._hdr[_TAIL_Q])
+        try:
+            pending: int | None = sum(1 for _ in fmt.iter_frames(self._data, tail, head))
+        except CorruptFileError:  # a live channel moved under us (or it is damaged: check())
+            pending = None
+        names = {_PRODUCER: "producer", _CONSUMER: "consumer", _FINISHED: "finished",
+                 _SUBSCRIBER: "subscriber"}
+        slots = []
+        for i in range(fmt.SLOT_COUNT):
+            st = h32[_slot_word(i, 0)]
+            if st != _FREE:
+                entry: dict[str, Any] = {"slot": i, "role": names.get(st, f"unknown {st}"),
+                                         "pid": h32[_slot_word(i, 1)], "alive": self._alive(i)}
+                if st == _SUBSCRIBER:
+                    at = _slot_byte(i, fmt.SLOT_NAME)
+                    entry["name"] = bytes(self._hdr8[at : at + fmt.NAME_SIZE]).rstrip(
+                        b"\0").decode(errors="replace")
+                    entry["cursor"] = int(self._hdr[_slot_byte(i, fmt.SLOT_CURSOR) // 8])
+                slots.append(entry)
+        return {"path": self._path, "version": self._header.version,
+                "capacity": self._cap, "max_message": self._max,
+                "multi_producer": self._mp, "multi_consumer": self._mc, "broadcast": self._bc,
+                "head": head, "tail": tail, "used": head - tail, "pending_messages": pending,
+                "participants": slots}
+
+    def check(self) -> None:
+        """Verify the ring: positions and every pending frame.  Raises CorruptFileError."""
+        self._check_open()
+        head, tail = int(self._hdr[_HEAD_Q]), int(self._hdr[_TAIL_Q])
+        for _ in fmt.iter_frames(self._data, tail, head):
+            pass
+
+    # --- life cycle -------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release this handle (other handles and processes carry on).  A producer that
+        closes without finish() counts as gone; idempotent."""
+        if self._closed:
+            return
+        if self._cslot is not None:
+            self._hdr32[_slot_word(self._cslot, 2)] = 0
+            if not self._bc:  # a subscriber keeps its name and cursor for next time
+                self._hdr32[_slot_word(self._cslot, 0)] = _FREE
+        self._closed = True
+        self._pslot = self._cslot = None
+        self._send_fast = self._recv_fast = False
+        self._send_limit = -1
+        for view in (self._dq, self._data, self._hdr, self._hdr32, self._hdr8):
+            view.release()
+        self._head_w.close()
+        self._tail_w.close()
+        try:
+            self._region.close()
+        finally:
+            _close_fds(self._fdbox)
+            self._bell = -1
+
+    def unlink(self) -> None:
+        """Remove the channel's file and lock file (handles already open keep working)."""
+        if self._path is None:
+            return
+        for p in (self._path, self._lock_path, self._path + ".bell"):
+            if p is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(p)
+
+    def __enter__(self) -> Channel:
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, v: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"capacity={self._cap}"
+        mode = ("MP" if self._mp else "SP") + ("MC" if self._mc else "SC")
+        return f"<Channel {self._where()} {mode} {state}>"
+
+
+def _reopen_fd(fd: int, path: str | None) -> int:
+    """A fresh open file description for what ``fd`` has open; closes ``fd``."""
+    new_fd = -1
+    if path is not None:
+        with contextlib.suppress(OSError):  # unlinked meanwhile: use the descriptor
+            new_fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+    if new_fd < 0:
+        new_fd = _platform.reopen_fd(fd)
+    os.close(fd)
+    return new_fd
+
+
+def _close_fds(box: list[int]) -> None:
+    """Close the descriptors in ``box`` once (explicit close() or garbage collection)."""
+    while box:
+        with contextlib.suppress(OSError):
+            os.close(box.pop())
+
+
+def _pad8(n: int) -> int:
+    return (n + 7) & ~7
+
+
+def _reopen(path: str, spin: float) -> Channel:
+    return Channel.open(path, spin=spin)

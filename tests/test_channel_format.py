@@ -1,0 +1,204 @@
+"""The channel codec: header and frames, whole, byte by byte, cut off, with trailing bytes,
+and fuzzed."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mmapkit.errors import CorruptFileError, ForeignFileError, FormatVersionError
+from mmapkit.ipc import _format as fmt
+
+
+def test_header_round_trip_and_layout() -> None:
+    raw = fmt.encode_header(4096, fmt.FLAG_MULTI_PRODUCER)
+    assert len(raw) == 64
+    assert raw[:8] == b"MMKCHAN\0"
+    assert struct.unpack_from("<I", raw, 8)[0] == 1  # version
+    assert struct.unpack_from("<I", raw, 12)[0] == 1  # flags
+    assert struct.unpack_from("<Q", raw, 16)[0] == 4096
+    assert struct.unpack_from("<III", raw, 24) == (8192, 64, 64)
+    assert struct.unpack_from("<I", raw, 36)[0] == zlib.crc32(raw[:36])
+    assert raw[40:] == bytes(24)
+    h = fmt.decode_header(raw + b"trailing bytes are ignored")
+    assert (h.version, h.capacity, h.multi_producer, h.multi_consumer) == (1, 4096, True, False)
+    assert h.file_size == 8192 + 4096
+
+
+def test_header_every_flipped_byte_is_refused() -> None:
+    raw = fmt.encode_header(1 << 16, fmt.FLAG_MULTI_CONSUMER)
+    for i in range(40):
+        bad = bytearray(raw)
+        bad[i] ^= 0x41
+        with pytest.raises((ForeignFileError, FormatVersionError, CorruptFileError)):
+            fmt.decode_header(bytes(bad))
+
+
+def test_header_cut_off_at_every_offset() -> None:
+    raw = fmt.encode_header(1 << 12)
+    for cut in range(len(raw)):
+        data = raw[:cut]
+        if cut >= 40:  # the checked fields are complete
+            assert fmt.decode_header(data).capacity == 1 << 12
+            continue
+        with pytest.raises((ForeignFileError, CorruptFileError)):
+            fmt.decode_header(data)
+
+
+def test_header_foreign_and_newer() -> None:
+    with pytest.raises(ForeignFileError, match="not an mmapkit channel"):
+        fmt.decode_header(b"\x7fELF" + bytes(100))
+    with pytest.raises(ForeignFileError):
+        fmt.decode_header(b"")
+    newer = bytearray(fmt.encode_header(4096))
+    struct.pack_into("<I", newer, 8, 2)
+    with pytest.raises(FormatVersionError, match="upgrade mmapkit") as info:
+        fmt.decode_header(bytes(newer))
+    assert (info.value.found, info.value.supported) == (2, 1)
+    # unknown feature flags with a correct checksum: a newer writer
+    flagged = bytearray(fmt.encode_header(4096))
+    struct.pack_into("<I", flagged, 12, 0x80)
+    struct.pack_into("<I", flagged, 36, zlib.crc32(bytes(flagged[:36])))
+    with pytest.raises(FormatVersionError, match="unknown"):
+        fmt.decode_header(bytes(flagged))
+
+
+def test_capacity_rules() -> None:
+    assert fmt.round_capacity(100) == 104
+    with pytest.raises(ValueError):
+        fmt.round_capacity(8)
+    with pytest.raises(TypeError):
+        fmt.round_capacity(1.5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        fmt.encode_header(100)
+    assert fmt.max_message(4096) == 4088
+
+
+def test_frames_whole_and_cut() -> None:
+    payloads = [b"", b"a", b"12345678", b"x" * 13]
+    ring = bytearray(256)
+    head = 0
+    for p in payloads:
+        frame = fmt.encode_frame(p)
+        assert len(frame) == fmt.frame_size(len(p)) and len(frame) % 8 == 0
+        assert struct.unpack_from("<II", frame) == (len(p), 0)
+        ring[head : head + len(frame)] = frame
+        head += len(frame)
+    got = [bytes(ring[s : s + n]) for _, s, n in fmt.iter_frames(ring, 0, head)]
+    assert got == payloads
+    # a published range cut inside any frame is refused, never misread
+    ends = set()
+    at = 0
+    for p in payloads:
+        at += fmt.frame_size(len(p))
+        ends.add(at)
+    for cut in range(0, head, 8):
+        if cut in ends or cut == 0:
+            assert len(list(fmt.iter_frames(ring, 0, cut))) == sum(1 for e in ends if e <= cut)
+        else:
+            with pytest.raises(CorruptFileError):
+                list(fmt.iter_frames(ring, 0, cut))
+
+
+def test_pad_frame_wraps() -> None:
+    ring = bytearray(64)
+    frame = fmt.encode_frame(b"hello")  # 16 bytes
+    struct.pack_into("<II", ring, 48, 0, fmt.KIND_PAD)
+    ring[0:16] = frame
+    # tail at 48 (pad to 64), then the frame at ring offset 0 = position 64
+    assert [(t, n) for t, _, n in fmt.iter_frames(ring, 48, 80)] == [(64, 5)]
+
+
+def test_positions() -> None:
+    fmt.check_positions(80, 16, 64)
+    for head, tail in [(8, 16), (100, 0), (3, 0), (8, 5)]:
+        with pytest.raises(CorruptFileError):
+            fmt.check_positions(head, tail, 64)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_header_garbage_gives_our_errors(data: bytes) -> None:
+    try:
+        fmt.decode_header(data)
+    except (ForeignFileError, FormatVersionError, CorruptFileError):
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=64, max_size=256).map(lambda b: b[: len(b) // 8 * 8]),
+       st.integers(0, 40), st.integers(0, 300))
+def test_frames_garbage_gives_our_errors(ring: bytes, tail8: int, span: int) -> None:
+    tail = tail8 * 8
+    head = tail + span // 8 * 8
+    try:
+        for _, start, n in fmt.iter_frames(ring, tail, head):
+            assert start >= 0 and start + n <= len(ring)
+    except CorruptFileError:
+        pass
+
+
+# --- the ring against a model ---------------------------------------------------------
+
+_OPS = st.lists(st.tuples(st.sampled_from(["send", "send_many", "recv", "recv_many",
+                                            "reserve", "view"]),
+                          st.integers(0, 300), st.integers(1, 5)), max_size=120)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from([64, 128, 256, 1000]), _OPS)
+def test_ring_matches_a_fifo_model(capacity: int, ops: list[tuple[str, int, int]]) -> None:
+    """Any interleaving of the sending and receiving calls behaves like a FIFO queue; the
+    ring never loses, duplicates or tears a message, whatever the wrap-around."""
+    import collections
+    import queue
+
+    from mmapkit.ipc import Channel
+
+    model: collections.deque[bytes] = collections.deque()
+    counter = 0
+    with Channel.anonymous(capacity) as ch:
+        for op, size, count in ops:
+            size = min(size, ch.max_message)
+            if op in ("send", "reserve", "send_many"):
+                batch = []
+                for _ in range(count if op == "send_many" else 1):
+                    counter += 1
+                    batch.append(bytes([counter % 251]) * size)
+                for msg in batch:
+                    try:
+                        if op == "reserve":
+                            with ch.reserve(len(msg), timeout=0) as buf:
+                                buf[:] = msg
+                        else:
+                            ch.send_nowait(msg)
+                    except queue.Full:
+                        break
+                    model.append(msg)
+            elif op == "recv_many":
+                try:
+                    got = ch.recv_many(count, max_bytes=size, timeout=0)
+                except queue.Empty:
+                    assert not model
+                    got = []
+                assert got == [model.popleft() for _ in got]
+            else:
+                try:
+                    if op == "view":
+                        with ch.recv_view(timeout=0) as mv:
+                            got1 = bytes(mv)
+                    else:
+                        got1 = ch.recv_nowait()
+                except queue.Empty:
+                    assert not model  # at most a PAD was there (and is skipped now)
+                    continue
+                assert got1 == model.popleft()
+            ch.check()
+        while model:
+            assert ch.recv_nowait() == model.popleft()
+        with pytest.raises(queue.Empty):
+            ch.recv_nowait()
