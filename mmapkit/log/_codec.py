@@ -31,6 +31,7 @@ __all__ = [
     "FRAME_MAGIC",
     "PAD_BIT",
     "RECORD_HEADER",
+    "REC_BODY",
     "Damage",
     "Frame",
     "Record",
@@ -54,6 +55,7 @@ VERSION = 1
 # 28 u16 level     30 u16 flags (0; reserved)                     32 message (UTF-8)
 RECORD_HEADER = 32
 REC_REST = struct.Struct("<QQIHH")   # the 24 bytes at offset 8
+REC_BODY = struct.Struct("<IQQIHH")  # crc and the rest: the 28 bytes at offset 4
 REC_FULL = struct.Struct("<IIQQIHH")
 _U32 = struct.Struct("<I")
 PAD_BIT = 0x8000_0000  # size word with this bit: skip to the end of the buffer's data area

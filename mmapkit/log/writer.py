@@ -49,6 +49,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from ..errors import (
     ClosedError,
@@ -56,11 +57,20 @@ from ..errors import (
     DiskFullError,
     FileFormatError,
     InvalidSizeError,
+    UnsupportedPlatformError,
 )
 from ..lock import FileLock
 from ..region import Region
 from . import _codec
-from ._codec import BUF_HEADER, HEAD_OFFSET, HEAD_SEQ_OFFSET, PAD_BIT, REC_REST, RECORD_HEADER
+from ._codec import (
+    BUF_HEADER,
+    HEAD_OFFSET,
+    HEAD_SEQ_OFFSET,
+    PAD_BIT,
+    REC_BODY,
+    REC_REST,
+    RECORD_HEADER,
+)
 from ._compress import compressor
 
 __all__ = ["LogWarning", "Writer", "WriterStatistics"]
@@ -70,7 +80,10 @@ CHUNK = 64 * 1024           # raw bytes per frame: one damaged byte costs at mos
 LOG_SUFFIX = ".mlog"
 BUF_SUFFIX = ".mbuf"
 DAY = 86400.0
-_LITTLE = sys.byteorder == "little"
+
+
+if sys.byteorder != "little":  # the commit store writes native words; formats are LE
+    raise UnsupportedPlatformError("mmapkit.log needs a little-endian machine")
 
 
 class LogWarning(UserWarning):
@@ -80,7 +93,7 @@ class LogWarning(UserWarning):
 @dataclass(frozen=True)
 class WriterStatistics:
     records: int            # records accepted by write() since open
-    bytes: int              # message bytes accepted
+    raw_bytes: int          # encoded record bytes written to log files (before compression)
     flushes: int            # flushes that wrote at least one frame
     frames: int             # frames written
     file_bytes: int         # bytes appended to log files
@@ -253,7 +266,7 @@ class Writer:
         self._flush_lock = threading.RLock()   # one flush at a time
         self._wake = threading.Event()
         self._closed = False
-        self._records = self._bytes = self._flushes = self._frames = self._file_bytes = 0
+        self._flushes = self._frames = self._file_bytes = self._raw_bytes = 0
         self._failed = self._recovered = 0
         self._failing = False
         self._open_buffer()
@@ -356,8 +369,10 @@ class Writer:
         self._view = view
         self._area = view[BUF_HEADER:]
         self._cap = len(self._area)
-        self._u32 = self._area.cast("I") if _LITTLE else None
-        self._hdr_q = view[:BUF_HEADER].cast("Q") if _LITTLE else None
+        # Native-order typed views: one store per word (the commit must not tear).  Our
+        # formats are little-endian, so big-endian machines are refused at import.
+        self._u32: memoryview | None = self._area.cast("I")
+        self._hdr_q: memoryview | None = view[:BUF_HEADER].cast("Q")
         self._stream = stream
         spans, tail, next_seq, damages = _codec.scan_ring(self._area, head)
         for d in damages:
@@ -368,6 +383,7 @@ class Writer:
         # The sequence continues the stream's: from the records left in the ring, else
         # from the header (stored before head, so never behind what was flushed).
         self._seq = max(next_seq, head_seq) - 1 if spans else head_seq - 1
+        self._seq_at_open = self._seq
         self._zero_free()
         self._threshold = self._cap // 3
         self._kicked = False
@@ -455,45 +471,42 @@ class Writer:
             self._reopen_after_fork()
         size = RECORD_HEADER + len(data)
         total = (size + 7) & ~7
-        lock = self._lock
-        lock.acquire()
-        try:
-            if self._closed:
-                raise ClosedError(f"the log writer for {self._directory}/{self._name} is "
-                                  "closed; create a new one to keep logging")
+        with self._lock:
             tail = self._tail
             cap = self._cap
             off = tail % cap
             wrap = cap - off if off + total > cap else 0
-            if tail + wrap + total - self._head <= cap - 8:
+            room = tail + wrap + total - self._head <= cap - 8
+            if room:
                 area = self._area
+                u32 = self._u32
                 if wrap:
-                    self._store_size(off, PAD_BIT | wrap)
+                    if u32 is None:
+                        self._closed_error()
+                    u32[off >> 2] = PAD_BIT | wrap
                     tail += wrap
                     off = 0
                 seq = self._seq + 1
-                rest = REC_REST.pack(seq, time_us, self._pid, level & 0xFFFF, 0)
-                area[off + 8 : off + 32] = rest
+                level &= 0xFFFF
+                pid = self._pid
                 area[off + 32 : off + size] = data
-                area[off + 4 : off + 8] = zlib.crc32(data, zlib.crc32(rest)).to_bytes(4, "little")
-                self._store_size(off, size)  # the commit: one aligned 4-byte store
+                REC_BODY.pack_into(
+                    area, off + 4, zlib.crc32(data, zlib.crc32(REC_REST.pack(
+                        seq, time_us, pid, level, 0))), seq, time_us, pid, level, 0)
+                if u32 is None:
+                    self._closed_error()
+                u32[off >> 2] = size  # the commit: one aligned 4-byte store
                 self._seq = seq
                 self._tail = tail = tail + total
-                self._records += 1
-                self._bytes += len(data)
                 if tail - self._head > self._threshold and not self._kicked:
                     self._kicked = True
                     self._wake.set()
-                return
-        finally:
-            lock.release()
-        self._make_room(total, data, level, time_us)
+        if not room:
+            self._make_room(total, data, level, time_us)
 
-    def _store_size(self, off: int, value: int) -> None:
-        if self._u32 is not None:
-            self._u32[off >> 2] = value
-        else:
-            self._area[off : off + 4] = value.to_bytes(4, "little")
+    def _closed_error(self) -> NoReturn:
+        raise ClosedError(f"the log writer for {self._directory}/{self._name} is closed; "
+                          "create a new one to keep logging")
 
     def _make_room(self, total: int, data: bytes, level: int, time_us: int) -> None:
         """The ring is full (or the record is larger than it): flush, then retry."""
@@ -517,8 +530,7 @@ class Writer:
                     self._sink.append(frame, time.time())
                     self._store_head(self._tail, seq + 1)
                     self._seq = seq
-                    self._records += 1
-                    self._bytes += len(data)
+                    self._raw_bytes += len(rec)
                     self._frames += 1
                     self._file_bytes += len(frame)
                     return
@@ -526,12 +538,11 @@ class Writer:
     def _store_head(self, head: int, head_seq: int) -> None:
         """Persist head and the sequence at head.  The sequence goes first, so a kill
         between the two stores never leaves it behind what the files hold."""
-        if self._hdr_q is not None:
-            self._hdr_q[HEAD_SEQ_OFFSET // 8] = head_seq
-            self._hdr_q[HEAD_OFFSET // 8] = head
-        else:
-            self._view[HEAD_SEQ_OFFSET : HEAD_SEQ_OFFSET + 8] = head_seq.to_bytes(8, "little")
-            self._view[HEAD_OFFSET : HEAD_OFFSET + 8] = head.to_bytes(8, "little")
+        hdr = self._hdr_q
+        if hdr is None:
+            self._closed_error()
+        hdr[HEAD_SEQ_OFFSET // 8] = head_seq
+        hdr[HEAD_OFFSET // 8] = head
 
     # --- flushing ---------------------------------------------------------------------
 
@@ -585,6 +596,7 @@ class Writer:
                               "records were written", LogWarning, stacklevel=3)
             self._flushes += 1
             self._frames += len(frames)
+            self._raw_bytes += sum(n for _, n in spans)
             self._file_bytes += len(blob)
             # Steps 2-4 of the table in the module comment.
             self._store_head(tail, last_seq + 1)
@@ -611,7 +623,8 @@ class Writer:
     def statistics(self) -> WriterStatistics:
         with self._lock:
             return WriterStatistics(
-                self._records, self._bytes, self._flushes, self._frames, self._file_bytes,
+                self._seq - self._seq_at_open, self._raw_bytes, self._flushes, self._frames,
+                self._file_bytes,
                 self._tail - self._head, self._recovered, self._failed,
                 self._region is None, None if self._region is None else self._region.path,
                 self._sink.path)
@@ -686,17 +699,16 @@ def _spans(area: memoryview, head: int, tail: int) -> list[tuple[int, int]]:
     if tail - head <= cap - a:
         return [(a, tail - head)]
     # The writer wrapped: a pad marker (or nothing) ends the first part.
-    first = cap - a
+    with area.cast("I") as u32:
+        pos = a
+        while pos < cap:
+            size = u32[pos >> 2]
+            if size & PAD_BIT or size == 0:
+                break
+            pos += (size + 7) & ~7
     out: list[tuple[int, int]] = []
-    pos = a
-    while pos < cap:
-        size = int.from_bytes(area[pos : pos + 4], "little")
-        if size & PAD_BIT or size == 0:
-            break
-        pos += (size + 7) & ~7
     if pos > a:
         out.append((a, pos - a))
-    del first
     if b:
         out.append((0, b))
     return out
@@ -707,22 +719,25 @@ def _frames_of(area: memoryview, spans: list[tuple[int, int]], stream: int, code
                ) -> list[tuple[bytes, int]]:
     """Encode the records in ``spans`` as frames of at most ~CHUNK raw bytes each."""
     out: list[tuple[bytes, int]] = []
-    for start, length in spans:
-        end = start + length
-        pos = start
-        while pos < end:
-            chunk_start = pos
-            last = pos
-            while pos < end and pos - chunk_start < CHUNK:
-                last = pos
-                pos += (int.from_bytes(area[pos : pos + 4], "little") + 7) & ~7
-            first_seq, t0, pid = _codec.REC_REST.unpack_from(area, chunk_start + 8)[:3]
-            last_seq, t1 = _codec.REC_REST.unpack_from(area, last + 8)[:2]
-            frame = _codec.encode_frame(
-                bytes(area[chunk_start:pos]), stream=stream, first_seq=first_seq,
-                count=last_seq - first_seq + 1, pid=pid, first_time_us=t0, last_time_us=t1,
-                compression=code, compress=compress, encrypt=encrypt)
-            out.append((frame, last_seq - first_seq + 1))
+    unpack = REC_REST.unpack_from
+    with area.cast("I") as u32:
+        for start, length in spans:
+            end = start + length
+            pos = start
+            while pos < end:
+                chunk_start = last = pos
+                limit = min(end, pos + CHUNK)
+                while pos < limit:
+                    last = pos
+                    pos += (u32[pos >> 2] + 7) & ~7
+                first_seq, t0, pid = unpack(area, chunk_start + 8)[:3]
+                last_seq, t1 = unpack(area, last + 8)[:2]
+                count = last_seq - first_seq + 1
+                frame = _codec.encode_frame(
+                    bytes(area[chunk_start:pos]), stream=stream, first_seq=first_seq,
+                    count=count, pid=pid, first_time_us=t0, last_time_us=t1,
+                    compression=code, compress=compress, encrypt=encrypt)
+                out.append((frame, count))
     return out
 
 
