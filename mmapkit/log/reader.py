@@ -114,11 +114,42 @@ class _Reader:
         self.offsets: dict[Path, int] = {}
         self.duplicates = 0
         self.frames = 0
+        self.superseded = 0
         self.damages: list[tuple[str, Damage]] = []
+        self.pending: list[tuple[str, Damage]] = []
+        self.runs: dict[int, list[list[int]]] = {}  # per stream: [first, last] yielded runs
 
     def damage(self, path: Path | str, d: Damage) -> None:
+        if d.stream is not None and d.first_seq is not None and d.lost:
+            # A frame cut short by a writer killed mid-append is written again from its
+            # buffer: decide at the end whether its records were lost after all.
+            self.pending.append((str(path), d))
+            return
         self.damages.append((str(path), d))
         self.on_damage(str(path), d)
+
+    def _yielded(self, stream: int, seq: int) -> None:
+        runs = self.runs.setdefault(stream, [])
+        if runs and runs[-1][1] + 1 == seq:
+            runs[-1][1] = seq
+        else:
+            runs.append([seq, seq])
+
+    def resolve(self) -> None:
+        """Report pending damage whose records did not turn up elsewhere."""
+        for path, d in self.pending:
+            assert d.stream is not None and d.first_seq is not None and d.lost
+            lo, hi = d.first_seq, d.first_seq + d.lost - 1
+            found = sum(max(0, min(hi, b) - max(lo, a) + 1)
+                        for a, b in self.runs.get(d.stream, []))
+            if found >= d.lost:
+                self.superseded += 1
+                continue
+            d = Damage(d.offset, d.length, d.reason, d.lost - found, d.first_time,
+                       d.last_time, d.stream, d.first_seq)
+            self.damages.append((path, d))
+            self.on_damage(path, d)
+        self.pending.clear()
 
     def _file_records(self, path: Path, final: bool) -> list[Record]:
         start = self.offsets.get(path, 0)
@@ -165,6 +196,7 @@ class _Reader:
                     self.duplicates += 1
                     continue
                 seen = rec.sequence
+                self._yielded(rec.stream, seen)
                 out.append(rec)
             self.seen[item.stream] = seen
         self.offsets[path] = start + (consumed if not final else len(data))
@@ -211,11 +243,13 @@ class _Reader:
                 if rec.sequence > seen:
                     live.append(rec)
                     seen = rec.sequence
+                    self._yielded(stream, seen)
                 else:
                     self.duplicates += 1
             self.seen[stream] = seen
         live.sort(key=_time_key)
         out.extend(live)
+        self.resolve()
         if self.since is not None or self.until is not None:
             lo = self.since if self.since is not None else float("-inf")
             hi = self.until if self.until is not None else float("inf")
@@ -264,6 +298,7 @@ class LogCheck:
     frames: int
     records: int
     duplicates: int
+    superseded: int         # damaged frames whose records were all found elsewhere
     first_time: float | None
     last_time: float | None
     damages: tuple[tuple[str, Damage], ...]
@@ -283,5 +318,5 @@ def check(path_or_directory: str | os.PathLike[str], *, name: str | None = None,
     logs, bufs = _sources(path, name)
     times = [r.time for r in records]
     return LogCheck(len(logs), len(bufs), reader.frames, len(records), reader.duplicates,
-                    min(times, default=None), max(times, default=None),
+                    reader.superseded, min(times, default=None), max(times, default=None),
                     tuple(reader.damages))
