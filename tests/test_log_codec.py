@@ -294,3 +294,10 @@ def test_fuzz_damaged_ring(flips: list[tuple[int, int]]) -> None:
         for r in _codec.iter_records(area[a : a + n]):
             if isinstance(r, Record):
                 assert r.message == f"ring {r.sequence}"
+
+
+def test_scan_ring_record_ending_exactly_at_the_end() -> None:
+    records = [rec(1, b"e" * 24), rec(2, b"e" * 24), rec(3, b"f" * 24)]  # 56 bytes each
+    area = ring(112, 56, records[:2])
+    spans, tail, nxt, damages = _codec.scan_ring(area, 56)
+    assert spans == [(56, 56), (0, 56)] and tail == 168 and nxt == 3 and not damages

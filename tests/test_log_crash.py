@@ -11,11 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import spawn
 
 import mmapkit.log as mlog
 from mmapkit.region import Region
-
-from conftest import spawn
 
 MAX_ROUNDS = 64  # slots in the acknowledgement area
 
@@ -35,7 +34,8 @@ def _child(directory: Path, ack: Region, rnd: int, slot: int) -> None:
     except BaseException:
         import traceback
 
-        traceback.print_exc()
+        with open(directory / f"child-error-{rnd}.txt", "w") as f:
+            traceback.print_exc(file=f)
         code = 2
     finally:
         os._exit(code)
@@ -55,6 +55,11 @@ def _rounds(directory: Path, rounds: int, rng: random.Random) -> dict[int, int]:
         acks = ack.view.cast("Q")
         deadline = time.monotonic() + 10
         while acks[slot * 2 + 1] == 0 and time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                errors = list(directory.glob("child-error-*.txt"))
+                raise AssertionError(f"round {rnd}: child died at start, status {status:#x}"
+                                     + "".join(e.read_text() for e in errors))
             time.sleep(0.0005)
         # Kill early sometimes (inside recovery or the first flush), usually mid-stream.
         time.sleep(rng.choice([0.0, 0.001, 0.003]) if rng.random() < 0.25

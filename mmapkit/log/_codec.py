@@ -246,6 +246,9 @@ def scan_ring(area: bytes | bytearray | memoryview, head: int
     expect: int | None = None
     while pos - head < cap:
         off = pos % cap
+        if off == 0 and pos > start:  # the previous record ended exactly at the end
+            spans.append((start % cap, pos - start))
+            start = pos
         size = _U32.unpack_from(area, off)[0] if off + 4 <= cap else 0
         if size == 0:
             break
@@ -260,8 +263,19 @@ def scan_ring(area: bytes | bytearray | memoryview, head: int
             continue
         fields = decode_record(area, off)
         if fields is None:
-            nz = any(area[off : off + RECORD_HEADER])
-            if nz and off + RECORD_HEADER <= cap:
+            # Skip one damaged record if its size word leads to the next one in sequence.
+            nxt = off + align8(size)
+            after = decode_record(area, nxt % cap) if RECORD_HEADER <= size < cap else None
+            if (after is not None and expect is not None and after[1] == expect + 1
+                    and nxt <= cap and pos + align8(size) - head < cap):
+                if pos > start:
+                    spans.append((start % cap, pos - start))
+                damages.append(Damage(off, align8(size), "damaged record in buffer", lost=1))
+                pos += align8(size)
+                start = pos
+                expect += 1
+                continue
+            if any(area[off : off + RECORD_HEADER]) and off + RECORD_HEADER <= cap:
                 damages.append(Damage(off, cap - off, "damaged record in buffer"))
             break
         seq = fields[1]

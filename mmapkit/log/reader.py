@@ -17,6 +17,7 @@ Design rules:
 from __future__ import annotations
 
 import datetime as _dt
+import heapq
 import os
 import re
 import time
@@ -206,9 +207,7 @@ class _Reader:
         logs, _ = _sources(self.path, self.name)
         out: list[Record] = []
         for path in logs:
-            recs = self._file_records(path, final)
-            recs.sort(key=_time_key)  # processes interleave frames; stable within a stream
-            out.extend(recs)
+            out.extend(_merge(self._file_records(path, final)))
         return out
 
     def _buffers(self) -> dict[int, list[Record]]:
@@ -236,19 +235,20 @@ class _Reader:
                if s in self.seen):
             out.extend(self._logs(final))  # a flush moved records meanwhile
             bufs = self._buffers()
-        live: list[Record] = []
+        live: list[list[Record]] = []
         for stream, recs in bufs.items():
+            fresh: list[Record] = []
+            live.append(fresh)
             seen = self.seen.get(stream, 0)
             for rec in recs:
                 if rec.sequence > seen:
-                    live.append(rec)
+                    fresh.append(rec)
                     seen = rec.sequence
                     self._yielded(stream, seen)
                 else:
                     self.duplicates += 1
             self.seen[stream] = seen
-        live.sort(key=_time_key)
-        out.extend(live)
+        out.extend(heapq.merge(*live, key=_time_key))
         self.resolve()
         if self.since is not None or self.until is not None:
             lo = self.since if self.since is not None else float("-inf")
@@ -259,6 +259,17 @@ class _Reader:
 
 def _time_key(r: Record) -> float:
     return r.time
+
+
+def _merge(records: list[Record]) -> list[Record]:
+    """Interleave streams by time; each stream keeps its sequence order (threads of one
+    process may stamp times slightly out of sequence)."""
+    streams: dict[int, list[Record]] = {}
+    for r in records:
+        streams.setdefault(r.stream, []).append(r)
+    if len(streams) <= 1:
+        return records
+    return list(heapq.merge(*streams.values(), key=_time_key))
 
 
 def _shift(d: Damage, by: int) -> Damage:

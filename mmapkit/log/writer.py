@@ -378,6 +378,10 @@ class Writer:
         for d in damages:
             warnings.warn(f"mmapkit.log: buffer of stream {stream:#x}: {d.describe()}",
                           LogWarning, stacklevel=5)
+        self._checked_spans: list[tuple[int, int]] | None = spans or None
+        if not spans:
+            head = tail  # nothing live: skip a wrap marker left by a writer killed after it
+            self._store_head(tail, head_seq)
         self._head = head
         self._tail = tail
         # The sequence continues the stream's: from the records left in the ring, else
@@ -480,9 +484,9 @@ class Writer:
             if room:
                 area = self._area
                 u32 = self._u32
+                if u32 is None:
+                    self._closed_error()
                 if wrap:
-                    if u32 is None:
-                        self._closed_error()
                     u32[off >> 2] = PAD_BIT | wrap
                     tail += wrap
                     off = 0
@@ -493,8 +497,6 @@ class Writer:
                 REC_BODY.pack_into(
                     area, off + 4, zlib.crc32(data, zlib.crc32(REC_REST.pack(
                         seq, time_us, pid, level, 0))), seq, time_us, pid, level, 0)
-                if u32 is None:
-                    self._closed_error()
                 u32[off >> 2] = size  # the commit: one aligned 4-byte store
                 self._seq = seq
                 self._tail = tail = tail + total
@@ -560,6 +562,8 @@ class Writer:
                 return
             try:
                 self._flush_now()
+            except OSError:
+                pass  # already warned once for this episode; retried on the next wake-up
             except Exception as exc:  # the thread must survive; the caller sees statistics
                 warnings.warn(f"mmapkit.log: flush failed: {exc}", LogWarning, stacklevel=1)
 
@@ -577,7 +581,9 @@ class Writer:
             if head == tail:
                 return
             area = self._area
-            spans = _spans(area, head, tail)
+            # Records left by a dead owner were validated by the scan at open; the
+            # scan's spans leave out a damaged record instead of copying it.
+            spans, self._checked_spans = self._checked_spans or _spans(area, head, tail), None
             frames = _frames_of(area, spans, self._stream, self._code, self._compress,
                                 self._encrypt)
             blob = b"".join(f for f, _ in frames)
@@ -658,7 +664,8 @@ class Writer:
             self._release()
 
     def _release(self) -> None:
-        self._u32 = self._hdr_q = None
+        with self._lock:
+            self._u32 = self._hdr_q = None
         self._area.release()
         self._view.release()
         if self._region is not None:
@@ -728,8 +735,13 @@ def _frames_of(area: memoryview, spans: list[tuple[int, int]], stream: int, code
                 chunk_start = last = pos
                 limit = min(end, pos + CHUNK)
                 while pos < limit:
+                    size = u32[pos >> 2]
+                    if size & PAD_BIT or size < RECORD_HEADER:
+                        break  # a wrap marker (spans end before it; kept as a guard)
                     last = pos
-                    pos += (u32[pos >> 2] + 7) & ~7
+                    pos += (size + 7) & ~7
+                if pos == chunk_start:
+                    break
                 first_seq, t0, pid = unpack(area, chunk_start + 8)[:3]
                 last_seq, t1 = unpack(area, last + 8)[:2]
                 count = last_seq - first_seq + 1
