@@ -346,7 +346,8 @@ def test_disk_full_keeps_records_in_the_buffer(tmp_path: Path) -> None:
         with pytest.raises(DiskFullError):
             w.flush()
         filler.unlink()
-        w.flush()
+        with pytest.warns(mlog.LogWarning, match="writable again"):
+            w.flush()
         w.write("after space returned")
         w.close()
         msgs = messages(mnt)

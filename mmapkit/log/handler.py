@@ -40,6 +40,7 @@ class Handler(logging.Handler):
                  level: int | str = logging.NOTSET, **writer_options: Any) -> None:
         super().__init__(level)
         self.writer = Writer(directory, name, **writer_options)
+        self._write = self.writer.write
         self.dropped = 0
         self._time_cache: tuple[int, Any, str | None, str] = (-1, None, None, "")
         self.setFormatter(logging.Formatter(DEFAULT_FORMAT))
@@ -47,21 +48,26 @@ class Handler(logging.Handler):
     # --- the hot path -----------------------------------------------------------------
 
     def handle(self, record: logging.LogRecord) -> Any:
+        rv: Any = True
         if self.filters:
             rv = self.filter(record)
             if not rv:
                 return rv
             if isinstance(rv, logging.LogRecord):
                 record = rv
-        else:
-            rv = True
-        self.emit(record)
+        try:  # emit(), inlined: this is the hot path
+            self._write(self._format(record), record.levelno, int(record.created * 1e6))
+        except DiskFullError as exc:
+            self._drop(exc)
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
         return rv
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.writer.write(self._format(record), record.levelno,
-                              int(record.created * 1_000_000))
+            self._write(self._format(record), record.levelno, int(record.created * 1e6))
         except DiskFullError as exc:
             self._drop(exc)
         except RecursionError:
