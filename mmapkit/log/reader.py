@@ -32,7 +32,7 @@ from ._codec import BUF_HEADER, Damage, Record
 from ._compress import decompress
 from .writer import BUF_SUFFIX, LOG_SUFFIX, LogWarning
 
-__all__ = ["LogCheck", "check", "read", "read_buffer"]
+__all__ = ["LogCheck", "check", "read", "read_buffer", "tail"]
 
 _LOG_RE = re.compile(r"(.+)\.(\d{8})\.(\d{4,})" + re.escape(LOG_SUFFIX) + "$")
 _BUF_RE = re.compile(r"(.+)\.(\d+)" + re.escape(BUF_SUFFIX) + "$")
@@ -295,6 +295,22 @@ def read(path_or_directory: str | os.PathLike[str], *, name: str | None = None,
     reader = _Reader(Path(path_or_directory), name, private_key, _seconds(since),
                      _seconds(until), on_damage or _warn_damage)
     yield from reader.poll(final=not follow)
+    while follow:
+        time.sleep(poll_interval)
+        yield from reader.poll(final=False)
+
+
+def tail(path_or_directory: str | os.PathLike[str], lines: int = 10, *,
+         follow: bool = False, poll_interval: float = 0.25, **options: object
+         ) -> Iterator[Record]:
+    """The last ``lines`` records (as :func:`read` orders them), then with ``follow=True``
+    every new one.  Other options as for :func:`read`."""
+    reader = _Reader(Path(path_or_directory), options.get("name"),  # type: ignore[arg-type]
+                     options.get("private_key"), _seconds(options.get("since")),  # type: ignore[arg-type]
+                     _seconds(options.get("until")),  # type: ignore[arg-type]
+                     options.get("on_damage") or _warn_damage)  # type: ignore[arg-type]
+    first = reader.poll(final=not follow)
+    yield from first[-lines:] if lines > 0 else []
     while follow:
         time.sleep(poll_interval)
         yield from reader.poll(final=False)
