@@ -447,3 +447,29 @@ def test_handler_survives_disk_full_without_raising(tmp_path: Path) -> None:
     assert res.returncode == 0 and res.stdout.startswith("ok"), res.stderr
     # what fitted in the buffer is still recovered by the next reader
     assert len(messages(tmp_path)) > 10
+
+
+def test_follow_a_busy_writer_exactly_once(tmp_path: Path) -> None:
+    """Following while another process writes, wraps its ring and flushes all the time:
+    torn copies of its live buffer must never make the reader skip or repeat a record."""
+    from mmapkit.log.reader import _Reader
+
+    child = spawn("""
+        import sys, time, mmapkit.log as mlog
+        w = mlog.Writer(sys.argv[1], "busy", buffer_size=8192, flush_interval=0.003)
+        for i in range(6000):
+            w.write(f"busy {i} " + "p" * (i % 90))
+            if i % 500 == 0:
+                time.sleep(0.01)
+        w.close()
+    """, str(tmp_path))
+    reader = _Reader(tmp_path, None, None, None, None, lambda p, d: None)
+    got: list[int] = []
+    deadline = time.monotonic() + 60
+    while len(got) < 6000 and time.monotonic() < deadline:
+        got.extend(int(r.message.split()[1]) for r in reader.poll(final=False))
+        time.sleep(0.002)
+    child.communicate(timeout=60)
+    got.extend(int(r.message.split()[1]) for r in reader.poll(final=True))
+    assert got == list(range(6000))
+    assert mlog.check(tmp_path).ok

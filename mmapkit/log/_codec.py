@@ -226,7 +226,7 @@ def decode_buffer_header(data: bytes | bytearray | memoryview, path: str | None 
     return BufferHeader(cap, stream, head, head_seq, created, pid)
 
 
-def scan_ring(area: bytes | bytearray | memoryview, head: int
+def scan_ring(area: bytes | bytearray | memoryview, head: int, head_seq: int | None = None
               ) -> tuple[list[tuple[int, int]], int, int, list[Damage]]:
     """Find the live records of a buffer's data area, starting at position ``head``.
 
@@ -234,7 +234,9 @@ def scan_ring(area: bytes | bytearray | memoryview, head: int
     Returns ``(spans, tail, next_seq, damages)``: ``spans`` are ``(offset, length)`` byte
     ranges of the area holding whole records back to back (at most two: before and after
     the wrap), ``tail`` the position after the last record.  Scanning stops at a zero size
-    word, at a record out of sequence (stale bytes of an earlier lap) or at damage.
+    word, at a record out of sequence (stale bytes of an earlier lap) or at damage.  With
+    ``head_seq`` (the header's), a first record numbered above it means the bytes were
+    copied while a live writer reused them: nothing is returned for this look.
     """
     cap = len(area)
     spans: list[tuple[int, int]] = []
@@ -281,6 +283,8 @@ def scan_ring(area: bytes | bytearray | memoryview, head: int
         seq = fields[1]
         if expect is not None and seq != expect:
             break  # stale record of an earlier lap
+        if expect is None and head_seq is not None and seq > head_seq:
+            break  # a newer lap than the header says: a torn copy of a live buffer
         expect = seq + 1
         pos += align8(fields[0])
     if pos > start:

@@ -87,7 +87,7 @@ def read_buffer(path: str | os.PathLike[str]) -> tuple[int, list[Record], list[D
         raise CorruptFileError(f"log buffer {p} is cut short: {len(data)} bytes of "
                                f"{BUF_HEADER + hdr.capacity}; its records cannot be located "
                                "safely", path=p, offset=len(data))
-    spans, _, _, damages = _codec.scan_ring(area, hdr.head)
+    spans, _, _, damages = _codec.scan_ring(area, hdr.head, hdr.head_seq)
     records: list[Record] = []
     for start, length in spans:
         for item in _codec.iter_records(area[start : start + length], hdr.stream):
@@ -119,6 +119,8 @@ class _Reader:
         self.damages: list[tuple[str, Damage]] = []
         self.pending: list[tuple[str, Damage]] = []
         self.runs: dict[int, list[list[int]]] = {}  # per stream: [first, last] yielded runs
+        self.gap_since: dict[int, float] = {}
+        self.gap_patience = 2.0
 
     def damage(self, path: Path | str, d: Damage) -> None:
         if d.stream is not None and d.first_seq is not None and d.lost:
@@ -231,12 +233,20 @@ class _Reader:
         """Records not yielded yet: new ones from the files, then from the buffers."""
         out = self._logs(final)
         bufs = self._buffers()
-        if any(recs[0].sequence > self.seen.get(s, 0) + 1 for s, recs in bufs.items()
-               if s in self.seen):
+        if self._gaps(bufs):
             out.extend(self._logs(final))  # a flush moved records meanwhile
             bufs = self._buffers()
+        gaps = self._gaps(bufs)
+        now = time.monotonic()
         live: list[list[Record]] = []
         for stream, recs in bufs.items():
+            if stream in gaps and not final:
+                # The records between are on their way into a file (or lost): wait a
+                # little before believing the buffer, so following never skips them.
+                first_seen = self.gap_since.setdefault(stream, now)
+                if now - first_seen < self.gap_patience:
+                    continue
+            self.gap_since.pop(stream, None)
             fresh: list[Record] = []
             live.append(fresh)
             seen = self.seen.get(stream, 0)
@@ -255,6 +265,10 @@ class _Reader:
             hi = self.until if self.until is not None else float("inf")
             out = [r for r in out if lo <= r.time <= hi]
         return out
+
+    def _gaps(self, bufs: dict[int, list[Record]]) -> set[int]:
+        """Streams whose buffer starts past the next sequence expected from the files."""
+        return {s for s, recs in bufs.items() if recs[0].sequence > self.seen.get(s, 0) + 1}
 
 
 def _time_key(r: Record) -> float:

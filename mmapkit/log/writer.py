@@ -374,7 +374,7 @@ class Writer:
         self._u32: memoryview | None = self._area.cast("I")
         self._hdr_q: memoryview | None = view[:BUF_HEADER].cast("Q")
         self._stream = stream
-        spans, tail, next_seq, damages = _codec.scan_ring(self._area, head)
+        spans, tail, next_seq, damages = _codec.scan_ring(self._area, head, head_seq)
         for d in damages:
             warnings.warn(f"mmapkit.log: buffer of stream {stream:#x}: {d.describe()}",
                           LogWarning, stacklevel=5)
@@ -439,7 +439,7 @@ class Writer:
                 hdr = _codec.decode_buffer_header(region.view, str(path))
                 view = region.view
                 area = view[BUF_HEADER:]
-                spans, tail, nseq, damages = _codec.scan_ring(area, hdr.head)
+                spans, tail, nseq, damages = _codec.scan_ring(area, hdr.head, hdr.head_seq)
                 for d in damages:
                     warnings.warn(f"mmapkit.log: {path}: {d.describe()}", LogWarning,
                                   stacklevel=5)
