@@ -54,12 +54,20 @@ def _size(path: Path) -> int:
 def _handlers(tmp: Path) -> dict[str, Callable[[Path], logging.Handler]]:
     import mmapkit.log as mlog
 
-    return {
+    out: dict[str, Callable[[Path], logging.Handler]] = {
         _harness.OURS: lambda d: mlog.Handler(d, "app", flush_interval=1.0),
         "logging.FileHandler": lambda d: logging.FileHandler(d / "app.log"),
         "RotatingFileHandler": lambda d: logging.handlers.RotatingFileHandler(
             d / "app.log", maxBytes=64 << 20, backupCount=3),
     }
+    try:
+        import zstandard  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        out[f"{_harness.OURS} (zstd)"] = lambda d: mlog.Handler(d, "app", flush_interval=1.0,
+                                                                 compress="zstd")
+    return out
 
 
 def _run_handler(factory: Callable[[Path], logging.Handler], d: Path, n: int) -> None:
@@ -137,7 +145,7 @@ def run(report: _harness.Report, args: argparse.Namespace) -> None:
                 _run_handler(factory, d, n)
 
             report.add(HANDLER_CASE, impl, _harness.rate(once, n, args.repeat), "records/s")
-            if impl == _harness.OURS:
+            if impl.startswith(_harness.OURS):
                 report.add(DISK_CASE, impl, [_size(dirs[-1])], "bytes", higher_is_better=False)
             elif impl == "logging.FileHandler":
                 report.add(DISK_CASE, PLAIN, [_size(dirs[-1])], "bytes", higher_is_better=False)
@@ -191,7 +199,8 @@ def run(report: _harness.Report, args: argparse.Namespace) -> None:
                 _run_unflushed(f, d, k)
 
             lost = _lost_after_kill(unflushed, _fresh(tmp, "k"), kn,
-                                    _count_ours if impl == _harness.OURS else _count_lines)
+                                    _count_ours if impl.startswith(_harness.OURS)
+                                    else _count_lines)
             report.add(LOST_CASE, impl, [lost], "records", higher_is_better=False)
         for enqueue in (False, True):
             impl = "loguru (enqueue=True)" if enqueue else "loguru (file)"
