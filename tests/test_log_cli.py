@@ -105,3 +105,28 @@ def test_demo_act(tmp_path: Path) -> None:
     said: list[str] = []
     d10_log.run(tmp_path, said.append)
     assert any("recovered 2000 records" in s for s in said)
+
+
+def test_tail_follow_through_cli(tmp_path: Path) -> None:
+    """`mmapkit log tail -f` shows the last lines, then records still in another running
+    process's buffer."""
+    import subprocess
+    import sys
+
+    from conftest import child_env
+
+    make_log(tmp_path)
+    follower = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from mmapkit import cli; "
+         "sys.exit(cli.main(['log', 'tail', '-n', '1', '-f', sys.argv[1]]))", str(tmp_path)],
+        env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert follower.stdout is not None
+        assert follower.stdout.readline().rstrip().endswith("Needle in the log")
+        with mlog.Writer(tmp_path, "other", flush_interval=60) as w:
+            w.write("live, not flushed")
+            line = follower.stdout.readline()
+            assert line.rstrip().endswith("live, not flushed")
+    finally:
+        follower.kill()
+        follower.communicate()
