@@ -473,3 +473,20 @@ def test_follow_a_busy_writer_exactly_once(tmp_path: Path) -> None:
     got.extend(int(r.message.split()[1]) for r in reader.poll(final=True))
     assert got == list(range(6000))
     assert mlog.check(tmp_path).ok
+
+
+def test_half_created_buffers_are_harmless(tmp_path: Path) -> None:
+    """Slots left by writers killed while creating them (empty, or never given a header)."""
+    (tmp_path / "app.0.mbuf").write_bytes(b"")
+    (tmp_path / "app.1.mbuf").write_bytes(bytes(8192))
+    (tmp_path / "app.2.mbuf").write_bytes(bytes(100))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert messages(tmp_path) == []
+        with mlog.Writer(tmp_path, "app") as w:
+            w.write("fine")
+        with mlog.Writer(tmp_path, "app") as w1, mlog.Writer(tmp_path, "app") as w2:
+            w1.write("one")
+            w2.write("two")
+    assert sorted(messages(tmp_path)) == ["fine", "one", "two"]
+    assert mlog.check(tmp_path).ok

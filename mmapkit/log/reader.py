@@ -79,8 +79,8 @@ def read_buffer(path: str | os.PathLike[str]) -> tuple[int, list[Record], list[D
     p = os.fspath(path)
     with open(p, "rb") as f:
         data = f.read()
-    if not data:
-        return 0, [], []
+    if not any(data[:64]):
+        return 0, [], []  # a buffer whose creator died before writing its header
     hdr = _codec.decode_buffer_header(data, p)
     area = memoryview(data)[BUF_HEADER : BUF_HEADER + hdr.capacity]
     if len(area) != hdr.capacity:

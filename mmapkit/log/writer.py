@@ -319,6 +319,10 @@ class Writer:
         path = self._buffer_path(slot)
         try:
             exists = path.stat().st_size > 0
+            if exists:
+                with open(path, "rb") as f:
+                    # A creator killed before writing the header left no records either.
+                    exists = any(f.read(64))
         except FileNotFoundError:
             exists = False
         try:
@@ -435,28 +439,41 @@ class Writer:
         """Flush a dead process's buffer into the log and leave it empty (we hold its lock)."""
         path = self._buffer_path(slot)
         try:
-            with Region.open(path) as region:
-                hdr = _codec.decode_buffer_header(region.view, str(path))
-                view = region.view
-                area = view[BUF_HEADER:]
-                spans, tail, nseq, damages = _codec.scan_ring(area, hdr.head, hdr.head_seq)
-                for d in damages:
-                    warnings.warn(f"mmapkit.log: {path}: {d.describe()}", LogWarning,
-                                  stacklevel=5)
-                if spans:
-                    frames = _frames_of(area, spans, hdr.stream, self._code, self._compress,
-                                        self._encrypt)
-                    self._sink.append(b"".join(f for f, _ in frames), time.time())
-                    self._recovered += sum(n for _, n in frames)
-                    view[HEAD_SEQ_OFFSET : HEAD_SEQ_OFFSET + 8] = nseq.to_bytes(8, "little")
-                    view[HEAD_OFFSET : HEAD_OFFSET + 8] = tail.to_bytes(8, "little")
-                    _zero_outside(area, tail, tail)
-                del area, view
+            with open(path, "rb") as f:
+                if not any(f.read(64)):
+                    return  # its creator died before writing the header: nothing in it
+            region = Region.open(path)
+        except OSError as exc:
+            warnings.warn(f"mmapkit.log: cannot open {path} to recover it ({exc}); it is kept "
+                          "for the next start", LogWarning, stacklevel=5)
+            return
+        view = region.view
+        area = view[BUF_HEADER:]
+        try:
+            hdr = _codec.decode_buffer_header(view, str(path))
+            if len(area) != hdr.capacity:
+                raise CorruptFileError(f"log buffer {path} has the wrong size", path=str(path))
+            spans, tail, nseq, damages = _codec.scan_ring(area, hdr.head, hdr.head_seq)
+            for d in damages:
+                warnings.warn(f"mmapkit.log: {path}: {d.describe()}", LogWarning, stacklevel=5)
+            if spans:
+                frames = _frames_of(area, spans, hdr.stream, self._code, self._compress,
+                                    self._encrypt)
+                self._sink.append(b"".join(f for f, _ in frames), time.time())
+                self._recovered += sum(n for _, n in frames)
+                view[HEAD_SEQ_OFFSET : HEAD_SEQ_OFFSET + 8] = nseq.to_bytes(8, "little")
+                view[HEAD_OFFSET : HEAD_OFFSET + 8] = tail.to_bytes(8, "little")
+                _zero_outside(area, tail, tail)
         except FileFormatError as exc:
+            area.release()
+            region.close()
             self._set_aside(path, exc)
+            return
         except OSError as exc:
             warnings.warn(f"mmapkit.log: cannot recover {path} now ({exc}); it is kept for "
                           "the next start", LogWarning, stacklevel=5)
+        area.release()
+        region.close()
 
     # --- the hot path -----------------------------------------------------------------
 
