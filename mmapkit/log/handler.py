@@ -42,7 +42,15 @@ class Handler(logging.Handler):
         self.writer = Writer(directory, name, **writer_options)
         self._write = self.writer.write
         self.dropped = 0
-        self._time_cache: tuple[int, Any, str | None, str] = (-1, None, None, "")
+        self._plan_fmt: logging.Formatter | None = None
+        self._plan_pattern: str | None = None
+        self._plan_conv: Any = None
+        self._plan_time = False
+        self._plan_datefmt: str | None = None
+        self._plan_time_format = ""
+        self._plan_msec: str | None = None
+        self._plan_sec = -1
+        self._plan_text = ""
         self.setFormatter(logging.Formatter(DEFAULT_FORMAT))
 
     # --- the hot path -----------------------------------------------------------------
@@ -77,31 +85,49 @@ class Handler(logging.Handler):
 
     def _format(self, record: logging.LogRecord) -> str:
         fmt = self.formatter
-        if (type(fmt) is not logging.Formatter or record.exc_info or record.exc_text
-                or record.stack_info):
-            return (fmt or logging.Formatter(DEFAULT_FORMAT)).format(record)
+        if (fmt is self._plan_fmt and self._plan_pattern is not None
+                and fmt.converter is self._plan_conv  # type: ignore[union-attr]
+                and not (record.exc_info or record.exc_text or record.stack_info)):
+            record.message = record.getMessage()
+            if self._plan_time:
+                sec = int(record.created)
+                if sec != self._plan_sec:
+                    self._plan_text = (
+                        fmt.formatTime(record, fmt.datefmt)  # type: ignore[union-attr]
+                        if self._plan_datefmt else
+                        time.strftime(self._plan_time_format, self._plan_conv(record.created)))
+                    self._plan_sec = sec
+                msec = self._plan_msec
+                record.asctime = msec % (self._plan_text, record.msecs) if msec \
+                    else self._plan_text
+            return self._plan_pattern % record.__dict__
+        if fmt is not self._plan_fmt or fmt.converter is not self._plan_conv:  # type: ignore[union-attr]
+            self._make_plan(fmt)
+            if self._plan_pattern is not None:
+                return self._format(record)
+        return (fmt or logging.Formatter(DEFAULT_FORMAT)).format(record)
+
+    def _make_plan(self, fmt: logging.Formatter | None) -> None:
+        """Decide once per formatter whether the fast path gives logging's exact text.
+
+        It does for a plain ``logging.Formatter`` with %-style and no defaults: then the
+        text is ``fmt % record.__dict__`` with ``asctime`` from strftime, which depends
+        only on the second (strftime has no sub-second field), plus logging's msecs.
+        """
+        self._plan_fmt = fmt
+        self._plan_pattern = None
+        self._plan_conv = getattr(fmt, "converter", None)
+        self._plan_sec = -1
+        if fmt is None or type(fmt) is not logging.Formatter:
+            return
         style = fmt._style
         if type(style) is not logging.PercentStyle or getattr(style, "_defaults", None):
-            return fmt.format(record)
-        record.message = record.getMessage()
-        if style.usesTime():
-            record.asctime = self._asctime(fmt, record)
-        return style._fmt % record.__dict__
-
-    def _asctime(self, fmt: logging.Formatter, record: logging.LogRecord) -> str:
-        """What ``fmt.formatTime(record, fmt.datefmt)`` returns, strftime once a second."""
-        sec = int(record.created)
-        cached_sec, conv, datefmt, text = self._time_cache
-        if cached_sec != sec or conv is not fmt.converter or datefmt != fmt.datefmt:
-            ct = fmt.converter(record.created)
-            text = (fmt.formatTime(record, fmt.datefmt) if fmt.datefmt
-                    else time.strftime(fmt.default_time_format, ct))
-            self._time_cache = (sec, fmt.converter, fmt.datefmt, text)
-        if fmt.datefmt:
-            return text
-        if fmt.default_msec_format:
-            return fmt.default_msec_format % (text, record.msecs)
-        return text
+            return
+        self._plan_time = style.usesTime()
+        self._plan_datefmt = fmt.datefmt
+        self._plan_time_format = fmt.default_time_format
+        self._plan_msec = None if fmt.datefmt else fmt.default_msec_format
+        self._plan_pattern = style._fmt
 
     def _drop(self, exc: Exception) -> None:
         self.dropped += 1
