@@ -50,6 +50,14 @@ def test_round_trip_and_statistics(tmp_path: Path) -> None:
         w.write("after close")
 
 
+def test_sync(tmp_path: Path) -> None:
+    with mlog.Writer(tmp_path, "app") as w:
+        w.write("durable")
+        w.sync()
+        assert w.statistics().buffered == 0
+    assert messages(tmp_path) == ["durable"]
+
+
 def test_reopen_continues_the_stream(tmp_path: Path) -> None:
     for n in range(3):
         with mlog.Writer(tmp_path, "app") as w:

@@ -162,6 +162,10 @@ class Handler(logging.Handler):
         except DiskFullError as exc:
             warnings.warn(f"mmapkit.log: flush failed: {exc}", LogWarning, stacklevel=2)
 
+    def sync(self) -> None:
+        """Flush and fsync: the records survive an OS crash too (see Writer.sync)."""
+        self.writer.sync()
+
     def close(self) -> None:
         self.writer.close()
         super().close()

@@ -591,6 +591,18 @@ class Writer:
             return
         self._flush_now()
 
+    def sync(self) -> None:
+        """:meth:`flush`, then fsync the log file and msync the buffer: what was written
+        before survives an OS crash or power loss too."""
+        if self._closed:
+            return
+        with self._flush_lock:
+            self._flush_now()
+            if self._sink.fd is not None:
+                os.fsync(self._sink.fd)
+            if self._region is not None:
+                self._region.sync()
+
     def _flush_now(self) -> None:
         with self._flush_lock:
             with self._lock:
