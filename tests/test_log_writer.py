@@ -435,6 +435,16 @@ def test_handler_as_loguru_sink(tmp_path: Path) -> None:
         h.close()
     (rec,) = list(mlog.read(tmp_path))
     assert rec.message == "from loguru" and rec.level == 30
+    # loguru also takes the Handler itself (it then builds logging records for it)
+    h2 = mlog.Handler(tmp_path / "std", "lg")
+    sink_id = loguru.logger.add(h2, format="{message}")
+    try:
+        loguru.logger.error("handler sink")
+    finally:
+        loguru.logger.remove(sink_id)
+        h2.close()
+    (rec,) = list(mlog.read(tmp_path / "std"))
+    assert rec.message.endswith("handler sink") and rec.level == logging.ERROR
 
 
 def test_handler_survives_disk_full_without_raising(tmp_path: Path) -> None:
