@@ -132,7 +132,12 @@ def _stats(args: argparse.Namespace) -> int:
     else:
         from ._out import print_table
 
-        rows = [(k, v) for k, v in data.items() if k != "damages"]
+        def show(key: str, value: object) -> object:
+            if key.endswith("_time") and isinstance(value, float):
+                return dt.datetime.fromtimestamp(value).isoformat(sep=" ")
+            return value
+
+        rows = [(k, show(k, v)) for k, v in data.items() if k != "damages"]
         print_table(["", str(args.path)], rows, title="mmapkit log stats")
         for p, d in report.damages:
             print(f"damage: {p}: {d.describe()}")
