@@ -82,10 +82,6 @@ BUF_SUFFIX = ".mbuf"
 DAY = 86400.0
 
 
-if sys.byteorder != "little":  # the commit store writes native words; formats are LE
-    raise UnsupportedPlatformError("mmapkit.log needs a little-endian machine")
-
-
 class LogWarning(UserWarning):
     """Something went wrong that the log survives: disk full, heap fallback, damage."""
 
@@ -243,6 +239,8 @@ class Writer:
                  max_bytes: int | None = 16 << 20, rotate: str | None = "daily",
                  retention: float | None = 30 * DAY, max_total_bytes: int | None = None,
                  compress: str = "zlib", public_key: object = None) -> None:
+        if sys.byteorder != "little":  # the commit store writes native words; formats are LE
+            raise UnsupportedPlatformError("mmapkit.log.Writer needs a little-endian machine")
         if buffer_size < 4096:
             raise InvalidSizeError(f"buffer_size must be at least 4096 bytes, got {buffer_size}")
         if rotate not in ("daily", None):
