@@ -75,7 +75,7 @@ from ._compress import compressor
 
 __all__ = ["LogWarning", "Writer", "WriterStatistics"]
 
-DEFAULT_BUFFER = 150 * 1024
+DEFAULT_BUFFER = 1 << 20      # absorbs GIL hand-off delays of the flush thread (see bench)
 CHUNK = 64 * 1024           # raw bytes per frame: one damaged byte costs at most this much
 LOG_SUFFIX = ".mlog"
 BUF_SUFFIX = ".mbuf"
