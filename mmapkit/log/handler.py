@@ -1,0 +1,178 @@
+"""Handler: a logging.Handler (and loguru sink) writing through a crash-safe Writer.
+
+Design rules:
+
+- The hot path is lean: ``handle`` skips logging's per-handler lock (the Writer has its
+  own, held only for the copy into the map), formats once, and frames into the map.  No
+  system call per record.
+- Formatting with a plain ``logging.Formatter`` is done by a fast path that produces the
+  very same text: the ``asctime`` string is computed once per second (strftime is the
+  slowest part of formatting) and milliseconds are appended as logging does.  Any other
+  formatter, or a record with exception or stack text, goes through ``format()``.
+- A record that cannot be logged (buffer full and disk full) is counted and warned about,
+  never raised into the application.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from typing import Any
+
+from ..errors import DiskFullError
+from .writer import LogWarning, Writer, WriterStatistics
+
+__all__ = ["Handler"]
+
+DEFAULT_FORMAT = "%(name)s: %(message)s"
+
+
+class Handler(logging.Handler):
+    """Log into ``directory`` under ``name`` (see :class:`Writer` for the options).
+
+    Usable with ``logging.config.dictConfig`` (``"class": "mmapkit.log.Handler"``) and as a
+    loguru sink (``logger.add(handler)`` or ``logger.add(handler.write)``).
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], name: str = "app", *,
+                 level: int | str = logging.NOTSET, **writer_options: Any) -> None:
+        super().__init__(level)
+        self.writer = Writer(directory, name, **writer_options)
+        self._write = self.writer.write
+        self.dropped = 0
+        self._plan_fmt: logging.Formatter | None = None
+        self._plan_pattern: str | None = None
+        self._plan_conv: Any = None
+        self._plan_time = False
+        self._plan_datefmt: str | None = None
+        self._plan_time_format = ""
+        self._plan_msec: str | None = None
+        self._plan_sec = -1
+        self._plan_text = ""
+        self.setFormatter(logging.Formatter(DEFAULT_FORMAT))
+
+    # --- the hot path -----------------------------------------------------------------
+
+    def handle(self, record: logging.LogRecord) -> Any:
+        rv: Any = True
+        if self.filters:
+            rv = self.filter(record)
+            if not rv:
+                return rv
+            if isinstance(rv, logging.LogRecord):
+                record = rv
+        try:  # emit(), inlined: this is the hot path
+            self._write(self._format(record), record.levelno, int(record.created * 1e6))
+        except DiskFullError as exc:
+            self._drop(exc)
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+        return rv
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._write(self._format(record), record.levelno, int(record.created * 1e6))
+        except DiskFullError as exc:
+            self._drop(exc)
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+    def _format(self, record: logging.LogRecord) -> str:
+        fmt = self.formatter
+        if (fmt is self._plan_fmt and self._plan_pattern is not None
+                and fmt.converter is self._plan_conv  # type: ignore[union-attr]
+                and not (record.exc_info or record.exc_text or record.stack_info)):
+            record.message = record.getMessage()
+            if self._plan_time:
+                sec = int(record.created)
+                if sec != self._plan_sec:
+                    self._plan_text = (
+                        fmt.formatTime(record, fmt.datefmt)  # type: ignore[union-attr]
+                        if self._plan_datefmt else
+                        time.strftime(self._plan_time_format, self._plan_conv(record.created)))
+                    self._plan_sec = sec
+                msec = self._plan_msec
+                record.asctime = msec % (self._plan_text, record.msecs) if msec \
+                    else self._plan_text
+            return self._plan_pattern % record.__dict__
+        if fmt is not self._plan_fmt or fmt.converter is not self._plan_conv:  # type: ignore[union-attr]
+            self._make_plan(fmt)
+            if self._plan_pattern is not None:
+                return self._format(record)
+        return (fmt or logging.Formatter(DEFAULT_FORMAT)).format(record)
+
+    def _make_plan(self, fmt: logging.Formatter | None) -> None:
+        """Decide once per formatter whether the fast path gives logging's exact text.
+
+        It does for a plain ``logging.Formatter`` with %-style and no defaults: then the
+        text is ``fmt % record.__dict__`` with ``asctime`` from strftime, which depends
+        only on the second (strftime has no sub-second field), plus logging's msecs.
+        """
+        self._plan_fmt = fmt
+        self._plan_pattern = None
+        self._plan_conv = getattr(fmt, "converter", None)
+        self._plan_sec = -1
+        if fmt is None or type(fmt) is not logging.Formatter:
+            return
+        style = fmt._style
+        if type(style) is not logging.PercentStyle or getattr(style, "_defaults", None):
+            return
+        self._plan_time = style.usesTime()
+        self._plan_datefmt = fmt.datefmt
+        self._plan_time_format = fmt.default_time_format
+        self._plan_msec = None if fmt.datefmt else fmt.default_msec_format
+        self._plan_pattern = style._fmt
+
+    def _drop(self, exc: Exception) -> None:
+        self.dropped += 1
+        if self.dropped == 1 or self.dropped % 10000 == 0:
+            warnings.warn(f"mmapkit.log: {self.dropped} records dropped so far: {exc}",
+                          LogWarning, stacklevel=4)
+
+    # --- loguru sink ------------------------------------------------------------------
+
+    def write(self, message: Any) -> None:
+        """A loguru sink (or any ``write(str)`` user): one call, one record."""
+        record = getattr(message, "record", None)
+        text = str(message)
+        if text.endswith("\n"):
+            text = text[:-1]
+        try:
+            if record is not None:
+                self.writer.write(text, int(record["level"].no),
+                                  int(record["time"].timestamp() * 1_000_000))
+            else:
+                self.writer.write(text, logging.INFO)
+        except DiskFullError as exc:
+            self._drop(exc)
+
+    __call__ = write
+
+    # --- life cycle -------------------------------------------------------------------
+
+    def flush(self) -> None:
+        try:
+            self.writer.flush()
+        except DiskFullError as exc:
+            warnings.warn(f"mmapkit.log: flush failed: {exc}", LogWarning, stacklevel=2)
+
+    def sync(self) -> None:
+        """Flush and fsync: the records survive an OS crash too (see Writer.sync)."""
+        self.writer.sync()
+
+    def close(self) -> None:
+        self.writer.close()
+        super().close()
+
+    def statistics(self) -> WriterStatistics:
+        return self.writer.statistics()
+
+    def __repr__(self) -> str:
+        return (f"<mmapkit.log.Handler {self.writer.directory}/{self.writer.name} "
+                f"({logging.getLevelName(self.level)})>")

@@ -1,0 +1,363 @@
+"""Reading logs back: log files, buffers of live or dead writers, following, checking.
+
+Design rules:
+
+- Readers never map and never lock: they ``read()`` files, so a writer that truncates or
+  rewrites a buffer cannot kill them with SIGBUS, and they never block a writer.
+- Every record is identified by (stream, sequence).  A crash between a flush's file write
+  and its buffer update leaves a record in two places; the reader yields it once: per
+  stream, anything at or below the highest sequence already yielded is a duplicate.
+- Buffers are read after the log files; if a buffer starts past what the files gave (a
+  flush moved records meanwhile), the files are read again first, so following never
+  skips a record that moved from a buffer to a file between two looks.
+- Damage is reported, never raised: ``on_damage(path, Damage)`` (default: a LogWarning).
+  Only a file that is not ours at all, or is newer than this code, raises.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import heapq
+import os
+import re
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import CorruptFileError, FileFormatError
+from . import _codec
+from ._codec import BUF_HEADER, Damage, Record
+from ._compress import decompress
+from .writer import BUF_SUFFIX, LOG_SUFFIX, LogWarning
+
+__all__ = ["LogCheck", "check", "read", "read_buffer", "tail"]
+
+_LOG_RE = re.compile(r"(.+)\.(\d{8})\.(\d{4,})" + re.escape(LOG_SUFFIX) + "$")
+_BUF_RE = re.compile(r"(.+)\.(\d+)" + re.escape(BUF_SUFFIX) + "$")
+
+DamageHandler = Callable[[str, Damage], None]
+TimeLike = float | int | _dt.datetime | None
+
+
+def _warn_damage(path: str, damage: Damage) -> None:
+    warnings.warn(f"mmapkit.log: {path}: {damage.describe()}", LogWarning, stacklevel=3)
+
+
+def _seconds(t: TimeLike) -> float | None:
+    if t is None:
+        return None
+    if isinstance(t, _dt.datetime):
+        return t.timestamp()
+    return float(t)
+
+
+def _sources(path: Path, name: str | None) -> tuple[list[Path], list[Path]]:
+    """(log files in order, buffer files) under a directory, or the one file given."""
+    if path.is_dir():
+        logs, bufs = [], []
+        for entry in os.listdir(path):
+            m = _LOG_RE.match(entry)
+            if m and (name is None or m.group(1) == name):
+                logs.append((m.group(2), int(m.group(3)), m.group(1), path / entry))
+                continue
+            m = _BUF_RE.match(entry)
+            if m and (name is None or m.group(1) == name):
+                bufs.append(path / entry)
+        logs.sort()
+        return [p for *_, p in logs], sorted(bufs)
+    if not path.exists():
+        raise FileNotFoundError(f"no log file or directory at {path}")
+    if _BUF_RE.match(path.name) or ".mbuf.damaged-" in path.name:
+        return [], [path]
+    return [path], []
+
+
+def read_buffer(path: str | os.PathLike[str]) -> tuple[int, list[Record], list[Damage]]:
+    """``(stream, records, damages)`` of one buffer file, live or dead, without locking."""
+    p = os.fspath(path)
+    with open(p, "rb") as f:
+        data = f.read()
+    if not any(data[:64]):
+        return 0, [], []  # a buffer whose creator died before writing its header
+    hdr = _codec.decode_buffer_header(data, p)
+    area = memoryview(data)[BUF_HEADER : BUF_HEADER + hdr.capacity]
+    if len(area) != hdr.capacity:
+        raise CorruptFileError(f"log buffer {p} is cut short: {len(data)} bytes of "
+                               f"{BUF_HEADER + hdr.capacity}; its records cannot be located "
+                               "safely", path=p, offset=len(data))
+    spans, _, _, damages = _codec.scan_ring(area, hdr.head, hdr.head_seq)
+    records: list[Record] = []
+    for start, length in spans:
+        for item in _codec.iter_records(area[start : start + length], hdr.stream):
+            if isinstance(item, Record):
+                records.append(item)
+            else:
+                damages.append(item)
+    return hdr.stream, records, damages
+
+
+class _Reader:
+    def __init__(self, path: Path, name: str | None, private_key: object,
+                 since: float | None, until: float | None, on_damage: DamageHandler) -> None:
+        self.path = path
+        self.name = name
+        self.since = since
+        self.until = until
+        self.on_damage = on_damage
+        self.decrypt: _codec.Transform | None = None
+        if private_key is not None:
+            from ._crypto import decryptor
+
+            self.decrypt = decryptor(private_key)
+        self.seen: dict[int, int] = {}
+        self.offsets: dict[Path, int] = {}
+        self.duplicates = 0
+        self.frames = 0
+        self.superseded = 0
+        self.damages: list[tuple[str, Damage]] = []
+        self.pending: list[tuple[str, Damage]] = []
+        self.runs: dict[int, list[list[int]]] = {}  # per stream: [first, last] yielded runs
+        self.gap_since: dict[int, float] = {}
+        self.gap_patience = 2.0
+
+    def damage(self, path: Path | str, d: Damage) -> None:
+        if d.stream is not None and d.first_seq is not None and d.lost:
+            # A frame cut short by a writer killed mid-append is written again from its
+            # buffer: decide at the end whether its records were lost after all.
+            self.pending.append((str(path), d))
+            return
+        self.damages.append((str(path), d))
+        self.on_damage(str(path), d)
+
+    def _yielded(self, stream: int, seq: int) -> None:
+        runs = self.runs.setdefault(stream, [])
+        if runs and runs[-1][1] + 1 == seq:
+            runs[-1][1] = seq
+        else:
+            runs.append([seq, seq])
+
+    def resolve(self) -> None:
+        """Report pending damage whose records did not turn up elsewhere."""
+        for path, d in self.pending:
+            assert d.stream is not None and d.first_seq is not None and d.lost
+            lo, hi = d.first_seq, d.first_seq + d.lost - 1
+            found = sum(max(0, min(hi, b) - max(lo, a) + 1)
+                        for a, b in self.runs.get(d.stream, []))
+            if found >= d.lost:
+                self.superseded += 1
+                continue
+            d = Damage(d.offset, d.length, d.reason, d.lost - found, d.first_time,
+                       d.last_time, d.stream, d.first_seq)
+            self.damages.append((path, d))
+            self.on_damage(path, d)
+        self.pending.clear()
+
+    def _file_records(self, path: Path, final: bool) -> list[Record]:
+        start = self.offsets.get(path, 0)
+        try:
+            with open(path, "rb") as f:
+                f.seek(start)
+                data = f.read()
+        except FileNotFoundError:  # deleted by retention meanwhile
+            return []
+        out: list[Record] = []
+        consumed = 0
+        sp = str(path)
+        for item in _codec.decode_frames(data, path=sp, final=final):
+            if isinstance(item, Damage):
+                consumed = item.offset + item.length
+                self.damage(path, _shift(item, start))
+                continue
+            consumed = item.offset + item.size
+            self.frames += 1
+            seen = self.seen.get(item.stream, 0)
+            if item.first_seq + item.count - 1 <= seen:
+                self.duplicates += item.count
+                continue
+            if self.since is not None and item.last_time_us / 1e6 < self.since:
+                self.seen[item.stream] = max(seen, item.first_seq + item.count - 1)
+                continue
+            try:
+                raw = _codec.open_frame(item, path=sp, decompress=decompress,
+                                        decrypt=self.decrypt)
+            except CorruptFileError:
+                self.damage(path, Damage(start + item.offset, item.size,
+                                         "frame does not decompress", lost=item.count,
+                                         first_time=item.first_time_us / 1e6,
+                                         last_time=item.last_time_us / 1e6,
+                                         stream=item.stream, first_seq=item.first_seq))
+                continue
+            for rec in _codec.iter_records(raw, item.stream):
+                if isinstance(rec, Damage):
+                    self.damage(path, Damage(start + item.offset, item.size,
+                                             f"inside frame: {rec.reason}", lost=rec.lost,
+                                             stream=item.stream))
+                    continue
+                if rec.sequence <= seen:
+                    self.duplicates += 1
+                    continue
+                seen = rec.sequence
+                self._yielded(rec.stream, seen)
+                out.append(rec)
+            self.seen[item.stream] = seen
+        self.offsets[path] = start + (consumed if not final else len(data))
+        return out
+
+    def _logs(self, final: bool) -> list[Record]:
+        logs, _ = _sources(self.path, self.name)
+        out: list[Record] = []
+        for path in logs:
+            out.extend(_merge(self._file_records(path, final)))
+        return out
+
+    def _buffers(self) -> dict[int, list[Record]]:
+        _, bufs = _sources(self.path, self.name)
+        out: dict[int, list[Record]] = {}
+        for path in bufs:
+            try:
+                stream, recs, damages = read_buffer(path)
+            except FileNotFoundError:
+                continue
+            except FileFormatError as exc:
+                self.damage(path, Damage(0, 0, str(exc)))
+                continue
+            for d in damages:
+                self.damage(path, d)
+            if recs:
+                out.setdefault(stream, []).extend(recs)
+        return out
+
+    def poll(self, final: bool) -> list[Record]:
+        """Records not yielded yet: new ones from the files, then from the buffers."""
+        out = self._logs(final)
+        bufs = self._buffers()
+        if self._gaps(bufs):
+            out.extend(self._logs(final))  # a flush moved records meanwhile
+            bufs = self._buffers()
+        gaps = self._gaps(bufs)
+        now = time.monotonic()
+        live: list[list[Record]] = []
+        for stream, recs in bufs.items():
+            if stream in gaps and not final:
+                # The records between are on their way into a file (or lost): wait a
+                # little before believing the buffer, so following never skips them.
+                first_seen = self.gap_since.setdefault(stream, now)
+                if now - first_seen < self.gap_patience:
+                    continue
+            self.gap_since.pop(stream, None)
+            fresh: list[Record] = []
+            live.append(fresh)
+            seen = self.seen.get(stream, 0)
+            for rec in recs:
+                if rec.sequence > seen:
+                    fresh.append(rec)
+                    seen = rec.sequence
+                    self._yielded(stream, seen)
+                else:
+                    self.duplicates += 1
+            self.seen[stream] = seen
+        out.extend(heapq.merge(*live, key=_time_key))
+        self.resolve()
+        if self.since is not None or self.until is not None:
+            lo = self.since if self.since is not None else float("-inf")
+            hi = self.until if self.until is not None else float("inf")
+            out = [r for r in out if lo <= r.time <= hi]
+        return out
+
+    def _gaps(self, bufs: dict[int, list[Record]]) -> set[int]:
+        """Streams whose buffer starts past the next sequence expected from the files."""
+        return {s for s, recs in bufs.items() if recs[0].sequence > self.seen.get(s, 0) + 1}
+
+
+def _time_key(r: Record) -> float:
+    return r.time
+
+
+def _merge(records: list[Record]) -> list[Record]:
+    """Interleave streams by time; each stream keeps its sequence order (threads of one
+    process may stamp times slightly out of sequence)."""
+    streams: dict[int, list[Record]] = {}
+    for r in records:
+        streams.setdefault(r.stream, []).append(r)
+    if len(streams) <= 1:
+        return records
+    return list(heapq.merge(*streams.values(), key=_time_key))
+
+
+def _shift(d: Damage, by: int) -> Damage:
+    if not by:
+        return d
+    return Damage(d.offset + by, d.length, d.reason, d.lost, d.first_time, d.last_time,
+                  d.stream, d.first_seq)
+
+
+def read(path_or_directory: str | os.PathLike[str], *, name: str | None = None,
+         private_key: object = None, since: TimeLike = None, until: TimeLike = None,
+         follow: bool = False, poll_interval: float = 0.25,
+         on_damage: DamageHandler | None = None) -> Iterator[Record]:
+    """Yield the records of a log directory (or one log or buffer file), oldest first.
+
+    Covers the log files and every buffer, including buffers of running processes and of
+    processes that died before their records were flushed.  ``name`` selects one log of a
+    shared directory.  ``since``/``until`` (epoch seconds or datetime) bound the times.
+    ``follow=True`` keeps polling for new records, like ``tail -f``.  Damage is passed to
+    ``on_damage(path, damage)`` (default: a LogWarning) and reading goes on after it.
+    ``private_key`` (X25519, raw 32 bytes or a cryptography key) reads encrypted logs.
+    """
+    reader = _Reader(Path(path_or_directory), name, private_key, _seconds(since),
+                     _seconds(until), on_damage or _warn_damage)
+    yield from reader.poll(final=not follow)
+    while follow:
+        time.sleep(poll_interval)
+        yield from reader.poll(final=False)
+
+
+def tail(path_or_directory: str | os.PathLike[str], lines: int = 10, *,
+         follow: bool = False, poll_interval: float = 0.25, **options: object
+         ) -> Iterator[Record]:
+    """The last ``lines`` records (as :func:`read` orders them), then with ``follow=True``
+    every new one.  Other options as for :func:`read`."""
+    reader = _Reader(Path(path_or_directory), options.get("name"),  # type: ignore[arg-type]
+                     options.get("private_key"), _seconds(options.get("since")),  # type: ignore[arg-type]
+                     _seconds(options.get("until")),  # type: ignore[arg-type]
+                     options.get("on_damage") or _warn_damage)  # type: ignore[arg-type]
+    first = reader.poll(final=not follow)
+    yield from first[-lines:] if lines > 0 else []
+    while follow:
+        time.sleep(poll_interval)
+        yield from reader.poll(final=False)
+
+
+@dataclass(frozen=True)
+class LogCheck:
+    """What :func:`check` found: counts, and every damage with where it was."""
+
+    files: int
+    buffers: int
+    frames: int
+    records: int
+    duplicates: int
+    superseded: int         # damaged frames whose records were all found elsewhere
+    first_time: float | None
+    last_time: float | None
+    damages: tuple[tuple[str, Damage], ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.damages
+
+
+def check(path_or_directory: str | os.PathLike[str], *, name: str | None = None,
+          private_key: object = None) -> LogCheck:
+    """Read everything once and report; changes nothing.  Encrypted frames are counted
+    but not opened unless ``private_key`` is given."""
+    path = Path(path_or_directory)
+    reader = _Reader(path, name, private_key, None, None, lambda p, d: None)
+    records = reader.poll(final=True)
+    logs, bufs = _sources(path, name)
+    times = [r.time for r in records]
+    return LogCheck(len(logs), len(bufs), reader.frames, len(records), reader.duplicates,
+                    reader.superseded, min(times, default=None), max(times, default=None),
+                    tuple(reader.damages))
