@@ -417,7 +417,7 @@ class KV(MutableMapping[str, Any]):
         if len(bad) > len(analysis.damaged):
             problems.append(f"{len(bad) - len(analysis.damaged)} record(s) verify but do not "
                             "decode or authenticate")
-        if bad or not hdr.crc_ok:
+        if bad or problems:
             self._report_damage(problems, bad, len(analysis.records))
         writable = not self._readonly
         if writable:
@@ -762,11 +762,10 @@ class KV(MutableMapping[str, Any]):
         # Wake sleepers on the old file so they move to the new one.
         with contextlib.suppress(OSError):
             self._wake()
-        old_lock = self._wlock
-        self._wlock = None
+        if self._wlock is not None:
+            self._wlock.close()  # releases our hold on the old file: waiters move over
+            self._wlock = None
         self._detach()
-        if old_lock is not None:
-            old_lock.close()  # releases our hold on the old file
         self._fd = fd
         st = os.fstat(fd)
         self._ident = (st.st_dev, st.st_ino)
@@ -1174,7 +1173,7 @@ class KV(MutableMapping[str, Any]):
                 bad.append((rec.offset, rec.offset + rec.size))
                 problems.append(f"record at {rec.offset}: {exc}")
         tail = len(data) - analysis.pos if analysis.dirty_tail else 0
-        ok = not bad and hdr.crc_ok
+        ok = not bad and not problems
         return CheckReport(
             path=path, ok=ok, version=hdr.version, encrypted=hdr.encrypted,
             header_ok=hdr.crc_ok, superseded=hdr.superseded, records=len(analysis.records),
