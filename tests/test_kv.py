@@ -20,8 +20,7 @@ from mmapkit.errors import (
     ModeConflictError,
     ReadOnlyError,
 )
-from mmapkit.kv import KV, KVStatistics
-from mmapkit.kv import codec
+from mmapkit.kv import KV, KVStatistics, codec
 
 
 @pytest.fixture
@@ -325,7 +324,7 @@ def test_encrypted_damage_never_gives_garbage(path: Path) -> None:
     with KV(path, key=key) as kv:
         for i in range(5):
             kv[f"k{i}"] = f"value{i}"
-    off, size = _record_offsets(path)[2]
+    off, _ = _record_offsets(path)[2]
     data = bytearray(path.read_bytes())
     data[off + 20] ^= 1
     path.write_bytes(bytes(data))
