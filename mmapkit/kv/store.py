@@ -677,10 +677,13 @@ class KV(MutableMapping[str, Any]):
             self._rewrite(entries, self._cipher, extra=need)
             return
         assert self._region is not None
-        new_size = max(self._size * 2, _platform.align_up(self._pos + need))
+        least = _platform.align_up(self._pos + need)
         self._unbind_views()
         try:
-            self._region.grow(new_size)
+            try:
+                self._region.grow(max(self._size * 2, least))
+            except DiskFullError:
+                self._region.grow(least)  # the disk is nearly full: use what is left
         finally:
             self._bind_views()
 
@@ -737,7 +740,10 @@ class KV(MutableMapping[str, Any]):
                 _write_all(fd, header + b"".join(parts), 0)
             except OSError as exc:
                 raise _disk_full(exc, tmp) from exc
-            _platform.ensure_allocated(fd, capacity)
+            try:
+                _platform.ensure_allocated(fd, capacity)
+            except DiskFullError:  # tight disk: the data and this record, no headroom
+                _platform.ensure_allocated(fd, _platform.align_up(pos + extra))
             os.fsync(fd)
             if self._shared:
                 newlock = FileLock(fd)
