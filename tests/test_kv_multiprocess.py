@@ -27,7 +27,7 @@ def test_four_processes_exact_counter(tmp_path: Path) -> None:
     path = str(tmp_path / "count.kv")
     procs = [spawn(INCREMENTS, path, "2000") for _ in range(4)]
     for p in procs:
-        out, err = p.communicate(timeout=240)
+        _, err = p.communicate(timeout=240)
         assert p.returncode == 0, err
     with KV(path, multiprocess=True) as kv:
         assert kv["n"] == 8000
@@ -84,7 +84,7 @@ def test_fork_children_share_a_store(tmp_path: Path) -> None:
             if pid == 0:
                 code = 1
                 try:
-                    for i in range(300):
+                    for _ in range(300):
                         kv.update_with("n", lambda v: (v or 0) + 1)
                     kv[f"child{c}"] = kv["parent"]
                     code = 0
