@@ -40,6 +40,7 @@ Process-local states of a writer in multiprocess mode:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import random
@@ -53,6 +54,7 @@ from collections.abc import Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import IO, Any
+from zlib import crc32
 
 from .. import _platform
 from ..errors import (
@@ -99,6 +101,9 @@ _PLAIN = frozenset((int, str, bytes, float, bool, type(None)))
 _F64 = struct.Struct("<d")
 _U16 = struct.Struct("<H")
 _Keys = set[str]
+_REC_PACK = struct.Struct("<HBBII").pack_into
+_TI, _TL, _TF = struct.Struct("<Bq"), struct.Struct("<BI"), struct.Struct("<Bd")
+_I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
 _WAIT_SLICE = 0.05  # changed() re-checks at least this often (a lost wake costs latency only)
 
 
@@ -252,10 +257,11 @@ class KV(MutableMapping[str, Any]):
         self._pid = os.getpid()
         self._fd = -1
         self._region: Region | None = None
-        self._wlock: FileLock | None = None
         self._waiter: Waiter | None = None
         self._pos = DATA_START
         self._seen = 0
+        self._fast = self._cipher is None and not self._readonly
+        self._nops = 0  # operations in the file: with len(index), estimates the live share
         self._ident = (0, 0)
         self._mode = self._take_mode_lock()
         try:
@@ -348,8 +354,6 @@ class KV(MutableMapping[str, Any]):
             codec.parse_header(os.pread(fd, HEADER_SIZE, 0), path=self._path)
         self._region = Region.open(_fd_path(fd), readonly=self._readonly)
         self._bind_views()
-        if self._shared:
-            self._wlock = FileLock(fd)
         if self._shared and not self._readonly:
             self._acquire_flock()
             try:
@@ -357,7 +361,7 @@ class KV(MutableMapping[str, Any]):
                     return False
                 self._load()
             finally:
-                self._wlock.release()  # type: ignore[union-attr]
+                self._release_flock()
         else:
             self._load()
         return True
@@ -385,9 +389,6 @@ class KV(MutableMapping[str, Any]):
         if self._region is not None:
             self._region.close()
             self._region = None
-        if self._wlock is not None:
-            self._wlock.close()
-            self._wlock = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -408,6 +409,7 @@ class KV(MutableMapping[str, Any]):
         analysis = _analyse(view, hdr)
         index: dict[str, Any] = {}
         bad: list[tuple[int, int]] = list(analysis.damaged)
+        self._nops = 0
         for rec in analysis.records:
             try:
                 self._replay(rec, index, None)
@@ -499,6 +501,7 @@ class KV(MutableMapping[str, Any]):
             body = self._cipher.decrypt(body, rec.offset, rec.kind)
         ops = [(k, key, self._stored(vb) if vb else None, exp)
                for k, key, vb, exp in codec.iter_ops(rec.kind, body)]
+        self._nops += len(ops)
         for kind, key, stored, expiry in ops:
             if kind == KIND_SET:
                 index[key] = stored
@@ -582,7 +585,7 @@ class KV(MutableMapping[str, Any]):
                 if mine and not self._readonly:
                     self._commit[0] = self._commit[0] & END_MASK
             finally:
-                self._wlock.release()  # type: ignore[union-attr]
+                self._release_flock()
             if mine:
                 self._catch_up(ignore_mark=True)
                 return
@@ -594,11 +597,30 @@ class KV(MutableMapping[str, Any]):
             self._attach_path(create=False)
 
     def _acquire_flock(self) -> None:
-        assert self._wlock is not None
+        # A bare flock on our own descriptor: threads are already excluded by _tlock, so
+        # FileLock's per-thread bookkeeping would only add cost to every write.
         try:
-            self._wlock.acquire(timeout=self._lock_timeout)
-        except LockTimeout as exc:
-            raise LockTimeout(f"{self._path}: {exc}") from None
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        deadline = time.monotonic() + self._lock_timeout
+        delay = 0.0001
+        while True:
+            time.sleep(delay)
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise LockTimeout(
+                        f"could not take the write lock of {self._path} within "
+                        f"{self._lock_timeout} s: another process holds it (kv.lock() or a "
+                        f"long batch); retry, or find it with `fuser {self._path}`") from None
+            delay = min(delay * 2, 0.002)
+
+    def _release_flock(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     # --- writer side --------------------------------------------------------------------
 
@@ -624,7 +646,7 @@ class KV(MutableMapping[str, Any]):
                 self._acquire_flock()
                 w = self._commit[0]
                 if w & SUPERSEDED and not self._path_is_mine():
-                    self._wlock.release()  # type: ignore[union-attr]
+                    self._release_flock()
                     self._reopen()
                     continue
                 if w & SUPERSEDED:  # a compactor died before renaming: still the store
@@ -637,10 +659,10 @@ class KV(MutableMapping[str, Any]):
 
     def _exit_write(self) -> None:
         self._depth -= 1
-        if self._depth == 0 and self._shared and self._wlock is not None:
-            self._wlock.release()
+        if self._depth == 0 and self._shared and self._fd >= 0:
+            self._release_flock()
 
-    def _append(self, kind: int, body: bytes) -> None:
+    def _append(self, kind: int, body: bytes, ops: int = 1) -> None:
         """Append one record and commit it (caller holds the write side)."""
         cipher = self._cipher
         need = codec.record_size(len(body) + (OVERHEAD if cipher else 0))
@@ -656,6 +678,7 @@ class KV(MutableMapping[str, Any]):
         self._view[pos:end] = rec
         self._commit[0] = end  # the commit point: one aligned 8-byte store
         self._pos = self._seen = end
+        self._nops += ops
         self._seqw[0] += 1
         if self._shared and self._waitw[0]:
             self._waitw[0] = 0
@@ -669,13 +692,17 @@ class KV(MutableMapping[str, Any]):
         self._waiter.wake()
 
     def _make_room(self, need: int) -> None:
-        entries = self._live_entries()
-        overhead = OVERHEAD if self._cipher else 0
-        live = sum(codec.record_size(len(b) + overhead) for _, b in entries)
         used = self._pos - DATA_START
-        if (live + need) * 2 <= used:
-            self._rewrite(entries, self._cipher, extra=need)
-            return
+        # Encoding every live value costs O(keys): do it only when the share of live
+        # operations says a compaction is likely to halve the file.
+        estimate = used * min(1.0, len(self._index) / max(self._nops, 1))
+        if (estimate + need) * 2 <= used * 1.25:
+            entries = self._live_entries()
+            overhead = OVERHEAD if self._cipher else 0
+            live = sum(codec.record_size(len(b) + overhead) for _, b in entries)
+            if (live + need) * 2 <= used:
+                self._rewrite(entries, self._cipher, extra=need)
+                return
         assert self._region is not None
         least = _platform.align_up(self._pos + need)
         self._unbind_views()
@@ -733,7 +760,6 @@ class KV(MutableMapping[str, Any]):
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
                      0o600)
         marked = renamed = False
-        newlock: FileLock | None = None
         try:
             os.fchmod(fd, os.fstat(self._fd).st_mode & 0o7777)
             try:
@@ -746,8 +772,7 @@ class KV(MutableMapping[str, Any]):
                 _platform.ensure_allocated(fd, _platform.align_up(pos + extra))
             os.fsync(fd)
             if self._shared:
-                newlock = FileLock(fd)
-                newlock.acquire()  # nobody may write the new file before we are done
+                fcntl.flock(fd, fcntl.LOCK_EX)  # nobody writes the new file before we are done
             self._commit[0] = self._commit[0] | SUPERSEDED
             marked = True
             os.rename(tmp, self._path)
@@ -756,8 +781,6 @@ class KV(MutableMapping[str, Any]):
         except BaseException:
             if marked and not renamed:
                 self._commit[0] = self._commit[0] & END_MASK
-            if newlock is not None:
-                newlock.close()
             if not renamed:
                 os.close(fd)
                 with contextlib.suppress(FileNotFoundError):
@@ -768,19 +791,18 @@ class KV(MutableMapping[str, Any]):
         # Wake sleepers on the old file so they move to the new one.
         with contextlib.suppress(OSError):
             self._wake()
-        if self._wlock is not None:
-            self._wlock.close()  # releases our hold on the old file: waiters move over
-            self._wlock = None
+        if self._shared:
+            self._release_flock()  # waiters on the old file get it, see the mark, move over
         self._detach()
         self._fd = fd
         st = os.fstat(fd)
         self._ident = (st.st_dev, st.st_ino)
         self._region = Region.open(_fd_path(fd))
         self._bind_views()
-        self._wlock = newlock
         self._cipher = cipher
         self._pos = pos
         self._seen = self._commit[0]
+        self._nops = len(entries)
 
     def _write(self, kind: int, body: bytes, key: str, stored: Any) -> None:
         with self._tlock:
@@ -845,7 +867,62 @@ class KV(MutableMapping[str, Any]):
         return codec.decode_value(v.data, self._ser)
 
     def __setitem__(self, key: str, value: Any) -> None:
-        self.set(key, value)
+        # The hot path: a plain value, unencrypted, not in a batch, and the record fits.
+        # Same bytes as set() -> _append(), with the calls and checks folded in.
+        t = type(value)
+        if self._fast and type(key) is str and (t is int or t is bytes or t is str
+                                                or t is float or t is bool):
+            kb = key.encode("utf-8", "surrogatepass")
+            nk = len(kb)
+            if t is int:
+                if not _I64_MIN <= value <= _I64_MAX:
+                    return self.set(key, value)
+                vb = _TI.pack(3, value)
+            elif t is bytes:
+                vb = _TL.pack(7, len(value)) + value
+            elif t is str:
+                raw = value.encode("utf-8", "surrogatepass")
+                vb = _TL.pack(6, len(raw)) + raw
+            elif t is float:
+                vb = _TF.pack(5, value)
+            else:
+                vb = b"\x02" if value else b"\x01"
+            if nk <= KEY_MAX:
+                body = _U16.pack(nk) + kb + vb
+                n = len(body)
+                with self._tlock:
+                    pos = self._pos
+                    end = pos + ((19 + n) & ~7)
+                    if self._batch is None and self._fast and end <= self._size:
+                        if self._shared:
+                            self._enter_write()
+                            try:
+                                pos = self._pos
+                                end = pos + ((19 + n) & ~7)
+                                if end <= self._size:
+                                    self._put(pos, end, body, n)
+                                    self._index[key] = value
+                                    return None
+                            finally:
+                                self._exit_write()
+                        else:
+                            self._put(pos, end, body, n)
+                            self._index[key] = value
+                            return None
+        return self.set(key, value)
+
+    def _put(self, pos: int, end: int, body: bytes, n: int) -> None:
+        view = self._view
+        _REC_PACK(view, pos, 0x4B56, KIND_SET, 0, n,
+                  crc32(body, ((pos * 0x9E3779B1) ^ (n << 16) ^ KIND_SET) & 0xFFFFFFFF))
+        view[pos + 12 : pos + 12 + n] = body
+        self._commit[0] = end  # the commit point
+        self._pos = self._seen = end
+        self._nops += 1
+        self._seqw[0] += 1
+        if self._shared and self._waitw[0]:
+            self._waitw[0] = 0
+            self._wake()
 
     def set(self, key: str, value: Any, ttl: float | None = None) -> None:
         """Store ``value`` under ``key``; with ``ttl`` (seconds) it vanishes after that long.
@@ -934,7 +1011,7 @@ class KV(MutableMapping[str, Any]):
                         if len(entries) == 1:
                             self._append(*entries[0])
                         else:
-                            self._append(KIND_BATCH, codec.batch_body(entries))
+                            self._append(KIND_BATCH, codec.batch_body(entries), len(entries))
                 except BaseException:
                     if self._undo_all is not None:
                         self._index.clear()
@@ -997,6 +1074,7 @@ class KV(MutableMapping[str, Any]):
             try:
                 self._rewrite(self._live_entries(), cipher)
                 self._cipher = cipher
+                self._fast = cipher is None
             finally:
                 self._exit_write()
 
@@ -1208,7 +1286,7 @@ class KV(MutableMapping[str, Any]):
             self._detach()
             self._mode.close()
             self._index = _Closed()
-            self._shared = False
+            self._shared = self._fast = False
 
     def __enter__(self) -> KV:
         return self
