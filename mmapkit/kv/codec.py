@@ -24,7 +24,7 @@ import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ..errors import CorruptFileError, ForeignFileError, FormatVersionError
 
@@ -118,8 +118,7 @@ def encode_record(kind: int, body: bytes, offset: int, flags: int = 0) -> bytes:
     return _REC.pack(REC_MAGIC, kind, flags, n, crc) + body + b"\0" * pad
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(NamedTuple):
     offset: int
     kind: int
     flags: int
@@ -180,13 +179,19 @@ def scan(buf: Any, start: int, end: int | None = None, *, resync: bool = True) -
         damaged: list[tuple[int, int]] = []
         pos = start
         good_end = start
+        unpack, kinds, append = _REC.unpack_from, _KINDS, records.append
         while pos < end:
-            rec = _record_at(view, pos, end)
-            if rec is not None:
-                records.append(rec)
-                pos += rec.size
-                good_end = pos
-                continue
+            # _record_at() inlined: opening a store runs this once per record.
+            if pos + REC_HEADER <= end:
+                magic, kind, flags, n, crc = unpack(view, pos)
+                nxt = pos + ((REC_HEADER + n + 7) & ~7)
+                if magic == REC_MAGIC and kind in kinds and flags <= 1 and nxt <= end:
+                    body = view[pos + REC_HEADER : pos + REC_HEADER + n].tobytes()
+                    seed = ((pos * 0x9E3779B1) ^ (n << 16) ^ (flags << 8) ^ kind) & 0xFFFFFFFF
+                    if zlib.crc32(body, seed) == crc:
+                        append(Record(pos, kind, flags, body))
+                        pos = good_end = nxt
+                        continue
             if not resync:
                 break
             q = _resync(view, pos + 8, end)

@@ -141,7 +141,7 @@ class KVStatistics:
     live_bytes: int  # bytes the live records would take after a compaction
     committed_bytes: int  # bytes of records appended so far (header included)
     file_bytes: int
-    sequence: int  # commits made to the current file
+    sequence: int  # operations written to the store since it was created
     compactions: int
     multiprocess: bool
     encrypted: bool
@@ -262,6 +262,7 @@ class KV(MutableMapping[str, Any]):
         self._seen = 0
         self._fast = self._cipher is None and not self._readonly
         self._nops = 0  # operations in the file: with len(index), estimates the live share
+        self._seq_base = 0  # operations written before the current file began
         self._ident = (0, 0)
         self._mode = self._take_mode_lock()
         try:
@@ -410,11 +411,21 @@ class KV(MutableMapping[str, Any]):
         index: dict[str, Any] = {}
         bad: list[tuple[int, int]] = list(analysis.damaged)
         self._nops = 0
+        self._seq_base = hdr.seq
+        replay, fast_set = self._replay, _fast_set
+        plain = 0
         for rec in analysis.records:
+            if rec.kind == KIND_SET and not rec.flags:
+                fast = fast_set(rec.body)
+                if fast is not None:
+                    index[fast[0]] = fast[1]
+                    plain += 1
+                    continue
             try:
-                self._replay(rec, index, None)
+                replay(rec, index, None)
             except (CorruptFileError, DecryptionError):
                 bad.append((rec.offset, rec.offset + rec.size))
+        self._nops += plain
         problems = list(analysis.problems)
         if len(bad) > len(analysis.damaged):
             problems.append(f"{len(bad) - len(analysis.damaged)} record(s) verify but do not "
@@ -439,6 +450,12 @@ class KV(MutableMapping[str, Any]):
                 self._commit[0] = analysis.pos
         self._pos = analysis.pos
         self._seen = self._commit[0]
+        # The index now holds every value: give the scanned pages back (RSS), they stay in
+        # the page cache and the file.  Safe for shared file mappings.
+        scanned = _platform.align_down(analysis.pos)
+        if scanned:
+            with contextlib.suppress(OSError, ValueError):
+                self._region.advise("dontneed", 0, scanned)
         old = self._index
         self._index = index
         if self._changes is not None:
@@ -495,6 +512,12 @@ class KV(MutableMapping[str, Any]):
 
     def _replay(self, rec: Record, index: dict[str, Any], changes: _Keys | None) -> None:
         body = rec.body
+        if rec.kind == KIND_SET and not rec.flags and changes is None:
+            fast = _fast_set(body)
+            if fast is not None:
+                index[fast[0]] = fast[1]
+                self._nops += 1
+                return
         if rec.flags & REC_FLAG_ENCRYPTED:
             if self._cipher is None:
                 raise DecryptionError("encrypted record in a file opened without key=")
@@ -679,7 +702,6 @@ class KV(MutableMapping[str, Any]):
         self._commit[0] = end  # the commit point: one aligned 8-byte store
         self._pos = self._seen = end
         self._nops += ops
-        self._seqw[0] += 1
         if self._shared and self._waitw[0]:
             self._waitw[0] = 0
             self._wake()
@@ -701,7 +723,9 @@ class KV(MutableMapping[str, Any]):
             overhead = OVERHEAD if self._cipher else 0
             live = sum(codec.record_size(len(b) + overhead) for _, b in entries)
             if (live + need) * 2 <= used:
-                self._rewrite(entries, self._cipher, extra=need)
+                # Room for twice the live data again: a compaction every ~2N overwrites
+                # keeps its amortized cost low; compact() itself leaves the file at 2x.
+                self._rewrite(entries, self._cipher, extra=need, headroom=3)
                 return
         assert self._region is not None
         least = _platform.align_up(self._pos + need)
@@ -715,45 +739,47 @@ class KV(MutableMapping[str, Any]):
             self._bind_views()
 
     def _live_entries(self) -> list[tuple[int, bytes]]:
+        # Runs over every key at each compaction: the common encodings are inlined.
         now = time.time()
-        out = []
+        out: list[tuple[int, bytes]] = []
+        append = out.append
+        u16, ti, tl, enc = _U16.pack, _TI.pack, _TL.pack, codec.encode_value
         for key, stored in self._index.items():
-            kb = codec.encode_key(key)
+            kb = key.encode("utf-8", "surrogatepass")
+            kb = u16(len(kb)) + kb
+            kind = KIND_SET
             if type(stored) is _Expiring:
                 if stored.expiry <= now:
                     continue
-                out.append((KIND_SET_TTL, _F64.pack(stored.expiry) + kb
-                            + self._encoded(stored.value)))
+                kind = KIND_SET_TTL
+                kb = _F64.pack(stored.expiry) + kb
+                stored = stored.value
+            t = type(stored)
+            if t is int and _I64_MIN <= stored <= _I64_MAX:
+                vb = ti(3, stored)
+            elif t is bytes:
+                vb = tl(7, len(stored)) + stored
+            elif t is _Packed:
+                vb = stored.data
             else:
-                out.append((KIND_SET, kb + self._encoded(stored)))
+                vb = enc(stored)
+            append((kind, kb + vb))
         return out
 
-    def _encoded(self, stored: Any) -> bytes:
-        if type(stored) is _Packed:
-            return stored.data
-        return codec.encode_value(stored)
-
     def _rewrite(self, entries: list[tuple[int, bytes]], cipher: Cipher | None, *,
-                 extra: int = 0) -> None:
+                 extra: int = 0, headroom: int = 2) -> None:
         """Write ``entries`` to a new file and rename it over the path (crash-safe)."""
         salt = random.getrandbits(64)
         hdr_compactions = struct.unpack_from("<I", self._view, OFF_COMPACTIONS)[0] + 1
-        parts: list[bytes] = []
-        pos = DATA_START
-        for kind, body in entries:
-            if cipher is not None:
-                rec = codec.encode_record(kind, cipher.encrypt(body, pos, kind), pos,
-                                          REC_FLAG_ENCRYPTED)
-            else:
-                rec = codec.encode_record(kind, body, pos)
-            parts.append(rec)
-            pos += len(rec)
+        parts, pos = _frame_all(entries, cipher)
         header = codec.build_header(
             flags=FLAG_ENCRYPTED if cipher else 0, salt=salt, created_ns=time.time_ns(),
-            keycheck=cipher.keycheck(salt) if cipher else b"", end=pos, seq=int(self._seqw[0]),
+            keycheck=cipher.keycheck(salt) if cipher else b"", end=pos,
+            seq=self._seq_base + self._nops - len(entries),
             compactions=hdr_compactions)
         live = pos - DATA_START
-        capacity = max(self._min_cap, _platform.align_up(DATA_START + 2 * (live + extra)))
+        capacity = max(self._min_cap,
+                       _platform.align_up(DATA_START + headroom * (live + extra)))
         tmp = self._path + ".compact~"
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -802,6 +828,7 @@ class KV(MutableMapping[str, Any]):
         self._cipher = cipher
         self._pos = pos
         self._seen = self._commit[0]
+        self._seq_base += self._nops - len(entries)
         self._nops = len(entries)
 
     def _write(self, kind: int, body: bytes, key: str, stored: Any) -> None:
@@ -905,8 +932,14 @@ class KV(MutableMapping[str, Any]):
                                     return None
                             finally:
                                 self._exit_write()
-                        else:
-                            self._put(pos, end, body, n)
+                        else:  # _put() inlined: this is the single-process hot path
+                            view = self._view
+                            _REC_PACK(view, pos, 0x4B56, KIND_SET, 0, n, crc32(
+                                body, ((pos * 0x9E3779B1) ^ (n << 16) ^ KIND_SET) & 0xFFFFFFFF))
+                            view[pos + 12 : pos + 12 + n] = body
+                            self._commit[0] = end  # the commit point
+                            self._pos = self._seen = end
+                            self._nops += 1
                             self._index[key] = value
                             return None
         return self.set(key, value)
@@ -919,7 +952,6 @@ class KV(MutableMapping[str, Any]):
         self._commit[0] = end  # the commit point
         self._pos = self._seen = end
         self._nops += 1
-        self._seqw[0] += 1
         if self._shared and self._waitw[0]:
             self._waitw[0] = 0
             self._wake()
@@ -1087,7 +1119,7 @@ class KV(MutableMapping[str, Any]):
             live = sum(codec.record_size(len(b) + overhead) for _, b in self._live_entries())
             return KVStatistics(
                 path=self._path, keys=len(self), live_bytes=live, committed_bytes=self._pos,
-                file_bytes=self._size, sequence=int(self._seqw[0]),
+                file_bytes=self._size, sequence=self._seq_base + self._nops,
                 compactions=struct.unpack_from("<I", self._view, OFF_COMPACTIONS)[0],
                 multiprocess=self._multiprocess, encrypted=self._cipher is not None)
 
@@ -1302,6 +1334,60 @@ class KV(MutableMapping[str, Any]):
         return f"<KV {self._path} {mode} {state}>"
 
 
+def _fast_set(body: bytes) -> tuple[str, Any] | None:
+    """(key, value) of a plain int/bytes/str set record, or None for the general path.
+
+    Opening a store replays every record: this skips the generic op and value decoders
+    for the common cases (same results; anything unusual goes the long way).
+    """
+    n = len(body)
+    if n < 3:
+        return None
+    nk = body[0] | body[1] << 8
+    v = 2 + nk
+    if v >= n:
+        return None
+    tag = body[v]
+    try:
+        key = body[2:v].decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        return None
+    if tag == 3 and n == v + 9:
+        return key, int.from_bytes(body[v + 1 :], "little", signed=True)
+    if (tag == 7 or tag == 6) and n >= v + 5:
+        ln = int.from_bytes(body[v + 1 : v + 5], "little")
+        if n != v + 5 + ln:
+            return None
+        raw = body[v + 5 :]
+        if tag == 7:
+            return key, raw
+        try:
+            return key, raw.decode("utf-8", "surrogatepass")
+        except UnicodeDecodeError:
+            return None
+    return None
+
+
+def _frame_all(entries: list[tuple[int, bytes]], cipher: Cipher | None) -> tuple[list[bytes], int]:
+    """The records of ``entries`` laid out from DATA_START, and where they end."""
+    parts: list[bytes] = []
+    pos = DATA_START
+    append = parts.append
+    if cipher is None:
+        frame = codec.encode_record
+        for kind, body in entries:
+            rec = frame(kind, body, pos)
+            append(rec)
+            pos += len(rec)
+    else:
+        for kind, body in entries:
+            rec = codec.encode_record(kind, cipher.encrypt(body, pos, kind), pos,
+                                      REC_FLAG_ENCRYPTED)
+            append(rec)
+            pos += len(rec)
+    return parts, pos
+
+
 def _write_all(fd: int, data: bytes, offset: int) -> None:
     view = memoryview(data)
     while view:
@@ -1350,16 +1436,7 @@ def _mark_superseded(path: str) -> None:
 def _write_store(dst: str, entries: list[tuple[int, bytes]], cipher: Cipher | None,
                  min_cap: int) -> None:
     salt = random.getrandbits(64)
-    parts = []
-    pos = DATA_START
-    for kind, body in entries:
-        if cipher is not None:
-            rec = codec.encode_record(kind, cipher.encrypt(body, pos, kind), pos,
-                                      REC_FLAG_ENCRYPTED)
-        else:
-            rec = codec.encode_record(kind, body, pos)
-        parts.append(rec)
-        pos += len(rec)
+    parts, pos = _frame_all(entries, cipher)
     header = codec.build_header(flags=FLAG_ENCRYPTED if cipher else 0, salt=salt,
                                 created_ns=time.time_ns(),
                                 keycheck=cipher.keycheck(salt) if cipher else b"", end=pos)
