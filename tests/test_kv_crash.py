@@ -88,11 +88,18 @@ def crash_rounds(path: Path, rounds: int, *, multiprocess: bool = False,
             os.close(r)
             writer(path, done, w, multiprocess)
         os.close(w)
-        time.sleep(rng.uniform(0, max_delay))
+        data = b""
+        deadline = time.monotonic() + rng.uniform(0, max_delay)
+        os.set_blocking(r, False)
+        while time.monotonic() < deadline:  # drain: a full pipe would stall the writer
+            try:
+                data += os.read(r, 1 << 16)
+            except BlockingIOError:
+                time.sleep(0.0005)
         os.kill(pid, signal.SIGKILL)
         _, status = os.waitpid(pid, 0)
         assert os.WIFSIGNALED(status), "the writer died on its own: it hit an error"
-        data = b""
+        os.set_blocking(r, True)
         while chunk := os.read(r, 1 << 16):
             data += chunk
         os.close(r)

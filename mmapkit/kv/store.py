@@ -269,18 +269,22 @@ class KV(MutableMapping[str, Any]):
             self._attach_path(create=not readonly)
         except BaseException:
             self._detach()
-            self._mode.close()
+            if self._mode is not None:
+                self._mode.close()
             raise
 
     # --- opening ------------------------------------------------------------------------
 
-    def _take_mode_lock(self) -> FileLock:
+    def _take_mode_lock(self) -> FileLock | None:
         lockpath = self._path + ".lock"
+        if self._readonly and not os.path.exists(self._path):
+            raise FileNotFoundError(f"no KV file at {self._path}; open it writable once to "
+                                    "create it")
         try:
-            mode = FileLock(lockpath, create=not self._readonly)
-        except FileNotFoundError:
-            if self._readonly and not os.path.exists(self._path):
-                raise FileNotFoundError(f"no KV file at {self._path}") from None
+            mode = FileLock(lockpath)
+        except PermissionError:
+            if self._readonly:
+                return None  # a read-only directory: nobody can write here, no lock needed
             raise
         try:
             mode.acquire(shared=self._shared, timeout=0)
@@ -1316,7 +1320,8 @@ class KV(MutableMapping[str, Any]):
             if self._region is None:
                 return
             self._detach()
-            self._mode.close()
+            if self._mode is not None:
+                self._mode.close()
             self._index = _Closed()
             self._shared = self._fast = False
 
