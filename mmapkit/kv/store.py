@@ -580,6 +580,13 @@ class KV(MutableMapping[str, Any]):
             self._remap()
         if end > self._pos:
             found = codec.scan(self._view, self._pos, end)
+            for _ in range(3):
+                # Where stores are not ordered (ARM64) the commit word can arrive before the
+                # record bytes: look again before calling it damage.
+                if not (found.tail or found.damaged):
+                    break
+                time.sleep(0.001)
+                found = codec.scan(self._view, self._pos, end)
             bad = list(found.damaged)
             if found.tail:
                 bad.append((found.next, end))
