@@ -364,3 +364,81 @@ def test_sync_and_statistics(path: Path) -> None:
         assert kv.statistics().sequence == 2
         with pytest.raises(AttributeError):
             st.keys = 2  # type: ignore[misc]
+
+
+def test_threads_share_one_store(path: Path) -> None:
+    import threading
+
+    with KV(path, capacity=4096) as kv:
+        def work(t: int) -> None:
+            for i in range(500):
+                kv[f"t{t}-{i}"] = i
+                if i % 50 == 0:
+                    with kv.batch():
+                        kv[f"b{t}"] = i
+
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        assert len(kv) == 4 * 501
+    with KV(path) as kv:
+        assert all(kv[f"t{t}-{i}"] == i for t in range(4) for i in range(500))
+    assert KV.check(path).ok
+
+
+_FUZZ_BASE: dict[str, bytes] = {}
+
+
+def _fuzz_base(tmp: Path) -> bytes:
+    if "data" not in _FUZZ_BASE:
+        p = tmp / "base.kv"
+        with KV(p, key=None) as kv:
+            for i in range(40):
+                kv[f"k{i}"] = [i, "v" * (i % 7), {"n": i}] if i % 2 else i
+            kv.set("ttl", 1, ttl=1000)
+            with kv.batch():
+                kv["x"] = b"y"
+                del kv["k0"]
+            end = kv.statistics().committed_bytes
+        _FUZZ_BASE["data"] = p.read_bytes()[: end + 64]
+    return _FUZZ_BASE["data"]
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from mmapkit.errors import MmapkitError  # noqa: E402
+
+
+@given(flips=st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(1, 255)), max_size=6),
+       cut=st.one_of(st.none(), st.integers(0, 1 << 20)))
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_fuzz_damaged_files_never_crash(tmp_path: Path, flips: list[tuple[int, int]],
+                                        cut: int | None) -> None:
+    data = bytearray(_fuzz_base(tmp_path))
+    for where, xor in flips:
+        data[where % len(data)] ^= xor
+    if cut is not None:
+        del data[cut % (len(data) + 1):]
+    p = tmp_path / f"fz{abs(hash((tuple(flips), cut)))}.kv"
+    p.write_bytes(bytes(data))
+    try:
+        KV.check(p)
+    except MmapkitError:
+        pass
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with KV(p) as kv:
+                for k in list(kv):
+                    try:
+                        kv.get(k)
+                    except CorruptFileError:
+                        pass
+                kv["after"] = 1
+                assert kv["after"] == 1
+        except MmapkitError:
+            pass

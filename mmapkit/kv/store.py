@@ -466,6 +466,13 @@ class KV(MutableMapping[str, Any]):
             self._note_diff(old, index)
 
     def _check_key(self, hdr: codec.Header) -> None:
+        if not hdr.crc_ok:
+            # The flags may be the damaged bytes: let the key check and the records' own
+            # flags decide (an encrypted record read without a key counts as damaged).
+            if self._cipher is not None and not self._cipher.verify(hdr.keycheck, hdr.salt):
+                raise DecryptionError(f"wrong key for {self._path} (or its header is "
+                                      "damaged)", path=self._path)
+            return
         if hdr.encrypted and self._cipher is None:
             raise DecryptionError(f"{self._path} is encrypted; open it with key=", path=self._path)
         if not hdr.encrypted and self._cipher is not None:
