@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import filecmp
 import json
 import os
 import random
@@ -104,7 +105,8 @@ _Keys = set[str]
 _REC_PACK = struct.Struct("<HBBII").pack_into
 _TI, _TL, _TF = struct.Struct("<Bq"), struct.Struct("<BI"), struct.Struct("<Bd")
 _I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
-_WAIT_SLICE = 0.05  # changed() re-checks at least this often (a lost wake costs latency only)
+_WAIT_SLICE = 0.05
+_MODE_GRACE = 0.25  # changed() re-checks at least this often (a lost wake costs latency only)
 
 
 class _Packed:
@@ -287,7 +289,9 @@ class KV(MutableMapping[str, Any]):
                 return None  # a read-only directory: nobody can write here, no lock needed
             raise
         try:
-            mode.acquire(shared=self._shared, timeout=0)
+            # A short grace: the kernel may release a just-killed holder's lock a moment
+            # after its parent reaped it (seen here about once in a thousand kill -9s).
+            mode.acquire(shared=self._shared, timeout=_MODE_GRACE)
         except LockTimeout:
             other = "multiprocess (or read-only)"
             try:
@@ -497,9 +501,12 @@ class KV(MutableMapping[str, Any]):
             copy = self._path + ".damaged"
             n = 1
             while os.path.exists(copy):
+                if filecmp.cmp(copy, self._path, shallow=False):
+                    break  # already kept (another process of a multiprocess store was first)
                 copy = f"{self._path}.damaged.{n}"
                 n += 1
-            shutil.copyfile(self._path, copy)
+            else:
+                shutil.copyfile(self._path, copy)
             kept = f"; the damaged file was copied to {copy}"
         warnings.warn(f"{msg}. Salvaged {salvaged} record(s), lost {lost} bytes{kept}",
                       RuntimeWarning, stacklevel=4)
