@@ -193,6 +193,22 @@ def test_no_bloat_after_overwrites_and_deletes(path: Path) -> None:
     assert KV.check(path).ok
 
 
+def test_empty_file_becomes_a_store(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.kv"
+    empty.touch()
+    with pytest.raises(CorruptFileError):
+        KV(empty, readonly=True)
+    with KV(empty) as kv:
+        kv["a"] = 1
+    with KV(empty) as kv:
+        assert kv["a"] == 1
+    short = tmp_path / "short.kv"
+    short.write_bytes(codec.MAGIC + b"\0" * 10)
+    with pytest.raises(CorruptFileError, match="truncated"):
+        KV(short)
+    assert short.stat().st_size == 18  # never wiped
+
+
 def test_foreign_and_newer_files(tmp_path: Path) -> None:
     foreign = tmp_path / "f"
     foreign.write_bytes(b"hello world" * 50)

@@ -86,7 +86,6 @@ from .codec import (
     KIND_SET_TTL,
     OFF_COMMIT,
     OFF_COMPACTIONS,
-    OFF_SEQ,
     OFF_WAITERS,
     REC_FLAG_ENCRYPTED,
     SUPERSEDED,
@@ -354,12 +353,31 @@ class KV(MutableMapping[str, Any]):
             os.close(fd)
             os.unlink(tmp)
 
+    def _init_empty(self, fd: int) -> None:
+        """Make an empty file (``touch``ed, nothing to lose) a new store, under the lock."""
+        if self._shared:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.fstat(fd).st_size == 0:
+                salt = random.getrandbits(64)
+                _write_all(fd, codec.build_header(
+                    flags=FLAG_ENCRYPTED if self._cipher else 0, salt=salt,
+                    created_ns=time.time_ns(),
+                    keycheck=self._cipher.keycheck(salt) if self._cipher else b"",
+                    end=DATA_START), 0)
+                _platform.ensure_allocated(fd, self._min_cap)
+        finally:
+            if self._shared:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
     def _attach_fd(self, fd: int) -> bool:
         """Map ``fd`` and load it.  False when the path no longer names this file."""
         self._fd = fd
         st = os.fstat(fd)
         self._ident = (st.st_dev, st.st_ino)
-        if st.st_size < HEADER_SIZE:
+        if st.st_size == 0 and not self._readonly:
+            self._init_empty(fd)
+        elif st.st_size < HEADER_SIZE:
             codec.parse_header(os.pread(fd, HEADER_SIZE, 0), path=self._path)
         self._region = Region.open(_fd_path(fd), readonly=self._readonly)
         self._bind_views()
@@ -381,11 +399,10 @@ class KV(MutableMapping[str, Any]):
         self._view = view
         self._size = view.nbytes
         self._commit = view[OFF_COMMIT : OFF_COMMIT + 8].cast("Q")
-        self._seqw = view[OFF_SEQ : OFF_SEQ + 8].cast("Q")
         self._waitw = view[OFF_WAITERS : OFF_WAITERS + 4].cast("I")
 
     def _unbind_views(self) -> None:
-        for name in ("_commit", "_seqw", "_waitw"):
+        for name in ("_commit", "_waitw"):
             mv = self.__dict__.pop(name, None)
             if mv is not None:
                 mv.release()
