@@ -155,3 +155,29 @@ def test_changed_notifies_other_processes_writes(tmp_path: Path) -> None:
         assert kv.changed(timeout=0.05) == set()
     with KV(path) as kv, pytest.raises(ValueError, match="multiprocess"):
         kv.watch()
+
+
+def test_readonly_follower_survives_compactions(tmp_path: Path) -> None:
+    path = str(tmp_path / "ro.kv")
+    with KV(path, multiprocess=True, capacity=4096) as kv:
+        kv["v"] = -1
+    with KV(path, readonly=True) as ro:
+        ro.watch(keys=["v"])
+        child = spawn("""
+            import sys
+            from mmapkit.kv import KV
+            with KV(sys.argv[1], multiprocess=True, capacity=4096) as kv:
+                for i in range(4000):
+                    kv["v"] = i
+                    kv[f"pad{i % 20}"] = "x" * 100
+        """, path)
+        last = -1
+        deadline = time.monotonic() + 60
+        while last != 3999 and time.monotonic() < deadline:
+            value = ro["v"]
+            assert value >= last  # never goes back, even across compactions
+            last = value
+        _, err = child.communicate(timeout=60)
+        assert child.returncode == 0, err
+        assert ro["v"] == 3999 and len(ro) == 21
+        assert "v" in ro.changed(timeout=1)

@@ -390,6 +390,8 @@ class KV(MutableMapping[str, Any]):
             finally:
                 self._release_flock()
         else:
+            if self._commit[0] & SUPERSEDED and not self._path_is_mine():
+                return False  # replaced again already: follow the path once more
             self._load()
         return True
 
@@ -474,7 +476,8 @@ class KV(MutableMapping[str, Any]):
             if self._commit[0] != analysis.pos:
                 self._commit[0] = analysis.pos
         self._pos = analysis.pos
-        self._seen = self._commit[0]
+        # A follower that loaded a file superseded meanwhile must notice on its next read.
+        self._seen = self._commit[0] & END_MASK
         # The index now holds every value: give the scanned pages back (RSS), they stay in
         # the page cache and the file.  Safe for shared file mappings.
         scanned = _platform.align_down(analysis.pos)
