@@ -157,11 +157,12 @@ def test_changed_notifies_other_processes_writes(tmp_path: Path) -> None:
         kv.watch()
 
 
-def test_readonly_follower_survives_compactions(tmp_path: Path) -> None:
+@pytest.mark.parametrize("readonly", [True, False], ids=["readonly", "multiprocess"])
+def test_follower_survives_compactions(tmp_path: Path, readonly: bool) -> None:
     path = str(tmp_path / "ro.kv")
     with KV(path, multiprocess=True, capacity=4096) as kv:
         kv["v"] = -1
-    with KV(path, readonly=True) as ro:
+    with KV(path, readonly=readonly, multiprocess=not readonly) as ro:
         ro.watch(keys=["v"])
         child = spawn("""
             import sys
