@@ -768,16 +768,17 @@ class KV(MutableMapping[str, Any]):
             overhead = OVERHEAD if self._cipher else 0
             live = sum(codec.record_size(len(b) + overhead) for _, b in entries)
             if (live + need) * 2 <= used:
-                # Room for twice the live data again: a compaction every ~2N overwrites
-                # keeps its amortized cost low; compact() itself leaves the file at 2x.
-                self._rewrite(entries, self._cipher, extra=need, headroom=3)
+                # The new file holds twice the live data: room for as much again before
+                # the next compaction (amortized, one re-encoded entry per overwrite).
+                self._rewrite(entries, self._cipher, extra=need)
                 return
         assert self._region is not None
         least = _platform.align_up(self._pos + need)
         self._unbind_views()
         try:
             try:
-                self._region.grow(max(self._size * 2, least))
+                # 1.5x, not 2x: the file stays nearer its live data between compactions.
+                self._region.grow(max(_platform.align_up(self._size * 3 // 2), least))
             except DiskFullError:
                 self._region.grow(least)  # the disk is nearly full: use what is left
         finally:
