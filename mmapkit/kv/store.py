@@ -102,6 +102,7 @@ _F64 = struct.Struct("<d")
 _U16 = struct.Struct("<H")
 _Keys = set[str]
 _REC_PACK = struct.Struct("<HBBII").pack_into
+_REC_UNPACK = struct.Struct("<HBBII").unpack_from
 _TI, _TL, _TF = struct.Struct("<Bq"), struct.Struct("<BI"), struct.Struct("<Bd")
 _I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
 _WAIT_SLICE = 0.05
@@ -434,18 +435,27 @@ class KV(MutableMapping[str, Any]):
         view = self._view
         hdr = codec.parse_header(view, path=self._path)
         self._check_key(hdr)
-        analysis = _analyse(view, hdr)
-        index: dict[str, Any] = {}
-        bad: list[tuple[int, int]] = list(analysis.damaged)
         self._nops = 0
         self._seq_base = hdr.seq
+        fast = None if hdr.encrypted else self._fast_load(view, hdr)
+        if fast is not None:
+            # Clean committed region: only what lies beyond it is left to look at.
+            index, self._nops = fast
+            extra = codec.scan(view, hdr.end, view.nbytes, resync=False)
+            size = view.nbytes
+            dirty = extra.next < size and any(view[extra.next : min(size, extra.next + 16)])
+            analysis = _Analysis(hdr, extra.records, extra.next, (), (), dirty)
+        else:
+            analysis = _analyse(view, hdr)
+            index = {}
+        bad: list[tuple[int, int]] = list(analysis.damaged)
         replay, fast_set = self._replay, _fast_set
         plain = 0
         for rec in analysis.records:
             if rec.kind == KIND_SET and not rec.flags:
-                fast = fast_set(rec.body)
-                if fast is not None:
-                    index[fast[0]] = fast[1]
+                item = fast_set(rec.body)
+                if item is not None:
+                    index[item[0]] = item[1]
                     plain += 1
                     continue
             try:
@@ -488,6 +498,42 @@ class KV(MutableMapping[str, Any]):
         self._index = index
         if self._changes is not None:
             self._note_diff(old, index)
+
+    def _fast_load(self, view: memoryview, hdr: codec.Header) -> tuple[dict[str, Any], int] | None:
+        """Index and operation count of a clean, unencrypted committed region, in one pass.
+
+        Opening replays every record, so the common case skips the general scanner and
+        decoders; anything unusual (damage, odd values) returns None and the careful path
+        (``_analyse`` + ``_replay``) starts over.
+        """
+        end = hdr.end
+        if not hdr.crc_ok or end < DATA_START or end % 8 or end > view.nbytes:
+            return None
+        index: dict[str, Any] = {}
+        unpack = _REC_UNPACK
+        pos = DATA_START
+        nops = 0
+        try:
+            while pos < end:
+                magic, kind, flags, n, crc = unpack(view, pos)
+                nxt = pos + ((19 + n) & ~7)
+                if magic != 0x4B56 or flags or nxt > end:
+                    return None
+                body = view[pos + 12 : pos + 12 + n].tobytes()
+                if crc32(body, ((pos * 0x9E3779B1) ^ (n << 16) ^ kind) & 0xFFFFFFFF) != crc:
+                    return None
+                item = _fast_set(body) if kind == KIND_SET else None
+                if item is not None:
+                    index[item[0]] = item[1]
+                    nops += 1
+                else:
+                    before = self._nops
+                    self._replay(Record(pos, kind, flags, body), index, None)
+                    nops += self._nops - before
+                pos = nxt
+        except (CorruptFileError, DecryptionError, struct.error):
+            return None
+        return index, nops
 
     def _check_key(self, hdr: codec.Header) -> None:
         if not hdr.crc_ok:
