@@ -955,7 +955,7 @@ class KV(MutableMapping[str, Any]):
     # --- the mapping API ----------------------------------------------------------------
 
     def __getitem__(self, key: str) -> Any:
-        if self._shared:
+        if self._shared and self._commit[0] != self._seen:  # the seqlock check
             self._poll()
         v = self._index[key]
         if type(v) in (_Packed, _Expiring):
@@ -964,7 +964,7 @@ class KV(MutableMapping[str, Any]):
 
     def get(self, key: str, default: Any = None) -> Any:
         """``kv[key]``, or ``default`` when the key is missing or expired."""
-        if self._shared:
+        if self._shared and self._commit[0] != self._seen:  # the seqlock check
             self._poll()
         v = self._index.get(key, _MISSING)
         if v is _MISSING:
@@ -1079,7 +1079,7 @@ class KV(MutableMapping[str, Any]):
                 self._exit_write()
 
     def __contains__(self, key: object) -> bool:
-        if self._shared:
+        if self._shared and self._commit[0] != self._seen:  # the seqlock check
             self._poll()
         v = self._index.get(key, _MISSING)  # type: ignore[call-overload]
         if v is _MISSING:
