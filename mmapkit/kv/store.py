@@ -103,6 +103,7 @@ _U16 = struct.Struct("<H")
 _Keys = set[str]
 _REC_PACK = struct.Struct("<HBBII").pack_into
 _REC_UNPACK = struct.Struct("<HBBII").unpack_from
+_REC = struct.Struct("<HBBII")
 _TI, _TL, _TF = struct.Struct("<Bq"), struct.Struct("<BI"), struct.Struct("<Bd")
 _I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
 _WAIT_SLICE = 0.05
@@ -810,13 +811,11 @@ class KV(MutableMapping[str, Any]):
         # operations says a compaction is likely to halve the file.
         estimate = used * min(1.0, len(self._index) / max(self._nops, 1))
         if (estimate + need) * 2 <= used * 1.25:
-            entries = self._live_entries()
-            overhead = OVERHEAD if self._cipher else 0
-            live = sum(codec.record_size(len(b) + overhead) for _, b in entries)
-            if (live + need) * 2 <= used:
+            image = self._image(self._cipher)
+            if (image[1] - DATA_START + need) * 2 <= used:
                 # The new file holds twice the live data: room for as much again before
                 # the next compaction (amortized, one re-encoded entry per overwrite).
-                self._rewrite(entries, self._cipher, extra=need)
+                self._rewrite(image, self._cipher, extra=need)
                 return
         assert self._region is not None
         least = _platform.align_up(self._pos + need)
@@ -858,16 +857,56 @@ class KV(MutableMapping[str, Any]):
             append((kind, kb + vb))
         return out
 
-    def _rewrite(self, entries: list[tuple[int, bytes]], cipher: Cipher | None, *,
+    def _image(self, cipher: Cipher | None) -> tuple[list[bytes], int, int]:
+        """Records of every live key laid out from DATA_START: (parts, end, count)."""
+        if cipher is not None:
+            entries = self._live_entries()
+            framed, end = _frame_all(entries, cipher)
+            return framed, end, len(entries)
+        # Unencrypted: _live_entries() and encode_record() fused, as this runs over every
+        # key at each compaction.
+        now = time.time()
+        parts: list[bytes] = []
+        append = parts.append
+        u16, ti, tl, enc, pack = _U16.pack, _TI.pack, _TL.pack, codec.encode_value, _REC.pack
+        pads = [b"\0" * i for i in range(8)]
+        pos = DATA_START
+        for key, stored in self._index.items():
+            kb = key.encode("utf-8", "surrogatepass")
+            head = u16(len(kb)) + kb
+            kind = KIND_SET
+            if type(stored) is _Expiring:
+                if stored.expiry <= now:
+                    continue
+                kind = KIND_SET_TTL
+                head = _F64.pack(stored.expiry) + head
+                stored = stored.value
+            t = type(stored)
+            if t is int and _I64_MIN <= stored <= _I64_MAX:
+                body = head + ti(3, stored)
+            elif t is bytes:
+                body = head + tl(7, len(stored)) + stored
+            elif t is _Packed:
+                body = head + stored.data
+            else:
+                body = head + enc(stored)
+            n = len(body)
+            crc = crc32(body, ((pos * 0x9E3779B1) ^ (n << 16) ^ kind) & 0xFFFFFFFF)
+            pad = (-(12 + n)) & 7
+            append(pack(0x4B56, kind, 0, n, crc) + body + pads[pad])
+            pos += 12 + n + pad
+        return parts, pos, len(parts)
+
+    def _rewrite(self, image: tuple[list[bytes], int, int], cipher: Cipher | None, *,
                  extra: int = 0, headroom: int = 2) -> None:
         """Write ``entries`` to a new file and rename it over the path (crash-safe)."""
         salt = random.getrandbits(64)
         hdr_compactions = struct.unpack_from("<I", self._view, OFF_COMPACTIONS)[0] + 1
-        parts, pos = _frame_all(entries, cipher)
+        parts, pos, count = image
         header = codec.build_header(
             flags=FLAG_ENCRYPTED if cipher else 0, salt=salt, created_ns=time.time_ns(),
             keycheck=cipher.keycheck(salt) if cipher else b"", end=pos,
-            seq=self._seq_base + self._nops - len(entries),
+            seq=self._seq_base + self._nops - count,
             compactions=hdr_compactions)
         live = pos - DATA_START
         capacity = max(self._min_cap,
@@ -920,8 +959,8 @@ class KV(MutableMapping[str, Any]):
         self._cipher = cipher
         self._pos = pos
         self._seen = self._commit[0]
-        self._seq_base += self._nops - len(entries)
-        self._nops = len(entries)
+        self._seq_base += self._nops - count
+        self._nops = count
 
     def _write(self, kind: int, body: bytes, key: str, stored: Any) -> None:
         with self._tlock:
@@ -1186,7 +1225,7 @@ class KV(MutableMapping[str, Any]):
         with self._tlock:
             self._enter_write()
             try:
-                self._rewrite(self._live_entries(), self._cipher)
+                self._rewrite(self._image(self._cipher), self._cipher)
             finally:
                 self._exit_write()
 
@@ -1196,7 +1235,7 @@ class KV(MutableMapping[str, Any]):
         with self._tlock:
             self._enter_write()
             try:
-                self._rewrite(self._live_entries(), cipher)
+                self._rewrite(self._image(cipher), cipher)
                 self._cipher = cipher
                 self._fast = cipher is None
             finally:
@@ -1209,6 +1248,7 @@ class KV(MutableMapping[str, Any]):
                 self._poll()
             overhead = OVERHEAD if self._cipher else 0
             live = sum(codec.record_size(len(b) + overhead) for _, b in self._live_entries())
+
             return KVStatistics(
                 path=self._path, keys=len(self), live_bytes=live, committed_bytes=self._pos,
                 file_bytes=self._size, sequence=self._seq_base + self._nops,
