@@ -1028,10 +1028,11 @@ class KV(MutableMapping[str, Any]):
         # The hot path: a plain value, unencrypted, not in a batch, and the record fits.
         # Same bytes as set() -> _append(), with the calls and checks folded in.
         t = type(value)
-        if self._fast and type(key) is str and (t is int or t is bytes or t is str
-                                                or t is float or t is bool):
-            kb = key.encode("utf-8", "surrogatepass")
-            nk = len(kb)
+        if not (self._fast and type(key) is str and (t is int or t is bytes or t is str
+                                                     or t is float or t is bool)):
+            return self.set(key, value)
+        try:
+            kb = key.encode()  # strict UTF-8 equals surrogatepass whenever it succeeds
             if t is int:
                 if not _I64_MIN <= value <= _I64_MAX:
                     return self.set(key, value)
@@ -1039,40 +1040,50 @@ class KV(MutableMapping[str, Any]):
             elif t is bytes:
                 vb = _TL.pack(7, len(value)) + value
             elif t is str:
-                raw = value.encode("utf-8", "surrogatepass")
+                raw = value.encode()
                 vb = _TL.pack(6, len(raw)) + raw
             elif t is float:
                 vb = _TF.pack(5, value)
             else:
                 vb = b"\x02" if value else b"\x01"
-            if nk <= KEY_MAX:
-                body = _U16.pack(nk) + kb + vb
-                n = len(body)
-                with self._tlock:
+        except UnicodeEncodeError:  # lone surrogates: the general path encodes them
+            return self.set(key, value)
+        nk = len(kb)
+        if nk > KEY_MAX:
+            return self.set(key, value)  # raises the error that names the limit
+        body = _U16.pack(nk) + kb + vb
+        n = len(body)
+        tlock = self._tlock
+        tlock.acquire()  # not `with`: measurably cheaper on this path
+        try:
+            if self._batch is not None or not self._fast:
+                pass
+            elif self._shared:
+                self._enter_write()
+                try:
                     pos = self._pos
                     end = pos + ((19 + n) & ~7)
-                    if self._batch is None and self._fast and end <= self._size:
-                        if self._shared:
-                            self._enter_write()
-                            try:
-                                pos = self._pos
-                                end = pos + ((19 + n) & ~7)
-                                if end <= self._size:
-                                    self._put(pos, end, body, n)
-                                    self._index[key] = value
-                                    return None
-                            finally:
-                                self._exit_write()
-                        else:  # _put() inlined: this is the single-process hot path
-                            view = self._view
-                            _REC_PACK(view, pos, 0x4B56, KIND_SET, 0, n, crc32(
-                                body, ((pos * 0x9E3779B1) ^ (n << 16) ^ KIND_SET) & 0xFFFFFFFF))
-                            view[pos + 12 : pos + 12 + n] = body
-                            self._commit[0] = end  # the commit point
-                            self._pos = self._seen = end
-                            self._nops += 1
-                            self._index[key] = value
-                            return None
+                    if end <= self._size:
+                        self._put(pos, end, body, n)
+                        self._index[key] = value
+                        return None
+                finally:
+                    self._exit_write()
+            else:
+                pos = self._pos
+                end = pos + ((19 + n) & ~7)
+                if end <= self._size:  # _put() inlined: the single-process hot path
+                    view = self._view
+                    _REC_PACK(view, pos, 0x4B56, KIND_SET, 0, n, crc32(
+                        body, ((pos * 0x9E3779B1) ^ (n << 16) ^ KIND_SET) & 0xFFFFFFFF))
+                    view[pos + 12 : pos + 12 + n] = body
+                    self._commit[0] = end  # the commit point
+                    self._pos = self._seen = end
+                    self._nops += 1
+                    self._index[key] = value
+                    return None
+        finally:
+            tlock.release()
         return self.set(key, value)
 
     def _put(self, pos: int, end: int, body: bytes, n: int) -> None:
