@@ -266,6 +266,7 @@ class KV(MutableMapping[str, Any]):
         self._fast = self._cipher is None and not self._readonly
         self._nops = 0  # operations in the file: with len(index), estimates the live share
         self._seq_base = 0  # operations written before the current file began
+        self._has_ttl = False  # set once any key gets a ttl (len() then checks expiry)
         self._ident = (0, 0)
         self._mode = self._take_mode_lock()
         try:
@@ -615,6 +616,7 @@ class KV(MutableMapping[str, Any]):
                 index[key] = stored
             elif kind == KIND_SET_TTL:
                 index[key] = _Expiring(stored, expiry)
+                self._has_ttl = True
             elif kind == KIND_DEL:
                 index.pop(key, None)
             else:
@@ -1115,6 +1117,7 @@ class KV(MutableMapping[str, Any]):
             expiry = time.time() + ttl
             self._write(KIND_SET_TTL, _F64.pack(expiry) + kb + vb, key,
                         _Expiring(stored, expiry))
+            self._has_ttl = True
 
     def __delitem__(self, key: str) -> None:
         kb = codec.encode_key(key)
@@ -1149,7 +1152,7 @@ class KV(MutableMapping[str, Any]):
     def __len__(self) -> int:
         if self._shared:
             self._poll()
-        if not any(type(v) is _Expiring for v in self._index.values()):
+        if not self._has_ttl:  # no key ever had a ttl: no need to look at every value
             return len(self._index)
         return len(self._live_keys())
 
