@@ -182,3 +182,30 @@ def test_follower_survives_compactions(tmp_path: Path, readonly: bool) -> None:
         assert child.returncode == 0, err
         assert ro["v"] == 3999 and len(ro) == 21
         assert "v" in ro.changed(timeout=1)
+
+
+def test_encrypted_multiprocess_store(tmp_path: Path) -> None:
+    path = tmp_path / "enc.kv"
+    key = bytes(range(32))
+    with KV(path, multiprocess=True, key=key, capacity=4096) as kv:
+        kv["n"] = 0
+        pids = []
+        for _ in range(2):
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    with KV(path, multiprocess=True, key=key, capacity=4096) as mine:
+                        for _ in range(200):
+                            mine.update_with("n", lambda v: v + 1)
+                            mine["pad"] = "secret" * 20
+                    code = 0
+                finally:
+                    os._exit(code)
+            pids.append(pid)
+        for pid in pids:
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+        assert kv["n"] == 400 and kv["pad"] == "secret" * 20
+    assert b"secret" not in path.read_bytes()
+    assert KV.check(path, key=key).ok
