@@ -1,0 +1,438 @@
+"""mmapkit.KV side by side with lmdb, rocksdict, sqlite3 (WAL), dbm, diskcache and shelve.
+
+Cases (16-byte str keys): set int, set 100-byte bytes, get, delete, open+load of a store of
+N keys, RSS bytes per key, file size after two overwrite passes; then the same per-op cases
+with mmapkit in multiprocess mode against the peers that are safe across processes (lmdb,
+sqlite3, diskcache).  Every peer uses one transaction (or commit) per operation, and none
+of them fsyncs per operation: the same promise as ours (survives a crash of the process,
+not of the OS).  Targets: set >= 3x lmdb and >= 1.5x rocksdict, get >= 3x both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dbm
+import os
+import shelve
+import shutil
+import sqlite3
+import struct
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from . import _harness
+
+OURS = _harness.OURS
+_INT = struct.Struct("<q")
+
+
+class Store:
+    """One implementation behind the same five calls."""
+
+    name = ""
+    multiprocess_safe = False
+
+    def __init__(self, path: str, multiprocess: bool = False) -> None:
+        self.path = path
+
+    def set_int(self, k: str, v: int) -> None:
+        raise NotImplementedError
+
+    def set_bytes(self, k: str, v: bytes) -> None:
+        raise NotImplementedError
+
+    def get(self, k: str) -> Any:
+        raise NotImplementedError
+
+    def delete(self, k: str) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class Ours(Store):
+    name = OURS
+    multiprocess_safe = True
+
+    def __init__(self, path: str, multiprocess: bool = False) -> None:
+        from mmapkit.kv import KV
+
+        self.kv = KV(path + ".kv", multiprocess=multiprocess)
+        kv = self.kv
+        self.set_int = kv.__setitem__  # type: ignore[method-assign,assignment]
+        self.set_bytes = kv.__setitem__  # type: ignore[method-assign,assignment]
+        self.get = kv.__getitem__  # type: ignore[method-assign,assignment]
+        self.delete = kv.__delitem__  # type: ignore[method-assign,assignment]
+
+    def close(self) -> None:
+        self.kv.close()
+
+
+class Lmdb(Store):
+    name = "lmdb"
+    multiprocess_safe = True
+
+    def __init__(self, path: str, multiprocess: bool = False) -> None:
+        import lmdb
+
+        self.env = lmdb.open(path + ".lmdb", map_size=1 << 31, sync=False, metasync=False)
+
+    def set_int(self, k: str, v: int) -> None:
+        with self.env.begin(write=True) as txn:
+            txn.put(k.encode(), _INT.pack(v))
+
+    def set_bytes(self, k: str, v: bytes) -> None:
+        with self.env.begin(write=True) as txn:
+            txn.put(k.encode(), v)
+
+    def get(self, k: str) -> Any:
+        with self.env.begin() as txn:
+            return txn.get(k.encode())
+
+    def delete(self, k: str) -> None:
+        with self.env.begin(write=True) as txn:
+            txn.delete(k.encode())
+
+    def close(self) -> None:
+        self.env.close()
+
+
+class Rocks(Store):
+    name = "rocksdict"
+
+    def __init__(self, path: str, multiprocess: bool = False) -> None:
+        import rocksdict
+
+        self.db = rocksdict.Rdict(path + ".rocks")
+
+    def set_int(self, k: str, v: Any) -> None:
+        self.db[k] = v
+
+    def set_bytes(self, k: str, v: bytes) -> None:
+        self.set_int(k, v)
+
+    def get(self, k: str) -> Any:
+        return self.db[k]
+
+    def delete(self, k: str) -> None:
+        del self.db[k]
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class Sqlite(Store):
+    name = "sqlite3 WAL"
+    multiprocess_safe = True
+
+    def __init__(self, path: str, multiprocess: bool = False) -> None:
+        self.db = sqlite3.connect(path + ".sqlite", isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v) WITHOUT ROWID")
+
+    def set_int(self, k: str, v: Any) -> None:
+        self.db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (k, v))
+
+    def set_bytes(self, k: str, v: bytes) -> None:
+        self.set_int(k, v)
+
+    def get(self, k: str) -> Any:
+        return self.db.execute("SELECT v FROM kv WHERE k = ?", (k,)).fetchone()[0]
+
+    def delete(self, k: str) -> None:
+        self.db.execute("DELETE FROM kv WHERE k = ?", (k,))
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class Dbm(Store):
+    name = "dbm"
+
+    def __init__(self, path: str, multiprocess: bool = False) -> None:
+        self.db: Any = dbm.open(path + ".dbm", "c")  # noqa: SIM115 (closed in close())
+        self.name = f"dbm ({dbm.whichdb(path + '.dbm') or 'dbm'})"
+
+    def set_int(self, k: str, v: int) -> None:
+        self.db[k] = _INT.pack(v)
+
+    def set_bytes(self, k: str, v: bytes) -> None:
+        self.db[k] = v
+
+    def get(self, k: str) -> Any:
+        return self.db[k]
+
+    def delete(self, k: str) -> None:
+        del self.db[k]
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class DiskCache(Store):
+    name = "diskcache"
+    multiprocess_safe = True
+
+    def __init__(self, path: str, multiprocess: bool = False) -> None:
+        import diskcache
+
+        self.db = diskcache.Cache(path + ".diskcache")
+
+    def set_int(self, k: str, v: Any) -> None:
+        self.db[k] = v
+
+    def set_bytes(self, k: str, v: bytes) -> None:
+        self.set_int(k, v)
+
+    def get(self, k: str) -> Any:
+        return self.db[k]
+
+    def delete(self, k: str) -> None:
+        del self.db[k]
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class Shelve(Store):
+    name = "shelve"
+
+    def __init__(self, path: str, multiprocess: bool = False) -> None:
+        self.db = shelve.open(path + ".shelve")  # noqa: SIM115 (closed in close())
+
+    def set_int(self, k: str, v: Any) -> None:
+        self.db[k] = v
+
+    def set_bytes(self, k: str, v: bytes) -> None:
+        self.set_int(k, v)
+
+    def get(self, k: str) -> Any:
+        return self.db[k]
+
+    def delete(self, k: str) -> None:
+        del self.db[k]
+
+    def close(self) -> None:
+        self.db.close()
+
+
+IMPLS: list[type[Store]] = [Ours, Lmdb, Rocks, Sqlite, Dbm, DiskCache, Shelve]
+
+
+def _size(path: str) -> int:
+    """Bytes on disk of everything the store made next to ``path``."""
+    base = os.path.dirname(path)
+    total = 0
+    for name in os.listdir(base):
+        full = os.path.join(base, name)
+        if not name.startswith(os.path.basename(path)):
+            continue
+        if os.path.isdir(full):
+            for root, _, files in os.walk(full):
+                total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+        else:
+            total += os.path.getsize(full)
+    return total
+
+
+@contextlib.contextmanager
+def _opened(cls: type[Store], tmp: str, tag: str, multiprocess: bool = False) -> Iterator[Store]:
+    d = tempfile.mkdtemp(dir=tmp)
+    store = cls(os.path.join(d, tag), multiprocess)
+    try:
+        yield store
+    finally:
+        store.close()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _sized(fn: Callable[[list[str]], None], keys: list[str], budget: float) -> list[str]:
+    """The prefix of ``keys`` that ``fn`` gets through in about ``budget`` seconds.
+
+    Some peers run at a thousand deletes per second: they are measured on fewer keys
+    rather than stalling the run (rates are per operation either way).
+    """
+    probe = keys[:500]
+    t0 = time.perf_counter()
+    fn(probe)
+    rate = len(probe) / max(time.perf_counter() - t0, 1e-9)
+    return keys[: min(len(keys), max(len(probe), int(rate * budget)))]
+
+
+def _ops_cases(report: _harness.Report, cls: type[Store], tmp: str, n: int, repeat: int,
+               multiprocess: bool, budget: float) -> None:
+    suffix = " (multiprocess)" if multiprocess else ""
+    all_keys = [f"{i:016d}" for i in range(n)]
+    payload = b"v" * 100
+    with _opened(cls, tmp, "ops", multiprocess) as s:
+        name = s.name
+        set_int, set_bytes, get, delete = s.set_int, s.set_bytes, s.get, s.delete
+
+        def do_set_int(keys: list[str]) -> None:
+            for k in keys:
+                set_int(k, 12345)
+
+        def do_set_bytes(keys: list[str]) -> None:
+            for k in keys:
+                set_bytes(k, payload)
+
+        def do_get(keys: list[str]) -> None:
+            for k in keys:
+                get(k)
+
+        def do_delete(keys: list[str]) -> None:
+            for k in keys:
+                delete(k)
+
+        written = 0
+        for case, fn in (("set int", do_set_int), ("set 100 B", do_set_bytes),
+                         ("get", do_get)):
+            keys = _sized(fn, all_keys, budget)
+            if fn is do_get:
+                keys = keys[:written]  # only keys the sets wrote
+            written = max(written, len(keys))
+            report.add(case + suffix, name,
+                       _harness.rate(lambda fn=fn, keys=keys: fn(keys),  # type: ignore[misc]
+                                     len(keys), repeat), "ops/s")
+        do_set_bytes(all_keys[:500])
+        keys = _sized(do_delete, all_keys, budget)
+        rates = []
+        for _ in range(repeat):
+            do_set_bytes(keys)
+            t0 = time.perf_counter()
+            do_delete(keys)
+            rates.append(len(keys) / (time.perf_counter() - t0))
+        report.add("delete" + suffix, name, rates, "ops/s")
+
+
+def _fill(cls: type[Store], path: str, n: int, passes: int = 1) -> str:
+    s = cls(path)
+    name = s.name
+    payload = b"v" * 100
+    for _ in range(passes):
+        for i in range(n):
+            s.set_bytes(f"{i:016d}", payload)
+    s.close()
+    return name
+
+
+def _load_case(report: _harness.Report, cls: type[Store], tmp: str, n: int,
+               repeat: int) -> None:
+    d = tempfile.mkdtemp(dir=tmp)
+    try:
+        path = os.path.join(d, "load")
+        name = _fill(cls, path, n)
+        probe = f"{n - 1:016d}"
+
+        def open_and_get() -> None:
+            s = cls(path)
+            s.get(probe)
+            s.close()
+
+        label = f"open+load {n // 1000}k keys"
+        report.add(label, name, _harness.timings(open_and_get, repeat), "s",
+                   higher_is_better=False)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _size_case(report: _harness.Report, cls: type[Store], tmp: str, n: int) -> None:
+    d = tempfile.mkdtemp(dir=tmp)
+    try:
+        path = os.path.join(d, "size")
+        name = _fill(cls, path, n, passes=3)
+        report.add("file bytes after 2 overwrite passes", name, [_size(path)], "bytes",
+                   higher_is_better=False)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+_RSS_CHILD = """
+import os, sys
+sys.path[:0] = sys.argv[4:]
+from bench.kv import IMPLS
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+cls = [c for c in IMPLS if c.__name__ == sys.argv[1]][0]
+n = int(sys.argv[3])
+before = rss()
+s = cls(sys.argv[2])
+for i in range(n):
+    s.get(f"{i:016d}")
+print((rss() - before) / n)
+"""
+
+
+def _rss_case(report: _harness.Report, cls: type[Store], tmp: str, n: int) -> None:
+    if not sys.platform.startswith("linux"):
+        return
+    d = tempfile.mkdtemp(dir=tmp)
+    try:
+        path = os.path.join(d, "rss")
+        name = _fill(cls, path, n)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        out = subprocess.run([sys.executable, "-c", textwrap.dedent(_RSS_CHILD), cls.__name__,
+                              path, str(n), root], capture_output=True, text=True, timeout=300)
+        if out.returncode == 0:
+            report.add("RSS bytes per key (all read)", name, [float(out.stdout)], "bytes",
+                       higher_is_better=False)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _available(cls: type[Store], tmp: str) -> str | None:
+    try:
+        with _opened(cls, tmp, "probe"):
+            return None
+    except ImportError as exc:
+        return f"not installed ({exc.name})"
+
+
+def run(report: _harness.Report, args: argparse.Namespace) -> None:
+    n = 20_000 if args.quick else 100_000
+    big = 0 if args.quick else 1_000_000
+    repeat = args.repeat
+    budget = 0.3 if args.quick else 2.0
+    with tempfile.TemporaryDirectory(prefix="mmapkit-bench-kv-") as tmp:
+        impls: list[type[Store]] = []
+        for cls in IMPLS:
+            if not _harness.wanted(args, cls.name):
+                continue
+            why = _available(cls, tmp)
+            if why:
+                report.skip(cls.name, why)
+            else:
+                impls.append(cls)
+        for cls in impls:
+            _ops_cases(report, cls, tmp, n, repeat, multiprocess=False, budget=budget)
+        for cls in impls:
+            if cls.multiprocess_safe:
+                _ops_cases(report, cls, tmp, n, repeat, multiprocess=True, budget=budget)
+        for cls in impls:
+            _load_case(report, cls, tmp, n, max(1, repeat // 2))
+            if big and cls in (Ours, Lmdb, Rocks, Sqlite):
+                _load_case(report, cls, tmp, big, 1)
+            _size_case(report, cls, tmp, n)
+            _rss_case(report, cls, tmp, n)
+    for case in ("set int", "set 100 B"):
+        report.target(case, "lmdb", ">=", 3.0)
+        report.target(case, "rocksdict", ">=", 1.5)
+    report.target("get", "lmdb", ">=", 3.0)
+    report.target("get", "rocksdict", ">=", 3.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return _harness.main_for("kv", run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

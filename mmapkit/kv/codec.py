@@ -1,0 +1,572 @@
+"""The KV file format as pure functions over bytes-like objects (no mmap, no I/O).
+
+Design rules:
+
+- A KV file is a 128-byte header followed by an append-only run of framed records.  The
+  store (``store.py``) maps the file and calls these functions; nothing here knows about
+  files, locks or processes, so every decoder is tested whole, byte by byte, cut at every
+  offset and fuzzed.
+- Every record carries its own CRC-32, seeded with the record's file offset, kind, flags
+  and length: a record copied to another offset, a torn record, or a record header with a
+  flipped length never verifies.  One damaged record costs that record only: ``scan``
+  resynchronises on the next 8-byte boundary where a valid record starts.
+- Values keep their Python type through a small tagged encoding (never pickle unless the
+  caller passes ``serializer=``).  Decoding garbage raises :class:`CorruptFileError`,
+  never ``struct.error``/``IndexError``/``UnicodeDecodeError``/``RecursionError``.
+- All integers little-endian.  The layout is documented byte by byte in docs/formats.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+from ..errors import CorruptFileError, ForeignFileError, FormatVersionError
+
+__all__ = [
+    "DATA_START",
+    "HEADER_SIZE",
+    "KEY_MAX",
+    "KIND_BATCH",
+    "KIND_CLEAR",
+    "KIND_DEL",
+    "KIND_SET",
+    "KIND_SET_TTL",
+    "MAGIC",
+    "SUPERSEDED",
+    "VERSION",
+    "Header",
+    "Record",
+    "Scan",
+    "Serializer",
+    "build_header",
+    "decode_value",
+    "encode_key",
+    "encode_record",
+    "encode_value",
+    "from_json_value",
+    "iter_ops",
+    "parse_header",
+    "record_size",
+    "scan",
+    "to_json_value",
+]
+
+# --- file header (128 bytes) ------------------------------------------------------------
+MAGIC = b"MMKITKV\x00"
+VERSION = 1
+HEADER_SIZE = 128
+DATA_START = HEADER_SIZE
+FLAG_ENCRYPTED = 1
+_FIXED = struct.Struct("<8sHHIQQ32s")  # magic, version, flags, crc, salt, created_ns, keycheck
+OFF_COMMIT = 64  # u64: end of committed records (bits 0..47), bit 63 = superseded
+OFF_SEQ = 72  # u64: commits made to this file
+OFF_COMPACTIONS = 80  # u32: compactions behind this file
+OFF_WAITERS = 84  # u32: non-zero while some process sleeps in changed()
+END_MASK = (1 << 48) - 1
+SUPERSEDED = 1 << 63
+
+# --- records ------------------------------------------------------------------------------
+REC_MAGIC = 0x4B56  # b"VK" little-endian
+_REC = struct.Struct("<HBBII")  # magic, kind, flags, body length, crc32
+REC_HEADER = _REC.size  # 12
+REC_FLAG_ENCRYPTED = 1
+KIND_SET = 1  # u16 key length, key, value
+KIND_SET_TTL = 2  # f64 expiry (unix time), u16 key length, key, value
+KIND_DEL = 3  # u16 key length, key
+KIND_CLEAR = 4  # empty body
+KIND_BATCH = 5  # entries: u8 kind, u32 length, body (kinds 1..4)
+_KINDS = frozenset((KIND_SET, KIND_SET_TTL, KIND_DEL, KIND_CLEAR, KIND_BATCH))
+KEY_MAX = 1024  # bytes of UTF-8
+BODY_MAX = (1 << 32) - 1
+
+_U16 = struct.Struct("<H")
+_F64 = struct.Struct("<d")
+_TTL = struct.Struct("<dH")
+_ENTRY = struct.Struct("<BI")
+
+
+class Serializer(Protocol):
+    """What ``serializer=`` must offer (the ``pickle`` module fits)."""
+
+    def dumps(self, obj: Any) -> bytes: ...
+
+    def loads(self, data: bytes) -> Any: ...
+
+
+def _seed(offset: int, kind: int, flags: int, length: int) -> int:
+    return ((offset * 0x9E3779B1) ^ (length << 16) ^ (flags << 8) ^ kind) & 0xFFFFFFFF
+
+
+def record_size(body_len: int) -> int:
+    """Bytes a record with a body of ``body_len`` bytes takes in the file (8-aligned)."""
+    return (REC_HEADER + body_len + 7) & ~7
+
+
+def encode_record(kind: int, body: bytes, offset: int, flags: int = 0) -> bytes:
+    """The framed, padded record that will sit at file ``offset``."""
+    n = len(body)
+    if n > BODY_MAX:
+        raise ValueError(f"a record body of {n} bytes exceeds the 4 GiB format limit")
+    crc = zlib.crc32(body, _seed(offset, kind, flags, n))
+    pad = (-(REC_HEADER + n)) & 7
+    return _REC.pack(REC_MAGIC, kind, flags, n, crc) + body + b"\0" * pad
+
+
+class Record(NamedTuple):
+    offset: int
+    kind: int
+    flags: int
+    body: bytes
+
+    @property
+    def size(self) -> int:
+        return record_size(len(self.body))
+
+
+@dataclass(frozen=True)
+class Scan:
+    """What :func:`scan` found between ``start`` and ``end``.
+
+    ``next`` is just past the last good record (where an appender continues), ``damaged``
+    lists ``(start, stop)`` byte ranges skipped because a later record verified again, and
+    ``tail`` counts the bytes from ``next`` to ``end`` that hold no verifiable record (zeros
+    of free space, or a torn write).
+    """
+
+    records: tuple[Record, ...]
+    next: int
+    damaged: tuple[tuple[int, int], ...]
+    tail: int
+
+    @property
+    def damaged_bytes(self) -> int:
+        return sum(b - a for a, b in self.damaged)
+
+
+def _record_at(buf: Any, pos: int, end: int) -> Record | None:
+    if pos + REC_HEADER > end:
+        return None
+    magic, kind, flags, n, crc = _REC.unpack_from(buf, pos)
+    if magic != REC_MAGIC or kind not in _KINDS or flags > 1:
+        return None
+    stop = pos + REC_HEADER + n
+    if pos + ((REC_HEADER + n + 7) & ~7) > end:  # the padding belongs to the record too
+        return None
+    body = bytes(buf[pos + REC_HEADER : stop])
+    if zlib.crc32(body, _seed(pos, kind, flags, n)) != crc:
+        return None
+    return Record(pos, kind, flags, body)
+
+
+def scan(buf: Any, start: int, end: int | None = None, *, resync: bool = True) -> Scan:
+    """Verify and collect the records of ``buf[start:end]`` (offsets are file offsets).
+
+    With ``resync`` a record that does not verify is skipped: the scan looks for the next
+    8-byte boundary where a record verifies and reports the bytes in between as damaged.
+    Without ``resync`` it stops at the first record that does not verify.
+    """
+    view = memoryview(buf)
+    try:
+        if end is None or end > view.nbytes:
+            end = view.nbytes
+        records: list[Record] = []
+        damaged: list[tuple[int, int]] = []
+        pos = start
+        good_end = start
+        unpack, kinds, append = _REC.unpack_from, _KINDS, records.append
+        while pos < end:
+            # _record_at() inlined: opening a store runs this once per record.
+            if pos + REC_HEADER <= end:
+                magic, kind, flags, n, crc = unpack(view, pos)
+                nxt = pos + ((REC_HEADER + n + 7) & ~7)
+                if magic == REC_MAGIC and kind in kinds and flags <= 1 and nxt <= end:
+                    body = view[pos + REC_HEADER : pos + REC_HEADER + n].tobytes()
+                    seed = ((pos * 0x9E3779B1) ^ (n << 16) ^ (flags << 8) ^ kind) & 0xFFFFFFFF
+                    if zlib.crc32(body, seed) == crc:
+                        append(Record(pos, kind, flags, body))
+                        pos = good_end = nxt
+                        continue
+            if not resync:
+                break
+            q = _resync(view, pos + 8, end)
+            if q is None:
+                break
+            damaged.append((pos, q))
+            pos = q
+        return Scan(tuple(records), good_end, tuple(damaged), max(end - good_end, 0))
+    finally:
+        view.release()
+
+
+def _resync(view: memoryview, pos: int, end: int) -> int | None:
+    marker = _U16.pack(REC_MAGIC)
+    raw = view.obj if isinstance(view.obj, (bytes, bytearray)) else view
+    while pos + REC_HEADER <= end:
+        hit = _find(raw, marker, pos, end)
+        if hit < 0:
+            return None
+        if hit % 8:
+            pos = hit + (8 - hit % 8)
+            continue
+        if _record_at(view, hit, end) is not None:
+            return hit
+        pos = hit + 8
+    return None
+
+
+def _find(raw: Any, marker: bytes, pos: int, end: int) -> int:
+    if isinstance(raw, (bytes, bytearray)):
+        return raw.find(marker, pos, end)
+    # memoryviews have no find(): search a copied window (only on damaged files).
+    chunk = bytes(raw[pos:end])
+    i = chunk.find(marker)
+    return -1 if i < 0 else pos + i
+
+
+# --- record bodies ------------------------------------------------------------------------
+
+
+def encode_key(key: str) -> bytes:
+    """UTF-8 of ``key`` with its u16 length in front; TypeError/ValueError for bad keys."""
+    if not isinstance(key, str):
+        raise TypeError(f"KV keys are str, not {type(key).__name__}")
+    kb = key.encode("utf-8", "surrogatepass")
+    if len(kb) > KEY_MAX:
+        raise ValueError(f"key of {len(kb)} UTF-8 bytes exceeds the {KEY_MAX}-byte limit; "
+                         "use a shorter key (e.g. a hash of it)")
+    return _U16.pack(len(kb)) + kb
+
+
+def _key_at(body: bytes, pos: int) -> tuple[str, int]:
+    (n,) = _U16.unpack_from(body, pos)
+    end = pos + 2 + n
+    if end > len(body):
+        raise ValueError("key runs past the record")
+    return body[pos + 2 : end].decode("utf-8", "surrogatepass"), end
+
+
+Op = tuple[int, str, bytes, float]  # kind, key, encoded value (b"" for del/clear), expiry
+
+
+def iter_ops(kind: int, body: bytes) -> Iterator[Op]:
+    """The operations of one verified record body, in order.
+
+    Raises :class:`CorruptFileError` when the body does not parse (a record written by a
+    bug or a hostile file: its CRC verified but its contents are not ours).
+    """
+    try:
+        if kind == KIND_BATCH:
+            pos = 0
+            n = len(body)
+            ops: list[Op] = []
+            while pos < n:
+                sub, length = _ENTRY.unpack_from(body, pos)
+                pos += _ENTRY.size
+                if sub == KIND_BATCH or sub not in _KINDS or pos + length > n:
+                    raise ValueError("bad batch entry")
+                ops.append(_one_op(sub, body[pos : pos + length]))
+                pos += length
+            yield from ops
+        else:
+            yield _one_op(kind, body)
+    except (struct.error, ValueError, UnicodeDecodeError) as exc:
+        raise CorruptFileError(f"record body does not parse: {exc}") from None
+
+
+def _one_op(kind: int, body: bytes) -> Op:
+    if kind == KIND_SET:
+        key, pos = _key_at(body, 0)
+        return (kind, key, body[pos:], 0.0)
+    if kind == KIND_SET_TTL:
+        (expiry,) = _F64.unpack_from(body, 0)
+        key, pos = _key_at(body, 8)
+        return (kind, key, body[pos:], expiry)
+    if kind == KIND_DEL:
+        key, pos = _key_at(body, 0)
+        if pos != len(body):
+            raise ValueError("trailing bytes after a deleted key")
+        return (kind, key, b"", 0.0)
+    if kind == KIND_CLEAR:
+        if body:
+            raise ValueError("clear record with a body")
+        return (kind, "", b"", 0.0)
+    raise ValueError(f"unknown record kind {kind}")
+
+
+def set_body(kb: bytes, vb: bytes, expiry: float | None = None) -> tuple[int, bytes]:
+    """(kind, body) of a set; ``kb`` from :func:`encode_key`, ``vb`` from encode_value."""
+    if expiry is None:
+        return KIND_SET, kb + vb
+    return KIND_SET_TTL, _F64.pack(expiry) + kb + vb
+
+
+def batch_body(entries: list[tuple[int, bytes]]) -> bytes:
+    return b"".join(_ENTRY.pack(kind, len(body)) + body for kind, body in entries)
+
+
+# --- values -------------------------------------------------------------------------------
+T_NONE, T_FALSE, T_TRUE, T_INT, T_BIGINT, T_FLOAT = 0, 1, 2, 3, 4, 5
+T_STR, T_BYTES, T_LIST, T_TUPLE, T_DICT, T_CUSTOM = 6, 7, 8, 9, 10, 11
+_TI = struct.Struct("<Bq")
+_TF = struct.Struct("<Bd")
+_TL = struct.Struct("<BI")
+_I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
+MAX_DEPTH = 100
+SCALAR_TAGS = frozenset((T_NONE, T_FALSE, T_TRUE, T_INT, T_BIGINT, T_FLOAT, T_STR, T_BYTES))
+
+
+def encode_value(value: Any, serializer: Serializer | None = None) -> bytes:
+    """Tagged bytes for ``value`` (see docs/formats.md); TypeError for unsupported types."""
+    t = type(value)
+    if t is int:
+        if _I64_MIN <= value <= _I64_MAX:
+            return _TI.pack(T_INT, value)
+    elif t is str:
+        b: bytes = value.encode("utf-8", "surrogatepass")
+        return _TL.pack(T_STR, len(b)) + b
+    elif t is bytes:
+        raw: bytes = value
+        return _TL.pack(T_BYTES, len(raw)) + raw
+    elif t is float:
+        return _TF.pack(T_FLOAT, value)
+    elif value is None:
+        return b"\x00"
+    elif t is bool:
+        return b"\x02" if value else b"\x01"
+    out: list[bytes] = []
+    _encode_into(value, out, serializer, 0, set())
+    return b"".join(out)
+
+
+def _encode_into(value: Any, out: list[bytes], ser: Serializer | None, depth: int,
+                 active: set[int]) -> None:
+    if depth > MAX_DEPTH:
+        raise ValueError(f"value nests deeper than {MAX_DEPTH} levels")
+    if value is None:
+        out.append(b"\x00")
+    elif value is True:
+        out.append(b"\x02")
+    elif value is False:
+        out.append(b"\x01")
+    elif isinstance(value, int):
+        v = int(value)
+        if _I64_MIN <= v <= _I64_MAX:
+            out.append(_TI.pack(T_INT, v))
+        else:
+            raw = v.to_bytes((v.bit_length() + 8) // 8, "little", signed=True)
+            out.append(_TL.pack(T_BIGINT, len(raw)) + raw)
+    elif isinstance(value, float):
+        out.append(_TF.pack(T_FLOAT, float(value)))
+    elif isinstance(value, str):
+        b = str(value).encode("utf-8", "surrogatepass")
+        out.append(_TL.pack(T_STR, len(b)) + b)
+    elif isinstance(value, (bytes, bytearray, memoryview)):
+        b = bytes(value)
+        out.append(_TL.pack(T_BYTES, len(b)) + b)
+    elif isinstance(value, (list, tuple, dict)):
+        if id(value) in active:
+            raise ValueError("cannot store a value that contains itself")
+        active.add(id(value))
+        if isinstance(value, dict):
+            out.append(_TL.pack(T_DICT, len(value)))
+            for k, v in value.items():
+                if isinstance(k, (list, dict)):
+                    raise TypeError("dict keys must be hashable scalars or tuples")
+                _encode_into(k, out, ser, depth + 1, active)
+                _encode_into(v, out, ser, depth + 1, active)
+        else:
+            out.append(_TL.pack(T_TUPLE if isinstance(value, tuple) else T_LIST, len(value)))
+            for item in value:
+                _encode_into(item, out, ser, depth + 1, active)
+        active.discard(id(value))
+    elif ser is not None:
+        b = ser.dumps(value)
+        out.append(_TL.pack(T_CUSTOM, len(b)) + b)
+    else:
+        raise TypeError(
+            f"KV cannot store a {type(value).__name__} safely; store None/bool/int/float/str/"
+            "bytes or list/tuple/dict of them, or open the KV with serializer= (e.g. pickle) "
+            "to store other objects")
+
+
+def decode_value(data: Any, serializer: Serializer | None = None) -> Any:
+    """The value encoded in ``data`` (exactly, no trailing bytes); CorruptFileError if bad."""
+    buf = bytes(data)
+    try:
+        value, pos = _decode_at(buf, 0, serializer, 0)
+    except (struct.error, ValueError, UnicodeDecodeError, IndexError, TypeError,
+            OverflowError, RecursionError) as exc:
+        raise CorruptFileError(f"value does not decode: {exc}") from None
+    if pos != len(buf):
+        raise CorruptFileError(f"value has {len(buf) - pos} trailing bytes")
+    return value
+
+
+def _decode_at(buf: bytes, pos: int, ser: Serializer | None, depth: int) -> tuple[Any, int]:
+    if depth > MAX_DEPTH:
+        raise ValueError(f"value nests deeper than {MAX_DEPTH} levels")
+    tag = buf[pos]
+    if tag == T_INT:
+        return _TI.unpack_from(buf, pos)[1], pos + 9
+    if tag == T_NONE:
+        return None, pos + 1
+    if tag == T_TRUE:
+        return True, pos + 1
+    if tag == T_FALSE:
+        return False, pos + 1
+    if tag == T_FLOAT:
+        return _TF.unpack_from(buf, pos)[1], pos + 9
+    _, n = _TL.unpack_from(buf, pos)
+    pos += 5
+    if tag in (T_STR, T_BYTES, T_BIGINT, T_CUSTOM):
+        end = pos + n
+        if end > len(buf):
+            raise ValueError("value runs past its record")
+        raw = buf[pos:end]
+        if tag == T_STR:
+            return raw.decode("utf-8", "surrogatepass"), end
+        if tag == T_BYTES:
+            return raw, end
+        if tag == T_BIGINT:
+            return int.from_bytes(raw, "little", signed=True), end
+        if ser is None:
+            raise ValueError("value was stored with serializer=; open the KV with the same "
+                             "serializer to read it")
+        return ser.loads(raw), end
+    if n > len(buf) - pos:  # every item takes at least one byte
+        raise ValueError("container count runs past its record")
+    if tag in (T_LIST, T_TUPLE):
+        items = []
+        for _ in range(n):
+            item, pos = _decode_at(buf, pos, ser, depth + 1)
+            items.append(item)
+        return (tuple(items) if tag == T_TUPLE else items), pos
+    if tag == T_DICT:
+        d: dict[Any, Any] = {}
+        for _ in range(n):
+            k, pos = _decode_at(buf, pos, ser, depth + 1)
+            v, pos = _decode_at(buf, pos, ser, depth + 1)
+            d[k] = v  # an unhashable key raises TypeError: reported as corrupt
+        return d, pos
+    raise ValueError(f"unknown value tag {tag}")
+
+
+# --- header -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Header:
+    version: int
+    flags: int
+    salt: int
+    created_ns: int
+    keycheck: bytes
+    commit: int
+    seq: int
+    compactions: int
+    crc_ok: bool
+
+    @property
+    def end(self) -> int:
+        return self.commit & END_MASK
+
+    @property
+    def superseded(self) -> bool:
+        return bool(self.commit & SUPERSEDED)
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.flags & FLAG_ENCRYPTED)
+
+
+def _header_crc(fixed: bytes) -> int:
+    return zlib.crc32(fixed[16:64], zlib.crc32(fixed[:12]))
+
+
+def build_header(*, flags: int, salt: int, created_ns: int, keycheck: bytes, end: int,
+                 seq: int = 0, compactions: int = 0) -> bytes:
+    fixed = bytearray(_FIXED.pack(MAGIC, VERSION, flags, 0, salt, created_ns,
+                                  keycheck.ljust(32, b"\0")))
+    struct.pack_into("<I", fixed, 12, _header_crc(bytes(fixed)))
+    tail = struct.pack("<QQII", end, seq, compactions, 0)
+    return bytes(fixed) + tail + b"\0" * (HEADER_SIZE - len(fixed) - len(tail))
+
+
+def parse_header(data: Any, *, path: str | None = None) -> Header:
+    """Decode the 128-byte header; Foreign/FormatVersion/CorruptFileError when it is not ours.
+
+    A fixed part that fails its CRC is still returned (``crc_ok=False``) when magic and
+    version are intact, so the records behind it can be salvaged.
+    """
+    raw = bytes(data[:HEADER_SIZE])
+    if len(raw) < HEADER_SIZE:
+        if raw[:8] != MAGIC[: len(raw[:8])]:
+            raise ForeignFileError(f"{path} is not a mmapkit KV file (wrong magic)", path=path)
+        raise CorruptFileError(
+            f"{path} is only {len(raw)} bytes, shorter than the {HEADER_SIZE}-byte KV header; "
+            "it was truncated and nothing in it can be salvaged", path=path, offset=len(raw))
+    magic, version, flags, crc, salt, created, keycheck = _FIXED.unpack_from(raw, 0)
+    if magic != MAGIC:
+        raise ForeignFileError(f"{path} is not a mmapkit KV file (wrong magic {magic!r}); "
+                               "check the path", path=path)
+    if version != VERSION:
+        raise FormatVersionError(
+            f"{path} uses KV format version {version}; this mmapkit reads version {VERSION}. "
+            "Upgrade mmapkit to open it", path=path, found=version, supported=VERSION)
+    commit, seq, compactions, _waiters = struct.unpack_from("<QQII", raw, OFF_COMMIT)
+    return Header(version, flags, salt, created, keycheck, commit, seq, compactions,
+                  crc == _header_crc(raw[:64]))
+
+
+# --- JSON export --------------------------------------------------------------------------
+
+
+def to_json_value(value: Any) -> Any:
+    """A JSON-able form of a KV value that :func:`from_json_value` turns back exactly."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else {"$float": repr(value)}
+    if isinstance(value, bytes):
+        return {"$bytes": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, tuple):
+        return {"$tuple": [to_json_value(v) for v in value]}
+    if isinstance(value, list):
+        return [to_json_value(v) for v in value]
+    if isinstance(value, dict):
+        if all(type(k) is str and not k.startswith("$") for k in value):
+            return {k: to_json_value(v) for k, v in value.items()}
+        return {"$dict": [[to_json_value(k), to_json_value(v)] for k, v in value.items()]}
+    raise TypeError(f"{type(value).__name__} values cannot be exported to JSON")
+
+
+def from_json_value(obj: Any) -> Any:
+    if isinstance(obj, list):
+        return [from_json_value(v) for v in obj]
+    if isinstance(obj, dict):
+        if len(obj) == 1:
+            ((tag, inner),) = obj.items()
+            if tag == "$bytes":
+                return base64.b64decode(inner)
+            if tag == "$tuple":
+                return tuple(from_json_value(v) for v in inner)
+            if tag == "$float":
+                return float(inner)
+            if tag == "$dict":
+                return {_hashable(from_json_value(k)): from_json_value(v) for k, v in inner}
+        return {k: from_json_value(v) for k, v in obj.items()}
+    return obj
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, (list, dict)):
+        raise ValueError("a dict key in the JSON export is not hashable")
+    return value

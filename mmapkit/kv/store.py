@@ -1,0 +1,1609 @@
+"""KV: a crash-safe, multi-process key-value store over one mapped, append-only file.
+
+Design rules:
+
+- The file (format in codec.py and docs/formats.md) is a header and an append-only run of
+  checksummed records.  A write appends one record into the mapping and then stores the
+  new end in the header's *commit word* (one aligned 8-byte store).  A process crash at any
+  instant leaves either the old end (the record is ignored) or the new one (it is whole):
+  the page cache holds every store, so nothing that returned is lost to ``kill -9``.
+- Bytes below the commit word are never rewritten.  Growth extends the file (allocated
+  first, so a full disk is DiskFullError, never SIGBUS).  Compaction writes the live data
+  to a new file, fsyncs it, marks the old file *superseded* (bit 63 of its commit word)
+  and renames the new file over the path.  A crash before the rename leaves the old file
+  whole (the mark is cleared by the next writer that finds the path still names it).
+- In memory: key -> value for immutable values; containers stay encoded (``_Packed``) and
+  are decoded per read so a caller never mutates the cache; ``_Expiring`` wraps ttl values.
+- Modes, enforced with a flock on ``<path>.lock``: single-process holds it exclusive,
+  multiprocess and readonly hold it shared; a mix is refused with ModeConflictError.
+- Multiprocess: writers take an exclusive flock on the data file itself (so a compaction,
+  which replaces the file, hands over to a new lock).  Readers take no lock: each get
+  compares the commit word with the one it last saw (a seqlock-style check of one word),
+  decodes only the appended records, and reloads when the file was superseded.
+- Change notification: the low 32 bits of the commit word change on every commit; waiters
+  sleep on them with a futex (Waiter) and set the waiters word so writers know to wake.
+
+Process-local states of a writer in multiprocess mode:
+
+    ===========  =========================  ==========================================
+    state        event                      action
+    ===========  =========================  ==========================================
+    idle         write / lock() / batch()   flock data file; if superseded: unlock,
+                                            reopen the path, retry; else catch up
+    locked       nested write               depth += 1 (no syscall)
+    locked       record does not fit        grow in place, or compact to a new file
+                                            (lock the new file before it is renamed in)
+    locked       last exit                  unlock
+    ===========  =========================  ==========================================
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import filecmp
+import json
+import os
+import random
+import shutil
+import struct
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Iterable, Iterator, MutableMapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import IO, Any
+from zlib import crc32
+
+from .. import _platform
+from ..errors import (
+    ClosedError,
+    CorruptFileError,
+    DecryptionError,
+    DiskFullError,
+    FormatVersionError,
+    LockTimeout,
+    ModeConflictError,
+    ReadOnlyError,
+)
+from ..lock import FileLock
+from ..region import Region
+from ..wait import Waiter
+from . import codec
+from ._crypto import OVERHEAD, Cipher
+from .codec import (
+    DATA_START,
+    END_MASK,
+    FLAG_ENCRYPTED,
+    HEADER_SIZE,
+    KEY_MAX,
+    KIND_BATCH,
+    KIND_CLEAR,
+    KIND_DEL,
+    KIND_SET,
+    KIND_SET_TTL,
+    OFF_COMMIT,
+    OFF_COMPACTIONS,
+    OFF_WAITERS,
+    REC_FLAG_ENCRYPTED,
+    SUPERSEDED,
+    Record,
+    Serializer,
+)
+
+__all__ = ["KV", "CheckReport", "KVStatistics"]
+
+DEFAULT_CAPACITY = 4 * _platform.PAGE_SIZE
+_MISSING: Any = object()
+_PLAIN = frozenset((int, str, bytes, float, bool, type(None)))
+_F64 = struct.Struct("<d")
+_U16 = struct.Struct("<H")
+_Keys = set[str]
+_REC_PACK = struct.Struct("<HBBII").pack_into
+_REC_UNPACK = struct.Struct("<HBBII").unpack_from
+_REC = struct.Struct("<HBBII")
+_TI, _TL, _TF = struct.Struct("<Bq"), struct.Struct("<BI"), struct.Struct("<Bd")
+_I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
+_WAIT_SLICE = 0.05
+_MODE_GRACE = 0.25  # changed() re-checks at least this often (a lost wake costs latency only)
+
+
+class _Packed:
+    """An encoded container (or serializer) value: decoded on every read."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+class _Expiring:
+    __slots__ = ("expiry", "value")
+
+    def __init__(self, value: Any, expiry: float) -> None:
+        self.value = value
+        self.expiry = expiry
+
+
+class _Closed(dict[str, Any]):
+    """Stands in for the index after close(): every access raises ClosedError."""
+
+    def _closed(self, *a: Any) -> Any:
+        raise ClosedError("the KV is closed; open it again with mmapkit.KV(path)")
+
+    __getitem__ = __contains__ = __iter__ = __len__ = _closed
+    get = items = keys = values = _closed
+
+
+@dataclass(frozen=True)
+class KVStatistics:
+    path: str
+    keys: int
+    live_bytes: int  # bytes the live records would take after a compaction
+    committed_bytes: int  # bytes of records appended so far (header included)
+    file_bytes: int
+    sequence: int  # operations written to the store since it was created
+    compactions: int
+    multiprocess: bool
+    encrypted: bool
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """What :meth:`KV.check` found.  ``ok`` is True when nothing committed is damaged."""
+
+    path: str
+    ok: bool
+    version: int
+    encrypted: bool
+    header_ok: bool
+    superseded: bool
+    records: int
+    keys: int
+    committed_bytes: int
+    file_bytes: int
+    damaged: tuple[tuple[int, int], ...]
+    lost_bytes: int
+    uncommitted_tail_bytes: int
+    problems: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Analysis:
+    header: codec.Header
+    records: tuple[Record, ...]
+    pos: int  # where appending continues
+    damaged: tuple[tuple[int, int], ...]  # committed byte ranges that did not verify
+    problems: tuple[str, ...]
+    dirty_tail: bool  # non-zero bytes after pos (a torn, unacknowledged write)
+
+
+def _fd_path(fd: int) -> str:
+    return f"/proc/self/fd/{fd}" if _platform.IS_LINUX else f"/dev/fd/{fd}"
+
+
+def _analyse(buf: memoryview, hdr: codec.Header) -> _Analysis:
+    """Which records of a mapped file are valid and where appending continues (pure)."""
+    size = buf.nbytes
+    end = hdr.end
+    problems: list[str] = []
+    damaged: list[tuple[int, int]] = []
+    if not hdr.crc_ok:
+        problems.append("the header's fixed part fails its checksum")
+    if end >= DATA_START and end % 8 == 0 and end <= size:
+        s1 = codec.scan(buf, DATA_START, end)
+        damaged += s1.damaged
+        if s1.tail:
+            damaged.append((s1.next, end))
+        s2 = codec.scan(buf, end, size, resync=False)
+        records = s1.records + s2.records
+        pos = s2.next
+    elif end >= DATA_START and end % 8 == 0:
+        s1 = codec.scan(buf, DATA_START, size)
+        damaged += s1.damaged
+        damaged.append((s1.next, end))
+        problems.append(f"the file was cut: it has {size} bytes but {end} were committed")
+        records, pos = s1.records, s1.next
+    else:
+        problems.append(f"the header's end word ({end}) is damaged; scanned the whole file")
+        s1 = codec.scan(buf, DATA_START, size)
+        damaged += s1.damaged
+        records, pos = s1.records, s1.next
+    dirty = pos < size and any(buf[pos : min(size, pos + 16)])
+    if damaged:
+        lost = sum(b - a for a, b in damaged)
+        problems.append(f"{lost} committed bytes in {len(damaged)} range(s) do not verify: "
+                        + ", ".join(f"[{a}, {b})" for a, b in damaged[:8]))
+    return _Analysis(hdr, records, pos, tuple(damaged), tuple(problems), dirty)
+
+
+class KV(MutableMapping[str, Any]):
+    """A persistent ``dict`` of str keys backed by one memory-mapped file.
+
+    ``multiprocess=True`` lets several processes read and write the file at once (all of
+    them must open it so).  ``key=`` (16/24/32 bytes) encrypts every record with AES-GCM.
+    ``capacity`` is the initial (and minimum) file size.  ``readonly=True`` follows the
+    writers of a multiprocess file without writing.  ``recover=True`` (default) opens a
+    damaged file with everything that still verifies and warns (a copy of the damaged file
+    is kept as ``<path>.damaged``); ``recover=False`` raises CorruptFileError instead.
+    ``serializer=`` (e.g. ``pickle``) stores values of other types; without it only
+    None/bool/int/float/str/bytes and lists/tuples/dicts of them are accepted.
+    """
+
+    KEY_MAX = KEY_MAX
+
+    def __init__(self, path: str | os.PathLike[str], *, multiprocess: bool = False,
+                 key: bytes | None = None, capacity: int | None = None,
+                 readonly: bool = False, recover: bool = True,
+                 serializer: Serializer | None = None, lock_timeout: float = 30.0) -> None:
+        self._path = os.path.abspath(os.fspath(path))
+        self._shared = bool(multiprocess or readonly)
+        self._multiprocess = bool(multiprocess)
+        self._readonly = bool(readonly)
+        self._recover = recover
+        self._ser = serializer
+        self._lock_timeout = lock_timeout
+        if capacity is not None and capacity <= HEADER_SIZE:
+            raise ValueError(f"capacity must exceed the {HEADER_SIZE}-byte header")
+        self._min_cap = _platform.align_up(capacity or DEFAULT_CAPACITY)
+        self._cipher = Cipher(key) if key is not None else None
+        self._index: dict[str, Any] = {}
+        self._tlock = threading.RLock()
+        self._depth = 0
+        self._batch: list[tuple[int, bytes]] | None = None
+        self._undo: dict[str, Any] = {}
+        self._undo_all: dict[str, Any] | None = None
+        self._watch_keys: frozenset[str] | None = None
+        self._changes: _Keys | None = None
+        self._pid = os.getpid()
+        self._fd = -1
+        self._region: Region | None = None
+        self._waiter: Waiter | None = None
+        self._pos = DATA_START
+        self._seen = 0
+        self._fast = self._cipher is None and not self._readonly
+        self._nops = 0  # operations in the file: with len(index), estimates the live share
+        self._seq_base = 0  # operations written before the current file began
+        self._has_ttl = False  # set once any key gets a ttl (len() then checks expiry)
+        self._ident = (0, 0)
+        self._mode = self._take_mode_lock()
+        try:
+            self._attach_path(create=not readonly)
+        except BaseException:
+            self._detach()
+            if self._mode is not None:
+                self._mode.close()
+            raise
+
+    # --- opening ------------------------------------------------------------------------
+
+    def _take_mode_lock(self) -> FileLock | None:
+        lockpath = self._path + ".lock"
+        if self._readonly and not os.path.exists(self._path):
+            raise FileNotFoundError(f"no KV file at {self._path}; open it writable once to "
+                                    "create it")
+        try:
+            mode = FileLock(lockpath)
+        except PermissionError:
+            if self._readonly:
+                return None  # a read-only directory: nobody can write here, no lock needed
+            raise
+        try:
+            # A short grace: the kernel may release a just-killed holder's lock a moment
+            # after its parent reaped it (seen here about once in a thousand kill -9s).
+            mode.acquire(shared=self._shared, timeout=_MODE_GRACE)
+        except LockTimeout:
+            other = "multiprocess (or read-only)"
+            try:
+                mode.acquire(shared=True, timeout=0)
+            except LockTimeout:
+                other = "single-process"
+            else:
+                mode.release()
+            mode.close()
+            want = "single-process" if not self._shared else (
+                "read-only" if self._readonly else "multiprocess")
+            raise ModeConflictError(
+                f"{self._path} is open in {other} mode by another process; it cannot also be "
+                f"opened in {want} mode (that loses writes). Open it with multiprocess=True in "
+                "every process that uses it at the same time") from None
+        return mode
+
+    def _attach_path(self, *, create: bool) -> None:
+        """Open the file the path names now, recover it and load the index."""
+        while True:
+            fd = self._open_fd(create)
+            try:
+                if self._attach_fd(fd):
+                    return
+            except BaseException:
+                self._detach()
+                raise
+            self._detach()  # the path was replaced while we waited; open the new file
+
+    def _open_fd(self, create: bool) -> int:
+        flags = (os.O_RDONLY if self._readonly else os.O_RDWR) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            return os.open(self._path, flags)
+        except FileNotFoundError:
+            if not create:
+                raise FileNotFoundError(f"no KV file at {self._path}; open it writable once "
+                                        "to create it") from None
+        self._create_file()
+        return os.open(self._path, flags)
+
+    def _create_file(self) -> None:
+        salt = random.getrandbits(64)
+        keycheck = self._cipher.keycheck(salt) if self._cipher else b""
+        header = codec.build_header(flags=FLAG_ENCRYPTED if self._cipher else 0, salt=salt,
+                                    created_ns=time.time_ns(), keycheck=keycheck,
+                                    end=DATA_START)
+        tmp = f"{self._path}.new-{os.getpid()}-{salt & 0xFFFFFF:06x}"
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
+                     0o644)
+        try:
+            _write_all(fd, header, 0)
+            _platform.ensure_allocated(fd, self._min_cap)
+            os.fsync(fd)
+            try:
+                os.link(tmp, self._path)  # atomic, and never replaces a file made meanwhile
+            except FileExistsError:
+                pass
+            _fsync_dir(self._path)
+        finally:
+            os.close(fd)
+            os.unlink(tmp)
+
+    def _init_empty(self, fd: int) -> None:
+        """Make an empty file (``touch``ed, nothing to lose) a new store, under the lock."""
+        if self._shared:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.fstat(fd).st_size == 0:
+                salt = random.getrandbits(64)
+                _write_all(fd, codec.build_header(
+                    flags=FLAG_ENCRYPTED if self._cipher else 0, salt=salt,
+                    created_ns=time.time_ns(),
+                    keycheck=self._cipher.keycheck(salt) if self._cipher else b"",
+                    end=DATA_START), 0)
+                _platform.ensure_allocated(fd, self._min_cap)
+        finally:
+            if self._shared:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _attach_fd(self, fd: int) -> bool:
+        """Map ``fd`` and load it.  False when the path no longer names this file."""
+        self._fd = fd
+        st = os.fstat(fd)
+        self._ident = (st.st_dev, st.st_ino)
+        if st.st_size == 0 and not self._readonly:
+            self._init_empty(fd)
+        elif st.st_size < HEADER_SIZE:
+            codec.parse_header(os.pread(fd, HEADER_SIZE, 0), path=self._path)
+        self._region = Region.open(_fd_path(fd), readonly=self._readonly)
+        self._bind_views()
+        if self._shared and not self._readonly:
+            self._acquire_flock()
+            try:
+                if self._commit[0] & SUPERSEDED and not self._path_is_mine():
+                    return False
+                self._load()
+            finally:
+                self._release_flock()
+        else:
+            if self._commit[0] & SUPERSEDED and not self._path_is_mine():
+                return False  # replaced again already: follow the path once more
+            self._load()
+        return True
+
+    def _bind_views(self) -> None:
+        assert self._region is not None
+        view = self._region.view
+        self._view = view
+        self._size = view.nbytes
+        self._commit = view[OFF_COMMIT : OFF_COMMIT + 8].cast("Q")
+        self._waitw = view[OFF_WAITERS : OFF_WAITERS + 4].cast("I")
+
+    def _unbind_views(self) -> None:
+        for name in ("_commit", "_waitw"):
+            mv = self.__dict__.pop(name, None)
+            if mv is not None:
+                mv.release()
+        if self._waiter is not None:
+            self._waiter.close()
+            self._waiter = None
+
+    def _detach(self) -> None:
+        self._unbind_views()
+        if self._region is not None:
+            self._region.close()
+            self._region = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def _path_is_mine(self) -> bool:
+        try:
+            st = os.stat(self._path)
+        except FileNotFoundError:
+            return False
+        return (st.st_dev, st.st_ino) == self._ident
+
+    def _load(self) -> None:
+        """Recover the mapped file into a fresh index (writers hold the file lock)."""
+        assert self._region is not None
+        view = self._view
+        hdr = codec.parse_header(view, path=self._path)
+        self._check_key(hdr)
+        self._nops = 0
+        self._seq_base = hdr.seq
+        fast = None if hdr.encrypted else self._fast_load(view, hdr)
+        if fast is not None:
+            # Clean committed region: only what lies beyond it is left to look at.
+            index, self._nops = fast
+            extra = codec.scan(view, hdr.end, view.nbytes, resync=False)
+            size = view.nbytes
+            dirty = extra.next < size and any(view[extra.next : min(size, extra.next + 16)])
+            analysis = _Analysis(hdr, extra.records, extra.next, (), (), dirty)
+        else:
+            analysis = _analyse(view, hdr)
+            index = {}
+        bad: list[tuple[int, int]] = list(analysis.damaged)
+        replay, fast_set = self._replay, _fast_set
+        plain = 0
+        for rec in analysis.records:
+            if rec.kind == KIND_SET and not rec.flags:
+                item = fast_set(rec.body)
+                if item is not None:
+                    index[item[0]] = item[1]
+                    plain += 1
+                    continue
+            try:
+                replay(rec, index, None)
+            except (CorruptFileError, DecryptionError):
+                bad.append((rec.offset, rec.offset + rec.size))
+        self._nops += plain
+        problems = list(analysis.problems)
+        if len(bad) > len(analysis.damaged):
+            problems.append(f"{len(bad) - len(analysis.damaged)} record(s) verify but do not "
+                            "decode or authenticate")
+        if bad or problems:
+            self._report_damage(problems, bad, len(analysis.records))
+        writable = not self._readonly
+        if writable:
+            if analysis.dirty_tail:
+                self._zero_tail(analysis.pos)
+            if not hdr.crc_ok:
+                fixed = codec.build_header(
+                    flags=hdr.flags, salt=hdr.salt, created_ns=hdr.created_ns,
+                    keycheck=hdr.keycheck, end=0)
+                view[:64] = fixed[:64]
+            commit = self._commit[0]
+            if commit & SUPERSEDED:
+                # A compactor died between marking this file and renaming its successor in:
+                # this file is still the store.  Unmark it.
+                self._commit[0] = commit & END_MASK
+            if self._commit[0] != analysis.pos:
+                self._commit[0] = analysis.pos
+        self._pos = analysis.pos
+        # A follower that loaded a file superseded meanwhile must notice on its next read.
+        self._seen = self._commit[0] & END_MASK
+        # The index now holds every value: give the scanned pages back (RSS), they stay in
+        # the page cache and the file.  Safe for shared file mappings.
+        scanned = _platform.align_down(analysis.pos)
+        if scanned:
+            with contextlib.suppress(OSError, ValueError):
+                self._region.advise("dontneed", 0, scanned)
+        old = self._index
+        self._index = index
+        if self._changes is not None:
+            self._note_diff(old, index)
+
+    def _fast_load(self, view: memoryview, hdr: codec.Header) -> tuple[dict[str, Any], int] | None:
+        """Index and operation count of a clean, unencrypted committed region, in one pass.
+
+        Opening replays every record, so the common case skips the general scanner and
+        decoders; anything unusual (damage, odd values) returns None and the careful path
+        (``_analyse`` + ``_replay``) starts over.
+        """
+        end = hdr.end
+        if not hdr.crc_ok or end < DATA_START or end % 8 or end > view.nbytes:
+            return None
+        index: dict[str, Any] = {}
+        unpack = _REC_UNPACK
+        pos = DATA_START
+        nops = 0
+        try:
+            while pos < end:
+                magic, kind, flags, n, crc = unpack(view, pos)
+                nxt = pos + ((19 + n) & ~7)
+                if magic != 0x4B56 or flags or nxt > end:
+                    return None
+                body = view[pos + 12 : pos + 12 + n].tobytes()
+                if crc32(body, ((pos * 0x9E3779B1) ^ (n << 16) ^ kind) & 0xFFFFFFFF) != crc:
+                    return None
+                item = _fast_set(body) if kind == KIND_SET else None
+                if item is not None:
+                    index[item[0]] = item[1]
+                    nops += 1
+                else:
+                    before = self._nops
+                    self._replay(Record(pos, kind, flags, body), index, None)
+                    nops += self._nops - before
+                pos = nxt
+        except (CorruptFileError, DecryptionError, struct.error):
+            return None
+        return index, nops
+
+    def _check_key(self, hdr: codec.Header) -> None:
+        if not hdr.crc_ok:
+            # The flags may be the damaged bytes: let the key check and the records' own
+            # flags decide (an encrypted record read without a key counts as damaged).
+            if self._cipher is not None and not self._cipher.verify(hdr.keycheck, hdr.salt):
+                raise DecryptionError(f"wrong key for {self._path} (or its header is "
+                                      "damaged)", path=self._path)
+            return
+        if hdr.encrypted and self._cipher is None:
+            raise DecryptionError(f"{self._path} is encrypted; open it with key=", path=self._path)
+        if not hdr.encrypted and self._cipher is not None:
+            raise DecryptionError(f"{self._path} is not encrypted but key= was given; open it "
+                                  "without key= and call rekey(key) to encrypt it",
+                                  path=self._path)
+        if self._cipher is not None and not self._cipher.verify(hdr.keycheck, hdr.salt):
+            raise DecryptionError(f"wrong key for {self._path}: the key check does not "
+                                  "authenticate", path=self._path)
+
+    def _report_damage(self, problems: list[str], bad: list[tuple[int, int]],
+                       salvaged: int) -> None:
+        lost = sum(b - a for a, b in bad)
+        msg = f"{self._path} is damaged: " + "; ".join(problems)
+        if not self._recover:
+            raise CorruptFileError(msg + ". Open with recover=True to salvage the rest, or run "
+                                   "KV.repair(path)", path=self._path,
+                                   offset=bad[0][0] if bad else 0, salvaged=salvaged,
+                                   lost=len(bad))
+        kept = ""
+        if not self._readonly:
+            copy = self._path + ".damaged"
+            n = 1
+            while os.path.exists(copy):
+                if filecmp.cmp(copy, self._path, shallow=False):
+                    break  # already kept (another process of a multiprocess store was first)
+                copy = f"{self._path}.damaged.{n}"
+                n += 1
+            else:
+                shutil.copyfile(self._path, copy)
+            kept = f"; the damaged file was copied to {copy}"
+        warnings.warn(f"{msg}. Salvaged {salvaged} record(s), lost {lost} bytes{kept}",
+                      RuntimeWarning, stacklevel=4)
+
+    def _zero_tail(self, pos: int) -> None:
+        data = bytes(self._view[pos:])
+        k = data.find(b"\0" * 64)
+        stop = pos + (len(data) if k < 0 else k)
+        self._view[pos:stop] = bytes(stop - pos)
+
+    # --- replay -------------------------------------------------------------------------
+
+    def _stored(self, vb: bytes) -> Any:
+        tag = vb[0]
+        if tag in codec.SCALAR_TAGS:
+            return codec.decode_value(vb)
+        if tag == codec.T_CUSTOM and self._ser is None:
+            return _Packed(vb)  # readable once a serializer is given; not damage
+        codec.decode_value(vb, self._ser)  # verify now: damage shows at open, not at get
+        return _Packed(vb)
+
+    def _replay(self, rec: Record, index: dict[str, Any], changes: _Keys | None) -> None:
+        body = rec.body
+        if rec.kind == KIND_SET and not rec.flags and changes is None:
+            fast = _fast_set(body)
+            if fast is not None:
+                index[fast[0]] = fast[1]
+                self._nops += 1
+                return
+        if rec.flags & REC_FLAG_ENCRYPTED:
+            if self._cipher is None:
+                raise DecryptionError("encrypted record in a file opened without key=")
+            body = self._cipher.decrypt(body, rec.offset, rec.kind)
+        ops = [(k, key, self._stored(vb) if vb else None, exp)
+               for k, key, vb, exp in codec.iter_ops(rec.kind, body)]
+        self._nops += len(ops)
+        for kind, key, stored, expiry in ops:
+            if kind == KIND_SET:
+                index[key] = stored
+            elif kind == KIND_SET_TTL:
+                index[key] = _Expiring(stored, expiry)
+                self._has_ttl = True
+            elif kind == KIND_DEL:
+                index.pop(key, None)
+            else:
+                if changes is not None:
+                    changes.update(index)
+                index.clear()
+            if changes is not None and kind != KIND_CLEAR:
+                changes.add(key)
+
+    def _note_diff(self, old: dict[str, Any], new: dict[str, Any]) -> None:
+        assert self._changes is not None
+        for k in old.keys() | new.keys():
+            a, b = old.get(k, _MISSING), new.get(k, _MISSING)
+            if a is b:
+                continue
+            if a is _MISSING or b is _MISSING or self._plain(a) != self._plain(b):
+                self._changes.add(k)
+
+    @staticmethod
+    def _plain(v: Any) -> Any:
+        if type(v) is _Expiring:
+            return (KV._plain(v.value), v.expiry)
+        if type(v) is _Packed:
+            return v.data
+        return (type(v), v)
+
+    # --- following other processes (multiprocess / readonly) ----------------------------
+
+    def _poll(self) -> None:
+        """Catch up with records other processes committed (no lock, no syscall if none)."""
+        if self._commit[0] != self._seen:
+            with self._tlock:
+                self._catch_up()
+
+    def _catch_up(self, *, ignore_mark: bool = False) -> None:
+        w = self._commit[0]
+        if w == self._seen:
+            return
+        if w & SUPERSEDED and not ignore_mark:
+            self._follow_supersede()
+            return
+        end = w & END_MASK
+        if end > self._size:
+            self._remap()
+        if end > self._pos:
+            found = codec.scan(self._view, self._pos, end)
+            for _ in range(3):
+                # Where stores are not ordered (ARM64) the commit word can arrive before the
+                # record bytes: look again before calling it damage.
+                if not (found.tail or found.damaged):
+                    break
+                time.sleep(0.001)
+                found = codec.scan(self._view, self._pos, end)
+            bad = list(found.damaged)
+            if found.tail:
+                bad.append((found.next, end))
+            for rec in found.records:
+                try:
+                    self._replay(rec, self._index, self._changes)
+                except (CorruptFileError, DecryptionError):
+                    bad.append((rec.offset, rec.offset + rec.size))
+            if bad:
+                warnings.warn(f"{self._path}: records appended by another process do not "
+                              f"verify at {bad[:4]}; they were skipped", RuntimeWarning,
+                              stacklevel=3)
+            self._pos = end
+        self._seen = w
+
+    def _remap(self) -> None:
+        assert self._region is not None
+        size = os.fstat(self._fd).st_size
+        self._unbind_views()
+        self._region.grow(max(size, self._region.size))
+        self._bind_views()
+
+    def _follow_supersede(self) -> None:
+        """Our file was marked superseded: move to the file the path names now."""
+        if self._path_is_mine():
+            # Mid-compaction (rename pending) or its compactor died: the lock settles which.
+            self._acquire_flock()
+            try:
+                mine = self._path_is_mine()
+                if mine and not self._readonly:
+                    self._commit[0] = self._commit[0] & END_MASK
+            finally:
+                self._release_flock()
+            if mine:
+                self._catch_up(ignore_mark=True)
+                return
+        self._reopen()
+
+    def _reopen(self) -> None:
+        with self._tlock:
+            self._detach()
+            self._attach_path(create=False)
+
+    def _acquire_flock(self) -> None:
+        # A bare flock on our own descriptor: threads are already excluded by _tlock, so
+        # FileLock's per-thread bookkeeping would only add cost to every write.
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        deadline = time.monotonic() + self._lock_timeout
+        delay = 0.0001
+        while True:
+            time.sleep(delay)
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise LockTimeout(
+                        f"could not take the write lock of {self._path} within "
+                        f"{self._lock_timeout} s: another process holds it (kv.lock() or a "
+                        f"long batch); retry, or find it with `fuser {self._path}`") from None
+            delay = min(delay * 2, 0.002)
+
+    def _release_flock(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    # --- writer side --------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._region is None:
+            raise ClosedError("the KV is closed; open it again with mmapkit.KV(path)")
+
+    def _enter_write(self) -> None:
+        self._check_open()
+        if self._readonly:
+            raise ReadOnlyError(f"{self._path} was opened with readonly=True; open it without "
+                                "it to write")
+        self._depth += 1
+        if self._depth > 1 or not self._shared:
+            return
+        try:
+            if os.getpid() != self._pid:  # a fork child: get our own descriptor and lock
+                self._pid = os.getpid()
+                self._mode = FileLock(self._path + ".lock")
+                self._mode.acquire(shared=True, timeout=self._lock_timeout)
+                self._reopen()
+            while True:
+                self._acquire_flock()
+                w = self._commit[0]
+                if w & SUPERSEDED and not self._path_is_mine():
+                    self._release_flock()
+                    self._reopen()
+                    continue
+                if w & SUPERSEDED:  # a compactor died before renaming: still the store
+                    self._commit[0] = w & END_MASK
+                self._catch_up()
+                return
+        except BaseException:
+            self._depth -= 1
+            raise
+
+    def _exit_write(self) -> None:
+        self._depth -= 1
+        if self._depth == 0 and self._shared and self._fd >= 0:
+            self._release_flock()
+
+    def _append(self, kind: int, body: bytes, ops: int = 1) -> None:
+        """Append one record and commit it (caller holds the write side)."""
+        cipher = self._cipher
+        need = codec.record_size(len(body) + (OVERHEAD if cipher else 0))
+        if self._pos + need > self._size:
+            self._make_room(need)
+        pos = self._pos
+        if cipher is not None:
+            rec = codec.encode_record(kind, cipher.encrypt(body, pos, kind), pos,
+                                      REC_FLAG_ENCRYPTED)
+        else:
+            rec = codec.encode_record(kind, body, pos)
+        end = pos + len(rec)
+        self._view[pos:end] = rec
+        self._commit[0] = end  # the commit point: one aligned 8-byte store
+        self._pos = self._seen = end
+        self._nops += ops
+        if self._shared and self._waitw[0]:
+            self._waitw[0] = 0
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is None:
+            assert self._region is not None
+            self._waiter = Waiter(self._region, OFF_COMMIT, doorbell=self._path + ".bell"
+                                  if not _platform.HAVE_FUTEX else None)
+        self._waiter.wake()
+
+    def _make_room(self, need: int) -> None:
+        used = self._pos - DATA_START
+        # Encoding every live value costs O(keys): do it only when the share of live
+        # operations says a compaction is likely to halve the file.
+        estimate = used * min(1.0, len(self._index) / max(self._nops, 1))
+        if (estimate + need) * 2 <= used * 1.25:
+            image = self._image(self._cipher)
+            if (image[1] - DATA_START + need) * 2 <= used:
+                # The new file holds twice the live data: room for as much again before
+                # the next compaction (amortized, one re-encoded entry per overwrite).
+                self._rewrite(image, self._cipher, extra=need)
+                return
+        assert self._region is not None
+        least = _platform.align_up(self._pos + need)
+        self._unbind_views()
+        try:
+            try:
+                # 1.5x, not 2x: the file stays nearer its live data between compactions.
+                self._region.grow(max(_platform.align_up(self._size * 3 // 2), least))
+            except DiskFullError:
+                self._region.grow(least)  # the disk is nearly full: use what is left
+        finally:
+            self._bind_views()
+
+    def _live_entries(self) -> list[tuple[int, bytes]]:
+        # Runs over every key at each compaction: the common encodings are inlined.
+        now = time.time()
+        out: list[tuple[int, bytes]] = []
+        append = out.append
+        u16, ti, tl, enc = _U16.pack, _TI.pack, _TL.pack, codec.encode_value
+        for key, stored in self._index.items():
+            kb = key.encode("utf-8", "surrogatepass")
+            kb = u16(len(kb)) + kb
+            kind = KIND_SET
+            if type(stored) is _Expiring:
+                if stored.expiry <= now:
+                    continue
+                kind = KIND_SET_TTL
+                kb = _F64.pack(stored.expiry) + kb
+                stored = stored.value
+            t = type(stored)
+            if t is int and _I64_MIN <= stored <= _I64_MAX:
+                vb = ti(3, stored)
+            elif t is bytes:
+                vb = tl(7, len(stored)) + stored
+            elif t is _Packed:
+                vb = stored.data
+            else:
+                vb = enc(stored)
+            append((kind, kb + vb))
+        return out
+
+    def _image(self, cipher: Cipher | None) -> tuple[list[bytes], int, int]:
+        """Records of every live key laid out from DATA_START: (parts, end, count)."""
+        if cipher is not None:
+            entries = self._live_entries()
+            framed, end = _frame_all(entries, cipher)
+            return framed, end, len(entries)
+        # Unencrypted: _live_entries() and encode_record() fused, as this runs over every
+        # key at each compaction.
+        now = time.time()
+        parts: list[bytes] = []
+        append = parts.append
+        u16, ti, tl, enc, pack = _U16.pack, _TI.pack, _TL.pack, codec.encode_value, _REC.pack
+        pads = [b"\0" * i for i in range(8)]
+        pos = DATA_START
+        for key, stored in self._index.items():
+            kb = key.encode("utf-8", "surrogatepass")
+            head = u16(len(kb)) + kb
+            kind = KIND_SET
+            if type(stored) is _Expiring:
+                if stored.expiry <= now:
+                    continue
+                kind = KIND_SET_TTL
+                head = _F64.pack(stored.expiry) + head
+                stored = stored.value
+            t = type(stored)
+            if t is int and _I64_MIN <= stored <= _I64_MAX:
+                body = head + ti(3, stored)
+            elif t is bytes:
+                body = head + tl(7, len(stored)) + stored
+            elif t is _Packed:
+                body = head + stored.data
+            else:
+                body = head + enc(stored)
+            n = len(body)
+            crc = crc32(body, ((pos * 0x9E3779B1) ^ (n << 16) ^ kind) & 0xFFFFFFFF)
+            pad = (-(12 + n)) & 7
+            append(pack(0x4B56, kind, 0, n, crc) + body + pads[pad])
+            pos += 12 + n + pad
+        return parts, pos, len(parts)
+
+    def _rewrite(self, image: tuple[list[bytes], int, int], cipher: Cipher | None, *,
+                 extra: int = 0, headroom: int = 2) -> None:
+        """Write ``entries`` to a new file and rename it over the path (crash-safe)."""
+        salt = random.getrandbits(64)
+        hdr_compactions = struct.unpack_from("<I", self._view, OFF_COMPACTIONS)[0] + 1
+        parts, pos, count = image
+        header = codec.build_header(
+            flags=FLAG_ENCRYPTED if cipher else 0, salt=salt, created_ns=time.time_ns(),
+            keycheck=cipher.keycheck(salt) if cipher else b"", end=pos,
+            seq=self._seq_base + self._nops - count,
+            compactions=hdr_compactions)
+        live = pos - DATA_START
+        capacity = max(self._min_cap,
+                       _platform.align_up(DATA_START + headroom * (live + extra)))
+        tmp = self._path + ".compact~"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
+                     0o600)
+        marked = renamed = False
+        try:
+            os.fchmod(fd, os.fstat(self._fd).st_mode & 0o7777)
+            try:
+                _write_all(fd, header + b"".join(parts), 0)
+            except OSError as exc:
+                raise _disk_full(exc, tmp) from exc
+            try:
+                _platform.ensure_allocated(fd, capacity)
+            except DiskFullError:  # tight disk: the data and this record, no headroom
+                _platform.ensure_allocated(fd, _platform.align_up(pos + extra))
+            os.fsync(fd)
+            if self._shared:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # nobody writes the new file before we are done
+            self._commit[0] = self._commit[0] | SUPERSEDED
+            marked = True
+            os.rename(tmp, self._path)
+            renamed = True
+            _fsync_dir(self._path)
+        except BaseException:
+            if marked and not renamed:
+                self._commit[0] = self._commit[0] & END_MASK
+            if not renamed:
+                os.close(fd)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+            else:
+                os.close(fd)
+            raise
+        # Wake sleepers on the old file so they move to the new one.
+        with contextlib.suppress(OSError):
+            self._wake()
+        if self._shared:
+            self._release_flock()  # waiters on the old file get it, see the mark, move over
+        self._detach()
+        self._fd = fd
+        st = os.fstat(fd)
+        self._ident = (st.st_dev, st.st_ino)
+        self._region = Region.open(_fd_path(fd))
+        self._bind_views()
+        self._cipher = cipher
+        self._pos = pos
+        self._seen = self._commit[0]
+        self._seq_base += self._nops - count
+        self._nops = count
+
+    def _write(self, kind: int, body: bytes, key: str, stored: Any) -> None:
+        with self._tlock:
+            if self._batch is not None:
+                self._remember(kind, key)
+                self._batch.append((kind, body))
+                self._apply(kind, key, stored)
+                return
+            self._enter_write()
+            try:
+                self._append(kind, body)
+                self._apply(kind, key, stored)
+            finally:
+                self._exit_write()
+
+    def _apply(self, kind: int, key: str, stored: Any) -> None:
+        if kind == KIND_DEL:
+            self._index.pop(key, None)
+        elif kind == KIND_CLEAR:
+            self._index.clear()
+        else:
+            self._index[key] = stored
+
+    def _remember(self, kind: int, key: str) -> None:
+        if kind == KIND_CLEAR:
+            if self._undo_all is None:
+                self._undo_all = dict(self._index)
+        elif key not in self._undo and self._undo_all is None:
+            self._undo[key] = self._index.get(key, _MISSING)
+
+    # --- the mapping API ----------------------------------------------------------------
+
+    def __getitem__(self, key: str) -> Any:
+        if self._shared and self._commit[0] != self._seen:  # the seqlock check
+            self._poll()
+        v = self._index[key]
+        if type(v) in (_Packed, _Expiring):
+            return self._special(key, v)
+        return v
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """``kv[key]``, or ``default`` when the key is missing or expired."""
+        if self._shared and self._commit[0] != self._seen:  # the seqlock check
+            self._poll()
+        v = self._index.get(key, _MISSING)
+        if v is _MISSING:
+            return default
+        if type(v) in (_Packed, _Expiring):
+            try:
+                return self._special(key, v)
+            except KeyError:
+                return default
+        return v
+
+    def _special(self, key: str, v: Any) -> Any:
+        if type(v) is _Expiring:
+            if v.expiry <= time.time():
+                raise KeyError(key)
+            v = v.value
+            if type(v) is not _Packed:
+                return v
+        return codec.decode_value(v.data, self._ser)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        # The hot path: a plain value, unencrypted, not in a batch, and the record fits.
+        # Same bytes as set() -> _append(), with the calls and checks folded in.
+        t = type(value)
+        if not (self._fast and type(key) is str and (t is int or t is bytes or t is str
+                                                     or t is float or t is bool)):
+            return self.set(key, value)
+        try:
+            kb = key.encode()  # strict UTF-8 equals surrogatepass whenever it succeeds
+            if t is int:
+                if not _I64_MIN <= value <= _I64_MAX:
+                    return self.set(key, value)
+                vb = _TI.pack(3, value)
+            elif t is bytes:
+                vb = _TL.pack(7, len(value)) + value
+            elif t is str:
+                raw = value.encode()
+                vb = _TL.pack(6, len(raw)) + raw
+            elif t is float:
+                vb = _TF.pack(5, value)
+            else:
+                vb = b"\x02" if value else b"\x01"
+        except UnicodeEncodeError:  # lone surrogates: the general path encodes them
+            return self.set(key, value)
+        nk = len(kb)
+        if nk > KEY_MAX:
+            return self.set(key, value)  # raises the error that names the limit
+        body = _U16.pack(nk) + kb + vb
+        n = len(body)
+        tlock = self._tlock
+        tlock.acquire()  # not `with`: measurably cheaper on this path
+        try:
+            if self._batch is not None or not self._fast:
+                pass
+            elif self._shared:
+                self._enter_write()
+                try:
+                    pos = self._pos
+                    end = pos + ((19 + n) & ~7)
+                    if end <= self._size:
+                        self._put(pos, end, body, n)
+                        self._index[key] = value
+                        return None
+                finally:
+                    self._exit_write()
+            else:
+                pos = self._pos
+                end = pos + ((19 + n) & ~7)
+                if end <= self._size:  # _put() inlined: the single-process hot path
+                    view = self._view
+                    _REC_PACK(view, pos, 0x4B56, KIND_SET, 0, n, crc32(
+                        body, ((pos * 0x9E3779B1) ^ (n << 16) ^ KIND_SET) & 0xFFFFFFFF))
+                    view[pos + 12 : pos + 12 + n] = body
+                    self._commit[0] = end  # the commit point
+                    self._pos = self._seen = end
+                    self._nops += 1
+                    self._index[key] = value
+                    return None
+        finally:
+            tlock.release()
+        return self.set(key, value)
+
+    def _put(self, pos: int, end: int, body: bytes, n: int) -> None:
+        view = self._view
+        _REC_PACK(view, pos, 0x4B56, KIND_SET, 0, n,
+                  crc32(body, ((pos * 0x9E3779B1) ^ (n << 16) ^ KIND_SET) & 0xFFFFFFFF))
+        view[pos + 12 : pos + 12 + n] = body
+        self._commit[0] = end  # the commit point
+        self._pos = self._seen = end
+        self._nops += 1
+        if self._shared and self._waitw[0]:
+            self._waitw[0] = 0
+            self._wake()
+
+    def set(self, key: str, value: Any, ttl: float | None = None) -> None:
+        """Store ``value`` under ``key``; with ``ttl`` (seconds) it vanishes after that long.
+
+        When set() returns the write survives a crash of this process; call sync() to make
+        it survive an OS crash or power loss too.
+        """
+        kb = codec.encode_key(key)
+        vb = codec.encode_value(value, self._ser)
+        stored = value if type(value) in _PLAIN else self._stored(vb)
+        if ttl is None:
+            self._write(KIND_SET, kb + vb, key, stored)
+        else:
+            if not ttl > 0:
+                raise ValueError(f"ttl must be a positive number of seconds, not {ttl!r}")
+            expiry = time.time() + ttl
+            self._write(KIND_SET_TTL, _F64.pack(expiry) + kb + vb, key,
+                        _Expiring(stored, expiry))
+            self._has_ttl = True
+
+    def __delitem__(self, key: str) -> None:
+        kb = codec.encode_key(key)
+        with self._tlock:
+            self._enter_write()
+            try:
+                v = self._index.get(key, _MISSING)
+                if v is _MISSING or (type(v) is _Expiring and v.expiry <= time.time()):
+                    raise KeyError(key)
+                self._write(KIND_DEL, kb, key, None)
+            finally:
+                self._exit_write()
+
+    def __contains__(self, key: object) -> bool:
+        if self._shared and self._commit[0] != self._seen:  # the seqlock check
+            self._poll()
+        v = self._index.get(key, _MISSING)  # type: ignore[call-overload]
+        if v is _MISSING:
+            return False
+        return type(v) is not _Expiring or v.expiry > time.time()
+
+    def _live_keys(self) -> list[str]:
+        if self._shared:
+            self._poll()
+        now = time.time()
+        return [k for k, v in self._index.items()
+                if type(v) is not _Expiring or v.expiry > now]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._live_keys())
+
+    def __len__(self) -> int:
+        if self._shared:
+            self._poll()
+        if not self._has_ttl:  # no key ever had a ttl: no need to look at every value
+            return len(self._index)
+        return len(self._live_keys())
+
+    def clear(self) -> None:
+        """Remove every key (one record; atomic)."""
+        self._write(KIND_CLEAR, b"", "", None)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        """dict.update(), as one all-or-nothing batch."""
+        with self.batch():
+            super().update(*args, **kwargs)
+
+    # --- groups and locking ---------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[KV]:
+        """Group writes: they become visible and durable together at the end, or not at all.
+
+        In multiprocess mode the file lock is held for the whole block, so the batch also
+        reads other processes' data consistently.  An exception inside undoes the group.
+        """
+        with self._tlock:
+            if self._batch is not None:
+                yield self
+                return
+            self._enter_write()
+            self._batch, self._undo, self._undo_all = [], {}, None
+            try:
+                try:
+                    yield self
+                    entries = self._batch
+                    if entries:
+                        if len(entries) == 1:
+                            self._append(*entries[0])
+                        else:
+                            self._append(KIND_BATCH, codec.batch_body(entries), len(entries))
+                except BaseException:
+                    if self._undo_all is not None:
+                        self._index.clear()
+                        self._index.update(self._undo_all)
+                    for k, old in self._undo.items():
+                        if old is _MISSING:
+                            self._index.pop(k, None)
+                        else:
+                            self._index[k] = old
+                    raise
+            finally:
+                self._batch, self._undo, self._undo_all = None, {}, None
+                self._exit_write()
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[KV]:
+        """Hold the write lock: no other process writes until the block ends.
+
+        Use it for read-modify-write sequences (or use update_with()).
+        """
+        with self._tlock:
+            self._enter_write()
+            try:
+                yield self
+            finally:
+                self._exit_write()
+
+    def update_with(self, key: str, fn: Any, default: Any = None) -> Any:
+        """Atomically replace ``kv[key]`` by ``fn(old)`` (``old`` is ``default`` if missing)."""
+        with self.lock():
+            value = fn(self.get(key, default))
+            self.set(key, value)
+            return value
+
+    # --- durability and maintenance -------------------------------------------------------
+
+    def sync(self) -> None:
+        """Flush the mapped pages to the storage device (survives power loss once it returns)."""
+        with self._tlock:
+            self._check_open()
+            if self._readonly:
+                return
+            assert self._region is not None
+            self._region.sync(0, min(self._size, _platform.align_up(self._pos)))
+
+    def compact(self) -> None:
+        """Rewrite the live data into a new, tight file (atomically replaces the old one)."""
+        with self._tlock:
+            self._enter_write()
+            try:
+                self._rewrite(self._image(self._cipher), self._cipher)
+            finally:
+                self._exit_write()
+
+    def rekey(self, key: bytes | None) -> None:
+        """Re-encrypt the store with a new key (``None``: store it unencrypted)."""
+        cipher = Cipher(key) if key is not None else None
+        with self._tlock:
+            self._enter_write()
+            try:
+                self._rewrite(self._image(cipher), cipher)
+                self._cipher = cipher
+                self._fast = cipher is None
+            finally:
+                self._exit_write()
+
+    def statistics(self) -> KVStatistics:
+        with self._tlock:
+            self._check_open()
+            if self._shared:
+                self._poll()
+            overhead = OVERHEAD if self._cipher else 0
+            live = sum(codec.record_size(len(b) + overhead) for _, b in self._live_entries())
+
+            return KVStatistics(
+                path=self._path, keys=len(self), live_bytes=live, committed_bytes=self._pos,
+                file_bytes=self._size, sequence=self._seq_base + self._nops,
+                compactions=struct.unpack_from("<I", self._view, OFF_COMPACTIONS)[0],
+                multiprocess=self._multiprocess, encrypted=self._cipher is not None)
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    @property
+    def closed(self) -> bool:
+        return self._region is None
+
+    # --- change notification ----------------------------------------------------------------
+
+    def watch(self, keys: Iterable[str] | None = None) -> None:
+        """Start collecting changes made by other processes (to ``keys``, or to any key)."""
+        if not self._shared:
+            raise ValueError("watch() follows other processes' writes; open the KV with "
+                             "multiprocess=True (or readonly=True)")
+        with self._tlock:
+            self._poll()
+            self._watch_keys = None if keys is None else frozenset(keys)
+            self._changes = set()
+
+    def changed(self, timeout: float | None = None) -> _Keys:
+        """Keys other processes changed since the last call; waits up to ``timeout`` s.
+
+        Returns an empty set when the timeout passes with no change.  Sleeps on a futex in
+        the mapped header (no polling of the store).
+        """
+        if self._changes is None:
+            self.watch()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self._check_open()
+            self._poll()
+            with self._tlock:
+                got = self._changes or set()
+                if self._watch_keys is not None:
+                    got &= self._watch_keys
+                self._changes = set()
+            if got:
+                return got
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return set()
+            word = self._commit[0]
+            if not self._readonly:
+                self._waitw[0] = 1
+            if self._commit[0] != word or word != self._seen:
+                continue
+            if self._waiter is None:
+                assert self._region is not None
+                self._waiter = Waiter(self._region, OFF_COMMIT, doorbell=self._path + ".bell"
+                                      if not _platform.HAVE_FUTEX else None)
+            self._waiter.wait(word & 0xFFFFFFFF, _WAIT_SLICE if remaining is None
+                              else min(remaining, _WAIT_SLICE))
+
+    # --- copies, export ---------------------------------------------------------------------
+
+    def backup(self, dst: str | os.PathLike[str]) -> None:
+        """Write a consistent, compacted copy of the store to ``dst`` (while in use)."""
+        with self._tlock:
+            self._check_open()
+            if self._shared:
+                self._poll()
+            entries = self._live_entries()
+            cipher = self._cipher
+            _write_store(os.fspath(dst), entries, cipher, self._min_cap)
+
+    @classmethod
+    def restore(cls, src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
+                key: bytes | None = None) -> None:
+        """Replace the store at ``dst`` by the backup ``src`` (which must verify).
+
+        ``dst`` must not be open anywhere (refused with ModeConflictError).
+        """
+        report = cls.check(src, key=key)
+        if not report.ok:
+            raise CorruptFileError(f"backup {src} is damaged: {'; '.join(report.problems)}",
+                                   path=os.fspath(src))
+        dst = os.path.abspath(os.fspath(dst))
+        mode = FileLock(dst + ".lock")
+        try:
+            if not mode.try_exclusive():
+                raise ModeConflictError(f"{dst} is open in another process; close it there "
+                                        "before restoring over it")
+            tmp = dst + ".restore~"
+            shutil.copyfile(src, tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            if os.path.exists(dst):
+                _mark_superseded(dst)
+            os.replace(tmp, dst)
+            _fsync_dir(dst)
+        finally:
+            mode.close()
+
+    def export_json(self, fp: IO[str] | str | os.PathLike[str]) -> int:
+        """Write every live key as JSON (bytes/tuples/odd floats tagged); returns the count."""
+        with self._tlock:
+            items = {k: codec.to_json_value(self[k]) for k in self._live_keys()}
+        doc = {"format": "mmapkit-kv", "version": 1, "items": items}
+        if isinstance(fp, (str, os.PathLike)):
+            with open(fp, "w", encoding="utf-8") as f:
+                json.dump(doc, f, indent=1, ensure_ascii=False)
+        else:
+            json.dump(doc, fp, indent=1, ensure_ascii=False)
+        return len(items)
+
+    def import_json(self, fp: IO[str] | str | os.PathLike[str]) -> int:
+        """Load an export_json() document (one atomic batch); returns the count."""
+        if isinstance(fp, (str, os.PathLike)):
+            with open(fp, encoding="utf-8") as f:
+                doc = json.load(f)
+        else:
+            doc = json.load(fp)
+        if not isinstance(doc, dict) or doc.get("format") != "mmapkit-kv":
+            raise ValueError("not an mmapkit KV JSON export (no \"format\": \"mmapkit-kv\")")
+        if doc.get("version") != 1:
+            raise FormatVersionError(f"KV JSON export version {doc.get('version')} is newer "
+                                     "than this mmapkit reads (1)", found=doc.get("version", 0),
+                                     supported=1)
+        items = doc.get("items", {})
+        with self.batch():
+            for k, v in items.items():
+                self.set(k, codec.from_json_value(v))
+        return len(items)
+
+    # --- integrity (static) ---------------------------------------------------------------
+
+    @classmethod
+    def check(cls, path: str | os.PathLike[str], *, key: bytes | None = None) -> CheckReport:
+        """Verify every record of the file at ``path``; changes nothing, takes no lock.
+
+        Without ``key`` encrypted records are checked by their CRC only.
+        """
+        path = os.path.abspath(os.fspath(path))
+        cipher = Cipher(key) if key is not None else None
+        with open(path, "rb") as f:
+            data = f.read()
+        view = memoryview(data)
+        hdr = codec.parse_header(view, path=path)
+        problems: list[str] = []
+        if cipher is not None and hdr.encrypted and not cipher.verify(hdr.keycheck, hdr.salt):
+            raise DecryptionError(f"wrong key for {path}", path=path)
+        analysis = _analyse(view, hdr)
+        problems += analysis.problems
+        bad = list(analysis.damaged)
+        keys: dict[str, int] = {}
+        for rec in analysis.records:
+            try:
+                body = rec.body
+                if rec.flags & REC_FLAG_ENCRYPTED:
+                    if cipher is None:
+                        continue
+                    body = cipher.decrypt(body, rec.offset, rec.kind)
+                for kind, k, vb, _ in codec.iter_ops(rec.kind, body):
+                    if vb and vb[0] != codec.T_CUSTOM:
+                        codec.decode_value(vb)
+                    if kind == KIND_DEL:
+                        keys.pop(k, None)
+                    elif kind == KIND_CLEAR:
+                        keys.clear()
+                    else:
+                        keys[k] = 1
+            except (CorruptFileError, DecryptionError) as exc:
+                bad.append((rec.offset, rec.offset + rec.size))
+                problems.append(f"record at {rec.offset}: {exc}")
+        tail = len(data) - analysis.pos if analysis.dirty_tail else 0
+        ok = not bad and not problems
+        return CheckReport(
+            path=path, ok=ok, version=hdr.version, encrypted=hdr.encrypted,
+            header_ok=hdr.crc_ok, superseded=hdr.superseded, records=len(analysis.records),
+            keys=len(keys), committed_bytes=hdr.end, file_bytes=len(data),
+            damaged=tuple(bad), lost_bytes=sum(b - a for a, b in bad),
+            uncommitted_tail_bytes=tail, problems=tuple(problems))
+
+    @classmethod
+    def repair(cls, path: str | os.PathLike[str], *, key: bytes | None = None,
+               serializer: Serializer | None = None) -> CheckReport:
+        """Salvage what verifies into a fresh file at ``path``; the damaged original is kept
+        as ``<path>.damaged``.  Returns the check report of the repaired file."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            with cls(path, key=key, recover=True, serializer=serializer) as kv:
+                kv.compact()
+        return cls.check(path, key=key)
+
+    # --- life cycle -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the mapping and locks.  Idempotent.  Nothing is lost by not calling it."""
+        with self._tlock:
+            if self._region is None:
+                return
+            self._detach()
+            if self._mode is not None:
+                self._mode.close()
+            self._index = _Closed()
+            self._shared = self._fast = False
+
+    def __enter__(self) -> KV:
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, v: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        mode = "multiprocess" if self._multiprocess else "readonly" if self._readonly else \
+            "single-process"
+        state = "closed" if self._region is None else f"{len(self._index)} keys"
+        return f"<KV {self._path} {mode} {state}>"
+
+
+def _fast_set(body: bytes) -> tuple[str, Any] | None:
+    """(key, value) of a plain int/bytes/str set record, or None for the general path.
+
+    Opening a store replays every record: this skips the generic op and value decoders
+    for the common cases (same results; anything unusual goes the long way).
+    """
+    n = len(body)
+    if n < 3:
+        return None
+    nk = body[0] | body[1] << 8
+    v = 2 + nk
+    if v >= n:
+        return None
+    tag = body[v]
+    try:
+        key = body[2:v].decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        return None
+    if tag == 3 and n == v + 9:
+        return key, int.from_bytes(body[v + 1 :], "little", signed=True)
+    if (tag == 7 or tag == 6) and n >= v + 5:
+        ln = int.from_bytes(body[v + 1 : v + 5], "little")
+        if n != v + 5 + ln:
+            return None
+        raw = body[v + 5 :]
+        if tag == 7:
+            return key, raw
+        try:
+            return key, raw.decode("utf-8", "surrogatepass")
+        except UnicodeDecodeError:
+            return None
+    return None
+
+
+def _frame_all(entries: list[tuple[int, bytes]], cipher: Cipher | None) -> tuple[list[bytes], int]:
+    """The records of ``entries`` laid out from DATA_START, and where they end."""
+    parts: list[bytes] = []
+    pos = DATA_START
+    append = parts.append
+    if cipher is None:
+        frame = codec.encode_record
+        for kind, body in entries:
+            rec = frame(kind, body, pos)
+            append(rec)
+            pos += len(rec)
+    else:
+        for kind, body in entries:
+            rec = codec.encode_record(kind, cipher.encrypt(body, pos, kind), pos,
+                                      REC_FLAG_ENCRYPTED)
+            append(rec)
+            pos += len(rec)
+    return parts, pos
+
+
+def _write_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
+
+
+def _disk_full(exc: OSError, what: str) -> OSError:
+    import errno
+
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFullError(exc.errno, f"no space left to write {what}; free some disk space "
+                             "and retry (nothing already written was lost)")
+    return exc
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _mark_superseded(path: str) -> None:
+    """Tell processes mapping the file at ``path`` that it is being replaced."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return
+    try:
+        raw = os.pread(fd, 8, OFF_COMMIT)
+        if len(raw) == 8:
+            (w,) = struct.unpack("<Q", raw)
+            os.pwrite(fd, struct.pack("<Q", w | SUPERSEDED), OFF_COMMIT)
+    finally:
+        os.close(fd)
+
+
+def _write_store(dst: str, entries: list[tuple[int, bytes]], cipher: Cipher | None,
+                 min_cap: int) -> None:
+    salt = random.getrandbits(64)
+    parts, pos = _frame_all(entries, cipher)
+    header = codec.build_header(flags=FLAG_ENCRYPTED if cipher else 0, salt=salt,
+                                created_ns=time.time_ns(),
+                                keycheck=cipher.keycheck(salt) if cipher else b"", end=pos)
+    tmp = dst + ".backup~"
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        try:
+            _write_all(fd, header + b"".join(parts), 0)
+        except OSError as exc:
+            raise _disk_full(exc, dst) from exc
+        _platform.ensure_allocated(fd, max(min_cap, _platform.align_up(pos)))
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    os.replace(tmp, dst)
+    _fsync_dir(dst)
+
+
+if sys.platform == "win32":  # pragma: no cover
+    raise ImportError("mmapkit.kv needs POSIX")
