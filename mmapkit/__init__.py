@@ -6,6 +6,7 @@ shared-memory channels between processes, and zero-copy file transfer, in pure P
 
 from __future__ import annotations
 
+from . import log
 from .errors import (
     AlignmentError,
     BrokenError,
@@ -27,11 +28,14 @@ from .errors import (
     ModeConflictError,
     NotGrowableError,
     OutOfRangeError,
+    OverrunError,
     ReadOnlyError,
     RegionError,
     UnsupportedPlatformError,
 )
 from .inspect import Residency, residency
+from .ipc import Channel, ChannelStatistics
+from .kv import KV
 from .lock import FileLock
 from .region import Region
 from .transfer import CopyResult, asend, copy, send
@@ -40,8 +44,11 @@ from .wait import Waiter
 __version__ = "0.1.0"
 
 __all__ = [
+    "KV",
     "AlignmentError",
     "BrokenError",
+    "Channel",
+    "ChannelStatistics",
     "ClosedError",
     "CopyResult",
     "CorruptFileError",
@@ -62,6 +69,7 @@ __all__ = [
     "ModeConflictError",
     "NotGrowableError",
     "OutOfRangeError",
+    "OverrunError",
     "ReadOnlyError",
     "Region",
     "RegionError",
@@ -71,6 +79,7 @@ __all__ = [
     "__version__",
     "asend",
     "copy",
+    "log",
     "residency",
     "send",
 ]

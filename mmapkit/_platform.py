@@ -440,7 +440,7 @@ __all__ += [
     "copy_file_range", "data_extents", "pipe_size", "pipe_with_size", "reflink", "sendfile",
     "splice",
 ]
-=======
+
 # struct flock as Linux (64-bit off_t) lays it out: type, whence, start, len, pid.
 _FLOCK = "@hhqqi4x"
 

@@ -12,7 +12,8 @@ from mmapkit import errors
 
 def test_all_is_pinned():
     expected = {
-        "AlignmentError", "BrokenError", "ClosedError", "CopyResult", "CorruptFileError",
+        "AlignmentError", "BrokenError", "Channel", "ChannelStatistics", "KV", "OverrunError",
+        "log", "ClosedError", "CopyResult", "CorruptFileError",
         "DecryptionError",
         "DiskFullError", "EmptyFileError", "EndOfChannel", "ExportedViewsError",
         "FileFormatError", "FileLock", "ForeignFileError", "FormatVersionError",
