@@ -128,9 +128,11 @@ def _shrunk(src_fd: int, expected: int, where: int) -> BrokenError:
 # --- one chunk of each method: copy [off, off+n) of src to the same offset of dst --------
 
 
-def _chunk_copy_file_range(src: int, dst: int, off: int, n: int, size: int) -> int:
+def _kernel_chunk(name: str, call: Callable[[], int], src: int, off: int, size: int) -> int:
+    """Run one kernel copy call; its errors that mean "not here" become _Unavailable, and a
+    0-byte result before the end is a shrunk source or a path that cannot copy this file."""
     try:
-        done = _platform.copy_file_range(src, dst, n, off, off)
+        done = call()
     except OSError as exc:
         if exc.errno in _FALLBACK_ERRNOS:
             raise _Unavailable(_why(exc)) from exc
@@ -139,23 +141,22 @@ def _chunk_copy_file_range(src: int, dst: int, off: int, n: int, size: int) -> i
         if os.fstat(src).st_size < size:
             raise _shrunk(src, size, off)
         # procfs-like files claim a size but copy nothing through the kernel path
-        raise _Unavailable("copy_file_range copied 0 bytes before the end of the file")
+        raise _Unavailable(f"{name} copied 0 bytes before the end of the file")
     return done
+
+
+def _chunk_copy_file_range(src: int, dst: int, off: int, n: int, size: int) -> int:
+    return _kernel_chunk("copy_file_range",
+                         lambda: _platform.copy_file_range(src, dst, n, off, off),
+                         src, off, size)
 
 
 def _chunk_sendfile(src: int, dst: int, off: int, n: int, size: int) -> int:
-    try:
+    def call() -> int:
         os.lseek(dst, off, os.SEEK_SET)
-        done = _platform.sendfile(dst, src, off, n)
-    except OSError as exc:
-        if exc.errno in _FALLBACK_ERRNOS:
-            raise _Unavailable(_why(exc)) from exc
-        raise
-    if done == 0:
-        if os.fstat(src).st_size < size:
-            raise _shrunk(src, size, off)
-        raise _Unavailable("sendfile copied 0 bytes before the end of the file")
-    return done
+        return _platform.sendfile(dst, src, off, n)
+
+    return _kernel_chunk("sendfile", call, src, off, size)
 
 
 class _ReadWrite:
