@@ -531,71 +531,58 @@ class Channel:
     def _await_data(self, tail: int, deadline: float | None) -> None:
         """Return once head moved past ``tail``; raise at the end of the stream, when every
         producer is gone, or at the deadline (queue.Empty)."""
-        hdr = self._hdr
-        if self._spin > 0 and self._spin_until(_HEAD_Q, tail, deadline):
-            return
-        self._empty_waits += 1
-        looked = False  # peers are looked at only when a sleep brought nothing: the
-        while True:     # common wake-up costs no census syscalls
-            if hdr[_HEAD_Q] != tail:
-                return
-            remaining = None if deadline is None else deadline - time.monotonic()
-            expired = remaining is not None and remaining <= 0
-            if looked or expired:
-                alive, gone, finished = self._census(_PRODUCER)
-                if hdr[_HEAD_Q] != tail:  # published just before finishing or dying
-                    return
-                if not alive and gone:
-                    raise BrokenError(
-                        f"every producer of {self._where()} is gone without finish() "
-                        "(killed, or closed its handle); nothing more will arrive")
-                if not alive and finished:
-                    raise EndOfChannel(f"every producer of {self._where()} finished the "
-                                       "stream and all its messages were received")
-                if expired:
-                    raise queue.Empty
-            nap = _SLICE if remaining is None else min(_SLICE, remaining)
-            self._announce(_CONSUMER, True)
-            try:
-                head = hdr[_HEAD_Q]
-                if head != tail:
-                    return
-                self._head_w.wait(head & 0xFFFFFFFF, nap)
-            finally:
-                self._announce(_CONSUMER, False)
-            looked = True
+        self._await(_HEAD_Q, tail, deadline)
 
     def _await_room(self, tail: int, deadline: float | None) -> None:
         """Return once tail moved past ``tail``; raise when every consumer died, or at the
         deadline (queue.Full)."""
+        self._await(_TAIL_Q, tail, deadline)
+
+    def _await(self, index: int, value: int, deadline: float | None) -> None:
+        """Wait for header word ``index`` (head: a consumer waits for data; tail: a producer
+        waits for room) to move from ``value``: spin, then sleep in slices, looking at the
+        peers that could move it only after a slice brought nothing (so the common wake-up
+        costs no census syscalls)."""
         hdr = self._hdr
-        if self._spin > 0 and self._spin_until(_TAIL_Q, tail, deadline):
+        if self._spin > 0 and self._spin_until(index, value, deadline):
             return
-        self._full_waits += 1
+        for_data = index == _HEAD_Q
+        if for_data:
+            self._empty_waits += 1
+        else:
+            self._full_waits += 1
+        me, peers = (_CONSUMER, _PRODUCER) if for_data else (_PRODUCER, _CONSUMER)
+        waiter = self._head_w if for_data else self._tail_w
         looked = False
         while True:
-            if hdr[_TAIL_Q] != tail:
+            if hdr[index] != value:
                 return
             remaining = None if deadline is None else deadline - time.monotonic()
             expired = remaining is not None and remaining <= 0
             if looked or expired:
-                alive, gone, _ = self._census(_CONSUMER)
-                if hdr[_TAIL_Q] != tail:
+                alive, gone, finished = self._census(peers)
+                if hdr[index] != value:  # moved just before the peer finished or died
                     return
                 if not alive and gone:
-                    raise BrokenError(f"every consumer of {self._where()} died with the "
-                                      "channel full; nothing will make room")
+                    raise BrokenError(
+                        f"every producer of {self._where()} is gone without finish() "
+                        "(killed, or closed its handle); nothing more will arrive" if for_data
+                        else f"every consumer of {self._where()} died with the channel "
+                        "full; nothing will make room")
+                if for_data and not alive and finished:
+                    raise EndOfChannel(f"every producer of {self._where()} finished the "
+                                       "stream and all its messages were received")
                 if expired:
-                    raise queue.Full
+                    raise queue.Empty if for_data else queue.Full
             nap = _SLICE if remaining is None else min(_SLICE, remaining)
-            self._announce(_PRODUCER, True)
+            self._announce(me, True)
             try:
-                now = hdr[_TAIL_Q]
-                if now != tail:
+                now = hdr[index]
+                if now != value:
                     return
-                self._tail_w.wait(now & 0xFFFFFFFF, nap)
+                waiter.wait(now & 0xFFFFFFFF, nap)
             finally:
-                self._announce(_PRODUCER, False)
+                self._announce(me, False)
             looked = True
 
     def _where(self) -> str:
