@@ -62,6 +62,11 @@ class Waiter:
         self._backend = backend
         self._word = region.view[offset : offset + 4].cast("I")
         self._fifo: str | None = None
+        # Bound once to this mapping's address, like ``_word`` above.
+        self._wake_word = self._wait_word = None
+        if backend == "futex":
+            self._wake_word = _platform.futex_waker(region.address + offset)
+            self._wait_word = _platform.futex_waiter(region.address + offset)
         if backend == "fifo":
             self._fifo = doorbell or self._default_doorbell(region, offset)
             with contextlib.suppress(FileExistsError):
@@ -131,17 +136,18 @@ class Waiter:
         return self._wait_fifo(expected, timeout)
 
     def _wait_futex(self, expected: int, timeout: float | None) -> bool:
-        address = self._region.address + self._offset
+        wait = self._wait_word
+        assert wait is not None
         if timeout is None:
-            _platform.futex_wait(address, expected, None)
+            wait(expected, None)
             return True
         deadline = time.monotonic() + timeout
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return int(self._word[0]) != expected
-            if _platform.futex_wait(address, expected, remaining):
+            if wait(expected, timeout):
                 return True
+            timeout = deadline - time.monotonic()
+            if timeout <= 0:
+                return int(self._word[0]) != expected
 
     def _wait_fifo(self, expected: int, timeout: float | None) -> bool:
         assert self._fifo is not None
@@ -170,8 +176,8 @@ class Waiter:
         """Wake up to ``n`` sleepers (all when ``None``).  Returns how many were woken
         (the FIFO backend cannot tell and returns how many doorbell bytes it wrote)."""
         count = _WAKE_ALL if n is None else n
-        if self._backend == "futex":
-            return _platform.futex_wake(self._region.address + self._offset, count)
+        if self._wake_word is not None:
+            return self._wake_word(count)
         assert self._fifo is not None
         try:
             fd = os.open(self._fifo, os.O_WRONLY | os.O_NONBLOCK)
