@@ -140,6 +140,19 @@ class Channel:
     :meth:`send_obj` / :meth:`recv_obj` carry any picklable object.
     """
 
+    # Slots: send() and recv() touch a dozen attributes per message, and an instance dict
+    # of this size is past CPython's shared-key limit, where each access costs a lookup.
+    __slots__ = (
+        "__weakref__", "_attach_mutex", "_base", "_base8", "_bc", "_bell", "_cap", "_cclaim",
+        "_clocked", "_closed", "_cslot", "_cursor", "_data", "_dq", "_empty_waits", "_fdbox",
+        "_finished", "_full_waits", "_hdr", "_hdr8", "_hdr32", "_head_seen", "_head_w",
+        "_header", "_lock_fd", "_lock_path", "_max", "_mc", "_mm", "_mp", "_path", "_pclaim",
+        "_pending_overrun", "_plocked", "_pslot", "_received", "_received_bytes", "_recv_fast",
+        "_recv_mutex", "_region", "_room_end", "_send_fast", "_send_limit", "_send_mutex",
+        "_sent", "_sent_bytes", "_spin", "_tail_seen", "_tail_w", "_woke_consumers",
+        "_woke_producers",
+    )
+
     def __init__(self, region: Region, header: fmt.Header, lock_fd: int, *,
                  lock_path: str | None, spin: float, bell_fd: int = -1) -> None:
         self._region = region
