@@ -12,6 +12,9 @@ Cases (every implementation runs in the same process tree, one after the other):
 - ``64 B round trip, blocking``: ping-pong latency where the receiver sleeps in the kernel
   before every message (mmapkit with ``spin=0``; iceoryx2 with an event service to wake):
   two wake-ups per round trip.
+- ``64 B round trip, idle sleeper``: the same with mmapkit as configured by
+  default, the pinging side idle 200 us (untimed) before each ping, so every ping wakes a
+  sleeper; a pipe shows the floor of a blocking hand-off from Python.
 - ``64 B round trip, default wait``: mmapkit as configured by default (spin 50 us, then
   sleep), next to a pipe.
 - ``64 B round trip, spin``: ping-pong latency, both sides busy-polling.
@@ -293,8 +296,10 @@ def throughput(pair: tuple[Side, Side, Callable[[], None]], n: int, msg: bytes,
 
 def round_trips(ping: tuple[Side, Side, Callable[[], None]],
                 pong: tuple[Side, Side, Callable[[], None]], n: int,
-                ready_first: bool = False) -> list[float]:
-    """Round-trip times (microseconds) of 64 B ping-pong through two channels."""
+                ready_first: bool = False, gap: float = 0.0) -> list[float]:
+    """Round-trip times (microseconds) of 64 B ping-pong through two channels; with
+    ``gap``, the pinging side sleeps that long (untimed) before each ping, so the echo
+    side is surely asleep in the kernel when the ping arrives."""
     ping_send, ping_recv, ping_close = ping
     pong_send, pong_recv, pong_close = pong
     ready_r, ready_w = os.pipe()
@@ -320,7 +325,10 @@ def round_trips(ping: tuple[Side, Side, Callable[[], None]],
     os.write(go_w, b"g")
     clock = time.perf_counter
     out = []
+    sleep = time.sleep
     for _ in range(n):
+        if gap:
+            sleep(gap)
         t0 = clock()
         send(MSG)
         recv()
@@ -434,6 +442,24 @@ def run(report: _harness.Report, args: argparse.Namespace) -> None:
             report.add(case, impl, fn(), "us", higher_is_better=False)
     report.target(case, "iceoryx2", "<=", 1 / 3)
     report.target(case, "multiprocessing.Pipe", "<=", 1.0)
+
+    # The same, with the echo side idle 200 us before each ping (longer than mmapkit's
+    # default spin): every ping lands on a sleeper, as a sporadic event does.  The pipe is
+    # the floor of any blocking hand-off from Python (one os.write, one os.read per hop).
+    case = "64 B round trip, idle sleeper"
+    wake: list[tuple[str, Callable[[], list[float]]]] = [
+        ("mmapkit", lambda: round_trips(mmapkit_pair(cap), mmapkit_pair(cap), nrt // 2,
+                                        gap=200e-6)),
+        ("multiprocessing.Pipe", lambda: round_trips(pipe_pair(cap), pipe_pair(cap), nrt // 2,
+                                                     gap=200e-6)),
+        ("iceoryx2", lambda: round_trips(iceoryx_pair(cap, 64, True),
+                                         iceoryx_pair(cap, 64, True), nrt // 2,
+                                         ready_first=True, gap=200e-6)),
+    ]
+    for impl, fn in wake:
+        if impl in have:
+            report.add(case, impl, fn(), "us", higher_is_better=False)
+    report.target(case, "iceoryx2", "<=", 1 / 3)
 
     case = "64 B round trip, default wait"  # spin 50 us, then sleep: what users get
     if "mmapkit" in have:
