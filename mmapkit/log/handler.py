@@ -3,8 +3,9 @@
 Design rules:
 
 - The hot path is lean: ``handle`` skips logging's per-handler lock (the Writer has its
-  own, held only for the copy into the map), formats once, and frames into the map.  No
-  system call per record.
+  own, held only for the copy into the map), formats once, and frames into the map with
+  the Writer's hot path inlined (same framing; anything else goes through the Writer's
+  slow path).  No system call per record.
 - Formatting with a plain ``logging.Formatter`` is done by a fast path that produces the
   very same text: the ``asctime`` string is computed once per second (strftime is the
   slowest part of formatting) and milliseconds are appended as logging does.  Any other
@@ -25,7 +26,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import DiskFullError
-from .writer import LogWarning, Writer, WriterStatistics
+from ._codec import RECORD_HEADER
+from .writer import LogWarning, Writer, WriterStatistics, _crc32, _pack_rest
 
 __all__ = ["Handler"]
 
@@ -128,8 +130,38 @@ class Handler(logging.Handler):
                     text = self._plan_pattern % values
             else:
                 text = self._format(record)
-            self._write(text.encode("utf-8", "surrogateescape"), record.levelno,
-                        int(record.created * 1e6))
+            # Writer.write's hot path, inlined: a Python call is a visible share of a
+            # record here.  Keep the two in step (same framing, same commit order).
+            data = text.encode("utf-8", "surrogateescape")
+            level = record.levelno & 0xFFFF
+            time_us = int(record.created * 1e6)
+            w = self.writer
+            size = RECORD_HEADER + len(data)
+            lock = w._lock
+            lock.acquire()
+            try:
+                tail = w._tail
+                end = tail + ((size + 7) & ~7)
+                if end <= w._limit:
+                    off = tail % w._cap
+                    seq = w._seq + 1
+                    area = w._area
+                    try:
+                        area[off + RECORD_HEADER : off + size] = data
+                        _pack_rest(area, off + 8, seq, time_us, w._pid, level, 0)
+                        u32 = w._u32
+                        word = off >> 2
+                        u32[word + 1] = _crc32(area[off + 8 : off + size])  # type: ignore[index]
+                        u32[word] = size  # type: ignore[index]  # the commit
+                    except BaseException:
+                        area[off : off + size] = bytes(size)
+                        raise
+                    w._seq = seq
+                    w._tail = end
+                    return rv
+            finally:
+                lock.release()
+            w._write_slow(data, level, time_us, size)
         except DiskFullError as exc:
             self._drop(exc)
         except RecursionError:
