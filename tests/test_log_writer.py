@@ -82,6 +82,29 @@ def test_record_larger_than_the_buffer(tmp_path: Path) -> None:
     assert messages(tmp_path) == ["before", big, "after"]
 
 
+def test_hot_paths_frame_records_exactly_like_the_codec(tmp_path: Path) -> None:
+    """Writer.write and Handler.handle (which inlines it) put in the map the very bytes
+    _codec.encode_record gives: same layout, same CRC coverage."""
+    from mmapkit.log import _codec
+
+    h = mlog.Handler(tmp_path, "app", flush_interval=3600)
+    h.setFormatter(logging.Formatter("%(message)s"))
+    w = h.writer
+    try:
+        w.write("from write é", level=30, time_us=1_700_000_000_123_456)
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "from %s", ("handle",),
+                                   None)
+        h.handle(record)
+        area = w._area
+        first = _codec.encode_record(1, 1_700_000_000_123_456, os.getpid(), 30,
+                                     "from write é".encode())
+        second = _codec.encode_record(2, int(record.created * 1e6), os.getpid(), 40,
+                                      b"from handle")
+        assert bytes(area[: len(first) + len(second)]) == first + second
+    finally:
+        h.close()
+
+
 def test_chunks_cut_at_marks_wraps_and_the_exact_end_of_the_ring(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Writers cut chunks as they go: every frame holds whole records of one lap, at most
