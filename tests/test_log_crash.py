@@ -19,11 +19,11 @@ from mmapkit.region import Region
 MAX_ROUNDS = 64  # slots in the acknowledgement area
 
 
-def _child(directory: Path, ack: Region, rnd: int, slot: int) -> None:
+def _child(directory: Path, ack: Region, rnd: int, slot: int, buffer_size: int) -> None:
     """Log records "r<round>-<i>" as fast as possible, acknowledging each returned write."""
     code = 1
     try:
-        w = mlog.Writer(directory, "crash", buffer_size=4096, flush_interval=0.002)
+        w = mlog.Writer(directory, "crash", buffer_size=buffer_size, flush_interval=0.002)
         acks = ack.view.cast("Q")
         acks[slot * 2 + 1] = 1  # started
         i = 0
@@ -41,7 +41,8 @@ def _child(directory: Path, ack: Region, rnd: int, slot: int) -> None:
         os._exit(code)
 
 
-def _rounds(directory: Path, rounds: int, rng: random.Random) -> dict[int, int]:
+def _rounds(directory: Path, rounds: int, rng: random.Random, buffer_size: int = 4096
+            ) -> dict[int, int]:
     """Run ``rounds`` children, each SIGKILLed at a random moment; acknowledged counts."""
     acked: dict[int, int] = {}
     ack = Region.anonymous(16 * MAX_ROUNDS)
@@ -51,7 +52,7 @@ def _rounds(directory: Path, rounds: int, rng: random.Random) -> dict[int, int]:
             ack.view[:] = bytes(len(ack.view))
         pid = os.fork()
         if pid == 0:
-            _child(directory, ack, rnd, slot)
+            _child(directory, ack, rnd, slot, buffer_size)
         acks = ack.view.cast("Q")
         deadline = time.monotonic() + 10
         while acks[slot * 2 + 1] == 0 and time.monotonic() < deadline:
@@ -104,6 +105,19 @@ def test_kill9_at_random_moments_loses_nothing(tmp_path: Path) -> None:
     # A later writer recovers the dead buffers into files; the records stay exactly once.
     with mlog.Writer(tmp_path, "crash") as w:
         assert w.statistics().recovered >= 0
+    _verify(tmp_path, acked)
+
+
+def test_kill9_while_chunks_are_cut_and_handed_off(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small chunks in a larger ring: the kills land in chunk cuts, wake-ups of the flush
+    thread, GIL hand-offs and batched appends (the forked children inherit the patch)."""
+    from mmapkit.log import writer as writer_mod
+
+    monkeypatch.setattr(writer_mod, "CHUNK", 1500)
+    rng = random.Random(int.from_bytes(os.urandom(4), "little"))
+    acked = _rounds(tmp_path, 40, rng, buffer_size=32768)
+    assert sum(acked.values()) > 1000
     _verify(tmp_path, acked)
 
 

@@ -82,6 +82,55 @@ def test_record_larger_than_the_buffer(tmp_path: Path) -> None:
     assert messages(tmp_path) == ["before", big, "after"]
 
 
+def test_hot_paths_frame_records_exactly_like_the_codec(tmp_path: Path) -> None:
+    """Writer.write and Handler.handle (which inlines it) put in the map the very bytes
+    _codec.encode_record gives: same layout, same CRC coverage."""
+    from mmapkit.log import _codec
+
+    h = mlog.Handler(tmp_path, "app", flush_interval=3600)
+    h.setFormatter(logging.Formatter("%(message)s"))
+    w = h.writer
+    try:
+        w.write("from write é", level=30, time_us=1_700_000_000_123_456)
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "from %s", ("handle",),
+                                   None)
+        h.handle(record)
+        area = w._area
+        first = _codec.encode_record(1, 1_700_000_000_123_456, os.getpid(), 30,
+                                     "from write é".encode())
+        second = _codec.encode_record(2, int(record.created * 1e6), os.getpid(), 40,
+                                      b"from handle")
+        assert bytes(area[: len(first) + len(second)]) == first + second
+    finally:
+        h.close()
+
+
+def test_chunks_cut_at_marks_wraps_and_the_exact_end_of_the_ring(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writers cut chunks as they go: every frame holds whole records of one lap, at most
+    one chunk and one record long, also when records end exactly at the end of the ring."""
+    from mmapkit.log import _codec
+
+    monkeypatch.setattr(writer_mod, "CHUNK", 1000)
+    sent = []
+    with mlog.Writer(tmp_path, "app", buffer_size=4096, flush_interval=0.001) as w:
+        for i in range(3000):
+            # 64-byte records first: 64 of them fill the 4096-byte ring exactly
+            msg = f"{i:08d}" + "e" * (24 if i < 1500 else i % 97)
+            w.write(msg)
+            sent.append(msg)
+            if i % 700 == 0:
+                w.flush()
+            if i % 301 == 0:
+                time.sleep(0.002)  # let the flush thread take whole chunks too
+    assert messages(tmp_path) == sent
+    for path in tmp_path.glob("*.mlog"):
+        for frame in _codec.decode_frames(path.read_bytes()):
+            assert isinstance(frame, _codec.Frame)
+            assert frame.raw_size <= 1000 + 32 + 8 + 120
+            assert frame.count >= 1
+
+
 def test_threads_write_concurrently(tmp_path: Path) -> None:
     with mlog.Writer(tmp_path, "app", buffer_size=16384, flush_interval=0.005) as w:
         def work(t: int) -> None:
@@ -370,7 +419,9 @@ def test_disk_full_keeps_records_in_the_buffer(tmp_path: Path) -> None:
 
 def test_handler_formats_exactly_like_logging(tmp_path: Path) -> None:
     fmts = ["%(asctime)s %(levelname)s %(name)s: %(message)s", "%(message)s",
-            "[%(asctime)s] %(process)d %(message)s"]
+            "[%(asctime)s] %(process)d %(message)s",
+            "%(levelname)-8s|%(lineno)4d|%(name)r 100%% %(message)s",
+            "%(asctime)s %(msecs)03d %(relativeCreated).1f %(message)s"]
     h = mlog.Handler(tmp_path, "h")
     lg = logging.getLogger("mmapkit-test-format")
     lg.propagate = False
@@ -388,6 +439,12 @@ def test_handler_formats_exactly_like_logging(tmp_path: Path) -> None:
                     expected.append(formatter.format(record))
                     h.handle(record)
                     time.sleep(0.001)
+                # same millisecond, a mapping argument, a message that is not a str
+                for msg, args in (("a %(k)s", ({"k": 1},)), (ValueError("x"), ()),
+                                  ("no args %s", ())):
+                    record = lg.makeRecord(lg.name, logging.INFO, __file__, 1, msg, args, None)
+                    expected.append(formatter.format(record))
+                    h.handle(record)
         h.setFormatter(logging.Formatter("%(message)s"))
         try:
             raise KeyError("boom")

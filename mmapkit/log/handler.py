@@ -3,8 +3,9 @@
 Design rules:
 
 - The hot path is lean: ``handle`` skips logging's per-handler lock (the Writer has its
-  own, held only for the copy into the map), formats once, and frames into the map.  No
-  system call per record.
+  own, held only for the copy into the map), formats once, and frames into the map with
+  the Writer's hot path inlined (same framing; anything else goes through the Writer's
+  slow path).  No system call per record.
 - Formatting with a plain ``logging.Formatter`` is done by a fast path that produces the
   very same text: the ``asctime`` string is computed once per second (strftime is the
   slowest part of formatting) and milliseconds are appended as logging does.  Any other
@@ -16,17 +17,51 @@ Design rules:
 from __future__ import annotations
 
 import logging
+import operator
 import os
+import re
 import time
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import DiskFullError
-from .writer import LogWarning, Writer, WriterStatistics
+from ._codec import RECORD_HEADER
+from .writer import LogWarning, Writer, WriterStatistics, _crc32, _pack_rest
 
 __all__ = ["Handler"]
 
 DEFAULT_FORMAT = "%(name)s: %(message)s"
+_LogRecord = logging.LogRecord
+_FIELD = re.compile(r"%(%|\(([^()]*)\))")
+
+
+def _positional(pattern: str
+                ) -> tuple[str, Callable[[logging.LogRecord], tuple[Any, ...]]] | None:
+    """``(pattern with "%(key)" made "%", function of a record giving the fields in order)``,
+    or None when the pattern has a conversion that is not a plain ``%(key)...``.
+
+    The fields are read as attributes: reading ``record.__dict__`` would build a dict per
+    record.  A key the LogRecord class has (a method name) is refused, so an attribute
+    read finds exactly what the dict would hold, or raises AttributeError where the dict
+    lookup raises KeyError.
+    """
+    keys: list[str] = []
+
+    def field(m: re.Match[str]) -> str:
+        if m.group(1) == "%":
+            return "%%"
+        keys.append(m.group(2))
+        return "%"
+
+    positional = _FIELD.sub(field, pattern)
+    if (not keys or "*" in pattern or positional.replace("%%", "").count("%") != len(keys)
+            or any(hasattr(logging.LogRecord, k) or not k.isidentifier() for k in keys)):
+        return None
+    if len(keys) == 1:
+        get = operator.attrgetter(keys[0])
+        return positional, lambda record: (get(record),)
+    return positional, operator.attrgetter(*keys)
 
 
 class Handler(logging.Handler):
@@ -42,15 +77,20 @@ class Handler(logging.Handler):
         self.writer = Writer(directory, name, **writer_options)
         self._write = self.writer.write
         self.dropped = 0
+        # The plan: how the fast path formats for the current formatter (see _make_plan).
         self._plan_fmt: logging.Formatter | None = None
-        self._plan_pattern: str | None = None
+        self._plan_fields: Callable[[logging.LogRecord], tuple[Any, ...]] | None = None
+        self._plan_pattern = ""
+        self._plan_pattern_dict = ""
         self._plan_conv: Any = None
         self._plan_time = False
         self._plan_datefmt: str | None = None
         self._plan_time_format = ""
         self._plan_msec: str | None = None
         self._plan_sec = -1
+        self._plan_msecs = -1.0
         self._plan_text = ""
+        self._plan_asctime = ""
         self.setFormatter(logging.Formatter(DEFAULT_FORMAT))
 
     # --- the hot path -----------------------------------------------------------------
@@ -63,8 +103,65 @@ class Handler(logging.Handler):
                 return rv
             if isinstance(rv, logging.LogRecord):
                 record = rv
-        try:  # emit(), inlined: this is the hot path
-            self._write(self._format(record), record.levelno, int(record.created * 1e6))
+        try:  # emit() and format(), inlined for a plain Formatter: this is the hot path
+            fmt = self.formatter
+            fields = self._plan_fields
+            if (fmt is self._plan_fmt and fields is not None
+                    and fmt.converter is self._plan_conv  # type: ignore[union-attr]
+                    and record.__class__ is _LogRecord
+                    and not (record.exc_info or record.exc_text or record.stack_info)):
+                msg = record.msg  # LogRecord.getMessage(), inlined
+                if msg.__class__ is not str:
+                    msg = str(msg)
+                args = record.args
+                if args:
+                    msg = msg % args
+                record.message = msg
+                if self._plan_time:
+                    if (int(record.created) != self._plan_sec
+                            or record.msecs != self._plan_msecs):
+                        self._asctime(record)
+                    record.asctime = self._plan_asctime
+                try:
+                    values = fields(record)
+                except AttributeError:  # a field the record lacks: logging's error
+                    text = self._format(record)
+                else:
+                    text = self._plan_pattern % values
+            else:
+                text = self._format(record)
+            # Writer.write's hot path, inlined: a Python call is a visible share of a
+            # record here.  Keep the two in step (same framing, same commit order).
+            data = text.encode("utf-8", "surrogateescape")
+            level = record.levelno & 0xFFFF
+            time_us = int(record.created * 1e6)
+            w = self.writer
+            size = RECORD_HEADER + len(data)
+            lock = w._lock
+            lock.acquire()
+            try:
+                tail = w._tail
+                end = tail + ((size + 7) & ~7)
+                if end <= w._limit:
+                    off = tail % w._cap
+                    seq = w._seq + 1
+                    area = w._area
+                    try:
+                        area[off + RECORD_HEADER : off + size] = data
+                        _pack_rest(area, off + 8, seq, time_us, w._pid, level, 0)
+                        u32 = w._u32
+                        word = off >> 2
+                        u32[word + 1] = _crc32(area[off + 8 : off + size])  # type: ignore[index]
+                        u32[word] = size  # type: ignore[index]  # the commit
+                    except BaseException:
+                        area[off : off + size] = bytes(size)
+                        raise
+                    w._seq = seq
+                    w._tail = end
+                    return rv
+            finally:
+                lock.release()
+            w._write_slow(data, level, time_us, size)
         except DiskFullError as exc:
             self._drop(exc)
         except RecursionError:
@@ -83,28 +180,34 @@ class Handler(logging.Handler):
         except Exception:
             self.handleError(record)
 
+    def _asctime(self, record: logging.LogRecord) -> None:
+        """record.asctime as Formatter.formatTime makes it: strftime once per second (it has
+        no sub-second field), logging's msecs suffix once per millisecond."""
+        sec = int(record.created)
+        msecs = record.msecs
+        if sec != self._plan_sec or msecs != self._plan_msecs:
+            if sec != self._plan_sec:
+                fmt = self._plan_fmt
+                assert fmt is not None
+                self._plan_text = (
+                    fmt.formatTime(record, fmt.datefmt) if self._plan_datefmt else
+                    time.strftime(self._plan_time_format, self._plan_conv(record.created)))
+                self._plan_sec = sec
+            msec = self._plan_msec
+            self._plan_asctime = msec % (self._plan_text, msecs) if msec else self._plan_text
+            self._plan_msecs = msecs
+        record.asctime = self._plan_asctime
+
     def _format(self, record: logging.LogRecord) -> str:
         fmt = self.formatter
-        if (fmt is self._plan_fmt and self._plan_pattern is not None
-                and fmt.converter is self._plan_conv  # type: ignore[union-attr]
+        if fmt is not self._plan_fmt or fmt.converter is not self._plan_conv:  # type: ignore[union-attr]
+            self._make_plan(fmt)
+        if (self._plan_fields is not None and record.__class__ is _LogRecord
                 and not (record.exc_info or record.exc_text or record.stack_info)):
             record.message = record.getMessage()
             if self._plan_time:
-                sec = int(record.created)
-                if sec != self._plan_sec:
-                    self._plan_text = (
-                        fmt.formatTime(record, fmt.datefmt)  # type: ignore[union-attr]
-                        if self._plan_datefmt else
-                        time.strftime(self._plan_time_format, self._plan_conv(record.created)))
-                    self._plan_sec = sec
-                msec = self._plan_msec
-                record.asctime = msec % (self._plan_text, record.msecs) if msec \
-                    else self._plan_text
-            return self._plan_pattern % record.__dict__
-        if fmt is not self._plan_fmt or fmt.converter is not self._plan_conv:  # type: ignore[union-attr]
-            self._make_plan(fmt)
-            if self._plan_pattern is not None:
-                return self._format(record)
+                self._asctime(record)
+            return self._plan_pattern_dict % record.__dict__
         return (fmt or logging.Formatter(DEFAULT_FORMAT)).format(record)
 
     def _make_plan(self, fmt: logging.Formatter | None) -> None:
@@ -112,22 +215,29 @@ class Handler(logging.Handler):
 
         It does for a plain ``logging.Formatter`` with %-style and no defaults: then the
         text is ``fmt % record.__dict__`` with ``asctime`` from strftime, which depends
-        only on the second (strftime has no sub-second field), plus logging's msecs.
+        only on the second (strftime has no sub-second field), plus logging's msecs.  The
+        pattern is turned positional ("%(name)s" -> "%s") with an itemgetter of the
+        fields: the same conversions, without a dict lookup per field by the % operator.
         """
         self._plan_fmt = fmt
-        self._plan_pattern = None
+        self._plan_fields = None
         self._plan_conv = getattr(fmt, "converter", None)
         self._plan_sec = -1
+        self._plan_msecs = -1.0
         if fmt is None or type(fmt) is not logging.Formatter:
             return
         style = fmt._style
         if type(style) is not logging.PercentStyle or getattr(style, "_defaults", None):
             return
+        plan = _positional(style._fmt)
+        if plan is None:
+            return
+        self._plan_pattern, self._plan_fields = plan
+        self._plan_pattern_dict = style._fmt
         self._plan_time = style.usesTime()
         self._plan_datefmt = fmt.datefmt
         self._plan_time_format = fmt.default_time_format
         self._plan_msec = None if fmt.datefmt else fmt.default_msec_format
-        self._plan_pattern = style._fmt
 
     def _drop(self, exc: Exception) -> None:
         self.dropped += 1

@@ -3,12 +3,19 @@
 Design rules:
 
 - The caller's thread only frames a record (size, crc, sequence, time, pid, level) and
-  copies it into the mapped buffer file: no system call, no compression per record.
-- A flush thread takes the records between ``head`` and ``tail`` of the ring, cuts them
-  into chunks of at most ~64 KiB, compresses (and maybe encrypts) each chunk into a frame,
-  appends the frames to the log file with one ``write``, and only *then* advances
-  ``head`` in the buffer header.  A kill between the two leaves the records in both
-  places; their (stream, sequence) numbers let every reader drop the second copy.
+  copies it into the mapped buffer file: no system call, no compression per record.  The
+  common case is one comparison away (``_limit``); wrapping, cutting a chunk, a full ring,
+  a closed or forked writer all take the slow path.
+- Writers cut the records into chunks of ~64 KiB as they go (once per chunk, in the slow
+  path), so no flush walks records one by one in Python.  A flush thread compresses (and
+  maybe encrypts) each chunk into a frame, appends a batch of frames to the log file with
+  one ``write``, and only *then* advances ``head`` in the buffer header.  A kill between
+  the two leaves the records in both places; their (stream, sequence) numbers let every
+  reader drop the second copy.
+- The flush thread's compress and write calls release the GIL; a writer that completes a
+  chunk hands the GIL to it at once (see ``_meet_flusher``), so compression runs on
+  another core while the caller goes on, instead of waiting for the interpreter's switch
+  interval.
 - The order of the flush's steps is what makes a crash at any point safe:
 
   =====  ==========================================  ===================================
@@ -49,7 +56,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from ..errors import (
     ClosedError,
@@ -67,7 +74,6 @@ from ._codec import (
     HEAD_OFFSET,
     HEAD_SEQ_OFFSET,
     PAD_BIT,
-    REC_BODY,
     REC_REST,
     RECORD_HEADER,
 )
@@ -77,9 +83,17 @@ __all__ = ["LogWarning", "Writer", "WriterStatistics"]
 
 DEFAULT_BUFFER = 1 << 20      # absorbs GIL hand-off delays of the flush thread (see bench)
 CHUNK = 64 * 1024           # raw bytes per frame: one damaged byte costs at most this much
+WRITE_BATCH = 4             # frames the flush thread gathers before one write to the file
+MEET_TIMEOUT = 0.002        # longest a writer waits at a chunk mark for the flush thread
 LOG_SUFFIX = ".mlog"
 BUF_SUFFIX = ".mbuf"
 DAY = 86400.0
+
+
+# The hot path's helpers, bound once (immutable references, not state).
+_pack_rest = REC_REST.pack_into
+_crc32 = zlib.crc32
+_time_ns = time.time_ns
 
 
 class LogWarning(UserWarning):
@@ -264,6 +278,13 @@ class Writer:
         self._flush_lock = threading.RLock()   # one flush at a time
         self._wake = threading.Event()
         self._closed = False
+        # The flush thread's hand-off state (see _meet_flusher): idle means it waits for a
+        # kick; away is (ticket, is_io) while it runs a call that releases the GIL.
+        self._idle = False
+        self._away: tuple[threading.Lock, bool] | None = None
+        self._resume: threading.Lock | None = None   # held while a writer is in a meet
+        self._stepped: threading.Lock | None = None  # the meet we already ran a call for
+        self._thread: threading.Thread | None = None
         self._flushes = self._frames = self._file_bytes = self._raw_bytes = 0
         self._failed = self._recovered = 0
         self._failing = False
@@ -317,12 +338,13 @@ class Writer:
         path = self._buffer_path(slot)
         try:
             exists = path.stat().st_size > 0
+            fresh = not exists
             if exists:
                 with open(path, "rb") as f:
                     # A creator killed before writing the header left no records either.
                     exists = any(f.read(64))
         except FileNotFoundError:
-            exists = False
+            exists, fresh = False, True
         try:
             if exists:
                 region = Region.open(path)
@@ -348,7 +370,7 @@ class Writer:
                           LogWarning, stacklevel=4)
             return False
         self._region, self._slot_lock = region, lock
-        self._install(region.view, stream, head, head_seq)
+        self._install(region.view, stream, head, head_seq, zeroed=fresh)
         if exists:
             self._recovered += self._recover_own()
         return True
@@ -365,9 +387,10 @@ class Writer:
     def _heap_buffer(self) -> None:
         self._region = None
         self._install(memoryview(bytearray(BUF_HEADER + self._buffer_size)),
-                      random.getrandbits(63) + 1, 0, 1)
+                      random.getrandbits(63) + 1, 0, 1, zeroed=True)
 
-    def _install(self, view: memoryview, stream: int, head: int, head_seq: int) -> None:
+    def _install(self, view: memoryview, stream: int, head: int, head_seq: int, *,
+                 zeroed: bool = False) -> None:
         self._view = view
         self._area = view[BUF_HEADER:]
         self._cap = len(self._area)
@@ -380,7 +403,9 @@ class Writer:
         for d in damages:
             warnings.warn(f"mmapkit.log: buffer of stream {stream:#x}: {d.describe()}",
                           LogWarning, stacklevel=5)
-        self._checked_spans: list[tuple[int, int]] | None = spans or None
+        # Records left by a dead owner, validated by the scan: flushed from these spans,
+        # which leave out a damaged record instead of copying it.
+        self._recovered_spans: list[tuple[int, int]] | None = spans or None
         if not spans:
             head = tail  # nothing live: skip a wrap marker left by a writer killed after it
             self._store_head(tail, head_seq)
@@ -390,9 +415,28 @@ class Writer:
         # from the header (stored before head, so never behind what was flushed).
         self._seq = max(next_seq, head_seq) - 1 if spans else head_seq - 1
         self._seq_at_open = self._seq
-        self._zero_free()
-        self._threshold = self._cap // 3
-        self._kicked = False
+        self._recovered_end, self._recovered_next = tail, self._seq + 1
+        if not zeroed:  # a new file is all zeros already: touching it costs page faults
+            self._zero_free()
+        # Chunks: the writers cut the records into frames-to-be as they go, so a flush
+        # never walks records one by one.  A cut is (start, end, position of the last
+        # record or None if unknown); the open chunk starts at _chunk_start.
+        self._cuts: list[tuple[int, int, int | None]] = []
+        self._threshold = self._cap // 3  # the flush thread is woken past this much
+        self._chunk_start = tail
+        self._mark = tail + CHUNK
+        self._set_limit()
+
+    def _set_limit(self) -> None:
+        """The one bound the hot path checks (under _lock): a record ending past it needs
+        the slow path: no room, the end of the ring, the end of a chunk, closed, forked."""
+        if self._closed or self._forked:
+            self._limit = -1
+            return
+        # The end of the lap of the open chunk, not of tail: when a record ended exactly
+        # at the end of the ring, the next one must come here to cut the chunk there.
+        start, cap = self._chunk_start, self._cap
+        self._limit = min(self._head + cap - 8, start - start % cap + cap, self._mark)
 
     def _zero_free(self) -> None:
         """Zero every byte of the ring outside [head, tail)."""
@@ -482,60 +526,127 @@ class Writer:
         DiskFullError only when the buffer is full *and* the log file cannot be written:
         that record was not logged (the buffered ones are kept).
         """
-        data = message.encode("utf-8", "surrogateescape") if isinstance(message, str) \
-            else message
+        if message.__class__ is bytes:
+            data: bytes = message
+        elif isinstance(message, str):
+            data = message.encode("utf-8", "surrogateescape")
+        else:
+            data = message
         if time_us is None:
-            time_us = time.time_ns() // 1000
-        if self._forked:
-            self._reopen_after_fork()
+            time_us = _time_ns() // 1000
         size = RECORD_HEADER + len(data)
-        total = (size + 7) & ~7
-        with self._lock:
+        # Everything but the common case (room left in this lap and this chunk) is behind
+        # one comparison with _limit; _write_slow handles the rest.  (Measured with
+        # callgrind: every attribute load and call here is a visible share of a write.)
+        lock = self._lock
+        lock.acquire()
+        try:
             tail = self._tail
-            cap = self._cap
-            off = tail % cap
-            wrap = cap - off if off + total > cap else 0
-            room = tail + wrap + total - self._head <= cap - 8
-            if room:
-                area = self._area
-                u32 = self._u32
-                if u32 is None:
-                    self._closed_error()
-                if wrap:
-                    u32[off >> 2] = PAD_BIT | wrap
-                    tail += wrap
-                    off = 0
+            end = tail + ((size + 7) & ~7)
+            if end <= self._limit:
+                off = tail % self._cap
                 seq = self._seq + 1
-                level &= 0xFFFF
-                pid = self._pid
-                area[off + 32 : off + size] = data
-                REC_BODY.pack_into(
-                    area, off + 4, zlib.crc32(data, zlib.crc32(REC_REST.pack(
-                        seq, time_us, pid, level, 0))), seq, time_us, pid, level, 0)
-                u32[off >> 2] = size  # the commit: one aligned 4-byte store
+                area = self._area
+                try:
+                    area[off + RECORD_HEADER : off + size] = data
+                    _pack_rest(area, off + 8, seq, time_us, self._pid, level & 0xFFFF, 0)
+                    u32 = self._u32
+                    word = off >> 2
+                    u32[word + 1] = _crc32(area[off + 8 : off + size])  # type: ignore[index]
+                    u32[word] = size  # type: ignore[index]  # the commit: one 4-byte store
+                except BaseException:
+                    area[off : off + size] = bytes(size)  # keep the word after tail 0
+                    raise
                 self._seq = seq
-                self._tail = tail = tail + total
-                if tail - self._head > self._threshold and not self._kicked:
-                    self._kicked = True
-                    self._wake.set()
-        if not room:
-            self._make_room(total, data, level, time_us)
+                self._tail = end
+                return
+        finally:
+            lock.release()
+        self._write_slow(data, level & 0xFFFF, time_us, size)
 
-    def _closed_error(self) -> NoReturn:
-        raise ClosedError(f"the log writer for {self._directory}/{self._name} is closed; "
-                          "create a new one to keep logging")
+    def _frame(self, off: int, data: bytes, level: int, time_us: int, size: int) -> int:
+        """The hot path's framing (under _lock), for the slow path; returns the sequence."""
+        seq = self._seq + 1
+        area = self._area
+        u32 = self._u32
+        if u32 is None:
+            self._closed_error()
+        try:
+            area[off + RECORD_HEADER : off + size] = data
+            _pack_rest(area, off + 8, seq, time_us, self._pid, level, 0)
+            u32[(off >> 2) + 1] = _crc32(area[off + 8 : off + size])
+            u32[off >> 2] = size
+        except BaseException:
+            area[off : off + size] = bytes(size)
+            raise
+        self._seq = seq
+        self._tail += (size + 7) & ~7
+        return seq
 
-    def _make_room(self, total: int, data: bytes, level: int, time_us: int) -> None:
-        """The ring is full (or the record is larger than it): flush, then retry."""
-        if total <= self._cap // 2:
-            self._flush_now()  # DiskFullError here: this record is not logged
-            self.write(data, level, time_us)
-            return
-        # Too big for the ring: empty it, then write the record straight as one frame.
+    def _write_slow(self, data: bytes, level: int, time_us: int, size: int) -> None:
+        """A record past _limit: wrap, cut a chunk, make room, reopen after fork, or raise."""
+        total = (size + 7) & ~7
+        while True:
+            if self._forked:
+                self._reopen_after_fork()
+            if self._closed:
+                self._closed_error()
+            if total > self._cap // 2:
+                self._write_big(data, level, time_us)
+                return
+            kick = False
+            with self._lock:
+                if self._closed or self._forked:
+                    continue
+                tail, cap, head = self._tail, self._cap, self._head
+                off = tail % cap
+                if off == 0 and self._chunk_start < tail:
+                    # The last record ended exactly at the end of the ring: a chunk never
+                    # crosses it (its bytes must be contiguous).
+                    self._cuts.append((self._chunk_start, tail, None))
+                    self._chunk_start = tail
+                    self._mark = tail + CHUNK
+                    self._set_limit()
+                if off + total > cap:
+                    if tail + (cap - off) + total - head > cap - 8:
+                        room = False
+                    else:
+                        # Wrap: a marker fills the rest of the lap and ends the chunk.
+                        self._u32[off >> 2] = PAD_BIT | (cap - off)  # type: ignore[index]
+                        if self._chunk_start < tail:
+                            self._cuts.append((self._chunk_start, tail, None))
+                        self._tail = self._chunk_start = tail + cap - off
+                        self._mark = self._tail + CHUNK
+                        self._set_limit()
+                        continue
+                elif tail + total - head > cap - 8:
+                    room = False
+                else:
+                    self._frame(off, data, level, time_us, size)
+                    end = self._tail
+                    if end > self._mark:  # this record completes a chunk
+                        self._cuts.append((self._chunk_start, end, tail))
+                        self._chunk_start = end
+                        self._mark = end + CHUNK
+                        kick = self._idle and end - head > self._threshold
+                        if kick:
+                            self._idle = False
+                    self._set_limit()
+                    room = True
+            if room:
+                if kick or self._away is not None:
+                    self._meet_flusher(kick)
+                return
+            self._flush_now()  # the ring is full: DiskFullError here means not logged
+
+    def _write_big(self, data: bytes, level: int, time_us: int) -> None:
+        """A record too big for the ring: empty it, then write the record as one frame."""
         with self._flush_lock:
             while True:
                 self._flush_now()
                 with self._lock:
+                    if self._closed:
+                        self._closed_error()
                     if self._head != self._tail:
                         continue  # another thread wrote meanwhile
                     seq = self._seq + 1
@@ -552,6 +663,10 @@ class Writer:
                     self._file_bytes += len(frame)
                     return
 
+    def _closed_error(self) -> NoReturn:
+        raise ClosedError(f"the log writer for {self._directory}/{self._name} is closed; "
+                          "create a new one to keep logging")
+
     def _store_head(self, head: int, head_seq: int) -> None:
         """Persist head and the sequence at head.  The sequence goes first, so a kill
         between the two stores never leaves it behind what the files hold."""
@@ -561,7 +676,83 @@ class Writer:
         hdr[HEAD_SEQ_OFFSET // 8] = head_seq
         hdr[HEAD_OFFSET // 8] = head
 
-    # --- flushing ---------------------------------------------------------------------
+    # --- the flush thread and the GIL ------------------------------------------------
+    #
+    # A thread that waits for the GIL gets it only when the holder blocks or after the
+    # interpreter's switch interval (5 ms).  A caller logging in a tight loop never
+    # blocks, so each compress or write call of the flush thread would cost it 5 ms: it
+    # would fall behind and the ring would fill.  Instead the flush thread leaves a ticket
+    # (a held lock) while it runs such a call, and a writer that completes a chunk waits on
+    # that ticket: the flush thread gets the GIL at once, does its few lines of Python and
+    # starts its next call, and the writer goes on while that runs on the other core.
+
+    def _meet_flusher(self, kick: bool) -> None:
+        """At a chunk mark: wake the idle flush thread, or wait until the one that waits for
+        the GIL has taken it and started its next call (at most MEET_TIMEOUT per wait)."""
+        resumed = threading.Lock()
+        resumed.acquire()
+        self._resume = resumed
+        try:
+            if kick:
+                ticket = threading.Lock()
+                ticket.acquire()
+                self._away = (ticket, True)
+                self._wake.set()
+            seen = None
+            while True:
+                away = self._away
+                if away is None or away is seen:
+                    return
+                ticket, io = away
+                if seen is not None and not io:
+                    return  # a compress call it just started: it runs without the GIL
+                if not ticket.acquire(True, MEET_TIMEOUT):
+                    return
+                ticket.release()  # for other threads waiting on it
+                seen = away
+        finally:
+            if self._resume is resumed:
+                self._resume = None
+            resumed.release()
+
+    def _returned(self) -> None:
+        """The flush thread holds the GIL again: let a writer waiting for that go on."""
+        away = self._away
+        if away is not None:
+            self._away = None
+            away[0].release()
+
+    def _off_gil(self, io: bool, fn: Callable[..., Any], *args: object) -> Any:
+        """Run ``fn(*args)``, a call that releases the GIL, from the flush thread."""
+        resume = self._resume
+        if resume is not None:
+            if self._stepped is resume:
+                # We already started a call for this writer, and it has not got the GIL
+                # back since (its thread waits for a CPU): let it run before our next step.
+                self._stepped = None
+                if self._wait_off_gil(resume):
+                    resume.release()
+            else:
+                self._stepped = resume
+        return self._wait_off_gil(None, io, fn, *args)
+
+    def _wait_off_gil(self, lock: threading.Lock | None, io: bool = False,
+                      fn: Callable[..., Any] | None = None, *args: object) -> Any:
+        """Run ``fn(*args)`` (or wait for ``lock``) with a ticket out (see above)."""
+        ticket = threading.Lock()
+        ticket.acquire()
+        self._away = (ticket, io)
+        try:
+            if lock is not None:
+                return lock.acquire(True, MEET_TIMEOUT)
+            assert fn is not None
+            return fn(*args)
+        finally:
+            self._returned()
+
+    def _compress_off_gil(self, raw: bytes) -> bytes:
+        out: bytes = self._off_gil(False, self._compress, raw)
+        return out
 
     def _start_thread(self) -> None:
         self._thread = threading.Thread(target=self._run, name=f"mmapkit-log-{self._name}",
@@ -570,13 +761,16 @@ class Writer:
 
     def _run(self) -> None:
         while True:
-            self._wake.wait(self._interval)
+            self._idle = True
+            kicked = self._wake.wait(self._interval)
+            self._idle = False
+            self._returned()
             self._wake.clear()
-            self._kicked = False
             if self._closed or self._forked:
                 return
             try:
-                self._flush_now()
+                # Kicked: whole chunks, while writers complete them.  On the timer: all.
+                self._flush_now(full=not kicked, background=True)
             except OSError:
                 pass  # already warned once for this episode; retried on the next wake-up
             except Exception as exc:  # the thread must survive; the caller sees statistics
@@ -601,40 +795,113 @@ class Writer:
             if self._region is not None:
                 self._region.sync()
 
-    def _flush_now(self) -> None:
+    def _flush_now(self, full: bool = True, background: bool = False) -> None:
+        """Write buffered records to the log file, then free their bytes of the ring.
+
+        ``full``: everything written before the call (the open chunk is cut); else only
+        whole chunks.  ``background``: the flush thread, which hands off the GIL (see
+        above), gathers up to WRITE_BATCH frames per file write and goes on while writers
+        complete chunks.
+        """
         with self._flush_lock:
-            with self._lock:
-                head, tail, last_seq = self._head, self._tail, self._seq
-            if head == tail:
-                return
             area = self._area
-            # Records left by a dead owner were validated by the scan at open; the
-            # scan's spans leave out a damaged record instead of copying it.
-            spans, self._checked_spans = self._checked_spans or _spans(area, head, tail), None
-            frames = _frames_of(area, spans, self._stream, self._code, self._compress,
-                                self._encrypt)
-            blob = b"".join(f for f, _ in frames)
-            try:
+            with self._lock:
+                head = self._head
+                if full and self._chunk_start < self._tail:
+                    self._cuts.append((self._chunk_start, self._tail, None))
+                    self._chunk_start = self._tail
+                    self._mark = self._tail + CHUNK
+                    self._set_limit()
+                recovered = self._recovered_spans
+                cuts = list(self._cuts)
+            frames: list[bytes] = []
+            done = records = raw = 0  # cuts framed, and their records and bytes
+            end, next_seq = head, 0
+            if recovered:
+                for frame, n in _frames_of(area, recovered, self._stream, self._code,
+                                           self._compress, self._encrypt):
+                    frames.append(frame)
+                    records += n
+                raw += sum(n for _, n in recovered)
+                with self._lock:
+                    end, next_seq = self._recovered_end, self._recovered_next
+            compress = self._compress_off_gil if background else self._compress
+            while True:
+                for start, stop, last in cuts[done:]:
+                    frame, n, last_seq = self._frame_chunk(start, stop, last, compress)
+                    frames.append(frame)
+                    records += n
+                    raw += stop - start
+                    end, next_seq = stop, last_seq + 1
+                done = len(cuts)
+                if background and not full:
+                    with self._lock:
+                        more = len(self._cuts) > done
+                        if more:
+                            cuts = list(self._cuts)
+                    if more and len(frames) < WRITE_BATCH:
+                        continue
+                if not frames:
+                    return
+                self._write_frames(frames, records)
+                # Steps 2-4 of the table in the module comment.
+                self._store_head(end, next_seq)
+                _zero_range(area, head, end)
+                with self._lock:
+                    self._head = head = end
+                    del self._cuts[:done]
+                    self._recovered_spans = None
+                    self._set_limit()
+                self._raw_bytes += raw
+                frames, records, raw, done = [], 0, 0, 0
+                if not (background and not full):
+                    return
+                with self._lock:
+                    cuts = list(self._cuts)
+                if not cuts:
+                    return
+
+    def _frame_chunk(self, start: int, stop: int, last: int | None,
+                     compress: Callable[[bytes], bytes]) -> tuple[bytes, int, int]:
+        """(frame, records, last sequence) of the chunk of records at [start, stop)."""
+        cap, area = self._cap, self._area
+        a = start % cap
+        b = a + (stop - start)
+        if b > cap or stop <= start:
+            raise AssertionError(f"chunk [{start}, {stop}) crosses the end of the ring")
+        if last is None:
+            last = start + _last_record(area, a, b)
+        first_seq, t0, pid = REC_REST.unpack_from(area, a + 8)[:3]
+        last_seq, t1 = REC_REST.unpack_from(area, last % cap + 8)[:2]
+        count = last_seq - first_seq + 1
+        with area[a:b] as records:
+            frame = _codec.encode_frame(
+                records, stream=self._stream, first_seq=first_seq, count=count, pid=pid,  # type: ignore[arg-type]
+                first_time_us=t0, last_time_us=t1, compression=self._code,
+                compress=compress, encrypt=self._encrypt)
+        return frame, count, last_seq
+
+    def _write_frames(self, frames: list[bytes], records: int) -> None:
+        blob = b"".join(frames)
+        try:
+            if threading.current_thread() is self._thread:
+                self._off_gil(True, self._sink.append, blob, time.time())
+            else:
                 self._sink.append(blob, time.time())
-            except OSError as exc:
-                self._failed += 1
-                if not self._failing:
-                    self._failing = True
-                    warnings.warn(f"mmapkit.log: {exc}; {sum(n for _, n in frames)} records "
-                                  "wait in the buffer", LogWarning, stacklevel=3)
-                raise
-            if self._failing:
-                self._failing = False
-                warnings.warn("mmapkit.log: the log file is writable again; the buffered "
-                              "records were written", LogWarning, stacklevel=3)
-            self._flushes += 1
-            self._frames += len(frames)
-            self._raw_bytes += sum(n for _, n in spans)
-            self._file_bytes += len(blob)
-            # Steps 2-4 of the table in the module comment.
-            self._store_head(tail, last_seq + 1)
-            _zero_range(area, head, tail)
-            self._head = tail
+        except OSError as exc:
+            self._failed += 1
+            if not self._failing:
+                self._failing = True
+                warnings.warn(f"mmapkit.log: {exc}; {records} records wait in the buffer",
+                              LogWarning, stacklevel=4)
+            raise
+        if self._failing:
+            self._failing = False
+            warnings.warn("mmapkit.log: the log file is writable again; the buffered "
+                          "records were written", LogWarning, stacklevel=4)
+        self._flushes += 1
+        self._frames += len(frames)
+        self._file_bytes += len(blob)
 
     # --- life cycle -------------------------------------------------------------------
 
@@ -685,8 +952,9 @@ class Writer:
         finally:
             with self._lock:
                 self._closed = True
+                self._limit = -1
             self._wake.set()
-            if self._thread is not threading.current_thread():
+            if self._thread is not None and self._thread is not threading.current_thread():
                 self._thread.join(timeout=10)
             self._release()
 
@@ -719,6 +987,9 @@ def _after_fork(ref: weakref.ref[Writer]) -> None:
         w._lock = threading.Lock()
         w._flush_lock = threading.RLock()
         w._wake = threading.Event()
+        w._away = w._resume = w._stepped = None  # the parent's threads are gone
+        w._idle = False
+        w._limit = -1  # the next write takes the slow path, which reopens
         if w._sink.fd is not None:
             with contextlib.suppress(OSError):
                 os.close(w._sink.fd)
@@ -726,26 +997,14 @@ def _after_fork(ref: weakref.ref[Writer]) -> None:
         w._forked = True
 
 
-def _spans(area: memoryview, head: int, tail: int) -> list[tuple[int, int]]:
-    """Byte ranges of the area holding the records of [head, tail) (split at the wrap)."""
-    cap = len(area)
-    a, b = head % cap, tail % cap
-    if tail - head <= cap - a:
-        return [(a, tail - head)]
-    # The writer wrapped: a pad marker (or nothing) ends the first part.
+def _last_record(area: memoryview, a: int, b: int) -> int:
+    """Offset from ``a`` of the last record of those back to back in area[a:b]."""
+    last = pos = a
     with area.cast("I") as u32:
-        pos = a
-        while pos < cap:
-            size = u32[pos >> 2]
-            if size & PAD_BIT or size == 0:
-                break
-            pos += (size + 7) & ~7
-    out: list[tuple[int, int]] = []
-    if pos > a:
-        out.append((a, pos - a))
-    if b:
-        out.append((0, b))
-    return out
+        while pos < b:
+            last = pos
+            pos += (u32[pos >> 2] + 7) & ~7
+    return last - a
 
 
 def _frames_of(area: memoryview, spans: list[tuple[int, int]], stream: int, code: int,
