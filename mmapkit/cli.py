@@ -61,3 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def console_main() -> None:
     sys.exit(main())
+
+
+if __name__ == "__main__":  # python -m mmapkit.cli, as well as python -m mmapkit
+    raise SystemExit(main())
