@@ -248,6 +248,18 @@ class Writer:
     ``crypto``); only the holder of the private key can read the log.
     """
 
+    # Slots: write() (and Handler.handle) touch a dozen attributes per record, and an
+    # instance dict of this size is past CPython's shared-key limit.
+    __slots__ = (
+        "__weakref__", "_area", "_away", "_buffer_size", "_cap", "_chunk_start", "_closed",
+        "_code", "_compress", "_cuts", "_directory", "_encrypt", "_failed", "_failing",
+        "_file_bytes", "_flush_lock", "_flushes", "_forked", "_frames", "_hdr_q", "_head",
+        "_idle", "_interval", "_limit", "_lock", "_mark", "_name", "_pid", "_raw_bytes",
+        "_recovered", "_recovered_end", "_recovered_next", "_recovered_spans", "_region",
+        "_resume", "_seq", "_seq_at_open", "_sink", "_slot_lock", "_stepped", "_stream",
+        "_tail", "_thread", "_threshold", "_u32", "_view", "_wake",
+    )
+
     def __init__(self, directory: str | os.PathLike[str], name: str = "app", *,
                  buffer_size: int = DEFAULT_BUFFER, flush_interval: float = 3.0,
                  max_bytes: int | None = 16 << 20, rotate: str | None = "daily",
