@@ -100,6 +100,8 @@ _MISSING: Any = object()
 _PLAIN = frozenset((int, str, bytes, float, bool, type(None)))
 _F64 = struct.Struct("<d")
 _U16 = struct.Struct("<H")
+_KEY_LEN = tuple(_U16.pack(n) for n in range(KEY_MAX + 1))  # a key's length field, by length
+_PADS = tuple(b"\0" * n for n in range(8))
 _Keys = set[str]
 _REC_PACK = struct.Struct("<HBBII").pack_into
 _REC_UNPACK = struct.Struct("<HBBII").unpack_from
@@ -808,96 +810,107 @@ class KV(MutableMapping[str, Any]):
         self._waiter.wake()
 
     def _make_room(self, need: int) -> None:
+        # Compaction re-encodes every live entry, so its cost per overwrite is the live
+        # data over the room it frees.  It runs once at most a third of the file is live
+        # and leaves twice the live data: the live set can be overwritten twice per
+        # compaction, and the file stays within three times its live data.
         used = self._pos - DATA_START
-        # Encoding every live value costs O(keys): do it only when the share of live
-        # operations says a compaction is likely to halve the file.
-        estimate = used * min(1.0, len(self._index) / max(self._nops, 1))
-        if (estimate + need) * 2 <= used * 1.25:
+        # The share of live operations estimates the live bytes without encoding them.
+        live = used * min(1.0, len(self._index) / max(self._nops, 1))
+        if live * 3 <= used:
             image = self._image(self._cipher)
-            if (image[1] - DATA_START + need) * 2 <= used:
-                # The new file holds twice the live data: room for as much again before
-                # the next compaction (amortized, one re-encoded entry per overwrite).
+            live = image[1] - DATA_START
+            if live * 3 <= used:
                 self._rewrite(image, self._cipher, extra=need)
                 return
         assert self._region is not None
         least = _platform.align_up(self._pos + need)
+        size = self._size
+        # Up to where the next compaction is due (three times the live data), by at most
+        # double (fresh data: the file stays within twice it) and at least an eighth (an
+        # estimate that runs short cannot make the file creep up page by page).
+        target = max(least, _platform.align_up(size + size // 8),
+                     min(2 * size, _platform.align_up(DATA_START + int(3 * (live + need)))))
         self._unbind_views()
         try:
             try:
-                # 1.5x, not 2x: the file stays nearer its live data between compactions.
-                self._region.grow(max(_platform.align_up(self._size * 3 // 2), least))
+                self._region.grow(target)
             except DiskFullError:
                 self._region.grow(least)  # the disk is nearly full: use what is left
         finally:
             self._bind_views()
 
     def _live_entries(self) -> list[tuple[int, bytes]]:
-        # Runs over every key at each compaction: the common encodings are inlined.
         now = time.time()
-        out: list[tuple[int, bytes]] = []
-        append = out.append
-        u16, ti, tl, enc = _U16.pack, _TI.pack, _TL.pack, codec.encode_value
-        for key, stored in self._index.items():
-            kb = key.encode("utf-8", "surrogatepass")
-            kb = u16(len(kb)) + kb
-            kind = KIND_SET
-            if type(stored) is _Expiring:
-                if stored.expiry <= now:
-                    continue
-                kind = KIND_SET_TTL
-                kb = _F64.pack(stored.expiry) + kb
-                stored = stored.value
-            t = type(stored)
-            if t is int and _I64_MIN <= stored <= _I64_MAX:
-                vb = ti(3, stored)
-            elif t is bytes:
-                vb = tl(7, len(stored)) + stored
-            elif t is _Packed:
-                vb = stored.data
-            else:
-                vb = enc(stored)
-            append((kind, kb + vb))
-        return out
+        entry = self._entry
+        return [entry(key, stored) for key, stored in self._index.items()
+                if type(stored) is not _Expiring or stored.expiry > now]
+
+    @staticmethod
+    def _entry(key: str, stored: Any) -> tuple[int, bytes]:
+        """The (kind, body) of the record that sets ``key`` to ``stored`` (index form)."""
+        kb = key.encode("utf-8", "surrogatepass")
+        kb = _U16.pack(len(kb)) + kb
+        kind = KIND_SET
+        if type(stored) is _Expiring:
+            kind = KIND_SET_TTL
+            kb = _F64.pack(stored.expiry) + kb
+            stored = stored.value
+        t = type(stored)
+        if t is int and _I64_MIN <= stored <= _I64_MAX:
+            vb = _TI.pack(3, stored)
+        elif t is bytes:
+            vb = _TL.pack(7, len(stored)) + stored
+        elif t is _Packed:
+            vb = stored.data
+        else:
+            vb = codec.encode_value(stored)
+        return kind, kb + vb
 
     def _image(self, cipher: Cipher | None) -> tuple[list[bytes], int, int]:
-        """Records of every live key laid out from DATA_START: (parts, end, count)."""
+        """Records of every live key laid out from DATA_START: (buffers, end, count)."""
         if cipher is not None:
             entries = self._live_entries()
             framed, end = _frame_all(entries, cipher)
             return framed, end, len(entries)
-        # Unencrypted: _live_entries() and encode_record() fused, as this runs over every
-        # key at each compaction.
+        # Unencrypted: _live_entries() and encode_record() fused, and bytes and int values
+        # encoded inline, as this runs over every key at each compaction.  Each record is
+        # three buffers (header, body, padding) that _rewrite() hands to pwritev.
         now = time.time()
         parts: list[bytes] = []
         append = parts.append
-        u16, ti, tl, enc, pack = _U16.pack, _TI.pack, _TL.pack, codec.encode_value, _REC.pack
-        pads = [b"\0" * i for i in range(8)]
+        ti, tl, pack, keylen, pads = _TI.pack, _TL.pack, _REC.pack, _KEY_LEN, _PADS
+        entry = self._entry
         pos = DATA_START
+        expired = 0
         for key, stored in self._index.items():
-            kb = key.encode("utf-8", "surrogatepass")
-            head = u16(len(kb)) + kb
-            kind = KIND_SET
-            if type(stored) is _Expiring:
-                if stored.expiry <= now:
-                    continue
-                kind = KIND_SET_TTL
-                head = _F64.pack(stored.expiry) + head
-                stored = stored.value
             t = type(stored)
-            if t is int and _I64_MIN <= stored <= _I64_MAX:
-                body = head + ti(3, stored)
-            elif t is bytes:
-                body = head + tl(7, len(stored)) + stored
-            elif t is _Packed:
-                body = head + stored.data
-            else:
-                body = head + enc(stored)
+            try:
+                kb = key.encode()  # strict UTF-8 equals surrogatepass whenever it succeeds
+                if t is bytes:
+                    body = keylen[len(kb)] + kb + tl(7, len(stored)) + stored
+                    kind = KIND_SET
+                elif t is int:
+                    body = keylen[len(kb)] + kb + ti(3, stored)  # struct.error past 64 bits
+                    kind = KIND_SET
+                elif t is _Expiring and stored.expiry <= now:
+                    expired += 1
+                    continue
+                else:
+                    kind, body = entry(key, stored)
+            except (UnicodeEncodeError, struct.error):
+                if t is _Expiring and stored.expiry <= now:
+                    expired += 1
+                    continue
+                kind, body = entry(key, stored)
             n = len(body)
-            crc = crc32(body, ((pos * 0x9E3779B1) ^ (n << 16) ^ kind) & 0xFFFFFFFF)
-            pad = (-(12 + n)) & 7
-            append(pack(0x4B56, kind, 0, n, crc) + body + pads[pad])
-            pos += 12 + n + pad
-        return parts, pos, len(parts)
+            size = (19 + n) & -8
+            append(pack(0x4B56, kind, 0, n,
+                        crc32(body, ((pos * 0x9E3779B1) ^ (n << 16) ^ kind) & 0xFFFFFFFF)))
+            append(body)
+            append(pads[size - 12 - n])
+            pos += size
+        return parts, pos, len(self._index) - expired
 
     def _rewrite(self, image: tuple[list[bytes], int, int], cipher: Cipher | None, *,
                  extra: int = 0, headroom: int = 2) -> None:
@@ -922,7 +935,8 @@ class KV(MutableMapping[str, Any]):
         try:
             os.fchmod(fd, os.fstat(self._fd).st_mode & 0o7777)
             try:
-                _write_all(fd, header + b"".join(parts), 0)
+                _write_all(fd, header, 0)
+                _write_parts(fd, parts, DATA_START)
             except OSError as exc:
                 raise _disk_full(exc, tmp) from exc
             try:
@@ -1541,6 +1555,19 @@ def _write_all(fd: int, data: bytes, offset: int) -> None:
         n = os.pwrite(fd, view, offset)
         view = view[n:]
         offset += n
+
+
+def _write_parts(fd: int, parts: list[bytes], offset: int) -> None:
+    """Write the concatenation of ``parts`` at ``offset``.
+
+    Joined a few thousand at a time: one copy of the whole would cost as much again in
+    fresh memory, and pwritev of small buffers costs the kernel more than the join.
+    """
+    step = 4096
+    for i in range(0, len(parts), step):
+        data = b"".join(parts[i : i + step])
+        _write_all(fd, data, offset)
+        offset += len(data)
 
 
 def _disk_full(exc: OSError, what: str) -> OSError:
