@@ -266,6 +266,8 @@ class KV(MutableMapping[str, Any]):
         self._pos = DATA_START
         self._seen = 0
         self._fast = self._cipher is None and not self._readonly
+        # The single-process hot path applies: _fast, not shared and not in a batch.
+        self._direct = self._fast and not self._shared
         self._nops = 0  # operations in the file: with len(index), estimates the live share
         self._seq_base = 0  # operations written before the current file began
         self._has_ttl = False  # set once any key gets a ttl (len() then checks expiry)
@@ -1044,37 +1046,44 @@ class KV(MutableMapping[str, Any]):
         # The hot path: a plain value, unencrypted, not in a batch, and the record fits.
         # Same bytes as set() -> _append(), with the calls and checks folded in.
         t = type(value)
-        if not (self._fast and type(key) is str and (t is int or t is bytes or t is str
-                                                     or t is float or t is bool)):
-            return self.set(key, value)
         try:
-            kb = key.encode()  # strict UTF-8 equals surrogatepass whenever it succeeds
-            if t is int:
-                if not _I64_MIN <= value <= _I64_MAX:
-                    return self.set(key, value)
-                vb = _TI.pack(3, value)
-            elif t is bytes:
+            if t is bytes:
                 vb = _TL.pack(7, len(value)) + value
+            elif t is int:
+                vb = _TI.pack(3, value)  # struct.error past 64 bits: the general path
             elif t is str:
                 raw = value.encode()
                 vb = _TL.pack(6, len(raw)) + raw
             elif t is float:
                 vb = _TF.pack(5, value)
-            else:
+            elif t is bool:
                 vb = b"\x02" if value else b"\x01"
-        except UnicodeEncodeError:  # lone surrogates: the general path encodes them
-            return self.set(key, value)
-        nk = len(kb)
-        if nk > KEY_MAX:
-            return self.set(key, value)  # raises the error that names the limit
-        body = _U16.pack(nk) + kb + vb
+            else:
+                return self.set(key, value)
+            if type(key) is not str:
+                return self.set(key, value)
+            kb = key.encode()  # strict UTF-8 equals surrogatepass whenever it succeeds
+            body = _KEY_LEN[len(kb)] + kb + vb  # IndexError past KEY_MAX
+        except (UnicodeEncodeError, struct.error, IndexError):
+            return self.set(key, value)  # lone surrogates, big ints; or the error to raise
         n = len(body)
         tlock = self._tlock
         tlock.acquire()  # not `with`: measurably cheaper on this path
         try:
-            if self._batch is not None or not self._fast:
-                pass
-            elif self._shared:
+            if self._direct:  # single-process, unencrypted, not in a batch
+                pos = self._pos
+                end = pos + ((19 + n) & ~7)
+                if end <= self._size:  # _put() inlined
+                    view = self._view
+                    _REC_PACK(view, pos, 0x4B56, 1, 0, n,  # 1: KIND_SET
+                              crc32(body, ((pos * 0x9E3779B1) ^ (n << 16) ^ 1) & 0xFFFFFFFF))
+                    view[pos + 12 : pos + 12 + n] = body
+                    self._commit[0] = end  # the commit point
+                    self._pos = end
+                    self._nops += 1
+                    self._index[key] = value
+                    return None
+            elif self._shared and self._fast and self._batch is None:
                 self._enter_write()
                 try:
                     pos = self._pos
@@ -1085,19 +1094,6 @@ class KV(MutableMapping[str, Any]):
                         return None
                 finally:
                     self._exit_write()
-            else:
-                pos = self._pos
-                end = pos + ((19 + n) & ~7)
-                if end <= self._size:  # _put() inlined: the single-process hot path
-                    view = self._view
-                    _REC_PACK(view, pos, 0x4B56, KIND_SET, 0, n, crc32(
-                        body, ((pos * 0x9E3779B1) ^ (n << 16) ^ KIND_SET) & 0xFFFFFFFF))
-                    view[pos + 12 : pos + 12 + n] = body
-                    self._commit[0] = end  # the commit point
-                    self._pos = self._seen = end
-                    self._nops += 1
-                    self._index[key] = value
-                    return None
         finally:
             tlock.release()
         return self.set(key, value)
@@ -1194,6 +1190,7 @@ class KV(MutableMapping[str, Any]):
                 return
             self._enter_write()
             self._batch, self._undo, self._undo_all = [], {}, None
+            self._direct = False
             try:
                 try:
                     yield self
@@ -1215,6 +1212,7 @@ class KV(MutableMapping[str, Any]):
                     raise
             finally:
                 self._batch, self._undo, self._undo_all = None, {}, None
+                self._direct = self._fast and not self._shared
                 self._exit_write()
 
     @contextlib.contextmanager
@@ -1266,6 +1264,7 @@ class KV(MutableMapping[str, Any]):
                 self._rewrite(self._image(cipher), cipher)
                 self._cipher = cipher
                 self._fast = cipher is None
+                self._direct = self._fast and not self._shared and self._batch is None
             finally:
                 self._exit_write()
 
@@ -1479,7 +1478,7 @@ class KV(MutableMapping[str, Any]):
             if self._mode is not None:
                 self._mode.close()
             self._index = _Closed()
-            self._shared = self._fast = False
+            self._shared = self._fast = self._direct = False
 
     def __enter__(self) -> KV:
         return self
