@@ -213,7 +213,10 @@ def test_plain_writes_at_their_limits(path: Path) -> None:
     # The inline write path hands anything it does not encode itself to set().
     values = {"lo": -(1 << 63), "hi": (1 << 63) - 1, "past": 1 << 63, "big": -(3**90),
               "t": True, "f": False, "fl": -0.0, "s": "", "b": b"", "n": None,
-              "lone \ud800": b"x", "k" * KV.KEY_MAX: 1, "sur": "\udcff"}
+              "lone \ud800": b"x", "k" * KV.KEY_MAX: 1, "sur": "\udcff",
+              # record bodies of 256 and 257 bytes (written by a cached Struct or in two
+              # steps), and a long one
+              "b256": b"a" * 245, "b257": b"b" * 246, "long": "é" * 5000}
     with KV(path, capacity=4096) as kv:
         for k, v in values.items():
             kv[k] = v

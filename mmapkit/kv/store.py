@@ -51,7 +51,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import IO, Any
@@ -102,6 +102,7 @@ _F64 = struct.Struct("<d")
 _U16 = struct.Struct("<H")
 _KEY_LEN = tuple(_U16.pack(n) for n in range(KEY_MAX + 1))  # a key's length field, by length
 _PADS = tuple(b"\0" * n for n in range(8))
+_PACKED_BODY_MAX = 256  # bodies up to this long are written with one cached Struct each
 _Keys = set[str]
 _REC_PACK = struct.Struct("<HBBII").pack_into
 _REC_UNPACK = struct.Struct("<HBBII").unpack_from
@@ -268,6 +269,7 @@ class KV(MutableMapping[str, Any]):
         self._fast = self._cipher is None and not self._readonly
         # The single-process hot path applies: _fast, not shared and not in a batch.
         self._direct = self._fast and not self._shared
+        self._packers: dict[int, Callable[..., None]] = {}  # see _packer()
         self._nops = 0  # operations in the file: with len(index), estimates the live share
         self._seq_base = 0  # operations written before the current file began
         self._has_ttl = False  # set once any key gets a ttl (len() then checks expiry)
@@ -1047,25 +1049,24 @@ class KV(MutableMapping[str, Any]):
         # Same bytes as set() -> _append(), with the calls and checks folded in.
         t = type(value)
         try:
+            kb = str.encode(key)  # strict UTF-8 equals surrogatepass whenever it succeeds
             if t is bytes:
-                vb = _TL.pack(7, len(value)) + value
+                body = b"".join((_KEY_LEN[len(kb)], kb, _TL.pack(7, len(value)), value))
             elif t is int:
-                vb = _TI.pack(3, value)  # struct.error past 64 bits: the general path
+                body = _KEY_LEN[len(kb)] + kb + _TI.pack(3, value)
             elif t is str:
                 raw = value.encode()
-                vb = _TL.pack(6, len(raw)) + raw
+                body = b"".join((_KEY_LEN[len(kb)], kb, _TL.pack(6, len(raw)), raw))
             elif t is float:
-                vb = _TF.pack(5, value)
+                body = _KEY_LEN[len(kb)] + kb + _TF.pack(5, value)
             elif t is bool:
-                vb = b"\x02" if value else b"\x01"
+                body = _KEY_LEN[len(kb)] + kb + (b"\x02" if value else b"\x01")
             else:
                 return self.set(key, value)
-            if type(key) is not str:
-                return self.set(key, value)
-            kb = key.encode()  # strict UTF-8 equals surrogatepass whenever it succeeds
-            body = _KEY_LEN[len(kb)] + kb + vb  # IndexError past KEY_MAX
-        except (UnicodeEncodeError, struct.error, IndexError):
-            return self.set(key, value)  # lone surrogates, big ints; or the error to raise
+        except (UnicodeEncodeError, struct.error, IndexError, TypeError):
+            # Lone surrogates, ints past 64 bits: the general path encodes them.  Keys
+            # past KEY_MAX or not str: it raises the error that says so.
+            return self.set(key, value)
         n = len(body)
         tlock = self._tlock
         tlock.acquire()  # not `with`: measurably cheaper on this path
@@ -1074,10 +1075,10 @@ class KV(MutableMapping[str, Any]):
                 pos = self._pos
                 end = pos + ((19 + n) & ~7)
                 if end <= self._size:  # _put() inlined
-                    view = self._view
-                    _REC_PACK(view, pos, 0x4B56, 1, 0, n,  # 1: KIND_SET
-                              crc32(body, ((pos * 0x9E3779B1) ^ (n << 16) ^ 1) & 0xFFFFFFFF))
-                    view[pos + 12 : pos + 12 + n] = body
+                    # Header and body in one call (1: KIND_SET; crc32 masks the seed).
+                    (self._packers.get(n) or self._packer(n))(
+                        self._view, pos, 0x4B56, 1, 0, n,
+                        crc32(body, (pos * 0x9E3779B1) ^ (n << 16) ^ 1), body)
                     self._commit[0] = end  # the commit point
                     self._pos = end
                     self._nops += 1
@@ -1097,6 +1098,13 @@ class KV(MutableMapping[str, Any]):
         finally:
             tlock.release()
         return self.set(key, value)
+
+    def _packer(self, n: int) -> Callable[..., None]:
+        """pack_into(view, pos, magic, kind, flags, n, crc, body) for bodies of ``n`` bytes."""
+        if n > _PACKED_BODY_MAX:
+            return _pack_split
+        packer = self._packers[n] = struct.Struct(f"<HBBII{n}s").pack_into
+        return packer
 
     def _put(self, pos: int, end: int, body: bytes, n: int) -> None:
         view = self._view
@@ -1546,6 +1554,13 @@ def _frame_all(entries: list[tuple[int, bytes]], cipher: Cipher | None) -> tuple
             append(rec)
             pos += len(rec)
     return parts, pos
+
+
+def _pack_split(view: memoryview, pos: int, magic: int, kind: int, flags: int, n: int,
+                crc: int, body: bytes) -> None:
+    """A record header and a long body (one Struct per length would cost too much memory)."""
+    _REC_PACK(view, pos, magic, kind, flags, n, crc)
+    view[pos + 12 : pos + 12 + n] = body
 
 
 def _write_all(fd: int, data: bytes, offset: int) -> None:
