@@ -234,7 +234,7 @@ def test_plain_writes_at_their_limits(path: Path) -> None:
 def test_compaction_writes_every_kind_of_entry(path: Path) -> None:
     values = {"i": 7, "big": 3**80, "b": b"\0" * 50, "s": "snow ☃", "fl": 1.5, "t": True,
               "n": None, "l": [1, (2, b"3")], "d": {"a": {"b": None}}, "\ud800k": b"lone",
-              "\udcffi": 1 << 64}
+              "\udcffi": 1 << 64, "long": b"L" * 3000, "long s": "é" * 700}
     with KV(path, capacity=4096) as kv:
         kv.update(values)
         kv.set("ttl", [1, 2], ttl=100)

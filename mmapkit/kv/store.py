@@ -130,6 +130,9 @@ class _Expiring:
         self.expiry = expiry
 
 
+_SPECIAL = (_Packed, _Expiring)  # index values that reads must unwrap
+
+
 class _Closed(dict[str, Any]):
     """Stands in for the index after close(): every access raises ClosedError."""
 
@@ -878,12 +881,13 @@ class KV(MutableMapping[str, Any]):
             framed, end = _frame_all(entries, cipher)
             return framed, end, len(entries)
         # Unencrypted: _live_entries() and encode_record() fused, and bytes and int values
-        # encoded inline, as this runs over every key at each compaction.  Each record is
-        # three buffers (header, body, padding) that _rewrite() hands to pwritev.
+        # encoded inline, as this runs over every key at each compaction.  A record is
+        # framed by one Struct per body length (header, body and padding in one call).
         now = time.time()
         parts: list[bytes] = []
         append = parts.append
-        ti, tl, pack, keylen, pads = _TI.pack, _TL.pack, _REC.pack, _KEY_LEN, _PADS
+        ti, tl, keylen = _TI.pack, _TL.pack, _KEY_LEN
+        framers: dict[int, Callable[..., bytes]] = {}
         entry = self._entry
         pos = DATA_START
         expired = 0
@@ -892,7 +896,7 @@ class KV(MutableMapping[str, Any]):
             try:
                 kb = key.encode()  # strict UTF-8 equals surrogatepass whenever it succeeds
                 if t is bytes:
-                    body = keylen[len(kb)] + kb + tl(7, len(stored)) + stored
+                    body = b"".join((keylen[len(kb)], kb, tl(7, len(stored)), stored))
                     kind = KIND_SET
                 elif t is int:
                     body = keylen[len(kb)] + kb + ti(3, stored)  # struct.error past 64 bits
@@ -908,12 +912,12 @@ class KV(MutableMapping[str, Any]):
                     continue
                 kind, body = entry(key, stored)
             n = len(body)
-            size = (19 + n) & -8
-            append(pack(0x4B56, kind, 0, n,
-                        crc32(body, ((pos * 0x9E3779B1) ^ (n << 16) ^ kind) & 0xFFFFFFFF)))
-            append(body)
-            append(pads[size - 12 - n])
-            pos += size
+            frame = framers.get(n)
+            if frame is None:
+                frame = framers[n] = _framer(n)
+            append(frame(0x4B56, kind, 0, n, crc32(body, (pos * 0x9E3779B1) ^ (n << 16) ^ kind),
+                         body))
+            pos += (19 + n) & -8
         return parts, pos, len(self._index) - expired
 
     def _rewrite(self, image: tuple[list[bytes], int, int], cipher: Cipher | None, *,
@@ -1017,7 +1021,7 @@ class KV(MutableMapping[str, Any]):
         if self._shared and self._commit[0] != self._seen:  # the seqlock check
             self._poll()
         v = self._index[key]
-        if type(v) in (_Packed, _Expiring):
+        if type(v) in _SPECIAL:
             return self._special(key, v)
         return v
 
@@ -1028,7 +1032,7 @@ class KV(MutableMapping[str, Any]):
         v = self._index.get(key, _MISSING)
         if v is _MISSING:
             return default
-        if type(v) in (_Packed, _Expiring):
+        if type(v) in _SPECIAL:
             try:
                 return self._special(key, v)
             except KeyError:
@@ -1554,6 +1558,17 @@ def _frame_all(entries: list[tuple[int, bytes]], cipher: Cipher | None) -> tuple
             append(rec)
             pos += len(rec)
     return parts, pos
+
+
+def _framer(n: int) -> Callable[..., bytes]:
+    """pack(magic, kind, flags, n, crc, body) -> the padded record, for ``n``-byte bodies."""
+    pad = _PADS[-(12 + n) & 7]
+    if n > 1024:  # long bodies: no Struct for each length (the copies cost more anyway)
+        def frame(magic: int, kind: int, flags: int, n: int, crc: int, body: bytes) -> bytes:
+            return b"".join((_REC.pack(magic, kind, flags, n, crc), body, pad))
+
+        return frame
+    return struct.Struct(f"<HBBII{n}s{len(pad)}x").pack
 
 
 def _pack_split(view: memoryview, pos: int, magic: int, kind: int, flags: int, n: int,
