@@ -209,6 +209,15 @@ def test_steady_overwrites_keep_the_file_within_three_times_live(path: Path) -> 
         assert dict(kv) == {f"key{i:05d}": bytes([29]) * 60 for i in range(300)}
 
 
+def test_a_first_write_larger_than_the_file_grows_it(path: Path) -> None:
+    with KV(path, capacity=4096) as kv:
+        kv["big"] = b"x" * 100_000
+        st = kv.statistics()
+        assert st.compactions == 0 and st.file_bytes >= 100_000
+    with KV(path) as kv:
+        assert kv["big"] == b"x" * 100_000
+
+
 def test_plain_writes_at_their_limits(path: Path) -> None:
     # The inline write path hands anything it does not encode itself to set().
     values = {"lo": -(1 << 63), "hi": (1 << 63) - 1, "past": 1 << 63, "big": -(3**90),

@@ -824,7 +824,7 @@ class KV(MutableMapping[str, Any]):
         used = self._pos - DATA_START
         # The share of live operations estimates the live bytes without encoding them.
         live = used * min(1.0, len(self._index) / max(self._nops, 1))
-        if live * 3 <= used:
+        if used and live * 3 <= used:  # (an empty store just grows)
             image = self._image(self._cipher)
             live = image[1] - DATA_START
             if live * 3 <= used:
@@ -1564,8 +1564,9 @@ def _framer(n: int) -> Callable[..., bytes]:
     """pack(magic, kind, flags, n, crc, body) -> the padded record, for ``n``-byte bodies."""
     pad = _PADS[-(12 + n) & 7]
     if n > 1024:  # long bodies: no Struct for each length (the copies cost more anyway)
-        def frame(magic: int, kind: int, flags: int, n: int, crc: int, body: bytes) -> bytes:
-            return b"".join((_REC.pack(magic, kind, flags, n, crc), body, pad))
+        def frame(magic: int, kind: int, flags: int, length: int, crc: int,
+                  body: bytes) -> bytes:
+            return b"".join((_REC.pack(magic, kind, flags, length, crc), body, pad))
 
         return frame
     return struct.Struct(f"<HBBII{n}s{len(pad)}x").pack
