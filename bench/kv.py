@@ -244,14 +244,23 @@ def _size(path: str) -> int:
 
 
 @contextlib.contextmanager
-def _opened(cls: type[Store], tmp: str, tag: str, multiprocess: bool = False) -> Iterator[Store]:
+def _scratch(tmp: str, tag: str) -> Iterator[str]:
+    """A path in a fresh directory under ``tmp``, removed with everything in it after."""
     d = tempfile.mkdtemp(dir=tmp)
-    store = cls(os.path.join(d, tag), multiprocess)
     try:
-        yield store
+        yield os.path.join(d, tag)
     finally:
-        store.close()
         shutil.rmtree(d, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _opened(cls: type[Store], tmp: str, tag: str, multiprocess: bool = False) -> Iterator[Store]:
+    with _scratch(tmp, tag) as path:
+        store = cls(path, multiprocess)
+        try:
+            yield store
+        finally:
+            store.close()
 
 
 def _sized(fn: Callable[[list[str]], None], keys: list[str], budget: float) -> list[str]:
@@ -326,9 +335,7 @@ def _fill(cls: type[Store], path: str, n: int, passes: int = 1) -> str:
 
 def _load_case(report: _harness.Report, cls: type[Store], tmp: str, n: int,
                repeat: int) -> None:
-    d = tempfile.mkdtemp(dir=tmp)
-    try:
-        path = os.path.join(d, "load")
+    with _scratch(tmp, "load") as path:
         name = _fill(cls, path, n)
         probe = f"{n - 1:016d}"
 
@@ -340,19 +347,13 @@ def _load_case(report: _harness.Report, cls: type[Store], tmp: str, n: int,
         label = f"open+load {n // 1000}k keys"
         report.add(label, name, _harness.timings(open_and_get, repeat), "s",
                    higher_is_better=False)
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def _size_case(report: _harness.Report, cls: type[Store], tmp: str, n: int) -> None:
-    d = tempfile.mkdtemp(dir=tmp)
-    try:
-        path = os.path.join(d, "size")
+    with _scratch(tmp, "size") as path:
         name = _fill(cls, path, n, passes=3)
         report.add("file bytes after 2 overwrite passes", name, [_size(path)], "bytes",
                    higher_is_better=False)
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 _RSS_CHILD = """
@@ -375,9 +376,7 @@ print((rss() - before) / n)
 def _rss_case(report: _harness.Report, cls: type[Store], tmp: str, n: int) -> None:
     if not sys.platform.startswith("linux"):
         return
-    d = tempfile.mkdtemp(dir=tmp)
-    try:
-        path = os.path.join(d, "rss")
+    with _scratch(tmp, "rss") as path:
         name = _fill(cls, path, n)
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         out = subprocess.run([sys.executable, "-c", textwrap.dedent(_RSS_CHILD), cls.__name__,
@@ -385,8 +384,6 @@ def _rss_case(report: _harness.Report, cls: type[Store], tmp: str, n: int) -> No
         if out.returncode == 0:
             report.add("RSS bytes per key (all read)", name, [float(out.stdout)], "bytes",
                        higher_is_better=False)
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def _available(cls: type[Store], tmp: str) -> str | None:

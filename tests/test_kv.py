@@ -193,6 +193,78 @@ def test_no_bloat_after_overwrites_and_deletes(path: Path) -> None:
     assert KV.check(path).ok
 
 
+def test_steady_overwrites_keep_the_file_within_three_times_live(path: Path) -> None:
+    page = os.sysconf("SC_PAGE_SIZE")
+    with KV(path, capacity=4096) as kv:
+        for rnd in range(30):
+            for i in range(300):
+                kv[f"key{i:05d}"] = bytes([rnd]) * 60
+            st = kv.statistics()
+            assert st.file_bytes <= 3 * st.live_bytes + 2 * page
+        assert st.compactions > 5
+        kv.compact()
+        st = kv.statistics()
+        assert st.file_bytes <= -(-2 * st.live_bytes // page) * page + page
+    with KV(path) as kv:
+        assert dict(kv) == {f"key{i:05d}": bytes([29]) * 60 for i in range(300)}
+
+
+def test_a_first_write_larger_than_the_file_grows_it(path: Path) -> None:
+    with KV(path, capacity=4096) as kv:
+        kv["big"] = b"x" * 100_000
+        st = kv.statistics()
+        assert st.compactions == 0 and st.file_bytes >= 100_000
+    with KV(path) as kv:
+        assert kv["big"] == b"x" * 100_000
+
+
+def test_plain_writes_at_their_limits(path: Path) -> None:
+    # The inline write path hands anything it does not encode itself to set().
+    values = {"lo": -(1 << 63), "hi": (1 << 63) - 1, "past": 1 << 63, "big": -(3**90),
+              "t": True, "f": False, "fl": -0.0, "s": "", "b": b"", "n": None,
+              "lone \ud800": b"x", "k" * KV.KEY_MAX: 1, "sur": "\udcff",
+              # record bodies of 256 and 257 bytes (written by a cached Struct or in two
+              # steps), and a long one
+              "b256": b"a" * 245, "b257": b"b" * 246, "long": "é" * 5000}
+    with KV(path, capacity=4096) as kv:
+        for k, v in values.items():
+            kv[k] = v
+        for k, v in values.items():
+            assert kv[k] == v and type(kv[k]) is type(v)
+        with pytest.raises(ValueError, match="limit"):
+            kv["é" * KV.KEY_MAX] = 1
+        with pytest.raises(TypeError):
+            kv[b"k"] = 1  # type: ignore[index]
+    with KV(path) as kv:
+        assert {k: (type(v), v) for k, v in kv.items()} == \
+            {k: (type(v), v) for k, v in values.items()}
+
+
+def test_compaction_writes_every_kind_of_entry(path: Path) -> None:
+    values = {"i": 7, "big": 3**80, "b": b"\0" * 50, "s": "snow ☃", "fl": 1.5, "t": True,
+              "n": None, "l": [1, (2, b"3")], "d": {"a": {"b": None}}, "\ud800k": b"lone",
+              "\udcffi": 1 << 64, "long": b"L" * 3000, "long s": "é" * 700}
+    with KV(path, capacity=4096) as kv:
+        kv.update(values)
+        kv.set("ttl", [1, 2], ttl=100)
+        kv.set("ttl \ud800", 5, ttl=100)
+        kv.set("gone", b"x", ttl=0.05)
+        kv.set("gone \ud800", 5, ttl=0.05)
+        time.sleep(0.1)
+        kv.compact()
+        for rnd in range(40):  # automatic compactions too
+            for i in range(50):
+                kv[f"churn{i}"] = rnd
+        assert kv.statistics().compactions > 2
+        expect = {**values, "ttl": [1, 2], "ttl \ud800": 5,
+                  **{f"churn{i}": 39 for i in range(50)}}
+        assert dict(kv) == expect
+    with KV(path) as kv:
+        assert dict(kv) == expect
+    report = KV.check(path)
+    assert report.ok and report.keys == len(expect)
+
+
 def test_empty_file_becomes_a_store(tmp_path: Path) -> None:
     empty = tmp_path / "empty.kv"
     empty.touch()

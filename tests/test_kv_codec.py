@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import pickle
 import struct
+import zlib
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -146,6 +147,16 @@ def test_record_moved_to_another_offset_does_not_verify() -> None:
     rec = codec.encode_record(codec.KIND_DEL, codec.encode_key("a"), 128)
     data = bytes(136) + rec
     assert codec.scan(data, 136).records == ()
+
+
+def test_crc32_masks_its_seed() -> None:
+    # The store's inline writers pass the record seed unmasked (offset * constant can
+    # pass 32 bits) and rely on zlib.crc32 taking its low 32 bits, as codec._seed does.
+    seed = (1 << 40) * 0x9E3779B1 ^ (123 << 16) ^ 1
+    assert zlib.crc32(b"body", seed) == zlib.crc32(b"body", seed & 0xFFFFFFFF)
+    rec = codec.encode_record(codec.KIND_SET, b"body", 1 << 40)
+    assert struct.unpack_from("<I", rec, 8)[0] == zlib.crc32(b"body", (1 << 40) * 0x9E3779B1
+                                                             ^ (4 << 16) ^ codec.KIND_SET)
 
 
 def test_batch_ops() -> None:

@@ -51,7 +51,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import IO, Any
@@ -100,6 +100,9 @@ _MISSING: Any = object()
 _PLAIN = frozenset((int, str, bytes, float, bool, type(None)))
 _F64 = struct.Struct("<d")
 _U16 = struct.Struct("<H")
+_KEY_LEN = tuple(_U16.pack(n) for n in range(KEY_MAX + 1))  # a key's length field, by length
+_PADS = tuple(b"\0" * n for n in range(8))
+_PACKED_BODY_MAX = 256  # bodies up to this long are written with one cached Struct each
 _Keys = set[str]
 _REC_PACK = struct.Struct("<HBBII").pack_into
 _REC_UNPACK = struct.Struct("<HBBII").unpack_from
@@ -125,6 +128,9 @@ class _Expiring:
     def __init__(self, value: Any, expiry: float) -> None:
         self.value = value
         self.expiry = expiry
+
+
+_SPECIAL = (_Packed, _Expiring)  # index values that reads must unwrap
 
 
 class _Closed(dict[str, Any]):
@@ -264,6 +270,9 @@ class KV(MutableMapping[str, Any]):
         self._pos = DATA_START
         self._seen = 0
         self._fast = self._cipher is None and not self._readonly
+        # The single-process hot path applies: _fast, not shared and not in a batch.
+        self._direct = self._fast and not self._shared
+        self._packers: dict[int, Callable[..., None]] = {}  # see _packer()
         self._nops = 0  # operations in the file: with len(index), estimates the live share
         self._seq_base = 0  # operations written before the current file began
         self._has_ttl = False  # set once any key gets a ttl (len() then checks expiry)
@@ -808,96 +817,108 @@ class KV(MutableMapping[str, Any]):
         self._waiter.wake()
 
     def _make_room(self, need: int) -> None:
+        # Compaction re-encodes every live entry, so its cost per overwrite is the live
+        # data over the room it frees.  It runs once at most a third of the file is live
+        # and leaves twice the live data: the live set can be overwritten twice per
+        # compaction, and the file stays within three times its live data.
         used = self._pos - DATA_START
-        # Encoding every live value costs O(keys): do it only when the share of live
-        # operations says a compaction is likely to halve the file.
-        estimate = used * min(1.0, len(self._index) / max(self._nops, 1))
-        if (estimate + need) * 2 <= used * 1.25:
+        # The share of live operations estimates the live bytes without encoding them.
+        live = used * min(1.0, len(self._index) / max(self._nops, 1))
+        if used and live * 3 <= used:  # (an empty store just grows)
             image = self._image(self._cipher)
-            if (image[1] - DATA_START + need) * 2 <= used:
-                # The new file holds twice the live data: room for as much again before
-                # the next compaction (amortized, one re-encoded entry per overwrite).
+            live = image[1] - DATA_START
+            if live * 3 <= used:
                 self._rewrite(image, self._cipher, extra=need)
                 return
         assert self._region is not None
         least = _platform.align_up(self._pos + need)
+        size = self._size
+        # Up to where the next compaction is due (three times the live data), by at most
+        # double (fresh data: the file stays within twice it) and at least an eighth (an
+        # estimate that runs short cannot make the file creep up page by page).
+        target = max(least, _platform.align_up(size + size // 8),
+                     min(2 * size, _platform.align_up(DATA_START + int(3 * (live + need)))))
         self._unbind_views()
         try:
             try:
-                # 1.5x, not 2x: the file stays nearer its live data between compactions.
-                self._region.grow(max(_platform.align_up(self._size * 3 // 2), least))
+                self._region.grow(target)
             except DiskFullError:
                 self._region.grow(least)  # the disk is nearly full: use what is left
         finally:
             self._bind_views()
 
     def _live_entries(self) -> list[tuple[int, bytes]]:
-        # Runs over every key at each compaction: the common encodings are inlined.
         now = time.time()
-        out: list[tuple[int, bytes]] = []
-        append = out.append
-        u16, ti, tl, enc = _U16.pack, _TI.pack, _TL.pack, codec.encode_value
-        for key, stored in self._index.items():
-            kb = key.encode("utf-8", "surrogatepass")
-            kb = u16(len(kb)) + kb
-            kind = KIND_SET
-            if type(stored) is _Expiring:
-                if stored.expiry <= now:
-                    continue
-                kind = KIND_SET_TTL
-                kb = _F64.pack(stored.expiry) + kb
-                stored = stored.value
-            t = type(stored)
-            if t is int and _I64_MIN <= stored <= _I64_MAX:
-                vb = ti(3, stored)
-            elif t is bytes:
-                vb = tl(7, len(stored)) + stored
-            elif t is _Packed:
-                vb = stored.data
-            else:
-                vb = enc(stored)
-            append((kind, kb + vb))
-        return out
+        entry = self._entry
+        return [entry(key, stored) for key, stored in self._index.items()
+                if type(stored) is not _Expiring or stored.expiry > now]
+
+    @staticmethod
+    def _entry(key: str, stored: Any) -> tuple[int, bytes]:
+        """The (kind, body) of the record that sets ``key`` to ``stored`` (index form)."""
+        kb = key.encode("utf-8", "surrogatepass")
+        kb = _U16.pack(len(kb)) + kb
+        kind = KIND_SET
+        if type(stored) is _Expiring:
+            kind = KIND_SET_TTL
+            kb = _F64.pack(stored.expiry) + kb
+            stored = stored.value
+        t = type(stored)
+        if t is int and _I64_MIN <= stored <= _I64_MAX:
+            vb = _TI.pack(3, stored)
+        elif t is bytes:
+            vb = _TL.pack(7, len(stored)) + stored
+        elif t is _Packed:
+            vb = stored.data
+        else:
+            vb = codec.encode_value(stored)
+        return kind, kb + vb
 
     def _image(self, cipher: Cipher | None) -> tuple[list[bytes], int, int]:
-        """Records of every live key laid out from DATA_START: (parts, end, count)."""
+        """Records of every live key laid out from DATA_START: (buffers, end, count)."""
         if cipher is not None:
             entries = self._live_entries()
             framed, end = _frame_all(entries, cipher)
             return framed, end, len(entries)
-        # Unencrypted: _live_entries() and encode_record() fused, as this runs over every
-        # key at each compaction.
+        # Unencrypted: _live_entries() and encode_record() fused, and bytes and int values
+        # encoded inline, as this runs over every key at each compaction.  A record is
+        # framed by one Struct per body length (header, body and padding in one call).
         now = time.time()
         parts: list[bytes] = []
         append = parts.append
-        u16, ti, tl, enc, pack = _U16.pack, _TI.pack, _TL.pack, codec.encode_value, _REC.pack
-        pads = [b"\0" * i for i in range(8)]
+        ti, tl, keylen = _TI.pack, _TL.pack, _KEY_LEN
+        framers: dict[int, Callable[..., bytes]] = {}
+        entry = self._entry
         pos = DATA_START
+        expired = 0
         for key, stored in self._index.items():
-            kb = key.encode("utf-8", "surrogatepass")
-            head = u16(len(kb)) + kb
-            kind = KIND_SET
-            if type(stored) is _Expiring:
-                if stored.expiry <= now:
-                    continue
-                kind = KIND_SET_TTL
-                head = _F64.pack(stored.expiry) + head
-                stored = stored.value
             t = type(stored)
-            if t is int and _I64_MIN <= stored <= _I64_MAX:
-                body = head + ti(3, stored)
-            elif t is bytes:
-                body = head + tl(7, len(stored)) + stored
-            elif t is _Packed:
-                body = head + stored.data
-            else:
-                body = head + enc(stored)
+            try:
+                kb = key.encode()  # strict UTF-8 equals surrogatepass whenever it succeeds
+                if t is bytes:
+                    body = b"".join((keylen[len(kb)], kb, tl(7, len(stored)), stored))
+                    kind = KIND_SET
+                elif t is int:
+                    body = keylen[len(kb)] + kb + ti(3, stored)  # struct.error past 64 bits
+                    kind = KIND_SET
+                elif t is _Expiring and stored.expiry <= now:
+                    expired += 1
+                    continue
+                else:
+                    kind, body = entry(key, stored)
+            except (UnicodeEncodeError, struct.error):
+                if t is _Expiring and stored.expiry <= now:
+                    expired += 1
+                    continue
+                kind, body = entry(key, stored)
             n = len(body)
-            crc = crc32(body, ((pos * 0x9E3779B1) ^ (n << 16) ^ kind) & 0xFFFFFFFF)
-            pad = (-(12 + n)) & 7
-            append(pack(0x4B56, kind, 0, n, crc) + body + pads[pad])
-            pos += 12 + n + pad
-        return parts, pos, len(parts)
+            frame = framers.get(n)
+            if frame is None:
+                frame = framers[n] = _framer(n)
+            append(frame(0x4B56, kind, 0, n, crc32(body, (pos * 0x9E3779B1) ^ (n << 16) ^ kind),
+                         body))
+            pos += (19 + n) & -8
+        return parts, pos, len(self._index) - expired
 
     def _rewrite(self, image: tuple[list[bytes], int, int], cipher: Cipher | None, *,
                  extra: int = 0, headroom: int = 2) -> None:
@@ -922,7 +943,8 @@ class KV(MutableMapping[str, Any]):
         try:
             os.fchmod(fd, os.fstat(self._fd).st_mode & 0o7777)
             try:
-                _write_all(fd, header + b"".join(parts), 0)
+                _write_all(fd, header, 0)
+                _write_parts(fd, parts, DATA_START)
             except OSError as exc:
                 raise _disk_full(exc, tmp) from exc
             try:
@@ -999,7 +1021,7 @@ class KV(MutableMapping[str, Any]):
         if self._shared and self._commit[0] != self._seen:  # the seqlock check
             self._poll()
         v = self._index[key]
-        if type(v) in (_Packed, _Expiring):
+        if type(v) in _SPECIAL:
             return self._special(key, v)
         return v
 
@@ -1010,7 +1032,7 @@ class KV(MutableMapping[str, Any]):
         v = self._index.get(key, _MISSING)
         if v is _MISSING:
             return default
-        if type(v) in (_Packed, _Expiring):
+        if type(v) in _SPECIAL:
             try:
                 return self._special(key, v)
             except KeyError:
@@ -1030,37 +1052,43 @@ class KV(MutableMapping[str, Any]):
         # The hot path: a plain value, unencrypted, not in a batch, and the record fits.
         # Same bytes as set() -> _append(), with the calls and checks folded in.
         t = type(value)
-        if not (self._fast and type(key) is str and (t is int or t is bytes or t is str
-                                                     or t is float or t is bool)):
-            return self.set(key, value)
         try:
-            kb = key.encode()  # strict UTF-8 equals surrogatepass whenever it succeeds
-            if t is int:
-                if not _I64_MIN <= value <= _I64_MAX:
-                    return self.set(key, value)
-                vb = _TI.pack(3, value)
-            elif t is bytes:
-                vb = _TL.pack(7, len(value)) + value
+            kb = str.encode(key)  # strict UTF-8 equals surrogatepass whenever it succeeds
+            if t is bytes:
+                body = b"".join((_KEY_LEN[len(kb)], kb, _TL.pack(7, len(value)), value))
+            elif t is int:
+                body = _KEY_LEN[len(kb)] + kb + _TI.pack(3, value)
             elif t is str:
                 raw = value.encode()
-                vb = _TL.pack(6, len(raw)) + raw
+                body = b"".join((_KEY_LEN[len(kb)], kb, _TL.pack(6, len(raw)), raw))
             elif t is float:
-                vb = _TF.pack(5, value)
+                body = _KEY_LEN[len(kb)] + kb + _TF.pack(5, value)
+            elif t is bool:
+                body = _KEY_LEN[len(kb)] + kb + (b"\x02" if value else b"\x01")
             else:
-                vb = b"\x02" if value else b"\x01"
-        except UnicodeEncodeError:  # lone surrogates: the general path encodes them
+                return self.set(key, value)
+        except (UnicodeEncodeError, struct.error, IndexError, TypeError):
+            # Lone surrogates, ints past 64 bits: the general path encodes them.  Keys
+            # past KEY_MAX or not str: it raises the error that says so.
             return self.set(key, value)
-        nk = len(kb)
-        if nk > KEY_MAX:
-            return self.set(key, value)  # raises the error that names the limit
-        body = _U16.pack(nk) + kb + vb
         n = len(body)
         tlock = self._tlock
         tlock.acquire()  # not `with`: measurably cheaper on this path
         try:
-            if self._batch is not None or not self._fast:
-                pass
-            elif self._shared:
+            if self._direct:  # single-process, unencrypted, not in a batch
+                pos = self._pos
+                end = pos + ((19 + n) & ~7)
+                if end <= self._size:  # _put() inlined
+                    # Header and body in one call (1: KIND_SET; crc32 masks the seed).
+                    (self._packers.get(n) or self._packer(n))(
+                        self._view, pos, 0x4B56, 1, 0, n,
+                        crc32(body, (pos * 0x9E3779B1) ^ (n << 16) ^ 1), body)
+                    self._commit[0] = end  # the commit point
+                    self._pos = end
+                    self._nops += 1
+                    self._index[key] = value
+                    return None
+            elif self._shared and self._fast and self._batch is None:
                 self._enter_write()
                 try:
                     pos = self._pos
@@ -1071,22 +1099,16 @@ class KV(MutableMapping[str, Any]):
                         return None
                 finally:
                     self._exit_write()
-            else:
-                pos = self._pos
-                end = pos + ((19 + n) & ~7)
-                if end <= self._size:  # _put() inlined: the single-process hot path
-                    view = self._view
-                    _REC_PACK(view, pos, 0x4B56, KIND_SET, 0, n, crc32(
-                        body, ((pos * 0x9E3779B1) ^ (n << 16) ^ KIND_SET) & 0xFFFFFFFF))
-                    view[pos + 12 : pos + 12 + n] = body
-                    self._commit[0] = end  # the commit point
-                    self._pos = self._seen = end
-                    self._nops += 1
-                    self._index[key] = value
-                    return None
         finally:
             tlock.release()
         return self.set(key, value)
+
+    def _packer(self, n: int) -> Callable[..., None]:
+        """pack_into(view, pos, magic, kind, flags, n, crc, body) for bodies of ``n`` bytes."""
+        if n > _PACKED_BODY_MAX:
+            return _pack_split
+        packer = self._packers[n] = struct.Struct(f"<HBBII{n}s").pack_into
+        return packer
 
     def _put(self, pos: int, end: int, body: bytes, n: int) -> None:
         view = self._view
@@ -1180,6 +1202,7 @@ class KV(MutableMapping[str, Any]):
                 return
             self._enter_write()
             self._batch, self._undo, self._undo_all = [], {}, None
+            self._direct = False
             try:
                 try:
                     yield self
@@ -1201,6 +1224,7 @@ class KV(MutableMapping[str, Any]):
                     raise
             finally:
                 self._batch, self._undo, self._undo_all = None, {}, None
+                self._direct = self._fast and not self._shared
                 self._exit_write()
 
     @contextlib.contextmanager
@@ -1252,6 +1276,7 @@ class KV(MutableMapping[str, Any]):
                 self._rewrite(self._image(cipher), cipher)
                 self._cipher = cipher
                 self._fast = cipher is None
+                self._direct = self._fast and not self._shared and self._batch is None
             finally:
                 self._exit_write()
 
@@ -1465,7 +1490,7 @@ class KV(MutableMapping[str, Any]):
             if self._mode is not None:
                 self._mode.close()
             self._index = _Closed()
-            self._shared = self._fast = False
+            self._shared = self._fast = self._direct = False
 
     def __enter__(self) -> KV:
         return self
@@ -1535,12 +1560,44 @@ def _frame_all(entries: list[tuple[int, bytes]], cipher: Cipher | None) -> tuple
     return parts, pos
 
 
+def _framer(n: int) -> Callable[..., bytes]:
+    """pack(magic, kind, flags, n, crc, body) -> the padded record, for ``n``-byte bodies."""
+    pad = _PADS[-(12 + n) & 7]
+    if n > 1024:  # long bodies: no Struct for each length (the copies cost more anyway)
+        def frame(magic: int, kind: int, flags: int, length: int, crc: int,
+                  body: bytes) -> bytes:
+            return b"".join((_REC.pack(magic, kind, flags, length, crc), body, pad))
+
+        return frame
+    return struct.Struct(f"<HBBII{n}s{len(pad)}x").pack
+
+
+def _pack_split(view: memoryview, pos: int, magic: int, kind: int, flags: int, n: int,
+                crc: int, body: bytes) -> None:
+    """A record header and a long body (one Struct per length would cost too much memory)."""
+    _REC_PACK(view, pos, magic, kind, flags, n, crc)
+    view[pos + 12 : pos + 12 + n] = body
+
+
 def _write_all(fd: int, data: bytes, offset: int) -> None:
     view = memoryview(data)
     while view:
         n = os.pwrite(fd, view, offset)
         view = view[n:]
         offset += n
+
+
+def _write_parts(fd: int, parts: list[bytes], offset: int) -> None:
+    """Write the concatenation of ``parts`` at ``offset``.
+
+    Joined a few thousand at a time: one copy of the whole would cost as much again in
+    fresh memory, and pwritev of small buffers costs the kernel more than the join.
+    """
+    step = 4096
+    for i in range(0, len(parts), step):
+        data = b"".join(parts[i : i + step])
+        _write_all(fd, data, offset)
+        offset += len(data)
 
 
 def _disk_full(exc: OSError, what: str) -> OSError:
