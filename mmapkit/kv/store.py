@@ -240,6 +240,16 @@ class KV(MutableMapping[str, Any]):
 
     KEY_MAX = KEY_MAX
 
+    # Slots: a set or get touches several attributes, and an instance dict of this size
+    # is past CPython's shared-key limit, where each access costs a lookup.
+    __slots__ = (
+        "__weakref__", "_batch", "_changes", "_cipher", "_commit", "_depth", "_direct", "_fast",
+        "_fd", "_has_ttl", "_ident", "_index", "_lock_timeout", "_min_cap", "_mode",
+        "_multiprocess", "_nops", "_packers", "_path", "_pid", "_pos", "_readonly", "_recover",
+        "_region", "_seen", "_seq_base", "_ser", "_shared", "_size", "_tlock", "_undo",
+        "_undo_all", "_view", "_waiter", "_waitw", "_watch_keys",
+    )
+
     def __init__(self, path: str | os.PathLike[str], *, multiprocess: bool = False,
                  key: bytes | None = None, capacity: int | None = None,
                  readonly: bool = False, recover: bool = True,
@@ -417,8 +427,9 @@ class KV(MutableMapping[str, Any]):
 
     def _unbind_views(self) -> None:
         for name in ("_commit", "_waitw"):
-            mv = self.__dict__.pop(name, None)
+            mv = getattr(self, name, None)
             if mv is not None:
+                delattr(self, name)
                 mv.release()
         if self._waiter is not None:
             self._waiter.close()
