@@ -8,7 +8,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -38,6 +38,28 @@ def run_py(code: str, *args: str, timeout: float = 60) -> subprocess.CompletedPr
         [sys.executable, "-c", textwrap.dedent(code), *args],
         env=child_env(), text=True, capture_output=True, timeout=timeout,
     )
+
+
+def fork_child(fn: Callable[[], object]) -> int:
+    """Run ``fn`` in a fork child; it exits 0 when ``fn`` returns, 1 (saying why on stderr)
+    when it raises, without running pytest's atexit handlers either way."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            fn()
+            code = 0
+        except BaseException as exc:
+            os.write(2, f"child failed: {exc!r}\n".encode())
+        finally:
+            os._exit(code)
+    return pid
+
+
+def exit_code(pid: int) -> int:
+    """Wait for child ``pid``; its exit code (negative: the signal that killed it)."""
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
 
 
 @contextlib.contextmanager

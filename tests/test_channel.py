@@ -14,7 +14,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from conftest import spawn
+from conftest import exit_code, fork_child, spawn
 
 from mmapkit.errors import (
     BrokenError,
@@ -29,25 +29,6 @@ from mmapkit.errors import (
 from mmapkit.ipc import Channel, ChannelStatistics
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def _fork(fn: object) -> int:
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            fn()  # type: ignore[operator]
-            code = 0
-        except BaseException as exc:  # report, then leave without running pytest's atexit
-            os.write(2, f"child failed: {exc!r}\n".encode())
-        finally:
-            os._exit(code)
-    return pid
-
-
-def _exit_code(pid: int) -> int:
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
 
 
 def _signed(seq: int, size: int) -> bytes:
@@ -72,13 +53,13 @@ def test_parent_child_anonymous_round_trip() -> None:
             ch.send(_signed(i, i % 300))
         ch.finish()
 
-    pid = _fork(child)
+    pid = fork_child(child)
     got = []
     with pytest.raises(EndOfChannel):
         while True:
             got.append(_verify(ch.recv(timeout=30)))
     assert got == list(range(5000))
-    assert _exit_code(pid) == 0
+    assert exit_code(pid) == 0
     ch.check()
     stats = ch.statistics()
     assert isinstance(stats, ChannelStatistics)
@@ -254,12 +235,12 @@ def test_blocked_receiver_is_woken() -> None:
             ch.send(b"late")
             time.sleep(0.5)
 
-        pid = _fork(child)
+        pid = fork_child(child)
         t0 = time.monotonic()
         assert ch.recv(timeout=30) == b"late"
         assert time.monotonic() - t0 < 10
         assert ch.statistics().empty_waits == 1
-        assert _exit_code(pid) == 0
+        assert exit_code(pid) == 0
 
 
 def test_blocked_sender_is_woken() -> None:
@@ -271,9 +252,9 @@ def test_blocked_sender_is_woken() -> None:
             assert ch.recv() == b"a" * 48
             assert ch.recv(timeout=30) == b"b" * 48
 
-        pid = _fork(child)
+        pid = fork_child(child)
         ch.send(b"b" * 48, timeout=30)  # waits for the child to make room
-        assert _exit_code(pid) == 0
+        assert exit_code(pid) == 0
 
 
 def test_single_producer_channel_refuses_a_second_producer(tmp_path: Path) -> None:
@@ -297,8 +278,8 @@ def test_producer_closing_without_finish_breaks_after_drain() -> None:
         ch.send(b"two")
         ch.close()
 
-    pid = _fork(child)
-    assert _exit_code(pid) == 0
+    pid = fork_child(child)
+    assert exit_code(pid) == 0
     assert ch.recv(timeout=10) == b"one"
     assert ch.recv(timeout=10) == b"two"
     with pytest.raises(BrokenError, match="without finish"):
@@ -312,7 +293,7 @@ def test_receiver_notices_sigkilled_producer_while_sleeping() -> None:
             ch.send(b"hello")
             time.sleep(60)
 
-        pid = _fork(child)
+        pid = fork_child(child)
         assert ch.recv(timeout=30) == b"hello"
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
@@ -328,7 +309,7 @@ def test_sender_notices_sigkilled_consumer() -> None:
             ch.recv()
             time.sleep(60)
 
-        pid = _fork(child)
+        pid = fork_child(child)
         ch.send(b"x" * 48)
         deadline = time.monotonic() + 30
         while ch.statistics().used and time.monotonic() < deadline:
@@ -388,7 +369,7 @@ def test_send_many_recv_many() -> None:
             assert ch.send_many(msgs) == len(msgs)
             ch.finish()
 
-        pid = _fork(child)
+        pid = fork_child(child)
         got: list[bytes] = []
         with pytest.raises(EndOfChannel):
             while True:
@@ -397,7 +378,7 @@ def test_send_many_recv_many() -> None:
                 assert len(batch) == 1 or sum(map(len, batch)) <= 200
                 got += batch
         assert got == msgs
-        assert _exit_code(pid) == 0
+        assert exit_code(pid) == 0
 
 
 def test_reserve_and_recv_view_in_place() -> None:
@@ -457,7 +438,7 @@ def test_asyncio_round_trip_between_processes(tmp_path: Path) -> None:
 
         asyncio.run(echo())
 
-    pid = _fork(child)
+    pid = fork_child(child)
 
     async def main() -> list[bytes]:
         ticks = 0
@@ -482,7 +463,7 @@ def test_asyncio_round_trip_between_processes(tmp_path: Path) -> None:
 
     got = asyncio.run(main())
     assert got == [(b"msg %d" % i + b"." * 100).upper() for i in range(200)]
-    assert _exit_code(pid) == 0
+    assert exit_code(pid) == 0
     with pytest.raises(queue.Empty):
         asyncio.run(Channel.anonymous(64).arecv(timeout=0.1))
     ping.close()
@@ -498,7 +479,7 @@ def test_select_on_the_doorbell() -> None:
             ch.send(b"ding")
             time.sleep(0.5)
 
-        pid = _fork(child)
+        pid = fork_child(child)
         t0 = time.monotonic()
         msg = None
         while msg is None and time.monotonic() - t0 < 20:
@@ -509,7 +490,7 @@ def test_select_on_the_doorbell() -> None:
                     select.select([fd], [], [], 5)
         assert msg == b"ding"
         assert time.monotonic() - t0 < 4  # woken by the bell, not by the 5 s timeout
-        assert _exit_code(pid) == 0
+        assert exit_code(pid) == 0
 
 
 def test_strict_ordering_mode_for_weak_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -523,7 +504,7 @@ def test_strict_ordering_mode_for_weak_cpus(monkeypatch: pytest.MonkeyPatch) -> 
         ch.send_many(_signed(i, 7) for i in range(3000, 3100))
         ch.finish()
 
-    pid = _fork(child)
+    pid = fork_child(child)
     got = []
     with pytest.raises(EndOfChannel):
         while True:
@@ -532,7 +513,7 @@ def test_strict_ordering_mode_for_weak_cpus(monkeypatch: pytest.MonkeyPatch) -> 
             else:
                 got.append(_verify(ch.recv(timeout=30)))
     assert got == list(range(3100))
-    assert _exit_code(pid) == 0
+    assert exit_code(pid) == 0
     ch.close()
 
 

@@ -13,25 +13,12 @@ import zlib
 from pathlib import Path
 
 import pytest
+from conftest import fork_child
 
 from mmapkit.errors import BrokenError, EndOfChannel
 from mmapkit.ipc import Channel
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def _child(fn: object) -> int:
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            fn()  # type: ignore[operator]
-            code = 0
-        except BaseException as exc:
-            os.write(2, f"child failed: {exc!r}\n".encode())
-        finally:
-            os._exit(code)
-    return pid
 
 
 class _Gate:
@@ -114,9 +101,9 @@ def test_four_by_four_no_loss_no_duplicate(tmp_path: Path, total: int, batch: bo
                 gate.arrive()
         ch.finish()
 
-    pids = [_child(lambda k=k: produce(k)) for k in range(producers)]
+    pids = [fork_child(lambda k=k: produce(k)) for k in range(producers)]
     outs = [tmp_path / f"c{c}" for c in range(4)]
-    pids += [_child(lambda o=o: _consume(ch, o, batch)) for o in outs]
+    pids += [fork_child(lambda o=o: _consume(ch, o, batch)) for o in outs]
     gate.open()
     assert _wait_all(pids, 240) == [0] * 8
     seen: list[int] = []
@@ -156,8 +143,8 @@ def test_producer_sigkilled_mid_stream(tmp_path: Path) -> None:
             i += 1
         ch.finish()
 
-    victim = _child(lambda: produce(0, True))
-    pids = [_child(lambda k=k: produce(k, False)) for k in (1, 2)]
+    victim = fork_child(lambda: produce(0, True))
+    pids = [fork_child(lambda k=k: produce(k, False)) for k in (1, 2)]
     outs = [tmp_path / f"o{c}" for c in range(2)]
 
     def consume(out: Path) -> None:
@@ -175,7 +162,7 @@ def test_producer_sigkilled_mid_stream(tmp_path: Path) -> None:
             end = "E"
         out.write_bytes(seqs.tobytes() + end.encode())
 
-    consumers = [_child(lambda o=o: consume(o)) for o in outs]
+    consumers = [fork_child(lambda o=o: consume(o)) for o in outs]
     gate.open()
     time.sleep(random.uniform(0.2, 0.6))
     os.kill(victim, signal.SIGKILL)
@@ -249,8 +236,8 @@ def test_consumer_sigkilled_mid_stream_does_not_wedge_the_others(tmp_path: Path)
         except EndOfChannel:
             out.write_bytes(got.tobytes())
 
-    consumers = [_child(lambda o=o: consume(o)) for o in outs]
-    producers = [_child(lambda k=k: produce(k)) for k in range(2)]
+    consumers = [fork_child(lambda o=o: consume(o)) for o in outs]
+    producers = [fork_child(lambda k=k: produce(k)) for k in range(2)]
     gate.open()
     time.sleep(random.uniform(0.1, 0.3))
     os.kill(consumers[0], signal.SIGKILL)  # likely mid-claim: it receives all the time

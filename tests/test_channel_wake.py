@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import spawn
+from conftest import exit_code, fork_child, spawn
 
 from mmapkit.errors import EndOfChannel
 from mmapkit.ipc import Channel
@@ -29,25 +28,6 @@ def _long_slices(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(channel_module, "_SLICE", 60.0)
 
 
-def _fork(fn: Callable[[], None]) -> int:
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            fn()
-            code = 0
-        except BaseException as exc:
-            os.write(2, f"child failed: {exc!r}\n".encode())
-        finally:
-            os._exit(code)
-    return pid
-
-
-def _exit_code(pid: int) -> int:
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
-
-
 def _make(kind: str, tmp_path: Path, capacity: int, **flags: bool) -> Channel:
     if kind == "path":
         return Channel.create(tmp_path / "c", capacity=capacity, spin=0, **flags)
@@ -63,12 +43,12 @@ def test_sleeping_receiver_is_woken(kind: str, flags: dict[str, bool], tmp_path:
             ch.send(b"late")
             time.sleep(0.3)
 
-        pid = _fork(child)
+        pid = fork_child(child)
         t0 = time.monotonic()
         assert ch.recv(timeout=30) == b"late"
         assert time.monotonic() - t0 < _LATE
         assert ch.statistics().empty_waits == 1
-        assert _exit_code(pid) == 0
+        assert exit_code(pid) == 0
 
 
 @pytest.mark.parametrize("kind", ["anonymous", "path"])
@@ -82,12 +62,12 @@ def test_sleeping_sender_is_woken(kind: str, flags: dict[str, bool], tmp_path: P
             assert ch.recv(timeout=30) == b"a" * 48
             assert ch.recv(timeout=30) == b"b" * 48
 
-        pid = _fork(child)
+        pid = fork_child(child)
         t0 = time.monotonic()
         ch.send(b"b" * 48, timeout=30)
         assert time.monotonic() - t0 < _LATE
         assert ch.statistics().full_waits == 1
-        assert _exit_code(pid) == 0
+        assert exit_code(pid) == 0
 
 
 @pytest.mark.parametrize("kind", ["anonymous", "path"])
@@ -101,13 +81,13 @@ def test_finish_wakes_a_sleeping_receiver(kind: str, flags: dict[str, bool],
             ch.finish()
             time.sleep(0.3)
 
-        pid = _fork(child)
+        pid = fork_child(child)
         assert ch.recv(timeout=30) == b"first"
         t0 = time.monotonic()
         with pytest.raises(EndOfChannel):
             ch.recv(timeout=30)
         assert time.monotonic() - t0 < _LATE
-        assert _exit_code(pid) == 0
+        assert exit_code(pid) == 0
 
 
 def test_sleeping_subscribers_are_all_woken(tmp_path: Path) -> None:
@@ -122,12 +102,12 @@ def test_sleeping_subscribers_are_all_woken(tmp_path: Path) -> None:
                 assert sub.recv(timeout=30) == b"news"
                 assert time.monotonic() - t0 < _LATE
 
-        pids = [_fork(lambda name=name: child(name)) for name in ("one", "two", "three")]
+        pids = [fork_child(lambda name=name: child(name)) for name in ("one", "two", "three")]
         for _ in pids:
             assert os.read(ready_r, 1) == b"r"
         time.sleep(0.3)  # all asleep
         ch.send(b"news")
-        assert [_exit_code(pid) for pid in pids] == [0, 0, 0]
+        assert [exit_code(pid) for pid in pids] == [0, 0, 0]
 
 
 def test_unrelated_sleeper_is_woken(tmp_path: Path) -> None:
