@@ -83,7 +83,7 @@ def test_record_larger_than_the_buffer(tmp_path: Path) -> None:
 
 
 def test_hot_paths_frame_records_exactly_like_the_codec(tmp_path: Path) -> None:
-    """Writer.write and Handler.handle (which inlines it) put in the map the very bytes
+    """Writer.write, directly and through Handler.handle, puts in the map the very bytes
     _codec.encode_record gives: same layout, same CRC coverage."""
     from mmapkit.log import _codec
 

@@ -3,9 +3,8 @@
 Design rules:
 
 - The hot path is lean: ``handle`` skips logging's per-handler lock (the Writer has its
-  own, held only for the copy into the map), formats once, and frames into the map with
-  the Writer's hot path inlined (same framing; anything else goes through the Writer's
-  slow path).  No system call per record.
+  own, held only for the copy into the map), formats once, and hands the text to
+  ``Writer.write``, which frames it into the map.  No system call per record.
 - Formatting with a plain ``logging.Formatter`` is done by a fast path that produces the
   very same text: the ``asctime`` string is computed once per second (strftime is the
   slowest part of formatting) and milliseconds are appended as logging does.  Any other
@@ -26,8 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import DiskFullError
-from ._codec import RECORD_HEADER
-from .writer import LogWarning, Writer, WriterStatistics, _crc32, _pack_rest
+from .writer import LogWarning, Writer, WriterStatistics
 
 __all__ = ["Handler"]
 
@@ -103,71 +101,7 @@ class Handler(logging.Handler):
                 return rv
             if isinstance(rv, logging.LogRecord):
                 record = rv
-        try:  # emit() and format(), inlined for a plain Formatter: this is the hot path
-            fmt = self.formatter
-            fields = self._plan_fields
-            if (fmt is self._plan_fmt and fields is not None
-                    and fmt.converter is self._plan_conv  # type: ignore[union-attr]
-                    and record.__class__ is _LogRecord
-                    and not (record.exc_info or record.exc_text or record.stack_info)):
-                msg = record.msg  # LogRecord.getMessage(), inlined
-                if msg.__class__ is not str:
-                    msg = str(msg)
-                args = record.args
-                if args:
-                    msg = msg % args
-                record.message = msg
-                if self._plan_time:
-                    if (int(record.created) != self._plan_sec
-                            or record.msecs != self._plan_msecs):
-                        self._asctime(record)
-                    record.asctime = self._plan_asctime
-                try:
-                    values = fields(record)
-                except AttributeError:  # a field the record lacks: logging's error
-                    text = self._format(record)
-                else:
-                    text = self._plan_pattern % values
-            else:
-                text = self._format(record)
-            # Writer.write's hot path, inlined: a Python call is a visible share of a
-            # record here.  Keep the two in step (same framing, same commit order).
-            data = text.encode("utf-8", "surrogateescape")
-            level = record.levelno & 0xFFFF
-            time_us = int(record.created * 1e6)
-            w = self.writer
-            size = RECORD_HEADER + len(data)
-            lock = w._lock
-            lock.acquire()
-            try:
-                tail = w._tail
-                end = tail + ((size + 7) & ~7)
-                if end <= w._limit:
-                    off = tail % w._cap
-                    seq = w._seq + 1
-                    area = w._area
-                    try:
-                        area[off + RECORD_HEADER : off + size] = data
-                        _pack_rest(area, off + 8, seq, time_us, w._pid, level, 0)
-                        u32 = w._u32
-                        word = off >> 2
-                        u32[word + 1] = _crc32(area[off + 8 : off + size])  # type: ignore[index]
-                        u32[word] = size  # type: ignore[index]  # the commit
-                    except BaseException:
-                        area[off : off + size] = bytes(size)
-                        raise
-                    w._seq = seq
-                    w._tail = end
-                    return rv
-            finally:
-                lock.release()
-            w._write_slow(data, level, time_us, size)
-        except DiskFullError as exc:
-            self._drop(exc)
-        except RecursionError:
-            raise
-        except Exception:
-            self.handleError(record)
+        self.emit(record)  # without logging's handler lock: the Writer has its own
         return rv
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -181,8 +115,8 @@ class Handler(logging.Handler):
             self.handleError(record)
 
     def _asctime(self, record: logging.LogRecord) -> None:
-        """record.asctime as Formatter.formatTime makes it: strftime once per second (it has
-        no sub-second field), logging's msecs suffix once per millisecond."""
+        """Cache record's asctime as Formatter.formatTime makes it: strftime once per second
+        (it has no sub-second field), logging's msecs suffix once per millisecond."""
         sec = int(record.created)
         msecs = record.msecs
         if sec != self._plan_sec or msecs != self._plan_msecs:
@@ -196,18 +130,31 @@ class Handler(logging.Handler):
             msec = self._plan_msec
             self._plan_asctime = msec % (self._plan_text, msecs) if msec else self._plan_text
             self._plan_msecs = msecs
-        record.asctime = self._plan_asctime
 
     def _format(self, record: logging.LogRecord) -> str:
+        """``self.formatter.format(record)``, through the plan's fast path when it gives
+        the very same text (a plain LogRecord, no exception or stack text)."""
         fmt = self.formatter
         if fmt is not self._plan_fmt or fmt.converter is not self._plan_conv:  # type: ignore[union-attr]
             self._make_plan(fmt)
-        if (self._plan_fields is not None and record.__class__ is _LogRecord
+        fields = self._plan_fields
+        if (fields is not None and record.__class__ is _LogRecord
                 and not (record.exc_info or record.exc_text or record.stack_info)):
-            record.message = record.getMessage()
+            msg = record.msg  # LogRecord.getMessage(), inlined
+            if msg.__class__ is not str:
+                msg = str(msg)
+            args = record.args
+            if args:
+                msg = msg % args
+            record.message = msg
             if self._plan_time:
-                self._asctime(record)
-            return self._plan_pattern_dict % record.__dict__
+                if int(record.created) != self._plan_sec or record.msecs != self._plan_msecs:
+                    self._asctime(record)
+                record.asctime = self._plan_asctime
+            try:
+                return self._plan_pattern % fields(record)
+            except AttributeError:  # a field the record lacks: logging's own error
+                return self._plan_pattern_dict % record.__dict__
         return (fmt or logging.Formatter(DEFAULT_FORMAT)).format(record)
 
     def _make_plan(self, fmt: logging.Formatter | None) -> None:

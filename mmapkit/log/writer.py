@@ -248,7 +248,7 @@ class Writer:
     ``crypto``); only the holder of the private key can read the log.
     """
 
-    # Slots: write() (and Handler.handle) touch a dozen attributes per record, and an
+    # Slots: write() touches a dozen attributes per record, and an
     # instance dict of this size is past CPython's shared-key limit.
     __slots__ = (
         "__weakref__", "_area", "_away", "_buffer_size", "_cap", "_chunk_start", "_closed",
