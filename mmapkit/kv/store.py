@@ -280,8 +280,7 @@ class KV(MutableMapping[str, Any]):
         self._pos = DATA_START
         self._seen = 0
         self._fast = self._cipher is None and not self._readonly
-        # The single-process hot path applies: _fast, not shared and not in a batch.
-        self._direct = self._fast and not self._shared
+        self._refresh_direct()
         self._packers: dict[int, Callable[..., None]] = {}  # see _packer()
         self._nops = 0  # operations in the file: with len(index), estimates the live share
         self._seq_base = 0  # operations written before the current file began
@@ -904,6 +903,9 @@ class KV(MutableMapping[str, Any]):
         expired = 0
         for key, stored in self._index.items():
             t = type(stored)
+            if t is _Expiring and stored.expiry <= now:
+                expired += 1
+                continue
             try:
                 kb = key.encode()  # strict UTF-8 equals surrogatepass whenever it succeeds
                 if t is bytes:
@@ -912,15 +914,9 @@ class KV(MutableMapping[str, Any]):
                 elif t is int:
                     body = keylen[len(kb)] + kb + ti(3, stored)  # struct.error past 64 bits
                     kind = KIND_SET
-                elif t is _Expiring and stored.expiry <= now:
-                    expired += 1
-                    continue
                 else:
                     kind, body = entry(key, stored)
             except (UnicodeEncodeError, struct.error):
-                if t is _Expiring and stored.expiry <= now:
-                    expired += 1
-                    continue
                 kind, body = entry(key, stored)
             n = len(body)
             frame = framers.get(n)
@@ -1114,6 +1110,11 @@ class KV(MutableMapping[str, Any]):
             tlock.release()
         return self.set(key, value)
 
+    def _refresh_direct(self) -> None:
+        """Derive the one flag __setitem__ tests for its single-process hot path (call it
+        whenever _fast, _shared or _batch change)."""
+        self._direct = self._fast and not self._shared and self._batch is None
+
     def _packer(self, n: int) -> Callable[..., None]:
         """pack_into(view, pos, magic, kind, flags, n, crc, body) for bodies of ``n`` bytes."""
         if n > _PACKED_BODY_MAX:
@@ -1213,7 +1214,7 @@ class KV(MutableMapping[str, Any]):
                 return
             self._enter_write()
             self._batch, self._undo, self._undo_all = [], {}, None
-            self._direct = False
+            self._refresh_direct()
             try:
                 try:
                     yield self
@@ -1235,7 +1236,7 @@ class KV(MutableMapping[str, Any]):
                     raise
             finally:
                 self._batch, self._undo, self._undo_all = None, {}, None
-                self._direct = self._fast and not self._shared
+                self._refresh_direct()
                 self._exit_write()
 
     @contextlib.contextmanager
@@ -1287,7 +1288,7 @@ class KV(MutableMapping[str, Any]):
                 self._rewrite(self._image(cipher), cipher)
                 self._cipher = cipher
                 self._fast = cipher is None
-                self._direct = self._fast and not self._shared and self._batch is None
+                self._refresh_direct()
             finally:
                 self._exit_write()
 
@@ -1501,7 +1502,8 @@ class KV(MutableMapping[str, Any]):
             if self._mode is not None:
                 self._mode.close()
             self._index = _Closed()
-            self._shared = self._fast = self._direct = False
+            self._shared = self._fast = False
+            self._refresh_direct()
 
     def __enter__(self) -> KV:
         return self
