@@ -47,9 +47,7 @@ __all__ = [
     "buffer_address",
     "ensure_allocated",
     "fadvise_dontneed",
-    "futex_wait",
     "futex_waiter",
-    "futex_wake",
     "futex_waker",
     "mincore",
     "msync",
@@ -239,35 +237,7 @@ def _syscall() -> Any:
     return _libc_fn("syscall", (), ctypes.c_long)
 
 
-@functools.cache
-def _futex_fns() -> tuple[Any, Any]:
-    """syscall() typed for FUTEX_WAIT and FUTEX_WAKE, so a call converts no arguments in
-    Python (each futex round trip through ctypes is the hot path of every blocking wait)."""
-    args = (ctypes.c_long, ctypes.c_void_p, ctypes.c_int, ctypes.c_uint)
-    wait = ctypes.CFUNCTYPE(ctypes.c_long, *args, ctypes.POINTER(_Timespec), ctypes.c_void_p,
-                            ctypes.c_int, use_errno=True)(("syscall", _libc()))
-    wake = ctypes.CFUNCTYPE(ctypes.c_long, *args, ctypes.c_void_p, ctypes.c_void_p,
-                            ctypes.c_int, use_errno=True)(("syscall", _libc()))
-    return wait, wake
-
-
 _FUTEX_NR = _FUTEX_SYSCALL.get(platform.machine(), -1)
-
-
-def futex_wait(address: int, expected: int, timeout: float | None) -> bool:
-    """Sleep while the 32-bit word at ``address`` equals ``expected``.
-
-    Returns False only when the timeout passed; True when woken, when the word already
-    differed, or on a signal (callers re-check the word in a loop anyway).
-    """
-    ts = None
-    if timeout is not None:
-        timeout = max(timeout, 0.0)
-        sec = int(timeout)
-        ts = _Timespec(sec, int((timeout - sec) * 1e9))
-    if _futex_fns()[0](_FUTEX_NR, address, _FUTEX_WAIT, expected & 0xFFFFFFFF, ts, None, 0) == 0:
-        return True
-    return _futex_wait_failed()
 
 
 @functools.cache
@@ -292,17 +262,22 @@ def futex_waker(address: int) -> Callable[[int], int]:
     def wake(count: int) -> int:
         arg = one if count == 1 else every if count >= 0x7FFFFFFF else ctypes.c_int(count)
         rc: int = call(nr, addr, op, arg)
-        if rc < 0:  # never in practice; the errno-saving path says why
-            return futex_wake(address, count)
+        if rc < 0:  # never in practice; again through the errno-saving call, to say why
+            rc = _raw_syscall(False)(nr, addr, op, arg)
+            if rc < 0:
+                _raise_errno("futex wake")
         return rc
 
     return wake
 
 
 def futex_waiter(address: int) -> Callable[[int, float | None], bool]:
-    """``wait(expected, timeout)`` for the word at ``address`` (see :func:`futex_wait`),
-    its fixed arguments converted once and the timespec of the last timeout kept, since
-    callers sleep in slices of one length."""
+    """``wait(expected, timeout)``: sleep while the 32-bit word at ``address`` equals
+    ``expected``.  Returns False only when the timeout passed; True when woken, when the
+    word already differed, or on a signal (callers re-check the word in a loop anyway).
+
+    The fixed arguments are converted once and the timespec of the last timeout is kept,
+    since callers sleep in slices of one length."""
     call = _raw_syscall(False)
     nr, addr, op = ctypes.c_long(_FUTEX_NR), ctypes.c_void_p(address), ctypes.c_int(_FUTEX_WAIT)
     last: list[Any] = [None, None]  # timeout, pointer to its timespec
@@ -318,26 +293,14 @@ def futex_waiter(address: int) -> Callable[[int, float | None], bool]:
             last[0], last[1] = timeout, ts
         if call(nr, addr, op, ctypes.c_uint(expected & 0xFFFFFFFF), ts) == 0:
             return True
-        return _futex_wait_failed()
+        err = ctypes.get_errno()
+        if err == errno.ETIMEDOUT:
+            return False
+        if err in (errno.EAGAIN, errno.EINTR):
+            return True
+        raise OSError(err, f"futex wait: {os.strerror(err)}")
 
     return wait
-
-
-def _futex_wait_failed() -> bool:
-    err = ctypes.get_errno()
-    if err == errno.ETIMEDOUT:
-        return False
-    if err in (errno.EAGAIN, errno.EINTR):
-        return True
-    raise OSError(err, f"futex wait: {os.strerror(err)}")
-
-
-def futex_wake(address: int, count: int) -> int:
-    """Wake up to ``count`` sleepers on the word at ``address``; returns how many woke."""
-    rc = _futex_fns()[1](_FUTEX_NR, address, _FUTEX_WAKE, min(count, 0x7FFFFFFF), None, None, 0)
-    if rc < 0:
-        _raise_errno("futex wake")
-    return int(rc)
 
 
 # --- cachestat (Linux 6.5+), used by mmapkit.inspect ------------------------------------
