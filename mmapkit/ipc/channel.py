@@ -585,12 +585,13 @@ class Channel:
                 alive, gone, finished = self._census(peers)
                 if hdr[index] != value:  # moved just before the peer finished or died
                     return
+                if not alive and gone and for_data:
+                    raise BrokenError(f"every producer of {self._where()} is gone without "
+                                      "finish() (killed, or closed its handle); nothing more "
+                                      "will arrive")
                 if not alive and gone:
-                    raise BrokenError(
-                        f"every producer of {self._where()} is gone without finish() "
-                        "(killed, or closed its handle); nothing more will arrive" if for_data
-                        else f"every consumer of {self._where()} died with the channel "
-                        "full; nothing will make room")
+                    raise BrokenError(f"every consumer of {self._where()} died with the "
+                                      "channel full; nothing will make room")
                 if for_data and not alive and finished:
                     raise EndOfChannel(f"every producer of {self._where()} finished the "
                                        "stream and all its messages were received")
