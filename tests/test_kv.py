@@ -225,7 +225,9 @@ def test_plain_writes_at_their_limits(path: Path) -> None:
               "lone \ud800": b"x", "k" * KV.KEY_MAX: 1, "sur": "\udcff",
               # record bodies of 256 and 257 bytes (written by a cached Struct or in two
               # steps), and a long one
-              "b256": b"a" * 245, "b257": b"b" * 246, "long": "é" * 5000}
+              "b256": b"a" * 245, "b257": b"b" * 246, "long": "é" * 5000,
+              # values on either side of the tag-and-length table (encoded str bytes count)
+              "v255": b"c" * 255, "v256": b"d" * 256, "s255": "e" * 255, "s256": "é" * 128}
     with KV(path, capacity=4096) as kv:
         for k, v in values.items():
             kv[k] = v
@@ -243,7 +245,8 @@ def test_plain_writes_at_their_limits(path: Path) -> None:
 def test_compaction_writes_every_kind_of_entry(path: Path) -> None:
     values = {"i": 7, "big": 3**80, "b": b"\0" * 50, "s": "snow ☃", "fl": 1.5, "t": True,
               "n": None, "l": [1, (2, b"3")], "d": {"a": {"b": None}}, "\ud800k": b"lone",
-              "\udcffi": 1 << 64, "long": b"L" * 3000, "long s": "é" * 700}
+              "\udcffi": 1 << 64, "long": b"L" * 3000, "long s": "é" * 700,
+              "v255": b"c" * 255, "v256": b"d" * 256, "s255": "e" * 255, "s256": "é" * 128}
     with KV(path, capacity=4096) as kv:
         kv.update(values)
         kv.set("ttl", [1, 2], ttl=100)

@@ -109,6 +109,10 @@ _REC_UNPACK = struct.Struct("<HBBII").unpack_from
 _REC = struct.Struct("<HBBII")
 _TI, _TL, _TF = struct.Struct("<Bq"), struct.Struct("<BI"), struct.Struct("<Bd")
 _I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
+# The tag and length of short bytes and str values, by length: a tuple index is a third of
+# a Struct.pack on the write path (longer values are packed as they come).
+_BYTES_HEAD = tuple(_TL.pack(7, n) for n in range(_PACKED_BODY_MAX))
+_STR_HEAD = tuple(_TL.pack(6, n) for n in range(_PACKED_BODY_MAX))
 _WAIT_SLICE = 0.05
 _MODE_GRACE = 0.25  # changed() re-checks at least this often (a lost wake costs latency only)
 
@@ -281,7 +285,7 @@ class KV(MutableMapping[str, Any]):
         self._seen = 0
         self._fast = self._cipher is None and not self._readonly
         self._refresh_direct()
-        self._packers: dict[int, Callable[..., None]] = {}  # see _packer()
+        self._packers: dict[int, tuple[Callable[..., None], int]] = {}  # see _packer()
         self._nops = 0  # operations in the file: with len(index), estimates the live share
         self._seq_base = 0  # operations written before the current file began
         self._has_ttl = False  # set once any key gets a ttl (len() then checks expiry)
@@ -896,8 +900,11 @@ class KV(MutableMapping[str, Any]):
         now = time.time()
         parts: list[bytes] = []
         append = parts.append
-        ti, tl, keylen = _TI.pack, _TL.pack, _KEY_LEN
-        framers: dict[int, Callable[..., bytes]] = {}
+        ti, tl, keylen, bhead, shead = _TI.pack, _TL.pack, _KEY_LEN, _BYTES_HEAD, _STR_HEAD
+        short = _PACKED_BODY_MAX
+        # body length -> (pack(magic, kind, flags, n, crc, body) giving the padded record,
+        # the crc seed's length part)
+        framers: dict[int, tuple[Callable[..., bytes], int]] = {}
         entry = self._entry
         pos = DATA_START
         expired = 0
@@ -906,23 +913,30 @@ class KV(MutableMapping[str, Any]):
             if t is _Expiring and stored.expiry <= now:
                 expired += 1
                 continue
+            kind = KIND_SET
             try:
                 kb = key.encode()  # strict UTF-8 equals surrogatepass whenever it succeeds
                 if t is bytes:
-                    body = b"".join((keylen[len(kb)], kb, tl(7, len(stored)), stored))
-                    kind = KIND_SET
+                    nv = len(stored)
+                    body = b"".join((keylen[len(kb)], kb,
+                                     bhead[nv] if nv < short else tl(7, nv), stored))
+                elif t is str:
+                    raw = stored.encode()
+                    nv = len(raw)
+                    body = b"".join((keylen[len(kb)], kb,
+                                     shead[nv] if nv < short else tl(6, nv), raw))
                 elif t is int:
                     body = keylen[len(kb)] + kb + ti(3, stored)  # struct.error past 64 bits
-                    kind = KIND_SET
                 else:
                     kind, body = entry(key, stored)
             except (UnicodeEncodeError, struct.error):
                 kind, body = entry(key, stored)
             n = len(body)
-            frame = framers.get(n)
-            if frame is None:
-                frame = framers[n] = _framer(n)
-            append(frame(0x4B56, kind, 0, n, crc32(body, (pos * 0x9E3779B1) ^ (n << 16) ^ kind),
+            try:
+                frame, seed = framers[n]
+            except KeyError:
+                frame, seed = framers[n] = _framer(n), n << 16
+            append(frame(0x4B56, kind, 0, n, crc32(body, (pos * 0x9E3779B1) ^ (seed | kind)),
                          body))
             pos += (19 + n) & -8
         return parts, pos, len(self._index) - expired
@@ -1062,12 +1076,18 @@ class KV(MutableMapping[str, Any]):
         try:
             kb = str.encode(key)  # strict UTF-8 equals surrogatepass whenever it succeeds
             if t is bytes:
-                body = b"".join((_KEY_LEN[len(kb)], kb, _TL.pack(7, len(value)), value))
+                nv = len(value)
+                body = b"".join((_KEY_LEN[len(kb)], kb,
+                                 _BYTES_HEAD[nv] if nv < _PACKED_BODY_MAX else _TL.pack(7, nv),
+                                 value))
             elif t is int:
                 body = _KEY_LEN[len(kb)] + kb + _TI.pack(3, value)
             elif t is str:
                 raw = value.encode()
-                body = b"".join((_KEY_LEN[len(kb)], kb, _TL.pack(6, len(raw)), raw))
+                nv = len(raw)
+                body = b"".join((_KEY_LEN[len(kb)], kb,
+                                 _STR_HEAD[nv] if nv < _PACKED_BODY_MAX else _TL.pack(6, nv),
+                                 raw))
             elif t is float:
                 body = _KEY_LEN[len(kb)] + kb + _TF.pack(5, value)
             elif t is bool:
@@ -1086,10 +1106,13 @@ class KV(MutableMapping[str, Any]):
                 pos = self._pos
                 end = pos + ((19 + n) & ~7)
                 if end <= self._size:  # _put() inlined
-                    # Header and body in one call (1: KIND_SET; crc32 masks the seed).
-                    (self._packers.get(n) or self._packer(n))(
-                        self._view, pos, 0x4B56, 1, 0, n,
-                        crc32(body, (pos * 0x9E3779B1) ^ (n << 16) ^ 1), body)
+                    try:
+                        pack, seed = self._packers[n]
+                    except KeyError:
+                        pack, seed = self._packer(n)
+                    # Header and body in one call (KIND_SET; crc32 masks the seed).
+                    pack(self._view, pos, 0x4B56, 1, 0, n,
+                         crc32(body, (pos * 0x9E3779B1) ^ seed), body)
                     self._commit[0] = end  # the commit point
                     self._pos = end
                     self._nops += 1
@@ -1115,11 +1138,14 @@ class KV(MutableMapping[str, Any]):
         whenever _fast, _shared or _batch change)."""
         self._direct = self._fast and not self._shared and self._batch is None
 
-    def _packer(self, n: int) -> Callable[..., None]:
-        """pack_into(view, pos, magic, kind, flags, n, crc, body) for bodies of ``n`` bytes."""
+    def _packer(self, n: int) -> tuple[Callable[..., None], int]:
+        """For a KIND_SET record with an ``n``-byte body: pack_into(view, pos, magic, kind,
+        flags, n, crc, body), and the part of the crc seed that does not depend on where
+        the record goes (see codec's seed)."""
+        seed = (n << 16) ^ KIND_SET
         if n > _PACKED_BODY_MAX:
-            return _pack_split
-        packer = self._packers[n] = struct.Struct(f"<HBBII{n}s").pack_into
+            return _pack_split, seed
+        packer = self._packers[n] = struct.Struct(f"<HBBII{n}s").pack_into, seed
         return packer
 
     def _put(self, pos: int, end: int, body: bytes, n: int) -> None:
