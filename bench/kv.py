@@ -114,10 +114,10 @@ class Rocks(Store):
         self.db = rocksdict.Rdict(path + ".rocks")
         db = self.db
         # Bound like ours: the timed call is the store's own, with no wrapper frame.
-        self.set_int = db.__setitem__  # type: ignore[method-assign]
-        self.set_bytes = db.__setitem__  # type: ignore[method-assign]
-        self.get = db.__getitem__  # type: ignore[method-assign]
-        self.delete = db.__delitem__  # type: ignore[method-assign]
+        self.set_int = db.__setitem__  # type: ignore[method-assign,assignment]
+        self.set_bytes = db.__setitem__  # type: ignore[method-assign,assignment]
+        self.get = db.__getitem__  # type: ignore[method-assign,assignment]
+        self.delete = db.__delitem__  # type: ignore[method-assign,assignment]
 
     def close(self) -> None:
         self.db.close()
