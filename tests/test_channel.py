@@ -550,6 +550,18 @@ def test_a_dropped_handle_does_not_look_alive(tmp_path: Path) -> None:
             receiver.recv(timeout=5)
 
 
+def test_every_short_length_and_buffer_kind() -> None:
+    # Payloads up to _FRAMED_MAX go through one cached Struct per length, longer ones in
+    # two steps; bytes, bytearray and memoryviews all arrive as the same bytes.  The ring is
+    # small, so frames also wrap around its end.
+    with Channel.anonymous(4096) as ch:
+        for n in range(0, 300):
+            data = bytes((n + i) & 0xFF for i in range(n))
+            for msg in (data, bytearray(data), memoryview(data), memoryview(bytearray(data))):
+                ch.send(msg)
+                assert ch.recv() == data
+
+
 def test_bad_arguments(tmp_path: Path) -> None:
     with Channel.anonymous(1024) as ch:
         with pytest.raises(TypeError):

@@ -4,12 +4,13 @@ Design rules:
 
 - One ring of variable-length frames in a Region (format in ``_format.py`` and
   docs/formats.md).  ``head`` and ``tail`` are 64-bit byte positions that only grow; head
-  is written only by producers, tail only by consumers.  A producer writes the payload,
-  then the frame's length word, then stores the new head: the head store publishes the
-  frame.  A producer killed at any instant before that store leaves nothing visible, so a
-  torn message is never delivered.  A consumer copies (or hands out a view of) the payload
-  and then stores the new tail: a consumer killed before that store leaves the message for
-  the next consumer (at-least-once for that one message), never half of it.
+  is written only by producers, tail only by consumers.  A producer writes the frame (its
+  length word and payload, in either order: nothing reads a frame past head), then stores
+  the new head: the head store publishes the frame.  A producer killed at any instant
+  before that store leaves nothing visible, so a torn message is never delivered.  A
+  consumer copies (or hands out a view of) the payload and then stores the new tail: a
+  consumer killed before that store leaves the message for the next consumer
+  (at-least-once for that one message), never half of it.
 - Ordering: on x86-64 (TSO) plain aligned 8-byte stores through ``memoryview.cast('Q')``
   become visible to other cores in program order, which is all the protocol needs.  On
   weakly ordered CPUs (ARM64...) nothing orders them from Python, so there every send and
@@ -70,7 +71,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -113,6 +114,7 @@ _PAD_EVICTED_Q = fmt.PAD_EVICTED // 8
 _PAD_WORD = fmt.KIND_PAD << 32
 _OBJ_HEAD = struct.Struct("<IIQ")  # buffer count, reserved, pickle length
 _U64 = struct.Struct("<Q")
+_FRAMED_MAX = 256  # payloads up to this long are framed by one cached Struct per length
 
 
 def _slot_byte(slot: int, offset: int) -> int:
@@ -154,7 +156,7 @@ class Channel:
     __slots__ = (
         "__weakref__", "_attach_mutex", "_base", "_base8", "_bc", "_bell", "_cap", "_cclaim",
         "_clocked", "_closed", "_cslot", "_cursor", "_data", "_dq", "_empty_waits", "_fdbox",
-        "_finished", "_full_waits", "_hdr", "_hdr8", "_hdr32", "_head_seen", "_head_w",
+        "_finished", "_framers", "_full_waits", "_hdr", "_hdr8", "_hdr32", "_head_seen", "_head_w",
         "_header", "_lock_fd", "_lock_path", "_max", "_mc", "_mm", "_mp", "_path", "_pclaim",
         "_pending_overrun", "_plocked", "_pslot", "_received", "_received_bytes", "_recv_fast",
         "_recv_mutex", "_region", "_room_end", "_send_fast", "_send_limit", "_send_mutex",
@@ -199,6 +201,7 @@ class Channel:
         self._base = fmt.HEADER_SIZE + region.offset - region.map_offset
         self._base8 = self._base + 8  # where the payload of a frame at ring offset 0 goes
         self._dq = self._data.cast("Q")
+        self._framers: dict[int, Callable[[memoryview, int, int, Any], None]] = {}  # _framer()
         self._head_w = Waiter(region, fmt.HEAD)
         self._tail_w = Waiter(region, fmt.TAIL)
         self._pslot: int | None = None
@@ -699,6 +702,8 @@ class Channel:
         # The hot path: a handful of memoryview operations, no syscall, no lock.
         if data.__class__ is not bytes:
             data = memoryview(data).cast("B")
+            if len(data) <= _FRAMED_MAX:
+                data = data.tobytes()  # what a cached Struct packs (and a copy this short is cheap)
         n = len(data)
         if n > self._send_limit:  # too large, or not on the fast path (limit -1)
             self._send_slow(data, n, timeout)
@@ -711,14 +716,24 @@ class Channel:
         if pos + need > cap or head + need > self._room_end:
             head = self._acquire_space(need, timeout)
             pos = head % cap
-        at = self._base8 + pos
-        self._mm[at : at + n] = data
-        self._dq[pos >> 3] = n  # the length word, after the payload
+        try:
+            pack = self._framers[n]
+        except KeyError:
+            pack = self._framer(n)
+        pack(self._data, pos, n, data)  # the length word and the payload
         hdr[8] = head + need  # publish
         if self._hdr32[18]:  # _CW_I: a consumer sleeps
             self._wake_consumers()
         self._sent += 1
         self._sent_bytes += n
+
+    def _framer(self, n: int) -> Callable[[memoryview, int, int, Any], None]:
+        """pack(ring, pos, n, payload): the length word and an ``n``-byte payload of a frame
+        at ring offset ``pos`` (both are written before the head store publishes them)."""
+        if n > _FRAMED_MAX:
+            return _frame_long
+        pack = self._framers[n] = struct.Struct(f"<Q{n}s").pack_into
+        return pack
 
     def _send_slow(self, data: bytes | memoryview, n: int, timeout: float | None) -> None:
         if self._finished:
@@ -1526,3 +1541,9 @@ def _pad8(n: int) -> int:
 
 def _reopen(path: str, spin: float) -> Channel:
     return Channel.open(path, spin=spin)
+
+
+def _frame_long(ring: memoryview, pos: int, n: int, payload: Any) -> None:
+    """The frame of a long payload (one Struct per length would cost too much memory)."""
+    ring[pos + 8 : pos + 8 + n] = payload
+    _U64.pack_into(ring, pos, n)
