@@ -19,6 +19,9 @@ Cases (every implementation runs in the same process tree, one after the other):
   sleep), next to a pipe.
 - ``64 B round trip, spin``: ping-pong latency, both sides busy-polling.
 
+The two blocking cases also time a C futex ping-pong (built with ``cc`` when there is one):
+the floor of a blocking hand-off on the machine, which no Python channel can beat.
+
 Every process is forked from this one; a start pipe lines them up so fork and import
 costs stay out of the timings.
 """
@@ -29,6 +32,9 @@ import argparse
 import ctypes
 import multiprocessing
 import os
+import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -37,6 +43,7 @@ from typing import Any
 from . import _harness
 
 MSG = b"m" * 64
+FLOOR = "C futex (floor)"
 MIB = 1 << 20
 
 # An implementation is a factory returning (send_side, recv_side) setup callables that are
@@ -343,6 +350,71 @@ def round_trips(ping: tuple[Side, Side, Callable[[], None]],
     return out[n // 10 :]  # drop the warm-up tenth
 
 
+# The floor of a blocking hand-off on this machine: two C processes ping-pong one shared
+# word, each sleeping in FUTEX_WAIT until the other's FUTEX_WAKE (no Python at all).  No
+# implementation can beat it from Python; it shows how much of a blocking round trip is
+# the kernel and the (virtual) CPUs.
+_C_FLOOR = r"""
+#include <linux/futex.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+static void fx(volatile uint32_t *a, int op, uint32_t v) {
+    syscall(SYS_futex, a, op, v, NULL, NULL, 0);
+}
+static double now_us(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e6 + t.tv_nsec / 1e3;
+}
+int main(int argc, char **argv) {
+    uint32_t n = (uint32_t)atoi(argv[1]);
+    int gap_us = atoi(argv[2]);
+    volatile uint32_t *w = mmap(0, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+                                -1, 0);
+    if (fork() == 0) {
+        for (uint32_t i = 0; i < n; i++) {
+            while (w[0] == i) fx(&w[0], FUTEX_WAIT, i);
+            w[1] = i + 1;
+            fx(&w[1], FUTEX_WAKE, 1);
+        }
+        _exit(0);
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        if (gap_us) usleep(gap_us);
+        double t = now_us();
+        w[0] = i + 1;
+        fx(&w[0], FUTEX_WAKE, 1);
+        while (w[1] == i) fx(&w[1], FUTEX_WAIT, i);
+        if (i >= n / 10) printf("%.3f\n", now_us() - t);
+    }
+    wait(NULL);
+    return 0;
+}
+"""
+
+
+def c_futex_floor(n: int, gap: float = 0.0) -> list[float] | None:
+    """Round-trip times (us) of the C futex ping-pong, or None without a C compiler."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None or not sys.platform.startswith("linux"):
+        return None
+    with tempfile.TemporaryDirectory(prefix="mmapkit-bench-floor-") as tmp:
+        src, exe = os.path.join(tmp, "floor.c"), os.path.join(tmp, "floor")
+        with open(src, "w") as f:
+            f.write(_C_FLOOR)
+        if subprocess.run([cc, "-O2", "-o", exe, src], capture_output=True).returncode:
+            return None
+        out = subprocess.run([exe, str(n), str(int(gap * 1e6))], capture_output=True,
+                             text=True, timeout=600, check=True).stdout
+    return [float(x) for x in out.split()]
+
+
 # --- the run --------------------------------------------------------------------------
 
 
@@ -440,6 +512,7 @@ def run(report: _harness.Report, args: argparse.Namespace) -> None:
     for impl, fn in rt:
         if impl in have:
             report.add(case, impl, fn(), "us", higher_is_better=False)
+    _floor(report, args, case, nrt)
     report.target(case, "iceoryx2", "<=", 1 / 3)
     report.target(case, "multiprocessing.Pipe", "<=", 1.0)
 
@@ -459,6 +532,7 @@ def run(report: _harness.Report, args: argparse.Namespace) -> None:
     for impl, fn in wake:
         if impl in have:
             report.add(case, impl, fn(), "us", higher_is_better=False)
+    _floor(report, args, case, nrt // 2, gap=200e-6)
     report.target(case, "iceoryx2", "<=", 1 / 3)
 
     case = "64 B round trip, default wait"  # spin 50 us, then sleep: what users get
@@ -481,6 +555,18 @@ def run(report: _harness.Report, args: argparse.Namespace) -> None:
                                                  iceoryx_pair(cap, 64, False), nrt,
                                                  ready_first=True),
                    "us", higher_is_better=False)
+
+
+def _floor(report: _harness.Report, args: argparse.Namespace, case: str, n: int,
+           gap: float = 0.0) -> None:
+    if not _harness.wanted(args, FLOOR):
+        return
+    samples = c_futex_floor(n, gap)
+    if samples is None:
+        report.skip(FLOOR, "no C compiler (cc) to build it")
+    else:
+        report.add(case, FLOOR, samples, "us", higher_is_better=False,
+                   note="two C processes, futex wait/wake: the machine's floor")
 
 
 def main(argv: list[str] | None = None) -> int:
