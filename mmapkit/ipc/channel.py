@@ -156,12 +156,12 @@ class Channel:
     __slots__ = (
         "__weakref__", "_attach_mutex", "_base", "_base8", "_bc", "_bell", "_cap", "_cclaim",
         "_clocked", "_closed", "_cslot", "_cursor", "_data", "_dq", "_empty_waits", "_fdbox",
-        "_finished", "_framers", "_full_waits", "_hdr", "_hdr8", "_hdr32", "_head_seen", "_head_w",
-        "_header", "_lock_fd", "_lock_path", "_max", "_mc", "_mm", "_mp", "_path", "_pclaim",
-        "_pending_overrun", "_plocked", "_pslot", "_received", "_received_bytes", "_recv_fast",
-        "_recv_mutex", "_region", "_room_end", "_send_fast", "_send_limit", "_send_mutex",
-        "_sent", "_sent_bytes", "_spin", "_tail_seen", "_tail_w", "_woke_consumers",
-        "_woke_producers",
+        "_finished", "_framers", "_full_waits", "_hdr", "_hdr8", "_hdr32", "_head_w", "_header",
+        "_lock_fd", "_lock_path", "_max", "_mc", "_mm", "_mp", "_path", "_pclaim",
+        "_pending_overrun", "_plocked", "_pslot", "_readable_end", "_received",
+        "_received_bytes", "_recv_fast", "_recv_mutex", "_region", "_room_end", "_send_fast",
+        "_send_limit", "_send_mutex", "_sent", "_sent_bytes", "_spin", "_tail_seen", "_tail_w",
+        "_woke_consumers", "_woke_producers",
     )
 
     def __init__(self, region: Region, header: fmt.Header, lock_fd: int, *,
@@ -210,7 +210,9 @@ class Channel:
         self._send_limit = -1  # max_message while _send_fast, else -1 (one test in send())
         self._finished = False
         self._closed = False
-        self._head_seen = 0  # consumer's last look at head: data below it is published
+        # Consumer: frames below this position are published (head at its last look) and
+        # do not cross the end of the ring; one comparison checks a frame against both.
+        self._readable_end = 0
         self._tail_seen = 0  # producer's last look at tail: room above it is free
         self._room_end = self._cap  # tail_seen + capacity: a frame must end below it
         self._send_mutex = threading.Lock()
@@ -896,16 +898,18 @@ class Channel:
             return self._recv_slow(timeout)
         hdr = self._hdr
         tail = hdr[16]  # _TAIL_Q
-        if tail >= self._head_seen:
+        cap = self._cap
+        end = self._readable_end
+        if tail >= end:
             head = hdr[8]
             if head == tail:
                 self._await_data(tail, None if timeout is None else time.monotonic() + timeout)
                 head = hdr[8]
-            self._head_seen = head
-        cap = self._cap
+            wrap = tail - tail % cap + cap
+            end = self._readable_end = head if head < wrap else wrap
         pos = tail % cap
         n = self._dq[pos >> 3]
-        if pos + 8 + n > cap or n + 8 > self._head_seen - tail:  # PAD (kind bits), or damage
+        if tail + 8 + n > end:  # PAD (kind bits), damage, or the frame ends past head or wrap
             return self._recv_slow(timeout)
         at = self._base8 + pos
         out = self._mm[at : at + n]
@@ -938,6 +942,7 @@ class Channel:
             n = word & 0xFFFFFFFF
             if word >> 32 or pos + 8 + n > cap or n + 8 > head - tail:
                 raise self._bad_frame(tail, head)
+            self._readable_end = 0  # the fast path looks at head again (it may be stale)
             return self.recv(timeout)
 
     def _take(self, deadline: float | None) -> tuple[int, int, int]:
