@@ -538,6 +538,7 @@ class KV(MutableMapping[str, Any]):
         unpack = _REC_UNPACK
         pos = DATA_START
         nops = 0
+        from_bytes = int.from_bytes
         try:
             while pos < end:
                 magic, kind, flags, n, crc = unpack(view, pos)
@@ -545,8 +546,24 @@ class KV(MutableMapping[str, Any]):
                 if magic != 0x4B56 or flags or nxt > end:
                     return None
                 body = view[pos + 12 : pos + 12 + n].tobytes()
-                if crc32(body, ((pos * 0x9E3779B1) ^ (n << 16) ^ kind) & 0xFFFFFFFF) != crc:
+                if crc32(body, (pos * 0x9E3779B1) ^ (n << 16) ^ kind) != crc:  # (seed masked)
                     return None
+                # _fast_set() inlined for the two commonest records: a bytes value and a
+                # 64-bit int (tags 7 and 3 right after the key); the rest go through it.
+                if kind == KIND_SET and n > 2:
+                    v = 2 + (body[0] | body[1] << 8)
+                    tag = body[v] if v < n else 0
+                    if (tag == 7 and n == v + 5 + from_bytes(body[v + 1 : v + 5], "little")) \
+                            or (tag == 3 and n == v + 9):
+                        try:
+                            key = body[2:v].decode("utf-8", "surrogatepass")
+                        except UnicodeDecodeError:
+                            return None  # damage: the careful path reports it
+                        index[key] = body[v + 5 :] if tag == 7 else \
+                            from_bytes(body[v + 1 :], "little", signed=True)
+                        nops += 1
+                        pos = nxt
+                        continue
                 item = _fast_set(body) if kind == KIND_SET else None
                 if item is not None:
                     index[item[0]] = item[1]
