@@ -112,12 +112,12 @@ class Rocks(Store):
         import rocksdict
 
         self.db = rocksdict.Rdict(path + ".rocks")
-        db = self.db
+        db: Any = self.db  # (typed or not, depending on the rocksdict installed)
         # Bound like ours: the timed call is the store's own, with no wrapper frame.
-        self.set_int = db.__setitem__  # type: ignore[method-assign,assignment]
-        self.set_bytes = db.__setitem__  # type: ignore[method-assign,assignment]
-        self.get = db.__getitem__  # type: ignore[method-assign,assignment]
-        self.delete = db.__delitem__  # type: ignore[method-assign,assignment]
+        self.set_int = db.__setitem__  # type: ignore[method-assign]
+        self.set_bytes = db.__setitem__  # type: ignore[method-assign]
+        self.get = db.__getitem__  # type: ignore[method-assign]
+        self.delete = db.__delitem__  # type: ignore[method-assign]
 
     def close(self) -> None:
         self.db.close()
