@@ -550,6 +550,21 @@ def test_a_dropped_handle_does_not_look_alive(tmp_path: Path) -> None:
             receiver.recv(timeout=5)
 
 
+def test_send_many_reports_a_partial_send() -> None:
+    # With a timeout, send_many sends what fits and says how many; queue.Full only when
+    # nothing went out.  (It used to raise queue.Full after a partial send, losing the count.)
+    with Channel.anonymous(256) as ch:
+        msgs = [bytes([i]) * 24 for i in range(20)]
+        sent = ch.send_many(msgs, timeout=0)
+        assert 0 < sent < len(msgs)
+        with pytest.raises(queue.Full):
+            ch.send_many(msgs[sent:], timeout=0)
+        assert [ch.recv_nowait() for _ in range(sent)] == msgs[:sent]
+        with pytest.raises(queue.Empty):
+            ch.recv_nowait()
+        assert ch.send_many(iter(msgs[:3]), timeout=0) == 3
+
+
 def test_every_short_length_and_buffer_kind() -> None:
     # Payloads up to _FRAMED_MAX go through one cached Struct per length, longer ones in
     # two steps; bytes, bytearray and memoryviews all arrive as the same bytes.  The ring is

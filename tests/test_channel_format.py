@@ -3,6 +3,8 @@ and fuzzed."""
 
 from __future__ import annotations
 
+import collections
+import queue
 import struct
 import zlib
 
@@ -10,7 +12,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mmapkit.errors import CorruptFileError, ForeignFileError, FormatVersionError
+from mmapkit.errors import (
+    CorruptFileError,
+    ForeignFileError,
+    FormatVersionError,
+    MessageTooLargeError,
+)
+from mmapkit.ipc import Channel
 from mmapkit.ipc import _format as fmt
 
 
@@ -198,6 +206,80 @@ def test_ring_matches_a_fifo_model(capacity: int, ops: list[tuple[str, int, int]
                     continue
                 assert got1 == model.popleft()
             ch.check()
+        while model:
+            assert ch.recv_nowait() == model.popleft()
+        with pytest.raises(queue.Empty):
+            ch.recv_nowait()
+
+
+# One process plays both sides against a deque: every mix of sizes, ring capacities, single
+# and batch calls, wrap-arounds (PAD frames) and full/empty rings delivers exactly the
+# messages sent, in order.
+_OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("send"), st.integers(0, 600)),
+        st.tuples(st.just("send_many"), st.lists(st.integers(0, 300), min_size=1, max_size=6)),
+        st.tuples(st.just("recv"), st.just(0)),
+        st.tuples(st.just("recv_many"), st.integers(1, 5)),
+        st.tuples(st.just("view"), st.just(0)),
+    ),
+    max_size=80)
+
+
+@settings(max_examples=400, deadline=None)
+@given(capacity=st.integers(8, 160).map(lambda k: k * 8), ops=_OPS)
+def test_ring_matches_a_queue_model(capacity: int, ops: list[tuple[str, object]]) -> None:
+    model: collections.deque[bytes] = collections.deque()
+    counter = 0
+
+    def payload(n: int) -> bytes:
+        nonlocal counter
+        counter += 1
+        return (counter.to_bytes(4, "little") * (n // 4 + 1))[:n]
+
+    with Channel.anonymous(capacity) as ch:
+        limit = ch.max_message
+        for op, arg in ops:
+            if op == "send":
+                assert isinstance(arg, int)
+                msg = payload(arg)
+                if arg > limit:
+                    with pytest.raises(MessageTooLargeError):
+                        ch.send_nowait(msg)
+                    continue
+                try:
+                    ch.send_nowait(msg if counter % 2 else memoryview(msg))
+                except queue.Full:
+                    continue
+                model.append(msg)
+            elif op == "send_many":
+                assert isinstance(arg, list)
+                msgs = [payload(min(n, limit)) for n in arg]
+                try:
+                    sent = ch.send_many(msgs, timeout=0)
+                except queue.Full:
+                    sent = 0
+                model.extend(msgs[:sent])
+            elif op == "recv":
+                if not model:
+                    with pytest.raises(queue.Empty):
+                        ch.recv_nowait()
+                    continue
+                assert ch.recv_nowait() == model.popleft()
+            elif op == "recv_many":
+                assert isinstance(arg, int)
+                if not model:
+                    with pytest.raises(queue.Empty):
+                        ch.recv_many(arg, timeout=0)
+                    continue
+                got = ch.recv_many(arg, timeout=0)
+                assert got == [model.popleft() for _ in got] and 1 <= len(got) <= arg
+            else:
+                if not model:
+                    continue
+                with ch.recv_view(timeout=0) as mv:
+                    assert bytes(mv) == model.popleft()
+        ch.check()
         while model:
             assert ch.recv_nowait() == model.popleft()
         with pytest.raises(queue.Empty):

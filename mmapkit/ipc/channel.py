@@ -774,28 +774,36 @@ class Channel:
     def send_many(self, messages: Iterable[bytes | bytearray | memoryview],
                   timeout: float | None = None) -> int:
         """Send messages in order, publishing them together where they fit (one head store
-        and at most one wake-up per batch).  Returns how many were sent; ``timeout``
-        applies to each wait for room."""
-        if self._bc:
-            count = 0
-            for item in messages:
-                self.send(item, timeout)
-                count += 1
-            return count
-        if self._pslot is None:
-            self._attach(_PRODUCER)
+        and at most one wake-up per batch).  Returns how many were sent: all of them, or,
+        when ``timeout`` (which applies to each wait for room) ran out after some were
+        sent, that many (the rest were not); queue.Full only when none was sent."""
         count = 0
-        cap, data, dq, hdr = self._cap, self._data, self._dq, self._hdr
-        with self._send_mutex if self._plocked else contextlib.nullcontext():
-            batch: list[memoryview | bytes] = []
-            for item in messages:
-                batch.append(item if item.__class__ is bytes else memoryview(item).cast("B"))
-                if len(batch) < 256:
-                    continue
-                count += self._send_batch(batch, timeout, cap, data, dq, hdr)
-                batch = []
-            if batch:
-                count += self._send_batch(batch, timeout, cap, data, dq, hdr)
+        try:
+            if self._bc:
+                for item in messages:
+                    self.send(item, timeout)
+                    count += 1
+                return count
+            if self._pslot is None:
+                self._attach(_PRODUCER)
+            cap, data, dq, hdr = self._cap, self._data, self._dq, self._hdr
+            with self._send_mutex if self._plocked else contextlib.nullcontext():
+                batch: list[memoryview | bytes] = []
+                for item in messages:
+                    batch.append(item if item.__class__ is bytes else memoryview(item).cast("B"))
+                    if len(batch) < 256:
+                        continue
+                    sent = self._send_batch(batch, timeout, cap, data, dq, hdr)
+                    count += sent
+                    if sent < len(batch):
+                        return count
+                    batch = []
+                if batch:
+                    count += self._send_batch(batch, timeout, cap, data, dq, hdr)
+        except queue.Full:
+            if count:
+                return count
+            raise
         return count
 
     def _send_batch(self, batch: list[memoryview | bytes], timeout: float | None, cap: int,
@@ -806,7 +814,12 @@ class Channel:
         i = 0
         while i < len(batch):
             first = batch[i]
-            head = self._acquire_space((len(first) + 15) & ~7, timeout)
+            try:
+                head = self._acquire_space((len(first) + 15) & ~7, timeout)
+            except queue.Full:
+                if i:
+                    return i  # the first i went out; the caller reports how many
+                raise
             try:
                 limit = self._tail_seen + cap
                 nbytes = 0
