@@ -51,6 +51,7 @@ import sys
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -248,7 +249,7 @@ class KV(MutableMapping[str, Any]):
     # is past CPython's shared-key limit, where each access costs a lookup.
     __slots__ = (
         "__weakref__", "_batch", "_changes", "_cipher", "_commit", "_depth", "_direct", "_fast",
-        "_fd", "_has_ttl", "_ident", "_index", "_lock_timeout", "_min_cap", "_mode",
+        "_fd", "_forked", "_has_ttl", "_ident", "_index", "_lock_timeout", "_min_cap", "_mode",
         "_multiprocess", "_nops", "_packers", "_path", "_pid", "_pos", "_readonly", "_recover",
         "_region", "_seen", "_seq_base", "_ser", "_shared", "_size", "_tlock", "_undo",
         "_undo_all", "_view", "_waiter", "_waitw", "_watch_keys",
@@ -278,6 +279,16 @@ class KV(MutableMapping[str, Any]):
         self._watch_keys: frozenset[str] | None = None
         self._changes: _Keys | None = None
         self._pid = os.getpid()
+        self._forked = False  # set in a fork child (the hook below): cheaper than getpid()
+        if multiprocess:
+            ref = weakref.ref(self)
+
+            def after_fork() -> None:
+                kv = ref()
+                if kv is not None:
+                    kv._forked = True
+
+            os.register_at_fork(after_in_child=after_fork)
         self._fd = -1
         self._region: Region | None = None
         self._waiter: Waiter | None = None
@@ -794,7 +805,8 @@ class KV(MutableMapping[str, Any]):
         if self._depth > 1 or not self._shared:
             return
         try:
-            if os.getpid() != self._pid:  # a fork child: get our own descriptor and lock
+            if self._forked:  # a fork child: get our own descriptor and lock
+                self._forked = False
                 self._pid = os.getpid()
                 self._mode = FileLock(self._path + ".lock")
                 self._mode.acquire(shared=True, timeout=self._lock_timeout)
