@@ -1178,10 +1178,13 @@ class KV(MutableMapping[str, Any]):
         return packer
 
     def _put(self, pos: int, end: int, body: bytes, n: int) -> None:
-        view = self._view
-        _REC_PACK(view, pos, 0x4B56, KIND_SET, 0, n,
-                  crc32(body, ((pos * 0x9E3779B1) ^ (n << 16) ^ KIND_SET) & 0xFFFFFFFF))
-        view[pos + 12 : pos + 12 + n] = body
+        """Write and commit a KIND_SET record (multiprocess mode, write lock held)."""
+        try:
+            pack, seed = self._packers[n]
+        except KeyError:
+            pack, seed = self._packer(n)
+        pack(self._view, pos, 0x4B56, KIND_SET, 0, n, crc32(body, (pos * 0x9E3779B1) ^ seed),
+             body)
         self._commit[0] = end  # the commit point
         self._pos = self._seen = end
         self._nops += 1
