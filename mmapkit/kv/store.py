@@ -1100,7 +1100,9 @@ class KV(MutableMapping[str, Any]):
 
     def __setitem__(self, key: str, value: Any) -> None:
         # The hot path: a plain value, unencrypted, not in a batch, and the record fits.
-        # Same bytes as set() -> _append(), with the calls and checks folded in.
+        # Same bytes as set() -> _append(), with the calls and checks folded in.  (bytes
+        # and str stay two branches: one branch choosing tag and table measured ~6% more
+        # instructions per set.)
         t = type(value)
         try:
             kb = str.encode(key)  # strict UTF-8 equals surrogatepass whenever it succeeds
