@@ -400,7 +400,7 @@ int main(int argc, char **argv) {
 
 
 def c_futex_floor(n: int, gap: float = 0.0) -> list[float] | None:
-    """Round-trip times (us) of the C futex ping-pong, or None without a C compiler."""
+    """Round-trip times (us) of the C futex ping-pong, or None when no C compiler builds it."""
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None or not sys.platform.startswith("linux"):
         return None
@@ -563,7 +563,7 @@ def _floor(report: _harness.Report, args: argparse.Namespace, case: str, n: int,
         return
     samples = c_futex_floor(n, gap)
     if samples is None:
-        report.skip(FLOOR, "no C compiler (cc) to build it")
+        report.skip(FLOOR, "no C compiler (cc) here could build it")
     else:
         report.add(case, FLOOR, samples, "us", higher_is_better=False,
                    note="two C processes, futex wait/wake: the machine's floor")
