@@ -262,7 +262,9 @@ def futex_waker(address: int) -> Callable[[int], int]:
     def wake(count: int) -> int:
         arg = one if count == 1 else every if count >= 0x7FFFFFFF else ctypes.c_int(count)
         rc: int = call(nr, addr, op, arg)
-        if rc < 0:  # never in practice; again through the errno-saving call, to say why
+        # The fast call saves no errno (saving it costs ~60 ns a wake); a failure, which
+        # does not happen in practice, is repeated through the call that does, to say why.
+        if rc < 0:
             rc = _raw_syscall(False)(nr, addr, op, arg)
             if rc < 0:
                 _raise_errno("futex wake")
