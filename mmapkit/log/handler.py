@@ -115,21 +115,20 @@ class Handler(logging.Handler):
             self.handleError(record)
 
     def _asctime(self, record: logging.LogRecord) -> None:
-        """Cache record's asctime as Formatter.formatTime makes it: strftime once per second
-        (it has no sub-second field), logging's msecs suffix once per millisecond."""
+        """Cache record's asctime as Formatter.formatTime makes it, for a record whose
+        second or millisecond differs from the cached one (_format checks): strftime once
+        per second (it has no sub-second field), logging's msecs suffix once per ms."""
         sec = int(record.created)
-        msecs = record.msecs
-        if sec != self._plan_sec or msecs != self._plan_msecs:
-            if sec != self._plan_sec:
-                fmt = self._plan_fmt
-                assert fmt is not None
-                self._plan_text = (
-                    fmt.formatTime(record, fmt.datefmt) if self._plan_datefmt else
-                    time.strftime(self._plan_time_format, self._plan_conv(record.created)))
-                self._plan_sec = sec
-            msec = self._plan_msec
-            self._plan_asctime = msec % (self._plan_text, msecs) if msec else self._plan_text
-            self._plan_msecs = msecs
+        if sec != self._plan_sec:
+            fmt = self._plan_fmt
+            assert fmt is not None
+            self._plan_text = (
+                fmt.formatTime(record, fmt.datefmt) if self._plan_datefmt else
+                time.strftime(self._plan_time_format, self._plan_conv(record.created)))
+            self._plan_sec = sec
+        msec = self._plan_msec
+        self._plan_asctime = msec % (self._plan_text, record.msecs) if msec else self._plan_text
+        self._plan_msecs = record.msecs
 
     def _format(self, record: logging.LogRecord) -> str:
         """``self.formatter.format(record)``, through the plan's fast path when it gives
@@ -163,7 +162,7 @@ class Handler(logging.Handler):
         It does for a plain ``logging.Formatter`` with %-style and no defaults: then the
         text is ``fmt % record.__dict__`` with ``asctime`` from strftime, which depends
         only on the second (strftime has no sub-second field), plus logging's msecs.  The
-        pattern is turned positional ("%(name)s" -> "%s") with an itemgetter of the
+        pattern is turned positional ("%(name)s" -> "%s") with an attrgetter of the
         fields: the same conversions, without a dict lookup per field by the % operator.
         """
         self._plan_fmt = fmt

@@ -450,6 +450,15 @@ class Writer:
         start, cap = self._chunk_start, self._cap
         self._limit = min(self._head + cap - 8, start - start % cap + cap, self._mark)
 
+    def _cut(self, stop: int, last: int | None, start: int) -> None:
+        """End the open chunk at ``stop`` (``last``: where its last record starts, None if
+        unknown), if it holds any record, and open the next one at ``start`` (under _lock)."""
+        if self._chunk_start < stop:
+            self._cuts.append((self._chunk_start, stop, last))
+        self._chunk_start = start
+        self._mark = start + CHUNK
+        self._set_limit()
+
     def _zero_free(self) -> None:
         """Zero every byte of the ring outside [head, tail)."""
         cap, head, tail = self._cap, self._head, self._tail
@@ -615,21 +624,15 @@ class Writer:
                 if off == 0 and self._chunk_start < tail:
                     # The last record ended exactly at the end of the ring: a chunk never
                     # crosses it (its bytes must be contiguous).
-                    self._cuts.append((self._chunk_start, tail, None))
-                    self._chunk_start = tail
-                    self._mark = tail + CHUNK
-                    self._set_limit()
+                    self._cut(tail, None, tail)
                 if off + total > cap:
                     if tail + (cap - off) + total - head > cap - 8:
                         room = False
                     else:
                         # Wrap: a marker fills the rest of the lap and ends the chunk.
                         self._u32[off >> 2] = PAD_BIT | (cap - off)  # type: ignore[index]
-                        if self._chunk_start < tail:
-                            self._cuts.append((self._chunk_start, tail, None))
-                        self._tail = self._chunk_start = tail + cap - off
-                        self._mark = self._tail + CHUNK
-                        self._set_limit()
+                        self._tail = tail + cap - off
+                        self._cut(tail, None, self._tail)
                         continue
                 elif tail + total - head > cap - 8:
                     room = False
@@ -637,13 +640,12 @@ class Writer:
                     self._frame(off, data, level, time_us, size)
                     end = self._tail
                     if end > self._mark:  # this record completes a chunk
-                        self._cuts.append((self._chunk_start, end, tail))
-                        self._chunk_start = end
-                        self._mark = end + CHUNK
+                        self._cut(end, tail, end)
                         kick = self._idle and end - head > self._threshold
                         if kick:
                             self._idle = False
-                    self._set_limit()
+                    else:
+                        self._set_limit()
                     room = True
             if room:
                 if kick or self._away is not None:
@@ -820,10 +822,7 @@ class Writer:
             with self._lock:
                 head = self._head
                 if full and self._chunk_start < self._tail:
-                    self._cuts.append((self._chunk_start, self._tail, None))
-                    self._chunk_start = self._tail
-                    self._mark = self._tail + CHUNK
-                    self._set_limit()
+                    self._cut(self._tail, None, self._tail)
                 recovered = self._recovered_spans
                 cuts = list(self._cuts)
             frames: list[bytes] = []
