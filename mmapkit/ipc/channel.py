@@ -703,9 +703,7 @@ class Channel:
         """Send one message; block while the ring is full (queue.Full after ``timeout``)."""
         # The hot path: a handful of memoryview operations, no syscall, no lock.
         if data.__class__ is not bytes:
-            data = memoryview(data).cast("B")
-            if len(data) <= _FRAMED_MAX:
-                data = data.tobytes()  # what a cached Struct packs (and a copy this short is cheap)
+            data = _payload(data)
         n = len(data)
         if n > self._send_limit:  # too large, or not on the fast path (limit -1)
             self._send_slow(data, n, timeout)
@@ -733,7 +731,7 @@ class Channel:
         """pack(ring, pos, n, payload): the length word and an ``n``-byte payload of a frame
         at ring offset ``pos`` (both are written before the head store publishes them)."""
         if n > _FRAMED_MAX:
-            return _frame_long
+            return _write_frame
         pack = self._framers[n] = struct.Struct(f"<Q{n}s").pack_into
         return pack
 
@@ -756,9 +754,7 @@ class Channel:
         with self._send_mutex:
             head = self._acquire_space(need, timeout)
             try:
-                pos = head % self._cap
-                self._data[pos + 8 : pos + 8 + n] = data
-                self._dq[pos >> 3] = n
+                _write_frame(self._data, head % self._cap, n, data)
                 self._hdr[_HEAD_Q] = head + need
             finally:
                 fcntl.flock(self._pclaim, fcntl.LOCK_UN)
@@ -786,20 +782,20 @@ class Channel:
                 return count
             if self._pslot is None:
                 self._attach(_PRODUCER)
-            cap, data, dq, hdr = self._cap, self._data, self._dq, self._hdr
+            cap, data, hdr = self._cap, self._data, self._hdr
             with self._send_mutex if self._plocked else contextlib.nullcontext():
                 batch: list[memoryview | bytes] = []
                 for item in messages:
-                    batch.append(item if item.__class__ is bytes else memoryview(item).cast("B"))
+                    batch.append(item if item.__class__ is bytes else _payload(item))
                     if len(batch) < 256:
                         continue
-                    sent = self._send_batch(batch, timeout, cap, data, dq, hdr)
+                    sent = self._send_batch(batch, timeout, cap, data, hdr)
                     count += sent
                     if sent < len(batch):
                         return count
                     batch = []
                 if batch:
-                    count += self._send_batch(batch, timeout, cap, data, dq, hdr)
+                    count += self._send_batch(batch, timeout, cap, data, hdr)
         except queue.Full:
             if count:
                 return count
@@ -807,7 +803,7 @@ class Channel:
         return count
 
     def _send_batch(self, batch: list[memoryview | bytes], timeout: float | None, cap: int,
-                    data: memoryview, dq: memoryview, hdr: memoryview) -> int:
+                    data: memoryview, hdr: memoryview) -> int:
         for item in batch:
             if len(item) > self._max:
                 raise self._too_large(len(item))
@@ -823,6 +819,7 @@ class Channel:
             try:
                 limit = self._tail_seen + cap
                 nbytes = 0
+                framers, framer = self._framers, self._framer
                 while i < len(batch):
                     item = batch[i]
                     n = len(item)
@@ -830,8 +827,7 @@ class Channel:
                     pos = head % cap
                     if pos + need > cap or head + need > limit:
                         break
-                    data[pos + 8 : pos + 8 + n] = item
-                    dq[pos >> 3] = n
+                    (framers.get(n) or framer(n))(data, pos, n, item)
                     head += need
                     nbytes += n
                     i += 1
@@ -1203,8 +1199,7 @@ class Channel:
                         hdr[_PAD_EVICTED_Q] = tail
                         tail = head
                         hdr[_TAIL_Q] = tail
-                self._data[pos + 8 : pos + 8 + n] = data
-                dq[pos >> 3] = n
+                _write_frame(self._data, pos, n, data)
                 hdr[_HEAD_Q] = head + need
             finally:
                 if self._plocked:
@@ -1561,7 +1556,16 @@ def _reopen(path: str, spin: float) -> Channel:
     return Channel.open(path, spin=spin)
 
 
-def _frame_long(ring: memoryview, pos: int, n: int, payload: Any) -> None:
-    """The frame of a long payload (one Struct per length would cost too much memory)."""
+def _payload(data: bytes | bytearray | memoryview) -> bytes | memoryview:
+    """A message that is not ``bytes`` as its bytes: a copy when short (what a cached
+    Struct packs; a copy that short is cheap), else a byte view (no copy of a long one)."""
+    view = memoryview(data).cast("B")
+    return view.tobytes() if len(view) <= _FRAMED_MAX else view
+
+
+def _write_frame(ring: memoryview, pos: int, n: int, payload: Any) -> None:
+    """Write the frame of an ``n``-byte payload (any buffer, any length) at ring offset
+    ``pos``: the payload, then its length word.  send() has a cached Struct per short
+    length instead (see _framer)."""
     ring[pos + 8 : pos + 8 + n] = payload
     _U64.pack_into(ring, pos, n)
