@@ -559,30 +559,27 @@ class KV(MutableMapping[str, Any]):
                 body = view[pos + 12 : pos + 12 + n].tobytes()
                 if crc32(body, (pos * 0x9E3779B1) ^ (n << 16) ^ kind) != crc:  # (seed masked)
                     return None
-                # _fast_set() inlined for the two commonest records: a bytes value and a
-                # 64-bit int (tags 7 and 3 right after the key); the rest go through it.
+                # _fast_set() inlined (the same three cases: an int, bytes or str value
+                # right after the key); anything else, or what does not decode, is
+                # replayed by the general path.
                 if kind == KIND_SET and n > 2:
                     v = 2 + (body[0] | body[1] << 8)
                     tag = body[v] if v < n else 0
-                    if (tag == 7 and n == v + 5 + from_bytes(body[v + 1 : v + 5], "little")) \
-                            or (tag == 3 and n == v + 9):
+                    if (tag == 3 and n == v + 9) or ((tag == 7 or tag == 6) and n == v + 5
+                                                     + from_bytes(body[v + 1 : v + 5], "little")):
                         try:
-                            key = body[2:v].decode("utf-8", "surrogatepass")
+                            index[body[2:v].decode("utf-8", "surrogatepass")] = (
+                                body[v + 5 :] if tag == 7 else
+                                from_bytes(body[v + 1 :], "little", signed=True) if tag == 3
+                                else body[v + 5 :].decode("utf-8", "surrogatepass"))
+                            nops += 1
+                            pos = nxt
+                            continue
                         except UnicodeDecodeError:
-                            return None  # damage: the careful path reports it
-                        index[key] = body[v + 5 :] if tag == 7 else \
-                            from_bytes(body[v + 1 :], "little", signed=True)
-                        nops += 1
-                        pos = nxt
-                        continue
-                item = _fast_set(body) if kind == KIND_SET else None
-                if item is not None:
-                    index[item[0]] = item[1]
-                    nops += 1
-                else:
-                    before = self._nops
-                    self._replay(Record(pos, kind, flags, body), index, None)
-                    nops += self._nops - before
+                            pass
+                before = self._nops
+                self._replay(Record(pos, kind, flags, body), index, None)
+                nops += self._nops - before
                 pos = nxt
         except (CorruptFileError, DecryptionError, struct.error):
             return None
