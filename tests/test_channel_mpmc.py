@@ -217,9 +217,16 @@ def test_consumer_sigkilled_mid_stream_does_not_wedge_the_others(tmp_path: Path)
     per = 20_000
 
     gate = _Gate(2)
+    # The producers stop a third of the way in until the kill is done, so the survivors
+    # surely carry on after it whatever the scheduling (the kill used to land, on a busy
+    # machine, after the victim had taken over half the stream).
+    after_kill = _Gate(2)
+    resume_at = per // 3
 
     def produce(k: int) -> None:
         for i in range(per):
+            if i == resume_at:
+                after_kill.arrive()
             ch.send(struct.pack("<QI", k, i) + b"z" * (i % 64))
             if i == 0:
                 gate.arrive()
@@ -239,9 +246,10 @@ def test_consumer_sigkilled_mid_stream_does_not_wedge_the_others(tmp_path: Path)
     consumers = [fork_child(lambda o=o: consume(o)) for o in outs]
     producers = [fork_child(lambda k=k: produce(k)) for k in range(2)]
     gate.open()
-    time.sleep(random.uniform(0.1, 0.3))
+    time.sleep(random.uniform(0.0, 0.05))
     os.kill(consumers[0], signal.SIGKILL)  # likely mid-claim: it receives all the time
     os.waitpid(consumers[0], 0)
+    after_kill.open()
     assert _wait_all(producers + consumers[1:], 240) == [0] * 4
     seen: list[int] = []
     for out in outs[1:]:
@@ -250,6 +258,8 @@ def test_consumer_sigkilled_mid_stream_does_not_wedge_the_others(tmp_path: Path)
         seen += list(got)
     assert len(seen) == len(set(seen))  # no duplicate among the survivors
     assert len(seen) > per  # and they carried on after the kill
+    # everything sent after the kill reached the survivors
+    assert {k * per + i for k in range(2) for i in range(resume_at, per)} <= set(seen)
     ch.check()
     assert ch.statistics().used == 0
     ch.close()
