@@ -59,6 +59,7 @@ from typing import IO, Any
 from zlib import crc32
 
 from .. import _platform
+from .._testhooks import PAUSES, pause
 from ..errors import (
     ClosedError,
     CorruptFileError,
@@ -115,6 +116,12 @@ _I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
 _BYTES_HEAD = tuple(_TL.pack(7, n) for n in range(_PACKED_BODY_MAX))
 _STR_HEAD = tuple(_TL.pack(6, n) for n in range(_PACKED_BODY_MAX))
 _WAIT_SLICE = 0.05
+# _seen while our file is marked superseded but the path still names it: never equal to a
+# commit word, so every read looks at the path again until the mark settles.
+_UNSETTLED = -1
+# What attaching to a file sets: _reopen() keeps the old values until the new file loads.
+_ATTACHED = ("_fd", "_ident", "_region", "_view", "_size", "_commit", "_waitw", "_waiter",
+             "_index", "_nops", "_seq_base", "_pos", "_seen")
 _MODE_GRACE = 0.25  # changed() re-checks at least this often (a lost wake costs latency only)
 
 
@@ -195,8 +202,12 @@ def _fd_path(fd: int) -> str:
     return f"/proc/self/fd/{fd}" if _platform.IS_LINUX else f"/dev/fd/{fd}"
 
 
-def _analyse(buf: memoryview, hdr: codec.Header) -> _Analysis:
-    """Which records of a mapped file are valid and where appending continues (pure)."""
+def _analyse(buf: memoryview, hdr: codec.Header, *, committed_only: bool = False) -> _Analysis:
+    """Which records of a mapped file are valid and where appending continues (pure).
+
+    ``committed_only``: stop at the commit word's end (a reader without the writer lock:
+    the bytes past it are the lock holder's and may be mid-write).
+    """
     size = buf.nbytes
     end = hdr.end
     problems: list[str] = []
@@ -208,6 +219,8 @@ def _analyse(buf: memoryview, hdr: codec.Header) -> _Analysis:
         damaged += s1.damaged
         if s1.tail:
             damaged.append((s1.next, end))
+        if committed_only:
+            return _Analysis(hdr, s1.records, end, tuple(damaged), tuple(problems), False)
         s2 = codec.scan(buf, end, size, resync=False)
         records = s1.records + s2.records
         pos = s2.next
@@ -354,7 +367,7 @@ class KV(MutableMapping[str, Any]):
             except BaseException:
                 self._detach()
                 raise
-            self._detach()  # the path was replaced while we waited; open the new file
+            self._detach()  # the path was replaced while we looked; open the new file
 
     def _open_fd(self, create: bool) -> int:
         flags = (os.O_RDONLY if self._readonly else os.O_RDWR) | getattr(os, "O_CLOEXEC", 0)
@@ -411,25 +424,23 @@ class KV(MutableMapping[str, Any]):
         self._fd = fd
         st = os.fstat(fd)
         self._ident = (st.st_dev, st.st_ino)
+        if st.st_size < HEADER_SIZE and self._shared:
+            # Only a touched empty file is this short (a created store is linked in whole):
+            # whoever initialises it holds the lock, so wait for them before looking.
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            st = os.fstat(fd)
         if st.st_size == 0 and not self._readonly:
             self._init_empty(fd)
         elif st.st_size < HEADER_SIZE:
             codec.parse_header(os.pread(fd, HEADER_SIZE, 0), path=self._path)
         self._region = Region.open(_fd_path(fd), readonly=self._readonly)
         self._bind_views()
-        if self._shared and not self._readonly:
-            self._acquire_flock()
-            try:
-                if self._commit[0] & SUPERSEDED and not self._path_is_mine():
-                    return False
-                self._load()
-            finally:
-                self._release_flock()
-        else:
-            if self._commit[0] & SUPERSEDED and not self._path_is_mine():
-                return False  # replaced again already: follow the path once more
-            self._load()
-        return True
+        if PAUSES:
+            pause("kv.attach.mapped")
+        if self._commit[0] & SUPERSEDED and not self._path_is_mine():
+            return False  # replaced again already: follow the path once more
+        return self._load()
 
     def _bind_views(self) -> None:
         assert self._region is not None
@@ -465,24 +476,62 @@ class KV(MutableMapping[str, Any]):
             return False
         return (st.st_dev, st.st_ino) == self._ident
 
-    def _load(self) -> None:
-        """Recover the mapped file into a fresh index (writers hold the file lock)."""
-        assert self._region is not None
-        view = self._view
-        hdr = codec.parse_header(view, path=self._path)
+    def _load(self, *, held: bool = False) -> bool:
+        """Read the mapped file into a fresh index; False if it was replaced meanwhile.
+
+        ``held``: this process holds the writer lock.  Without it (multiprocess and
+        read-only handles) the file is read lock-free up to one reading of the commit word
+        and nothing is written; what looks damaged is read again under the writer lock on
+        a fresh mapping before anything is concluded (see the protocol table).
+        """
+        if held or not self._shared:
+            return self._load_locked()
+        found = self._read(committed_only=True)
+        if found is not None:
+            analysis, index, bad = found
+            if not bad and not analysis.problems:
+                self._install(analysis, index, seen=analysis.header.commit)
+                return True
+        self._take_own_lock()
+        try:
+            return self._load_locked()
+        finally:
+            self._release_flock()
+
+    def _read(self, *, committed_only: bool
+              ) -> tuple[_Analysis, dict[str, Any], list[tuple[int, int]]] | None:
+        """Scan and replay the mapped file: (analysis, index, ranges that do not verify).
+
+        ``committed_only`` (no lock held) reads nothing at or past the commit word's end
+        (those bytes belong to the lock holder and may be mid-write); a committed end past
+        the mapping is growth: map the file's current size and look again.  None: the
+        header's end is still beyond the file (suspect; the caller re-reads under lock).
+        """
+        hdr = codec.parse_header(self._view, path=self._path)
+        for _ in range(3):
+            if hdr.end <= self._size or not committed_only:
+                break
+            self._remap()  # growth: the writer extended the file before committing past it
+            hdr = codec.parse_header(self._view, path=self._path)
+        if committed_only and hdr.end > self._size:
+            return None
         self._check_key(hdr)
+        view = self._view
         self._nops = 0
         self._seq_base = hdr.seq
         fast = None if hdr.encrypted else self._fast_load(view, hdr)
         if fast is not None:
             # Clean committed region: only what lies beyond it is left to look at.
             index, self._nops = fast
-            extra = codec.scan(view, hdr.end, view.nbytes, resync=False)
-            size = view.nbytes
-            dirty = extra.next < size and any(view[extra.next : min(size, extra.next + 16)])
-            analysis = _Analysis(hdr, extra.records, extra.next, (), (), dirty)
+            if committed_only:
+                analysis = _Analysis(hdr, (), hdr.end, (), (), False)
+            else:
+                extra = codec.scan(view, hdr.end, view.nbytes, resync=False)
+                size = view.nbytes
+                dirty = extra.next < size and any(view[extra.next : min(size, extra.next + 16)])
+                analysis = _Analysis(hdr, extra.records, extra.next, (), (), dirty)
         else:
-            analysis = _analyse(view, hdr)
+            analysis = _analyse(view, hdr, committed_only=committed_only)
             index = {}
         bad: list[tuple[int, int]] = list(analysis.damaged)
         replay, fast_set = self._replay, _fast_set
@@ -499,36 +548,76 @@ class KV(MutableMapping[str, Any]):
             except (CorruptFileError, DecryptionError):
                 bad.append((rec.offset, rec.offset + rec.size))
         self._nops += plain
+        return analysis, index, bad
+
+    def _load_locked(self) -> bool:
+        """_load() for the writer-lock holder (or a single-process handle).
+
+        Only here is damage concluded: it is reported, the file copied aside, and (when
+        this handle may write) the salvaged data compacted into a new file that replaces
+        the damaged one.  Nothing published is ever wound back: the commit word only
+        moves forward (over whole records a killed writer left past it).
+        """
+        if self._shared:
+            self._remap()  # the file may have grown since it was mapped
+            if self._commit[0] & SUPERSEDED and not self._path_is_mine():
+                return False  # replaced between our look and the lock
+        found = self._read(committed_only=False)
+        assert found is not None
+        analysis, index, bad = found
+        hdr = analysis.header
         problems = list(analysis.problems)
         if len(bad) > len(analysis.damaged):
             problems.append(f"{len(bad) - len(analysis.damaged)} record(s) verify but do not "
                             "decode or authenticate")
-        if bad or problems:
+        damaged = bool(bad or problems)
+        if damaged:
             self._report_damage(problems, bad, len(analysis.records))
-        writable = not self._readonly
-        if writable:
-            if analysis.dirty_tail:
-                self._zero_tail(analysis.pos)
+        # An end word past the file (cut, or the word itself damaged) points at bytes
+        # nobody can have read: appending continues after what verifies.
+        end_ok = DATA_START <= hdr.end <= self._size and hdr.end % 8 == 0
+        pos = max(analysis.pos, hdr.end) if end_ok else analysis.pos
+        self._install(analysis, index, seen=hdr.commit)
+        self._pos = pos
+        if self._readonly:
+            return True
+        if analysis.dirty_tail and pos < self._size:
+            self._zero_tail(pos)  # a torn, unacknowledged write: bytes only we may write
+        if damaged:
+            try:
+                self._rewrite(self._image(self._cipher), self._cipher)
+                return True  # the salvaged data now lives in a new, clean file
+            except DiskFullError:
+                pass  # keep working in this file; the damage is reported again next time
             if not hdr.crc_ok:
                 fixed = codec.build_header(
                     flags=hdr.flags, salt=hdr.salt, created_ns=hdr.created_ns,
                     keycheck=hdr.keycheck, end=0)
-                view[:64] = fixed[:64]
-            commit = self._commit[0]
-            if commit & SUPERSEDED:
-                # A compactor died between marking this file and renaming its successor in:
-                # this file is still the store.  Unmark it.
-                self._commit[0] = commit & END_MASK
-            if self._commit[0] != analysis.pos:
-                self._commit[0] = analysis.pos
+                self._view[:64] = fixed[:64]
+        commit = self._commit[0]
+        if commit & SUPERSEDED:
+            # We hold the lock and the path still names this file: its compactor died
+            # between marking it and renaming the successor in.  It is still the store.
+            commit &= END_MASK
+        if commit != pos:
+            commit = pos  # forward only (pos >= the committed end), or a damaged end word
+        if self._commit[0] != commit:
+            self._commit[0] = commit
+        self._seen = commit
+        return True
+
+    def _install(self, analysis: _Analysis, index: dict[str, Any], *, seen: int) -> None:
+        """Make a loaded index current; ``seen`` is the commit word it reflects."""
         self._pos = analysis.pos
-        # A follower that loaded a file superseded meanwhile must notice on its next read.
-        self._seen = self._commit[0] & END_MASK
+        # A file marked superseded with the path still naming it (a rename pending, or its
+        # compactor died): look at the path again on every read until that settles.
+        self._seen = _UNSETTLED if seen & SUPERSEDED else seen
         # The index now holds every value: give the scanned pages back (RSS), they stay in
         # the page cache and the file.  Safe for shared file mappings.
-        scanned = _platform.align_down(analysis.pos)
+        scanned = _platform.align_down(min(analysis.pos, self._size))
         if scanned:
             with contextlib.suppress(OSError, ValueError):
+                assert self._region is not None
                 self._region.advise("dontneed", 0, scanned)
         old = self._index
         self._index = index
@@ -697,69 +786,113 @@ class KV(MutableMapping[str, Any]):
         """Catch up with records other processes committed (no lock, no syscall if none)."""
         if self._commit[0] != self._seen:
             with self._tlock:
-                self._catch_up()
+                # Inside lock()/batch() this thread holds the writer lock already.
+                self._catch_up(held=self._depth > 0)
 
-    def _catch_up(self, *, ignore_mark: bool = False) -> None:
+    def _catch_up(self, *, held: bool) -> None:
+        """Follow the commit word: read appended records, move to a replacement file."""
         w = self._commit[0]
         if w == self._seen:
             return
-        if w & SUPERSEDED and not ignore_mark:
-            self._follow_supersede()
+        if w & SUPERSEDED and not self._path_is_mine():
+            self._reopen()  # compacted: the path names the new file (on failure: unchanged)
             return
+        # (Marked with the path still ours: a rename pending or a dead compactor.  Either
+        # way the file is whole; _install() keeps us looking at the path.)
         end = w & END_MASK
         if end > self._size:
-            self._remap()
+            self._remap()  # growth: the writer extended the file before committing past it
+        if end < self._pos or end > self._size:
+            # A commit word never goes back and a file never shrinks: only damage (or a
+            # foreign write) can do this.  Reload, which re-verifies under the lock.
+            self._reload(held)
+            return
+        records: tuple[Record, ...] = ()
         if end > self._pos:
             found = codec.scan(self._view, self._pos, end)
             for _ in range(3):
                 # Where stores are not ordered (ARM64) the commit word can arrive before the
-                # record bytes: look again before calling it damage.
+                # record bytes: look again before suspecting damage.
                 if not (found.tail or found.damaged):
                     break
                 time.sleep(0.001)
                 found = codec.scan(self._view, self._pos, end)
-            bad = list(found.damaged)
-            if found.tail:
-                bad.append((found.next, end))
-            for rec in found.records:
-                try:
-                    self._replay(rec, self._index, self._changes)
-                except (CorruptFileError, DecryptionError):
-                    bad.append((rec.offset, rec.offset + rec.size))
-            if bad:
-                warnings.warn(f"{self._path}: records appended by another process do not "
-                              f"verify at {bad[:4]}; they were skipped", RuntimeWarning,
-                              stacklevel=3)
-            self._pos = end
-        self._seen = w
+            if found.tail or found.damaged:
+                self._reload(held)  # damage is only concluded under the lock
+                return
+            records = found.records
+        index, changes = self._index, self._changes
+        for rec in records:
+            try:
+                self._replay(rec, index, changes)
+            except (CorruptFileError, DecryptionError):
+                self._reload(held)  # a whole new index, re-verified under the lock
+                return
+        self._pos = end
+        self._seen = _UNSETTLED if w & SUPERSEDED else w
+
+    def _reload(self, held: bool) -> None:
+        if not self._load(held=held):
+            self._reopen()
 
     def _remap(self) -> None:
+        """Map the whole file as it is now (it may have grown; it never shrinks)."""
         assert self._region is not None
         size = os.fstat(self._fd).st_size
+        if size <= self._size:
+            return
         self._unbind_views()
-        self._region.grow(max(size, self._region.size))
-        self._bind_views()
-
-    def _follow_supersede(self) -> None:
-        """Our file was marked superseded: move to the file the path names now."""
-        if self._path_is_mine():
-            # Mid-compaction (rename pending) or its compactor died: the lock settles which.
-            self._acquire_flock()
-            try:
-                mine = self._path_is_mine()
-                if mine and not self._readonly:
-                    self._commit[0] = self._commit[0] & END_MASK
-            finally:
-                self._release_flock()
-            if mine:
-                self._catch_up(ignore_mark=True)
-                return
-        self._reopen()
+        try:
+            self._region.grow(size)
+        finally:
+            self._bind_views()
 
     def _reopen(self) -> None:
+        """Move to the file the path names now.  On failure the handle stays as it was
+        (on its old mapping, usable) and the error propagates."""
         with self._tlock:
-            self._detach()
-            self._attach_path(create=False)
+            old = {n: getattr(self, n) for n in _ATTACHED}
+            for n in ("_commit", "_waitw"):
+                delattr(self, n)  # the old views stay alive in ``old``
+            self._fd, self._region, self._waiter = -1, None, None
+            try:
+                self._attach_path(create=False)
+            except BaseException:
+                for n, v in old.items():
+                    setattr(self, n, v)
+                raise
+            for n in ("_commit", "_waitw"):
+                old[n].release()
+            if old["_waiter"] is not None:
+                old["_waiter"].close()
+            old["_region"].close()
+            os.close(old["_fd"])
+
+    def _take_own_lock(self) -> None:
+        """_acquire_flock(), first making the lock ours if we are a fork child."""
+        if self._forked:
+            self._own_after_fork()
+        self._acquire_flock()
+
+    def _own_after_fork(self) -> None:
+        """A fork child shares the parent's open file descriptions, and so its flocks:
+        give this process descriptors (and locks) of its own for the same files."""
+        self._forked = False
+        self._pid = os.getpid()
+        flags = (os.O_RDONLY if self._readonly else os.O_RDWR) | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(_fd_path(self._fd), flags)  # a new open file description, same file
+        try:
+            os.dup2(fd, self._fd, inheritable=False)
+        finally:
+            os.close(fd)
+        if self._mode is not None:
+            mode = FileLock(self._path + ".lock")
+            try:
+                mode.acquire(shared=True, timeout=self._lock_timeout)
+            except BaseException:
+                mode.close()
+                raise
+            self._mode = mode  # (the inherited one is the parent's; we never unlock it)
 
     def _acquire_flock(self) -> None:
         # A bare flock on our own descriptor: threads are already excluded by _tlock, so
@@ -801,26 +934,28 @@ class KV(MutableMapping[str, Any]):
         self._depth += 1
         if self._depth > 1 or not self._shared:
             return
+        locked = False
         try:
-            if self._forked:  # a fork child: get our own descriptor and lock
-                self._forked = False
-                self._pid = os.getpid()
-                self._mode = FileLock(self._path + ".lock")
-                self._mode.acquire(shared=True, timeout=self._lock_timeout)
-                self._reopen()
             while True:
-                self._acquire_flock()
+                self._take_own_lock()
+                locked = True
                 w = self._commit[0]
-                if w & SUPERSEDED and not self._path_is_mine():
-                    self._release_flock()
-                    self._reopen()
-                    continue
-                if w & SUPERSEDED:  # a compactor died before renaming: still the store
+                if w & SUPERSEDED:
+                    if not self._path_is_mine():
+                        # Compacted by another process: follow the path, lock the new file.
+                        locked = False
+                        self._release_flock()
+                        self._reopen()
+                        continue
+                    # We hold the lock and the path still names this file: its compactor
+                    # died between marking it and renaming the successor in.
                     self._commit[0] = w & END_MASK
-                self._catch_up()
+                self._catch_up(held=True)
                 return
         except BaseException:
             self._depth -= 1
+            if locked and self._fd >= 0:
+                self._release_flock()
             raise
 
     def _exit_write(self) -> None:
@@ -1001,10 +1136,16 @@ class KV(MutableMapping[str, Any]):
             os.fsync(fd)
             if self._shared:
                 fcntl.flock(fd, fcntl.LOCK_EX)  # nobody writes the new file before we are done
+            if PAUSES:
+                pause("kv.compact.written")
             self._commit[0] = self._commit[0] | SUPERSEDED
             marked = True
+            if PAUSES:
+                pause("kv.compact.marked")
             os.rename(tmp, self._path)
             renamed = True
+            if PAUSES:
+                pause("kv.compact.renamed")
             _fsync_dir(self._path)
         except BaseException:
             if marked and not renamed:
@@ -1405,6 +1546,11 @@ class KV(MutableMapping[str, Any]):
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return set()
+            if self._seen == _UNSETTLED:
+                # Our file is marked replaced but the path still names it: no commit will
+                # come to wake us, so look at the path again after a short sleep.
+                time.sleep(_WAIT_SLICE if remaining is None else min(remaining, _WAIT_SLICE))
+                continue
             word = self._commit[0]
             if not self._readonly:
                 self._waitw[0] = 1
@@ -1553,14 +1699,15 @@ class KV(MutableMapping[str, Any]):
     def close(self) -> None:
         """Release the mapping and locks.  Idempotent.  Nothing is lost by not calling it."""
         with self._tlock:
-            if self._region is None:
-                return
-            self._detach()
-            if self._mode is not None:
-                self._mode.close()
-            self._index = _Closed()
-            self._shared = self._fast = False
-            self._refresh_direct()
+            mode, self._mode = self._mode, None
+            try:
+                self._detach()
+            finally:
+                if mode is not None:
+                    mode.close()
+                self._index = _Closed()
+                self._shared = self._fast = False
+                self._refresh_direct()
 
     def __enter__(self) -> KV:
         return self
