@@ -16,25 +16,83 @@ Design rules:
   are decoded per read so a caller never mutates the cache; ``_Expiring`` wraps ttl values.
 - Modes, enforced with a flock on ``<path>.lock``: single-process holds it exclusive,
   multiprocess and readonly hold it shared; a mix is refused with ModeConflictError.
-- Multiprocess: writers take an exclusive flock on the data file itself (so a compaction,
-  which replaces the file, hands over to a new lock).  Readers take no lock: each get
-  compares the commit word with the one it last saw (a seqlock-style check of one word),
-  decodes only the appended records, and reloads when the file was superseded.
 - Change notification: the low 32 bits of the commit word change on every commit; waiters
   sleep on them with a futex (Waiter) and set the waiters word so writers know to wake.
+
+Multiprocess protocol.  Shared state of one store file F: the header's fixed part (written
+before F is linked to the path, never again), the *commit word* W (bit 63: superseded;
+the rest: end of committed records), the records below W's end (never rewritten), the
+bytes from W's end on, F's size, and the waiters word (set by a process before it sleeps in
+changed(), cleared by the writer that wakes it).  The rules that make every row below safe:
+
+- Only the holder of F's writer lock (an exclusive flock on F itself) writes to F: records
+  past W's end, W, the size.  W's end only moves forward; F only grows, and it grows
+  *before* W points past the old size.  So a lock-free reader that reads W once may read
+  every byte below W's end, and a committed end past its mapping means "remap": growth.
+- The path is moved from F only by F's lock holder (compaction: mark W, rename), and a
+  new file only by link() (never replacing one).  Superseded F stays whole: readers on
+  it keep a consistent, older view until they follow the path.
+- Damage is concluded only by the lock holder, on a fresh mapping, after reading again;
+  it is reported, F is copied aside (``.damaged``), and the salvage is compacted into a
+  new file.  Readers never write; nobody winds W back.
+
+    ===  ==============================  ====  =========================================
+    #    step (process P)                lock  what another process may do or see
+    ===  ==============================  ====  =========================================
+    O1   open(path) -> F; fstat; mmap     -    writers append and grow F: P's mapping
+                                               may end before W's end (O2 remaps)
+    O2   read W once; while W's end is    -    records land past W's end: P ignores
+         past the mapping: remap               them (O2 reads nothing past W's end)
+    O3   verify and replay [start, end)   -    a compactor marks F and renames: F is
+                                               whole; P's next read follows (F1)
+    O4   suspect damage (a record fails,  F    waits for the writer in progress; P re-
+         end past the file): lock, remap,      reads; still bad: report, copy aside,
+         read again                            compact (others follow the rename)
+    R1   get: W == seen? serve from the   -    nothing (one load of W, no syscall)
+         index
+    R2   W moved: remap if needed, read   -    a torn record below W's end is never
+         [pos, end), replay                    seen (x86 orders stores; elsewhere P
+                                               looks again, then goes to O4)
+    F1   W marked and path -> F2: open    -    F2 is whole (fsynced before rename);
+         F2 as O1-O4, then drop F; on          on failure P stays on F (usable) and
+         failure keep F, raise                 the error says why
+    F2   W marked, path still F: serve F, -    rename pending (compactor holds F's
+         look at the path on every read        lock) or compactor died (next writer
+                                               clears the mark under the lock)
+    W1   write: flock F; W marked and     F    P waits while another writes; a
+         path elsewhere: unlock, F1, W1        compactor's mark means move on
+    W2   W marked, path still F: clear    F    (compactor died before its rename)
+         the mark; catch up (R2)
+    W3   record fits: write it past W's   F    readers see old W (ignore the bytes) or
+         end, then store W (8 bytes)           new W (the whole record)
+    W4   does not fit: grow F (allocate,  F    readers see a larger F; W still points
+         remap), then W3                       inside the old size until W3
+    C1   compact: write F2 = path.        F    F unchanged
+         compact~, fsync, flock F2
+    C2   set F's mark in W                F    readers: F2 (serve F, look at path)
+    C3   rename F2 over the path          F    readers follow to F2 (F1); writers
+                                               waiting on F's lock get it after C4
+    C4   unlock F, go on in F2            F2   writers on F: W1 sends them to F2
+    K    kill -9 at any step              -    the kernel drops the flocks; a mark
+                                               left by C2 is cleared at W2; a torn
+                                               record past W's end is overwritten
+    ===  ==============================  ====  =========================================
 
 Process-local states of a writer in multiprocess mode:
 
     ===========  =========================  ==========================================
     state        event                      action
     ===========  =========================  ==========================================
-    idle         write / lock() / batch()   flock data file; if superseded: unlock,
-                                            reopen the path, retry; else catch up
+    idle         write / lock() / batch()   W1, W2 (a fork child first takes its own
+                                            open file descriptions, so its flocks are
+                                            not its parent's)
     locked       nested write               depth += 1 (no syscall)
-    locked       record does not fit        grow in place, or compact to a new file
-                                            (lock the new file before it is renamed in)
+    locked       record does not fit        W4, or compact (C1-C4)
     locked       last exit                  unlock
     ===========  =========================  ==========================================
+
+Test pause points (``mmapkit._testhooks``): kv.attach.mapped (between O1 and O2),
+kv.compact.written (C1 done), kv.compact.marked (C2 done), kv.compact.renamed (C3 done).
 """
 
 from __future__ import annotations
@@ -297,9 +355,14 @@ class KV(MutableMapping[str, Any]):
             ref = weakref.ref(self)
 
             def after_fork() -> None:
+                # The child holds none of its parent's writer lock (nor its batch), even
+                # when fork() was called inside kv.lock() or kv.batch().
                 kv = ref()
                 if kv is not None:
                     kv._forked = True
+                    kv._depth = 0
+                    kv._batch = None
+                    kv._refresh_direct()
 
             os.register_at_fork(after_in_child=after_fork)
         self._fd = -1
@@ -959,8 +1022,11 @@ class KV(MutableMapping[str, Any]):
             raise
 
     def _exit_write(self) -> None:
-        self._depth -= 1
-        if self._depth == 0 and self._shared and self._fd >= 0:
+        depth = self._depth - 1
+        if depth < 0:
+            return  # a fork child leaving a block its parent entered: nothing of ours
+        self._depth = depth
+        if depth == 0 and self._shared and self._fd >= 0:
             self._release_flock()
 
     def _append(self, kind: int, body: bytes, ops: int = 1) -> None:
