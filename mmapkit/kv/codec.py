@@ -64,10 +64,13 @@ HEADER_SIZE = 128
 DATA_START = HEADER_SIZE
 FLAG_ENCRYPTED = 1
 _FIXED = struct.Struct("<8sHHIQQ32s")  # magic, version, flags, crc, salt, created_ns, keycheck
+OFF_CREATED = 24  # u64: when this file was made (ns since the epoch; in the fixed part)
 OFF_COMMIT = 64  # u64: end of committed records (bits 0..47), bit 63 = superseded
 OFF_SEQ = 72  # u64: commits made to this file
 OFF_COMPACTIONS = 80  # u32: compactions behind this file
 OFF_WAITERS = 84  # u32: non-zero while some process sleeps in changed()
+OFF_LOCK_WANT = 88  # u32: non-zero while some process waits for the writer lock
+OFF_LOCK_SEQ = 92  # u32: bumped by a writer that releases the lock to a waiter (futex word)
 END_MASK = (1 << 48) - 1
 SUPERSEDED = 1 << 63
 

@@ -146,6 +146,9 @@ from .codec import (
     KIND_SET_TTL,
     OFF_COMMIT,
     OFF_COMPACTIONS,
+    OFF_CREATED,
+    OFF_LOCK_SEQ,
+    OFF_LOCK_WANT,
     OFF_WAITERS,
     REC_FLAG_ENCRYPTED,
     SUPERSEDED,
@@ -174,12 +177,27 @@ _I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
 _BYTES_HEAD = tuple(_TL.pack(7, n) for n in range(_PACKED_BODY_MAX))
 _STR_HEAD = tuple(_TL.pack(6, n) for n in range(_PACKED_BODY_MAX))
 _WAIT_SLICE = 0.05
+# A file that fills within this long of being made (new, or by a compaction) doubles
+# instead of compacting, up to _CHURN_MAX: a compaction fsyncs a new file (milliseconds),
+# so a store overwritten at full speed compacts about 4 times a second, not once per
+# file-full (every ~600 writes of a one-key store).
+_CHURN_NS = 250_000_000
+_CHURN_MAX = 4 << 20
+_U64 = struct.Struct("<Q")
+_LOCK_SLICE = 0.01  # a lock waiter looks again at least this often (a killed holder wakes
+# nobody; the kernel only drops its flock)
+_LOCK_EX_NB = fcntl.LOCK_EX | fcntl.LOCK_NB
+_LOCK_UN = fcntl.LOCK_UN
+_flock = fcntl.flock
+_yield = os.sched_yield if hasattr(os, "sched_yield") else (lambda: time.sleep(0))
+_LOCK_SPINS = 20
+assert (OFF_LOCK_WANT - OFF_WAITERS, OFF_LOCK_SEQ - OFF_WAITERS) == (4, 8)  # _waitw[1], [2]
 # _seen while our file is marked superseded but the path still names it: never equal to a
 # commit word, so every read looks at the path again until the mark settles.
 _UNSETTLED = -1
 # What attaching to a file sets: _reopen() keeps the old values until the new file loads.
 _ATTACHED = ("_fd", "_ident", "_region", "_view", "_size", "_commit", "_waitw", "_waiter",
-             "_index", "_nops", "_seq_base", "_pos", "_seen")
+             "_lock_waiter", "_index", "_nops", "_seq_base", "_pos", "_seen")
 _MODE_GRACE = 0.25  # changed() re-checks at least this often (a lost wake costs latency only)
 
 
@@ -320,10 +338,10 @@ class KV(MutableMapping[str, Any]):
     # is past CPython's shared-key limit, where each access costs a lookup.
     __slots__ = (
         "__weakref__", "_batch", "_changes", "_cipher", "_commit", "_depth", "_direct", "_fast",
-        "_fd", "_forked", "_has_ttl", "_ident", "_index", "_lock_timeout", "_min_cap", "_mode",
-        "_multiprocess", "_nops", "_packers", "_path", "_pid", "_pos", "_readonly", "_recover",
-        "_region", "_seen", "_seq_base", "_ser", "_shared", "_size", "_tlock", "_undo",
-        "_undo_all", "_view", "_waiter", "_waitw", "_watch_keys",
+        "_fd", "_forked", "_has_ttl", "_ident", "_index", "_lock_timeout", "_lock_waiter",
+        "_min_cap", "_mode", "_mpfast", "_multiprocess", "_nops", "_packers", "_path", "_pid",
+        "_pos", "_readonly", "_recover", "_region", "_seen", "_seq_base", "_ser", "_shared",
+        "_size", "_tlock", "_undo", "_undo_all", "_view", "_waiter", "_waitw", "_watch_keys",
     )
 
     def __init__(self, path: str | os.PathLike[str], *, multiprocess: bool = False,
@@ -366,8 +384,10 @@ class KV(MutableMapping[str, Any]):
 
             os.register_at_fork(after_in_child=after_fork)
         self._fd = -1
+        self._mpfast = False
         self._region: Region | None = None
         self._waiter: Waiter | None = None
+        self._lock_waiter: Waiter | None = None
         self._pos = DATA_START
         self._seen = 0
         self._fast = self._cipher is None and not self._readonly
@@ -511,7 +531,8 @@ class KV(MutableMapping[str, Any]):
         self._view = view
         self._size = view.nbytes
         self._commit = view[OFF_COMMIT : OFF_COMMIT + 8].cast("Q")
-        self._waitw = view[OFF_WAITERS : OFF_WAITERS + 4].cast("I")
+        # [0] waiters of changed(), [1] lock wanted, [2] lock hand-overs (codec.OFF_*)
+        self._waitw = view[OFF_WAITERS : OFF_LOCK_SEQ + 4].cast("I")
 
     def _unbind_views(self) -> None:
         for name in ("_commit", "_waitw"):
@@ -522,6 +543,9 @@ class KV(MutableMapping[str, Any]):
         if self._waiter is not None:
             self._waiter.close()
             self._waiter = None
+        if self._lock_waiter is not None:
+            self._lock_waiter.close()
+            self._lock_waiter = None
 
     def _detach(self) -> None:
         self._unbind_views()
@@ -861,16 +885,19 @@ class KV(MutableMapping[str, Any]):
             self._reopen()  # compacted: the path names the new file (on failure: unchanged)
             return
         # (Marked with the path still ours: a rename pending or a dead compactor.  Either
-        # way the file is whole; _install() keeps us looking at the path.)
+        # way the file is whole, and _read_appended() keeps us looking at the path.)
+        if not self._read_appended(w):
+            self._reload(held)  # damage is only concluded under the lock, on a reload
+
+    def _read_appended(self, w: int) -> bool:
+        """Replay the records appended up to commit word ``w`` (R2).  False when anything
+        is unusual (the end went back or past the file, a record does not verify): the
+        caller reloads instead, which re-verifies under the lock."""
         end = w & END_MASK
         if end > self._size:
             self._remap()  # growth: the writer extended the file before committing past it
         if end < self._pos or end > self._size:
-            # A commit word never goes back and a file never shrinks: only damage (or a
-            # foreign write) can do this.  Reload, which re-verifies under the lock.
-            self._reload(held)
-            return
-        records: tuple[Record, ...] = ()
+            return False  # a commit word never goes back, a file never shrinks: damage?
         if end > self._pos:
             found = codec.scan(self._view, self._pos, end)
             for _ in range(3):
@@ -881,18 +908,16 @@ class KV(MutableMapping[str, Any]):
                 time.sleep(0.001)
                 found = codec.scan(self._view, self._pos, end)
             if found.tail or found.damaged:
-                self._reload(held)  # damage is only concluded under the lock
-                return
-            records = found.records
-        index, changes = self._index, self._changes
-        for rec in records:
-            try:
-                self._replay(rec, index, changes)
-            except (CorruptFileError, DecryptionError):
-                self._reload(held)  # a whole new index, re-verified under the lock
-                return
+                return False
+            index, changes, replay = self._index, self._changes, self._replay
+            for rec in found.records:
+                try:
+                    replay(rec, index, changes)
+                except (CorruptFileError, DecryptionError):
+                    return False  # (what replayed is replayed again by the reload)
         self._pos = end
         self._seen = _UNSETTLED if w & SUPERSEDED else w
+        return True
 
     def _reload(self, held: bool) -> None:
         if not self._load(held=held):
@@ -917,7 +942,7 @@ class KV(MutableMapping[str, Any]):
             old = {n: getattr(self, n) for n in _ATTACHED}
             for n in ("_commit", "_waitw"):
                 delattr(self, n)  # the old views stay alive in ``old``
-            self._fd, self._region, self._waiter = -1, None, None
+            self._fd, self._region, self._waiter, self._lock_waiter = -1, None, None, None
             try:
                 self._attach_path(create=False)
             except BaseException:
@@ -926,8 +951,9 @@ class KV(MutableMapping[str, Any]):
                 raise
             for n in ("_commit", "_waitw"):
                 old[n].release()
-            if old["_waiter"] is not None:
-                old["_waiter"].close()
+            for n in ("_waiter", "_lock_waiter"):
+                if old[n] is not None:
+                    old[n].close()
             old["_region"].close()
             os.close(old["_fd"])
 
@@ -941,6 +967,7 @@ class KV(MutableMapping[str, Any]):
         """A fork child shares the parent's open file descriptions, and so its flocks:
         give this process descriptors (and locks) of its own for the same files."""
         self._forked = False
+        self._refresh_direct()
         self._pid = os.getpid()
         flags = (os.O_RDONLY if self._readonly else os.O_RDWR) | getattr(os, "O_CLOEXEC", 0)
         fd = os.open(_fd_path(self._fd), flags)  # a new open file description, same file
@@ -961,27 +988,78 @@ class KV(MutableMapping[str, Any]):
         # A bare flock on our own descriptor: threads are already excluded by _tlock, so
         # FileLock's per-thread bookkeeping would only add cost to every write.
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
+            _flock(self._fd, _LOCK_EX_NB)
         except BlockingIOError:
-            pass
-        deadline = time.monotonic() + self._lock_timeout
-        delay = 0.0001
-        while True:
-            time.sleep(delay)
+            self._wait_for_lock()
+
+    def _wait_for_lock(self) -> None:
+        """Sleep until the holder hands the writer lock over (see _release_flock).
+
+        The flock stays the lock (the kernel drops a killed holder's); the header's lock
+        words only carry the wake-up.  Order: read the hand-over count, say we want the
+        lock, try it, sleep while the count is unchanged.  A holder that releases after
+        our try sees the want (both are system calls, so neither is reordered) and bumps
+        the count, so the sleep ends at once; a holder that released before it let the
+        try succeed.
+        """
+        fd = self._fd
+        # Spin first, yielding the CPU (to the holder, if it shares ours): a writer holds
+        # the lock for microseconds, less than one sleep and wake-up.  Spinners do not ask
+        # for a wake-up, so a holder releasing to them makes no system call for it.
+        for _ in range(_LOCK_SPINS):
+            _yield()
             try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _flock(fd, _LOCK_EX_NB)
                 return
             except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise LockTimeout(
-                        f"could not take the write lock of {self._path} within "
-                        f"{self._lock_timeout} s: another process holds it (kv.lock() or a "
-                        f"long batch); retry, or find it with `fuser {self._path}`") from None
-            delay = min(delay * 2, 0.002)
+                pass
+        deadline = time.monotonic() + self._lock_timeout
+        words = self._waitw
+        delay = 0.0001
+        while True:
+            seq = words[2]
+            words[1] = 1
+            try:
+                _flock(self._fd, _LOCK_EX_NB)
+                return
+            except BlockingIOError:
+                pass
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise LockTimeout(
+                    f"could not take the write lock of {self._path} within "
+                    f"{self._lock_timeout} s: another process holds it (kv.lock() or a "
+                    f"long batch); retry, or find it with `fuser {self._path}`")
+            if _platform.HAVE_FUTEX:
+                if self._lock_waiter is None:
+                    assert self._region is not None
+                    self._lock_waiter = Waiter(self._region, OFF_LOCK_SEQ)
+                self._lock_waiter.wait(seq, min(remaining, _LOCK_SLICE))
+            else:  # no futex: poll, backing off
+                time.sleep(min(delay, remaining))
+                delay = min(delay * 2, 0.002)
 
     def _release_flock(self) -> None:
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        _flock(self._fd, _LOCK_UN)
+        if self._waitw[1]:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Wake one process sleeping for the writer lock (after unlocking it).
+
+        One, not all: the others sleep on (a woken waiter that loses the race to a
+        running writer asks again before it sleeps; one that wins leaves the rest to
+        their next look, at most _LOCK_SLICE later), so a busy lock does not wake every
+        waiter on every release.
+        """
+        words = self._waitw
+        words[1] = 0
+        words[2] = (words[2] + 1) & 0xFFFFFFFF
+        if _platform.HAVE_FUTEX:
+            if self._lock_waiter is None:
+                assert self._region is not None
+                self._lock_waiter = Waiter(self._region, OFF_LOCK_SEQ)
+            self._lock_waiter.wake(1)
 
     # --- writer side --------------------------------------------------------------------
 
@@ -1065,25 +1143,37 @@ class KV(MutableMapping[str, Any]):
         used = self._pos - DATA_START
         # The share of live operations estimates the live bytes without encoding them.
         live = used * min(1.0, len(self._index) / max(self._nops, 1))
+        size = self._size
+        if size < _CHURN_MAX and \
+                time.time_ns() - _U64.unpack_from(self._view, OFF_CREATED)[0] < _CHURN_NS:
+            least = _platform.align_up(self._pos + need)
+            self._grow(max(least, 2 * size), least)
+            return
         if used and live * 3 <= used:  # (an empty store just grows)
             image = self._image(self._cipher)
             live = image[1] - DATA_START
             if live * 3 <= used:
                 self._rewrite(image, self._cipher, extra=need)
                 return
-        assert self._region is not None
         least = _platform.align_up(self._pos + need)
-        size = self._size
         # Up to where the next compaction is due (three times the live data), by at most
         # double (fresh data: the file stays within twice it) and at least an eighth (an
         # estimate that runs short cannot make the file creep up page by page).
-        target = max(least, _platform.align_up(size + size // 8),
-                     min(2 * size, _platform.align_up(DATA_START + int(3 * (live + need)))))
+        self._grow(max(least, _platform.align_up(size + size // 8),
+                       min(2 * size, _platform.align_up(DATA_START + int(3 * (live + need))))),
+                   least)
+
+    def _grow(self, target: int, least: int) -> None:
+        """W4: extend the file to ``target`` (on a nearly full disk: to ``least``, what the
+        next record needs) and map it.  Only the lock holder grows the file."""
+        assert self._region is not None
         self._unbind_views()
         try:
             try:
                 self._region.grow(target)
             except DiskFullError:
+                if target <= least:
+                    raise
                 self._region.grow(least)  # the disk is nearly full: use what is left
         finally:
             self._bind_views()
@@ -1353,25 +1443,45 @@ class KV(MutableMapping[str, Any]):
                     self._nops += 1
                     self._index[key] = value
                     return None
-            elif self._shared and self._fast and self._batch is None:
-                self._enter_write()
+            elif self._mpfast and self._depth:
+                # Inside lock() or update_with(): this thread holds the writer lock.
+                pos = self._pos
+                end = pos + ((19 + n) & ~7)
+                if end <= self._size:
+                    self._put(pos, end, body, n)
+                    self._index[key] = value
+                    return None
+            elif self._mpfast:
+                # Multiprocess (W1-W3 of the protocol) with the flock pair inline.  Taken
+                # at once and nobody else wrote, or only appended: write.  Anything else
+                # (contended, compacted, damaged, full) goes the general way, via set().
+                fd = self._fd
                 try:
-                    pos = self._pos
-                    end = pos + ((19 + n) & ~7)
-                    if end <= self._size:
-                        self._put(pos, end, body, n)
-                        self._index[key] = value
-                        return None
+                    _flock(fd, _LOCK_EX_NB)
+                except BlockingIOError:
+                    self._wait_for_lock()
+                try:
+                    w = self._commit[0]
+                    if w == self._seen or (not w & SUPERSEDED and self._read_appended(w)):
+                        pos = self._pos
+                        end = pos + ((19 + n) & ~7)
+                        if end <= self._size:
+                            self._put(pos, end, body, n)
+                            self._index[key] = value
+                            return None
                 finally:
-                    self._exit_write()
+                    _flock(fd, _LOCK_UN)
+                    if self._waitw[1]:
+                        self._hand_over()
         finally:
             tlock.release()
         return self.set(key, value)
 
     def _refresh_direct(self) -> None:
-        """Derive the one flag __setitem__ tests for its single-process hot path (call it
-        whenever _fast, _shared or _batch change)."""
+        """Derive the flags __setitem__ tests for its single- and multiprocess hot paths
+        (call it whenever _fast, _shared, _batch or _forked change)."""
         self._direct = self._fast and not self._shared and self._batch is None
+        self._mpfast = self._fast and self._shared and self._batch is None and not self._forked
 
     def _packer(self, n: int) -> tuple[Callable[..., None], int]:
         """For a KIND_SET record with an ``n``-byte body: pack_into(view, pos, magic, kind,
@@ -1518,10 +1628,14 @@ class KV(MutableMapping[str, Any]):
 
     def update_with(self, key: str, fn: Any, default: Any = None) -> Any:
         """Atomically replace ``kv[key]`` by ``fn(old)`` (``old`` is ``default`` if missing)."""
-        with self.lock():
-            value = fn(self.get(key, default))
-            self.set(key, value)
-            return value
+        with self._tlock:
+            self._enter_write()
+            try:
+                value = fn(self.get(key, default))
+                self[key] = value
+                return value
+            finally:
+                self._exit_write()
 
     # --- durability and maintenance -------------------------------------------------------
 
