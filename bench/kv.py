@@ -7,6 +7,13 @@ sqlite3, diskcache).  Every peer uses one transaction (or commit) per operation,
 of them fsyncs per operation: the same promise as ours (survives a crash of the process,
 not of the OS).  Each set sample overwrites its keys twice, so mmapkit's compactions are
 paid inside every sample.  Targets: set >= 3x lmdb and >= 1.5x rocksdict, get >= 3x both.
+
+Contended cases (unrelated processes started at the same moment on one store):
+"4 x 2000 locked increments" (update_with; lmdb: one write transaction each; the floor:
+four C processes doing flock, read, write, unlock on one file, built with ``cc`` when
+there is one) in ms for the whole run, with the spread of the processes' finishing
+times; and "2 x 50k set int" in aggregate ops/s.  Targets: increments >= 1.3x lmdb,
+aggregate >= 190k/s.
 """
 
 from __future__ import annotations
@@ -390,6 +397,161 @@ def _rss_case(report: _harness.Report, cls: type[Store], tmp: str, n: int) -> No
                        higher_is_better=False)
 
 
+# --- contended: several processes on one store ---------------------------------------
+
+_CONTEND_CHILD = """
+import os, sys, time
+sys.path[:0] = sys.argv[6:]
+from bench.kv import contend
+print(*contend(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])))
+"""
+
+
+def contend(impl: str, case: str, path: str, n: int, go: float) -> tuple[float, float]:
+    """One process of a contended case: (seconds of work, wall-clock time it finished)."""
+    if impl == OURS:
+        from mmapkit.kv import KV
+
+        kv = KV(path + ".kv", multiprocess=True)
+        inc: Callable[[], Any] = lambda: kv.update_with("n", lambda v: (v or 0) + 1)  # noqa: E731
+        put: Callable[[str], Any] = lambda k: kv.__setitem__(k, 12345)  # noqa: E731
+    else:
+        import lmdb
+
+        env = lmdb.open(path + ".lmdb", map_size=1 << 30, sync=False, metasync=False,
+                        lock=True)
+
+        def inc() -> None:
+            with env.begin(write=True) as txn:
+                raw = txn.get(b"n")
+                txn.put(b"n", _INT.pack((_INT.unpack(raw)[0] if raw else 0) + 1))
+
+        def put(k: str) -> None:
+            with env.begin(write=True) as txn:
+                txn.put(k.encode(), _INT.pack(12345))
+    keys = [f"{os.getpid()}-{i:08d}" for i in range(n)]
+    while time.time() < go:
+        pass
+    t0 = time.perf_counter()
+    if case == "inc":
+        for _ in range(n):
+            inc()
+    else:
+        for k in keys:
+            put(k)
+    return time.perf_counter() - t0, time.time()
+
+
+def _contended_run(impl: str, case: str, tmp: str, procs: int, n: int) -> tuple[float, float]:
+    """(wall seconds from the common start to the last finish, spread of finishing times)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with _scratch(tmp, "contend") as path:
+        if impl == OURS:  # created up front: every process opens an existing store
+            from mmapkit.kv import KV
+
+            KV(path + ".kv", multiprocess=True).close()
+        go = time.time() + 0.5 + 0.1 * procs
+        children = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(_CONTEND_CHILD),
+                                      impl, case, path, str(n), str(go), root],
+                                     stdout=subprocess.PIPE, text=True) for _ in range(procs)]
+        ends = []
+        for c in children:
+            out, _ = c.communicate(timeout=600)
+            if c.returncode:
+                raise RuntimeError(f"{impl} {case} child failed")
+            ends.append(float(out.split()[1]))
+        if impl == OURS and case == "inc":
+            from mmapkit.kv import KV
+
+            with KV(path + ".kv", multiprocess=True) as kv:
+                assert kv["n"] == procs * n, "lost increments"
+    return max(ends) - go, max(ends) - min(ends)
+
+
+_C_FLOCK = r"""
+#include <fcntl.h>
+#include <stdlib.h>
+#include <sys/file.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <stdio.h>
+int main(int argc, char **argv) {
+    int procs = atoi(argv[2]), n = atoi(argv[3]);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (int p = 0; p < procs; p++) {
+        if (fork() == 0) {
+            int fd = open(argv[1], O_RDWR);
+            for (int i = 0; i < n; i++) {
+                long v = 0;
+                flock(fd, LOCK_EX);
+                pread(fd, &v, sizeof v, 0);
+                v++;
+                pwrite(fd, &v, sizeof v, 0);
+                flock(fd, LOCK_UN);
+            }
+            _exit(0);
+        }
+    }
+    while (wait(NULL) > 0) {}
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    printf("%f\n", (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9);
+    return 0;
+}
+"""
+
+
+def c_flock_floor(procs: int, n: int, repeat: int) -> list[float] | None:
+    """Seconds for ``procs`` C processes to do ``n`` locked increments each, or None."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="mmapkit-bench-flock-") as tmp:
+        src, exe, data = (os.path.join(tmp, x) for x in ("floor.c", "floor", "counter"))
+        with open(src, "w") as f:
+            f.write(_C_FLOCK)
+        if subprocess.run([cc, "-O2", "-o", exe, src], capture_output=True).returncode:
+            return None
+        out = []
+        for _ in range(repeat):
+            with open(data, "wb") as f:
+                f.write(bytes(8))
+            res = subprocess.run([exe, data, str(procs), str(n)], capture_output=True,
+                                 text=True, timeout=600, check=True)
+            out.append(float(res.stdout))
+            with open(data, "rb") as f:
+                assert int.from_bytes(f.read(8), "little") == procs * n
+        return out
+
+
+FLOCK_FLOOR = "C flock (floor)"
+
+
+def _contended_cases(report: _harness.Report, impls: list[str], tmp: str, repeat: int,
+                     quick: bool) -> None:
+    procs, n = 4, 2000
+    case = f"{procs} x {n} locked increments"
+    for impl in impls:
+        runs = [_contended_run(impl, "inc", tmp, procs, n) for _ in range(repeat)]
+        report.add(case, impl, [r[0] * 1e3 for r in runs], "ms", higher_is_better=False,
+                   note="spread of finishing times (median): "
+                   f"{sorted(r[1] for r in runs)[len(runs) // 2] * 1e3:.1f} ms")
+    floor = c_flock_floor(procs, n, repeat)
+    if floor is None:
+        report.skip(FLOCK_FLOOR, "no C compiler (cc) here could build it")
+    else:
+        report.add(case, FLOCK_FLOOR, [x * 1e3 for x in floor], "ms", higher_is_better=False,
+                   note="four C processes, flock/read/write/unlock: the machine's floor")
+    n = 10_000 if quick else 50_000
+    case = f"2 x {n // 1000}k set int (aggregate)"
+    for impl in impls:
+        runs = [_contended_run(impl, "set", tmp, 2, n) for _ in range(max(1, repeat // 2))]
+        report.add(case, impl, [2 * n / r[0] for r in runs], "ops/s")
+    # (times: 1.3x lmdb's speed is at most 1/1.3 of its time)
+    report.target(f"{procs} x 2000 locked increments", "lmdb", "<=", round(1 / 1.3, 3))
+
+
 def _available(cls: type[Store], tmp: str) -> str | None:
     try:
         with _opened(cls, tmp, "probe"):
@@ -424,6 +586,8 @@ def run(report: _harness.Report, args: argparse.Namespace) -> None:
                 _load_case(report, cls, tmp, big, 1)
             _size_case(report, cls, tmp, n)
             _rss_case(report, cls, tmp, n)
+        _contended_cases(report, [c.name for c in impls if c in (Ours, Lmdb)], tmp,
+                         repeat, args.quick)
     for case in ("set int", "set 100 B"):
         report.target(case, "lmdb", ">=", 3.0)
         report.target(case, "rocksdict", ">=", 1.5)

@@ -14,7 +14,8 @@ from mmapkit.kv import KV
 
 INCREMENTS = """
 import sys
-from mmapkit.kv import KV
+from mmapkit.kv import KV, store
+store._CHURN_NS = 0  # compact whenever full, however young the file: compactions under contention
 with KV(sys.argv[1], multiprocess=True, capacity=4096) as kv:
     for _ in range(int(sys.argv[2])):
         kv.update_with("n", lambda v: (v or 0) + 1)
