@@ -401,14 +401,17 @@ def _rss_case(report: _harness.Report, cls: type[Store], tmp: str, n: int) -> No
 
 _CONTEND_CHILD = """
 import os, sys, time
-sys.path[:0] = sys.argv[6:]
+sys.path[:0] = sys.argv[5:]
 from bench.kv import contend
-print(*contend(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])))
+print(*contend(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])), flush=True)
 """
 
 
-def contend(impl: str, case: str, path: str, n: int, go: float) -> tuple[float, float]:
-    """One process of a contended case: (seconds of work, wall-clock time it finished)."""
+def contend(impl: str, case: str, path: str, n: int) -> tuple[float, float]:
+    """One process of a contended case: (seconds of work, wall-clock time it finished).
+
+    Prints "ready" once imported and open, then reads the common start time from stdin
+    (interpreter start-up is not part of the case)."""
     if impl == OURS:
         from mmapkit.kv import KV
 
@@ -430,6 +433,8 @@ def contend(impl: str, case: str, path: str, n: int, go: float) -> tuple[float, 
             with env.begin(write=True) as txn:
                 txn.put(k.encode(), _INT.pack(12345))
     keys = [f"{os.getpid()}-{i:08d}" for i in range(n)]
+    print("ready", flush=True)
+    go = float(sys.stdin.readline())
     while time.time() < go:
         pass
     t0 = time.perf_counter()
@@ -450,13 +455,17 @@ def _contended_run(impl: str, case: str, tmp: str, procs: int, n: int) -> tuple[
             from mmapkit.kv import KV
 
             KV(path + ".kv", multiprocess=True).close()
-        go = time.time() + 0.5 + 0.1 * procs
         children = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(_CONTEND_CHILD),
-                                      impl, case, path, str(n), str(go), root],
+                                      impl, case, path, str(n), root], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True) for _ in range(procs)]
+        for c in children:
+            assert c.stdout is not None
+            if c.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"{impl} {case} child failed to start")
+        go = time.time() + 0.05
         ends = []
         for c in children:
-            out, _ = c.communicate(timeout=600)
+            out, _ = c.communicate(f"{go}\n", timeout=600)
             if c.returncode:
                 raise RuntimeError(f"{impl} {case} child failed")
             ends.append(float(out.split()[1]))
