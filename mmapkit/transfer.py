@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import _platform
-from .errors import BrokenError
+from .errors import BrokenError, DiskFullError
 
 if TYPE_CHECKING:
     import asyncio
@@ -68,6 +68,9 @@ _FALLBACK_ERRNOS = frozenset(
                 errno.ENOTSOCK)
     if e is not None
 )
+
+# errnos that mean "the destination's file system is full" (EDQUOT: the user's quota)
+_DISK_FULL_ERRNOS = frozenset((errno.ENOSPC, errno.EDQUOT))
 
 Progress = Callable[[int, int], object]
 
@@ -306,6 +309,16 @@ def _finish(tmp: str, final: str, overwrite: bool) -> None:
     os.unlink(tmp)
 
 
+def _disk_full(exc: OSError, src: str, final: str, size: int, existed: bool) -> DiskFullError:
+    """The DiskFullError for a copy that ran out of space (its temporary file is gone)."""
+    what = "the quota is exhausted" if exc.errno == errno.EDQUOT else "no space left"
+    kept = "was left as it was" if existed else "was not created"
+    return DiskFullError(
+        exc.errno, f"{what} on the file system of {os.path.dirname(final) or '.'} while "
+        f"copying {src} ({size:,} bytes) to {final}: free some space (or copy to another "
+        f"file system) and retry. The partial copy was removed; {final} {kept}", final)
+
+
 def _fsync_dir(path: str) -> None:
     fd = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY)
     try:
@@ -329,7 +342,10 @@ def copy(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, method: st
     fsyncs the file and its directory before returning, for power-loss safety.
 
     The destination appears complete or not at all: a crash leaves at most a
-    ``.<name>.*.mmapkit-tmp`` file beside it.  A symlink at ``dst`` is replaced by the
+    ``.<name>.*.mmapkit-tmp`` file beside it.  A full file system (ENOSPC, or EDQUOT for
+    a quota) raises :class:`~mmapkit.errors.DiskFullError` (an OSError with that errno):
+    the partial temporary file is removed first, and ``dst`` is left as it was (not
+    created, or the old file unchanged).  A symlink at ``dst`` is replaced by the
     copy, not written through.  A source truncated by another process during the copy
     raises :class:`BrokenError`.
     """
@@ -365,37 +381,44 @@ def copy(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, method: st
         if not os.path.isdir(head):
             raise FileNotFoundError(errno.ENOENT, f"the destination directory {head} does "
                                     "not exist; create it first", head)
-        tmp = os.path.join(head, f".{tail}.{secrets.token_hex(4)}.mmapkit-tmp")
-        # the kernel applies the umask to this mode, as cp does for a new file
-        dst_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL |
-                         getattr(os, "O_CLOEXEC", 0), stat.S_IMODE(st.st_mode) | stat.S_IWUSR)
         try:
-            skipped: list[tuple[str, str]] = []
-            used, holes = _copy_into(src_fd, dst_fd, size, method, sparse, skipped, progress)
-            if metadata:
-                os.fchmod(dst_fd, stat.S_IMODE(st.st_mode))
-                os.utime(dst_fd, ns=(st.st_atime_ns, st.st_mtime_ns))
-            elif old is not None:
-                os.fchmod(dst_fd, stat.S_IMODE(old.st_mode))
-                try:
-                    os.fchown(dst_fd, old.st_uid, old.st_gid)
-                except PermissionError:
-                    pass  # only root may give a file away; keep ours
-            else:
-                os.fchmod(dst_fd, stat.S_IMODE(os.fstat(dst_fd).st_mode) & ~stat.S_IWUSR
-                          | (st.st_mode & stat.S_IWUSR))
-            if durable:
-                os.fsync(dst_fd)
-        except BaseException:
-            os.close(dst_fd)
-            os.unlink(tmp)
-            raise
-        os.close(dst_fd)
-        try:
-            _finish(tmp, final, overwrite)
-        except BaseException:
-            if os.path.exists(tmp):
+            tmp = os.path.join(head, f".{tail}.{secrets.token_hex(4)}.mmapkit-tmp")
+            # the kernel applies the umask to this mode, as cp does for a new file
+            dst_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                             | getattr(os, "O_CLOEXEC", 0),
+                             stat.S_IMODE(st.st_mode) | stat.S_IWUSR)
+            try:
+                skipped: list[tuple[str, str]] = []
+                used, holes = _copy_into(src_fd, dst_fd, size, method, sparse, skipped,
+                                         progress)
+                if metadata:
+                    os.fchmod(dst_fd, stat.S_IMODE(st.st_mode))
+                    os.utime(dst_fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+                elif old is not None:
+                    os.fchmod(dst_fd, stat.S_IMODE(old.st_mode))
+                    try:
+                        os.fchown(dst_fd, old.st_uid, old.st_gid)
+                    except PermissionError:
+                        pass  # only root may give a file away; keep ours
+                else:
+                    os.fchmod(dst_fd, stat.S_IMODE(os.fstat(dst_fd).st_mode) & ~stat.S_IWUSR
+                              | (st.st_mode & stat.S_IWUSR))
+                if durable:
+                    os.fsync(dst_fd)
+            except BaseException:
+                os.close(dst_fd)
                 os.unlink(tmp)
+                raise
+            try:
+                os.close(dst_fd)  # (NFS reports a full disk as late as here)
+                _finish(tmp, final, overwrite)
+            except BaseException:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+                raise
+        except OSError as exc:
+            if exc.errno in _DISK_FULL_ERRNOS and not isinstance(exc, DiskFullError):
+                raise _disk_full(exc, src_s, final, size, old is not None) from exc
             raise
         if durable:
             _fsync_dir(final)

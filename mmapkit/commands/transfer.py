@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import ipaddress
 import os
 import secrets
@@ -26,7 +27,13 @@ import time
 from collections.abc import Callable, Iterator
 
 from .. import _platform
-from ..errors import BrokenError, ForeignFileError, FormatVersionError, MmapkitError
+from ..errors import (
+    BrokenError,
+    DiskFullError,
+    ForeignFileError,
+    FormatVersionError,
+    MmapkitError,
+)
 from ..transfer import METHODS, SEND_METHODS, CopyResult, copy, send
 
 __all__ = ["decode_header", "encode_header", "parse_address", "register"]
@@ -328,6 +335,14 @@ def _recv(args: argparse.Namespace) -> int:
                 else:
                     os.link(tmp, out)  # EEXIST if one appeared meanwhile: never clobber
                     os.unlink(tmp)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT) and not isinstance(
+                        exc, DiskFullError):
+                    raise DiskFullError(
+                        exc.errno, f"no space left on the file system of {head} while "
+                        f"receiving into {out}: free some space and send again. The "
+                        f"partial file was removed; {out} was not written", out) from exc
+                raise
             finally:
                 if fd >= 0:
                     os.close(fd)

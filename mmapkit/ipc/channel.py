@@ -44,28 +44,114 @@ Design rules:
 
 Participant slot states (one u32 per slot; the slot's lock byte says alive or not):
 
-    ========  ====================  ==========================================
-    state     set by                meaning for others
-    ========  ====================  ==========================================
-    FREE      consumer close()      nothing
-    PRODUCER  first send            live if locked; gone unfinished if not
-    CONSUMER  first recv            live if locked; dead consumer if not
-    FINISHED  finish()              this producer ended its stream
-    ========  ====================  ==========================================
+    ==========  ====================  ==========================================
+    state       set by                meaning for others
+    ==========  ====================  ==========================================
+    FREE        consumer close()      nothing
+    PRODUCER    first send            live if locked; gone unfinished if not
+    CONSUMER    first recv            live if locked; dead consumer if not
+    FINISHED    finish()              this producer ended its stream
+    SUBSCRIBER  subscribe(name)       a broadcast cursor; kept (with its name) after close
+    ==========  ====================  ==========================================
 
 A new producer that finds no live producer clears the FINISHED and dead PRODUCER slots:
 it starts a new stream on the same ring.
+
+Cross-process protocol.  Locks: ``registry`` = OFD lock on byte 2 of ``<path>.lock``;
+``slot i`` = OFD lock on byte 64+i of it, held for a handle's whole life; ``pclaim`` =
+flock of the channel file (producers), ``cclaim`` = flock of ``<path>.lock`` (consumers;
+strict mode: pclaim for both).  Every lock is the kernel's: a process killed at any step
+loses all of them at once, and every step below is safe to die in (K column).
+
+    ====  =====================================  ==========  ===============================
+    step  what                                   holds       another process may see
+                                                             (after this step, before next)
+    ====  =====================================  ==========  ===============================
+    C1    create(): temp file beside path,       -           a .mmapkit-chan-* temp file
+          fallocate, write the fixed header                  (K: it stays; nobody opens it)
+    C2    link(temp, path), unlink temp          -           the complete file at once: an
+                                                             opener never sees a young or
+                                                             half-written channel
+    O1    open(): open path, fstat, read and     -           nothing of us
+          check the header, size == header's
+    O2    map exactly that size through O1's     -           nothing (we never write a file
+          descriptor (never by name again)                   we have not checked)
+    O3    open (create) <path>.lock and the      -           an empty .lock file may appear
+          claim descriptors                                  (K: harmless, reused by name)
+    O4    open path again: the same file as O1?  -           -
+          else start at O1 again (unlinked and
+          re-created meanwhile); ENOENT: raise
+    O5    read tail, head, tail until the two    -           -
+          tails agree; check the positions
+    A1    first send/recv/subscribe: take the    registry    other attachers wait here
+          registry lock                                      (K: the kernel frees it)
+    A2    read every slot state and liveness     registry    states change only by their
+                                                             live owners: finish() and
+                                                             close() (see D1, D2)
+    A3    producer, no live producer: dead       registry    fewer gone/finished producers:
+          PRODUCER and FINISHED slots -> FREE                a waiting receiver keeps
+                                                             waiting, never raises falsely
+    A4    try-lock a FREE slot, else a dead one  registry,   the slot's old state with a
+                                                 slot        live lock: for this instant a
+                                                             census counts the old role
+                                                             alive (one more 50 ms slice)
+    A5    write pid, sleeping=0, then the state  registry,   a live participant of our role
+                                                 slot
+    A6    release the registry lock              slot        -
+    S1    MP send: claim                         pclaim      other producers wait (polling
+                                                             when they have a deadline)
+    S2    frame would cross the ring's end:      pclaim      a published PAD frame
+          PAD word, then store head (publish)
+    S3    no room: unclaim, wait for tail        -           (a claim is never held while
+                                                             waiting)
+    S4    payload, then length word above head   pclaim      nothing: bytes at and above
+                                                             head are not published
+    S5    store head: publish                    pclaim      the whole message
+    S6    unclaim; wake sleeping consumers       -           (K before S5: nothing visible;
+                                                             after: delivered)
+    R1    MC recv: claim                         cclaim      other consumers wait
+    R2    skip PADs (store tail past them);      cclaim      -
+          copy the payload
+    R3    store tail                             cclaim      the message consumed (K before
+                                                             R3: it stays for the next
+                                                             consumer, never half-taken)
+    R4    unclaim; wake sleeping producers       -           -
+    B1    broadcast send: evict (store tail      pclaim if   subscribers at an evicted
+          first), then overwrite, store head     MP          cursor get OverrunError
+    B2    subscriber: copy at cursor, re-read    -           -
+          tail (moved past: OverrunError), then
+          store the cursor in its slot
+    D1    finish(): PRODUCER -> FINISHED         slot        this producer ended its stream
+    D2    close(): consumer slot -> FREE         slot        -
+    D3    close descriptors (always, even when   -           the slot is dead: A3/A4 may
+          a step of close() fails)                           reuse it
+    F1    fork child: new descriptions for the   (parent's)  - (the child never locks or
+          lock file and the claims, by name                  unlocks through an inherited
+          only if the name is still the same                 description: its LOCK_UN would
+          file, else via /proc/self/fd                       drop the parent's lock)
+    U1    unlink(): remove path if it is still   -           open() fails at O1, or starts
+          this channel's file                                again from O4
+    U2    then <path>.lock if still ours, and    -           -
+          <path>.bell
+    ====  =====================================  ==========  ===============================
+
+Nothing a reader does writes the ring, and nothing winds back a position: head and tail
+only grow, each stored by its own side (tail also by a broadcast producer's eviction).
+check() runs on a live channel: an error found while tail held still is damage; one found
+after tail moved is a frame consumed under it, and it looks again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import mmap
 import os
 import pickle
 import queue
+import stat
 import struct
 import tempfile
 import threading
@@ -86,14 +172,18 @@ from ..errors import (
     MessageTooLargeError,
     ModeConflictError,
     OverrunError,
+    ReadOnlyError,
 )
 from ..region import Region
 from ..wait import Waiter
 from . import _format as fmt
+from ._pause import PAUSES as _PAUSES
+from ._pause import pause as _pause
 
 __all__ = ["Channel", "ChannelStatistics"]
 
 _SLICE = 0.05  # longest single sleep before re-checking positions and peers
+_OPEN_ATTEMPTS = 20  # open() starts again this often when the path is replaced under it
 _DEFAULT_SPIN = 50e-6
 # lock-file bytes
 _LOCK_REGISTRY = 2
@@ -157,7 +247,8 @@ class Channel:
         "__weakref__", "_attach_mutex", "_base", "_base8", "_bc", "_bell", "_cap", "_cclaim",
         "_clocked", "_closed", "_cslot", "_cursor", "_data", "_dq", "_empty_waits", "_fdbox",
         "_finished", "_framers", "_full_waits", "_hdr", "_hdr8", "_hdr32", "_head_w", "_header",
-        "_lock_fd", "_lock_path", "_max", "_mc", "_mm", "_mp", "_path", "_pclaim",
+        "_identity", "_lock_fd", "_lock_identity", "_lock_path", "_max", "_mc", "_mm", "_mp",
+        "_path", "_pclaim",
         "_pending_overrun", "_plocked", "_pslot", "_readable_end", "_received",
         "_received_bytes", "_recv_fast", "_recv_mutex", "_region", "_room_end", "_send_fast",
         "_send_limit", "_send_mutex", "_sent", "_sent_bytes", "_spin", "_tail_seen", "_tail_w",
@@ -165,7 +256,9 @@ class Channel:
     )
 
     def __init__(self, region: Region, header: fmt.Header, lock_fd: int, *,
-                 lock_path: str | None, spin: float, bell_fd: int = -1) -> None:
+                 lock_path: str | None, spin: float, bell_fd: int = -1,
+                 claims: tuple[int, int] | None = None,
+                 identity: tuple[int, int] | None = None) -> None:
         self._region = region
         self._header = header
         self._path = region.path
@@ -180,12 +273,18 @@ class Channel:
         self._cursor = 0  # a broadcast subscriber's read position
         self._pending_overrun: OverrunError | None = None  # seen by recv_many, raised next
         # Weakly ordered CPUs: both sides serialise on one kernel lock (see the top comment).
-        strict = not _platform.IS_TSO or bool(os.environ.get("MMAPKIT_CHANNEL_STRICT"))
+        strict = _strict()
         self._plocked = self._mp or strict
         self._clocked = self._mc or strict
+        self._identity = identity  # (st_dev, st_ino) of the channel file
+        self._lock_identity: tuple[int, int] | None = None
+        if identity is not None:
+            st = os.fstat(lock_fd)
+            self._lock_identity = (st.st_dev, st.st_ino)
         # Claims are flock()s (a lock + unlock costs a third of an OFD byte-range pair):
         # producers lock one file, consumers another; the strict mode uses one for both.
-        self._pclaim, self._cclaim = self._open_claims(strict)
+        # open() hands in descriptors it checked are of this channel's files.
+        self._pclaim, self._cclaim = claims if claims is not None else self._open_claims(strict)
         view = region.view
         self._hdr = view[: fmt.HEADER_SIZE].cast("Q")
         self._hdr32 = view[: fmt.HEADER_SIZE].cast("I")
@@ -277,34 +376,93 @@ class Channel:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, spin: float = _DEFAULT_SPIN) -> Channel:
-        """Attach to the channel file at ``path`` (made by :meth:`create`)."""
+        """Attach to the channel file at ``path`` (made by :meth:`create`).
+
+        Safe against a concurrent :meth:`unlink` and re-create of the same path: the
+        handle either maps, locks and claims one and the same channel, or the open starts
+        again on whatever the path names now (FileNotFoundError once it names nothing).
+        """
         path = os.fspath(path)
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        for _ in range(_OPEN_ATTEMPTS):
+            try:
+                return cls._open_once(path, spin)
+            except _Replaced:
+                continue
+        raise BrokenError(f"{path} was replaced {_OPEN_ATTEMPTS} times while it was being "
+                          "opened (another process keeps unlinking and re-creating it); "
+                          "retry when it is stable")
+
+    @classmethod
+    def _open_once(cls, path: str, spin: float) -> Channel:
+        """One attempt of :meth:`open` (steps O1-O5 of the state table)."""
+        cloexec = getattr(os, "O_CLOEXEC", 0)
         try:
-            head_bytes = os.pread(fd, fmt.FIXED_SIZE, 0)
-            size = os.fstat(fd).st_size
-        finally:
-            os.close(fd)
-        header = fmt.decode_header(head_bytes, path=path)
-        if size != header.file_size:
-            raise ForeignFileError(
-                f"{path} has {size} bytes but its header says {header.file_size}; it was "
-                "truncated or extended by something else: unlink it and create it again",
-                path=path)
-        region = Region.open(path, header.file_size)
+            fd = os.open(path, os.O_RDWR | cloexec)  # O1
+        except PermissionError as exc:
+            raise ReadOnlyError(exc.errno, f"{path} is not writable by this process; every "
+                                "participant of a channel writes to it (ask for write "
+                                "permission)", path) from exc
+        region: Region | None = None
+        fds: list[int] = []
         try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise ForeignFileError(f"{path} is not a regular file, so not an mmapkit "
+                                       "channel", path=path)
+            header = fmt.decode_header(os.pread(fd, fmt.FIXED_SIZE, 0), path=path)
+            if st.st_size != header.file_size:
+                raise ForeignFileError(
+                    f"{path} has {st.st_size} bytes but its header says {header.file_size}; "
+                    "it was truncated or extended by something else: unlink it and create "
+                    "it again", path=path)
+            # O2: map exactly the size create() gave it, through this very descriptor (a
+            # second open by name could land on another file, and mapping more than the
+            # file has would extend it: an opener never writes a file it has not checked).
+            mapping = mmap.mmap(fd, header.file_size, access=mmap.ACCESS_WRITE)
+            region = Region(mapping, path=path, offset=0, map_offset=0,
+                            size=header.file_size, readonly=False, private=False)
+            if _PAUSES:
+                _pause("channel.open:mapped")
+            lock_path = path + ".lock"
+            # O3: the lock file by name, then O4: the path again.  unlink() removes the path
+            # before the lock file, so if the path still names our file after we opened the
+            # lock file, that lock file is the one every participant of this channel uses.
+            lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | cloexec, 0o644)
+            fds.append(lock_fd)
+            strict = _strict()
+            cclaim = -1
+            if not strict:
+                cclaim = os.open(lock_path, os.O_RDONLY | cloexec)
+                fds.append(cclaim)
+                if not _same_file(os.fstat(cclaim), os.fstat(lock_fd)):
+                    raise _Replaced
+            try:
+                pclaim = os.open(path, os.O_RDONLY | cloexec)
+            except FileNotFoundError:
+                raise FileNotFoundError(errno.ENOENT, f"{path} was unlinked while it was "
+                                        "being opened", path) from None
+            fds.append(pclaim)
+            if not _same_file(os.fstat(pclaim), st):
+                raise _Replaced
+            # O5: the ring positions, read as one consistent pair.
             hdr = region.view[: fmt.HEADER_SIZE].cast("Q")
             try:
-                fmt.check_positions(hdr[_HEAD_Q], hdr[_TAIL_Q], header.capacity)
+                positions = _positions(hdr)
             finally:
                 hdr.release()
-            lock_path = path + ".lock"
-            lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0),
-                              0o644)
+            if positions is not None:
+                fmt.check_positions(positions[0], positions[1], header.capacity)
+            return cls(region, header, lock_fd, lock_path=lock_path, spin=spin,
+                       claims=(pclaim, pclaim if strict else cclaim),
+                       identity=(st.st_dev, st.st_ino))
         except BaseException:
-            region.close()
+            for f in fds:
+                os.close(f)
+            if region is not None:
+                region.close()
             raise
-        return cls(region, header, lock_fd, lock_path=lock_path, spin=spin)
+        finally:
+            os.close(fd)  # the mapping holds the file; our locks use their own descriptions
 
     @classmethod
     def anonymous(cls, capacity: int = 1 << 20, *, multi_producer: bool = False,
@@ -347,12 +505,29 @@ class Channel:
         """In a fork child: get our own lock-file description and forget the parent's roles."""
         if self._closed:
             return
-        # A new open file description for each lock file: by name where we can (portable),
-        # else through /proc/self/fd (the unlinked files of an anonymous channel).
-        same = self._cclaim == self._pclaim
-        self._lock_fd = _reopen_fd(self._lock_fd, self._lock_path)
-        self._pclaim = _reopen_fd(self._pclaim, self._path)
-        self._cclaim = self._pclaim if same else _reopen_fd(self._cclaim, self._lock_path)
+        # A new open file description for each lock file (an inherited descriptor shares
+        # the parent's locks: our LOCK_UN would drop them).  By name only when the name
+        # still leads to the same file (it may have been unlinked and re-created), else
+        # through /proc/self/fd (also how an anonymous channel's unlinked files reopen).
+        try:
+            same = self._cclaim == self._pclaim
+            self._lock_fd = _reopen_fd(self._lock_fd, self._lock_path)
+            self._pclaim = _reopen_fd(self._pclaim, self._path)
+            self._cclaim = self._pclaim if same else _reopen_fd(self._cclaim, self._lock_path)
+        except BaseException:
+            # Never leave a half-detached handle (or the parent's descriptions) in the
+            # child: close the inherited descriptors and make this handle a closed one.
+            # Closing a descriptor does not release a lock its description still has in
+            # the parent.
+            self._closed = True
+            self._pslot = self._cslot = None
+            self._send_fast = self._recv_fast = False
+            self._send_limit = -1
+            fds = {self._lock_fd, self._pclaim, self._cclaim, self._bell}
+            self._fdbox[:] = sorted(fd for fd in fds if fd >= 0)
+            _close_fds(self._fdbox)
+            self._bell = -1
+            raise
         self._sync_fds()
         self._pslot = self._cslot = None
         self._send_fast = self._recv_fast = False
@@ -454,6 +629,8 @@ class Channel:
                 self._region.advise("populate", fmt.HEADER_SIZE, self._cap)
             for slot in order:
                 if _platform.range_lock(fd, _LOCK_SLOT + slot, wait=False):
+                    if _PAUSES:
+                        _pause("channel.attach:slot")
                     h32[_slot_word(slot, 1)] = os.getpid() & 0xFFFFFFFF
                     h32[_slot_word(slot, 2)] = 0
                     h32[_slot_word(slot, 0)] = role
@@ -635,12 +812,8 @@ class Channel:
             delay = min(delay * 2, 0.005)
 
     def _open_claims(self, strict: bool) -> tuple[int, int]:
-        flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
-        if self._path is not None:
-            assert self._lock_path is not None
-            pfd = os.open(self._path, flags)
-            cfd = pfd if strict else os.open(self._lock_path, flags)
-            return pfd, cfd
+        """The claim descriptors of an anonymous channel: unlinked temporary files (a named
+        channel gets its claims from open(), checked to be of its own files)."""
         fds = []
         for _ in range(1 if strict else 2):
             fd, tmp = tempfile.mkstemp(prefix="mmapkit-chan-claim-")
@@ -1110,6 +1283,10 @@ class Channel:
         resumes where it stopped (if the producer overwrote that meanwhile, the first
         receive raises OverrunError).  Each name is one live handle at a time.
         """
+        with self._attach_mutex:  # the registry lock does not exclude our own threads
+            return self._subscribe_locked(name)
+
+    def _subscribe_locked(self, name: str) -> Channel:
         self._check_open()
         if not self._bc:
             raise ModeConflictError("subscribe() is for channels created with broadcast=True")
@@ -1437,7 +1614,7 @@ class Channel:
         """Counts of this handle (since open, or since fork in a child) and the ring now."""
         self._check_open()
         hdr = self._hdr
-        head, tail = hdr[_HEAD_Q], hdr[_TAIL_Q]
+        head, tail = _positions(hdr) or (hdr[_HEAD_Q], hdr[_TAIL_Q])
         return ChannelStatistics(
             messages_sent=self._sent, bytes_sent=self._sent_bytes,
             messages_received=self._received, bytes_received=self._received_bytes,
@@ -1450,7 +1627,7 @@ class Channel:
         """The header and ring state as plain data (what ``mmapkit channel stat`` prints)."""
         self._check_open()
         h32 = self._hdr32
-        head, tail = int(self._hdr[_HEAD_Q]), int(self._hdr[_TAIL_Q])
+        head, tail = _positions(self._hdr) or (int(self._hdr[_HEAD_Q]), int(self._hdr[_TAIL_Q]))
         try:
             pending: int | None = sum(1 for _ in fmt.iter_frames(self._data, tail, head))
         except CorruptFileError:  # a live channel moved under us (or it is damaged: check())
@@ -1476,45 +1653,81 @@ class Channel:
                 "participants": slots}
 
     def check(self) -> None:
-        """Verify the ring: positions and every pending frame.  Raises CorruptFileError."""
+        """Verify the ring: positions, participant slots and every pending frame.  Raises
+        CorruptFileError.  Safe on a live channel: a frame consumed (and perhaps
+        overwritten) while it was being looked at is not damage, so the check looks again;
+        bytes between tail and head are never written, so an error found while tail held
+        still is real."""
         self._check_open()
-        head, tail = int(self._hdr[_HEAD_Q]), int(self._hdr[_TAIL_Q])
-        for _ in fmt.iter_frames(self._data, tail, head):
-            pass
+        h32 = self._hdr32
+        for i in range(fmt.SLOT_COUNT):
+            st = h32[_slot_word(i, 0)]
+            if st not in (_FREE, _PRODUCER, _CONSUMER, _FINISHED, _SUBSCRIBER):
+                raise CorruptFileError(f"participant slot {i} of {self._where()} has the "
+                                       f"unknown state {st}; the channel is damaged: unlink "
+                                       "it and create it again", path=self._path,
+                                       offset=_slot_byte(i, 0))
+        for _ in range(1000):
+            positions = _positions(self._hdr)
+            if positions is None:
+                continue
+            head, tail = positions
+            try:
+                fmt.check_positions(head, tail, self._cap)
+                for _ in fmt.iter_frames(self._data, tail, head):
+                    if _PAUSES:
+                        _pause("channel.check")
+            except CorruptFileError:
+                if self._hdr[_TAIL_Q] == tail:
+                    raise
+                continue  # consumed (or evicted) under us: look again
+            return
+        raise BrokenError(f"{self._where()} is too busy to check: its frames were consumed "
+                          "and overwritten under every look; check it when it is quieter")
 
     # --- life cycle -------------------------------------------------------------------
 
     def close(self) -> None:
         """Release this handle (other handles and processes carry on).  A producer that
-        closes without finish() counts as gone; idempotent."""
+        closes without finish() counts as gone; idempotent.  Whatever fails on the way
+        (a view still exported by the caller), every descriptor is closed, so every lock
+        and slot of this handle is released."""
         if self._closed:
             return
-        if self._cslot is not None:
-            self._hdr32[_slot_word(self._cslot, 2)] = 0
-            if not self._bc:  # a subscriber keeps its name and cursor for next time
-                self._hdr32[_slot_word(self._cslot, 0)] = _FREE
         self._closed = True
-        self._pslot = self._cslot = None
-        self._send_fast = self._recv_fast = False
-        self._send_limit = -1
-        for view in (self._dq, self._data, self._hdr, self._hdr32, self._hdr8):
-            view.release()
-        self._head_w.close()
-        self._tail_w.close()
         try:
+            if self._cslot is not None:
+                self._hdr32[_slot_word(self._cslot, 2)] = 0
+                if not self._bc:  # a subscriber keeps its name and cursor for next time
+                    self._hdr32[_slot_word(self._cslot, 0)] = _FREE
+            self._pslot = self._cslot = None
+            self._send_fast = self._recv_fast = False
+            self._send_limit = -1
+            for view in (self._dq, self._data, self._hdr, self._hdr32, self._hdr8):
+                view.release()
+            self._head_w.close()
+            self._tail_w.close()
             self._region.close()
         finally:
+            self._pslot = self._cslot = None
+            self._send_fast = self._recv_fast = False
+            self._send_limit = -1
             _close_fds(self._fdbox)
             self._bell = -1
 
     def unlink(self) -> None:
-        """Remove the channel's file and lock file (handles already open keep working)."""
+        """Remove the channel's file and lock file (handles already open keep working).
+
+        Removes only what is still this channel's: when the path already names another
+        channel (unlinked and re-created by someone else), nothing of that one is touched.
+        The channel file goes first, its lock file second (open() relies on that order)."""
         if self._path is None:
             return
-        for p in (self._path, self._lock_path, self._path + ".bell"):
-            if p is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(p)
+        if _unlink_if(self._path, self._identity):
+            assert self._lock_path is not None
+            _unlink_if(self._lock_path, self._lock_identity)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._path + ".bell")
 
     def __enter__(self) -> Channel:
         return self
@@ -1530,15 +1743,66 @@ class Channel:
 
 
 def _reopen_fd(fd: int, path: str | None) -> int:
-    """A fresh open file description for what ``fd`` has open; closes ``fd``."""
+    """A fresh open file description of the file ``fd`` has open; closes ``fd``.
+
+    By ``path`` when it still names that very file, else through /proc/self/fd: a path
+    unlinked and re-created meanwhile leads to another channel's file."""
     new_fd = -1
     if path is not None:
         with contextlib.suppress(OSError):  # unlinked meanwhile: use the descriptor
             new_fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+        if new_fd >= 0 and not _same_file(os.fstat(new_fd), os.fstat(fd)):
+            os.close(new_fd)
+            new_fd = -1
     if new_fd < 0:
         new_fd = _platform.reopen_fd(fd)
     os.close(fd)
     return new_fd
+
+
+def _unlink_if(path: str, identity: tuple[int, int] | None) -> bool:
+    """Unlink ``path`` if it is the file ``identity`` (any file when None); True if it
+    was ours (removed, or removed by someone else already)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return True
+    if identity is not None and (st.st_dev, st.st_ino) != identity:
+        return False
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    return True
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return a.st_ino == b.st_ino and a.st_dev == b.st_dev
+
+
+def _strict() -> bool:
+    """True where every send and receive takes the kernel lock (see the top comment)."""
+    return not _platform.IS_TSO or bool(os.environ.get("MMAPKIT_CHANNEL_STRICT"))
+
+
+class _Replaced(Exception):
+    """open(): the path was unlinked and re-created between two steps; start again."""
+
+
+def _positions(hdr: memoryview) -> tuple[int, int] | None:
+    """(head, tail) as they were at one instant, or None if they never held still.
+
+    Head and tail are two words written by different processes: read head, then tail,
+    and a consumer may have moved tail past the head we read; read tail, then head, and
+    a producer may have moved head more than a capacity past our tail.  Both only grow,
+    so a tail that reads the same before and after head was that value when head was
+    read: the pair is consistent."""
+    for _ in range(1000):
+        tail = hdr[_TAIL_Q]
+        if _PAUSES:
+            _pause("channel.positions")
+        head = hdr[_HEAD_Q]
+        if hdr[_TAIL_Q] == tail:
+            return int(head), int(tail)
+    return None
 
 
 def _close_fds(box: list[int]) -> None:
