@@ -118,7 +118,7 @@ def test_retention_by_bytes_and_age_deletes_whole_sealed_segments(tmp_path: Path
     d = tmp_path / "j"
     with Journal(d, create=True, segment_bytes=1024, retention_ms=10**9,
                  delete_delay_ms=0) as j:
-        for i in range(300):
+        for _i in range(300):
             j.append(b"x" * 40)
         reader = j.reader(0)  # a reader in the middle of the oldest segment keeps reading
         assert next(reader).offset == 0
@@ -137,7 +137,7 @@ def test_retention_by_bytes_and_age_deletes_whole_sealed_segments(tmp_path: Path
         with pytest.raises(OffsetOutOfRangeError) as info:
             j.reader(0)
         assert isinstance(info.value, OutOfRangeError) and info.value.start == start
-        assert [r.offset for r in j.reader()][0] == start
+        assert next(r.offset for r in j.reader()) == start
         assert not list(d.glob("*.deleted"))  # delete_delay_ms=0: unlinked at once
         assert Journal.check(d).ok
     with Journal(d, retention_ms=0, retention_bytes=10**9) as j:

@@ -488,6 +488,8 @@ class Journal:
         try:
             seg = self._attach()  # A2, A3
             rel, pos = seg.commit()
+            if (rel, pos) != seg.seen:  # another writer appended since we last did
+                self._resync(seg, rel, pos)
             if rel and (pos + len(batch) > seg_bytes or self._must_roll(seg, rel, count)):
                 seg = self._roll(seg, rel)  # A4
                 rel, pos = seg.commit()
@@ -500,6 +502,7 @@ class Journal:
             if PAUSES:
                 pause("journal.append.written")
             seg.publish(rel + count, pos + len(batch))  # A6: acknowledged
+            seg.seen = (rel + count, pos + len(batch))
             if max_ts > seg.max_ts:
                 seg.max_ts = max_ts
             meta.bump()
@@ -594,6 +597,13 @@ class Journal:
         assert seg.idx is not None and seg.tidx is not None
         if not seg.idx.trusted or not seg.tidx.trusted or not self._index_tail_ok(seg, rel, pos):
             self._rebuild_indexes(seg, rel, pos)
+        self._resync(seg, rel, pos)
+
+    def _resync(self, seg: ActiveSegment, rel: int, pos: int) -> None:
+        """Learn the index tails, the newest timestamp and the last indexed position as
+        published now (another writer may have appended since this one did), and clear
+        index slots past W (left by a writer killed between A5 and A6)."""
+        assert seg.idx is not None and seg.tidx is not None
         seg.idx_n = seg.idx.count(rel, pos)
         seg.tidx_n = seg.tidx.count(rel, pos)
         seg.idx.clear_from(seg.idx_n)
@@ -618,6 +628,7 @@ class Journal:
                             offset=seg.base + start_rel) from None
                     seg.max_ts = max(seg.max_ts, info.max_timestamp)
                     p += info.length
+        seg.seen = (rel, pos)
 
     def _index_tail_ok(self, seg: ActiveSegment, rel: int, pos: int) -> bool:
         assert seg.idx is not None

@@ -208,7 +208,7 @@ class ActiveSegment:
     header (for W), the writable indexes and what the writer tracks between appends."""
 
     __slots__ = ("_hmap", "_hview", "_w", "base", "created_ms", "fd", "idx", "idx_n",
-                 "last_indexed", "max_ts", "path", "tidx", "tidx_n")
+                 "last_indexed", "max_ts", "path", "seen", "tidx", "tidx_n")
 
     def __init__(self, path: str, base: int) -> None:
         self.path = path
@@ -234,6 +234,7 @@ class ActiveSegment:
         self.idx_n = self.tidx_n = 0
         self.last_indexed = 0  # position of the last indexed batch (0: none yet)
         self.max_ts = -(1 << 63)
+        self.seen = (-1, -1)  # (records, position) of W when this writer last synced
 
     @staticmethod
     def create(directory: str, base: int, created_ms: int, index_slots: int) -> str:
