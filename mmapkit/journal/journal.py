@@ -661,10 +661,13 @@ class Journal:
                 return
             try:
                 rel, pos = seg.commit()
-                idx, _ = seg.indexes()
-                entry_ok = idx.trusted and seg.locate(base + rel, rel, pos)[2]
-                if entry_ok and seg.indexes()[1].trusted:
-                    return  # someone rebuilt it already
+                if not seg.cover(pos):
+                    pos = len(seg.view)
+                idx, tidx = seg.indexes()
+                if idx.trusted and tidx.trusted and all(
+                        seg.locate(base + idx.entry(i)[0], rel, pos)[2]
+                        for i in range(idx.count(rel, pos))):
+                    return  # every entry matches: someone rebuilt it already
             finally:
                 seg.close()
             _rebuild_indexes(self._meta, os.path.join(self._dir, F.segment_name(base)),
