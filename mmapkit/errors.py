@@ -205,6 +205,6 @@ class MissingExtraError(MmapkitError, ImportError):
 # --- warnings -------------------------------------------------------------------------
 
 
-class JournalRecoveryWarning(UserWarning):
+class JournalRecoveryWarning(MmapkitError, UserWarning):
     """A journal opened after a power loss had unsynced records cut (the message and
     ``Journal.recovery`` say how many and why)."""
