@@ -21,12 +21,14 @@ from .errors import (
     ForeignFileError,
     FormatVersionError,
     InvalidSizeError,
+    JournalRecoveryWarning,
     LockTimeout,
     MessageTooLargeError,
     MissingExtraError,
     MmapkitError,
     ModeConflictError,
     NotGrowableError,
+    OffsetOutOfRangeError,
     OutOfRangeError,
     OverrunError,
     ReadOnlyError,
@@ -35,6 +37,7 @@ from .errors import (
 )
 from .inspect import Residency, residency
 from .ipc import Channel, ChannelStatistics
+from .journal import Journal
 from .kv import KV
 from .lock import FileLock
 from .region import Region
@@ -62,12 +65,15 @@ __all__ = [
     "ForeignFileError",
     "FormatVersionError",
     "InvalidSizeError",
+    "Journal",
+    "JournalRecoveryWarning",
     "LockTimeout",
     "MessageTooLargeError",
     "MissingExtraError",
     "MmapkitError",
     "ModeConflictError",
     "NotGrowableError",
+    "OffsetOutOfRangeError",
     "OutOfRangeError",
     "OverrunError",
     "ReadOnlyError",

@@ -28,12 +28,14 @@ __all__ = [
     "ForeignFileError",
     "FormatVersionError",
     "InvalidSizeError",
+    "JournalRecoveryWarning",
     "LockTimeout",
     "MessageTooLargeError",
     "MissingExtraError",
     "MmapkitError",
     "ModeConflictError",
     "NotGrowableError",
+    "OffsetOutOfRangeError",
     "OutOfRangeError",
     "OverrunError",
     "ReadOnlyError",
@@ -71,6 +73,18 @@ class ReadOnlyError(RegionError, PermissionError):
 
 class OutOfRangeError(RegionError, IndexError):
     """An access falls outside the mapped bytes."""
+
+
+class OffsetOutOfRangeError(OutOfRangeError):
+    """A journal offset outside the records kept: below ``start`` (retention deleted it)
+    or past ``end`` (not written yet).  Seek to ``start``/``end``, or let a consumer's
+    ``reset=`` policy choose."""
+
+    def __init__(self, message: str, *, offset: int = 0, start: int = 0, end: int = 0) -> None:
+        super().__init__(message)
+        self.offset = offset
+        self.start = start
+        self.end = end
 
 
 class NotGrowableError(RegionError):
@@ -186,3 +200,11 @@ class UnsupportedPlatformError(MmapkitError, NotImplementedError):
 
 class MissingExtraError(MmapkitError, ImportError):
     """An optional dependency is not installed; the message names the pip extra."""
+
+
+# --- warnings -------------------------------------------------------------------------
+
+
+class JournalRecoveryWarning(MmapkitError, UserWarning):
+    """A journal opened after a power loss had unsynced records cut (the message and
+    ``Journal.recovery`` say how many and why)."""

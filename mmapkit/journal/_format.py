@@ -1,0 +1,286 @@
+"""Journal on-disk format: pure codecs over bytes-like objects (no I/O, no state).
+
+Everything is little-endian; docs/formats.md ("Journal") describes the same bytes.
+
+- ``journal.meta`` (one page, mapped by every handle): magic, version, settings, the
+  *active base* (base offset of the newest published segment), the *start offset* (lowest
+  offset retention kept), the notify word (futex), the waiters word, the boot stamp and the
+  recovery point (the last position known to be on the storage device).
+- ``<20-digit base>.log``: a 64-byte header whose *commit word* W publishes the segment's
+  end (high 32 bits: records in the segment; low 32 bits: end position in bytes), then
+  batches.
+- A batch: 40-byte header (crc32, length, first offset, count, version, flags, first and
+  max timestamp) and its records; the CRC covers everything from the record count on (the
+  first offset is assigned under the writer lock, as in Kafka; readers check it by
+  continuity).
+- A record: ``<qiiI`` (timestamp_ms, key length or -1 for None, value length, headers
+  length), then key, value, headers (``<H`` name length, UTF-8 name, ``<I`` value length,
+  value; repeated).
+- ``.index`` / ``.timeindex``: 24-byte header, then sparse entries (``<II`` relative offset
+  and position; ``<qI`` timestamp and relative offset); never checksummed: validated
+  against the log on use and rebuilt when they disagree.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Iterator, Sequence
+from typing import NamedTuple
+from zlib import crc32
+
+__all__ = [
+    "BATCH_HEADER",
+    "META_SIZE",
+    "SEGMENT_HEADER",
+    "BatchError",
+    "BatchInfo",
+    "Record",
+    "decode_batch",
+    "encode_batch",
+    "read_batch_header",
+    "segment_name",
+    "set_first_offset",
+]
+
+VERSION = 1
+
+# --- meta page -------------------------------------------------------------------------
+META_MAGIC = b"MMKJMETA"
+META_SIZE = 4096
+META = struct.Struct("<8sHHIqqqqqI4x")  # magic, version, flags, size, created_ms,
+#                                         segment_bytes, segment_ms, retention_ms,
+#                                         retention_bytes, index_interval
+OFF_SEGMENT_BYTES = 24
+OFF_SEGMENT_MS = 32
+OFF_RETENTION_MS = 40
+OFF_RETENTION_BYTES = 48
+OFF_INDEX_INTERVAL = 56
+OFF_ACTIVE = 64      # u64: base offset of the newest published segment
+OFF_START = 72       # u64: lowest offset retention kept
+OFF_NOTIFY = 80      # u32: bumped after every publish (futex word)
+OFF_WAITERS = 84     # u32: set by a follower before it sleeps; cleared by the waker
+OFF_BOOT = 88        # 16 bytes: boot id of the machine that last opened for writing
+OFF_RECOVERY = 104   # u64 segment base, u64 commit word: known on the storage device
+OFF_DELETE_DELAY = 120  # i64 ms: how long retention keeps renamed (.deleted) files
+NONE_I64 = -1        # "unlimited" for retention_ms / retention_bytes
+
+# --- segment ---------------------------------------------------------------------------
+SEG_MAGIC = b"MMKJSEG\0"
+SEGMENT_HEADER = 64
+SEG_HEAD = struct.Struct("<8sHHIQ")  # magic, version, flags, header size, base offset
+OFF_COMMIT = 24      # u64 commit word: (records << 32) | end position
+OFF_SEG_CREATED = 32  # i64 ms
+OFF_SEG_CRC = 40     # u32 crc32 of bytes [0, 24) + [32, 40)
+POS_MASK = 0x7FFFFFFF
+MAX_SEGMENT_BYTES = POS_MASK
+MAX_RECORDS_PER_SEGMENT = 0xFFFFFFFF
+
+# --- batch and record ------------------------------------------------------------------
+BATCH = struct.Struct("<IIQIBBHqq")  # crc, length, first offset, count, version, flags,
+#                                      reserved, first timestamp, max timestamp
+BATCH_HEADER = BATCH.size  # 40
+CRC_FROM = 16  # the CRC covers [16, length): not the crc, length or first offset fields
+BATCH_VERSION = 1
+REC = struct.Struct("<qiiI")  # timestamp_ms, key length (-1: None), value length, headers len
+HNAME = struct.Struct("<H")
+HVAL = struct.Struct("<I")
+
+# --- indexes ---------------------------------------------------------------------------
+IDX_MAGIC = b"MMKJIDX\0"
+TIDX_MAGIC = b"MMKJTIX\0"
+INDEX_HEADER = 24
+IDX_HEAD = struct.Struct("<8sHH4xQ")  # magic, version, entry size, (reserved), base offset
+IDX_ENTRY = struct.Struct("<II")    # relative offset, position (0: empty slot)
+TIDX_ENTRY = struct.Struct("<qI")   # max timestamp before the batch, relative offset (+1)
+
+_U64 = struct.Struct("<Q")
+
+
+class Record(NamedTuple):
+    """One journal record as a reader sees it."""
+
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...]
+
+
+class BatchInfo(NamedTuple):
+    """A verified batch header: where it is and what it holds."""
+
+    first_offset: int
+    records: int
+    length: int
+    first_timestamp: int
+    max_timestamp: int
+
+
+class BatchError(Exception):
+    """Internal: the bytes at a position are not a whole, valid batch (``why`` says how)."""
+
+
+Headers = Sequence[tuple[str, bytes]]
+
+
+def segment_name(base: int) -> str:
+    return f"{base:020d}.log"
+
+
+def pack_commit(records: int, pos: int) -> int:
+    return (records << 32) | pos
+
+
+def unpack_commit(word: int) -> tuple[int, int]:
+    return word >> 32, word & 0xFFFFFFFF
+
+
+def encode_meta(*, created_ms: int, segment_bytes: int, segment_ms: int, retention_ms: int,
+                retention_bytes: int, index_interval: int, delete_delay_ms: int) -> bytes:
+    buf = bytearray(META_SIZE)
+    META.pack_into(buf, 0, META_MAGIC, VERSION, 0, META_SIZE, created_ms, segment_bytes,
+                   segment_ms, retention_ms, retention_bytes, index_interval)
+    struct.pack_into("<q", buf, OFF_DELETE_DELAY, delete_delay_ms)
+    return bytes(buf)
+
+
+def encode_segment_header(base: int, created_ms: int) -> bytes:
+    buf = bytearray(SEGMENT_HEADER)
+    SEG_HEAD.pack_into(buf, 0, SEG_MAGIC, VERSION, 0, SEGMENT_HEADER, base)
+    _U64.pack_into(buf, OFF_COMMIT, pack_commit(0, SEGMENT_HEADER))
+    struct.pack_into("<q", buf, OFF_SEG_CREATED, created_ms)
+    struct.pack_into("<I", buf, OFF_SEG_CRC, segment_header_crc(buf))
+    return bytes(buf)
+
+
+def segment_header_crc(buf: bytes | bytearray | memoryview) -> int:
+    return crc32(bytes(buf[OFF_COMMIT + 8 : OFF_SEG_CRC]), crc32(bytes(buf[:OFF_COMMIT])))
+
+
+def encode_index_header(magic: bytes, entry_size: int, base: int) -> bytes:
+    return IDX_HEAD.pack(magic, VERSION, entry_size, base)
+
+
+def encode_batch(first_offset: int,
+                 records: Iterable[tuple[int, bytes | None, bytes, Headers | None]]) -> bytes:
+    """One batch of ``(timestamp_ms, key, value, headers)`` starting at ``first_offset``."""
+    parts: list[bytes] = [b""]
+    count = 0
+    first_ts = max_ts = 0
+    rec_pack = REC.pack
+    for ts, key, value, headers in records:
+        if count == 0:
+            first_ts = max_ts = ts
+        elif ts > max_ts:
+            max_ts = ts
+        count += 1
+        if headers:
+            hparts = []
+            for name, hv in headers:
+                nb = name.encode()
+                hparts.append(HNAME.pack(len(nb)))
+                hparts.append(nb)
+                hparts.append(HVAL.pack(len(hv)))
+                hparts.append(bytes(hv))
+            hblob = b"".join(hparts)
+        else:
+            hblob = b""
+        if key is None:
+            parts.append(rec_pack(ts, -1, len(value), len(hblob)))
+        else:
+            parts.append(rec_pack(ts, len(key), len(value), len(hblob)))
+            parts.append(key)
+        parts.append(value)
+        if hblob:
+            parts.append(hblob)
+    body = b"".join(parts)
+    length = BATCH_HEADER + len(body)
+    head = bytearray(BATCH.pack(0, length, first_offset, count, BATCH_VERSION, 0, 0,
+                                first_ts, max_ts))
+    crc = crc32(body, crc32(memoryview(head)[CRC_FROM:]))
+    struct.pack_into("<I", head, 0, crc)
+    return bytes(head) + body
+
+
+_ONE = struct.Struct("<IIQIBBHqqqii")  # a batch header and one record's fixed fields
+
+
+def encode_one(ts: int, key: bytes | None, value: bytes) -> bytearray:
+    """The batch of one record without headers (the common append): same bytes as
+    ``encode_batch(0, [(ts, key, value, None)])``, built with one pack."""
+    klen = -1 if key is None else len(key)
+    body_len = REC.size + len(value) + max(klen, 0)
+    head = _ONE.pack(0, BATCH_HEADER + body_len, 0, 1, BATCH_VERSION, 0, 0, ts, ts, ts, klen,
+                     len(value)) + b"\0\0\0\0"
+    buf = bytearray(head)
+    if key is not None:
+        buf += key
+    buf += value
+    struct.pack_into("<I", buf, 0, crc32(memoryview(buf)[CRC_FROM:]))
+    return buf
+
+
+def set_first_offset(batch: bytearray, first_offset: int) -> None:
+    """Give an encoded batch its offsets (outside the CRC, as in Kafka, so the writer
+    assigns them under its lock without checksumming again)."""
+    _U64.pack_into(batch, 8, first_offset)
+
+
+def read_batch_header(view: memoryview | bytes, pos: int, limit: int, *,
+                      verify: bool = True) -> BatchInfo:
+    """The batch at ``pos`` (which must end at or before ``limit``); BatchError if it is
+    not a whole, valid batch.  ``verify`` checks the CRC (the rest is always checked)."""
+    if pos + BATCH_HEADER > limit:
+        raise BatchError(f"a batch header at {pos} runs past the end ({limit})")
+    crc, length, first, count, version, _flags, _res, first_ts, max_ts = BATCH.unpack_from(
+        view, pos)
+    if length < BATCH_HEADER or pos + length > limit:
+        raise BatchError(f"the batch at {pos} claims {length} bytes (end {limit})")
+    if version != BATCH_VERSION:
+        raise BatchError(f"the batch at {pos} has version {version} (expected "
+                         f"{BATCH_VERSION})")
+    if count == 0:
+        raise BatchError(f"the batch at {pos} holds no records")
+    if verify and crc32(view[pos + CRC_FROM : pos + length]) != crc:
+        raise BatchError(f"the batch at {pos} fails its checksum")
+    return BatchInfo(first, count, length, first_ts, max_ts)
+
+
+def decode_batch(view: memoryview | bytes, pos: int, info: BatchInfo) -> Iterator[Record]:
+    """The records of a verified batch (see read_batch_header)."""
+    end = pos + info.length
+    p = pos + BATCH_HEADER
+    offset = info.first_offset
+    rec_unpack = REC.unpack_from
+    for _ in range(info.records):
+        if p + REC.size > end:
+            raise BatchError(f"record {offset} runs past its batch")
+        ts, klen, vlen, hlen = rec_unpack(view, p)
+        p += REC.size
+        if klen < 0:
+            key = None
+        else:
+            key = bytes(view[p : p + klen])
+            p += klen
+        value = bytes(view[p : p + vlen])
+        p += vlen
+        headers: tuple[tuple[str, bytes], ...] = ()
+        if hlen:
+            hend = p + hlen
+            hl = []
+            while p < hend:
+                (n,) = HNAME.unpack_from(view, p)
+                p += 2
+                name = bytes(view[p : p + n]).decode("utf-8", "replace")
+                p += n
+                (m,) = HVAL.unpack_from(view, p)
+                p += 4
+                hl.append((name, bytes(view[p : p + m])))
+                p += m
+            headers = tuple(hl)
+        if p > end or vlen < 0:
+            raise BatchError(f"record {offset} runs past its batch")
+        yield Record(offset, ts, key, value, headers)
+        offset += 1
+    if p != end:
+        raise BatchError(f"the batch at {pos} has {end - p} bytes after its last record")

@@ -1,0 +1,1163 @@
+"""Journal: a Kafka-class persistent log in one directory, shared by unrelated processes.
+
+Design rules:
+
+- The directory holds ``journal.meta`` (one mapped page: settings, the *active base* A,
+  the *start offset* S, the notify and waiters words, the boot stamp, the recovery point),
+  segments ``<20-digit base>.log`` with their sparse ``.index`` / ``.timeindex``, and the
+  consumers' committed offsets in ``consumers.kv`` (a multiprocess KV).  Formats: _format.py
+  and docs/formats.md.
+- Each segment publishes its own end with one aligned 8-byte *commit word* W in its header:
+  (records in the segment << 32) | end position.  One store makes a batch visible with its
+  offsets: a record is acknowledged once W covers it.
+- Writers serialise on an exclusive flock on ``journal.meta`` (the kernel drops it when a
+  writer dies, so a killed writer never wedges the others).  Readers take no lock and
+  never write a byte of journal data.
+- Offsets are dense and strictly increasing: the writer assigns ``base + records(W)`` to
+  the batch's first record under the lock, then publishes.  Nothing winds W, A or S back
+  (the one exception is recovery after a power loss, when no process has seen the lost
+  bytes: the boot stamp in the meta page changed).
+- Files only grow and are never rewritten in place while they may be mapped: a batch is
+  written with pwrite past W (ENOSPC is DiskFullError before anything is published);
+  index files are allocated when their segment is created (before A names it); a rebuilt
+  index replaces the old file by rename; retention renames whole sealed segments to
+  ``.deleted`` and unlinks them ``delete_delay_ms`` later, so a reader holding one reads on.
+
+Multiprocess protocol.  Shared state: meta (A, S, notify word N, waiters word, boot stamp,
+recovery point), each segment's W, the files in the directory.  L = the writer lock.
+
+    ====  ================================  ====  ========================================
+    #     step (process P)                  lock  what another process may do or see
+    ====  ================================  ====  ========================================
+    C1    create: flock the directory;       dir  a second creator waits, then finds the
+          no meta yet: write segment 0,          meta and opens it (C2)
+          write meta to a temp name, rename
+    C2    open: map meta, check magic and   -     writers append and roll: P sees them
+          version; boot stamp differs:            through A and W (nothing cached)
+          take L, recover (P1), stamp
+    A1    append: encode the batch (no      -     anything: nothing shared touched yet
+          lock; offsets not assigned yet)
+    A2    take L; A names another segment   L     other writers wait on L; readers read
+          than P's: attach to it (A3)             as before
+    A3    attach: open the segment, read W, L     readers see W as before; the slots P
+          clear index slots past W (left          clears are ignored by them (past W)
+          by a writer killed before A6)
+    A4    roll needed (size, age, 2^32      L     see R1-R4
+          records): R1-R4
+    A5    set the first offset = base +     L     readers read up to W only: the new
+          records(W); pwrite the batch at         bytes are invisible; a kill here leaves
+          W's position; index entries if          garbage past W that the next writer
+          due (into preallocated slots)           overwrites (A3 clears its index slots)
+    A6    store W (one 8-byte store)        L     the batch is whole and visible: it is
+                                                  acknowledged from here on
+    A7    N += 1; release L; waiters word   -     followers woken (or they see N moved
+          set: clear it, futex wake               at their next timed look)
+    A8    sync policy: fdatasync segment,   -     nothing (bytes already visible)
+          raise the recovery point
+    R1    roll: unlink orphans (segments    L     orphans are invisible to readers (they
+          above A: a roll killed after R2)        ignore bases above A)
+    R2    write the new segment's indexes   L     files appear under their final names,
+          and header (temp name, rename)          complete; still above A: invisible
+    R3    store A = new base; N += 1        L     readers at the end of the old segment
+                                                  read A, then W (final), and move to
+                                                  base + records(W); a kill before R3
+                                                  leaves an orphan (R1 removes it)
+    R4    retention (D1-D3)                 L     --
+    D1    pick sealed segments, oldest      L     readers go on reading every segment
+          first, by age of newest record          (nothing changed yet)
+          and by total bytes
+    D2    store S = the first base kept     L     a reader asking for less than S gets
+                                                  OutOfRangeError (or its reset policy)
+    D3    rename each picked file to        L     a reader holding it reads on; a reader
+          .deleted; unlink .deleted files         opening by name falls back to .deleted,
+          older than delete_delay_ms              then to OutOfRangeError; a kill between
+                                                  D2 and D3 leaves files below S (the
+                                                  next retention renames them)
+    F1    follow: read N, then A, then W    -     a publish between the reads moves N:
+          of P's segment; nothing new: set        P's futex wait returns at once
+          waiters word, read N again, futex
+          wait on N (timed slice)
+    P1    recovery after power loss (boot   L     no process of this boot has seen the
+          stamp differs): verify batches          cut bytes (they all open through C2,
+          from the recovery point, cut W at       which waits for L); the cut range is
+          the first bad one, unlink later         reported (RecoveryReport)
+          segments, A = last good segment
+    K     kill -9 at any step               -     L dropped by the kernel; a batch past
+                                                  W is garbage (A3); an orphan segment
+                                                  (R1); files below S (D3)
+    ====  ================================  ====  ========================================
+
+Reopen after kill -9 costs O(unpublished bytes): attach (A3) reads W and scans at most the
+batches after the last index entry, never the journal.
+
+Test pause points (``mmapkit._testhooks``): journal.append.written (A5 done),
+journal.roll.created (R2 done), journal.retain.started (D2 done).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import struct
+import threading
+import time
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Union
+
+from .. import _platform
+from .._testhooks import PAUSES, pause
+from ..errors import (
+    ClosedError,
+    CorruptFileError,
+    DiskFullError,
+    ForeignFileError,
+    FormatVersionError,
+    JournalRecoveryWarning,
+    MessageTooLargeError,
+)
+from ..region import Region
+from ..wait import Waiter
+from . import _format as F
+from .index import SparseIndex, index_paths
+from .segment import ActiveSegment, Segment, list_segments
+
+if TYPE_CHECKING:
+    from ..kv import KV
+    from .consumer import Consumer
+    from .reader import Reader
+
+__all__ = ["CheckReport", "Journal", "JournalStatistics", "RecoveryReport"]
+
+META_NAME = "journal.meta"
+OFFSETS_NAME = "consumers.kv"
+DEFAULT_SEGMENT_BYTES = 1 << 30
+DEFAULT_SEGMENT_MS = 7 * 24 * 3600 * 1000
+DEFAULT_RETENTION_MS = 7 * 24 * 3600 * 1000
+DEFAULT_DELETE_DELAY_MS = 60_000
+_MAX_INDEX_SLOTS = 1 << 20
+_WAIT_SLICE = 0.1
+_Q = struct.Struct("<Q")
+_q = struct.Struct("<q")
+
+HeadersArg = Union[Mapping[str, bytes], Sequence[tuple[str, bytes]], None]  # noqa: UP007
+SyncArg = Union[str, float, int]  # noqa: UP007
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _boot_id() -> bytes:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+            return bytes.fromhex(f.read().strip().decode().replace("-", ""))[:16]
+    except (OSError, ValueError):
+        return b"\0" * 16  # unknown: power-loss detection is off
+
+
+def _norm_headers(headers: HeadersArg) -> tuple[tuple[str, bytes], ...] | None:
+    if not headers:
+        return None
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    out = []
+    for name, value in items:
+        if not isinstance(name, str):
+            raise TypeError(f"header names are str, got {type(name).__name__}")
+        out.append((name, bytes(value)))
+    return tuple(out)
+
+
+def _as_bytes(value: Any, what: str) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    raise TypeError(f"a journal {what} must be bytes-like, got {type(value).__name__}; "
+                    "encode it first (e.g. json.dumps(x).encode())")
+
+
+@dataclass(frozen=True)
+class JournalStatistics:
+    """A snapshot of a journal (as this process sees it now)."""
+
+    start_offset: int
+    end_offset: int
+    records: int
+    segments: int
+    bytes: int
+    active_base: int
+    segment_bytes: int
+    segment_ms: int
+    retention_ms: int | None
+    retention_bytes: int | None
+    appended: int  # records appended through this handle
+    recovered: bool  # this handle ran power-loss recovery
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    """What recovery after a power loss kept and cut."""
+
+    kept_end_offset: int
+    cut_records: int
+    cut_bytes: int
+    removed_segments: tuple[int, ...]
+    reason: str
+
+
+@dataclass
+class CheckReport:
+    """The result of :meth:`Journal.check` (which changes nothing)."""
+
+    path: str
+    ok: bool = True
+    problems: list[str] = field(default_factory=list)
+    damaged: list[tuple[int, int]] = field(default_factory=list)  # [first, end) offsets
+    stale_indexes: list[str] = field(default_factory=list)
+    segments: int = 0
+    records: int = 0
+    bytes: int = 0
+    start_offset: int = 0
+    end_offset: int = 0
+
+    def problem(self, text: str) -> None:
+        self.ok = False
+        self.problems.append(text)
+
+
+class _Meta:
+    """The mapped meta page (words read and written in place)."""
+
+    __slots__ = ("region", "u32", "u64")
+
+    def __init__(self, path: str) -> None:
+        try:
+            self.region = Region.open(path)
+        except FileNotFoundError:
+            raise
+        view = self.region.view
+        if len(view) < F.META_SIZE:
+            self.region.close()
+            raise CorruptFileError(f"{path} is shorter than a journal meta page", path=path,
+                                   offset=0)
+        magic, version, _flags, _size = struct.unpack_from("<8sHHI", view, 0)
+        if magic != F.META_MAGIC:
+            self.region.close()
+            raise ForeignFileError(f"{path} is not a journal meta file (magic {magic!r})",
+                                   path=path)
+        if version > F.VERSION:
+            self.region.close()
+            raise FormatVersionError(
+                f"{path} was written by a newer mmapkit (journal format {version}; this one "
+                f"reads up to {F.VERSION}); upgrade mmapkit", path=path, found=version,
+                supported=F.VERSION)
+        self.u64 = view[: F.META_SIZE].cast("Q")
+        self.u32 = view[: F.META_SIZE].cast("I")
+
+    def get(self, off: int) -> int:
+        return int(self.u64[off // 8])
+
+    def get_signed(self, off: int) -> int:
+        v = int(self.u64[off // 8])
+        return v - (1 << 64) if v >= 1 << 63 else v
+
+    def set(self, off: int, value: int) -> None:
+        self.u64[off // 8] = value & 0xFFFFFFFFFFFFFFFF
+
+    def bump(self) -> None:
+        i = F.OFF_NOTIFY // 4
+        self.u32[i] = (int(self.u32[i]) + 1) & 0xFFFFFFFF
+
+    def close(self) -> None:
+        self.u64.release()
+        self.u32.release()
+        self.region.close()
+
+
+class Journal:
+    """An ordered, persistent, append-only log in directory ``path`` (one Kafka partition),
+    shared by any number of unrelated processes.
+
+    Settings given when the journal is created are stored in it; passing one when opening
+    an existing journal changes it for every process (as Kafka's topic configs).
+    ``sync``: ``"never"`` (a returned append survives a process crash), ``"always"``
+    (fdatasync before append returns: survives power loss) or a number of seconds (sync
+    when the last sync is older than that).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, create: bool = False,
+                 segment_bytes: int | None = None, segment_ms: int | None = None,
+                 retention_ms: int | None = None, retention_bytes: int | None = None,
+                 index_interval: int | None = None, sync: SyncArg = "never",
+                 delete_delay_ms: int | None = None) -> None:
+        self._dir = os.path.abspath(os.fspath(path))
+        self._closed = True
+        self._sync_every: float | None
+        if sync == "never":
+            self._sync_every = None
+        elif sync == "always":
+            self._sync_every = 0.0
+        elif isinstance(sync, (int, float)) and not isinstance(sync, bool) and sync > 0:
+            self._sync_every = float(sync)
+        else:
+            raise ValueError(f"sync must be 'never', 'always' or seconds > 0, got {sync!r}")
+        if segment_bytes is not None and not (
+                F.SEGMENT_HEADER + F.BATCH_HEADER < segment_bytes <= F.MAX_SEGMENT_BYTES):
+            raise ValueError(f"segment_bytes must be in (104, {F.MAX_SEGMENT_BYTES}], got "
+                             f"{segment_bytes}")
+        if index_interval is not None and index_interval <= 0:
+            raise ValueError(f"index_interval must be positive, got {index_interval}")
+        for name, v in (("segment_ms", segment_ms), ("retention_ms", retention_ms),
+                        ("retention_bytes", retention_bytes),
+                        ("delete_delay_ms", delete_delay_ms)):
+            if v is not None and v < 0:
+                raise ValueError(f"{name} must be >= 0, got {v}")
+        meta_path = os.path.join(self._dir, META_NAME)
+        if not os.path.exists(meta_path):
+            if not create:
+                raise FileNotFoundError(
+                    f"no journal at {self._dir}; pass create=True to make one")
+            self._create(segment_bytes, segment_ms, retention_ms, retention_bytes,
+                         index_interval, delete_delay_ms)
+        self._meta = _Meta(meta_path)
+        self._lock = _WriterLock(meta_path)
+        self._closed = False
+        self._active: ActiveSegment | None = None
+        self._tail: Segment | None = None  # read view of the active segment (end_offset)
+        self._waiter: Waiter | None = None
+        self._kv: KV | None = None
+        self._kv_lock = threading.Lock()
+        self._appended = 0
+        self._last_sync = time.monotonic()
+        self._recovery: RecoveryReport | None = None
+        updates = {F.OFF_SEGMENT_BYTES: segment_bytes, F.OFF_SEGMENT_MS: segment_ms,
+                   F.OFF_RETENTION_MS: retention_ms, F.OFF_RETENTION_BYTES: retention_bytes,
+                   F.OFF_INDEX_INTERVAL: index_interval, F.OFF_DELETE_DELAY: delete_delay_ms}
+        try:
+            boot = _boot_id()
+            stale_boot = bytes(self._meta.region.view[F.OFF_BOOT : F.OFF_BOOT + 16]) != boot
+            changes = {k: v for k, v in updates.items() if v is not None and (
+                self._meta.get(k) != v or k == F.OFF_INDEX_INTERVAL)}
+            if stale_boot or changes:
+                with self._lock:
+                    for k, v in changes.items():
+                        if k == F.OFF_INDEX_INTERVAL:
+                            struct.pack_into("<I", self._meta.region.view, k, v)
+                        else:
+                            self._meta.set(k, v)
+                    view = self._meta.region.view
+                    if bytes(view[F.OFF_BOOT : F.OFF_BOOT + 16]) != boot:
+                        if boot != b"\0" * 16 and any(view[F.OFF_BOOT : F.OFF_BOOT + 16]):
+                            self._recovery = self._recover_power_loss()
+                        view[F.OFF_BOOT : F.OFF_BOOT + 16] = boot
+        except BaseException:
+            self.close()
+            raise
+
+    # --- creation -----------------------------------------------------------------------
+
+    def _create(self, segment_bytes: int | None, segment_ms: int | None,
+                retention_ms: int | None, retention_bytes: int | None,
+                index_interval: int | None, delete_delay_ms: int | None) -> None:
+        os.makedirs(self._dir, exist_ok=True)
+        dfd = os.open(self._dir, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(dfd, fcntl.LOCK_EX)  # C1: one creator at a time
+            meta_path = os.path.join(self._dir, META_NAME)
+            if os.path.exists(meta_path):
+                return
+            if any(n.endswith(".log") for n in os.listdir(self._dir)):
+                raise ForeignFileError(
+                    f"{self._dir} holds segment files but no {META_NAME}; it is not a "
+                    "journal mmapkit can open (restore the meta file or use another "
+                    "directory)", path=self._dir)
+            sb = segment_bytes if segment_bytes is not None else DEFAULT_SEGMENT_BYTES
+            ii = index_interval if index_interval is not None else 4096
+            now = _now_ms()
+            try:
+                ActiveSegment.create(self._dir, 0, now, _index_slots(sb, ii))
+                data = F.encode_meta(
+                    created_ms=now, segment_bytes=sb,
+                    segment_ms=segment_ms if segment_ms is not None else DEFAULT_SEGMENT_MS,
+                    retention_ms=retention_ms if retention_ms is not None
+                    else DEFAULT_RETENTION_MS,
+                    retention_bytes=retention_bytes if retention_bytes is not None
+                    else F.NONE_I64,
+                    index_interval=ii,
+                    delete_delay_ms=delete_delay_ms if delete_delay_ms is not None
+                    else DEFAULT_DELETE_DELAY_MS)
+                buf = bytearray(data)
+                buf[F.OFF_BOOT : F.OFF_BOOT + 16] = _boot_id()
+                tmp = f"{meta_path}.tmp-{os.getpid()}"
+                fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+                try:
+                    if os.write(fd, buf) != len(buf):
+                        raise OSError(errno.ENOSPC, "short write")
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(tmp, meta_path)
+                os.fsync(dfd)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT) and not isinstance(
+                        exc, DiskFullError):
+                    raise DiskFullError(exc.errno, f"no space left to create a journal in "
+                                        f"{self._dir}") from exc
+                raise
+        finally:
+            os.close(dfd)
+
+    # --- settings -----------------------------------------------------------------------
+
+    @property
+    def path(self) -> str:
+        return self._dir
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _check_open(self) -> _Meta:
+        if self._closed:
+            raise ClosedError("the journal is closed; open it again")
+        return self._meta
+
+    def _settings(self) -> tuple[int, int, int, int, int, int]:
+        m = self._meta
+        (interval,) = struct.unpack_from("<I", m.region.view, F.OFF_INDEX_INTERVAL)
+        return (m.get(F.OFF_SEGMENT_BYTES), m.get_signed(F.OFF_SEGMENT_MS),
+                m.get_signed(F.OFF_RETENTION_MS), m.get_signed(F.OFF_RETENTION_BYTES),
+                int(interval), m.get_signed(F.OFF_DELETE_DELAY))
+
+    # --- writing ------------------------------------------------------------------------
+
+    def append(self, value: bytes | bytearray | memoryview, *, key: bytes | None = None,
+               headers: HeadersArg = None, timestamp_ms: int | None = None) -> int:
+        """Append one record; returns its offset.  Once this returns, the record survives
+        a crash of any process (and power loss with ``sync="always"``)."""
+        value = _as_bytes(value, "value")
+        if key is not None:
+            key = _as_bytes(key, "key")
+        ts = _now_ms() if timestamp_ms is None else int(timestamp_ms)
+        if headers:
+            batch = bytearray(F.encode_batch(0, ((ts, key, value, _norm_headers(headers)),)))
+        else:
+            batch = F.encode_one(ts, key, value)
+        return self._append_batch(batch, 1, ts, ts)
+
+    def append_many(self, records: Iterable[Any]) -> int:
+        """Append several records as one batch (all or nothing); returns the first offset.
+
+        Each item is a value (bytes) or a mapping/tuple ``(value, key, headers,
+        timestamp_ms)`` with the later fields optional, or a dict with those keys."""
+        now = _now_ms()
+        items: list[tuple[int, bytes | None, bytes, Any]] = []
+        for rec in records:
+            if isinstance(rec, (bytes, bytearray, memoryview)):
+                items.append((now, None, bytes(rec), None))
+                continue
+            if isinstance(rec, Mapping):
+                value, key = rec.get("value"), rec.get("key")
+                headers, ts = rec.get("headers"), rec.get("timestamp_ms")
+            else:
+                t = tuple(rec) + (None,) * 3
+                value, key, headers, ts = t[0], t[1], t[2], t[3]
+            items.append((now if ts is None else int(ts),
+                          None if key is None else _as_bytes(key, "key"),
+                          _as_bytes(value, "value"), _norm_headers(headers)))
+        if not items:
+            raise ValueError("append_many() needs at least one record")
+        batch = F.encode_batch(0, items)
+        return self._append_batch(bytearray(batch), len(items), min(i[0] for i in items),
+                                  max(i[0] for i in items))
+
+    def _append_batch(self, batch: bytearray, count: int, first_ts: int, max_ts: int) -> int:
+        meta = self._check_open()
+        seg_bytes = meta.get(F.OFF_SEGMENT_BYTES)
+        if len(batch) > seg_bytes - F.SEGMENT_HEADER:
+            raise MessageTooLargeError(
+                f"a batch of {len(batch)} bytes cannot fit a segment of {seg_bytes} bytes; "
+                "raise segment_bytes or append fewer records at a time")
+        lock = self._lock
+        lock.acquire()
+        try:
+            seg = self._attach()  # A2, A3
+            rel, pos = seg.commit()
+            if (rel, pos) != seg.seen:  # another writer appended since we last did
+                self._resync(seg, rel, pos)
+            if rel and (pos + len(batch) > seg_bytes or self._must_roll(seg, rel, count)):
+                seg = self._roll(seg, rel)  # A4
+                rel, pos = seg.commit()
+            first = seg.base + rel
+            F.set_first_offset(batch, first)
+            self._write(seg, batch, pos)  # A5
+            interval = struct.unpack_from("<I", meta.region.view, F.OFF_INDEX_INTERVAL)[0]
+            if pos - (seg.last_indexed or F.SEGMENT_HEADER) >= interval:
+                self._index(seg, rel, pos)
+            if PAUSES:
+                pause("journal.append.written")
+            seg.publish(rel + count, pos + len(batch))  # A6: acknowledged
+            seg.seen = (rel + count, pos + len(batch))
+            if max_ts > seg.max_ts:
+                seg.max_ts = max_ts
+            meta.bump()
+        finally:
+            lock.release()
+        self._appended += count
+        self._wake()  # A7
+        if self._sync_every is not None and (
+                self._sync_every == 0.0 or time.monotonic() - self._last_sync
+                >= self._sync_every):
+            self.sync()  # A8
+        return first
+
+    def _wake(self) -> None:
+        meta = self._meta
+        i = F.OFF_WAITERS // 4
+        if meta.u32[i]:
+            meta.u32[i] = 0
+            self._get_waiter().wake()
+
+    def _get_waiter(self) -> Waiter:
+        if self._waiter is None:
+            self._waiter = Waiter(self._meta.region, F.OFF_NOTIFY,
+                                  doorbell=None if _platform.HAVE_FUTEX
+                                  else os.path.join(self._dir, "journal.bell"))
+        return self._waiter
+
+    def _write(self, seg: ActiveSegment, data: bytearray, pos: int) -> None:
+        view = memoryview(data)
+        done = 0
+        try:
+            while done < len(data):
+                done += os.pwrite(seg.fd, view[done:], pos + done)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFullError(
+                    exc.errno, f"no space left on the journal's file system ({self._dir}); "
+                    "nothing acknowledged was lost: free space (or lower retention) and "
+                    "append again") from exc
+            raise
+        finally:
+            view.release()
+
+    def _index(self, seg: ActiveSegment, rel: int, pos: int) -> None:
+        idx, tidx = seg.idx, seg.tidx
+        if idx is not None and idx.trusted and seg.idx_n < idx.slots:
+            idx.set_entry(seg.idx_n, rel, pos)
+            seg.idx_n += 1
+        if tidx is not None and tidx.trusted and seg.tidx_n < tidx.slots and \
+                seg.max_ts > -(1 << 63):
+            tidx.set_entry(seg.tidx_n, seg.max_ts, rel + 1)
+            seg.tidx_n += 1
+        seg.last_indexed = pos
+
+    def _must_roll(self, seg: ActiveSegment, rel: int, count: int) -> bool:
+        meta = self._meta
+        if rel + count > F.MAX_RECORDS_PER_SEGMENT:
+            return True
+        return bool(_now_ms() - seg.created_ms >= meta.get_signed(F.OFF_SEGMENT_MS))
+
+    def _attach(self) -> ActiveSegment:
+        """A2/A3 (under L): the writer's side of the segment A names."""
+        active = self._meta.get(F.OFF_ACTIVE)
+        seg = self._active
+        if seg is not None and seg.base == active:
+            return seg
+        if seg is not None:
+            seg.close()
+            self._active = None
+        path = os.path.join(self._dir, F.segment_name(active))
+        seg = ActiveSegment(path, active)
+        try:
+            self._prepare(seg)
+        except BaseException:
+            seg.close()
+            raise
+        self._active = seg
+        return seg
+
+    def _prepare(self, seg: ActiveSegment) -> None:
+        """A3: check W against the file, find the index tails, clear slots past W, and
+        learn the newest timestamp and the last indexed position (scanning at most the
+        batches after the last index entry)."""
+        rel, pos = seg.commit()
+        size = os.fstat(seg.fd).st_size
+        if not F.SEGMENT_HEADER <= pos <= size or (pos == F.SEGMENT_HEADER) != (rel == 0):
+            raise CorruptFileError(
+                f"{seg.path}: its commit word ({rel} records, {pos} bytes) does not fit the "
+                f"file ({size} bytes); the segment was damaged or cut; run "
+                "Journal.check() and restore it", path=seg.path, offset=seg.base + rel)
+        seg.open_indexes()
+        assert seg.idx is not None and seg.tidx is not None
+        if not seg.idx.trusted or not seg.tidx.trusted or not self._index_tail_ok(seg, rel, pos):
+            self._rebuild_indexes(seg, rel, pos)
+        self._resync(seg, rel, pos)
+
+    def _resync(self, seg: ActiveSegment, rel: int, pos: int) -> None:
+        """Learn the index tails, the newest timestamp and the last indexed position as
+        published now (another writer may have appended since this one did), and clear
+        index slots past W (left by a writer killed between A5 and A6)."""
+        assert seg.idx is not None and seg.tidx is not None
+        seg.idx_n = seg.idx.count(rel, pos)
+        seg.tidx_n = seg.tidx.count(rel, pos)
+        seg.idx.clear_from(seg.idx_n)
+        seg.tidx.clear_from(seg.tidx_n)
+        start, start_rel = F.SEGMENT_HEADER, 0
+        seg.last_indexed = 0
+        if seg.idx_n:
+            start_rel, start = seg.idx.entry(seg.idx_n - 1)
+            seg.last_indexed = start
+        seg.max_ts = -(1 << 63)
+        if seg.tidx_n:
+            seg.max_ts = seg.tidx.entry(seg.tidx_n - 1)[0]
+        if start < pos:
+            with _ReadMap(seg.fd, pos) as view:
+                p = start
+                while p < pos:
+                    try:
+                        info = F.read_batch_header(view, p, pos, verify=False)
+                    except F.BatchError as exc:
+                        raise CorruptFileError(
+                            f"{seg.path}: {exc}; run Journal.check()", path=seg.path,
+                            offset=seg.base + start_rel) from None
+                    seg.max_ts = max(seg.max_ts, info.max_timestamp)
+                    p += info.length
+        seg.seen = (rel, pos)
+
+    def _index_tail_ok(self, seg: ActiveSegment, rel: int, pos: int) -> bool:
+        assert seg.idx is not None
+        n = seg.idx.count(rel, pos)
+        if not n:
+            return True
+        erel, epos = seg.idx.entry(n - 1)
+        with _ReadMap(seg.fd, pos) as view:
+            try:
+                info = F.read_batch_header(view, epos, pos, verify=False)
+            except F.BatchError:
+                return False
+        return bool(info.first_offset == seg.base + erel)
+
+    def _rebuild_indexes(self, seg: ActiveSegment, rel: int, pos: int) -> None:
+        _rebuild_indexes(self._meta, seg.path, seg.base, pos)
+        for ix in (seg.idx, seg.tidx):
+            if ix is not None:
+                ix.close()
+        seg.open_indexes()
+
+    def _repair_indexes(self, base: int) -> None:
+        """Rebuild a sealed segment's indexes that a lookup found untrustworthy (under L;
+        the reader that noticed maps the new files on its next lookup)."""
+        with self._lock:
+            if base >= self._meta.get(F.OFF_ACTIVE):
+                return  # the writer of the active segment repairs its own (A3)
+            seg = Segment.open(self._dir, base)
+            if seg is None:
+                return
+            try:
+                rel, pos = seg.commit()
+                if not seg.cover(pos):
+                    pos = len(seg.view)
+                idx, tidx = seg.indexes()
+                if idx.trusted and tidx.trusted and all(
+                        seg.locate(base + idx.entry(i)[0], rel, pos)[2]
+                        for i in range(idx.count(rel, pos))):
+                    return  # every entry matches: someone rebuilt it already
+            finally:
+                seg.close()
+            _rebuild_indexes(self._meta, os.path.join(self._dir, F.segment_name(base)),
+                             base, pos)
+    def _roll(self, seg: ActiveSegment, rel: int) -> ActiveSegment:
+        """R1-R4 (under L)."""
+        meta = self._meta
+        new_base = seg.base + rel
+        for b in list_segments(self._dir):  # R1: orphans of a roll killed before R3
+            if b > seg.base:
+                _unlink_segment(self._dir, b)
+        seg_bytes, _, _, _, interval, _ = self._settings()
+        try:
+            ActiveSegment.create(self._dir, new_base, _now_ms(),
+                                 _index_slots(seg_bytes, interval))  # R2
+        except OSError as exc:
+            _unlink_segment(self._dir, new_base)
+            if isinstance(exc, DiskFullError):
+                raise
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFullError(exc.errno, f"no space left to start a new segment in "
+                                    f"{self._dir}; nothing acknowledged was lost") from exc
+            raise
+        if self._sync_every is not None:
+            _fsync_dir(self._dir)
+        if PAUSES:
+            pause("journal.roll.created")
+        meta.set(F.OFF_ACTIVE, new_base)  # R3
+        meta.bump()
+        seg = self._attach()
+        with contextlib.suppress(OSError):
+            self._retain_locked()  # R4 (best effort: the roll itself is done)
+        return seg
+
+    def sync(self) -> None:
+        """Make every record published so far survive power loss (fdatasync of the
+        segments written since the last sync, and of the directory)."""
+        meta = self._check_open()
+        active = meta.get(F.OFF_ACTIVE)
+        seg = self._segment_for_tail(active)
+        rel, pos = seg.commit()
+        rp_base = meta.get(F.OFF_RECOVERY)
+        for b in list_segments(self._dir):
+            if rp_base <= b <= active:
+                with contextlib.suppress(FileNotFoundError):
+                    fd = os.open(os.path.join(self._dir, F.segment_name(b)), os.O_RDONLY)
+                    try:
+                        os.fdatasync(fd)
+                    finally:
+                        os.close(fd)
+        _fsync_dir(self._dir)
+        self._last_sync = time.monotonic()
+        with self._lock:
+            old_base, old_word = meta.get(F.OFF_RECOVERY), meta.get(F.OFF_RECOVERY + 8)
+            if (active, pos) > (old_base, old_word & 0xFFFFFFFF):
+                meta.set(F.OFF_RECOVERY + 8, F.pack_commit(rel, pos))
+                meta.set(F.OFF_RECOVERY, active)
+        meta.region.sync(0, F.META_SIZE)
+
+    # --- retention ----------------------------------------------------------------------
+
+    def retain(self) -> list[int]:
+        """Apply retention now: delete whole sealed segments, oldest first, whose newest
+        record is older than retention_ms, and while the journal exceeds retention_bytes.
+        Returns the base offsets deleted.  The segment being written is never deleted."""
+        self._check_open()
+        with self._lock:
+            return self._retain_locked()
+
+    def _retain_locked(self) -> list[int]:
+        meta = self._meta
+        _, _, retention_ms, retention_bytes, _, delay = self._settings()
+        active = meta.get(F.OFF_ACTIVE)
+        start = meta.get(F.OFF_START)
+        bases = [b for b in list_segments(self._dir) if b <= active]
+        doomed = [b for b in bases if b < start]  # left by a retention killed in D3
+        live = [b for b in bases if b >= start]
+        sizes = {b: _size(self._dir, b) for b in live}
+        total = sum(sizes.values())
+        now = _now_ms()
+        picked: list[int] = []
+        for b in live[:-1]:
+            too_big = retention_bytes >= 0 and total > retention_bytes
+            too_old = False
+            if not too_big and retention_ms >= 0:
+                newest = self._newest_timestamp(b)
+                too_old = newest is not None and now - newest > retention_ms
+            if not (too_big or too_old):
+                break
+            picked.append(b)
+            total -= sizes[b]
+        if picked:
+            new_start = live[len(picked)]
+            meta.set(F.OFF_START, new_start)  # D2
+            meta.bump()
+            if PAUSES:
+                pause("journal.retain.started")
+        for b in doomed + picked:  # D3
+            stem = os.path.join(self._dir, F.segment_name(b))
+            for p in (stem, *index_paths(stem)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(p, p + ".deleted")
+        cutoff = time.time() - delay / 1000.0
+        for name in os.listdir(self._dir):
+            if name.endswith(".deleted"):
+                p = os.path.join(self._dir, name)
+                with contextlib.suppress(FileNotFoundError):
+                    if os.stat(p).st_ctime <= cutoff:
+                        os.unlink(p)
+        return picked
+
+    def _newest_timestamp(self, base: int) -> int | None:
+        seg = Segment.open(self._dir, base)
+        if seg is None:
+            return None
+        try:
+            rel, pos = seg.commit()
+            if not seg.cover(pos):
+                return None
+            p, _, _ = seg.locate_time(1 << 62, rel, pos)
+            newest = None
+            _, tidx = seg.indexes()
+            n = tidx.count(rel, pos)
+            if n:
+                newest = tidx.entry(n - 1)[0]
+            try:
+                for _, info in seg.batches(p, pos):
+                    if newest is None or info.max_timestamp > newest:
+                        newest = info.max_timestamp
+            except F.BatchError:
+                pass
+            return newest
+        finally:
+            seg.close()
+
+    # --- positions ----------------------------------------------------------------------
+
+    def _segment_for_tail(self, active: int) -> Segment:
+        seg = self._tail
+        if seg is not None and seg.base == active:
+            return seg
+        if seg is not None:
+            seg.close()
+            self._tail = None
+        fresh = Segment.open(self._dir, active)
+        if fresh is None:
+            raise CorruptFileError(f"{self._dir}: the active segment {active} is missing",
+                                   path=self._dir, offset=active)
+        self._tail = fresh
+        return fresh
+
+    @property
+    def start_offset(self) -> int:
+        """The oldest offset still kept (retention moves it forward)."""
+        return self._check_open().get(F.OFF_START)
+
+    @property
+    def end_offset(self) -> int:
+        """The offset the next record will get (one past the newest published record)."""
+        meta = self._check_open()
+        while True:
+            active = meta.get(F.OFF_ACTIVE)
+            seg = self._segment_for_tail(active)
+            rel, _ = seg.commit()
+            if meta.get(F.OFF_ACTIVE) == active:
+                return active + rel
+
+    def offset_for_time(self, timestamp_ms: int) -> int | None:
+        """The first offset whose record has a timestamp >= ``timestamp_ms`` (None when
+        every record is older), found through the time indexes."""
+        meta = self._check_open()
+        start, active = meta.get(F.OFF_START), meta.get(F.OFF_ACTIVE)
+        for b in list_segments(self._dir):
+            if not start <= b <= active and not (b < start < b + 1):
+                continue
+            newest = self._newest_timestamp(b)
+            if newest is None or newest < timestamp_ms:
+                continue
+            seg = Segment.open(self._dir, b)
+            if seg is None:
+                continue
+            try:
+                rel, pos = seg.commit()
+                seg.cover(pos)
+                p, _, _ = seg.locate_time(timestamp_ms, rel, pos)
+                try:
+                    for bp, info in seg.batches(p, pos):
+                        if info.max_timestamp < timestamp_ms:
+                            continue
+                        for r in F.decode_batch(seg.view, bp, info):
+                            if r.timestamp_ms >= timestamp_ms and r.offset >= start:
+                                return r.offset
+                except F.BatchError:
+                    continue
+            finally:
+                seg.close()
+        return None
+
+    # --- reading ------------------------------------------------------------------------
+
+    def reader(self, from_offset: str | int = "earliest", *, follow: bool = False,
+               timeout: float | None = None) -> Reader:
+        """Iterate records from ``from_offset`` ("earliest", "latest" or an offset).
+        ``follow=True`` tails: iteration waits for new records (up to ``timeout`` seconds
+        of silence, None = forever)."""
+        from .reader import Reader
+        self._check_open()
+        return Reader(self, from_offset, follow=follow, timeout=timeout)
+
+    def consumer(self, name: str, *, reset: str = "earliest") -> Consumer:
+        """A named consumer whose committed position survives restarts."""
+        from .consumer import Consumer
+        self._check_open()
+        return Consumer(self, name, reset=reset)
+
+    def _offsets(self) -> KV:
+        with self._kv_lock:
+            if self._kv is None:
+                from ..kv import KV
+                self._kv = KV(os.path.join(self._dir, OFFSETS_NAME), multiprocess=True)
+            return self._kv
+
+    # --- reports ------------------------------------------------------------------------
+
+    def statistics(self) -> JournalStatistics:
+        meta = self._check_open()
+        seg_bytes, seg_ms, ret_ms, ret_bytes, _, _ = self._settings()
+        start, end = self.start_offset, self.end_offset
+        bases = [b for b in list_segments(self._dir)
+                 if start <= b <= meta.get(F.OFF_ACTIVE) or b == start]
+        return JournalStatistics(
+            start_offset=start, end_offset=end, records=end - start, segments=len(bases),
+            bytes=sum(_size(self._dir, b) for b in bases),
+            active_base=meta.get(F.OFF_ACTIVE), segment_bytes=seg_bytes, segment_ms=seg_ms,
+            retention_ms=None if ret_ms < 0 else ret_ms,
+            retention_bytes=None if ret_bytes < 0 else ret_bytes,
+            appended=self._appended, recovered=self._recovery is not None)
+
+    @property
+    def recovery(self) -> RecoveryReport | None:
+        """What power-loss recovery cut when this handle opened (None: nothing ran)."""
+        return self._recovery
+
+    @classmethod
+    def check(cls, path: str | os.PathLike[str]) -> CheckReport:
+        """Verify every batch, the offsets across segments and the indexes; report what
+        is wrong.  Changes nothing (files are opened read-only)."""
+        from .check import check_journal
+        return check_journal(os.path.abspath(os.fspath(path)))
+
+    # --- power loss ---------------------------------------------------------------------
+
+    def _recover_power_loss(self) -> RecoveryReport | None:
+        """P1 (under L): the machine rebooted since the last writer stamped the meta page,
+        so bytes after the last sync may be missing or scrambled: verify from the recovery
+        point and cut at the first bad batch."""
+        meta = self._meta
+        rp_base, rp_word = meta.get(F.OFF_RECOVERY), meta.get(F.OFF_RECOVERY + 8)
+        active = meta.get(F.OFF_ACTIVE)
+        bases = [b for b in list_segments(self._dir) if b >= rp_base]
+        cut_records = cut_bytes = 0
+        removed: list[int] = []
+        reason = ""
+        keep_base = rp_base
+        expected_base = rp_base
+        for i, b in enumerate(bases):
+            if b > active or b != expected_base or reason:
+                if b <= active and not reason:
+                    reason = f"segment {b} does not follow segment {keep_base}"
+                if b <= active:
+                    cut_bytes += _size(self._dir, b)
+                    removed.append(b)
+                _unlink_segment(self._dir, b)
+                continue
+            path = os.path.join(self._dir, F.segment_name(b))
+            try:
+                seg = ActiveSegment(path, b)
+            except (CorruptFileError, ForeignFileError, FormatVersionError, OSError) as exc:
+                reason = f"segment {b}: {exc}"
+                if i == 0:
+                    raise
+                removed.append(b)
+                _unlink_segment(self._dir, b)
+                continue
+            try:
+                rel, pos = seg.commit()
+                size = os.fstat(seg.fd).st_size
+                start_pos, start_rel = F.SEGMENT_HEADER, 0
+                if b == rp_base:
+                    r0, p0 = F.unpack_commit(rp_word)
+                    if F.SEGMENT_HEADER <= p0 <= min(pos, size):
+                        start_rel, start_pos = r0, p0
+                good_rel, good_pos = start_rel, start_pos
+                limit = min(pos, size)
+                with _ReadMap(seg.fd, max(limit, F.SEGMENT_HEADER)) as view:
+                    p = start_pos
+                    while p < pos:
+                        try:
+                            info = F.read_batch_header(view, p, limit)
+                        except F.BatchError as exc:
+                            reason = f"segment {b}: {exc}"
+                            break
+                        if info.first_offset != b + good_rel:
+                            reason = f"segment {b}: batch at {p} has offset {info.first_offset}"
+                            break
+                        good_rel += info.records
+                        good_pos = p + info.length
+                        p = good_pos
+                if (good_rel, good_pos) != (rel, pos):
+                    cut_records += rel - good_rel
+                    cut_bytes += pos - good_pos
+                    seg.publish(good_rel, good_pos)
+                    os.fdatasync(seg.fd)
+                keep_base = b
+                expected_base = b + good_rel
+            finally:
+                seg.close()
+        if keep_base != active:
+            meta.set(F.OFF_ACTIVE, keep_base)
+        if not reason and not cut_records:
+            return None
+        report = RecoveryReport(kept_end_offset=expected_base, cut_records=cut_records,
+                                cut_bytes=cut_bytes, removed_segments=tuple(removed),
+                                reason=reason or "records past the end of the data")
+        warnings.warn(JournalRecoveryWarning(
+            f"{self._dir}: recovered after a power loss: kept offsets up to "
+            f"{expected_base}, cut {cut_records} unsynced record(s) ({cut_bytes} bytes): "
+            f"{report.reason}"), stacklevel=3)
+        return report
+
+    # --- life cycle ---------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._closed and not hasattr(self, "_meta"):
+            return
+        self._closed = True
+        for seg in (self._active, self._tail):
+            if seg is not None:
+                seg.close()
+        self._active = self._tail = None
+        if getattr(self, "_waiter", None) is not None:
+            assert self._waiter is not None
+            self._waiter.close()
+            self._waiter = None
+        if getattr(self, "_kv", None) is not None:
+            assert self._kv is not None
+            self._kv.close()
+            self._kv = None
+        if hasattr(self, "_lock"):
+            self._lock.close()
+        if hasattr(self, "_meta"):
+            self._meta.close()
+            del self._meta
+
+    def __enter__(self) -> Journal:
+        self._check_open()
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, v: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<mmapkit.Journal {self._dir!r}{' closed' if self._closed else ''}>"
+
+
+class _WriterLock:
+    """L: an exclusive flock on journal.meta, re-entrant per thread, excluding this
+    process's other threads (a threading.RLock in front), taken afresh by a fork child
+    (which reopens the file so its flock is its own).  Cheaper than FileLock's general
+    shared/exclusive state machine on the append path: two syscalls an append."""
+
+    __slots__ = ("_depth", "_fd", "_path", "_pid", "_t")
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        self._pid = os.getpid()
+        self._t = threading.RLock()
+        self._depth = 0
+
+    def acquire(self) -> None:
+        self._t.acquire()
+        if self._depth == 0:
+            if self._pid != os.getpid():
+                self._fd = os.open(self._path, os.O_RDWR | os.O_CLOEXEC)
+                self._pid = os.getpid()
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+            except BaseException:
+                self._t.release()
+                raise
+        self._depth += 1
+
+    def release(self) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._t.release()
+
+    def __enter__(self) -> None:
+        self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class _ReadMap:
+    """A temporary read-only mapping of the first ``size`` bytes of a descriptor."""
+
+    def __init__(self, fd: int, size: int) -> None:
+        import mmap
+        self._map = mmap.mmap(fd, size, access=mmap.ACCESS_READ) if size else None
+        self._view = memoryview(self._map) if self._map is not None else memoryview(b"")
+
+    def __enter__(self) -> memoryview:
+        return self._view
+
+    def __exit__(self, *exc: object) -> None:
+        self._view.release()
+        if self._map is not None:
+            self._map.close()
+
+
+def _rebuild_indexes(meta: _Meta, path: str, base: int, pos: int) -> None:
+    """Write fresh index files for the segment at ``path`` from its log (up to ``pos``) and
+    rename them into place (under L: a mapped old index is replaced, never rewritten)."""
+    interval = struct.unpack_from("<I", meta.region.view, F.OFF_INDEX_INTERVAL)[0]
+    seg_bytes = meta.get(F.OFF_SEGMENT_BYTES)
+    slots = max(_index_slots(seg_bytes, interval), pos // max(interval, 1) + 2)
+    slots = min(slots, _MAX_INDEX_SLOTS)
+    ipath, tpath = index_paths(path)
+    entries: list[tuple[int, int, int]] = []
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with _ReadMap(fd, pos) as view:
+            p, last, max_ts = F.SEGMENT_HEADER, F.SEGMENT_HEADER, -(1 << 63)
+            while p < pos:
+                try:
+                    info = F.read_batch_header(view, p, pos)
+                except F.BatchError:
+                    break  # damage: index what verifies before it
+                if p - last >= interval and len(entries) < slots:
+                    entries.append((info.first_offset - base, p, max_ts))
+                    last = p
+                max_ts = max(max_ts, info.max_timestamp)
+                p += info.length
+    finally:
+        os.close(fd)
+    for kind, path in (("offset", ipath), ("time", tpath)):
+        tmp = path + ".rebuild"
+        SparseIndex.create(tmp, kind, base, slots)
+        ix = SparseIndex(tmp, kind, base, writable=True)
+        try:
+            for i, (r, p, ts) in enumerate(entries):
+                if kind == "offset":
+                    ix.set_entry(i, r, p)
+                elif ts > -(1 << 63):
+                    ix.set_entry(i, ts, r + 1)
+        finally:
+            ix.close()
+        os.replace(tmp, path)
+
+
+def _index_slots(segment_bytes: int, interval: int) -> int:
+    return min(segment_bytes // max(interval, 1) + 2, _MAX_INDEX_SLOTS)
+
+
+def _size(directory: str, base: int) -> int:
+    try:
+        return os.stat(os.path.join(directory, F.segment_name(base))).st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _unlink_segment(directory: str, base: int) -> None:
+    stem = os.path.join(directory, F.segment_name(base))
+    for p in (stem, *index_paths(stem)):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(p)
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

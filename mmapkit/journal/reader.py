@@ -1,0 +1,278 @@
+"""Reader: iterate a journal's records from an offset, and tail it (``follow=True``).
+
+Design rules:
+
+- A reader takes no lock and writes nothing of the journal (its only store is the meta
+  page's waiters word, a hint that asks writers to wake it).
+- It reads one segment at a time through a read-only mapping, up to the commit word W it
+  read last; every byte below W is whole.  At W it reads A (the active base): if A has
+  moved past its segment, it reads W once more (now final) and opens the segment at
+  ``base + records(W)``.
+- Damage (a batch that does not verify, a file cut short) raises CorruptFileError naming
+  the offset range lost; the reader is then positioned after it, so iterating again goes
+  on with the rest.  An offset retention removed raises OffsetOutOfRangeError.
+- Tailing sleeps on the meta page's notify word (futex), never on the directory.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
+
+from ..errors import CorruptFileError, OffsetOutOfRangeError
+from . import _format as F
+from ._format import Record
+from .segment import Segment, list_segments
+
+if TYPE_CHECKING:
+    from .journal import Journal
+
+__all__ = ["Reader"]
+
+_WAIT_SLICE = 0.1
+
+
+class Reader:
+    """Records of a journal from an offset on; see :meth:`Journal.reader`."""
+
+    def __init__(self, journal: Journal, from_offset: str | int = "earliest", *,
+                 follow: bool = False, timeout: float | None = None) -> None:
+        self._j = journal
+        self._meta = journal._check_open()
+        self._dir = journal.path
+        self.follow = follow
+        self.timeout = timeout
+        self._seg: Segment | None = None
+        self._pos = 0          # next batch position in _seg
+        self._next = 0         # next offset to return
+        self._buf: list[Record] = []
+        self._bi = 0
+        self._closed = False
+        self.seek(from_offset)
+
+    # --- positioning --------------------------------------------------------------------
+
+    @property
+    def position(self) -> int:
+        """The offset of the next record this reader returns."""
+        return self._next
+
+    def seek(self, offset: str | int) -> None:
+        """Go to ``offset`` ("earliest", "latest" or a number in [start, end])."""
+        self._drop()
+        if offset == "earliest":
+            self._next = self._meta.get(F.OFF_START)
+        elif offset == "latest":
+            self._next = self._j.end_offset
+        elif isinstance(offset, int) and not isinstance(offset, bool):
+            self._next = offset
+            start, end = self._meta.get(F.OFF_START), self._j.end_offset
+            if not start <= offset <= end:
+                raise OffsetOutOfRangeError(
+                    f"offset {offset} is outside the journal's records [{start}, {end}); "
+                    "seek to 'earliest' or 'latest'", offset=offset, start=start, end=end)
+        else:
+            raise ValueError(f"from_offset must be 'earliest', 'latest' or an int, got "
+                             f"{offset!r}")
+
+    def _drop(self) -> None:
+        if self._seg is not None:
+            self._seg.close()
+            self._seg = None
+        self._buf = []
+        self._bi = 0
+
+    def _open_for(self, offset: int) -> None:
+        """Open the segment holding ``offset`` (or the one it will be appended to)."""
+        meta = self._meta
+        for _ in range(100):
+            start, active = meta.get(F.OFF_START), meta.get(F.OFF_ACTIVE)
+            if offset < start:
+                raise self._out_of_range(offset)
+            bases = [b for b in list_segments(self._dir) if b <= active]
+            cands = [b for b in bases if b <= offset]
+            if not cands:
+                if meta.get(F.OFF_START) != start or meta.get(F.OFF_ACTIVE) != active:
+                    continue  # retention or a roll moved on while we listed
+                raise self._out_of_range(offset)
+            seg = Segment.open(self._dir, cands[-1])
+            if seg is None:
+                continue  # retention removed it since we listed: look again
+            rel, pos = seg.commit()
+            if offset > seg.base + rel:
+                nxt = meta.get(F.OFF_ACTIVE)
+                seg.close()
+                if nxt > cands[-1]:
+                    continue  # it was sealed and the next one exists: list again
+                raise self._out_of_range(offset)
+            if not seg.cover(pos):
+                pos = len(seg.view)
+            p, _, trusted = seg.locate(offset, rel, pos)
+            if not trusted and seg.base < active:
+                seg.drop_indexes()
+                self._j._repair_indexes(seg.base)
+            self._seg, self._pos = seg, p
+            return
+        raise self._out_of_range(offset)
+
+    def _out_of_range(self, offset: int) -> OffsetOutOfRangeError:
+        start, end = self._meta.get(F.OFF_START), self._j.end_offset
+        why = "retention deleted it" if offset < start else "it is past the end"
+        return OffsetOutOfRangeError(
+            f"offset {offset} is no longer in the journal ({why}; records now span "
+            f"[{start}, {end})); seek to 'earliest' or 'latest'", offset=offset, start=start,
+            end=end)
+
+    # --- reading ------------------------------------------------------------------------
+
+    def _fill(self) -> bool:
+        """Load the next batch into the buffer; False when none is published yet."""
+        meta = self._meta
+        while True:
+            if self._seg is None:
+                self._open_for(self._next)
+            seg = self._seg
+            assert seg is not None
+            rel, pos_end = seg.commit()
+            if self._pos < pos_end:
+                limit = pos_end if seg.cover(pos_end) else len(seg.view)
+                try:
+                    info = F.read_batch_header(seg.view, self._pos, limit)
+                    if info.first_offset + info.records <= self._next:
+                        self._pos += info.length  # before the offset we look for
+                        continue
+                    if info.first_offset > self._next:
+                        raise F.BatchError(f"offsets {self._next}..{info.first_offset} are "
+                                           "missing before the batch at {self._pos}")
+                    recs = list(F.decode_batch(seg.view, self._pos, info))
+                except F.BatchError as exc:
+                    self._skip_damage(seg, rel, pos_end, limit, str(exc))
+                self._pos += info.length
+                k = self._next - info.first_offset
+                self._buf, self._bi = recs, k
+                return True
+            # At W: has the writer moved on to a newer segment?
+            if meta.get(F.OFF_ACTIVE) <= seg.base:
+                return False
+            rel, pos_end = seg.commit()  # final now (A was read first)
+            if self._pos < pos_end:
+                continue
+            nxt = seg.base + rel
+            seg.close()
+            self._seg = None
+            if self._next < nxt:  # defensive: never skip offsets silently
+                self._next = nxt
+            self._open_for(self._next)
+
+    def _skip_damage(self, seg: Segment, rel: int, pos_end: int, limit: int,
+                     why: str) -> None:
+        """Position after damaged bytes at ``self._pos`` and raise CorruptFileError."""
+        first = self._next
+        resume_pos, resume_off = pos_end, seg.base + rel
+        idx, _ = seg.indexes()
+        n = idx.count(rel, pos_end)
+        for i in range(n):
+            r, p = idx.entry(i)
+            if p <= self._pos or seg.base + r <= first:
+                continue
+            try:
+                info = F.read_batch_header(seg.view, p, limit)
+            except F.BatchError:
+                continue
+            if info.first_offset == seg.base + r:
+                resume_pos, resume_off = p, info.first_offset
+                break
+        self._pos, self._next = resume_pos, resume_off
+        raise CorruptFileError(
+            f"{seg.path}: records [{first}, {resume_off}) are damaged ({why}); the reader "
+            f"goes on at offset {resume_off}; run Journal.check() for a report",
+            path=seg.path, offset=first, lost=resume_off - first)
+
+    def _take(self, max_records: int) -> list[Record]:
+        out: list[Record] = []
+        while len(out) < max_records:
+            if self._bi >= len(self._buf) and not self._fill():
+                break
+            take = self._buf[self._bi : self._bi + max_records - len(out)]
+            self._bi += len(take)
+            out.extend(take)
+            self._next = out[-1].offset + 1
+        return out
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Sleep until a record past this reader's position is published (True) or
+        ``timeout`` seconds pass (False)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        meta = self._meta
+        waiter = self._j._get_waiter()
+        while True:
+            seen = waiter.load()
+            if self._bi < len(self._buf) or self._fill():
+                return True
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            meta.u32[F.OFF_WAITERS // 4] = 1
+            if waiter.load() != seen:
+                continue
+            waiter.wait(seen, _WAIT_SLICE if remaining is None else min(remaining,
+                                                                          _WAIT_SLICE))
+
+    def poll(self, max_records: int = 500, timeout: float | None = 0.0) -> list[Record]:
+        """Up to ``max_records`` records; waits up to ``timeout`` seconds (None: forever)
+        for the first one when none is there yet."""
+        if max_records <= 0:
+            raise ValueError(f"max_records must be positive, got {max_records}")
+        self._j._check_open()
+        out = self._take(max_records)
+        if out or timeout == 0:
+            return out
+        if self.wait(timeout):
+            out = self._take(max_records)
+        return out
+
+    def __iter__(self) -> Iterator[Record]:
+        return self
+
+    def __next__(self) -> Record:
+        got = self._take(1)
+        if got:
+            return got[0]
+        if self.follow and self.wait(self.timeout):
+            got = self._take(1)
+            if got:
+                return got[0]
+        raise StopIteration
+
+    def __aiter__(self) -> AsyncIterator[Record]:
+        return self._async_iter()
+
+    async def _async_iter(self) -> AsyncIterator[Record]:
+        import asyncio
+        loop = asyncio.get_running_loop()
+        idle_since = time.monotonic()
+        while True:
+            got = self._take(500)
+            for r in got:
+                yield r
+            if got:
+                idle_since = time.monotonic()
+                continue
+            if not self.follow:
+                return
+            if self.timeout is not None and time.monotonic() - idle_since >= self.timeout:
+                return
+            # Wait in a worker thread in short slices (the futex call releases the GIL;
+            # a slice bounds how long a cancelled iteration leaves the thread busy).
+            await loop.run_in_executor(None, self.wait, _WAIT_SLICE * 5)
+
+    def close(self) -> None:
+        self._drop()
+        self._closed = True
+
+    def __enter__(self) -> Reader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,291 @@
+"""One segment file: a read-only mapped view (any process) and the writer's side.
+
+Design rules:
+
+- A segment is ``<20-digit base>.log``: a 64-byte header (fixed part checksummed, then the
+  commit word W) and batches.  Bytes below W's position are never rewritten; bytes past
+  it are nobody's (a writer killed after writing but before publishing left them; the
+  next writer overwrites them).
+- Readers map the file read-only and read W once per look: every byte below W's position
+  is whole (the writer wrote it before storing W; x86 keeps stores in order).  A W past
+  the mapping is growth: remap.  A W past the *file* is damage (the file was cut).
+- The writer appends with pwrite (a full disk is ENOSPC -> DiskFullError, never SIGBUS)
+  and publishes with one aligned 8-byte store into its own small mapping of the header.
+- A segment is never truncated and never rewritten in place while it may be mapped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import struct
+from collections.abc import Iterator
+
+from ..errors import CorruptFileError, ForeignFileError, FormatVersionError
+from . import _format as F
+from .index import SparseIndex, index_paths
+
+__all__ = ["ActiveSegment", "Segment", "list_segments"]
+
+_Q = struct.Struct("<Q")
+
+
+def list_segments(directory: str) -> list[int]:
+    """Base offsets of the ``.log`` files in ``directory``, ascending."""
+    bases = []
+    for name in os.listdir(directory):
+        if len(name) == 24 and name.endswith(".log") and name[:20].isdigit():
+            bases.append(int(name[:20]))
+    bases.sort()
+    return bases
+
+
+def check_header(raw: memoryview | bytes, path: str, base: int | None) -> int:
+    """Verify a segment header; returns its base offset."""
+    magic, version, _flags, hsize, hbase = F.SEG_HEAD.unpack_from(raw, 0)
+    if magic != F.SEG_MAGIC:
+        raise ForeignFileError(f"{path} is not a journal segment (bad magic {magic!r})",
+                               path=path)
+    if version > F.VERSION:
+        raise FormatVersionError(
+            f"{path} was written by a newer mmapkit (segment format {version}, this one "
+            f"reads up to {F.VERSION}); upgrade mmapkit", path=path, found=version,
+            supported=F.VERSION)
+    (crc,) = struct.unpack_from("<I", raw, F.OFF_SEG_CRC)
+    if hsize != F.SEGMENT_HEADER or crc != F.segment_header_crc(raw):
+        raise CorruptFileError(f"{path}: the segment header is damaged", path=path, offset=0)
+    if base is not None and hbase != base:
+        raise CorruptFileError(f"{path}: the header names base offset {hbase}, the file "
+                               f"name {base}", path=path, offset=0)
+    return int(hbase)
+
+
+class Segment:
+    """A read-only mapped view of one segment (opened by name, kept by descriptor, so a
+    retention rename or unlink in another process does not disturb it)."""
+
+    __slots__ = ("_fd", "_idx", "_map", "_tidx", "_view", "_w", "base", "path")
+
+    def __init__(self, path: str, base: int, fd: int) -> None:
+        self.path = path
+        self.base = base
+        self._fd = fd
+        self._map: mmap.mmap | None = None
+        self._view: memoryview | None = None
+        self._w: memoryview | None = None
+        self._idx: SparseIndex | None = None
+        self._tidx: SparseIndex | None = None
+        try:
+            size = os.fstat(fd).st_size
+            if size < F.SEGMENT_HEADER:
+                raise CorruptFileError(f"{path} is shorter than a segment header", path=path,
+                                       offset=0)
+            self._remap(size)
+            assert self._view is not None
+            check_header(self._view, path, base)
+        except BaseException:
+            self.close()
+            raise
+
+    @classmethod
+    def open(cls, directory: str, base: int) -> Segment | None:
+        """Open the segment at ``base``; None when it is gone (retention renamed it to
+        ``.deleted`` and that is gone too)."""
+        path = os.path.join(directory, F.segment_name(base))
+        for p in (path, path + ".deleted"):
+            try:
+                fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            return cls(path, base, fd)
+        return None
+
+    def _remap(self, size: int) -> None:
+        if self._w is not None:
+            self._w.release()
+        if self._view is not None:
+            self._view.release()
+        if self._map is not None:
+            with contextlib.suppress(BufferError):
+                self._map.close()
+        self._map = mmap.mmap(self._fd, size, access=mmap.ACCESS_READ)
+        self._view = memoryview(self._map)
+        self._w = self._view[F.OFF_COMMIT : F.OFF_COMMIT + 8].cast("Q")
+
+    @property
+    def view(self) -> memoryview:
+        assert self._view is not None
+        return self._view
+
+    def commit(self) -> tuple[int, int]:
+        """(records, end position) as published now (one load of W)."""
+        assert self._w is not None
+        word = int(self._w[0])
+        return word >> 32, word & 0xFFFFFFFF
+
+    def cover(self, pos_end: int) -> bool:
+        """Make the mapping reach ``pos_end``; False when the file is shorter (cut)."""
+        assert self._view is not None
+        if pos_end <= len(self._view):
+            return True
+        size = os.fstat(self._fd).st_size
+        if size < pos_end:
+            if size > len(self._view):
+                self._remap(size)
+            return False
+        self._remap(size)
+        return True
+
+    def indexes(self) -> tuple[SparseIndex, SparseIndex]:
+        if self._idx is None or self._tidx is None:
+            ipath, tpath = index_paths(self.path)
+            self._idx = SparseIndex(ipath, "offset", self.base, writable=False)
+            self._tidx = SparseIndex(tpath, "time", self.base, writable=False)
+        return self._idx, self._tidx
+
+    def drop_indexes(self) -> None:
+        """Forget the mapped indexes (another process rebuilt them: map the new files)."""
+        for ix in (self._idx, self._tidx):
+            if ix is not None:
+                ix.close()
+        self._idx = self._tidx = None
+
+    def locate(self, offset: int, rel_end: int, pos_end: int) -> tuple[int, int, bool]:
+        """Where to start scanning for ``offset``: (position, first offset there, trusted).
+
+        ``trusted`` is False when the index disagreed with the log (the caller scanned
+        from the segment start, and a writer should rebuild the index)."""
+        idx, _ = self.indexes()
+        n = idx.count(rel_end, pos_end)
+        i = idx.floor(offset - self.base, n)
+        if i < 0:
+            return F.SEGMENT_HEADER, self.base, idx.trusted
+        rel, pos = idx.entry(i)
+        try:
+            info = F.read_batch_header(self.view, pos, pos_end, verify=False)
+        except F.BatchError:
+            return F.SEGMENT_HEADER, self.base, False
+        if info.first_offset != self.base + rel:
+            return F.SEGMENT_HEADER, self.base, False
+        return pos, self.base + rel, True
+
+    def locate_time(self, ts: int, rel_end: int, pos_end: int) -> tuple[int, int, bool]:
+        """Where to start scanning for the first record with timestamp >= ``ts``."""
+        _, tidx = self.indexes()
+        n = tidx.count(rel_end, pos_end)
+        i = tidx.floor(ts, n)
+        if i < 0:
+            return F.SEGMENT_HEADER, self.base, tidx.trusted
+        _, rel1 = tidx.entry(i)
+        return self.locate(self.base + rel1 - 1, rel_end, pos_end)
+
+    def batches(self, pos: int, pos_end: int) -> Iterator[tuple[int, F.BatchInfo]]:
+        """Verified batches from ``pos`` up to ``pos_end`` (BatchError at damage)."""
+        view = self.view
+        while pos < pos_end:
+            info = F.read_batch_header(view, pos, pos_end)
+            yield pos, info
+            pos += info.length
+
+    def close(self) -> None:
+        self.drop_indexes()
+        for v in (self._w, self._view):
+            if v is not None:
+                v.release()
+        self._w = self._view = None
+        if self._map is not None:
+            with contextlib.suppress(BufferError):
+                self._map.close()
+            self._map = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class ActiveSegment:
+    """The writer's side of the newest segment: its descriptor, a writable mapping of the
+    header (for W), the writable indexes and what the writer tracks between appends."""
+
+    __slots__ = ("_hmap", "_hview", "_w", "base", "created_ms", "fd", "idx", "idx_n",
+                 "last_indexed", "max_ts", "path", "seen", "tidx", "tidx_n")
+
+    def __init__(self, path: str, base: int) -> None:
+        self.path = path
+        self.base = base
+        self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        self._hmap: mmap.mmap | None = None
+        self._hview: memoryview | None = None
+        self._w: memoryview | None = None
+        self.idx: SparseIndex | None = None
+        self.tidx: SparseIndex | None = None
+        try:
+            if os.fstat(self.fd).st_size < F.SEGMENT_HEADER:
+                raise CorruptFileError(f"{path} is shorter than a segment header", path=path,
+                                       offset=0)
+            self._hmap = mmap.mmap(self.fd, F.SEGMENT_HEADER, access=mmap.ACCESS_WRITE)
+            self._hview = memoryview(self._hmap)
+            check_header(self._hview, path, base)
+            self._w = self._hview[F.OFF_COMMIT : F.OFF_COMMIT + 8].cast("Q")
+            (self.created_ms,) = struct.unpack_from("<q", self._hview, F.OFF_SEG_CREATED)
+        except BaseException:
+            self.close()
+            raise
+        self.idx_n = self.tidx_n = 0
+        self.last_indexed = 0  # position of the last indexed batch (0: none yet)
+        self.max_ts = -(1 << 63)
+        self.seen = (-1, -1)  # (records, position) of W when this writer last synced
+
+    @staticmethod
+    def create(directory: str, base: int, created_ms: int, index_slots: int) -> str:
+        """Write a new empty segment and its indexes under their final names (each file
+        complete before its name appears); returns the segment's path."""
+        path = os.path.join(directory, F.segment_name(base))
+        ipath, tpath = index_paths(path)
+        SparseIndex.create(ipath, "offset", base, index_slots)
+        SparseIndex.create(tpath, "time", base, index_slots)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            data = F.encode_segment_header(base, created_ms)
+            if os.write(fd, data) != len(data):
+                raise OSError(28, "short write")
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        os.close(fd)
+        os.replace(tmp, path)
+        return path
+
+    def commit(self) -> tuple[int, int]:
+        assert self._w is not None
+        word = int(self._w[0])
+        return word >> 32, word & 0xFFFFFFFF
+
+    def publish(self, records: int, pos: int) -> None:
+        assert self._w is not None
+        self._w[0] = (records << 32) | pos
+
+    def open_indexes(self) -> None:
+        ipath, tpath = index_paths(self.path)
+        self.idx = SparseIndex(ipath, "offset", self.base, writable=True)
+        self.tidx = SparseIndex(tpath, "time", self.base, writable=True)
+
+    def close(self) -> None:
+        for ix in (self.idx, self.tidx):
+            if ix is not None:
+                ix.close()
+        self.idx = self.tidx = None
+        for v in (self._w, self._hview):
+            if v is not None:
+                v.release()
+        self._w = self._hview = None
+        if self._hmap is not None:
+            with contextlib.suppress(BufferError):
+                self._hmap.close()
+            self._hmap = None
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1

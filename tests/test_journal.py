@@ -1,0 +1,259 @@
+"""Journal in one process: records, batches, rolls, retention, readers, consumers, indexes."""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+from pathlib import Path
+
+import pytest
+
+import mmapkit
+from mmapkit import Journal
+from mmapkit.errors import (
+    ClosedError,
+    ForeignFileError,
+    FormatVersionError,
+    MessageTooLargeError,
+    OffsetOutOfRangeError,
+    OutOfRangeError,
+)
+
+
+def values(j: Journal, start: str | int = "earliest") -> list[bytes]:
+    return [r.value for r in j.reader(start)]
+
+
+def test_append_and_read_back_every_field(tmp_path: Path) -> None:
+    with Journal(tmp_path / "j", create=True) as j:
+        assert (j.start_offset, j.end_offset) == (0, 0)
+        assert j.append(b"a", key=b"k", headers={"h": b"1"}, timestamp_ms=7) == 0
+        assert j.append(bytearray(b"b")) == 1
+        assert j.append_many([b"c", (b"d", b"kd"), {"value": b"e", "headers": [("x", b"y")],
+                                                      "timestamp_ms": 9}]) == 2
+        recs = list(j.reader())
+        assert [r.offset for r in recs] == [0, 1, 2, 3, 4]
+        assert recs[0] == (0, 7, b"k", b"a", (("h", b"1"),))
+        assert recs[1].key is None and recs[1].headers == ()
+        assert recs[3].key == b"kd" and recs[4].headers == (("x", b"y"),)
+        assert recs[4].timestamp_ms == 9
+        assert j.end_offset == 5
+    with Journal(tmp_path / "j") as j:  # reopen: same records
+        assert values(j) == [b"a", b"b", b"c", b"d", b"e"]
+        assert values(j, 3) == [b"d", b"e"]
+        assert values(j, "latest") == []
+        assert Journal.check(tmp_path / "j").ok
+
+
+def test_bad_arguments_are_refused_clearly(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="create=True"):
+        Journal(tmp_path / "none")
+    with Journal(tmp_path / "j", create=True, segment_bytes=4096) as j:
+        with pytest.raises(TypeError, match="bytes-like"):
+            j.append("text")  # type: ignore[arg-type]
+        with pytest.raises(MessageTooLargeError):
+            j.append(b"x" * 5000)
+        with pytest.raises(MessageTooLargeError):  # all or nothing
+            j.append_many([b"x"] * 10 + [b"y" * 5000])
+        with pytest.raises(ValueError):
+            j.append_many([])
+        assert j.end_offset == 0
+        with pytest.raises(OffsetOutOfRangeError):
+            j.reader(5)
+        with pytest.raises(ValueError):
+            j.reader("middle")
+    with pytest.raises(ClosedError):
+        j.append(b"x")
+    with pytest.raises(ValueError):
+        Journal(tmp_path / "k", create=True, sync="sometimes")
+
+
+def test_foreign_and_newer_files_say_so(tmp_path: Path) -> None:
+    d = tmp_path / "j"
+    Journal(d, create=True).close()
+    meta = d / "journal.meta"
+    raw = bytearray(meta.read_bytes())
+    struct.pack_into("<H", raw, 8, 99)
+    meta.write_bytes(raw)
+    with pytest.raises(FormatVersionError, match="newer"):
+        Journal(d)
+    meta.write_bytes(b"hello" * 1000)
+    with pytest.raises(ForeignFileError):
+        Journal(d)
+    (tmp_path / "k").mkdir()
+    (tmp_path / "k" / "00000000000000000000.log").write_bytes(b"x")
+    with pytest.raises(ForeignFileError):
+        Journal(tmp_path / "k", create=True)
+
+
+def test_segments_roll_by_size_and_offsets_stay_dense(tmp_path: Path) -> None:
+    with Journal(tmp_path / "j", create=True, segment_bytes=1024, index_interval=128) as j:
+        for i in range(500):
+            assert j.append(b"%05d" % i + b"." * 30) == i
+        logs = sorted(p.name for p in (tmp_path / "j").glob("*.log"))
+        assert len(logs) > 10
+        bases = [int(n[:20]) for n in logs]
+        assert bases[0] == 0 and bases == sorted(bases)
+        assert all(os.path.getsize(tmp_path / "j" / n) <= 1024 for n in logs)
+        assert [int(v[:5]) for v in values(j)] == list(range(500))
+        for start in (0, 1, 137, bases[3], bases[3] - 1, 499, 500):  # seek via the index
+            got = [r.offset for r in j.reader(start)]
+            assert got == list(range(start, 500))
+        assert j.statistics().segments == len(logs)
+        report = Journal.check(tmp_path / "j")
+        assert report.ok, report.problems
+        assert (report.records, report.end_offset) == (500, 500)
+
+
+def test_segments_roll_by_age(tmp_path: Path) -> None:
+    with Journal(tmp_path / "j", create=True, segment_ms=0) as j:
+        for i in range(5):
+            j.append(b"%d" % i)
+        assert len(list((tmp_path / "j").glob("*.log"))) == 5
+        assert values(j) == [b"0", b"1", b"2", b"3", b"4"]
+
+
+def test_retention_by_bytes_and_age_deletes_whole_sealed_segments(tmp_path: Path) -> None:
+    d = tmp_path / "j"
+    with Journal(d, create=True, segment_bytes=1024, retention_ms=10**9,
+                 delete_delay_ms=0) as j:
+        for _i in range(300):
+            j.append(b"x" * 40)
+        reader = j.reader(0)  # a reader in the middle of the oldest segment keeps reading
+        assert next(reader).offset == 0
+        j2 = Journal(d, retention_bytes=4096)  # an explicit setting changes the journal
+        deleted = j2.retain()
+        j2.close()
+        assert deleted and deleted[0] == 0
+        start = j.start_offset
+        assert start > 0 and start == min(int(p.name[:20]) for p in d.glob("*.log"))
+        assert sum(p.stat().st_size for p in d.glob("*.log")) <= 4096 + 1024
+        seen = []
+        with pytest.raises(OffsetOutOfRangeError):  # it reads its segment to the end,
+            for r in reader:                        # then finds the next one deleted
+                seen.append(r.offset)
+        assert seen and seen == list(range(1, len(seen) + 1))
+        with pytest.raises(OffsetOutOfRangeError) as info:
+            j.reader(0)
+        assert isinstance(info.value, OutOfRangeError) and info.value.start == start
+        assert next(r.offset for r in j.reader()) == start
+        assert not list(d.glob("*.deleted"))  # delete_delay_ms=0: unlinked at once
+        assert Journal.check(d).ok
+    with Journal(d, retention_ms=0, retention_bytes=10**9) as j:
+        j.append(b"new")  # old segments are all older than 0 ms: only the active stays
+        j.retain()
+        assert len(list(d.glob("*.log"))) == 1
+        (active,) = d.glob("*.log")
+        assert j.start_offset == int(active.name[:20]) and j.end_offset == 301
+        assert Journal.check(d).ok
+
+
+def test_retention_keeps_deleted_files_for_the_delay(tmp_path: Path) -> None:
+    d = tmp_path / "j"
+    with Journal(d, create=True, segment_bytes=512, retention_bytes=600) as j:
+        for _ in range(40):
+            j.append(b"y" * 40)
+        j.retain()
+        assert list(d.glob("*.log.deleted"))  # renamed, kept 60 s by default
+        assert Journal.check(d).ok
+
+
+def test_offset_for_time(tmp_path: Path) -> None:
+    with Journal(tmp_path / "j", create=True, segment_bytes=2048, index_interval=100,
+                 retention_ms=10**15) as j:  # 1970 timestamps: keep them
+        for i in range(400):
+            j.append(b"v" * 20, timestamp_ms=1000 + i * 10)
+        assert j.offset_for_time(0) == 0
+        assert j.offset_for_time(1000) == 0
+        assert j.offset_for_time(1001) == 1
+        assert j.offset_for_time(1000 + 250 * 10) == 250
+        assert j.offset_for_time(1000 + 399 * 10) == 399
+        assert j.offset_for_time(10**12) is None
+
+
+def test_follow_reader_sees_records_across_rolls(tmp_path: Path) -> None:
+    with Journal(tmp_path / "j", create=True, segment_bytes=512) as j:
+        r = j.reader("latest", follow=True, timeout=0.2)
+        assert r.poll(10, timeout=0.05) == []
+        for i in range(50):
+            j.append(b"%03d" % i + b"-" * 30)
+        got = r.poll(1000, timeout=1)
+        assert [x.value[:3] for x in got] == [b"%03d" % i for i in range(50)]
+        assert list(r) == []  # timeout=0.2 of silence ends iteration
+
+
+def test_consumer_position_commit_seek_lag(tmp_path: Path) -> None:
+    d = tmp_path / "j"
+    with Journal(d, create=True) as j:
+        j.append_many([b"%d" % i for i in range(10)])
+        c = j.consumer("billing")
+        assert (c.position, c.committed, c.lag) == (0, None, 10)
+        got = c.poll(max_records=4, timeout=0)
+        assert [r.offset for r in got] == [0, 1, 2, 3] and c.position == 4
+        c.commit()
+        assert c.committed == 4
+        c.poll(max_records=3, timeout=0)
+        assert c.lag == 3
+        late = j.consumer("audit", reset="latest")
+        assert late.position == 10 and late.poll(timeout=0.01) == []
+    with Journal(d) as j:  # a restart resumes from the commit, re-delivering 4..6
+        c = j.consumer("billing")
+        assert c.position == 4
+        assert [r.offset for r in c.poll(100, timeout=0)] == list(range(4, 10))
+        c.seek(2)
+        assert c.poll(1, timeout=0)[0].offset == 2
+        c.commit(7)
+        assert j.consumer("billing").position == 7
+        c.seek("earliest")
+        assert c.position == 0
+        with pytest.raises(ValueError):
+            j.consumer("")
+
+
+def test_consumer_behind_retention_follows_reset(tmp_path: Path) -> None:
+    d = tmp_path / "j"
+    with Journal(d, create=True, segment_bytes=512, delete_delay_ms=0) as j:
+        c = j.consumer("slow")
+        c.commit(0)
+        strict = j.consumer("strict", reset="none")
+        for _ in range(60):
+            j.append(b"z" * 40)
+        Journal(d, retention_bytes=1024).close()
+        j.retain()
+        assert j.start_offset > 0
+        assert j.consumer("slow").poll(1, timeout=0)[0].offset == j.start_offset
+        strict.seek(0)
+        with pytest.raises(OffsetOutOfRangeError):
+            strict.poll(1, timeout=0)
+
+
+def test_statistics_and_sync(tmp_path: Path) -> None:
+    with Journal(tmp_path / "j", create=True, sync="always") as j:
+        j.append(b"x")
+        j.sync()
+        s = j.statistics()
+        assert (s.start_offset, s.end_offset, s.records, s.appended) == (0, 1, 1, 1)
+        with pytest.raises(AttributeError):
+            s.records = 5  # type: ignore[misc]
+    with Journal(tmp_path / "k", create=True, sync=0.01) as j:
+        for _ in range(3):
+            j.append(b"y")
+            time.sleep(0.02)
+        assert j.end_offset == 3
+
+
+def test_async_iteration(tmp_path: Path) -> None:
+    import asyncio
+    with Journal(tmp_path / "j", create=True) as j:
+        j.append_many([b"a", b"b"])
+
+        async def collect() -> list[bytes]:
+            return [r.value async for r in j.reader(follow=True, timeout=0.1)]
+
+        assert asyncio.run(collect()) == [b"a", b"b"]
+
+
+def test_import_is_exported() -> None:
+    assert mmapkit.Journal is Journal
+    assert issubclass(mmapkit.OffsetOutOfRangeError, mmapkit.OutOfRangeError)
