@@ -1,5 +1,7 @@
 """Pause points for tests of cross-process protocols (inert unless the environment asks).
 
+One module for every component (kv, journal, ipc, lock): the names are ``component.step``.
+
 A test starts a process with ``MMAPKIT_PAUSE=<point>[,<point>...]`` and
 ``MMAPKIT_PAUSE_DIR=<dir>``.  When that process reaches a named step it creates
 ``<dir>/<point>.reached`` and waits until ``<dir>/<point>.go`` exists, so the test can
@@ -13,6 +15,7 @@ protocol step and nothing on hot paths (no hot path has a pause point).
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 __all__ = ["PAUSES", "pause"]
@@ -32,5 +35,8 @@ def pause(point: str) -> None:
     with open(os.path.join(_DIR, point + ".reached"), "w") as f:
         f.write(str(os.getpid()))
     deadline = time.monotonic() + _LIMIT
-    while not os.path.exists(go) and time.monotonic() < deadline:
+    while not os.path.exists(go):
+        if time.monotonic() > deadline:
+            print(f"mmapkit: pause point {point!r} was never released", file=sys.stderr)
+            return
         time.sleep(0.001)

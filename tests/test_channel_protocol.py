@@ -1,7 +1,7 @@
 """The Channel's cross-process protocol, step by step (the state table at the top of
 mmapkit/ipc/channel.py): each test holds one real, unrelated process between two steps
-with a test-only pause point (MMAPKIT_TEST_PAUSE, read once at import) while another
-process acts, so each race happens every time."""
+with a test-only pause point (MMAPKIT_PAUSE, read once at import by mmapkit._testhooks)
+while another process acts, so each race happens every time."""
 
 from __future__ import annotations
 
@@ -35,14 +35,14 @@ class Pause:
 
     def spawn(self, code: str, *args: str) -> subprocess.Popen[str]:
         env = child_env()
-        env["MMAPKIT_TEST_PAUSE"] = self.step
-        env["MMAPKIT_TEST_PAUSE_DIR"] = str(self.dir)
+        env["MMAPKIT_PAUSE"] = self.step
+        env["MMAPKIT_PAUSE_DIR"] = str(self.dir)
         return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args],
                                 env=env, text=True, stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
     def wait(self, proc: subprocess.Popen[str], timeout: float = 60) -> None:
-        flag = self.dir / f"{self.step}.paused"
+        flag = self.dir / f"{self.step}.reached"
         deadline = time.monotonic() + timeout
         while not flag.exists():
             if proc.poll() is not None:

@@ -163,6 +163,8 @@ from types import TracebackType
 from typing import Any
 
 from .. import _platform
+from .._testhooks import PAUSES as _PAUSES
+from .._testhooks import pause as _pause
 from ..errors import (
     BrokenError,
     ClosedError,
@@ -177,8 +179,6 @@ from ..errors import (
 from ..region import Region
 from ..wait import Waiter
 from . import _format as fmt
-from ._pause import PAUSES as _PAUSES
-from ._pause import pause as _pause
 
 __all__ = ["Channel", "ChannelStatistics"]
 
