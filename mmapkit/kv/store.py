@@ -123,6 +123,7 @@ from ..errors import (
     CorruptFileError,
     DecryptionError,
     DiskFullError,
+    ExportedViewsError,
     FormatVersionError,
     LockTimeout,
     ModeConflictError,
@@ -533,7 +534,20 @@ class KV(MutableMapping[str, Any]):
         # [0] waiters of changed(), [1] lock wanted, [2] lock hand-overs (codec.OFF_*)
         self._waitw = view[OFF_WAITERS : OFF_LOCK_SEQ + 4].cast("I")
 
+    def _rebind_views(self) -> None:
+        """Views of the region after it grew.  The old views are never released first:
+        another thread may be reading the commit word through them (a get() takes no
+        lock), and they keep the old mapping alive until they are dropped here."""
+        waiters = self._waiter, self._lock_waiter
+        self._waiter = self._lock_waiter = None  # bound to the old mapping's address
+        self._bind_views()
+        for w in waiters:
+            if w is not None:
+                w.close()
+
     def _unbind_views(self) -> None:
+        if self._region is None:
+            return  # nothing of ours is bound (_reopen() keeps the old views until it swaps)
         for name in ("_commit", "_waitw"):
             mv = getattr(self, name, None)
             if mv is not None:
@@ -944,19 +958,17 @@ class KV(MutableMapping[str, Any]):
         size = os.fstat(self._fd).st_size
         if size <= self._size:
             return
-        self._unbind_views()
-        try:
-            self._region.grow(size)
-        finally:
-            self._bind_views()
+        self._region.grow(size)
+        self._rebind_views()
 
     def _reopen(self) -> None:
         """Move to the file the path names now.  On failure the handle stays as it was
         (on its old mapping, usable) and the error propagates."""
         with self._tlock:
             old = {n: getattr(self, n) for n in _ATTACHED}
-            for n in ("_commit", "_waitw"):
-                delattr(self, n)  # the old views stay alive in ``old``
+            # The old views stay bound (other threads' get() reads the commit word without
+            # the lock) until the new file's replace them; with _region None, a failed
+            # attach releases only what it bound itself.
             self._fd, self._region, self._waiter, self._lock_waiter = -1, None, None, None
             try:
                 self._attach_path(create=False)
@@ -964,13 +976,7 @@ class KV(MutableMapping[str, Any]):
                 for n, v in old.items():
                     setattr(self, n, v)
                 raise
-            for n in ("_commit", "_waitw"):
-                old[n].release()
-            for n in ("_waiter", "_lock_waiter"):
-                if old[n] is not None:
-                    old[n].close()
-            old["_region"].close()
-            os.close(old["_fd"])
+            _retire(old)
 
     def _take_own_lock(self) -> None:
         """_acquire_flock(), first making the lock ours if we are a fork child."""
@@ -1184,16 +1190,13 @@ class KV(MutableMapping[str, Any]):
         """W4: extend the file to ``target`` (on a nearly full disk: to ``least``, what the
         next record needs) and map it.  Only the lock holder grows the file."""
         assert self._region is not None
-        self._unbind_views()
         try:
-            try:
-                self._region.grow(target)
-            except DiskFullError:
-                if target <= least:
-                    raise
-                self._region.grow(least)  # the disk is nearly full: use what is left
-        finally:
-            self._bind_views()
+            self._region.grow(target)
+        except DiskFullError:
+            if target <= least:
+                raise
+            self._region.grow(least)  # the disk is nearly full: use what is left
+        self._rebind_views()
 
     def _live_entries(self) -> list[tuple[int, bytes]]:
         now = time.time()
@@ -1335,12 +1338,17 @@ class KV(MutableMapping[str, Any]):
             self._wake()
         if self._shared:
             self._release_flock()  # waiters on the old file get it, see the mark, move over
-        self._detach()
+        # Swap files with the old views bound until the new ones replace them (other
+        # threads' get() reads the commit word without the lock).
+        old = {n: getattr(self, n) for n in ("_fd", "_region", "_commit", "_waitw",
+                                             "_waiter", "_lock_waiter")}
+        self._waiter = self._lock_waiter = None
         self._fd = fd
         st = os.fstat(fd)
         self._ident = (st.st_dev, st.st_ino)
         self._region = Region.open(_fd_path(fd))
         self._bind_views()
+        _retire(old)
         self._cipher = cipher
         self._pos = pos
         self._seen = self._commit[0]
@@ -1897,6 +1905,8 @@ class KV(MutableMapping[str, Any]):
         """Release the mapping and locks.  Idempotent.  Nothing is lost by not calling it."""
         with self._tlock:
             mode, self._mode = self._mode, None
+            self._shared = False  # first: other threads' get() stops reading the commit word
+            self._index = _Closed()
             try:
                 self._detach()
             finally:
@@ -1918,6 +1928,23 @@ class KV(MutableMapping[str, Any]):
             "single-process"
         state = "closed" if self._region is None else f"{len(self._index)} keys"
         return f"<KV {self._path} {mode} {state}>"
+
+
+def _retire(old: dict[str, Any]) -> None:
+    """Close a replaced file's mapping, waiters and descriptor (``old``: its attributes).
+
+    Its views are dropped, not released: another thread may be reading the commit word
+    through one right now (get() takes no lock); the mapping then goes when it lets go.
+    """
+    region, fd = old["_region"], old["_fd"]
+    waiters = old["_waiter"], old["_lock_waiter"]
+    old.clear()
+    for w in waiters:
+        if w is not None:
+            w.close()
+    with contextlib.suppress(ExportedViewsError):
+        region.close()
+    os.close(fd)
 
 
 def _fast_set(body: bytes) -> tuple[str, Any] | None:
