@@ -148,6 +148,7 @@ from .codec import (
     OFF_COMMIT,
     OFF_COMPACTIONS,
     OFF_CREATED,
+    OFF_LOCK_HANDOFF,
     OFF_LOCK_SEQ,
     OFF_LOCK_WANT,
     OFF_WAITERS,
@@ -185,13 +186,19 @@ _WAIT_SLICE = 0.05
 _CHURN_NS = 250_000_000
 _CHURN_MAX = 4 << 20
 _U64 = struct.Struct("<Q")
+
 _LOCK_SLICE = 0.01  # a lock waiter looks again at least this often (a killed holder wakes
 # nobody; the kernel only drops its flock)
 _LOCK_EX_NB = fcntl.LOCK_EX | fcntl.LOCK_NB
 _LOCK_UN = fcntl.LOCK_UN
 _flock = fcntl.flock
 _LOCK_SPINS = 20
-assert (OFF_LOCK_WANT - OFF_WAITERS, OFF_LOCK_SEQ - OFF_WAITERS) == (4, 8)  # _waitw[1], [2]
+# _waitw[1], [2], [3]
+assert OFF_LOCK_WANT == OFF_WAITERS + 4 and OFF_LOCK_SEQ == OFF_WAITERS + 8
+assert OFF_LOCK_HANDOFF == OFF_WAITERS + 12
+_QUANTUM = 0.002  # a writer keeps taking the lock this long while others wait, then hands
+# it over: long runs by one process, not a hand-over (and a replay) per write
+_READY_SPIN = 0.002  # a woken waiter tries this long for the holder to let go
 # _seen while our file is marked superseded but the path still names it: never equal to a
 # commit word, so every read looks at the path again until the mark settles.
 _UNSETTLED = -1
@@ -337,11 +344,12 @@ class KV(MutableMapping[str, Any]):
     # Slots: a set or get touches several attributes, and an instance dict of this size
     # is past CPython's shared-key limit, where each access costs a lookup.
     __slots__ = (
-        "__weakref__", "_batch", "_changes", "_cipher", "_commit", "_depth", "_direct", "_fast",
-        "_fd", "_forked", "_has_ttl", "_ident", "_index", "_lock_timeout", "_lock_waiter",
-        "_min_cap", "_mode", "_mpfast", "_multiprocess", "_nops", "_packers", "_path", "_pid",
-        "_pos", "_readonly", "_recover", "_region", "_seen", "_seq_base", "_ser", "_shared",
-        "_size", "_tlock", "_undo", "_undo_all", "_view", "_waiter", "_waitw", "_watch_keys",
+        "__weakref__", "_batch", "_changes", "_cipher", "_commit", "_depth",
+        "_direct", "_fast", "_fd", "_forked", "_has_ttl", "_ident", "_index", "_lock_timeout",
+        "_lock_waiter", "_min_cap", "_mode", "_mpfast", "_multiprocess", "_nops", "_packers",
+        "_path", "_pid", "_pos", "_readonly", "_recover", "_region", "_run_start", "_seen",
+        "_seq_base", "_ser", "_shared", "_size", "_tlock", "_undo", "_undo_all", "_view",
+        "_waiter", "_waitw", "_watch_keys",
     )
 
     def __init__(self, path: str | os.PathLike[str], *, multiprocess: bool = False,
@@ -388,6 +396,7 @@ class KV(MutableMapping[str, Any]):
         self._region: Region | None = None
         self._waiter: Waiter | None = None
         self._lock_waiter: Waiter | None = None
+        self._run_start = 0.0
         self._pos = DATA_START
         self._seen = 0
         self._fast = self._cipher is None and not self._readonly
@@ -531,8 +540,9 @@ class KV(MutableMapping[str, Any]):
         self._view = view
         self._size = view.nbytes
         self._commit = view[OFF_COMMIT : OFF_COMMIT + 8].cast("Q")
-        # [0] waiters of changed(), [1] lock wanted, [2] lock hand-overs (codec.OFF_*)
-        self._waitw = view[OFF_WAITERS : OFF_LOCK_SEQ + 4].cast("I")
+        # [0] waiters of changed(), [1] lock wanted, [2] lock hand-overs, [3] hand-over
+        # pending until (codec.OFF_*)
+        self._waitw = view[OFF_WAITERS : OFF_LOCK_HANDOFF + 4].cast("I")
 
     def _rebind_views(self) -> None:
         """Views of the region after it grew.  The old views are never released first:
@@ -1012,30 +1022,50 @@ class KV(MutableMapping[str, Any]):
             _flock(self._fd, _LOCK_EX_NB)
         except BlockingIOError:
             self._wait_for_lock()
+        else:
+            if self._waitw[3]:
+                self._maybe_yield()
 
-    def _wait_for_lock(self) -> None:
-        """Sleep until the holder hands the writer lock over (see _release_flock).
+    def _maybe_yield(self) -> None:
+        """We took the lock while a woken waiter is awake and trying (L3): if our run
+        has lasted its quantum, let go and queue behind it (a running writer retakes the
+        lock within microseconds, so without this the waiter would never get in)."""
+        if self._readonly or time.monotonic() - self._run_start < _QUANTUM:
+            return
+        _flock(self._fd, _LOCK_UN)
+        self._wait_for_lock(spin=False)
 
-        The flock stays the lock (the kernel drops a killed holder's); the header's lock
-        words only carry the wake-up.  Order: read the hand-over count, say we want the
-        lock, try it, sleep while the count is unchanged.  A holder that releases after
-        our try sees the want (both are system calls, so neither is reordered) and bumps
-        the count, so the sleep ends at once; a holder that released before it let the
-        try succeed.
+    def _wait_for_lock(self, *, spin: bool = True) -> None:
+        """Take the writer lock, sleeping until its holder hands it over.
+
+        The flock stays the lock (the kernel drops a killed holder's flock at once); the
+        header words only arrange who goes next and carry wake-ups:
+
+        ===  ===========================================  ===============================
+        L1   try a few times (a write holds the lock for  nobody is woken for a spinner
+             microseconds)
+        L2   read the hand-over count, set "wanted",      a holder releasing after our
+             try; sleep while the count is unchanged,     try sees "wanted" (both are
+             at most _LOCK_SLICE                          system calls: not reordered)
+        L3   woken or the slice ended: set "ready" and    the holder, past its quantum,
+             try for up to _READY_SPIN                    lets go at its next take
+        L4   got it: clear "ready", start our run         (quantum counts from here)
+        ===  ===========================================  ===============================
+
+        The holder wakes one sleeper per quantum, not one per release: a woken sleeper
+        needs a millisecond or more to run here, and a holder that waited for it would
+        leave the lock idle meanwhile; it goes on writing until the sleeper is ready.
         """
         fd = self._fd
-        # Spin first: a writer holds the lock for microseconds, less than one sleep and
-        # wake-up.  Spinners do not ask for a wake-up, so a holder releasing to them makes
-        # no system call for it.  (No sched_yield() between tries: on a busy machine it
-        # gives the CPU to whatever else runs, for a whole time slice, measured 4 ms.)
-        for _ in range(_LOCK_SPINS):
+        words = self._waitw
+        for _ in range(_LOCK_SPINS if spin else 0):
             try:
                 _flock(fd, _LOCK_EX_NB)
+                self._run_start = time.monotonic()
                 return
             except BlockingIOError:
                 pass
         deadline = time.monotonic() + self._lock_timeout
-        words = self._waitw
         delay = 0.0001
         futex = _platform.HAVE_FUTEX and not self._readonly  # (a read-only map: no want)
         while True:
@@ -1043,8 +1073,8 @@ class KV(MutableMapping[str, Any]):
             if futex:
                 words[1] = 1
             try:
-                _flock(self._fd, _LOCK_EX_NB)
-                return
+                _flock(fd, _LOCK_EX_NB)
+                break
             except BlockingIOError:
                 pass
             remaining = deadline - time.monotonic()
@@ -1053,14 +1083,30 @@ class KV(MutableMapping[str, Any]):
                     f"could not take the write lock of {self._path} within "
                     f"{self._lock_timeout} s: another process holds it (kv.lock() or a "
                     f"long batch); retry, or find it with `fuser {self._path}`")
-            if futex:
-                if self._lock_waiter is None:
-                    assert self._region is not None
-                    self._lock_waiter = Waiter(self._region, OFF_LOCK_SEQ)
-                self._lock_waiter.wait(seq, min(remaining, _LOCK_SLICE))
-            else:  # no futex (or read-only): poll, backing off
+            if not futex:  # no futex (or read-only): poll, backing off
                 time.sleep(min(delay, remaining))
                 delay = min(delay * 2, 0.002)
+                continue
+            if self._lock_waiter is None:
+                assert self._region is not None
+                self._lock_waiter = Waiter(self._region, OFF_LOCK_SEQ)
+            self._lock_waiter.wait(seq, min(remaining, _LOCK_SLICE))
+            words[3] = 1  # L3: awake and trying; the holder lets go at its next take
+            until = time.monotonic() + _READY_SPIN
+            got = False
+            while True:
+                try:
+                    _flock(fd, _LOCK_EX_NB)
+                    got = True
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > until:
+                        break
+            if got:
+                break
+        if futex:
+            words[3] = 0
+        self._run_start = time.monotonic()
 
     def _release_flock(self) -> None:
         _flock(self._fd, _LOCK_UN)
@@ -1068,13 +1114,10 @@ class KV(MutableMapping[str, Any]):
             self._hand_over()
 
     def _hand_over(self) -> None:
-        """Wake one process sleeping for the writer lock (after unlocking it).
-
-        One, not all: the others sleep on (a woken waiter that loses the race to a
-        running writer asks again before it sleeps; one that wins leaves the rest to
-        their next look, at most _LOCK_SLICE later), so a busy lock does not wake every
-        waiter on every release.
-        """
+        """Someone sleeps for the lock we just released: once our run has lasted its
+        quantum, wake one sleeper (and go on writing until it is ready: _maybe_yield)."""
+        if time.monotonic() - self._run_start < _QUANTUM:
+            return
         words = self._waitw
         words[1] = 0
         words[2] = (words[2] + 1) & 0xFFFFFFFF
@@ -1485,6 +1528,9 @@ class KV(MutableMapping[str, Any]):
                     _flock(fd, _LOCK_EX_NB)
                 except BlockingIOError:
                     self._wait_for_lock()
+                else:
+                    if self._waitw[3]:
+                        self._maybe_yield()
                 try:
                     w = self._commit[0]
                     if w == self._seen or (not w & SUPERSEDED and self._read_appended(w)):
