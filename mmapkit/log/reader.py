@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import CorruptFileError, FileFormatError
+from ..errors import CorruptFileError, FileFormatError, ForeignFileError
 from . import _codec
 from ._codec import BUF_HEADER, Damage, Record
 from ._compress import decompress
@@ -75,18 +75,27 @@ def _sources(path: Path, name: str | None) -> tuple[list[Path], list[Path]]:
 
 
 def read_buffer(path: str | os.PathLike[str]) -> tuple[int, list[Record], list[Damage]]:
-    """``(stream, records, damages)`` of one buffer file, live or dead, without locking."""
+    """``(stream, records, damages)`` of one buffer file, live or dead, without locking.
+
+    A buffer whose header cannot be trusted (damaged, cut short, absurd head) still gives
+    every record in it that verifies, found by scanning, with a :class:`Damage` saying so
+    (the stream is the header's, as read).  Only a newer format, or a file that is not a
+    buffer and holds no record, raises.
+    """
     p = os.fspath(path)
     with open(p, "rb") as f:
         data = f.read()
-    if not any(data[:64]):
-        return 0, [], []  # a buffer whose creator died before writing its header
-    hdr = _codec.decode_buffer_header(data, p)
+    if _codec.blank_buffer(data):
+        return 0, [], []  # being created (the magic is stored last), or its creator died
+    try:
+        hdr = _codec.decode_buffer_header(data, p)
+        if len(data) != BUF_HEADER + hdr.capacity:
+            raise CorruptFileError(f"log buffer {p} has {len(data)} bytes but its header "
+                                   f"says {BUF_HEADER + hdr.capacity}", path=p,
+                                   offset=len(data))
+    except (CorruptFileError, ForeignFileError) as exc:
+        return _salvage(data, p, exc)
     area = memoryview(data)[BUF_HEADER : BUF_HEADER + hdr.capacity]
-    if len(area) != hdr.capacity:
-        raise CorruptFileError(f"log buffer {p} is cut short: {len(data)} bytes of "
-                               f"{BUF_HEADER + hdr.capacity}; its records cannot be located "
-                               "safely", path=p, offset=len(data))
     spans, _, _, damages = _codec.scan_ring(area, hdr.head, hdr.head_seq)
     records: list[Record] = []
     for start, length in spans:
@@ -96,6 +105,24 @@ def read_buffer(path: str | os.PathLike[str]) -> tuple[int, list[Record], list[D
             else:
                 damages.append(item)
     return hdr.stream, records, damages
+
+
+def _salvage(data: bytes, path: str, exc: FileFormatError
+             ) -> tuple[int, list[Record], list[Damage]]:
+    """Every record that verifies in a buffer whose header cannot be trusted."""
+    area = memoryview(data)[BUF_HEADER : BUF_HEADER + (max(len(data) - BUF_HEADER, 0) & ~7)]
+    found = _codec.find_records(area)
+    if not found and isinstance(exc, ForeignFileError):
+        raise exc
+    stream = int.from_bytes(data[24:32].ljust(8, b"\0"), "little")
+    records = []
+    for off, _, _ in found:
+        fields = _codec.decode_record(area, off)
+        assert fields is not None
+        records.append(_codec.record_of(fields, stream))
+    what = (f"{exc}; {len(records)} records that verify were found by scanning it (the "
+            "next writer of this log copies it aside and writes them to the log)")
+    return stream, records, [Damage(0, BUF_HEADER, what)]
 
 
 class _Reader:
