@@ -36,6 +36,7 @@ __all__ = ["LogCheck", "check", "read", "read_buffer", "tail"]
 
 _LOG_RE = re.compile(r"(.+)\.(\d{8})\.(\d{4,})" + re.escape(LOG_SUFFIX) + "$")
 _BUF_RE = re.compile(r"(.+)\.(\d+)" + re.escape(BUF_SUFFIX) + "$")
+_DAMAGED = BUF_SUFFIX + ".damaged-"
 
 DamageHandler = Callable[[str, Damage], None]
 TimeLike = float | int | _dt.datetime | None
@@ -69,7 +70,7 @@ def _sources(path: Path, name: str | None) -> tuple[list[Path], list[Path]]:
         return [p for *_, p in logs], sorted(bufs)
     if not path.exists():
         raise FileNotFoundError(f"no log file or directory at {path}")
-    if _BUF_RE.match(path.name) or ".mbuf.damaged-" in path.name:
+    if _BUF_RE.match(path.name) or _DAMAGED in path.name:
         return [], [path]
     return [path], []
 
@@ -79,8 +80,9 @@ def read_buffer(path: str | os.PathLike[str]) -> tuple[int, list[Record], list[D
 
     A buffer whose header cannot be trusted (damaged, cut short, absurd head) still gives
     every record in it that verifies, found by scanning, with a :class:`Damage` saying so
-    (the stream is the header's, as read).  Only a newer format, or a file that is not a
-    buffer and holds no record, raises.
+    (the stream is the header's, as read).  So does a copy set aside by a writer
+    (``NAME.N.mbuf.damaged-<ns>``), whose head is not trusted either.  Only a newer
+    format, or a file that is not a buffer and holds no record, raises.
     """
     p = os.fspath(path)
     with open(p, "rb") as f:
@@ -95,6 +97,8 @@ def read_buffer(path: str | os.PathLike[str]) -> tuple[int, list[Record], list[D
                                    offset=len(data))
     except (CorruptFileError, ForeignFileError) as exc:
         return _salvage(data, p, exc)
+    if _DAMAGED in os.path.basename(p):
+        return _salvage(data, p, None)
     area = memoryview(data)[BUF_HEADER : BUF_HEADER + hdr.capacity]
     spans, _, _, damages = _codec.scan_ring(area, hdr.head, hdr.head_seq)
     records: list[Record] = []
@@ -107,9 +111,10 @@ def read_buffer(path: str | os.PathLike[str]) -> tuple[int, list[Record], list[D
     return hdr.stream, records, damages
 
 
-def _salvage(data: bytes, path: str, exc: FileFormatError
+def _salvage(data: bytes, path: str, exc: FileFormatError | None
              ) -> tuple[int, list[Record], list[Damage]]:
-    """Every record that verifies in a buffer whose header cannot be trusted."""
+    """Every record that verifies in a buffer whose header cannot be trusted (``exc``
+    says why; None for a copy set aside, reported when it was made)."""
     area = memoryview(data)[BUF_HEADER : BUF_HEADER + (max(len(data) - BUF_HEADER, 0) & ~7)]
     found = _codec.find_records(area)
     if not found and isinstance(exc, ForeignFileError):
@@ -120,6 +125,8 @@ def _salvage(data: bytes, path: str, exc: FileFormatError
         fields = _codec.decode_record(area, off)
         assert fields is not None
         records.append(_codec.record_of(fields, stream))
+    if exc is None:
+        return stream, records, []
     what = (f"{exc}; {len(records)} records that verify were found by scanning it (the "
             "next writer of this log copies it aside and writes them to the log)")
     return stream, records, [Damage(0, BUF_HEADER, what)]

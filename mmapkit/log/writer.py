@@ -34,9 +34,55 @@ Design rules:
   fills completely (8 bytes stay free) so that word exists.
 - Each buffer file belongs to one live process, which holds an exclusive flock on it.  A
   buffer whose lock can be taken has no live owner: a new writer recovers it (writes its
-  records to the log file) and reuses it, continuing its stream's sequence numbers.
+  records to the log file) and reuses it, continuing its stream's sequence numbers.  The
+  protocol, for buffer file N (lock = N's flock; only its holder maps, writes or resizes
+  N; readers -- read(), check() -- never lock, map or write and may read N between any
+  two steps):
+
+  ====  =========================================  ======  ================================
+  step  action                                     lock    another process may see, between
+                                                   held    this step and the next
+  ====  =========================================  ======  ================================
+  B1    list the NAME.N.mbuf files                 none    new slots appear (harmless); no
+                                                           buffer file is ever deleted
+  B2    open N, flock(LOCK_EX|LOCK_NB); refused:   -> N    refused means a live owner: we
+        a live owner, skip N (never read or map               never read, map or write N
+        it)
+  B3    read N whole and judge it (_examine):      N       N as it was: nobody else can
+        blank / ok / damaged / newer (newer:                change it while we hold N
+        unlock, leave it untouched)
+  B4    damaged: copy N aside, append every        N       records in N and in the log
+        record that verifies, truncate N to 0                (readers drop the second copy
+        (killed before the truncate: done again            by stream and sequence); N
+        at the next start).  ok: append flushed            empty after the truncate
+        records a kill left outside [head, tail)
+  B5    adopt: map N, install, flush its live      N       the flush table above
+        records (the flush table above).  else:
+        append them, store head sequence, then
+        head, zero the ring                                records in both: dropped once
+  B6    not adopted: unlock, close                 -> -    another starter may take N
+  B7    none adopted: M = highest + 1; open with   -> M    another starter may create and
+        O_CREAT and flock; refused: M + 1                  lock M first (we take M + 1)
+                                                           or lock our empty M first and
+                                                           use or skip it: it holds nothing
+  B8    create: extend M (fallocate), write the    M       a blank file (no magic): empty,
+        header but the magic, then the magic (one          never half a header; a creator
+        8-byte store)                                      killed here leaves it blank
+  B9    close: flush, take the flush lock, unmap,  -> -    another starter may adopt it;
+        unlock (even if the flush failed)                  we never touch it again
+  fork  child: unmap the inherited mapping, close  parent  the parent keeps its lock; its
+        the lock descriptor without unlocking;             buffer is never written by the
+        flush/close do nothing; the first write            child, and is recovered as soon
+        claims a slot of its own (B1)                      as the parent dies
+  ====  =========================================  ======  ================================
+
+  Only the holder of N's lock concludes that N is damaged; a reader may see a torn copy
+  of a live buffer and never judges.  Nothing that verifies is zeroed before it is in a
+  log file (or, damaged, in the copy aside and the log).
 - Log files are never refused a write: rotation (by size, daily) and retention (by age,
-  by total bytes) only ever start new files and delete old, closed ones.
+  by total bytes) only ever start new files and delete old ones.  Another process's
+  retention may delete the file we append to: an append checks afterwards that the file
+  still has a name and otherwise appends again to a live file, before head moves.
 """
 
 from __future__ import annotations
@@ -515,7 +561,7 @@ class Writer:
             return False
         self._region, self._slot_lock = region, lock
         self._install(region.view, found.stream, found.head, found.head_seq)
-        self._recovered += self._recover_own()             # B4/B5 through the flush
+        self._recovered += self._recover_own()             # B5 through the flush
         return True
 
     def _create(self, path: Path, lock: FileLock, *, truncate: bool) -> bool:
@@ -685,7 +731,7 @@ class Writer:
         return int.from_bytes(self._area[off + 8 : off + 16], "little")
 
     def _recover_foreign(self, path: Path, data: bytes, found: _Found) -> None:
-        """B4-B6 for a dead process's buffer (we hold its lock): append its live records
+        """B5-B6 for a dead process's buffer (we hold its lock): append its live records
         to the log, then mark them flushed (sequence, then head) and zero its ring."""
         if not found.spans and not found.dirty:
             return  # nothing live and nothing to clear
