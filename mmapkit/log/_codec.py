@@ -37,6 +37,7 @@ __all__ = [
     "Frame",
     "Record",
     "align8",
+    "all_zero",
     "blank_buffer",
     "decode_buffer_header",
     "decode_frames",
@@ -252,10 +253,34 @@ def plausible_head(head: int, head_seq: int) -> bool:
 def blank_buffer(data: bytes | bytearray | memoryview) -> bool:
     """True for a buffer file whose creator never finished it: no magic yet (the magic is
     stored last) and nothing in the data area, so it cannot hold a record."""
-    return not any(bytes(data[:8])) and _NONZERO.search(bytes(data[BUF_HEADER:])) is None
+    return all_zero(data, 0, 8) and all_zero(data, BUF_HEADER)
 
 
 _NONZERO = re.compile(rb"[^\x00]")
+
+
+def all_zero(data: bytes | bytearray | memoryview, start: int = 0,
+             stop: int | None = None) -> bool:
+    """True if every byte of ``data[start:stop]`` is 0 (counted in C, without a copy of
+    bytes or bytearray: buffers are megabytes)."""
+    if isinstance(data, memoryview):
+        data, start, stop = data.tobytes()[start:stop], 0, None
+    end = len(data) if stop is None else min(stop, len(data))
+    start = min(start, end)
+    return data.count(0, start, end) == end - start
+
+
+def _next_nonzero(blob: bytes, pos: int) -> int:
+    """Offset of the first non-zero byte of ``blob`` at or after ``pos``, or -1."""
+    step = 4096
+    while pos < len(blob):
+        chunk = blob[pos : pos + step]
+        if chunk.count(0) != len(chunk):
+            m = _NONZERO.search(chunk)
+            assert m is not None
+            return pos + m.start()
+        pos += step
+    return -1
 
 
 def find_records(area: bytes | bytearray | memoryview, start: int = 0, stop: int | None = None
@@ -268,12 +293,11 @@ def find_records(area: bytes | bytearray | memoryview, start: int = 0, stop: int
     blob = bytes(area[start:stop])
     out: dict[int, tuple[int, int, int]] = {}
     pos, end = 0, len(blob)
-    search = _NONZERO.search
     while pos + RECORD_HEADER <= end:
-        m = search(blob, pos)
-        if m is None:
+        nonzero = _next_nonzero(blob, pos)
+        if nonzero < 0:
             break
-        pos = m.start() & ~7
+        pos = nonzero & ~7
         fields = decode_record(blob, pos)
         if fields is None:
             pos += 8

@@ -257,13 +257,13 @@ def _examine(data: bytes, path: str) -> _Found:
     extra: list[tuple[int, int, int]] = []
     dirty = False
     if not reason:
+        # The part that will be free once adopted: all of it without live records (a
+        # wrap marker at head is skipped then), else the ring outside [head, tail).
         cap = hdr.capacity
         a, b = tail % cap, hdr.head % cap
-        free = [(a, b)] if a < b else [(a, cap), (0, b)] if tail - hdr.head < cap else []
-        if spans and tail == hdr.head + cap:
-            free = []
+        free = [(0, cap)] if not spans else [(a, b)] if a < b else [(a, cap), (0, b)]
         for lo, hi in free:
-            if lo < hi and any(ring[lo:hi].tobytes()):
+            if lo < hi and not _codec.all_zero(data, BUF_HEADER + lo, BUF_HEADER + hi):
                 dirty = True
                 extra += _codec.find_records(ring, lo, hi)
         live_end = next_seq if spans else hdr.head_seq
@@ -560,7 +560,8 @@ class Writer:
             self._cannot_map(path, exc)
             return False
         self._region, self._slot_lock = region, lock
-        self._install(region.view, found.stream, found.head, found.head_seq)
+        self._install(region.view, found.stream, found.head, found.head_seq,
+                      zeroed=not found.dirty)
         self._recovered += self._recover_own()             # B5 through the flush
         return True
 
