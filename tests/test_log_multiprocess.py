@@ -444,3 +444,49 @@ def test_torture_long(tmp_path: Path) -> None:
     stats = torture(tmp_path, 40.0, writers=4, readers=2)
     print("log torture:", stats)
     assert stats["kills"] >= 30, stats
+
+
+def test_retention_at_start_keeps_the_newest_file(tmp_path: Path) -> None:
+    """A process starting has no file of its own yet; its retention by size deleted every
+    file, the newest too, where live processes were appending."""
+    live = writer(tmp_path, 20, "live", "wait")
+    assert live.stdout is not None and live.stdin is not None
+    json.loads(live.stdout.readline())
+    with mlog.Writer(tmp_path, "app", max_bytes=200, flush_interval=60) as w:
+        for i in range(6):
+            w.write(f"old-{i} " + "o" * 300)
+            w.flush()  # one file each
+    files = sorted(tmp_path.glob("*.mlog"))
+    assert len(files) >= 3
+    with mlog.Writer(tmp_path, "app", max_total_bytes=1, flush_interval=60):
+        pass
+    assert [p.exists() for p in files] == [False] * (len(files) - 1) + [True]
+    live.stdin.close()
+    assert live.wait() == 0
+    live.stdout.close()
+    assert live.stderr is not None
+    live.stderr.close()
+    got = messages(tmp_path)
+    assert [m for m in got if m.startswith("live-")] == [f"live-{i}" for i in range(20)]
+
+
+def test_following_reader_sees_a_file_made_again_under_the_same_name(tmp_path: Path
+                                                                    ) -> None:
+    """A follower kept its byte offset in a file that retention deleted and a writer then
+    made again under the same name: it skipped the new file's first records."""
+    from mmapkit.log.reader import _Reader
+
+    reader = _Reader(tmp_path, None, None, None, None, lambda p, d: None)
+    with mlog.Writer(tmp_path, "app", rotate=None) as w:
+        for i in range(50):
+            w.write(f"first-{i} " + "f" * 100)
+    assert len(reader.poll(final=False)) == 50
+    (log,) = tmp_path.glob("*.mlog")
+    log.unlink()
+    for buf in tmp_path.glob("*.mbuf"):
+        buf.unlink()  # a new stream: nothing to drop as already seen
+    with mlog.Writer(tmp_path, "app", rotate=None) as w:
+        for i in range(5):
+            w.write(f"second-{i}")
+    assert log.exists()
+    assert [r.message for r in reader.poll(final=False)] == [f"second-{i}" for i in range(5)]

@@ -146,7 +146,8 @@ class _Reader:
 
             self.decrypt = decryptor(private_key)
         self.seen: dict[int, int] = {}
-        self.offsets: dict[Path, int] = {}
+        # path: ((inode, first frame header), bytes consumed)
+        self.offsets: dict[Path, tuple[tuple[int, bytes] | None, int]] = {}
         self.duplicates = 0
         self.frames = 0
         self.superseded = 0
@@ -189,9 +190,14 @@ class _Reader:
         self.pending.clear()
 
     def _file_records(self, path: Path, final: bool) -> list[Record]:
-        start = self.offsets.get(path, 0)
+        ident, start = self.offsets.get(path, (None, 0))
         try:
             with open(path, "rb") as f:
+                # Which file this is: retention may delete it and a writer make another
+                # under the same name (and inode number); then read that one from 0.
+                now = (os.fstat(f.fileno()).st_ino, f.read(_codec.FRAME_HEADER))
+                if now != ident:
+                    ident, start = now, 0
                 f.seek(start)
                 data = f.read()
         except FileNotFoundError:  # deleted by retention meanwhile
@@ -236,7 +242,7 @@ class _Reader:
                 self._yielded(rec.stream, seen)
                 out.append(rec)
             self.seen[item.stream] = seen
-        self.offsets[path] = start + (consumed if not final else len(data))
+        self.offsets[path] = (ident, start + (consumed if not final else len(data)))
         return out
 
     def _logs(self, final: bool) -> list[Record]:

@@ -332,7 +332,11 @@ class _Sink:
             return
         current = os.path.basename(self.path) if self.path else None
         entries = []
-        for _, _, entry in self._files():
+        files = self._files()
+        # The newest file is where other processes append (a process starting has no
+        # file yet): never deleted for size, only for age (then nobody wrote it lately).
+        newest = files[-1][2] if files else None
+        for _, _, entry in files:
             if entry == current:
                 continue
             try:
@@ -346,7 +350,8 @@ class _Sink:
                 total += os.stat(self.path).st_size
         for entry, mtime, size in entries:  # oldest first
             too_old = self.retention is not None and now - mtime > self.retention
-            too_big = self.max_total_bytes is not None and total > self.max_total_bytes
+            too_big = (self.max_total_bytes is not None and total > self.max_total_bytes
+                       and entry != newest)
             if not (too_old or too_big):
                 continue
             with contextlib.suppress(FileNotFoundError):
