@@ -1,7 +1,7 @@
 """The log's cross-process protocols (the state table in mmapkit/log/writer.py), with real
 unrelated processes (``sys.executable -c``) and fork children.
 
-Each race gets a deterministic test: a test-only pause point (MMAPKIT_LOG_PAUSE, read by
+Each race gets a deterministic test: a test-only pause point (MMAPKIT_PAUSE, read by
 the child at import) stops a process between two protocol steps while the test (or
 another process) acts.  The torture test runs several writers that SIGKILL-and-restart
 at random, recovering each other's buffers, with readers reading all along.
@@ -53,7 +53,8 @@ def start(code: str, *args: object, pause: str | None = None, where: Path | None
     env = child_env()
     if pause:
         assert where is not None
-        env["MMAPKIT_LOG_PAUSE"] = f"{pause}@{where}"
+        env["MMAPKIT_PAUSE"] = f"log.{pause}"
+        env["MMAPKIT_PAUSE_DIR"] = str(where)
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *map(str, args)],
                             env=env, text=True, stdin=stdin, stdout=subprocess.PIPE,
                             stderr=stderr)
@@ -75,7 +76,8 @@ def finish(p: subprocess.Popen[str]) -> dict[str, object]:
 
 def wait_paused(p: subprocess.Popen[str], where: Path, step: str) -> None:
     deadline = time.monotonic() + 120
-    while not (where / f"{step}.{p.pid}").exists():
+    reached = where / f"log.{step}.reached"
+    while not (reached.exists() and reached.read_text() == str(p.pid)):
         if p.poll() is not None:
             raise AssertionError(f"exited before {step}: {p.communicate()}")
         assert time.monotonic() < deadline, f"never reached {step}"
@@ -238,7 +240,7 @@ def test_retention_of_another_process_deletes_the_file_being_appended(tmp_path: 
         q.write("q" * 300)
         q.flush()  # rotates: retention deletes every other file, P's among them
     assert not victim.exists()
-    (where / "sink-opened.go").touch()
+    (where / "log.sink-opened.go").touch()
     finish(p)
     got = [m for m in messages(d) if m.startswith("p-")]
     assert got == [f"p-{i}" for i in range(100)]

@@ -104,6 +104,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+from .._testhooks import PAUSES as _PAUSE
+from .._testhooks import pause as _pause
 from ..errors import (
     ClosedError,
     CorruptFileError,
@@ -182,24 +184,6 @@ def _valid_name(name: str) -> str:
     if not name or "/" in name or name.startswith(".") or "\0" in name:
         raise ValueError(f"log name {name!r} must be a plain file name part, like 'app'")
     return name
-
-
-# Test-only pause points.  MMAPKIT_LOG_PAUSE="STEP[,STEP...]@DIR", read once here, makes a
-# process that reaches STEP create DIR/STEP.PID and wait until DIR/STEP.go exists, so a
-# test can act (kill it, start another process, read) between two steps of a protocol.
-# Unset, as always outside tests, each point costs one test of a false module constant,
-# on slow paths only (opening, recovery, flush); never in write().
-_PAUSE_SPEC = os.environ.get("MMAPKIT_LOG_PAUSE", "")
-_PAUSE = frozenset(_PAUSE_SPEC.partition("@")[0].split(",")) if _PAUSE_SPEC else frozenset()
-
-
-def _pause(step: str) -> None:
-    if step not in _PAUSE:
-        return
-    where = Path(_PAUSE_SPEC.partition("@")[2])
-    (where / f"{step}.{os.getpid()}").touch()
-    while not (where / f"{step}.go").exists():
-        time.sleep(0.005)
 
 
 @dataclass
@@ -369,7 +353,7 @@ class _Sink:
         for _ in range(8):
             fd = self._open(now)
             if _PAUSE:
-                _pause("sink-opened")
+                _pause("log.sink-opened")
             view = memoryview(data)
             try:
                 while view:
@@ -494,7 +478,7 @@ class Writer:
                 if not lock.try_exclusive():                # B2: a live owner: hands off
                     continue
                 if _PAUSE:
-                    _pause("slot-locked")
+                    _pause("log.slot-locked")
                 mine = self._claim(slot, lock, adopt=not mine) or mine
             finally:
                 if self._slot_lock is not lock:
@@ -582,14 +566,14 @@ class Writer:
             self._cannot_map(path, exc)
             return False
         if _PAUSE:
-            _pause("slot-created")
+            _pause("log.slot-created")
         stream = random.getrandbits(63) + 1
         header = _codec.encode_buffer_header(self._buffer_size, stream, 0, 1,
                                              time.time_ns() // 1000, os.getpid())
         view = region.view
         view[8:BUF_HEADER] = header[8:]
         if _PAUSE:
-            _pause("header-written")
+            _pause("log.header-written")
         with view[:8].cast("Q") as magic:
             magic[0] = int.from_bytes(header[:8], "little")
         self._region, self._slot_lock = region, lock
@@ -619,7 +603,7 @@ class Writer:
         try:
             shutil.copyfile(path, aside)  # the file cannot change: we hold its lock
             if _PAUSE:
-                _pause("salvage-copied")
+                _pause("log.salvage-copied")
             n = self._append_records(data, found.records, found.stream)
         except OSError as exc:
             with contextlib.suppress(OSError):
@@ -748,7 +732,7 @@ class Writer:
                 self._sink.append(b"".join(f for f, _ in frames), time.time())
                 self._recovered += sum(n for _, n in frames)
                 if _PAUSE:
-                    _pause("recovered-appended")
+                    _pause("log.recovered-appended")
             region = Region.open(path)
         except OSError as exc:
             warnings.warn(f"mmapkit.log: cannot recover {path} now ({exc}); it is kept for "
@@ -1088,7 +1072,7 @@ class Writer:
                     return
                 self._write_frames(frames, records)
                 if _PAUSE:
-                    _pause("flush-appended")
+                    _pause("log.flush-appended")
                 # Steps 2-4 of the table in the module comment.
                 self._store_head(end, next_seq)
                 _zero_range(area, head, end)
