@@ -1513,10 +1513,7 @@ class KV(MutableMapping[str, Any]):
                     return None
             elif self._mpfast and self._depth:
                 # Inside lock() or update_with(): this thread holds the writer lock.
-                pos = self._pos
-                end = pos + ((19 + n) & ~7)
-                if end <= self._size:
-                    self._put(pos, end, body, n)
+                if self._put(body, n):
                     self._index[key] = value
                     return None
             elif self._mpfast:
@@ -1533,13 +1530,10 @@ class KV(MutableMapping[str, Any]):
                         self._maybe_yield()
                 try:
                     w = self._commit[0]
-                    if w == self._seen or (not w & SUPERSEDED and self._read_appended(w)):
-                        pos = self._pos
-                        end = pos + ((19 + n) & ~7)
-                        if end <= self._size:
-                            self._put(pos, end, body, n)
-                            self._index[key] = value
-                            return None
+                    if (w == self._seen or (not w & SUPERSEDED and self._read_appended(w))) \
+                            and self._put(body, n):
+                        self._index[key] = value
+                        return None
                 finally:
                     _flock(fd, _LOCK_UN)
                     if self._waitw[1]:
@@ -1564,8 +1558,13 @@ class KV(MutableMapping[str, Any]):
         packer = self._packers[n] = struct.Struct(f"<HBBII{n}s").pack_into, seed
         return packer
 
-    def _put(self, pos: int, end: int, body: bytes, n: int) -> None:
-        """Write and commit a KIND_SET record (multiprocess mode, write lock held)."""
+    def _put(self, body: bytes, n: int) -> bool:
+        """Write and commit a KIND_SET record with an ``n``-byte body if it fits (False:
+        it does not; multiprocess mode, writer lock held)."""
+        pos = self._pos
+        end = pos + ((19 + n) & ~7)
+        if end > self._size:
+            return False
         try:
             pack, seed = self._packers[n]
         except KeyError:
@@ -1575,9 +1574,10 @@ class KV(MutableMapping[str, Any]):
         self._commit[0] = end  # the commit point
         self._pos = self._seen = end
         self._nops += 1
-        if self._shared and self._waitw[0]:
+        if self._waitw[0]:
             self._waitw[0] = 0
             self._wake()
+        return True
 
     def set(self, key: str, value: Any, ttl: float | None = None) -> None:
         """Store ``value`` under ``key``; with ``ttl`` (seconds) it vanishes after that long.
