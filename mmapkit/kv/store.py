@@ -178,6 +178,19 @@ _I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
 # a Struct.pack on the write path (longer values are packed as they come).
 _BYTES_HEAD = tuple(_TL.pack(7, n) for n in range(_PACKED_BODY_MAX))
 _STR_HEAD = tuple(_TL.pack(6, n) for n in range(_PACKED_BODY_MAX))
+# The hot paths spell the record format inline (magic 0x4B56, the crc seed multiplier
+# 0x9E3779B1, padded size (19 + n) & ~7, kind 1 = set, value tags 1/2 bool, 3 int, 5 float,
+# 6 str, 7 bytes): tie each literal to the codec, which owns the format.
+# (tests/test_kv_fastpath.py checks the bytes they write against the codec's.)
+assert codec.REC_MAGIC == 0x4B56 and KIND_SET == 1 and codec.REC_HEADER == 12
+assert all(codec.record_size(n) == (19 + n) & ~7 for n in range(64))
+assert codec._seed(8, 1, 0, 5) == ((8 * 0x9E3779B1) ^ (5 << 16) ^ 1) & 0xFFFFFFFF
+assert (codec.T_FALSE, codec.T_TRUE, codec.T_INT, codec.T_FLOAT, codec.T_STR,
+        codec.T_BYTES) == (1, 2, 3, 5, 6, 7)
+assert codec.encode_value(-5) == _TI.pack(3, -5) and codec.encode_value(0.5) == _TF.pack(5, 0.5)
+assert codec.encode_value(b"ab") == _BYTES_HEAD[2] + b"ab"
+assert codec.encode_value("") == _STR_HEAD[0] and codec.encode_key("k") == _KEY_LEN[1] + b"k"
+
 _WAIT_SLICE = 0.05
 # A file that fills within this long of being made (new, or by a compaction) doubles
 # instead of compacting, up to _CHURN_MAX: a compaction fsyncs a new file (milliseconds),
