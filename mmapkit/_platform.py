@@ -20,7 +20,6 @@ import fcntl
 import functools
 import mmap
 import os
-import platform
 import struct
 import sys
 from collections.abc import Callable
@@ -58,6 +57,8 @@ __all__ = [
 ]
 
 IS_LINUX = sys.platform.startswith("linux")
+# platform.machine() is os.uname().machine; the platform module costs milliseconds to import.
+_MACHINE = os.uname().machine
 PAGE_SIZE: int = mmap.PAGESIZE
 
 # madvise names accepted by Region.advise().  "populate" prefaults the range (Linux 5.14+
@@ -80,12 +81,12 @@ HAVE_POPULATE = IS_LINUX
 
 _FUTEX_SYSCALL = {"x86_64": 202, "aarch64": 98, "arm64": 98, "riscv64": 98, "ppc64le": 221,
                   "s390x": 238, "i686": 240, "armv7l": 240}
-HAVE_FUTEX = IS_LINUX and platform.machine() in _FUTEX_SYSCALL
+HAVE_FUTEX = IS_LINUX and _MACHINE in _FUTEX_SYSCALL
 _FUTEX_WAIT = 0  # no FUTEX_PRIVATE_FLAG: the word is shared between processes
 _FUTEX_WAKE = 1
 # CPUs whose plain aligned stores are seen by other cores in program order (TSO): there a
 # store of a 64-bit position after the stores of the bytes it covers publishes them.
-IS_TSO = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+IS_TSO = _MACHINE.lower() in ("x86_64", "amd64", "i386", "i686")
 # Open-file-description byte-range locks (Linux 3.15+): owned by one open() like flock,
 # so two handles in one process do not share them and close() of an unrelated descriptor
 # does not drop them (the trap of classic POSIX record locks).
@@ -237,7 +238,7 @@ def _syscall() -> Any:
     return _libc_fn("syscall", (), ctypes.c_long)
 
 
-_FUTEX_NR = _FUTEX_SYSCALL.get(platform.machine(), -1)
+_FUTEX_NR = _FUTEX_SYSCALL.get(_MACHINE, -1)
 
 
 @functools.cache
@@ -331,7 +332,7 @@ def cachestat(fd: int, offset: int = 0, length: int = 0) -> tuple[int, int, int,
 
     ``None`` where the kernel has no cachestat (before 6.5, non-Linux, or filtered).
     """
-    nr = _CACHESTAT_SYSCALL.get(platform.machine()) if IS_LINUX else None
+    nr = _CACHESTAT_SYSCALL.get(_MACHINE) if IS_LINUX else None
     if nr is None:
         return None
     rng = _CachestatRange(offset, length)

@@ -99,11 +99,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import filecmp
-import json
 import os
 import random
-import shutil
 import struct
 import sys
 import threading
@@ -798,6 +795,9 @@ class KV(MutableMapping[str, Any]):
                                    lost=len(bad))
         kept = ""
         if not self._readonly:
+            import filecmp
+            import shutil
+
             copy = self._path + ".damaged"
             n = 1
             while os.path.exists(copy):
@@ -1789,6 +1789,8 @@ class KV(MutableMapping[str, Any]):
             if not mode.try_exclusive():
                 raise ModeConflictError(f"{dst} is open in another process; close it there "
                                         "before restoring over it")
+            import shutil
+
             tmp = dst + ".restore~"
             shutil.copyfile(src, tmp)
             with open(tmp, "rb+") as f:
@@ -1805,6 +1807,8 @@ class KV(MutableMapping[str, Any]):
         with self._tlock:
             items = {k: codec.to_json_value(self[k]) for k in self._live_keys()}
         doc = {"format": "mmapkit-kv", "version": 1, "items": items}
+        import json
+
         if isinstance(fp, (str, os.PathLike)):
             with open(fp, "w", encoding="utf-8") as f:
                 json.dump(doc, f, indent=1, ensure_ascii=False)
@@ -1814,6 +1818,8 @@ class KV(MutableMapping[str, Any]):
 
     def import_json(self, fp: IO[str] | str | os.PathLike[str]) -> int:
         """Load an export_json() document (one atomic batch); returns the count."""
+        import json
+
         if isinstance(fp, (str, os.PathLike)):
             with open(fp, encoding="utf-8") as f:
                 doc = json.load(f)
