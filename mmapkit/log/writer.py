@@ -46,7 +46,6 @@ import errno
 import os
 import random
 import re
-import shutil
 import sys
 import threading
 import time
@@ -390,6 +389,8 @@ class Writer:
     def _set_aside(self, path: Path, exc: Exception) -> None:
         """A damaged buffer is renamed, never wiped: ``mmapkit log recover`` can still read
         what it holds."""
+        import shutil
+
         aside = path.with_name(f"{path.name}.damaged-{time.time_ns()}")
         shutil.copyfile(path, aside)  # copied, not renamed: our lock is on this inode
         os.truncate(path, 0)
