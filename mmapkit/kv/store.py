@@ -100,7 +100,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import random
 import struct
 import sys
 import threading
@@ -460,6 +459,7 @@ class KV(MutableMapping[str, Any]):
         return os.open(self._path, flags)
 
     def _create_file(self) -> None:
+        import random  # not at module import: reopening a KV needs no salt
         salt = random.getrandbits(64)
         keycheck = self._cipher.keycheck(salt) if self._cipher else b""
         header = codec.build_header(flags=FLAG_ENCRYPTED if self._cipher else 0, salt=salt,
@@ -487,6 +487,7 @@ class KV(MutableMapping[str, Any]):
             fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             if os.fstat(fd).st_size == 0:
+                import random  # not at module import: reopening a KV needs no salt
                 salt = random.getrandbits(64)
                 _write_all(fd, codec.build_header(
                     flags=FLAG_ENCRYPTED if self._cipher else 0, salt=salt,
@@ -1278,6 +1279,7 @@ class KV(MutableMapping[str, Any]):
     def _rewrite(self, image: tuple[list[bytes], int, int], cipher: Cipher | None, *,
                  extra: int = 0, headroom: int = 2) -> None:
         """Write ``entries`` to a new file and rename it over the path (crash-safe)."""
+        import random  # not at module import: reopening a KV needs no salt
         salt = random.getrandbits(64)
         hdr_compactions = struct.unpack_from("<I", self._view, OFF_COMPACTIONS)[0] + 1
         parts, pos, count = image
@@ -2059,6 +2061,7 @@ def _mark_superseded(path: str) -> None:
 
 def _write_store(dst: str, entries: list[tuple[int, bytes]], cipher: Cipher | None,
                  min_cap: int) -> None:
+    import random  # not at module import: reopening a KV needs no salt
     salt = random.getrandbits(64)
     parts, pos = _frame_all(entries, cipher)
     header = codec.build_header(flags=FLAG_ENCRYPTED if cipher else 0, salt=salt,
