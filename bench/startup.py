@@ -139,6 +139,10 @@ def run(report: _harness.Report, args: argparse.Namespace) -> None:
             report.add("modules loaded by import + create", name,
                        [_modules(opened.format(path=fresh()), env, tmp)], "modules",
                        higher_is_better=False)
+            kept = repr(os.path.join(tmp, f"kept-{name}"))
+            report.add("modules loaded by import + reopen", name,
+                       [_modules(opened.format(path=kept), env, tmp)], "modules",
+                       higher_is_better=False)
 
 
 def _extend(p: argparse.ArgumentParser) -> None:
