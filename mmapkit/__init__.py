@@ -122,11 +122,16 @@ _LAZY: dict[str, str] = {
 }
 
 
+# Subpackages that ``import mmapkit`` used to import eagerly, so code that reached them as
+# attributes (``mmapkit.kv.KV``, ``mmapkit.ipc.channel``) keeps working.
+_SUBMODULES = frozenset({"errors", "inspect", "ipc", "journal", "kv", "lock", "log", "region",
+                         "transfer", "wait"})
+
+
 def __getattr__(name: str) -> Any:
-    try:
-        where = _LAZY[name]
-    except KeyError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    where = _LAZY.get(name)
+    if where is None and name not in _SUBMODULES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     import importlib
 
     if not where:

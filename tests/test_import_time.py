@@ -148,6 +148,18 @@ def test_from_import_and_attribute_give_the_same_objects():
     assert not hasattr(mmapkit, "TYPE_CHECKING") or "TYPE_CHECKING" not in dir(mmapkit)
 
 
+def test_subpackages_are_still_attributes_of_the_package():
+    # ``import mmapkit`` used to import them all; code that reached them as attributes
+    # must keep working in a fresh interpreter.
+    res = run_py("""
+        import mmapkit
+        print(mmapkit.kv.KV.__name__, mmapkit.ipc.channel.__name__, mmapkit.journal.Journal,
+              mmapkit.log.Handler.__name__, mmapkit.inspect.residency.__name__)
+    """)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split()[:2] == ["KV", "mmapkit.ipc.channel"]
+
+
 def test_lazy_table_and_type_checking_imports_agree():
     """Type checkers read the TYPE_CHECKING block, the interpreter _LAZY: one name, one
     place, in both, and between them (with the errors) every name of __all__."""
