@@ -463,9 +463,13 @@ def _contended_run(impl: str, case: str, tmp: str, procs: int, n: int) -> tuple[
             if c.stdout.readline().strip() != "ready":
                 raise RuntimeError(f"{impl} {case} child failed to start")
         go = time.time() + 0.05
+        for c in children:  # all of them first: communicate() waits for the child's end
+            assert c.stdin is not None
+            c.stdin.write(f"{go}\n")
+            c.stdin.flush()
         ends = []
         for c in children:
-            out, _ = c.communicate(f"{go}\n", timeout=600)
+            out, _ = c.communicate(timeout=600)
             if c.returncode:
                 raise RuntimeError(f"{impl} {case} child failed")
             ends.append(float(out.split()[1]))

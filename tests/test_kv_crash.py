@@ -114,7 +114,8 @@ def crash_rounds(path: Path, rounds: int, *, multiprocess: bool = False,
         if report is not None:
             stats["compactions"] = max(stats["compactions"], 0)
         with KV(path, capacity=4096, multiprocess=multiprocess) as kv:
-            state = dict(kv.items())
+            # (keys "c…" belong to live companion processes, if any)
+            state = {k: v for k, v in kv.items() if not k.startswith("c")}
             stats["compactions"] = kv.statistics().compactions
         if state != model:
             nxt = dict(model)
@@ -135,6 +136,57 @@ def test_kill9_writer_200_rounds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     # The small capacity forces compactions (fewer on a loaded machine: less gets done
     # before each kill).
     assert stats["compactions"] > 5
+
+
+COMPANION = """
+import os, sys, warnings
+warnings.simplefilter("error")
+from mmapkit.kv import KV
+path, stop, role = sys.argv[1], sys.argv[2], sys.argv[3]
+with KV(path, multiprocess=True, capacity=4096) as kv:
+    i = 0
+    while not os.path.exists(stop):
+        if role == "writer":
+            kv[f"c{i % 50}"] = [i, b"c" * (i % 300)]
+            if i % 500 == 0:
+                kv.compact()
+        else:
+            kv.get(f"k{i % 40:03d}")
+            kv.get(f"c{i % 50}")
+        i += 1
+print(i)
+"""
+
+
+def test_kill9_multiprocess_writer_among_live_processes(tmp_path: Path) -> None:
+    """The killed writer shares the store with live unrelated processes that write,
+    compact and read all along; each round checks the store and the writer's model."""
+    among_live_processes(tmp_path, 60)
+
+
+@pytest.mark.slow
+def test_kill9_multiprocess_writer_among_live_processes_soak(tmp_path: Path) -> None:
+    among_live_processes(tmp_path, 1000)
+
+
+def among_live_processes(tmp_path: Path, rounds: int) -> None:
+    from conftest import spawn
+
+    path = tmp_path / "shared.kv"
+    stop = tmp_path / "stop"
+    KV(path, multiprocess=True, capacity=4096).close()
+    companions = [spawn(COMPANION, str(path), str(stop), role)
+                  for role in ("writer", "reader", "reader")]
+    try:
+        stats = crash_rounds(path, rounds, multiprocess=True, max_delay=0.03, seed=5)
+    finally:
+        stop.touch()
+        outs = [p.communicate(timeout=60) for p in companions]
+    for p, (out, err) in zip(companions, outs, strict=True):
+        assert p.returncode == 0 and int(out) > 0, err  # no warning, no error
+    assert stats["rounds"] == rounds
+    with KV(path, multiprocess=True) as kv:
+        assert kv.statistics().compactions > 0
 
 
 def test_kill9_multiprocess_writer(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -210,3 +211,73 @@ def test_encrypted_multiprocess_store(tmp_path: Path) -> None:
         assert kv["n"] == 400 and kv["pad"] == "secret" * 20
     assert b"secret" not in path.read_bytes()
     assert KV.check(path, key=key).ok
+
+
+CONTENDER = """
+import sys, time
+from mmapkit.kv import KV
+kv = KV(sys.argv[1], multiprocess=True)
+print("ready", flush=True)
+go = float(sys.stdin.readline())
+while time.time() < go:
+    pass
+n = 0
+while time.time() < go + float(sys.argv[2]):
+    kv.update_with("n", lambda v: (v or 0) + 1)
+    n += 1
+print(n, flush=True)
+"""
+
+
+def test_contended_writers_all_make_progress(tmp_path: Path) -> None:
+    """The lock is handed over in turns (a quantum each): nobody starves."""
+    path = str(tmp_path / "fair.kv")
+    KV(path, multiprocess=True).close()
+    procs = [spawn(CONTENDER, path, "1.5", stdin=subprocess.PIPE) for _ in range(3)]
+    for p in procs:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    go = time.time() + 0.1
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write(f"{go}\n")
+        p.stdin.flush()
+    counts = []
+    for p in procs:
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        counts.append(int(out))
+    with KV(path, multiprocess=True) as kv:
+        assert kv["n"] == sum(counts)
+    assert min(counts) > sum(counts) / 10, counts  # each got a fair share of turns
+
+
+def test_waiter_takes_over_from_a_killed_holder_at_once(tmp_path: Path) -> None:
+    path = str(tmp_path / "killed.kv")
+    with KV(path, multiprocess=True) as kv:
+        holder = spawn("""
+            import sys, time
+            from mmapkit.kv import KV
+            kv = KV(sys.argv[1], multiprocess=True)
+            with kv.lock():
+                print("holding", flush=True)
+                time.sleep(60)
+        """, path)
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+        waiter = spawn("""
+            import sys, time
+            from mmapkit.kv import KV
+            kv = KV(sys.argv[1], multiprocess=True, lock_timeout=30)
+            print("waiting", flush=True)
+            kv["w"] = 1
+            print(time.time(), flush=True)
+        """, path)
+        assert waiter.stdout is not None and waiter.stdout.readline().strip() == "waiting"
+        time.sleep(0.3)  # the waiter is asleep on the lock by now
+        killed = time.time()
+        holder.kill()
+        holder.wait()
+        out, err = waiter.communicate(timeout=60)
+        assert waiter.returncode == 0, err
+        assert float(out) - killed < 0.5  # a slice at most, not the lock timeout
+        assert kv["w"] == 1
+    assert KV.check(path).ok

@@ -371,3 +371,47 @@ def test_commit_word_never_moves_back(tmp_path: Path) -> None:
             after = int.from_bytes(path.read_bytes()[OFF_COMMIT : OFF_COMMIT + 8], "little")
             assert path.stat().st_ino != ident or after > before
     settled(path)
+
+
+def test_threads_read_while_the_handle_grows_compacts_and_follows(tmp_path: Path) -> None:
+    """get() takes no lock: other threads of the same handle must never see a view of
+    the handle half-swapped (AttributeError, a released view) while it grows, compacts
+    or follows another process's compaction."""
+    import threading
+
+    path = tmp_path / "threads.kv"
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    with KV(path, multiprocess=True, capacity=4096) as kv:
+        kv["k"] = 0
+
+        def reader() -> None:
+            try:
+                last = 0
+                while not stop.is_set():
+                    v = kv.get("k", 0)
+                    assert v >= last
+                    last = v
+                    kv.get("missing")
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=reader) for _ in range(2)]
+        for t in threads:
+            t.start()
+        other = subprocess.Popen([sys.executable, "-c", textwrap.dedent(COMPACT), str(path)],
+                                 env=child_env())
+        try:
+            for i in range(1, 20_000):
+                kv["k"] = i
+                if i % 3000 == 0:
+                    kv.compact()
+                    kv[f"pad{i}"] = b"x" * 5000  # growth
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+            other.wait(timeout=60)
+        assert not errors, errors
+        assert kv["k"] == 19_999
+    assert KV.check(path).ok

@@ -110,8 +110,19 @@ def test_buffer_header_round_trip_and_errors() -> None:
         _codec.decode_buffer_header(b"NOTMAGIC" + raw[8:])
     newer = bytearray(raw)
     newer[8] = 9
+    # A version flipped by damage (the header checksum fails) is damage...
+    with pytest.raises(CorruptFileError):
+        _codec.decode_buffer_header(bytes(newer))
+    # ...a newer writer's header (checksum kept) says "upgrade".
+    struct.pack_into("<I", newer, 60, zlib.crc32(bytes(newer[48:60]),
+                                                 zlib.crc32(bytes(newer[:32]))))
     with pytest.raises(FormatVersionError):
         _codec.decode_buffer_header(bytes(newer))
+    for head, seq in ((2**64 - 8, 3), (65, 3), (64, 0), (64, 2**64 - 1)):
+        absurd = bytearray(raw)
+        struct.pack_into("<QQ", absurd, _codec.HEAD_OFFSET, head, seq)
+        with pytest.raises(CorruptFileError, match="damaged head"):
+            _codec.decode_buffer_header(bytes(absurd))
     flipped = bytearray(raw)
     flipped[17] ^= 1
     with pytest.raises(CorruptFileError):

@@ -119,6 +119,7 @@ from ..errors import (
     CorruptFileError,
     DecryptionError,
     DiskFullError,
+    ExportedViewsError,
     FormatVersionError,
     LockTimeout,
     ModeConflictError,
@@ -143,6 +144,7 @@ from .codec import (
     OFF_COMMIT,
     OFF_COMPACTIONS,
     OFF_CREATED,
+    OFF_LOCK_HANDOFF,
     OFF_LOCK_SEQ,
     OFF_LOCK_WANT,
     OFF_WAITERS,
@@ -172,6 +174,19 @@ _I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
 # a Struct.pack on the write path (longer values are packed as they come).
 _BYTES_HEAD = tuple(_TL.pack(7, n) for n in range(_PACKED_BODY_MAX))
 _STR_HEAD = tuple(_TL.pack(6, n) for n in range(_PACKED_BODY_MAX))
+# The hot paths spell the record format inline (magic 0x4B56, the crc seed multiplier
+# 0x9E3779B1, padded size (19 + n) & ~7, kind 1 = set, value tags 1/2 bool, 3 int, 5 float,
+# 6 str, 7 bytes): tie each literal to the codec, which owns the format.
+# (tests/test_kv_fastpath.py checks the bytes they write against the codec's.)
+assert codec.REC_MAGIC == 0x4B56 and KIND_SET == 1 and codec.REC_HEADER == 12
+assert all(codec.record_size(n) == (19 + n) & ~7 for n in range(64))
+assert codec._seed(8, 1, 0, 5) == ((8 * 0x9E3779B1) ^ (5 << 16) ^ 1) & 0xFFFFFFFF
+assert (codec.T_FALSE, codec.T_TRUE, codec.T_INT, codec.T_FLOAT, codec.T_STR,
+        codec.T_BYTES) == (1, 2, 3, 5, 6, 7)
+assert codec.encode_value(-5) == _TI.pack(3, -5) and codec.encode_value(0.5) == _TF.pack(5, 0.5)
+assert codec.encode_value(b"ab") == _BYTES_HEAD[2] + b"ab"
+assert codec.encode_value("") == _STR_HEAD[0] and codec.encode_key("k") == _KEY_LEN[1] + b"k"
+
 _WAIT_SLICE = 0.05
 # A file that fills within this long of being made (new, or by a compaction) doubles
 # instead of compacting, up to _CHURN_MAX: a compaction fsyncs a new file (milliseconds),
@@ -180,13 +195,19 @@ _WAIT_SLICE = 0.05
 _CHURN_NS = 250_000_000
 _CHURN_MAX = 4 << 20
 _U64 = struct.Struct("<Q")
+
 _LOCK_SLICE = 0.01  # a lock waiter looks again at least this often (a killed holder wakes
 # nobody; the kernel only drops its flock)
 _LOCK_EX_NB = fcntl.LOCK_EX | fcntl.LOCK_NB
 _LOCK_UN = fcntl.LOCK_UN
 _flock = fcntl.flock
 _LOCK_SPINS = 20
-assert (OFF_LOCK_WANT - OFF_WAITERS, OFF_LOCK_SEQ - OFF_WAITERS) == (4, 8)  # _waitw[1], [2]
+# _waitw[1], [2], [3]
+assert OFF_LOCK_WANT == OFF_WAITERS + 4 and OFF_LOCK_SEQ == OFF_WAITERS + 8
+assert OFF_LOCK_HANDOFF == OFF_WAITERS + 12
+_QUANTUM = 0.002  # a writer keeps taking the lock this long while others wait, then hands
+# it over: long runs by one process, not a hand-over (and a replay) per write
+_READY_SPIN = 0.002  # a woken waiter tries this long for the holder to let go
 # _seen while our file is marked superseded but the path still names it: never equal to a
 # commit word, so every read looks at the path again until the mark settles.
 _UNSETTLED = -1
@@ -332,11 +353,12 @@ class KV(MutableMapping[str, Any]):
     # Slots: a set or get touches several attributes, and an instance dict of this size
     # is past CPython's shared-key limit, where each access costs a lookup.
     __slots__ = (
-        "__weakref__", "_batch", "_changes", "_cipher", "_commit", "_depth", "_direct", "_fast",
-        "_fd", "_forked", "_has_ttl", "_ident", "_index", "_lock_timeout", "_lock_waiter",
-        "_min_cap", "_mode", "_mpfast", "_multiprocess", "_nops", "_packers", "_path", "_pid",
-        "_pos", "_readonly", "_recover", "_region", "_seen", "_seq_base", "_ser", "_shared",
-        "_size", "_tlock", "_undo", "_undo_all", "_view", "_waiter", "_waitw", "_watch_keys",
+        "__weakref__", "_batch", "_changes", "_cipher", "_commit", "_depth",
+        "_direct", "_fast", "_fd", "_forked", "_has_ttl", "_ident", "_index", "_lock_timeout",
+        "_lock_waiter", "_min_cap", "_mode", "_mpfast", "_multiprocess", "_nops", "_packers",
+        "_path", "_pid", "_pos", "_readonly", "_recover", "_region", "_run_start", "_seen",
+        "_seq_base", "_ser", "_shared", "_size", "_tlock", "_undo", "_undo_all", "_view",
+        "_waiter", "_waitw", "_watch_keys",
     )
 
     def __init__(self, path: str | os.PathLike[str], *, multiprocess: bool = False,
@@ -383,6 +405,7 @@ class KV(MutableMapping[str, Any]):
         self._region: Region | None = None
         self._waiter: Waiter | None = None
         self._lock_waiter: Waiter | None = None
+        self._run_start = 0.0
         self._pos = DATA_START
         self._seen = 0
         self._fast = self._cipher is None and not self._readonly
@@ -528,10 +551,24 @@ class KV(MutableMapping[str, Any]):
         self._view = view
         self._size = view.nbytes
         self._commit = view[OFF_COMMIT : OFF_COMMIT + 8].cast("Q")
-        # [0] waiters of changed(), [1] lock wanted, [2] lock hand-overs (codec.OFF_*)
-        self._waitw = view[OFF_WAITERS : OFF_LOCK_SEQ + 4].cast("I")
+        # [0] waiters of changed(), [1] lock wanted, [2] lock hand-overs, [3] hand-over
+        # pending until (codec.OFF_*)
+        self._waitw = view[OFF_WAITERS : OFF_LOCK_HANDOFF + 4].cast("I")
+
+    def _rebind_views(self) -> None:
+        """Views of the region after it grew.  The old views are never released first:
+        another thread may be reading the commit word through them (a get() takes no
+        lock), and they keep the old mapping alive until they are dropped here."""
+        waiters = self._waiter, self._lock_waiter
+        self._waiter = self._lock_waiter = None  # bound to the old mapping's address
+        self._bind_views()
+        for w in waiters:
+            if w is not None:
+                w.close()
 
     def _unbind_views(self) -> None:
+        if self._region is None:
+            return  # nothing of ours is bound (_reopen() keeps the old views until it swaps)
         for name in ("_commit", "_waitw"):
             mv = getattr(self, name, None)
             if mv is not None:
@@ -945,19 +982,17 @@ class KV(MutableMapping[str, Any]):
         size = os.fstat(self._fd).st_size
         if size <= self._size:
             return
-        self._unbind_views()
-        try:
-            self._region.grow(size)
-        finally:
-            self._bind_views()
+        self._region.grow(size)
+        self._rebind_views()
 
     def _reopen(self) -> None:
         """Move to the file the path names now.  On failure the handle stays as it was
         (on its old mapping, usable) and the error propagates."""
         with self._tlock:
             old = {n: getattr(self, n) for n in _ATTACHED}
-            for n in ("_commit", "_waitw"):
-                delattr(self, n)  # the old views stay alive in ``old``
+            # The old views stay bound (other threads' get() reads the commit word without
+            # the lock) until the new file's replace them; with _region None, a failed
+            # attach releases only what it bound itself.
             self._fd, self._region, self._waiter, self._lock_waiter = -1, None, None, None
             try:
                 self._attach_path(create=False)
@@ -965,13 +1000,7 @@ class KV(MutableMapping[str, Any]):
                 for n, v in old.items():
                     setattr(self, n, v)
                 raise
-            for n in ("_commit", "_waitw"):
-                old[n].release()
-            for n in ("_waiter", "_lock_waiter"):
-                if old[n] is not None:
-                    old[n].close()
-            old["_region"].close()
-            os.close(old["_fd"])
+            _retire(old)
 
     def _take_own_lock(self) -> None:
         """_acquire_flock(), first making the lock ours if we are a fork child."""
@@ -1007,30 +1036,50 @@ class KV(MutableMapping[str, Any]):
             _flock(self._fd, _LOCK_EX_NB)
         except BlockingIOError:
             self._wait_for_lock()
+        else:
+            if self._waitw[3]:
+                self._maybe_yield()
 
-    def _wait_for_lock(self) -> None:
-        """Sleep until the holder hands the writer lock over (see _release_flock).
+    def _maybe_yield(self) -> None:
+        """We took the lock while a woken waiter is awake and trying (L3): if our run
+        has lasted its quantum, let go and queue behind it (a running writer retakes the
+        lock within microseconds, so without this the waiter would never get in)."""
+        if self._readonly or time.monotonic() - self._run_start < _QUANTUM:
+            return
+        _flock(self._fd, _LOCK_UN)
+        self._wait_for_lock(spin=False)
 
-        The flock stays the lock (the kernel drops a killed holder's); the header's lock
-        words only carry the wake-up.  Order: read the hand-over count, say we want the
-        lock, try it, sleep while the count is unchanged.  A holder that releases after
-        our try sees the want (both are system calls, so neither is reordered) and bumps
-        the count, so the sleep ends at once; a holder that released before it let the
-        try succeed.
+    def _wait_for_lock(self, *, spin: bool = True) -> None:
+        """Take the writer lock, sleeping until its holder hands it over.
+
+        The flock stays the lock (the kernel drops a killed holder's flock at once); the
+        header words only arrange who goes next and carry wake-ups:
+
+        ===  ===========================================  ===============================
+        L1   try a few times (a write holds the lock for  nobody is woken for a spinner
+             microseconds)
+        L2   read the hand-over count, set "wanted",      a holder releasing after our
+             try; sleep while the count is unchanged,     try sees "wanted" (both are
+             at most _LOCK_SLICE                          system calls: not reordered)
+        L3   woken or the slice ended: set "ready" and    the holder, past its quantum,
+             try for up to _READY_SPIN                    lets go at its next take
+        L4   got it: clear "ready", start our run         (quantum counts from here)
+        ===  ===========================================  ===============================
+
+        The holder wakes one sleeper per quantum, not one per release: a woken sleeper
+        needs a millisecond or more to run here, and a holder that waited for it would
+        leave the lock idle meanwhile; it goes on writing until the sleeper is ready.
         """
         fd = self._fd
-        # Spin first: a writer holds the lock for microseconds, less than one sleep and
-        # wake-up.  Spinners do not ask for a wake-up, so a holder releasing to them makes
-        # no system call for it.  (No sched_yield() between tries: on a busy machine it
-        # gives the CPU to whatever else runs, for a whole time slice, measured 4 ms.)
-        for _ in range(_LOCK_SPINS):
+        words = self._waitw
+        for _ in range(_LOCK_SPINS if spin else 0):
             try:
                 _flock(fd, _LOCK_EX_NB)
+                self._run_start = time.monotonic()
                 return
             except BlockingIOError:
                 pass
         deadline = time.monotonic() + self._lock_timeout
-        words = self._waitw
         delay = 0.0001
         futex = _platform.HAVE_FUTEX and not self._readonly  # (a read-only map: no want)
         while True:
@@ -1038,8 +1087,8 @@ class KV(MutableMapping[str, Any]):
             if futex:
                 words[1] = 1
             try:
-                _flock(self._fd, _LOCK_EX_NB)
-                return
+                _flock(fd, _LOCK_EX_NB)
+                break
             except BlockingIOError:
                 pass
             remaining = deadline - time.monotonic()
@@ -1048,14 +1097,30 @@ class KV(MutableMapping[str, Any]):
                     f"could not take the write lock of {self._path} within "
                     f"{self._lock_timeout} s: another process holds it (kv.lock() or a "
                     f"long batch); retry, or find it with `fuser {self._path}`")
-            if futex:
-                if self._lock_waiter is None:
-                    assert self._region is not None
-                    self._lock_waiter = Waiter(self._region, OFF_LOCK_SEQ)
-                self._lock_waiter.wait(seq, min(remaining, _LOCK_SLICE))
-            else:  # no futex (or read-only): poll, backing off
+            if not futex:  # no futex (or read-only): poll, backing off
                 time.sleep(min(delay, remaining))
                 delay = min(delay * 2, 0.002)
+                continue
+            if self._lock_waiter is None:
+                assert self._region is not None
+                self._lock_waiter = Waiter(self._region, OFF_LOCK_SEQ)
+            self._lock_waiter.wait(seq, min(remaining, _LOCK_SLICE))
+            words[3] = 1  # L3: awake and trying; the holder lets go at its next take
+            until = time.monotonic() + _READY_SPIN
+            got = False
+            while True:
+                try:
+                    _flock(fd, _LOCK_EX_NB)
+                    got = True
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > until:
+                        break
+            if got:
+                break
+        if futex:
+            words[3] = 0
+        self._run_start = time.monotonic()
 
     def _release_flock(self) -> None:
         _flock(self._fd, _LOCK_UN)
@@ -1063,13 +1128,10 @@ class KV(MutableMapping[str, Any]):
             self._hand_over()
 
     def _hand_over(self) -> None:
-        """Wake one process sleeping for the writer lock (after unlocking it).
-
-        One, not all: the others sleep on (a woken waiter that loses the race to a
-        running writer asks again before it sleeps; one that wins leaves the rest to
-        their next look, at most _LOCK_SLICE later), so a busy lock does not wake every
-        waiter on every release.
-        """
+        """Someone sleeps for the lock we just released: once our run has lasted its
+        quantum, wake one sleeper (and go on writing until it is ready: _maybe_yield)."""
+        if time.monotonic() - self._run_start < _QUANTUM:
+            return
         words = self._waitw
         words[1] = 0
         words[2] = (words[2] + 1) & 0xFFFFFFFF
@@ -1185,16 +1247,13 @@ class KV(MutableMapping[str, Any]):
         """W4: extend the file to ``target`` (on a nearly full disk: to ``least``, what the
         next record needs) and map it.  Only the lock holder grows the file."""
         assert self._region is not None
-        self._unbind_views()
         try:
-            try:
-                self._region.grow(target)
-            except DiskFullError:
-                if target <= least:
-                    raise
-                self._region.grow(least)  # the disk is nearly full: use what is left
-        finally:
-            self._bind_views()
+            self._region.grow(target)
+        except DiskFullError:
+            if target <= least:
+                raise
+            self._region.grow(least)  # the disk is nearly full: use what is left
+        self._rebind_views()
 
     def _live_entries(self) -> list[tuple[int, bytes]]:
         now = time.time()
@@ -1337,12 +1396,17 @@ class KV(MutableMapping[str, Any]):
             self._wake()
         if self._shared:
             self._release_flock()  # waiters on the old file get it, see the mark, move over
-        self._detach()
+        # Swap files with the old views bound until the new ones replace them (other
+        # threads' get() reads the commit word without the lock).
+        old = {n: getattr(self, n) for n in ("_fd", "_region", "_commit", "_waitw",
+                                             "_waiter", "_lock_waiter")}
+        self._waiter = self._lock_waiter = None
         self._fd = fd
         st = os.fstat(fd)
         self._ident = (st.st_dev, st.st_ino)
         self._region = Region.open(_fd_path(fd))
         self._bind_views()
+        _retire(old)
         self._cipher = cipher
         self._pos = pos
         self._seen = self._commit[0]
@@ -1464,10 +1528,7 @@ class KV(MutableMapping[str, Any]):
                     return None
             elif self._mpfast and self._depth:
                 # Inside lock() or update_with(): this thread holds the writer lock.
-                pos = self._pos
-                end = pos + ((19 + n) & ~7)
-                if end <= self._size:
-                    self._put(pos, end, body, n)
+                if self._put(body, n):
                     self._index[key] = value
                     return None
             elif self._mpfast:
@@ -1479,15 +1540,15 @@ class KV(MutableMapping[str, Any]):
                     _flock(fd, _LOCK_EX_NB)
                 except BlockingIOError:
                     self._wait_for_lock()
+                else:
+                    if self._waitw[3]:
+                        self._maybe_yield()
                 try:
                     w = self._commit[0]
-                    if w == self._seen or (not w & SUPERSEDED and self._read_appended(w)):
-                        pos = self._pos
-                        end = pos + ((19 + n) & ~7)
-                        if end <= self._size:
-                            self._put(pos, end, body, n)
-                            self._index[key] = value
-                            return None
+                    if (w == self._seen or (not w & SUPERSEDED and self._read_appended(w))) \
+                            and self._put(body, n):
+                        self._index[key] = value
+                        return None
                 finally:
                     _flock(fd, _LOCK_UN)
                     if self._waitw[1]:
@@ -1512,8 +1573,13 @@ class KV(MutableMapping[str, Any]):
         packer = self._packers[n] = struct.Struct(f"<HBBII{n}s").pack_into, seed
         return packer
 
-    def _put(self, pos: int, end: int, body: bytes, n: int) -> None:
-        """Write and commit a KIND_SET record (multiprocess mode, write lock held)."""
+    def _put(self, body: bytes, n: int) -> bool:
+        """Write and commit a KIND_SET record with an ``n``-byte body if it fits (False:
+        it does not; multiprocess mode, writer lock held)."""
+        pos = self._pos
+        end = pos + ((19 + n) & ~7)
+        if end > self._size:
+            return False
         try:
             pack, seed = self._packers[n]
         except KeyError:
@@ -1523,9 +1589,10 @@ class KV(MutableMapping[str, Any]):
         self._commit[0] = end  # the commit point
         self._pos = self._seen = end
         self._nops += 1
-        if self._shared and self._waitw[0]:
+        if self._waitw[0]:
             self._waitw[0] = 0
             self._wake()
+        return True
 
     def set(self, key: str, value: Any, ttl: float | None = None) -> None:
         """Store ``value`` under ``key``; with ``ttl`` (seconds) it vanishes after that long.
@@ -1905,6 +1972,8 @@ class KV(MutableMapping[str, Any]):
         """Release the mapping and locks.  Idempotent.  Nothing is lost by not calling it."""
         with self._tlock:
             mode, self._mode = self._mode, None
+            self._shared = False  # first: other threads' get() stops reading the commit word
+            self._index = _Closed()
             try:
                 self._detach()
             finally:
@@ -1926,6 +1995,23 @@ class KV(MutableMapping[str, Any]):
             "single-process"
         state = "closed" if self._region is None else f"{len(self._index)} keys"
         return f"<KV {self._path} {mode} {state}>"
+
+
+def _retire(old: dict[str, Any]) -> None:
+    """Close a replaced file's mapping, waiters and descriptor (``old``: its attributes).
+
+    Its views are dropped, not released: another thread may be reading the commit word
+    through one right now (get() takes no lock); the mapping then goes when it lets go.
+    """
+    region, fd = old["_region"], old["_fd"]
+    waiters = old["_waiter"], old["_lock_waiter"]
+    old.clear()
+    for w in waiters:
+        if w is not None:
+            w.close()
+    with contextlib.suppress(ExportedViewsError):
+        region.close()
+    os.close(fd)
 
 
 def _fast_set(body: bytes) -> tuple[str, Any] | None:

@@ -17,6 +17,7 @@ Design rules:
 
 from __future__ import annotations
 
+import re
 import struct
 import zlib
 from collections.abc import Callable, Iterator
@@ -36,13 +37,18 @@ __all__ = [
     "Frame",
     "Record",
     "align8",
+    "all_zero",
+    "blank_buffer",
     "decode_buffer_header",
     "decode_frames",
     "decode_record",
     "encode_buffer_header",
     "encode_frame",
     "encode_record",
+    "find_records",
     "iter_records",
+    "plausible_head",
+    "record_of",
     "scan_ring",
 ]
 
@@ -113,6 +119,9 @@ def decode_record(data: bytes | bytearray | memoryview, offset: int = 0
 def _to_record(fields: tuple[int, int, int, int, int, bytes], stream: int) -> Record:
     _, seq, t, pid, level, msg = fields
     return Record(t / 1_000_000, pid, level, msg.decode("utf-8", "replace"), seq, stream)
+
+
+record_of = _to_record  # for the reader's salvage of a buffer with a damaged header
 
 
 def iter_records(blob: bytes | bytearray | memoryview, stream: int = 0
@@ -210,20 +219,92 @@ def decode_buffer_header(data: bytes | bytearray | memoryview, path: str | None 
     if magic != BUF_MAGIC:
         raise ForeignFileError(f"{path or 'data'} is not an mmapkit log buffer (magic "
                                f"{bytes(magic)!r}); pass a log buffer or directory", path=path)
+    crc = _U32.unpack_from(data, 60)[0]
+    # The checksum first: a damaged version field is damage, not a newer format (a newer
+    # version keeps this header checksum, so its files still say "upgrade").
+    if zlib.crc32(bytes(data[48:60]), zlib.crc32(bytes(data[:32]))) != crc:
+        raise CorruptFileError(f"log buffer {path or ''} has a damaged header (checksum "
+                               "mismatch)", path=path, offset=0)
     if version > VERSION:
         raise FormatVersionError(
             f"log buffer {path or ''} has format version {version}; this mmapkit reads up to "
             f"{VERSION}: upgrade mmapkit to recover it", path=path, found=version,
             supported=VERSION)
-    crc = _U32.unpack_from(data, 60)[0]
-    if (zlib.crc32(bytes(data[48:60]), zlib.crc32(bytes(data[:32]))) != crc
-            or data_off != BUF_HEADER or cap <= 0 or cap % 8 or version == 0):
-        raise CorruptFileError(f"log buffer {path or ''} has a damaged header; its records "
-                               "cannot be located", path=path, offset=0)
-    if head % 8:
-        raise CorruptFileError(f"log buffer {path or ''} has a damaged head position",
-                               path=path, offset=HEAD_OFFSET)
+    if data_off != BUF_HEADER or cap <= 0 or cap % 8 or version == 0:
+        raise CorruptFileError(f"log buffer {path or ''} has a damaged header (data offset "
+                               f"{data_off}, capacity {cap}, version {version})",
+                               path=path, offset=0)
+    if not plausible_head(head, head_seq):
+        raise CorruptFileError(
+            f"log buffer {path or ''} has a damaged head (position {head}, sequence "
+            f"{head_seq})", path=path, offset=HEAD_OFFSET)
     return BufferHeader(cap, stream, head, head_seq, created, pid)
+
+
+MAX_POSITION = 1 << 62  # head positions and sequences stay far below this (years of logging)
+
+
+def plausible_head(head: int, head_seq: int) -> bool:
+    """True if the head fields (which the header checksum does not cover: they change with
+    every flush) could have been written by a writer: aligned, in range, sequence >= 1."""
+    return head % 8 == 0 and 0 <= head < MAX_POSITION and 1 <= head_seq < MAX_POSITION
+
+
+def blank_buffer(data: bytes | bytearray | memoryview) -> bool:
+    """True for a buffer file whose creator never finished it: no magic yet (the magic is
+    stored last) and nothing in the data area, so it cannot hold a record."""
+    return all_zero(data, 0, 8) and all_zero(data, BUF_HEADER)
+
+
+_NONZERO = re.compile(rb"[^\x00]")
+
+
+def all_zero(data: bytes | bytearray | memoryview, start: int = 0,
+             stop: int | None = None) -> bool:
+    """True if every byte of ``data[start:stop]`` is 0 (counted in C, without a copy of
+    bytes or bytearray: buffers are megabytes)."""
+    if isinstance(data, memoryview):
+        data, start, stop = data.tobytes()[start:stop], 0, None
+    end = len(data) if stop is None else min(stop, len(data))
+    start = min(start, end)
+    return data.count(0, start, end) == end - start
+
+
+def _next_nonzero(blob: bytes, pos: int) -> int:
+    """Offset of the first non-zero byte of ``blob`` at or after ``pos``, or -1."""
+    step = 4096
+    while pos < len(blob):
+        chunk = blob[pos : pos + step]
+        if chunk.count(0) != len(chunk):
+            m = _NONZERO.search(chunk)
+            assert m is not None
+            return pos + m.start()
+        pos += step
+    return -1
+
+
+def find_records(area: bytes | bytearray | memoryview, start: int = 0, stop: int | None = None
+                 ) -> list[tuple[int, int, int]]:
+    """``(offset, size, sequence)`` of every record that verifies in ``area[start:stop]``
+    at a multiple of 8, by sequence (the first of equal sequences): the salvage of a
+    buffer whose header or head cannot be trusted.  Zero runs are skipped in C."""
+    stop = len(area) if stop is None else stop
+    start = align8(start)
+    blob = bytes(area[start:stop])
+    out: dict[int, tuple[int, int, int]] = {}
+    pos, end = 0, len(blob)
+    while pos + RECORD_HEADER <= end:
+        nonzero = _next_nonzero(blob, pos)
+        if nonzero < 0:
+            break
+        pos = nonzero & ~7
+        fields = decode_record(blob, pos)
+        if fields is None:
+            pos += 8
+            continue
+        out.setdefault(fields[1], (start + pos, fields[0], fields[1]))
+        pos += align8(fields[0])
+    return [out[k] for k in sorted(out)]
 
 
 def scan_ring(area: bytes | bytearray | memoryview, head: int, head_seq: int | None = None

@@ -71,8 +71,15 @@ class Handler(logging.Handler):
 
     def __init__(self, directory: str | os.PathLike[str], name: str = "app", *,
                  level: int | str = logging.NOTSET, **writer_options: Any) -> None:
-        super().__init__(level)
-        self.writer = Writer(directory, name, **writer_options)
+        # The Writer first: logging.Handler.__init__ registers the handler for
+        # logging.shutdown(), which must never meet one without its Writer.
+        writer = Writer(directory, name, **writer_options)
+        try:
+            super().__init__(level)
+        except BaseException:
+            writer.close()
+            raise
+        self.writer = writer
         self._write = self.writer.write
         self.dropped = 0
         # The plan: how the fast path formats for the current formatter (see _make_plan).
@@ -223,8 +230,10 @@ class Handler(logging.Handler):
         self.writer.sync()
 
     def close(self) -> None:
-        self.writer.close()
-        super().close()
+        try:
+            self.writer.close()  # releases the buffer's lock even when its flush fails
+        finally:
+            super().close()
 
     def statistics(self) -> WriterStatistics:
         return self.writer.statistics()

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import CorruptFileError, FileFormatError
+from ..errors import CorruptFileError, FileFormatError, ForeignFileError
 from . import _codec
 from ._codec import BUF_HEADER, Damage, Record
 from ._compress import decompress
@@ -36,6 +36,7 @@ __all__ = ["LogCheck", "check", "read", "read_buffer", "tail"]
 
 _LOG_RE = re.compile(r"(.+)\.(\d{8})\.(\d{4,})" + re.escape(LOG_SUFFIX) + "$")
 _BUF_RE = re.compile(r"(.+)\.(\d+)" + re.escape(BUF_SUFFIX) + "$")
+_DAMAGED = BUF_SUFFIX + ".damaged-"
 
 DamageHandler = Callable[[str, Damage], None]
 TimeLike = float | int | _dt.datetime | None
@@ -69,24 +70,36 @@ def _sources(path: Path, name: str | None) -> tuple[list[Path], list[Path]]:
         return [p for *_, p in logs], sorted(bufs)
     if not path.exists():
         raise FileNotFoundError(f"no log file or directory at {path}")
-    if _BUF_RE.match(path.name) or ".mbuf.damaged-" in path.name:
+    if _BUF_RE.match(path.name) or _DAMAGED in path.name:
         return [], [path]
     return [path], []
 
 
 def read_buffer(path: str | os.PathLike[str]) -> tuple[int, list[Record], list[Damage]]:
-    """``(stream, records, damages)`` of one buffer file, live or dead, without locking."""
+    """``(stream, records, damages)`` of one buffer file, live or dead, without locking.
+
+    A buffer whose header cannot be trusted (damaged, cut short, absurd head) still gives
+    every record in it that verifies, found by scanning, with a :class:`Damage` saying so
+    (the stream is the header's, as read).  So does a copy set aside by a writer
+    (``NAME.N.mbuf.damaged-<ns>``), whose head is not trusted either.  Only a newer
+    format, or a file that is not a buffer and holds no record, raises.
+    """
     p = os.fspath(path)
     with open(p, "rb") as f:
         data = f.read()
-    if not any(data[:64]):
-        return 0, [], []  # a buffer whose creator died before writing its header
-    hdr = _codec.decode_buffer_header(data, p)
+    if _codec.blank_buffer(data):
+        return 0, [], []  # being created (the magic is stored last), or its creator died
+    try:
+        hdr = _codec.decode_buffer_header(data, p)
+        if len(data) != BUF_HEADER + hdr.capacity:
+            raise CorruptFileError(f"log buffer {p} has {len(data)} bytes but its header "
+                                   f"says {BUF_HEADER + hdr.capacity}", path=p,
+                                   offset=len(data))
+    except (CorruptFileError, ForeignFileError) as exc:
+        return _salvage(data, p, exc)
+    if _DAMAGED in os.path.basename(p):
+        return _salvage(data, p, None)
     area = memoryview(data)[BUF_HEADER : BUF_HEADER + hdr.capacity]
-    if len(area) != hdr.capacity:
-        raise CorruptFileError(f"log buffer {p} is cut short: {len(data)} bytes of "
-                               f"{BUF_HEADER + hdr.capacity}; its records cannot be located "
-                               "safely", path=p, offset=len(data))
     spans, _, _, damages = _codec.scan_ring(area, hdr.head, hdr.head_seq)
     records: list[Record] = []
     for start, length in spans:
@@ -96,6 +109,27 @@ def read_buffer(path: str | os.PathLike[str]) -> tuple[int, list[Record], list[D
             else:
                 damages.append(item)
     return hdr.stream, records, damages
+
+
+def _salvage(data: bytes, path: str, exc: FileFormatError | None
+             ) -> tuple[int, list[Record], list[Damage]]:
+    """Every record that verifies in a buffer whose header cannot be trusted (``exc``
+    says why; None for a copy set aside, reported when it was made)."""
+    area = memoryview(data)[BUF_HEADER : BUF_HEADER + (max(len(data) - BUF_HEADER, 0) & ~7)]
+    found = _codec.find_records(area)
+    if not found and isinstance(exc, ForeignFileError):
+        raise exc
+    stream = int.from_bytes(data[24:32].ljust(8, b"\0"), "little")
+    records = []
+    for off, _, _ in found:
+        fields = _codec.decode_record(area, off)
+        assert fields is not None
+        records.append(_codec.record_of(fields, stream))
+    if exc is None:
+        return stream, records, []
+    what = (f"{exc}; {len(records)} records that verify were found by scanning it (the "
+            "next writer of this log copies it aside and writes them to the log)")
+    return stream, records, [Damage(0, BUF_HEADER, what)]
 
 
 class _Reader:
@@ -112,7 +146,8 @@ class _Reader:
 
             self.decrypt = decryptor(private_key)
         self.seen: dict[int, int] = {}
-        self.offsets: dict[Path, int] = {}
+        # path: ((inode, first frame header), bytes consumed)
+        self.offsets: dict[Path, tuple[tuple[int, bytes] | None, int]] = {}
         self.duplicates = 0
         self.frames = 0
         self.superseded = 0
@@ -155,9 +190,14 @@ class _Reader:
         self.pending.clear()
 
     def _file_records(self, path: Path, final: bool) -> list[Record]:
-        start = self.offsets.get(path, 0)
+        ident, start = self.offsets.get(path, (None, 0))
         try:
             with open(path, "rb") as f:
+                # Which file this is: retention may delete it and a writer make another
+                # under the same name (and inode number); then read that one from 0.
+                now = (os.fstat(f.fileno()).st_ino, f.read(_codec.FRAME_HEADER))
+                if now != ident:
+                    ident, start = now, 0
                 f.seek(start)
                 data = f.read()
         except FileNotFoundError:  # deleted by retention meanwhile
@@ -202,7 +242,7 @@ class _Reader:
                 self._yielded(rec.stream, seen)
                 out.append(rec)
             self.seen[item.stream] = seen
-        self.offsets[path] = start + (consumed if not final else len(data))
+        self.offsets[path] = (ident, start + (consumed if not final else len(data)))
         return out
 
     def _logs(self, final: bool) -> list[Record]:

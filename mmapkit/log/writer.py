@@ -34,9 +34,55 @@ Design rules:
   fills completely (8 bytes stay free) so that word exists.
 - Each buffer file belongs to one live process, which holds an exclusive flock on it.  A
   buffer whose lock can be taken has no live owner: a new writer recovers it (writes its
-  records to the log file) and reuses it, continuing its stream's sequence numbers.
+  records to the log file) and reuses it, continuing its stream's sequence numbers.  The
+  protocol, for buffer file N (lock = N's flock; only its holder maps, writes or resizes
+  N; readers -- read(), check() -- never lock, map or write and may read N between any
+  two steps):
+
+  ====  =========================================  ======  ================================
+  step  action                                     lock    another process may see, between
+                                                   held    this step and the next
+  ====  =========================================  ======  ================================
+  B1    list the NAME.N.mbuf files                 none    new slots appear (harmless); no
+                                                           buffer file is ever deleted
+  B2    open N, flock(LOCK_EX|LOCK_NB); refused:   -> N    refused means a live owner: we
+        a live owner, skip N (never read or map               never read, map or write N
+        it)
+  B3    read N whole and judge it (_examine):      N       N as it was: nobody else can
+        blank / ok / damaged / newer (newer:                change it while we hold N
+        unlock, leave it untouched)
+  B4    damaged: copy N aside, append every        N       records in N and in the log
+        record that verifies, truncate N to 0                (readers drop the second copy
+        (killed before the truncate: done again            by stream and sequence); N
+        at the next start).  ok: append flushed            empty after the truncate
+        records a kill left outside [head, tail)
+  B5    adopt: map N, install, flush its live      N       the flush table above
+        records (the flush table above).  else:
+        append them, store head sequence, then
+        head, zero the ring                                records in both: dropped once
+  B6    not adopted: unlock, close                 -> -    another starter may take N
+  B7    none adopted: M = highest + 1; open with   -> M    another starter may create and
+        O_CREAT and flock; refused: M + 1                  lock M first (we take M + 1)
+                                                           or lock our empty M first and
+                                                           use or skip it: it holds nothing
+  B8    create: extend M (fallocate), write the    M       a blank file (no magic): empty,
+        header but the magic, then the magic (one          never half a header; a creator
+        8-byte store)                                      killed here leaves it blank
+  B9    close: flush, take the flush lock, unmap,  -> -    another starter may adopt it;
+        unlock (even if the flush failed)                  we never touch it again
+  fork  child: unmap the inherited mapping, close  parent  the parent keeps its lock; its
+        the lock descriptor without unlocking;             buffer is never written by the
+        flush/close do nothing; the first write            child, and is recovered as soon
+        claims a slot of its own (B1)                      as the parent dies
+  ====  =========================================  ======  ================================
+
+  Only the holder of N's lock concludes that N is damaged; a reader may see a torn copy
+  of a live buffer and never judges.  Nothing that verifies is zeroed before it is in a
+  log file (or, damaged, in the copy aside and the log).
 - Log files are never refused a write: rotation (by size, daily) and retention (by age,
-  by total bytes) only ever start new files and delete old, closed ones.
+  by total bytes) only ever start new files and delete old ones.  Another process's
+  retention may delete the file we append to: an append checks afterwards that the file
+  still has a name and otherwise appends again to a live file, before head moves.
 """
 
 from __future__ import annotations
@@ -53,15 +99,18 @@ import warnings
 import weakref
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+from .._testhooks import PAUSES as _PAUSE
+from .._testhooks import pause as _pause
 from ..errors import (
     ClosedError,
     CorruptFileError,
     DiskFullError,
     FileFormatError,
+    FormatVersionError,
     InvalidSizeError,
     UnsupportedPlatformError,
 )
@@ -136,6 +185,81 @@ def _valid_name(name: str) -> str:
     return name
 
 
+@dataclass
+class _Found:
+    """What a buffer file holds, judged under its lock by :func:`_examine`."""
+
+    kind: str                     # "blank", "ok", "damaged" or "newer"
+    reason: str = ""              # why damaged (or newer)
+    stream: int = 0
+    head: int = 0
+    head_seq: int = 1
+    spans: list[tuple[int, int]] = field(default_factory=list)  # live records (scan_ring)
+    tail: int = 0
+    next_seq: int = 0
+    # "ok": verifying records outside the live part (flushed ones a kill left unzeroed);
+    # "damaged": every verifying record.  (offset in the data area, size, sequence)
+    records: list[tuple[int, int, int]] = field(default_factory=list)
+    dirty: bool = False           # non-zero bytes outside the live part
+
+
+def _examine(data: bytes, path: str) -> _Found:
+    """Judge a buffer file's bytes, read under its lock.
+
+    Every header field is checked before it is trusted: the checksummed ones by the
+    checksum, capacity against the file size, head and head sequence (not checksummed:
+    they change with each flush) for range and against the records they point at.  A
+    record that verifies but lies outside the live part with a sequence at or past the
+    live ones means the head is wrong: damage.  Only the owner of the lock concludes
+    damage; readers never do (they may see a torn copy of a live buffer).
+    """
+    if not data or _codec.blank_buffer(data):
+        return _Found("blank")
+    size = len(data)
+    ring = memoryview(data)[BUF_HEADER : BUF_HEADER + (max(size - BUF_HEADER, 0) & ~7)]
+    stream = int.from_bytes(data[24:32].ljust(8, b"\0"), "little")
+    try:
+        hdr = _codec.decode_buffer_header(data, path)
+    except FormatVersionError as exc:
+        return _Found("newer", str(exc))
+    except FileFormatError as exc:
+        return _Found("damaged", str(exc), stream, records=_codec.find_records(ring))
+    if size != BUF_HEADER + hdr.capacity:
+        return _Found("damaged", f"log buffer {path} has {size} bytes but its header says "
+                      f"{BUF_HEADER + hdr.capacity}", stream,
+                      records=_codec.find_records(ring))
+    spans, tail, next_seq, damages = _codec.scan_ring(ring, hdr.head, hdr.head_seq)
+    reason = ""
+    if damages:
+        reason = f"log buffer {path}: {damages[0].describe()}"
+    elif spans:
+        first = int.from_bytes(ring[spans[0][0] + 8 : spans[0][0] + 16], "little")
+        if not first <= hdr.head_seq <= next_seq:
+            reason = (f"log buffer {path} has a damaged head sequence ({hdr.head_seq}; "
+                      f"the records at its head are {first} to {next_seq - 1})")
+    extra: list[tuple[int, int, int]] = []
+    dirty = False
+    if not reason:
+        # The part that will be free once adopted: all of it without live records (a
+        # wrap marker at head is skipped then), else the ring outside [head, tail).
+        cap = hdr.capacity
+        a, b = tail % cap, hdr.head % cap
+        free = [(0, cap)] if not spans else [(a, b)] if a < b else [(a, cap), (0, b)]
+        for lo, hi in free:
+            if lo < hi and not _codec.all_zero(data, BUF_HEADER + lo, BUF_HEADER + hi):
+                dirty = True
+                extra += _codec.find_records(ring, lo, hi)
+        live_end = next_seq if spans else hdr.head_seq
+        late = [r for r in extra if r[2] >= live_end]
+        if late:
+            reason = (f"log buffer {path} has a damaged head (position {hdr.head}, sequence "
+                      f"{hdr.head_seq}): record {late[0][2]} lies outside the records it "
+                      "points at")
+    if reason:
+        return _Found("damaged", reason, hdr.stream, records=_codec.find_records(ring))
+    return _Found("ok", "", hdr.stream, hdr.head, hdr.head_seq, spans, tail, next_seq,
+                  extra, dirty)
+
 class _Sink:
     """The log files of one directory and name: rotation, retention, appends."""
 
@@ -191,7 +315,11 @@ class _Sink:
             return
         current = os.path.basename(self.path) if self.path else None
         entries = []
-        for _, _, entry in self._files():
+        files = self._files()
+        # The newest file is where other processes append (a process starting has no
+        # file yet): never deleted for size, only for age (then nobody wrote it lately).
+        newest = files[-1][2] if files else None
+        for _, _, entry in files:
             if entry == current:
                 continue
             try:
@@ -205,7 +333,8 @@ class _Sink:
                 total += os.stat(self.path).st_size
         for entry, mtime, size in entries:  # oldest first
             too_old = self.retention is not None and now - mtime > self.retention
-            too_big = self.max_total_bytes is not None and total > self.max_total_bytes
+            too_big = (self.max_total_bytes is not None and total > self.max_total_bytes
+                       and entry != newest)
             if not (too_old or too_big):
                 continue
             with contextlib.suppress(FileNotFoundError):
@@ -213,19 +342,33 @@ class _Sink:
             total -= size
 
     def append(self, data: bytes, now: float) -> None:
-        """Append ``data`` (whole frames) with O_APPEND writes; raises DiskFullError."""
-        fd = self._open(now)
-        view = memoryview(data)
-        try:
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DiskFullError(
-                    exc.errno, f"no space left to append to {self.path}; the records stay in "
-                    "the buffer and are written when space returns") from exc
-            raise
+        """Append ``data`` (whole frames) with O_APPEND writes; raises DiskFullError.
+
+        Returns only once the bytes are in a file that still has a name: if the file was
+        deleted meanwhile (retention by another process, or by hand), what went into it
+        is gone with it, so it is appended again to a file that exists (readers drop any
+        second copy).  The caller frees the buffer only after this returns.
+        """
+        for _ in range(8):
+            fd = self._open(now)
+            if _PAUSE:
+                _pause("log.sink-opened")
+            view = memoryview(data)
+            try:
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise DiskFullError(
+                        exc.errno, f"no space left to append to {self.path}; the records "
+                        "stay in the buffer and are written when space returns") from exc
+                raise
+            if os.fstat(fd).st_nlink:
+                return
+            self.close()  # deleted under us: the next _open finds or makes a live file
+        raise OSError(errno.ENOENT, f"the log files in {self.directory} keep being deleted "
+                      "while this process appends to them; the records stay in the buffer")
 
     def close(self) -> None:
         if self.fd is not None:
@@ -299,103 +442,182 @@ class Writer:
         self._flushes = self._frames = self._file_bytes = self._raw_bytes = 0
         self._failed = self._recovered = 0
         self._failing = False
-        self._open_buffer()
-        self._sink.apply_retention(time.time())
-        self._start_thread()
+        self._region: Region | None = None
+        self._slot_lock: FileLock | None = None
+        self._u32: memoryview | None = None
+        self._hdr_q: memoryview | None = None
+        try:
+            self._open_buffer()
+            self._sink.apply_retention(time.time())
+            self._start_thread()
+        except BaseException:
+            # Never half-built: whatever failed, the slot lock and the mapping go with it.
+            self._closed = True
+            self._release()
+            raise
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _after_fork(ref))
 
     # --- buffer slots -----------------------------------------------------------------
 
     def _open_buffer(self) -> None:
-        """Claim a buffer slot (recovering every dead one we can lock), or fall back."""
+        """Claim a buffer slot, recovering every dead one we can lock, or fall back to
+        process memory.  The steps are the protocol table in the module comment."""
         self._pid = os.getpid()
         self._forked = False
-        self._region: Region | None = None
-        self._slot_lock: FileLock | None = None
+        self._region = None
+        self._slot_lock = None
         pattern = buffer_pattern(self._name)
         slots = sorted(int(m.group(1)) for e in os.listdir(self._directory)
                        if (m := pattern.match(e)))
-        mine: int | None = None
-        for slot in slots:
+        mine = False
+        for slot in slots:                                  # B1
             lock = FileLock(self._buffer_path(slot))
-            if not lock.try_exclusive():
-                lock.close()
-                continue
-            if mine is None and self._adopt(slot, lock):
-                mine = slot
-                continue
-            self._recover_foreign(slot)
-            lock.release()
-            lock.close()
-        if mine is None:
-            slot = max(slots, default=-1) + 1
-            while True:
-                lock = FileLock(self._buffer_path(slot))
+            try:
+                if not lock.try_exclusive():                # B2: a live owner: hands off
+                    continue
+                if _PAUSE:
+                    _pause("log.slot-locked")
+                mine = self._claim(slot, lock, adopt=not mine) or mine
+            finally:
+                if self._slot_lock is not lock:
+                    lock.close()  # unlocks (a foreign buffer, or one we could not adopt)
+        slot = max(slots, default=-1) + 1
+        tries = 0
+        while not mine and tries < 4:                       # B7: a new slot
+            lock = FileLock(self._buffer_path(slot))
+            try:
                 if lock.try_exclusive():
-                    break
-                lock.close()
-                slot += 1
-            if not self._adopt(slot, lock):
-                lock.release()
-                lock.close()
-                self._heap_buffer()
+                    tries += 1
+                    mine = self._claim(slot, lock, adopt=True)
+            finally:
+                if self._slot_lock is not lock:
+                    lock.close()
+            slot += 1
+        if not mine:
+            self._heap_buffer()
 
     def _buffer_path(self, slot: int) -> Path:
         return self._directory / f"{self._name}.{slot}{BUF_SUFFIX}"
 
-    def _adopt(self, slot: int, lock: FileLock) -> bool:
-        """Make ``slot`` our buffer: recover what it holds, then keep appending to it."""
+    def _claim(self, slot: int, lock: FileLock, adopt: bool) -> bool:
+        """We hold ``slot``'s lock: recover what its buffer holds (salvage it if damaged),
+        then make it ours if ``adopt``.  True when adopted (``lock`` is then kept).
+
+        Holding the lock, nobody else maps, writes or resizes this file (a live owner
+        holds the lock; a fork child drops the mapping it inherited, see _after_fork), so
+        the size and bytes read here stay true until we unlock.
+        """
         path = self._buffer_path(slot)
         try:
-            exists = path.stat().st_size > 0
-            fresh = not exists
-            if exists:
-                with open(path, "rb") as f:
-                    # A creator killed before writing the header left no records either.
-                    exists = any(f.read(64))
-        except FileNotFoundError:
-            exists, fresh = False, True
+            with open(path, "rb") as f:                    # B3: read, under the lock
+                data = f.read()
+        except OSError as exc:
+            warnings.warn(f"mmapkit.log: cannot read the log buffer {path} ({exc}); it is "
+                          "left as it is", LogWarning, stacklevel=5)
+            return False
+        found = _examine(data, str(path))
+        if found.kind == "newer":
+            warnings.warn(f"mmapkit.log: {found.reason}; it is left untouched and this "
+                          "process logs through another buffer", LogWarning, stacklevel=5)
+            return False
+        if found.kind == "damaged":
+            if not self._salvage(path, data, found):
+                return False
+            found = _Found("blank")  # the records are in the log file and in the copy
+        elif found.records:
+            # Verifying records outside the live part: flushed ones a kill left before
+            # they were zeroed.  Written again (readers drop the second copy) rather
+            # than zeroed unwritten: nothing that verifies is ever wiped.
+            try:
+                self._append_records(data, found.records, found.stream)
+            except OSError as exc:
+                warnings.warn(f"mmapkit.log: cannot recover {path} now ({exc}); it is kept "
+                              "for the next start", LogWarning, stacklevel=5)
+                return False
+        if found.kind == "blank":
+            if not adopt:
+                return False  # holds no record: whoever adopts it creates it afresh
+            return self._create(path, lock, truncate=bool(data))
+        if not adopt:
+            self._recover_foreign(path, data, found)
+            return False
         try:
-            if exists:
-                region = Region.open(path)
-                try:
-                    hdr = _codec.decode_buffer_header(region.view, str(path))
-                    if region.size != BUF_HEADER + hdr.capacity:
-                        raise CorruptFileError(f"log buffer {path} has the wrong size",
-                                               path=str(path))
-                except FileFormatError as exc:
-                    region.close()
-                    self._set_aside(path, exc)
-                    return self._adopt(slot, lock)
-                stream, head, head_seq = hdr.stream, hdr.head, hdr.head_seq
-            else:
-                region = Region.open(path, BUF_HEADER + self._buffer_size, create=True)
-                stream, head, head_seq = random.getrandbits(63) + 1, 0, 1
-                region.view[:BUF_HEADER] = _codec.encode_buffer_header(
-                    self._buffer_size, stream, 0, 1, time.time_ns() // 1000, os.getpid())
-        except (OSError, FileFormatError) as exc:
-            warnings.warn(f"mmapkit.log: cannot map the log buffer {path} ({exc}); logging "
-                          "into process memory instead: records written now are lost if "
-                          "this process is killed before they are flushed",
-                          LogWarning, stacklevel=4)
+            region = Region.open(path)
+        except OSError as exc:
+            self._cannot_map(path, exc)
             return False
         self._region, self._slot_lock = region, lock
-        self._install(region.view, stream, head, head_seq, zeroed=fresh)
-        if exists:
-            self._recovered += self._recover_own()
+        self._install(region.view, found.stream, found.head, found.head_seq,
+                      zeroed=not found.dirty)
+        self._recovered += self._recover_own()             # B5 through the flush
         return True
 
-    def _set_aside(self, path: Path, exc: Exception) -> None:
-        """A damaged buffer is renamed, never wiped: ``mmapkit log recover`` can still read
-        what it holds."""
+    def _create(self, path: Path, lock: FileLock, *, truncate: bool) -> bool:
+        """B8: make a new buffer at ``path`` (we hold its lock).  The magic is stored last,
+        so a reader never sees a header that is half there, and a creator killed before
+        it leaves a blank file that the next owner creates again."""
+        try:
+            if truncate:  # a blank or salvaged file of any size: start from zero bytes
+                os.truncate(path, 0)
+            region = Region.open(path, BUF_HEADER + self._buffer_size, create=True)
+        except OSError as exc:
+            self._cannot_map(path, exc)
+            return False
+        if _PAUSE:
+            _pause("log.slot-created")
+        stream = random.getrandbits(63) + 1
+        header = _codec.encode_buffer_header(self._buffer_size, stream, 0, 1,
+                                             time.time_ns() // 1000, os.getpid())
+        view = region.view
+        view[8:BUF_HEADER] = header[8:]
+        if _PAUSE:
+            _pause("log.header-written")
+        with view[:8].cast("Q") as magic:
+            magic[0] = int.from_bytes(header[:8], "little")
+        self._region, self._slot_lock = region, lock
+        self._install(view, stream, 0, 1, zeroed=True)
+        return True
+
+    def _cannot_map(self, path: Path, exc: Exception) -> None:
+        warnings.warn(f"mmapkit.log: cannot map the log buffer {path} ({exc}); logging "
+                      "into process memory instead: records written now are lost if "
+                      "this process is killed before they are flushed",
+                      LogWarning, stacklevel=6)
+
+    def _append_records(self, data: bytes, records: list[tuple[int, int, int]],
+                        stream: int) -> int:
+        """Append scattered records of a buffer's data area to the log; their count."""
+        frames = _salvage_frames(memoryview(data)[BUF_HEADER:], records, stream, self._code,
+                                 self._compress, self._encrypt)
+        if frames:
+            self._sink.append(b"".join(f for f, _ in frames), time.time())
+        return sum(n for _, n in frames)
+
+    def _salvage(self, path: Path, data: bytes, found: _Found) -> bool:
+        """A damaged buffer (we hold its lock): copy it aside, write every record in it
+        that verifies to the log, then empty it.  Never wiped before both are done; if
+        either fails it is left untouched for the next start."""
         import shutil
 
         aside = path.with_name(f"{path.name}.damaged-{time.time_ns()}")
-        shutil.copyfile(path, aside)  # copied, not renamed: our lock is on this inode
-        os.truncate(path, 0)
-        warnings.warn(f"mmapkit.log: {exc}; moved it to {aside} and started a new buffer",
-                      LogWarning, stacklevel=5)
+        try:
+            shutil.copyfile(path, aside)  # the file cannot change: we hold its lock
+            if _PAUSE:
+                _pause("log.salvage-copied")
+            n = self._append_records(data, found.records, found.stream)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(aside)
+            warnings.warn(f"mmapkit.log: {found.reason}; it cannot be salvaged now ({exc}) "
+                          "and is left as it is for the next start", LogWarning,
+                          stacklevel=5)
+            return False
+        self._recovered += n
+        warnings.warn(f"mmapkit.log: {found.reason}; the {n} records in it that verify were "
+                      f"written to the log, the damaged buffer was copied to {aside} and "
+                      "the slot starts afresh", LogWarning, stacklevel=5)
+        return True
 
     def _heap_buffer(self) -> None:
         self._region = None
@@ -409,8 +631,8 @@ class Writer:
         self._cap = len(self._area)
         # Native-order typed views: one store per word (the commit must not tear).  Our
         # formats are little-endian, so big-endian machines are refused at import.
-        self._u32: memoryview | None = self._area.cast("I")
-        self._hdr_q: memoryview | None = view[:BUF_HEADER].cast("Q")
+        self._u32 = self._area.cast("I")
+        self._hdr_q = view[:BUF_HEADER].cast("Q")
         self._stream = stream
         spans, tail, next_seq, damages = _codec.scan_ring(self._area, head, head_seq)
         for d in damages:
@@ -499,45 +721,32 @@ class Writer:
             off = 0
         return int.from_bytes(self._area[off + 8 : off + 16], "little")
 
-    def _recover_foreign(self, slot: int) -> None:
-        """Flush a dead process's buffer into the log and leave it empty (we hold its lock)."""
-        path = self._buffer_path(slot)
+    def _recover_foreign(self, path: Path, data: bytes, found: _Found) -> None:
+        """B5-B6 for a dead process's buffer (we hold its lock): append its live records
+        to the log, then mark them flushed (sequence, then head) and zero its ring."""
+        if not found.spans and not found.dirty:
+            return  # nothing live and nothing to clear
         try:
-            with open(path, "rb") as f:
-                if not any(f.read(64)):
-                    return  # its creator died before writing the header: nothing in it
-            region = Region.open(path)
-        except OSError as exc:
-            warnings.warn(f"mmapkit.log: cannot open {path} to recover it ({exc}); it is kept "
-                          "for the next start", LogWarning, stacklevel=5)
-            return
-        view = region.view
-        area = view[BUF_HEADER:]
-        try:
-            hdr = _codec.decode_buffer_header(view, str(path))
-            if len(area) != hdr.capacity:
-                raise CorruptFileError(f"log buffer {path} has the wrong size", path=str(path))
-            spans, tail, nseq, damages = _codec.scan_ring(area, hdr.head, hdr.head_seq)
-            for d in damages:
-                warnings.warn(f"mmapkit.log: {path}: {d.describe()}", LogWarning, stacklevel=5)
-            if spans:
-                frames = _frames_of(area, spans, hdr.stream, self._code, self._compress,
-                                    self._encrypt)
+            if found.spans:
+                frames = _frames_of(memoryview(data)[BUF_HEADER:], found.spans, found.stream,
+                                    self._code, self._compress, self._encrypt)
                 self._sink.append(b"".join(f for f, _ in frames), time.time())
                 self._recovered += sum(n for _, n in frames)
-                view[HEAD_SEQ_OFFSET : HEAD_SEQ_OFFSET + 8] = nseq.to_bytes(8, "little")
-                view[HEAD_OFFSET : HEAD_OFFSET + 8] = tail.to_bytes(8, "little")
-                _zero_outside(area, tail, tail)
-        except FileFormatError as exc:
-            area.release()
-            region.close()
-            self._set_aside(path, exc)
-            return
+                if _PAUSE:
+                    _pause("log.recovered-appended")
+            region = Region.open(path)
         except OSError as exc:
             warnings.warn(f"mmapkit.log: cannot recover {path} now ({exc}); it is kept for "
                           "the next start", LogWarning, stacklevel=5)
-        area.release()
-        region.close()
+            return
+        try:
+            with region.view[:BUF_HEADER].cast("Q") as hdr:
+                hdr[HEAD_SEQ_OFFSET // 8] = found.next_seq if found.spans else found.head_seq
+                hdr[HEAD_OFFSET // 8] = found.tail
+            with region.view[BUF_HEADER:] as ring:
+                _zero_outside(ring, found.tail, found.tail)
+        finally:
+            region.close()
 
     # --- the hot path -----------------------------------------------------------------
 
@@ -688,6 +897,11 @@ class Writer:
         hdr = self._hdr_q
         if hdr is None:
             self._closed_error()
+        if not _codec.plausible_head(head, head_seq):  # cannot happen: values are checked
+            raise CorruptFileError(                     # at open and only ever grow
+                f"the log buffer {self._region.path if self._region else '(memory)'} "
+                f"reached head {head}, sequence {head_seq}; close the writer and report a "
+                "bug", path=self._region.path if self._region else None)
         hdr[HEAD_SEQ_OFFSET // 8] = head_seq
         hdr[HEAD_OFFSET // 8] = head
 
@@ -794,14 +1008,14 @@ class Writer:
     def flush(self) -> None:
         """Write everything buffered to the log file now (raises DiskFullError if it cannot;
         the records then stay in the buffer)."""
-        if self._closed:
-            return
+        if self._closed or self._forked:
+            return  # a fork child that has not written holds nothing of its own
         self._flush_now()
 
     def sync(self) -> None:
         """:meth:`flush`, then fsync the log file and msync the buffer: what was written
         before survives an OS crash or power loss too."""
-        if self._closed:
+        if self._closed or self._forked:
             return
         with self._flush_lock:
             self._flush_now()
@@ -819,6 +1033,8 @@ class Writer:
         complete chunks.
         """
         with self._flush_lock:
+            if self._u32 is None:
+                return  # released (closed, or a fork child's inherited buffer)
             area = self._area
             with self._lock:
                 head = self._head
@@ -856,6 +1072,8 @@ class Writer:
                 if not frames:
                     return
                 self._write_frames(frames, records)
+                if _PAUSE:
+                    _pause("log.flush-appended")
                 # Steps 2-4 of the table in the module comment.
                 self._store_head(end, next_seq)
                 _zero_range(area, head, end)
@@ -922,13 +1140,7 @@ class Writer:
         with self._flush_lock:
             if not self._forked:
                 return
-            with contextlib.suppress(Exception):
-                self._area.release()
-                self._view.release()
-            self._u32 = self._hdr_q = None
-            if self._region is not None:
-                with contextlib.suppress(Exception):
-                    self._region.close()  # unmaps in this process only
+            _drop_inherited(self)  # done at fork already; harmless again
             self._open_buffer()
             self._start_thread()
 
@@ -955,31 +1167,41 @@ class Writer:
 
     def close(self) -> None:
         """Flush and release the buffer.  If the flush fails, the records stay in the
-        buffer file and the next writer of this directory and name recovers them."""
+        buffer file and the next writer of this directory and name recovers them.  The
+        slot lock is released whatever happens, and an error of the flush other than a
+        full disk propagates as it is (the release never replaces it)."""
         if self._closed:
             return
         try:
-            with contextlib.suppress(OSError):
-                self._flush_now()
+            if not self._forked:  # a fork child never flushes its parent's buffer
+                with contextlib.suppress(OSError):
+                    self._flush_now()
         finally:
             with self._lock:
                 self._closed = True
                 self._limit = -1
             self._wake.set()
-            if self._thread is not None and self._thread is not threading.current_thread():
-                self._thread.join(timeout=10)
+            thread = self._thread
+            if (thread is not None and thread is not threading.current_thread()
+                    and not self._forked):
+                thread.join(timeout=10)
             self._release()
 
     def _release(self) -> None:
-        with self._lock:
-            self._u32 = self._hdr_q = None
-        self._area.release()
-        self._view.release()
-        if self._region is not None:
-            self._region.close()
-        if self._slot_lock is not None:
-            self._slot_lock.release()
-        self._sink.close()
+        """B9: unmap, then unlock (once unlocked another process may adopt the buffer, so
+        the flush lock is taken first: a flush still running ends before).  Never raises."""
+        with self._flush_lock:
+            with self._lock:
+                self._u32 = self._hdr_q = None
+            try:
+                _unmap(self)
+            finally:
+                lock, self._slot_lock = self._slot_lock, None
+                if lock is not None:
+                    with contextlib.suppress(OSError):
+                        lock.close()  # releases the flock and closes the descriptor
+                with contextlib.suppress(OSError):
+                    self._sink.close()
 
     def __enter__(self) -> Writer:
         return self
@@ -1007,6 +1229,35 @@ def _after_fork(ref: weakref.ref[Writer]) -> None:
                 os.close(w._sink.fd)
             w._sink.fd = None
         w._forked = True
+        _drop_inherited(w)
+
+
+def _unmap(w: Writer) -> None:
+    """Drop ``w``'s views and mapping (never raises).  Views that something else still
+    holds (a traceback's frame) keep the mapping alive until they go; ``w`` never touches
+    it again either way."""
+    w._u32 = w._hdr_q = None
+    for view in (getattr(w, "_area", None), getattr(w, "_view", None)):
+        if view is not None:
+            with contextlib.suppress(Exception):
+                view.release()
+    region, w._region = w._region, None
+    if region is not None:
+        with contextlib.suppress(Exception):
+            region.close()
+
+
+def _drop_inherited(w: Writer) -> None:
+    """In a fork child: let go of the parent's buffer.  The mapping is unmapped here only;
+    the lock descriptor is closed without unlocking, so the flock stays the parent's alone
+    (a child keeping it open would keep the parent's buffer locked after the parent died,
+    and a child mapping it could later write over whoever adopted it)."""
+    _unmap(w)
+    lock, w._slot_lock = w._slot_lock, None
+    if lock is not None:
+        with contextlib.suppress(Exception):
+            lock.fileno  # noqa: B018  (FileLock notices the fork: fresh state, own descriptor)
+            lock.close()
 
 
 def _last_record(area: memoryview, a: int, b: int) -> int:
@@ -1048,6 +1299,33 @@ def _frames_of(area: memoryview, spans: list[tuple[int, int]], stream: int, code
                     count=count, pid=pid, first_time_us=t0, last_time_us=t1,
                     compression=code, compress=compress, encrypt=encrypt)
                 out.append((frame, count))
+    return out
+
+
+def _salvage_frames(area: memoryview, records: list[tuple[int, int, int]], stream: int,
+                    code: int, compress: Callable[[bytes], bytes],
+                    encrypt: _codec.Transform | None) -> list[tuple[bytes, int]]:
+    """Frames of scattered records ((offset, size, sequence), by sequence): one frame per
+    run of consecutive sequences, of at most ~CHUNK raw bytes."""
+    out: list[tuple[bytes, int]] = []
+    unpack = REC_REST.unpack_from
+    i = 0
+    while i < len(records):
+        j, raw = i, 0
+        while j < len(records) and raw < CHUNK and (
+                j == i or records[j][2] == records[j - 1][2] + 1):
+            raw += _codec.align8(records[j][1])
+            j += 1
+        run = records[i:j]
+        blob = b"".join(bytes(area[off : off + size]).ljust(_codec.align8(size), b"\0")
+                        for off, size, _ in run)
+        first_seq, t0, pid = unpack(area, run[0][0] + 8)[:3]
+        t1 = unpack(area, run[-1][0] + 8)[1]
+        frame = _codec.encode_frame(blob, stream=stream, first_seq=first_seq, count=len(run),
+                                    pid=pid, first_time_us=t0, last_time_us=t1,
+                                    compression=code, compress=compress, encrypt=encrypt)
+        out.append((frame, len(run)))
+        i = j
     return out
 
 

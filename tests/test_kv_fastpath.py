@@ -1,0 +1,72 @@
+"""The KV's hand-inlined write paths spell the record format again (for speed): every byte
+they write must equal the codec's encoding.  Each value kind at the edges of the
+precomputed tables, through each path: the single-process hot path, the multiprocess
+path (lock taken inline, and inside lock()), the general set(), and a compaction image.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mmapkit.kv import KV, codec
+
+VALUES: list[Any] = [
+    0, 1, -1, (1 << 63) - 1, -(1 << 63), 1 << 63, -(1 << 64),  # past 64 bits: general path
+    0.0, -2.5, float("inf"), True, False, None,
+    b"", b"x", b"y" * 255, b"z" * 256, b"w" * 257, b"v" * 1024, b"u" * 1025, b"t" * 5000,
+    "", "a", "é" * 127, "é" * 128, "b" * 255, "c" * 256, "d" * 1025, "\ud800 lone",
+    [1, "two", b"three"], {"k": (1, 2)},
+]
+KEYS = ["k", "ключ", "K" * 255, "L" * 1024, "\udcff key"]
+
+
+def records(path: Path) -> list[tuple[int, bytes]]:
+    """(offset, raw bytes) of every committed record of the file."""
+    data = path.read_bytes()
+    hdr = codec.parse_header(data)
+    found = codec.scan(data, codec.DATA_START, hdr.end)
+    assert not found.damaged and not found.tail
+    return [(r.offset, data[r.offset : r.offset + r.size]) for r in found.records]
+
+
+def expected(key: str, value: Any, offset: int) -> bytes:
+    body = codec.encode_key(key) + codec.encode_value(value)
+    return codec.encode_record(codec.KIND_SET, body, offset)
+
+
+@pytest.mark.parametrize("mode", ["single", "multiprocess", "multiprocess-locked", "set"])
+def test_every_write_path_writes_the_codecs_bytes(tmp_path: Path, mode: str) -> None:
+    path = tmp_path / "fp.kv"
+    written: list[tuple[str, Any]] = []
+    with KV(path, multiprocess=mode.startswith("multiprocess"), capacity=1 << 20) as kv:
+        for key in KEYS:
+            for value in VALUES:
+                if mode == "set":
+                    kv.set(key, value)
+                elif mode == "multiprocess-locked":
+                    with kv.lock():
+                        kv[key] = value
+                else:
+                    kv[key] = value
+                written.append((key, value))
+        assert kv.statistics().compactions == 0
+    recs = records(path)
+    assert len(recs) == len(written)
+    for (offset, raw), (key, value) in zip(recs, written, strict=True):
+        assert raw == expected(key, value, offset), (mode, key, value)
+
+
+def test_the_compaction_image_writes_the_codecs_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "img.kv"
+    with KV(path, capacity=1 << 20) as kv:
+        for i, value in enumerate(VALUES):
+            kv[KEYS[i % len(KEYS)][:1000] + str(i)] = value
+        kv.compact()
+        live = {k: kv[k] for k in kv}
+    recs = records(path)
+    assert len(recs) == len(live)
+    for (offset, raw), (key, value) in zip(recs, live.items(), strict=True):
+        assert raw == expected(key, value, offset), (key, value)
