@@ -10,23 +10,27 @@ Design rules:
   MAP_SHARED memory, flock and POSIX signals.
 - No mutable module state: the libc handle and configured foreign functions are built
   once by cached functions, which is a pure function of the running process.
+- ctypes is imported by the functions that call into libc, not by this module: importing
+  mmapkit (or opening a KV) should not pay for it until a futex, msync, mincore or a
+  buffer address is needed (start-up time, issue 16).
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import functools
 import mmap
 import os
-import platform
 import struct
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import DiskFullError, UnsupportedPlatformError
+
+if TYPE_CHECKING:
+    import ctypes
 
 if sys.platform == "win32":  # pragma: no cover - refused by design
     raise UnsupportedPlatformError(
@@ -58,6 +62,8 @@ __all__ = [
 ]
 
 IS_LINUX = sys.platform.startswith("linux")
+# platform.machine() is os.uname().machine; the platform module costs milliseconds to import.
+_MACHINE = os.uname().machine
 PAGE_SIZE: int = mmap.PAGESIZE
 
 # madvise names accepted by Region.advise().  "populate" prefaults the range (Linux 5.14+
@@ -80,12 +86,12 @@ HAVE_POPULATE = IS_LINUX
 
 _FUTEX_SYSCALL = {"x86_64": 202, "aarch64": 98, "arm64": 98, "riscv64": 98, "ppc64le": 221,
                   "s390x": 238, "i686": 240, "armv7l": 240}
-HAVE_FUTEX = IS_LINUX and platform.machine() in _FUTEX_SYSCALL
+HAVE_FUTEX = IS_LINUX and _MACHINE in _FUTEX_SYSCALL
 _FUTEX_WAIT = 0  # no FUTEX_PRIVATE_FLAG: the word is shared between processes
 _FUTEX_WAKE = 1
 # CPUs whose plain aligned stores are seen by other cores in program order (TSO): there a
 # store of a 64-bit position after the stores of the bytes it covers publishes them.
-IS_TSO = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+IS_TSO = _MACHINE.lower() in ("x86_64", "amd64", "i386", "i686")
 # Open-file-description byte-range locks (Linux 3.15+): owned by one open() like flock,
 # so two handles in one process do not share them and close() of an unrelated descriptor
 # does not drop them (the trap of classic POSIX record locks).
@@ -102,36 +108,49 @@ def align_up(n: int, alignment: int = PAGE_SIZE) -> int:
     return -(-n // alignment) * alignment
 
 
-class _Timespec(ctypes.Structure):
-    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+@functools.cache
+def _structs() -> tuple[Any, Any]:
+    """(timespec, Py_buffer) as ctypes structures, defined on first use."""
+    import ctypes
 
+    class _Timespec(ctypes.Structure):
+        _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
 
-class _PyBuffer(ctypes.Structure):
-    _fields_ = [
-        ("buf", ctypes.c_void_p),
-        ("obj", ctypes.c_void_p),
-        ("len", ctypes.c_ssize_t),
-        ("itemsize", ctypes.c_ssize_t),
-        ("readonly", ctypes.c_int),
-        ("ndim", ctypes.c_int),
-        ("format", ctypes.c_char_p),
-        ("shape", ctypes.c_void_p),
-        ("strides", ctypes.c_void_p),
-        ("suboffsets", ctypes.c_void_p),
-        ("internal", ctypes.c_void_p),
-    ]
+    class _PyBuffer(ctypes.Structure):
+        _fields_ = [
+            ("buf", ctypes.c_void_p),
+            ("obj", ctypes.c_void_p),
+            ("len", ctypes.c_ssize_t),
+            ("itemsize", ctypes.c_ssize_t),
+            ("readonly", ctypes.c_int),
+            ("ndim", ctypes.c_int),
+            ("format", ctypes.c_char_p),
+            ("shape", ctypes.c_void_p),
+            ("strides", ctypes.c_void_p),
+            ("suboffsets", ctypes.c_void_p),
+            ("internal", ctypes.c_void_p),
+        ]
+
+    return _Timespec, _PyBuffer
 
 
 @functools.cache
 def _libc() -> ctypes.CDLL:
+    import ctypes
+
     # dlopen(NULL): the running interpreter's own symbols, libc among them.  Cheaper than
     # ctypes.util.find_library, which starts subprocesses to look for it.
     return ctypes.CDLL(None, use_errno=True)
 
 
 @functools.cache
-def _libc_fn(name: str, argtypes: tuple[Any, ...], restype: Any = ctypes.c_int) -> Any:
-    """A libc function with its signature set once (cached per process)."""
+def _libc_fn(name: str, argtypes: tuple[Any, ...], restype: Any = None) -> Any:
+    """A libc function with its signature set once (cached per process); ``restype``
+    None means C int."""
+    import ctypes
+
+    if restype is None:
+        restype = ctypes.c_int
     fn = getattr(_libc(), name)
     fn.argtypes = list(argtypes)
     fn.restype = restype
@@ -140,6 +159,9 @@ def _libc_fn(name: str, argtypes: tuple[Any, ...], restype: Any = ctypes.c_int) 
 
 @functools.cache
 def _buffer_api() -> tuple[Callable[..., int], Callable[..., None]]:
+    import ctypes
+
+    _PyBuffer = _structs()[1]
     get = ctypes.pythonapi.PyObject_GetBuffer
     get.argtypes = [ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int]
     get.restype = ctypes.c_int
@@ -155,8 +177,10 @@ def buffer_address(obj: Any) -> int:
     The buffer is released again before returning, so this leaves no export behind that
     would stop an mmap from closing.  The caller keeps ``obj`` alive while it uses the address.
     """
+    import ctypes
+
     get, release = _buffer_api()
-    view = _PyBuffer()
+    view = _structs()[1]()
     get(obj, ctypes.byref(view), 0)
     try:
         return int(view.buf or 0)
@@ -165,12 +189,16 @@ def buffer_address(obj: Any) -> int:
 
 
 def _raise_errno(what: str) -> None:
+    import ctypes
+
     err = ctypes.get_errno()
     raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
 def mincore(address: int, length: int) -> bytes:
     """One byte per page of ``[address, address+length)``: bit 0 set when resident."""
+    import ctypes
+
     start = align_down(address)
     pages = (align_up(address + length) - start) // PAGE_SIZE
     vec = (ctypes.c_ubyte * max(pages, 1))()
@@ -182,6 +210,8 @@ def mincore(address: int, length: int) -> bytes:
 
 def msync(address: int, length: int, *, wait: bool) -> None:
     """msync(MS_SYNC) when ``wait`` else MS_ASYNC; the range is widened to whole pages."""
+    import ctypes
+
     start = align_down(address)
     fn = _libc_fn("msync", (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int))
     size = align_up(address + length) - start
@@ -234,10 +264,12 @@ def fadvise_dontneed(fd: int) -> None:
 @functools.cache
 def _syscall() -> Any:
     """libc's variadic syscall(); callers wrap every argument in its ctypes type."""
+    import ctypes
+
     return _libc_fn("syscall", (), ctypes.c_long)
 
 
-_FUTEX_NR = _FUTEX_SYSCALL.get(platform.machine(), -1)
+_FUTEX_NR = _FUTEX_SYSCALL.get(_MACHINE, -1)
 
 
 @functools.cache
@@ -245,6 +277,8 @@ def _raw_syscall(keep_gil: bool) -> Any:
     """libc's syscall() with no argtypes: callers pass ctypes objects made once, which
     ctypes hands over without conversion (a third of the instructions of a typed call).
     ``keep_gil`` for calls that never block."""
+    import ctypes
+
     lib = ctypes.PyDLL(None) if keep_gil else ctypes.CDLL(None, use_errno=True)
     fn = lib.syscall
     fn.restype = ctypes.c_long
@@ -255,6 +289,8 @@ def futex_waker(address: int) -> Callable[[int], int]:
     """``wake(count)`` for the word at ``address``, its arguments converted once: the waking
     side of every blocking hand-off calls it, and each instruction saved there is latency
     saved for the sleeper.  FUTEX_WAKE never blocks, so it keeps the GIL."""
+    import ctypes
+
     call = _raw_syscall(True)
     nr, addr, op = ctypes.c_long(_FUTEX_NR), ctypes.c_void_p(address), ctypes.c_int(_FUTEX_WAKE)
     one, every = ctypes.c_int(1), ctypes.c_int(0x7FFFFFFF)
@@ -280,6 +316,9 @@ def futex_waiter(address: int) -> Callable[[int, float | None], bool]:
 
     The fixed arguments are converted once and the timespec of the last timeout is kept,
     since callers sleep in slices of one length."""
+    import ctypes
+
+    _Timespec = _structs()[0]
     call = _raw_syscall(False)
     nr, addr, op = ctypes.c_long(_FUTEX_NR), ctypes.c_void_p(address), ctypes.c_int(_FUTEX_WAIT)
     last: list[Any] = [None, None]  # timeout, pointer to its timespec
@@ -315,25 +354,25 @@ __all__ += ["cachestat"]
 _CACHESTAT_SYSCALL = {"x86_64": 451, "aarch64": 451, "arm64": 451, "riscv64": 451}
 
 
-class _CachestatRange(ctypes.Structure):
-    _fields_ = [("off", ctypes.c_uint64), ("len", ctypes.c_uint64)]
-
-
-class _Cachestat(ctypes.Structure):
-    _fields_ = [("nr_cache", ctypes.c_uint64), ("nr_dirty", ctypes.c_uint64),
-                ("nr_writeback", ctypes.c_uint64), ("nr_evicted", ctypes.c_uint64),
-                ("nr_recently_evicted", ctypes.c_uint64)]
-
-
 def cachestat(fd: int, offset: int = 0, length: int = 0) -> tuple[int, int, int, int, int] | None:
     """Page-cache counts of ``[offset, offset+length)`` of the open file ``fd`` (length 0:
     to the end): (cached, dirty, writeback, evicted, recently_evicted), in pages.
 
     ``None`` where the kernel has no cachestat (before 6.5, non-Linux, or filtered).
     """
-    nr = _CACHESTAT_SYSCALL.get(platform.machine()) if IS_LINUX else None
+    nr = _CACHESTAT_SYSCALL.get(_MACHINE) if IS_LINUX else None
     if nr is None:
         return None
+    import ctypes
+
+    class _CachestatRange(ctypes.Structure):
+        _fields_ = [("off", ctypes.c_uint64), ("len", ctypes.c_uint64)]
+
+    class _Cachestat(ctypes.Structure):
+        _fields_ = [("nr_cache", ctypes.c_uint64), ("nr_dirty", ctypes.c_uint64),
+                    ("nr_writeback", ctypes.c_uint64), ("nr_evicted", ctypes.c_uint64),
+                    ("nr_recently_evicted", ctypes.c_uint64)]
+
     rng = _CachestatRange(offset, length)
     out = _Cachestat()
     rc = _syscall()(ctypes.c_long(nr), ctypes.c_uint(fd), ctypes.byref(rng), ctypes.byref(out),

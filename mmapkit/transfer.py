@@ -29,10 +29,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
-import secrets
 import select
-import shutil
-import socket
 import stat
 import time
 from collections.abc import Callable, Generator
@@ -42,8 +39,9 @@ from typing import TYPE_CHECKING, Any
 from . import _platform
 from .errors import BrokenError, DiskFullError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # socket and asyncio are imported where used: not at import time
     import asyncio
+    import socket
 
 __all__ = ["CHUNK", "METHODS", "SEND_METHODS", "CopyResult", "asend", "copy", "send"]
 
@@ -369,6 +367,8 @@ def copy(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, method: st
             old = None
         if old is not None:
             if os.path.samestat(st, old):
+                import shutil
+
                 raise shutil.SameFileError(f"{src_s} and {final} are the same file")
             if stat.S_ISDIR(old.st_mode):
                 raise IsADirectoryError(errno.EISDIR, "the destination is a directory "
@@ -382,7 +382,7 @@ def copy(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, method: st
             raise FileNotFoundError(errno.ENOENT, f"the destination directory {head} does "
                                     "not exist; create it first", head)
         try:
-            tmp = os.path.join(head, f".{tail}.{secrets.token_hex(4)}.mmapkit-tmp")
+            tmp = os.path.join(head, f".{tail}.{os.urandom(4).hex()}.mmapkit-tmp")
             # the kernel applies the umask to this mode, as cp does for a new file
             dst_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL
                              | getattr(os, "O_CLOEXEC", 0),
@@ -475,6 +475,8 @@ def _open_source(path_or_file: Any) -> tuple[int, bool]:
 
 
 def _send_plan(sock: socket.socket, fd: int, offset: int, count: int | None) -> tuple[int, str]:
+    import socket  # the caller made one, so this is a dictionary look-up
+
     if sock.type != socket.SOCK_STREAM:
         raise ValueError("send() needs a stream socket (SOCK_STREAM); datagram sockets "
                          "would cut the file into unrelated messages")

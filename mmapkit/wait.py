@@ -24,7 +24,6 @@ import errno
 import os
 import select
 import stat
-import tempfile
 import time
 
 from . import _platform
@@ -78,6 +77,8 @@ class Waiter:
     def _default_doorbell(region: Region, offset: int) -> str:
         if region.path is not None:
             return f"{region.path}.{offset}.bell"
+        import tempfile  # only for a FIFO bell without a path; it imports random, shutil...
+
         return os.path.join(tempfile.mkdtemp(prefix="mmapkit-bell-"), "bell")
 
     @property

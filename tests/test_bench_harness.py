@@ -160,3 +160,23 @@ def test_bench_region_quick_end_to_end(tmp_path: Path,
     assert len(doc["ratios"]) == 9  # 4 throughput + 2 x 2 wake-up variants + 1 lock
     assert all(t["ratio"] is not None for t in doc["targets"])
     assert (tmp_path / "region.md").read_text().startswith("### region")
+
+
+@pytest.mark.timeout(120)
+def test_bench_startup_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import startup
+
+    out_json = tmp_path / "startup.json"
+    assert startup.main(["--rounds", "2", "--only", "mmapkit", "--json", str(out_json)]) == 0
+    assert "== startup ==" in capsys.readouterr().out
+    doc = json.loads(out_json.read_text())
+    got = {(m["case"], m["impl"]): m for m in doc["measurements"]}
+    for case in ("import", "import + create a store", "import + reopen a store", "--help"):
+        m = got[(case, "mmapkit")]
+        assert m["n"] == 2 and m["median"] > 0 and m["unit"] == "ms", m
+        assert (f"{case}, over bare python", "mmapkit") in got
+    assert got[("interpreter start", "python -c pass")]["median"] > 0
+    # the counts are those tests/test_import_time.py bounds, seen through the bench
+    assert got[("modules loaded by import", "mmapkit")]["median"] <= 15
+    assert 15 < got[("modules loaded by import + reopen", "mmapkit")]["median"] <= 100
+    assert not any(impl in ("lmdb", "rocksdict", "diskcache") for _, impl in got)

@@ -143,17 +143,14 @@ after tail moved is a frame consumed under it, and it looks again.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import fcntl
 import mmap
 import os
-import pickle
 import queue
 import stat
 import struct
-import tempfile
 import threading
 import time
 import weakref
@@ -356,6 +353,8 @@ class Channel:
                              "drop multi_consumer=True")
         header = fmt.encode_header(cap, flags)
         directory = os.path.dirname(os.path.abspath(path))
+        import tempfile  # here, not at import: it loads random, shutil...
+
         fd, tmp = tempfile.mkstemp(prefix=".mmapkit-chan-", dir=directory)
         try:
             _platform.ensure_allocated(fd, fmt.HEADER_SIZE + cap)
@@ -481,6 +480,8 @@ class Channel:
         region = Region.anonymous(fmt.HEADER_SIZE + cap)
         region.view[: len(header_bytes)] = header_bytes
         # The liveness locks need a file: an unlinked temporary one, reopened after fork.
+        import tempfile
+
         fd, tmp = tempfile.mkstemp(prefix="mmapkit-chan-lock-")
         os.unlink(tmp)
         # And the doorbell a FIFO: made now so that fork children inherit the same one.
@@ -814,6 +815,8 @@ class Channel:
     def _open_claims(self, strict: bool) -> tuple[int, int]:
         """The claim descriptors of an anonymous channel: unlinked temporary files (a named
         channel gets its claims from open(), checked to be of its own files)."""
+        import tempfile
+
         fds = []
         for _ in range(1 if strict else 2):
             fd, tmp = tempfile.mkstemp(prefix="mmapkit-chan-claim-")
@@ -1500,6 +1503,8 @@ class Channel:
             self._drain_bell()
 
     async def _await_bell(self, send: bool, nap: float) -> None:
+        import asyncio  # already loaded by whoever runs the loop; not at import for the rest
+
         loop = asyncio.get_running_loop()
         with self.armed(send=send) as fd:
             ready = loop.create_future()
@@ -1553,6 +1558,8 @@ class Channel:
     def send_obj(self, obj: Any, timeout: float | None = None) -> None:
         """Send a picklable object (pickle protocol 5).  Out-of-band buffers (numpy arrays,
         PickleBuffer) are copied straight into the ring: one copy, no intermediate bytes."""
+        import pickle
+
         buffers: list[pickle.PickleBuffer] = []
         body = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
         raws: list[memoryview] = []
@@ -1606,6 +1613,8 @@ class Channel:
         except (struct.error, ValueError) as exc:
             raise ValueError("the message is not an object sent by send_obj() "
                              f"({exc}); receive it with recv()") from None
+        import pickle
+
         return pickle.loads(body, buffers=bufs)
 
     # --- status -----------------------------------------------------------------------

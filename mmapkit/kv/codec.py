@@ -18,8 +18,6 @@ Design rules:
 
 from __future__ import annotations
 
-import base64
-import math
 import struct
 import zlib
 from collections.abc import Iterator
@@ -537,9 +535,14 @@ def to_json_value(value: Any) -> Any:
         return value
     if isinstance(value, int):
         return int(value)
+    # math and base64 are imported here, for exports only: opening a KV need not load them
     if isinstance(value, float):
+        import math
+
         return value if math.isfinite(value) else {"$float": repr(value)}
     if isinstance(value, bytes):
+        import base64
+
         return {"$bytes": base64.b64encode(value).decode("ascii")}
     if isinstance(value, tuple):
         return {"$tuple": [to_json_value(v) for v in value]}
@@ -559,6 +562,8 @@ def from_json_value(obj: Any) -> Any:
         if len(obj) == 1:
             ((tag, inner),) = obj.items()
             if tag == "$bytes":
+                import base64
+
                 return base64.b64decode(inner)
             if tag == "$tuple":
                 return tuple(from_json_value(v) for v in inner)

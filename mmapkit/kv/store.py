@@ -99,11 +99,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import filecmp
-import json
 import os
-import random
-import shutil
 import struct
 import sys
 import threading
@@ -486,6 +482,7 @@ class KV(MutableMapping[str, Any]):
         return os.open(self._path, flags)
 
     def _create_file(self) -> None:
+        import random  # not at module import: reopening a KV needs no salt
         salt = random.getrandbits(64)
         keycheck = self._cipher.keycheck(salt) if self._cipher else b""
         header = codec.build_header(flags=FLAG_ENCRYPTED if self._cipher else 0, salt=salt,
@@ -513,6 +510,7 @@ class KV(MutableMapping[str, Any]):
             fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             if os.fstat(fd).st_size == 0:
+                import random  # not at module import: reopening a KV needs no salt
                 salt = random.getrandbits(64)
                 _write_all(fd, codec.build_header(
                     flags=FLAG_ENCRYPTED if self._cipher else 0, salt=salt,
@@ -835,6 +833,9 @@ class KV(MutableMapping[str, Any]):
                                    lost=len(bad))
         kept = ""
         if not self._readonly:
+            import filecmp
+            import shutil
+
             copy = self._path + ".damaged"
             n = 1
             while os.path.exists(copy):
@@ -1337,6 +1338,7 @@ class KV(MutableMapping[str, Any]):
     def _rewrite(self, image: tuple[list[bytes], int, int], cipher: Cipher | None, *,
                  extra: int = 0, headroom: int = 2) -> None:
         """Write ``entries`` to a new file and rename it over the path (crash-safe)."""
+        import random  # not at module import: reopening a KV needs no salt
         salt = random.getrandbits(64)
         hdr_compactions = struct.unpack_from("<I", self._view, OFF_COMPACTIONS)[0] + 1
         parts, pos, count = image
@@ -1856,6 +1858,8 @@ class KV(MutableMapping[str, Any]):
             if not mode.try_exclusive():
                 raise ModeConflictError(f"{dst} is open in another process; close it there "
                                         "before restoring over it")
+            import shutil
+
             tmp = dst + ".restore~"
             shutil.copyfile(src, tmp)
             with open(tmp, "rb+") as f:
@@ -1872,6 +1876,8 @@ class KV(MutableMapping[str, Any]):
         with self._tlock:
             items = {k: codec.to_json_value(self[k]) for k in self._live_keys()}
         doc = {"format": "mmapkit-kv", "version": 1, "items": items}
+        import json
+
         if isinstance(fp, (str, os.PathLike)):
             with open(fp, "w", encoding="utf-8") as f:
                 json.dump(doc, f, indent=1, ensure_ascii=False)
@@ -1881,6 +1887,8 @@ class KV(MutableMapping[str, Any]):
 
     def import_json(self, fp: IO[str] | str | os.PathLike[str]) -> int:
         """Load an export_json() document (one atomic batch); returns the count."""
+        import json
+
         if isinstance(fp, (str, os.PathLike)):
             with open(fp, encoding="utf-8") as f:
                 doc = json.load(f)
@@ -2139,6 +2147,7 @@ def _mark_superseded(path: str) -> None:
 
 def _write_store(dst: str, entries: list[tuple[int, bytes]], cipher: Cipher | None,
                  min_cap: int) -> None:
+    import random  # not at module import: reopening a KV needs no salt
     salt = random.getrandbits(64)
     parts, pos = _frame_all(entries, cipher)
     header = codec.build_header(flags=FLAG_ENCRYPTED if cipher else 0, salt=salt,

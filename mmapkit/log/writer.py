@@ -92,7 +92,6 @@ import errno
 import os
 import random
 import re
-import shutil
 import sys
 import threading
 import time
@@ -599,6 +598,8 @@ class Writer:
         """A damaged buffer (we hold its lock): copy it aside, write every record in it
         that verifies to the log, then empty it.  Never wiped before both are done; if
         either fails it is left untouched for the next start."""
+        import shutil
+
         aside = path.with_name(f"{path.name}.damaged-{time.time_ns()}")
         try:
             shutil.copyfile(path, aside)  # the file cannot change: we hold its lock
