@@ -5,6 +5,20 @@
 
 from __future__ import annotations
 
-from .store import KV, CheckReport, KVStatistics
+from typing import TYPE_CHECKING, Any
+
+from .store import KV
+
+if TYPE_CHECKING:
+    from ._reports import CheckReport, KVStatistics
 
 __all__ = ["KV", "CheckReport", "KVStatistics"]
+
+
+def __getattr__(name: str) -> Any:
+    # The report types load on first use (they need dataclasses; opening a store does not).
+    if name in ("CheckReport", "KVStatistics"):
+        from . import _reports
+
+        return getattr(_reports, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,7 +21,6 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 from ..errors import CorruptFileError, ForeignFileError, FormatVersionError
@@ -131,8 +130,7 @@ class Record(NamedTuple):
         return record_size(len(self.body))
 
 
-@dataclass(frozen=True)
-class Scan:
+class Scan(NamedTuple):
     """What :func:`scan` found between ``start`` and ``end``.
 
     ``next`` is just past the last good record (where an appender continues), ``damaged``
@@ -462,8 +460,7 @@ def _decode_at(buf: bytes, pos: int, ser: Serializer | None, depth: int) -> tupl
 # --- header -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Header:
+class Header(NamedTuple):
     version: int
     flags: int
     salt: int

@@ -107,9 +107,8 @@ import time
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
-from dataclasses import dataclass
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 from zlib import crc32
 
 from .. import _platform
@@ -155,6 +154,18 @@ from .codec import (
 )
 
 __all__ = ["KV", "CheckReport", "KVStatistics"]
+
+if TYPE_CHECKING:
+    from ._reports import CheckReport, KVStatistics
+
+
+def __getattr__(name: str) -> Any:
+    # The report types live in _reports (a dataclasses import), loaded on first use.
+    if name in ("CheckReport", "KVStatistics"):
+        from . import _reports
+
+        return getattr(_reports, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 DEFAULT_CAPACITY = 4 * _platform.PAGE_SIZE
 _MISSING: Any = object()
@@ -247,41 +258,7 @@ class _Closed(dict[str, Any]):
     get = items = keys = values = _closed
 
 
-@dataclass(frozen=True)
-class KVStatistics:
-    path: str
-    keys: int
-    live_bytes: int  # bytes the live records would take after a compaction
-    committed_bytes: int  # bytes of records appended so far (header included)
-    file_bytes: int
-    sequence: int  # operations written to the store since it was created
-    compactions: int
-    multiprocess: bool
-    encrypted: bool
-
-
-@dataclass(frozen=True)
-class CheckReport:
-    """What :meth:`KV.check` found.  ``ok`` is True when nothing committed is damaged."""
-
-    path: str
-    ok: bool
-    version: int
-    encrypted: bool
-    header_ok: bool
-    superseded: bool
-    records: int
-    keys: int
-    committed_bytes: int
-    file_bytes: int
-    damaged: tuple[tuple[int, int], ...]
-    lost_bytes: int
-    uncommitted_tail_bytes: int
-    problems: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class _Analysis:
+class _Analysis(NamedTuple):
     header: codec.Header
     records: tuple[Record, ...]
     pos: int  # where appending continues
@@ -1764,6 +1741,8 @@ class KV(MutableMapping[str, Any]):
             overhead = OVERHEAD if self._cipher else 0
             live = sum(codec.record_size(len(b) + overhead) for _, b in self._live_entries())
 
+            from ._reports import KVStatistics
+
             return KVStatistics(
                 path=self._path, keys=len(self), live_bytes=live, committed_bytes=self._pos,
                 file_bytes=self._size, sequence=self._seq_base + self._nops,
@@ -1948,6 +1927,8 @@ class KV(MutableMapping[str, Any]):
                 problems.append(f"record at {rec.offset}: {exc}")
         tail = len(data) - analysis.pos if analysis.dirty_tail else 0
         ok = not bad and not problems
+        from ._reports import CheckReport
+
         return CheckReport(
             path=path, ok=ok, version=hdr.version, encrypted=hdr.encrypted,
             header_ok=hdr.crc_ok, superseded=hdr.superseded, records=len(analysis.records),
