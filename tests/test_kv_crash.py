@@ -194,6 +194,10 @@ def test_kill9_multiprocess_writer(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_kill9_writer_soak(tmp_path: Path) -> None:
+@pytest.mark.timeout(1200)
+def test_kill9_writer_soak(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Compact whenever full (no doubling of young files): kills land in compactions
+    # often, and every round's reopen and check read a small file.
+    monkeypatch.setattr(kv_store, "_CHURN_NS", 0)
     crash_rounds(tmp_path / "soak.kv", 3000, max_delay=0.03, seed=3)
     crash_rounds(tmp_path / "soakm.kv", 1000, multiprocess=True, max_delay=0.03, seed=4)
