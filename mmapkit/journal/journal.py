@@ -890,6 +890,15 @@ class Journal:
                 self._kv = KV(os.path.join(self._dir, OFFSETS_NAME), multiprocess=True)
             return self._kv
 
+    def consumer_offsets(self) -> dict[str, int]:
+        """Every named consumer's committed position (the next offset it reads)."""
+        self._check_open()
+        if self._kv is None and not os.path.exists(os.path.join(self._dir, OFFSETS_NAME)):
+            return {}
+        kv = self._offsets()
+        return {k[len("consumer/"):]: int(v) for k, v in list(kv.items())
+                if k.startswith("consumer/")}
+
     # --- reports ------------------------------------------------------------------------
 
     def statistics(self) -> JournalStatistics:
