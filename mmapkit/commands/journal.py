@@ -1,4 +1,4 @@
-"""``mmapkit journal DIR append|cat|tail|consumers|stats|check``.
+"""``mmapkit journal DIR append|cat|tail|consumers|stats|check|serve``.
 
 The commands only translate arguments into Journal calls.  Values given on the command
 line (or one per stdin line) are stored as UTF-8; printed values are decoded as UTF-8 with
@@ -14,6 +14,7 @@ import base64
 import datetime as dt
 import json
 import sys
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -187,8 +188,20 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from ..journal.remote import serve
+
+    with _open(args) as j, serve(j, args.address, idle_timeout=args.idle_timeout) as server:
+        print(f"serving {args.dir} on {server.address_text}", flush=True)
+        deadline = None if args.duration is None else time.monotonic() + args.duration
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(0.2 if deadline is None else max(0.0, min(0.2, deadline -
+                                                                  time.monotonic())))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("journal", help="append to, read, follow and check a journal",
+    p = sub.add_parser("journal", help="append to, read, follow, check and serve a journal",
                        description="Work with an mmapkit.Journal directory (a Kafka-class "
                        "log shared by processes).")
     p.add_argument("dir", help="the journal directory")
@@ -236,3 +249,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     q = ops.add_parser("check", help="verify every batch and index (exit 1 if damaged)")
     json_flag(q)
     q.set_defaults(func=_check)
+    q = ops.add_parser("serve", help="serve remote readers (RemoteReader) over TCP or a "
+                       "Unix socket")
+    q.add_argument("address", help="HOST:PORT (port 0: any free port) or a Unix socket path")
+    q.add_argument("--duration", type=float, default=None, help="stop after this many "
+                   "seconds (default: until Ctrl-C)")
+    q.add_argument("--idle-timeout", type=float, default=600.0, help="drop a client silent "
+                   "for this many seconds (default 600)")
+    q.set_defaults(func=_serve)

@@ -130,6 +130,7 @@ if TYPE_CHECKING:
     from ..kv import KV
     from .consumer import Consumer
     from .reader import Reader
+    from .remote import JournalServer
 
 __all__ = ["CheckReport", "Journal", "JournalStatistics", "RecoveryReport"]
 
@@ -882,6 +883,14 @@ class Journal:
         from .consumer import Consumer
         self._check_open()
         return Consumer(self, name, reset=reset)
+
+    def serve(self, address: str | tuple[str, int], *, io_timeout: float = 10.0,
+              idle_timeout: float | None = 600.0) -> JournalServer:
+        """Serve this journal to ``RemoteReader`` clients (TCP ``"host:port"`` or a Unix
+        socket path) from background threads; close the returned server to stop."""
+        from .remote import serve
+        self._check_open()
+        return serve(self, address, io_timeout=io_timeout, idle_timeout=idle_timeout)
 
     def _offsets(self) -> KV:
         with self._kv_lock:

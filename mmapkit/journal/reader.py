@@ -165,6 +165,69 @@ class Reader:
                 self._next = nxt
             self._open_for(self._next)
 
+    def next_span(self, max_bytes: int) -> tuple[Segment, int, int, int] | None:
+        """Whole batches from the position on, as they lie in one segment file, for
+        sending unchanged (the remote server): ``(segment, position, length, first offset
+        of the first batch)``; None when nothing past the position is published.
+
+        At least one batch even when it is larger than ``max_bytes``; the first may start
+        before the position (the caller's peer skips those records).  Checks each batch's
+        structure and offsets but not its CRC (the receiver does).  Moves the position
+        past them.  Damage raises CorruptFileError as iteration does."""
+        self._buf, self._bi = [], 0
+        meta = self._meta
+        while True:
+            if self._seg is None:
+                self._open_for(self._next)
+            seg = self._seg
+            assert seg is not None
+            rel, pos_end = seg.commit()
+            if self._pos < pos_end:
+                limit = pos_end if seg.cover(pos_end) else len(seg.view)
+                view = seg.view
+                start = p = self._pos
+                first = -1
+                nxt = self._next
+                try:
+                    while p < limit:
+                        info = F.read_batch_header(view, p, limit, verify=False)
+                        if first < 0:
+                            if info.first_offset + info.records <= nxt:
+                                p += info.length  # before the offset asked for
+                                start = self._pos = p
+                                continue
+                            if info.first_offset > nxt:
+                                raise F.BatchError(f"offsets {nxt}..{info.first_offset} are "
+                                                   f"missing before the batch at {p}")
+                            first = info.first_offset
+                        elif info.first_offset != nxt:
+                            raise F.BatchError(f"the batch at {p} starts at offset "
+                                               f"{info.first_offset}, expected {nxt}")
+                        elif p - start + info.length > max_bytes:
+                            break
+                        p += info.length
+                        nxt = info.first_offset + info.records
+                except F.BatchError as exc:
+                    if first < 0:
+                        self._pos = p
+                        self._skip_damage(seg, rel, pos_end, limit, str(exc))
+                    # else: send the good batches; the damage is met at the next call
+                if first < 0:
+                    continue
+                self._pos, self._next = p, nxt
+                return seg, start, p - start, first
+            if meta.get(F.OFF_ACTIVE) <= seg.base:
+                return None
+            rel, pos_end = seg.commit()  # final now (A was read first)
+            if self._pos < pos_end:
+                continue
+            nxt = seg.base + rel
+            seg.close()
+            self._seg = None
+            if self._next < nxt:
+                self._next = nxt
+            self._open_for(self._next)
+
     def _skip_damage(self, seg: Segment, rel: int, pos_end: int, limit: int,
                      why: str) -> None:
         """Position after damaged bytes at ``self._pos`` and raise CorruptFileError."""

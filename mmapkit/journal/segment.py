@@ -118,6 +118,10 @@ class Segment:
         assert self._view is not None
         return self._view
 
+    def fileno(self) -> int:
+        """The open descriptor (valid after a retention rename or unlink)."""
+        return self._fd
+
     def commit(self) -> tuple[int, int]:
         """(records, end position) as published now (one load of W)."""
         assert self._w is not None
