@@ -145,7 +145,7 @@ class Reader:
                     if info.first_offset > self._next:
                         raise F.BatchError(f"offsets {self._next}..{info.first_offset} are "
                                            "missing before the batch at {self._pos}")
-                    recs = list(F.decode_batch(seg.view, self._pos, info))
+                    recs = F.decode_records(seg.mm, self._pos, info)
                 except F.BatchError as exc:
                     self._skip_damage(seg, rel, pos_end, limit, str(exc))
                 self._pos += info.length

@@ -535,11 +535,15 @@ class RemoteReader:
 
     def _decode(self, data: memoryview, offset: int) -> list[Record]:
         out: list[Record] = []
-        p, n = 0, len(data)
+        buf = bytes(data)  # slices of bytes are bytes: one copy here, none per record
+        p, n = 0, len(buf)
         while p < n:
-            info = F.read_batch_header(data, p, n, verify=False)
+            info = F.read_batch_header(buf, p, n, verify=False)
             if info.first_offset + info.records > offset:
-                out.extend(r for r in F.decode_batch(data, p, info) if r.offset >= offset)
+                recs = F.decode_records(buf, p, info)
+                if info.first_offset < offset:
+                    recs = recs[offset - info.first_offset :]
+                out.extend(recs)
             p += info.length
         return out
 
