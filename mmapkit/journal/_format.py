@@ -42,6 +42,7 @@ __all__ = [
     "encode_batch",
     "encode_batch_tail",
     "encode_one_tail",
+    "encode_values_tail",
     "read_batch_header",
     "segment_name",
     "set_first_offset",
@@ -210,6 +211,24 @@ def encode_batch_tail(records: Iterable[tuple[int, bytes | None, bytes, Headers 
     return tail, crc32(tail), count, first_ts, max_ts
 
 
+def encode_values_tail(ts: int, values: Sequence[bytes]) -> tuple[bytes, int]:
+    """encode_batch_tail of plain values (no key, no headers, one timestamp): the
+    append_many fast path; a record header is packed once per distinct value length."""
+    heads: dict[int, bytes] = {}
+    pack = REC.pack
+    parts: list[bytes] = [_BODY_HEAD.pack(len(values), BATCH_VERSION, 0, 0, ts, ts)]
+    add = parts.append
+    for v in values:
+        n = len(v)
+        h = heads.get(n)
+        if h is None:
+            h = heads[n] = pack(ts, -1, n, 0)
+        add(h)
+        add(v)
+    tail = b"".join(parts)
+    return tail, crc32(tail)
+
+
 _BODY_HEAD = struct.Struct("<IBBHqq")  # a batch header from byte 16 (count ... max ts)
 _ONE_TAIL = struct.Struct("<IBBHqqqiiI")  # that, then one record's fixed fields
 PREFIX = struct.Struct("<IIQ")  # crc, length, first offset: the batch's first 16 bytes
@@ -304,13 +323,13 @@ def decode_records(buf: bytes | mmap.mmap, pos: int, info: BatchInfo) -> list[Re
             p += klen
         value = buf[p : p + vlen]
         p += vlen
+        if p + hlen > end or vlen < 0 or klen < -1:
+            raise BatchError(f"record {offset} runs past its batch")
         if hlen:
             headers = _decode_headers(buf, p, p + hlen, offset)
             p += hlen
         else:
             headers = ()
-        if p > end or vlen < 0 or klen < -1:
-            raise BatchError(f"record {offset} runs past its batch")
         add(new(Record, (offset, ts, key, value, headers)))
     if p != end:
         raise BatchError(f"the batch at {pos} has {end - p} bytes after its last record")

@@ -154,6 +154,16 @@ def _now_ms() -> int:
 
 
 _time_ns = time.time_ns
+_CATCH_UP_MAX = 1 << 20  # bytes other writers appended that _catch_up reads at most
+_FORKS = [0]  # bumped in a fork child: the writer lock reopens its descriptor there
+
+
+def _after_fork() -> None:
+    _FORKS[0] += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
 # word indexes into the meta page (the u64 and u32 views)
 _I_SEGMENT_BYTES = F.OFF_SEGMENT_BYTES // 8
 _I_ACTIVE = F.OFF_ACTIVE // 8
@@ -469,6 +479,9 @@ class Journal:
         Each item is a value (bytes) or a mapping/tuple ``(value, key, headers,
         timestamp_ms)`` with the later fields optional, or a dict with those keys."""
         now = _time_ns() // 1_000_000
+        if type(records) is list and records and all(type(r) is bytes for r in records):
+            tail, crc = F.encode_values_tail(now, records)  # plain values: one pass
+            return self._append_tail(tail, crc, len(records), now, now)
         items: list[tuple[int, bytes | None, bytes, Any]] = []
         add = items.append
         for rec in records:
@@ -514,7 +527,7 @@ class Journal:
             w = seg.w
             word = int(w[0])
             if word != seg.seen:  # another writer appended since we last did
-                self._resync(seg, word >> 32, word & 0xFFFFFFFF)
+                self._catch_up(seg, word)
             rel, pos = word >> 32, word & 0xFFFFFFFF
             if rel and (pos + n > seg_bytes or rel + count > F.MAX_RECORDS_PER_SEGMENT or
                         now - seg.created_ms >= meta.get_signed(F.OFF_SEGMENT_MS)):
@@ -672,6 +685,44 @@ class Journal:
                     seg.max_ts = max(seg.max_ts, info.max_timestamp)
                     p += info.length
         seg.seen = (rel << 32) | pos
+
+    def _catch_up(self, seg: ActiveSegment, word: int) -> None:
+        """Under L, W moved since this writer last saw it (another writer appended): learn
+        what the others added -- index tails and the newest timestamp -- from the batches
+        after the W we saw, not from the last index entry (_resync does that when our W
+        is not a prefix of this one, or the catch-up would read much)."""
+        seen = seg.seen
+        rel, pos = word >> 32, word & 0xFFFFFFFF
+        idx, tidx = seg.idx, seg.tidx
+        start = seen & 0xFFFFFFFF
+        if seen < 0 or start > pos or (seen >> 32) > rel or idx is None or tidx is None or \
+                not idx.trusted or not tidx.trusted or pos - start > _CATCH_UP_MAX:
+            self._resync(seg, rel, pos)
+            return
+        n = seg.idx_n
+        while n < idx.slots and idx.valid(n, rel, pos):
+            n += 1
+        if n != seg.idx_n:
+            seg.idx_n = n
+            seg.last_indexed = idx.entry(n - 1)[1]
+        idx.clear_from(n)  # a slot left by a writer killed between A5 and A6
+        n = seg.tidx_n
+        while n < tidx.slots and tidx.valid(n, rel, pos):
+            n += 1
+        seg.tidx_n = n
+        tidx.clear_from(n)
+        data = os.pread(seg.fd, pos - start, start)
+        p, end = 0, len(data)
+        try:
+            while p < end:
+                info = F.read_batch_header(data, p, end, verify=False)
+                if info.max_timestamp > seg.max_ts:
+                    seg.max_ts = info.max_timestamp
+                p += info.length
+        except F.BatchError:
+            self._resync(seg, rel, pos)  # says what is wrong
+            return
+        seg.seen = word
 
     def _index_tail_ok(self, seg: ActiveSegment, rel: int, pos: int) -> bool:
         assert seg.idx is not None
@@ -1105,16 +1156,16 @@ class _WriterLock:
     def __init__(self, path: str) -> None:
         self._path = path
         self._fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        self._pid = os.getpid()
+        self._pid = _FORKS[0]  # the fork generation this descriptor belongs to
         self._t = threading.RLock()
         self._depth = 0
 
     def acquire(self) -> None:
         self._t.acquire()
         if self._depth == 0:
-            if self._pid != os.getpid():
-                self._fd = os.open(self._path, os.O_RDWR | os.O_CLOEXEC)
-                self._pid = os.getpid()
+            if self._pid != _FORKS[0]:  # forked: a descriptor of our own (flock is per
+                self._fd = os.open(self._path, os.O_RDWR | os.O_CLOEXEC)  # description)
+                self._pid = _FORKS[0]
             try:
                 fcntl.flock(self._fd, fcntl.LOCK_EX)
             except BaseException:
