@@ -16,6 +16,7 @@ Design rules:
 
 from __future__ import annotations
 
+import struct
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = ["Reader"]
 
 _WAIT_SLICE = 0.1
+_SPAN_HEAD = struct.Struct("<IQIB")  # a batch header's length, first offset, count, version
 
 
 class Reader:
@@ -189,24 +191,36 @@ class Reader:
                 first = -1
                 nxt = self._next
                 try:
-                    while p < limit:
+                    while p < limit and first < 0:  # the batch holding the offset
                         info = F.read_batch_header(view, p, limit, verify=False)
-                        if first < 0:
-                            if info.first_offset + info.records <= nxt:
-                                p += info.length  # before the offset asked for
-                                start = self._pos = p
-                                continue
-                            if info.first_offset > nxt:
-                                raise F.BatchError(f"offsets {nxt}..{info.first_offset} are "
-                                                   f"missing before the batch at {p}")
-                            first = info.first_offset
-                        elif info.first_offset != nxt:
-                            raise F.BatchError(f"the batch at {p} starts at offset "
-                                               f"{info.first_offset}, expected {nxt}")
-                        elif p - start + info.length > max_bytes:
-                            break
+                        if info.first_offset + info.records <= nxt:
+                            p += info.length  # before the offset asked for
+                            start = self._pos = p
+                            continue
+                        if info.first_offset > nxt:
+                            raise F.BatchError(f"offsets {nxt}..{info.first_offset} are "
+                                               f"missing before the batch at {p}")
+                        first = info.first_offset
                         p += info.length
-                        nxt = info.first_offset + info.records
+                        nxt = first + info.records
+                    # then whole batches up to max_bytes: structure and offsets only (the
+                    # receiver checks CRCs), with one unpack each
+                    stop = min(limit, start + max_bytes)
+                    unpack = _SPAN_HEAD.unpack_from
+                    while p + F.BATCH_HEADER <= stop:
+                        length, boff, count, version = unpack(view, p + 4)
+                        if p + length > stop:
+                            if p + length > limit:
+                                raise F.BatchError(f"the batch at {p} claims {length} "
+                                                   f"bytes (end {limit})")
+                            break
+                        if boff != nxt or version != F.BATCH_VERSION or count == 0 or \
+                                length < F.BATCH_HEADER:
+                            F.read_batch_header(view, p, limit, verify=False)  # says why
+                            raise F.BatchError(f"the batch at {p} starts at offset {boff}, "
+                                               f"expected {nxt}")
+                        p += length
+                        nxt += count
                 except F.BatchError as exc:
                     if first < 0:
                         self._pos = p

@@ -97,6 +97,7 @@ OK, OUT_OF_RANGE, BAD_REQUEST, VERSION, DAMAGED, ERROR = 0, 1, 2, 3, 4, 5
 MAX_FETCH_BYTES = 64 << 20
 MAX_WAIT_MS = 60_000
 _SLICE = 0.1
+_BATCH_HEAD = struct.Struct("<IIQIB")  # crc, length, first offset, count, version
 
 Address = Union[str, tuple[str, int]]  # noqa: UP007
 
@@ -517,13 +518,20 @@ class RemoteReader:
             if not first <= offset:
                 raise F.BatchError(f"the reply starts at offset {first}, after the "
                                    f"{offset} asked for")
-            while p < n:
-                info = F.read_batch_header(data, p, n)
-                if info.first_offset != nxt:
+            unpack = _BATCH_HEAD.unpack_from
+            crc32 = zlib.crc32
+            while p + F.BATCH_HEADER <= n:
+                crc, length, boff, count, version = unpack(data, p)
+                if boff != nxt or version != F.BATCH_VERSION or count == 0 or \
+                        length < F.BATCH_HEADER or p + length > n or \
+                        crc32(data[p + F.CRC_FROM : p + length]) != crc:
+                    info = F.read_batch_header(data, p, n)  # says what is wrong
                     raise F.BatchError(f"a batch claims offset {info.first_offset}, "
                                        f"expected {nxt}")
-                nxt += info.records
-                p += info.length
+                nxt += count
+                p += length
+            if p != n:
+                raise F.BatchError(f"the reply ends inside a batch ({n - p} bytes left)")
             if nxt <= offset:
                 raise F.BatchError(f"the reply ends at offset {nxt}, before the {offset} "
                                    "asked for")
