@@ -154,6 +154,7 @@ def _now_ms() -> int:
 
 
 _time_ns = time.time_ns
+_ONLY_BYTES = {bytes}
 _CATCH_UP_MAX = 1 << 20  # bytes other writers appended that _catch_up reads at most
 _FORKS = [0]  # bumped in a fork child: the writer lock reopens its descriptor there
 
@@ -167,6 +168,11 @@ if hasattr(os, "register_at_fork"):
 # word indexes into the meta page (the u64 and u32 views)
 _I_SEGMENT_BYTES = F.OFF_SEGMENT_BYTES // 8
 _I_ACTIVE = F.OFF_ACTIVE // 8
+_I_SEGMENT_MS = F.OFF_SEGMENT_MS // 8  # stored as i64 but never negative (checked at open)
+_MAX_RECORDS = F.MAX_RECORDS_PER_SEGMENT
+_SEGMENT_HEADER = F.SEGMENT_HEADER
+_flock = fcntl.flock
+_LOCK_EX = fcntl.LOCK_EX
 _I_INTERVAL = F.OFF_INDEX_INTERVAL // 4
 _I_NOTIFY = F.OFF_NOTIFY // 4
 _I_WAITERS = F.OFF_WAITERS // 4
@@ -479,7 +485,7 @@ class Journal:
         Each item is a value (bytes) or a mapping/tuple ``(value, key, headers,
         timestamp_ms)`` with the later fields optional, or a dict with those keys."""
         now = _time_ns() // 1_000_000
-        if type(records) is list and records and all(type(r) is bytes for r in records):
+        if type(records) is list and records and set(map(type, records)) == _ONLY_BYTES:
             tail, crc = F.encode_values_tail(now, records)  # plain values: one pass
             return self._append_tail(tail, crc, len(records), now, now)
         items: list[tuple[int, bytes | None, bytes, Any]] = []
@@ -519,7 +525,18 @@ class Journal:
                 f"a batch of {n} bytes cannot fit a segment of {seg_bytes} bytes; "
                 "raise segment_bytes or append fewer records at a time")
         lock = self._lock
-        lock.acquire()
+        # the writer lock's acquire, inlined: this thread's turn, then the flock (L)
+        lock._t.acquire()
+        if lock._depth or lock._pid != _FORKS[0]:
+            lock._t.release()
+            lock.acquire()
+        else:
+            try:
+                _flock(lock._fd, _LOCK_EX)
+            except BaseException:
+                lock._t.release()
+                raise
+            lock._depth = 1
         try:
             seg = self._active
             if seg is None or seg.base != u64[_I_ACTIVE]:
@@ -529,8 +546,8 @@ class Journal:
             if word != seg.seen:  # another writer appended since we last did
                 self._catch_up(seg, word)
             rel, pos = word >> 32, word & 0xFFFFFFFF
-            if rel and (pos + n > seg_bytes or rel + count > F.MAX_RECORDS_PER_SEGMENT or
-                        now - seg.created_ms >= meta.get_signed(F.OFF_SEGMENT_MS)):
+            if rel and (pos + n > seg_bytes or rel + count > _MAX_RECORDS or
+                        now - seg.created_ms >= u64[_I_SEGMENT_MS]):
                 seg = self._roll(seg, rel)  # A4
                 w = seg.w
                 word = int(w[0])
@@ -543,7 +560,7 @@ class Journal:
                 raise self._write_error(exc) from exc
             if done != n:
                 self._write(seg, bytearray(data[done:]), pos + done)
-            if pos - (seg.last_indexed or F.SEGMENT_HEADER) >= meta.u32[_I_INTERVAL]:
+            if pos - (seg.last_indexed or _SEGMENT_HEADER) >= meta.u32[_I_INTERVAL]:
                 self._index(seg, rel, pos)
             if PAUSES:
                 pause("journal.append.written")
