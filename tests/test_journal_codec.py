@@ -97,3 +97,26 @@ def test_garbage_records_raise_batch_error_only(
         F.decode_records(data, 0, info)
     except F.BatchError:
         pass
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.binary(min_size=3, max_size=3), min_size=5, max_size=40),
+       st.integers(0, 1 << 40), st.integers(0, 200))
+def test_uniform_batches_take_the_fast_path_with_the_same_result(
+        vals: list[bytes], ts: int, odd: int) -> None:
+    tail, crc = F.encode_values_tail(ts, vals)
+    batch = F.batch_prefix(crc, len(tail), 9) + tail
+    info = F.read_batch_header(batch, 0, len(batch))
+    fast = F._decode_uniform(batch, 0, info)
+    assert fast is not None and fast == F._decode_general(batch, 0, info)
+    assert F.decode_records(batch, 0, info) == fast
+    # one record of another length, a key or a header: not uniform, the general loop
+    for recs in ([(ts, None, v, None) for v in vals[:-1]] + [(ts, None, b"x" * (odd + 4),
+                                                               None)],
+                 [(ts, b"k", vals[0], None)] + [(ts, None, v, None) for v in vals[1:]],
+                 [(ts, None, v, [("h", b"")] if i == 2 else None)
+                  for i, v in enumerate(vals)]):
+        batch = F.encode_batch(0, recs)
+        info = F.read_batch_header(batch, 0, len(batch))
+        assert F._decode_uniform(batch, 0, info) is None
+        assert [r.value for r in F.decode_records(batch, 0, info)] == [r[2] for r in recs]
