@@ -42,6 +42,10 @@ recovery point), each segment's W, the files in the directory.  L = the writer l
     A3    attach: open the segment, read W, L     readers see W as before; the slots P
           clear index slots past W (left          clears are ignored by them (past W)
           by a writer killed before A6)
+    A3b   W moved since P's last append     L     as A3: P reads only published bytes
+          (another writer appended): catch         (the batches between the W it saw and
+          up from the W P saw (index tails,        W now); a W that is not a successor
+          newest timestamp); else as A3            of P's (never, within a boot) -> A3
     A4    roll needed (size, age, 2^32      L     see R1-R4
           records): R1-R4
     A5    set the first offset = base +     L     readers read up to W only: the new
