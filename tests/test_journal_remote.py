@@ -336,3 +336,29 @@ def test_killed_client_or_closing_server_never_wedges(tmp_path: Path) -> None:
         assert time.monotonic() - t0 < 10
         _out, err = clients[1].communicate(timeout=30)
         assert clients[1].returncode != 0 and "BrokenError" in err, err
+
+
+def test_a_client_that_stops_reading_is_cut_off_after_io_timeout(tmp_path: Path) -> None:
+    d = tmp_path / "j"
+    with Journal(d, create=True) as j:
+        for _ in range(800):  # ~9 MB: far more than a Unix socket buffers
+            j.append_many([b"x" * 100] * 100)
+        path = str(tmp_path / "s")
+        with j.serve(path, io_timeout=0.5) as server:
+            stuck = socket.socket(socket.AF_UNIX)
+            stuck.connect(path)
+            stuck.sendall(R.encode_request(R.FETCH, 0, R.MAX_FETCH_BYTES, 0))
+            # ...and never reads.  Meanwhile another client is served:
+            with RemoteReader(path, "latest") as r:
+                assert r.position == 80_000
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and server._conns:
+                time.sleep(0.05)
+            assert not server._conns  # the stuck connection's thread ended
+            got = 0
+            stuck.settimeout(10)
+            with contextlib.suppress(OSError):
+                while chunk := stuck.recv(1 << 20):
+                    got += len(chunk)
+            stuck.close()
+            assert R.RESPONSE.size < got < 9_000_000  # cut off mid-reply: the end is EOF

@@ -12,7 +12,9 @@ Design rules:
 - At the end of the journal the server long-polls: it sleeps on the journal's notify word
   (futex) up to the wait the client asked for, in slices that notice a closing server.
 - Nothing waits forever: the client bounds each reply by ``wait + io_timeout``, the server
-  bounds each send by ``io_timeout`` and an idle connection by ``idle_timeout``.  A killed
+  bounds each reply's send by ``io_timeout`` (the socket blocks so sendfile moves a span
+  in one call; a janitor thread shuts down a connection whose send outlasts it) and an
+  idle connection by ``idle_timeout``.  A killed
   peer is EOF or a reset, which ends only that connection.
 - One thread per connection, each with its own Journal handle (a Journal's tail view is
   not shared between threads).
@@ -97,6 +99,7 @@ OK, OUT_OF_RANGE, BAD_REQUEST, VERSION, DAMAGED, ERROR = 0, 1, 2, 3, 4, 5
 MAX_FETCH_BYTES = 64 << 20
 MAX_WAIT_MS = 60_000
 _SLICE = 0.1
+_MSG_MORE = getattr(socket, "MSG_MORE", 0)
 _BATCH_HEAD = struct.Struct("<IIQIB")  # crc, length, first offset, count, version
 
 Address = Union[str, tuple[str, int]]  # noqa: UP007
@@ -185,9 +188,23 @@ class JournalServer:
         self._conns: set[socket.socket] = set()
         self._conns_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self._sending: dict[socket.socket, float] = {}  # connection -> send started
         self._accepter = threading.Thread(target=self._accept_loop, daemon=True,
                                           name="mmapkit-journal-accept")
         self._accepter.start()
+        self._janitor = threading.Thread(target=self._janitor_loop, daemon=True,
+                                         name="mmapkit-journal-janitor")
+        self._janitor.start()
+
+    def _janitor_loop(self) -> None:
+        """Shut down a connection whose reply has been sending for longer than
+        io_timeout (a client that stopped reading): its thread's send fails and ends."""
+        while not self._stop.wait(min(0.5, self.io_timeout / 4)):
+            now = time.monotonic()
+            for conn, since in list(self._sending.items()):
+                if now - since > self.io_timeout:
+                    with contextlib.suppress(OSError):
+                        conn.shutdown(socket.SHUT_RDWR)
 
     @property
     def address_text(self) -> str:
@@ -294,8 +311,17 @@ class JournalServer:
             if span is not None:
                 seg, pos, length, first = span
                 head = encode_response(OK, length, j.start_offset, j.end_offset, first)
-                conn.sendall(head, socket.MSG_MORE if hasattr(socket, "MSG_MORE") else 0)
-                send(conn, seg.fileno(), pos, length)
+                # A blocking socket lets sendfile move the whole span in one call (a
+                # socket timeout makes it non-blocking: a poll per socket buffer, half
+                # the rate measured); the janitor bounds the send by io_timeout instead.
+                conn.settimeout(None)
+                self._sending[conn] = time.monotonic()
+                try:
+                    conn.sendall(head, _MSG_MORE)
+                    send(conn, seg.fileno(), pos, length)
+                finally:
+                    self._sending.pop(conn, None)
+                    conn.settimeout(self.io_timeout)
                 return reader
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self._stop.is_set():
@@ -319,6 +345,7 @@ class JournalServer:
                 with contextlib.suppress(OSError):
                     c.shutdown(socket.SHUT_RDWR)
         self._accepter.join(5)
+        self._janitor.join(5)
         for t in self._threads:
             t.join(5)
         if self._unix_path is not None:
