@@ -4,6 +4,7 @@ decoding returns what was encoded (from bytes and from a mapping)."""
 from __future__ import annotations
 
 import mmap
+import os
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -120,3 +121,36 @@ def test_uniform_batches_take_the_fast_path_with_the_same_result(
         info = F.read_batch_header(batch, 0, len(batch))
         assert F._decode_uniform(batch, 0, info) is None
         assert [r.value for r in F.decode_records(batch, 0, info)] == [r[2] for r in recs]
+
+
+def test_a_follower_reads_new_tail_bytes_without_remapping(tmp_path: object) -> None:
+    from mmapkit.errors import CorruptFileError
+
+    path = str(tmp_path) + "/j"
+    with Journal(path, create=True) as j, j.reader("latest") as r:
+        j.append(b"first")
+        assert [x.value for x in r.poll(10)] == [b"first"]
+        assert r._seg is not None
+        mapped = len(r._seg.view)
+        j.append(b"a")
+        j.append_many([b"b", b"c"])
+        j.append(b"d", key=b"k", headers={"h": b"v"})
+        got = r.poll(10)
+        assert [(x.offset, x.value) for x in got] == [(1, b"a"), (2, b"b"), (3, b"c"),
+                                                      (4, b"d")]
+        assert got[-1].headers == (("h", b"v"),) and got[-1].key == b"k"
+        assert len(r._seg.view) == mapped  # read with pread: no remap per append
+        j.append(b"damaged later")
+        seg = path + "/00000000000000000000.log"
+        size = os.path.getsize(seg)
+        with open(seg, "r+b") as f:  # flip a value byte of the newest batch
+            f.seek(size - 3)
+            b = f.read(1)
+            f.seek(size - 3)
+            f.write(bytes([b[0] ^ 0xFF]))
+        try:
+            r.poll(10)
+        except CorruptFileError as exc:
+            assert exc.offset == 5
+        else:
+            raise AssertionError("a damaged tail batch was returned")
