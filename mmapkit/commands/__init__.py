@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "channel": ("channel", "inspect, send to, receive from, benchmark a channel"),
     "demo": ("demo", "show each technique working, with real processes"),
     "inspect": ("inspect", "page-cache residency of files, or the mappings of a process"),
+    "journal": ("journal", "append to, read, follow, check and serve a journal"),
     "kv": ("kv", "inspect and edit a KV store file"),
     "log": ("log", "read, follow, search and repair crash-safe logs"),
     "copy": ("transfer", "copy files by the fastest kernel path (reflink, "

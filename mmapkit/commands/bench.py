@@ -64,7 +64,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("bench", help="compare mmapkit with its peers (prints ratios, writes JSON)",
                        description="Run bench/<component>.py side by side with the peers "
                        "installed by the 'bench' extra. Prints medians, p99 and ratios.")
-    p.add_argument("component", nargs="*", help="kv, log, channel, transfer, region... "
+    p.add_argument("component", nargs="*", help="kv, log, channel, journal, transfer, region... "
                    "(default: all)")
     p.add_argument("--quick", action="store_true", help="small sizes, few repeats")
     p.add_argument("--repeat", type=int, help="repeats per case")

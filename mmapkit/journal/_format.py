@@ -23,8 +23,11 @@ Everything is little-endian; docs/formats.md ("Journal") describes the same byte
 
 from __future__ import annotations
 
+import mmap
 import struct
 from collections.abc import Iterable, Iterator, Sequence
+from functools import partial
+from itertools import repeat
 from typing import NamedTuple
 from zlib import crc32
 
@@ -35,8 +38,13 @@ __all__ = [
     "BatchError",
     "BatchInfo",
     "Record",
+    "batch_prefix",
     "decode_batch",
+    "decode_records",
     "encode_batch",
+    "encode_batch_tail",
+    "encode_one_tail",
+    "encode_values_tail",
     "read_batch_header",
     "segment_name",
     "set_first_offset",
@@ -161,13 +169,16 @@ def encode_index_header(magic: bytes, entry_size: int, base: int) -> bytes:
     return IDX_HEAD.pack(magic, VERSION, entry_size, base)
 
 
-def encode_batch(first_offset: int,
-                 records: Iterable[tuple[int, bytes | None, bytes, Headers | None]]) -> bytes:
-    """One batch of ``(timestamp_ms, key, value, headers)`` starting at ``first_offset``."""
+def encode_batch_tail(records: Iterable[tuple[int, bytes | None, bytes, Headers | None]]
+                      ) -> tuple[bytes, int, int, int, int]:
+    """A batch of ``(timestamp_ms, key, value, headers)`` without its first 16 bytes (crc,
+    length, first offset: the writer adds them under its lock, see :func:`batch_prefix`):
+    ``(tail, crc, count, first timestamp, max timestamp)``.  The CRC covers the tail."""
     parts: list[bytes] = [b""]
     count = 0
     first_ts = max_ts = 0
     rec_pack = REC.pack
+    append = parts.append
     for ts, key, value, headers in records:
         if count == 0:
             first_ts = max_ts = ts
@@ -183,46 +194,81 @@ def encode_batch(first_offset: int,
                 hparts.append(HVAL.pack(len(hv)))
                 hparts.append(bytes(hv))
             hblob = b"".join(hparts)
+            if key is None:
+                append(rec_pack(ts, -1, len(value), len(hblob)))
+            else:
+                append(rec_pack(ts, len(key), len(value), len(hblob)))
+                append(key)
+            append(value)
+            append(hblob)
+        elif key is None:
+            append(rec_pack(ts, -1, len(value), 0))
+            append(value)
         else:
-            hblob = b""
-        if key is None:
-            parts.append(rec_pack(ts, -1, len(value), len(hblob)))
-        else:
-            parts.append(rec_pack(ts, len(key), len(value), len(hblob)))
-            parts.append(key)
-        parts.append(value)
-        if hblob:
-            parts.append(hblob)
-    body = b"".join(parts)
-    length = BATCH_HEADER + len(body)
-    head = bytearray(BATCH.pack(0, length, first_offset, count, BATCH_VERSION, 0, 0,
-                                first_ts, max_ts))
-    crc = crc32(body, crc32(memoryview(head)[CRC_FROM:]))
-    struct.pack_into("<I", head, 0, crc)
-    return bytes(head) + body
+            append(rec_pack(ts, len(key), len(value), 0))
+            append(key)
+            append(value)
+    parts[0] = _BODY_HEAD.pack(count, BATCH_VERSION, 0, 0, first_ts, max_ts)
+    tail = b"".join(parts)
+    return tail, crc32(tail), count, first_ts, max_ts
 
 
-_ONE = struct.Struct("<IIQIBBHqqqii")  # a batch header and one record's fixed fields
+def encode_values_tail(ts: int, values: Sequence[bytes]) -> tuple[bytes, int]:
+    """encode_batch_tail of plain values (no key, no headers, one timestamp): the
+    append_many fast path; a record header is packed once per distinct value length."""
+    heads: dict[int, bytes] = {}
+    pack = REC.pack
+    parts: list[bytes] = [_BODY_HEAD.pack(len(values), BATCH_VERSION, 0, 0, ts, ts)]
+    add = parts.append
+    for v in values:
+        n = len(v)
+        h = heads.get(n)
+        if h is None:
+            h = heads[n] = pack(ts, -1, n, 0)
+        add(h)
+        add(v)
+    tail = b"".join(parts)
+    return tail, crc32(tail)
+
+
+_BODY_HEAD = struct.Struct("<IBBHqq")  # a batch header from byte 16 (count ... max ts)
+_ONE_TAIL = struct.Struct("<IBBHqqqiiI")  # that, then one record's fixed fields
+PREFIX = struct.Struct("<IIQ")  # crc, length, first offset: the batch's first 16 bytes
+
+
+def encode_one_tail(ts: int, key: bytes | None, value: bytes) -> tuple[bytes, int]:
+    """The tail (see encode_batch_tail) of a one-record batch without headers, and its
+    CRC: the common append, built with one pack."""
+    if key is None:
+        tail = _ONE_TAIL.pack(1, BATCH_VERSION, 0, 0, ts, ts, ts, -1, len(value), 0) + value
+    else:
+        tail = _ONE_TAIL.pack(1, BATCH_VERSION, 0, 0, ts, ts, ts, len(key), len(value),
+                              0) + key + value
+    return tail, crc32(tail)
+
+
+def batch_prefix(crc: int, tail_len: int, first_offset: int) -> bytes:
+    """The first 16 bytes of a batch (outside the CRC, as in Kafka: the writer assigns
+    the offsets under its lock without checksumming again)."""
+    return PREFIX.pack(crc, CRC_FROM + tail_len, first_offset)
+
+
+def encode_batch(first_offset: int,
+                 records: Iterable[tuple[int, bytes | None, bytes, Headers | None]]) -> bytes:
+    """One batch of ``(timestamp_ms, key, value, headers)`` starting at ``first_offset``."""
+    tail, crc, _, _, _ = encode_batch_tail(records)
+    return batch_prefix(crc, len(tail), first_offset) + tail
 
 
 def encode_one(ts: int, key: bytes | None, value: bytes) -> bytearray:
-    """The batch of one record without headers (the common append): same bytes as
-    ``encode_batch(0, [(ts, key, value, None)])``, built with one pack."""
-    klen = -1 if key is None else len(key)
-    body_len = REC.size + len(value) + max(klen, 0)
-    head = _ONE.pack(0, BATCH_HEADER + body_len, 0, 1, BATCH_VERSION, 0, 0, ts, ts, ts, klen,
-                     len(value)) + b"\0\0\0\0"
-    buf = bytearray(head)
-    if key is not None:
-        buf += key
-    buf += value
-    struct.pack_into("<I", buf, 0, crc32(memoryview(buf)[CRC_FROM:]))
-    return buf
+    """The batch of one record without headers: same bytes as
+    ``encode_batch(0, [(ts, key, value, None)])``."""
+    tail, crc = encode_one_tail(ts, key, value)
+    return bytearray(batch_prefix(crc, len(tail), 0) + tail)
 
 
 def set_first_offset(batch: bytearray, first_offset: int) -> None:
-    """Give an encoded batch its offsets (outside the CRC, as in Kafka, so the writer
-    assigns them under its lock without checksumming again)."""
+    """Give an encoded batch its offsets (outside the CRC)."""
     _U64.pack_into(batch, 8, first_offset)
 
 
@@ -248,39 +294,99 @@ def read_batch_header(view: memoryview | bytes, pos: int, limit: int, *,
 
 def decode_batch(view: memoryview | bytes, pos: int, info: BatchInfo) -> Iterator[Record]:
     """The records of a verified batch (see read_batch_header)."""
+    buf: bytes | mmap.mmap = view if isinstance(view, (bytes, mmap.mmap)) else bytes(
+        view[pos : pos + info.length])
+    yield from decode_records(buf, pos if buf is view else 0, info)
+
+
+_new_tuple = tuple.__new__
+_new_record = partial(_new_tuple, Record)
+_UNIFORM: dict[int, struct.Struct] = {}
+
+
+def _decode_uniform(buf: bytes | mmap.mmap, pos: int, info: BatchInfo) -> list[Record] | None:
+    """decode_records of a batch whose records all have the same value length, no key
+    and no headers (what append_many of equal-sized values writes), with C loops only:
+    one iter_unpack, a transpose, counts that prove the layout, one map.  None when the
+    batch is not laid out so."""
+    count = info.records
+    _, klen, vlen, hlen = REC.unpack_from(buf, pos + BATCH_HEADER)
+    if klen != -1 or hlen or vlen < 0 or info.length != BATCH_HEADER + count * (20 + vlen):
+        return None
+    rec = _UNIFORM.get(vlen)
+    if rec is None:
+        if len(_UNIFORM) > 64:
+            _UNIFORM.clear()
+        rec = _UNIFORM[vlen] = struct.Struct(f"<qiiI{vlen}s")
+    ts, klens, vlens, hlens, values = zip(*rec.iter_unpack(
+        buf[pos + BATCH_HEADER : pos + info.length]), strict=True)
+    if klens.count(-1) != count or vlens.count(vlen) != count or hlens.count(0) != count:
+        return None
+    first = info.first_offset
+    return list(map(_new_record, zip(range(first, first + count), ts, repeat(None), values,
+                                     repeat(()))))
+
+
+def decode_records(buf: bytes | mmap.mmap, pos: int, info: BatchInfo) -> list[Record]:
+    """The records of a verified batch at ``pos`` of ``buf`` (bytes, or a mapping: its
+    slices are bytes, made in one step).  BatchError if the records do not fill the batch
+    exactly."""
+    if info.records > 4 and info.length >= BATCH_HEADER + 20:
+        fast = _decode_uniform(buf, pos, info)
+        if fast is not None:
+            return fast
+    return _decode_general(buf, pos, info)
+
+
+def _decode_general(buf: bytes | mmap.mmap, pos: int, info: BatchInfo) -> list[Record]:
     end = pos + info.length
     p = pos + BATCH_HEADER
-    offset = info.first_offset
-    rec_unpack = REC.unpack_from
-    for _ in range(info.records):
-        if p + REC.size > end:
+    first = info.first_offset
+    out: list[Record] = []
+    add = out.append
+    unpack = REC.unpack_from
+    new = _new_tuple
+    for offset in range(first, first + info.records):
+        if p + 20 > end:
             raise BatchError(f"record {offset} runs past its batch")
-        ts, klen, vlen, hlen = rec_unpack(view, p)
-        p += REC.size
+        ts, klen, vlen, hlen = unpack(buf, p)
+        p += 20
         if klen < 0:
             key = None
         else:
-            key = bytes(view[p : p + klen])
+            key = buf[p : p + klen]
             p += klen
-        value = bytes(view[p : p + vlen])
+        value = buf[p : p + vlen]
         p += vlen
-        headers: tuple[tuple[str, bytes], ...] = ()
-        if hlen:
-            hend = p + hlen
-            hl = []
-            while p < hend:
-                (n,) = HNAME.unpack_from(view, p)
-                p += 2
-                name = bytes(view[p : p + n]).decode("utf-8", "replace")
-                p += n
-                (m,) = HVAL.unpack_from(view, p)
-                p += 4
-                hl.append((name, bytes(view[p : p + m])))
-                p += m
-            headers = tuple(hl)
-        if p > end or vlen < 0:
+        if p + hlen > end or vlen < 0 or klen < -1:
             raise BatchError(f"record {offset} runs past its batch")
-        yield Record(offset, ts, key, value, headers)
-        offset += 1
+        if hlen:
+            headers = _decode_headers(buf, p, p + hlen, offset)
+            p += hlen
+        else:
+            headers = ()
+        add(new(Record, (offset, ts, key, value, headers)))
     if p != end:
         raise BatchError(f"the batch at {pos} has {end - p} bytes after its last record")
+    return out
+
+
+def _decode_headers(buf: bytes | mmap.mmap, p: int, hend: int,
+                    offset: int) -> tuple[tuple[str, bytes], ...]:
+    hl = []
+    while p < hend:
+        if p + 2 > hend:
+            raise BatchError(f"the headers of record {offset} are cut")
+        (n,) = HNAME.unpack_from(buf, p)
+        p += 2
+        name = buf[p : p + n].decode("utf-8", "replace")
+        p += n
+        if p + 4 > hend:
+            raise BatchError(f"the headers of record {offset} are cut")
+        (m,) = HVAL.unpack_from(buf, p)
+        p += 4
+        hl.append((name, buf[p : p + m]))
+        p += m
+    if p != hend:
+        raise BatchError(f"the headers of record {offset} run past their length")
+    return tuple(hl)

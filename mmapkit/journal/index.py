@@ -103,7 +103,8 @@ class SparseIndex:
         assert self._raw is not None
         self._entry.pack_into(self._raw, F.INDEX_HEADER + i * self._entry.size, a, b)
 
-    def _valid(self, i: int, rel_end: int, pos_end: int) -> bool:
+    def valid(self, i: int, rel_end: int, pos_end: int) -> bool:
+        """Slot ``i`` holds an entry published under (rel_end, pos_end)."""
         a, b = self.entry(i)
         if self.kind == "offset":
             return 0 < b < pos_end and a < rel_end
@@ -116,7 +117,7 @@ class SparseIndex:
         lo, hi = 0, self.slots
         while lo < hi:  # entries are increasing; the first invalid slot ends them
             mid = (lo + hi) // 2
-            if self._valid(mid, rel_end, pos_end):
+            if self.valid(mid, rel_end, pos_end):
                 lo = mid + 1
             else:
                 hi = mid

@@ -42,6 +42,10 @@ recovery point), each segment's W, the files in the directory.  L = the writer l
     A3    attach: open the segment, read W, L     readers see W as before; the slots P
           clear index slots past W (left          clears are ignored by them (past W)
           by a writer killed before A6)
+    A3b   W moved since P's last append     L     as A3: P reads only published bytes
+          (another writer appended): catch         (the batches between the W it saw and
+          up from the W P saw (index tails,        W now); a W that is not a successor
+          newest timestamp); else as A3            of P's (never, within a boot) -> A3
     A4    roll needed (size, age, 2^32      L     see R1-R4
           records): R1-R4
     A5    set the first offset = base +     L     readers read up to W only: the new
@@ -130,6 +134,7 @@ if TYPE_CHECKING:
     from ..kv import KV
     from .consumer import Consumer
     from .reader import Reader
+    from .remote import JournalServer
 
 __all__ = ["CheckReport", "Journal", "JournalStatistics", "RecoveryReport"]
 
@@ -150,6 +155,31 @@ SyncArg = Union[str, float, int]  # noqa: UP007
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+_time_ns = time.time_ns
+_ONLY_BYTES = {bytes}
+_CATCH_UP_MAX = 1 << 20  # bytes other writers appended that _catch_up reads at most
+_FORKS = [0]  # bumped in a fork child: the writer lock reopens its descriptor there
+
+
+def _after_fork() -> None:
+    _FORKS[0] += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
+# word indexes into the meta page (the u64 and u32 views)
+_I_SEGMENT_BYTES = F.OFF_SEGMENT_BYTES // 8
+_I_ACTIVE = F.OFF_ACTIVE // 8
+_I_SEGMENT_MS = F.OFF_SEGMENT_MS // 8  # stored as i64 but never negative (checked at open)
+_MAX_RECORDS = F.MAX_RECORDS_PER_SEGMENT
+_SEGMENT_HEADER = F.SEGMENT_HEADER
+_flock = fcntl.flock
+_LOCK_EX = fcntl.LOCK_EX
+_I_INTERVAL = F.OFF_INDEX_INTERVAL // 4
+_I_NOTIFY = F.OFF_NOTIFY // 4
+_I_WAITERS = F.OFF_WAITERS // 4
 
 
 def _boot_id() -> bytes:
@@ -440,26 +470,36 @@ class Journal:
                headers: HeadersArg = None, timestamp_ms: int | None = None) -> int:
         """Append one record; returns its offset.  Once this returns, the record survives
         a crash of any process (and power loss with ``sync="always"``)."""
-        value = _as_bytes(value, "value")
-        if key is not None:
+        if type(value) is not bytes:
+            value = _as_bytes(value, "value")
+        if key is not None and type(key) is not bytes:
             key = _as_bytes(key, "key")
-        ts = _now_ms() if timestamp_ms is None else int(timestamp_ms)
+        now = _time_ns() // 1_000_000
+        ts = now if timestamp_ms is None else int(timestamp_ms)
         if headers:
-            batch = bytearray(F.encode_batch(0, ((ts, key, value, _norm_headers(headers)),)))
+            tail, crc, _, _, _ = F.encode_batch_tail(((ts, key, value,
+                                                       _norm_headers(headers)),))
         else:
-            batch = F.encode_one(ts, key, value)
-        return self._append_batch(batch, 1, ts, ts)
+            tail, crc = F.encode_one_tail(ts, key, value)
+        return self._append_tail(tail, crc, 1, ts, now)
 
     def append_many(self, records: Iterable[Any]) -> int:
         """Append several records as one batch (all or nothing); returns the first offset.
 
         Each item is a value (bytes) or a mapping/tuple ``(value, key, headers,
         timestamp_ms)`` with the later fields optional, or a dict with those keys."""
-        now = _now_ms()
+        now = _time_ns() // 1_000_000
+        if type(records) is list and records and set(map(type, records)) == _ONLY_BYTES:
+            tail, crc = F.encode_values_tail(now, records)  # plain values: one pass
+            return self._append_tail(tail, crc, len(records), now, now)
         items: list[tuple[int, bytes | None, bytes, Any]] = []
+        add = items.append
         for rec in records:
-            if isinstance(rec, (bytes, bytearray, memoryview)):
-                items.append((now, None, bytes(rec), None))
+            if type(rec) is bytes:
+                add((now, None, rec, None))
+                continue
+            if isinstance(rec, (bytearray, memoryview)):
+                add((now, None, bytes(rec), None))
                 continue
             if isinstance(rec, Mapping):
                 value, key = rec.get("value"), rec.get("key")
@@ -467,54 +507,97 @@ class Journal:
             else:
                 t = tuple(rec) + (None,) * 3
                 value, key, headers, ts = t[0], t[1], t[2], t[3]
-            items.append((now if ts is None else int(ts),
-                          None if key is None else _as_bytes(key, "key"),
-                          _as_bytes(value, "value"), _norm_headers(headers)))
+            add((now if ts is None else int(ts),
+                 None if key is None else _as_bytes(key, "key"),
+                 _as_bytes(value, "value"), _norm_headers(headers)))
         if not items:
             raise ValueError("append_many() needs at least one record")
-        batch = F.encode_batch(0, items)
-        return self._append_batch(bytearray(batch), len(items), min(i[0] for i in items),
-                                  max(i[0] for i in items))
+        tail, crc, count, _, max_ts = F.encode_batch_tail(items)
+        return self._append_tail(tail, crc, count, max_ts, now)
 
-    def _append_batch(self, batch: bytearray, count: int, first_ts: int, max_ts: int) -> int:
-        meta = self._check_open()
-        seg_bytes = meta.get(F.OFF_SEGMENT_BYTES)
-        if len(batch) > seg_bytes - F.SEGMENT_HEADER:
+    def _append_tail(self, tail: bytes, crc: int, count: int, max_ts: int, now: int) -> int:
+        """A2-A8 for one encoded batch (``tail``: the batch from byte 16, see
+        _format.encode_batch_tail); returns its first offset."""
+        if self._closed:
+            raise ClosedError("the journal is closed; open it again")
+        meta = self._meta
+        u64 = meta.u64
+        n = len(tail) + F.CRC_FROM
+        seg_bytes = int(u64[_I_SEGMENT_BYTES])
+        if n > seg_bytes - F.SEGMENT_HEADER:
             raise MessageTooLargeError(
-                f"a batch of {len(batch)} bytes cannot fit a segment of {seg_bytes} bytes; "
+                f"a batch of {n} bytes cannot fit a segment of {seg_bytes} bytes; "
                 "raise segment_bytes or append fewer records at a time")
         lock = self._lock
-        lock.acquire()
+        # the writer lock's acquire, inlined: this thread's turn, then the flock (L)
+        lock._t.acquire()
+        if lock._depth or lock._pid != _FORKS[0]:
+            lock._t.release()
+            lock.acquire()
+        else:
+            try:
+                _flock(lock._fd, _LOCK_EX)
+            except BaseException:
+                lock._t.release()
+                raise
+            lock._depth = 1
         try:
-            seg = self._attach()  # A2, A3
-            rel, pos = seg.commit()
-            if (rel, pos) != seg.seen:  # another writer appended since we last did
-                self._resync(seg, rel, pos)
-            if rel and (pos + len(batch) > seg_bytes or self._must_roll(seg, rel, count)):
+            seg = self._active
+            if seg is None or seg.base != u64[_I_ACTIVE]:
+                seg = self._attach()  # A2, A3
+            w = seg.w
+            word = int(w[0])
+            if word != seg.seen:  # another writer appended since we last did
+                self._catch_up(seg, word)
+            rel, pos = word >> 32, word & 0xFFFFFFFF
+            if rel and (pos + n > seg_bytes or rel + count > _MAX_RECORDS or
+                        now - seg.created_ms >= u64[_I_SEGMENT_MS]):
                 seg = self._roll(seg, rel)  # A4
-                rel, pos = seg.commit()
+                w = seg.w
+                word = int(w[0])
+                rel, pos = word >> 32, word & 0xFFFFFFFF
             first = seg.base + rel
-            F.set_first_offset(batch, first)
-            self._write(seg, batch, pos)  # A5
-            interval = struct.unpack_from("<I", meta.region.view, F.OFF_INDEX_INTERVAL)[0]
-            if pos - (seg.last_indexed or F.SEGMENT_HEADER) >= interval:
+            data = F.PREFIX.pack(crc, n, first) + tail
+            try:
+                done = os.pwrite(seg.fd, data, pos)  # A5
+            except OSError as exc:
+                raise self._write_error(exc) from exc
+            if done != n:
+                self._write(seg, bytearray(data[done:]), pos + done)
+            if pos - (seg.last_indexed or _SEGMENT_HEADER) >= meta.u32[_I_INTERVAL]:
                 self._index(seg, rel, pos)
             if PAUSES:
                 pause("journal.append.written")
-            seg.publish(rel + count, pos + len(batch))  # A6: acknowledged
-            seg.seen = (rel + count, pos + len(batch))
+            word = ((rel + count) << 32) | (pos + n)
+            w[0] = word  # A6: acknowledged
+            seg.seen = word
             if max_ts > seg.max_ts:
                 seg.max_ts = max_ts
-            meta.bump()
+            u32 = meta.u32
+            u32[_I_NOTIFY] = (u32[_I_NOTIFY] + 1) & 0xFFFFFFFF
+            if u32[_I_WAITERS]:  # A7 (the wake itself after the lock is released)
+                u32[_I_WAITERS] = 0
+                wake = True
+            else:
+                wake = False
         finally:
             lock.release()
         self._appended += count
-        self._wake()  # A7
+        if wake:
+            self._get_waiter().wake()
         if self._sync_every is not None and (
                 self._sync_every == 0.0 or time.monotonic() - self._last_sync
                 >= self._sync_every):
             self.sync()  # A8
         return first
+
+    def _write_error(self, exc: OSError) -> OSError:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return DiskFullError(
+                exc.errno, f"no space left on the journal's file system ({self._dir}); "
+                "nothing acknowledged was lost: free space (or lower retention) and "
+                "append again")
+        return exc
 
     def _wake(self) -> None:
         meta = self._meta
@@ -556,12 +639,6 @@ class Journal:
             tidx.set_entry(seg.tidx_n, seg.max_ts, rel + 1)
             seg.tidx_n += 1
         seg.last_indexed = pos
-
-    def _must_roll(self, seg: ActiveSegment, rel: int, count: int) -> bool:
-        meta = self._meta
-        if rel + count > F.MAX_RECORDS_PER_SEGMENT:
-            return True
-        return bool(_now_ms() - seg.created_ms >= meta.get_signed(F.OFF_SEGMENT_MS))
 
     def _attach(self) -> ActiveSegment:
         """A2/A3 (under L): the writer's side of the segment A names."""
@@ -628,7 +705,45 @@ class Journal:
                             offset=seg.base + start_rel) from None
                     seg.max_ts = max(seg.max_ts, info.max_timestamp)
                     p += info.length
-        seg.seen = (rel, pos)
+        seg.seen = (rel << 32) | pos
+
+    def _catch_up(self, seg: ActiveSegment, word: int) -> None:
+        """Under L, W moved since this writer last saw it (another writer appended): learn
+        what the others added -- index tails and the newest timestamp -- from the batches
+        after the W we saw, not from the last index entry (_resync does that when our W
+        is not a prefix of this one, or the catch-up would read much)."""
+        seen = seg.seen
+        rel, pos = word >> 32, word & 0xFFFFFFFF
+        idx, tidx = seg.idx, seg.tidx
+        start = seen & 0xFFFFFFFF
+        if seen < 0 or start > pos or (seen >> 32) > rel or idx is None or tidx is None or \
+                not idx.trusted or not tidx.trusted or pos - start > _CATCH_UP_MAX:
+            self._resync(seg, rel, pos)
+            return
+        n = seg.idx_n
+        while n < idx.slots and idx.valid(n, rel, pos):
+            n += 1
+        if n != seg.idx_n:
+            seg.idx_n = n
+            seg.last_indexed = idx.entry(n - 1)[1]
+        idx.clear_from(n)  # a slot left by a writer killed between A5 and A6
+        n = seg.tidx_n
+        while n < tidx.slots and tidx.valid(n, rel, pos):
+            n += 1
+        seg.tidx_n = n
+        tidx.clear_from(n)
+        data = os.pread(seg.fd, pos - start, start)
+        p, end = 0, len(data)
+        try:
+            while p < end:
+                info = F.read_batch_header(data, p, end, verify=False)
+                if info.max_timestamp > seg.max_ts:
+                    seg.max_ts = info.max_timestamp
+                p += info.length
+        except F.BatchError:
+            self._resync(seg, rel, pos)  # says what is wrong
+            return
+        seg.seen = word
 
     def _index_tail_ok(self, seg: ActiveSegment, rel: int, pos: int) -> bool:
         assert seg.idx is not None
@@ -883,12 +998,29 @@ class Journal:
         self._check_open()
         return Consumer(self, name, reset=reset)
 
+    def serve(self, address: str | tuple[str, int], *, io_timeout: float = 10.0,
+              idle_timeout: float | None = 600.0) -> JournalServer:
+        """Serve this journal to ``RemoteReader`` clients (TCP ``"host:port"`` or a Unix
+        socket path) from background threads; close the returned server to stop."""
+        from .remote import serve
+        self._check_open()
+        return serve(self, address, io_timeout=io_timeout, idle_timeout=idle_timeout)
+
     def _offsets(self) -> KV:
         with self._kv_lock:
             if self._kv is None:
                 from ..kv import KV
                 self._kv = KV(os.path.join(self._dir, OFFSETS_NAME), multiprocess=True)
             return self._kv
+
+    def consumer_offsets(self) -> dict[str, int]:
+        """Every named consumer's committed position (the next offset it reads)."""
+        self._check_open()
+        if self._kv is None and not os.path.exists(os.path.join(self._dir, OFFSETS_NAME)):
+            return {}
+        kv = self._offsets()
+        return {k[len("consumer/"):]: int(v) for k, v in list(kv.items())
+                if k.startswith("consumer/")}
 
     # --- reports ------------------------------------------------------------------------
 
@@ -1045,16 +1177,16 @@ class _WriterLock:
     def __init__(self, path: str) -> None:
         self._path = path
         self._fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        self._pid = os.getpid()
+        self._pid = _FORKS[0]  # the fork generation this descriptor belongs to
         self._t = threading.RLock()
         self._depth = 0
 
     def acquire(self) -> None:
         self._t.acquire()
         if self._depth == 0:
-            if self._pid != os.getpid():
-                self._fd = os.open(self._path, os.O_RDWR | os.O_CLOEXEC)
-                self._pid = os.getpid()
+            if self._pid != _FORKS[0]:  # forked: a descriptor of our own (flock is per
+                self._fd = os.open(self._path, os.O_RDWR | os.O_CLOEXEC)  # description)
+                self._pid = _FORKS[0]
             try:
                 fcntl.flock(self._fd, fcntl.LOCK_EX)
             except BaseException:

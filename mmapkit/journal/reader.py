@@ -16,6 +16,8 @@ Design rules:
 
 from __future__ import annotations
 
+import os
+import struct
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING
@@ -31,6 +33,8 @@ if TYPE_CHECKING:
 __all__ = ["Reader"]
 
 _WAIT_SLICE = 0.1
+_TAIL_PREAD = 1 << 16  # unread bytes past the mapping that a pread fetches (no remap)
+_SPAN_HEAD = struct.Struct("<IQIB")  # a batch header's length, first offset, count, version
 
 
 class Reader:
@@ -136,6 +140,9 @@ class Reader:
             assert seg is not None
             rel, pos_end = seg.commit()
             if self._pos < pos_end:
+                if pos_end > len(seg.view) and pos_end - self._pos <= _TAIL_PREAD and \
+                        self._read_tail(seg, pos_end):
+                    return True
                 limit = pos_end if seg.cover(pos_end) else len(seg.view)
                 try:
                     info = F.read_batch_header(seg.view, self._pos, limit)
@@ -145,7 +152,7 @@ class Reader:
                     if info.first_offset > self._next:
                         raise F.BatchError(f"offsets {self._next}..{info.first_offset} are "
                                            "missing before the batch at {self._pos}")
-                    recs = list(F.decode_batch(seg.view, self._pos, info))
+                    recs = F.decode_records(seg.mm, self._pos, info)
                 except F.BatchError as exc:
                     self._skip_damage(seg, rel, pos_end, limit, str(exc))
                 self._pos += info.length
@@ -162,6 +169,112 @@ class Reader:
             seg.close()
             self._seg = None
             if self._next < nxt:  # defensive: never skip offsets silently
+                self._next = nxt
+            self._open_for(self._next)
+
+    def _read_tail(self, seg: Segment, pos_end: int) -> bool:
+        """The few published bytes past the mapping (a follower at the end, the file
+        grown by a few appends): one pread instead of mapping the file again (a remap
+        and its page faults cost a follower ~100 us per record).  False when they are
+        not whole, valid batches: the mapped path then reports the damage."""
+        n = pos_end - self._pos
+        data = os.pread(seg.fileno(), n, self._pos)
+        if len(data) != n:
+            return False
+        recs: list[Record] = []
+        p, nxt = 0, self._next
+        try:
+            while p < n:
+                info = F.read_batch_header(data, p, n)
+                if info.first_offset + info.records <= nxt and not recs:
+                    p += info.length  # before the offset we look for
+                    continue
+                if info.first_offset > nxt or (recs and info.first_offset != nxt):
+                    break
+                got = F.decode_records(data, p, info)
+                recs.extend(got[nxt - info.first_offset :] if not recs else got)
+                nxt = info.first_offset + info.records
+                p += info.length
+        except F.BatchError:
+            pass  # keep what verified; the mapped path meets the damage next time
+        if not recs:
+            return False
+        self._pos += p
+        self._buf, self._bi = recs, 0
+        return True
+
+    def next_span(self, max_bytes: int) -> tuple[Segment, int, int, int] | None:
+        """Whole batches from the position on, as they lie in one segment file, for
+        sending unchanged (the remote server): ``(segment, position, length, first offset
+        of the first batch)``; None when nothing past the position is published.
+
+        At least one batch even when it is larger than ``max_bytes``; the first may start
+        before the position (the caller's peer skips those records).  Checks each batch's
+        structure and offsets but not its CRC (the receiver does).  Moves the position
+        past them.  Damage raises CorruptFileError as iteration does."""
+        self._buf, self._bi = [], 0
+        meta = self._meta
+        while True:
+            if self._seg is None:
+                self._open_for(self._next)
+            seg = self._seg
+            assert seg is not None
+            rel, pos_end = seg.commit()
+            if self._pos < pos_end:
+                limit = pos_end if seg.cover(pos_end) else len(seg.view)
+                view = seg.view
+                start = p = self._pos
+                first = -1
+                nxt = self._next
+                try:
+                    while p < limit and first < 0:  # the batch holding the offset
+                        info = F.read_batch_header(view, p, limit, verify=False)
+                        if info.first_offset + info.records <= nxt:
+                            p += info.length  # before the offset asked for
+                            start = self._pos = p
+                            continue
+                        if info.first_offset > nxt:
+                            raise F.BatchError(f"offsets {nxt}..{info.first_offset} are "
+                                               f"missing before the batch at {p}")
+                        first = info.first_offset
+                        p += info.length
+                        nxt = first + info.records
+                    # then whole batches up to max_bytes: structure and offsets only (the
+                    # receiver checks CRCs), with one unpack each
+                    stop = min(limit, start + max_bytes)
+                    unpack = _SPAN_HEAD.unpack_from
+                    while p + F.BATCH_HEADER <= stop:
+                        length, boff, count, version = unpack(view, p + 4)
+                        if p + length > stop:
+                            if p + length > limit:
+                                raise F.BatchError(f"the batch at {p} claims {length} "
+                                                   f"bytes (end {limit})")
+                            break
+                        if boff != nxt or version != F.BATCH_VERSION or count == 0 or \
+                                length < F.BATCH_HEADER:
+                            F.read_batch_header(view, p, limit, verify=False)  # says why
+                            raise F.BatchError(f"the batch at {p} starts at offset {boff}, "
+                                               f"expected {nxt}")
+                        p += length
+                        nxt += count
+                except F.BatchError as exc:
+                    if first < 0:
+                        self._pos = p
+                        self._skip_damage(seg, rel, pos_end, limit, str(exc))
+                    # else: send the good batches; the damage is met at the next call
+                if first < 0:
+                    continue
+                self._pos, self._next = p, nxt
+                return seg, start, p - start, first
+            if meta.get(F.OFF_ACTIVE) <= seg.base:
+                return None
+            rel, pos_end = seg.commit()  # final now (A was read first)
+            if self._pos < pos_end:
+                continue
+            nxt = seg.base + rel
+            seg.close()
+            self._seg = None
+            if self._next < nxt:
                 self._next = nxt
             self._open_for(self._next)
 

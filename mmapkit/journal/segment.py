@@ -118,6 +118,16 @@ class Segment:
         assert self._view is not None
         return self._view
 
+    @property
+    def mm(self) -> mmap.mmap:
+        """The mapping itself: its slices are bytes (one step, no memoryview between)."""
+        assert self._map is not None
+        return self._map
+
+    def fileno(self) -> int:
+        """The open descriptor (valid after a retention rename or unlink)."""
+        return self._fd
+
     def commit(self) -> tuple[int, int]:
         """(records, end position) as published now (one load of W)."""
         assert self._w is not None
@@ -210,6 +220,12 @@ class ActiveSegment:
     __slots__ = ("_hmap", "_hview", "_w", "base", "created_ms", "fd", "idx", "idx_n",
                  "last_indexed", "max_ts", "path", "seen", "tidx", "tidx_n")
 
+    @property
+    def w(self) -> memoryview:
+        """The commit word W as a one-element u64 view (one aligned 8-byte load/store)."""
+        assert self._w is not None
+        return self._w
+
     def __init__(self, path: str, base: int) -> None:
         self.path = path
         self.base = base
@@ -234,7 +250,7 @@ class ActiveSegment:
         self.idx_n = self.tidx_n = 0
         self.last_indexed = 0  # position of the last indexed batch (0: none yet)
         self.max_ts = -(1 << 63)
-        self.seen = (-1, -1)  # (records, position) of W when this writer last synced
+        self.seen = -1  # W as this writer last synced to it (or published it)
 
     @staticmethod
     def create(directory: str, base: int, created_ms: int, index_slots: int) -> str:

@@ -1,0 +1,576 @@
+"""mmapkit.Journal side by side with persist-queue, diskcache.Deque, litequeue and a
+sqlite3 WAL queue table.
+
+Cases, 100-byte records: append from one process; append_many (100 a batch: one
+transaction for the peers that have one); 4 producer processes (aggregate; children say
+ready, then start together on a time read from stdin); sequential read of everything from
+another process (start-up not counted); tail latency append -> seen in another process
+(p50/p99; blocking futex wait and spinning poll; sqlite polled for scale); consumer commit
+rate (sqlite: an offsets table, one commit each); fetch GB/s of a served journal over TCP
+and a Unix socket (RemoteReader, CRCs verified) vs raw ``mmapkit.send`` of the same bytes.
+
+Every implementation promises the same as ours without ``sync``: an acknowledged record
+survives a crash of the process, not of the OS (sqlite: WAL, synchronous=NORMAL).
+persist-queue's file queue is not safe across processes, so it sits out the 4-producer
+case.  Reading consumes for the queues (persist-queue get, litequeue pop) and iterates for
+the logs (ours, diskcache.Deque, sqlite).  Targets (issue 12): append >= 50x persist-queue
+and >= 30x diskcache.Deque, fetch >= 0.95x raw send; absolute goals (append >= 500k/s,
+append_many >= 1.5M/s, 4 producers >= 300k/s, read >= 2M/s, tail p50 <= 20 us blocking,
+<= 5 us spinning, commit >= 300k/s) are printed with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import socket
+import sqlite3
+import struct
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from . import _harness
+
+OURS = _harness.OURS
+RECORD = 100
+_STAMP = struct.Struct("<q")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _value(i: int) -> bytes:
+    return (b"%010d" % i).ljust(RECORD, b"x")
+
+
+# --- implementations -------------------------------------------------------------------
+
+
+class Impl:
+    name = ""
+    batch = True
+    multiprocess = True
+    scale = 1  # the slow peers run 1/scale of the records (rates are per second)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def append(self, v: bytes) -> None:
+        raise NotImplementedError
+
+    def append_many(self, vs: list[bytes]) -> None:
+        raise NotImplementedError
+
+    def read_all(self) -> int:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class Ours(Impl):
+    name = OURS
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        from mmapkit.journal import Journal
+
+        self.j = Journal(path, create=True)
+        self.append = self.j.append  # type: ignore[method-assign,assignment]
+
+    def append_many(self, vs: list[bytes]) -> None:
+        self.j.append_many(vs)
+
+    def read_all(self) -> int:
+        n = 0
+        with self.j.reader("earliest") as r:
+            while got := r.poll(4096):
+                n += len(got)
+        return n
+
+    def close(self) -> None:
+        self.j.close()
+
+
+class SqliteWal(Impl):
+    name = "sqlite3 WAL table"
+    scale = 10
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.db = sqlite3.connect(path + ".db", isolation_level=None, timeout=60)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("CREATE TABLE IF NOT EXISTS q (id INTEGER PRIMARY KEY, v BLOB)")
+        self.db.execute("CREATE TABLE IF NOT EXISTS offsets (name TEXT PRIMARY KEY, "
+                        "off INTEGER)")
+
+    def append(self, v: bytes) -> None:
+        self.db.execute("INSERT INTO q (v) VALUES (?)", (v,))
+
+    def append_many(self, vs: list[bytes]) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+        self.db.executemany("INSERT INTO q (v) VALUES (?)", [(v,) for v in vs])
+        self.db.execute("COMMIT")
+
+    def read_all(self) -> int:
+        n = 0
+        for _ in self.db.execute("SELECT id, v FROM q ORDER BY id"):
+            n += 1
+        return n
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class DiskcacheDeque(Impl):
+    name = "diskcache.Deque"
+    scale = 20
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        import diskcache
+
+        self.d = diskcache.Deque(directory=path + ".dc")
+        self.append = self.d.append  # type: ignore[method-assign]
+
+    def append_many(self, vs: list[bytes]) -> None:
+        with self.d.transact():
+            self.d.extend(vs)
+
+    def read_all(self) -> int:
+        return sum(1 for _ in self.d)
+
+    def close(self) -> None:
+        self.d.cache.close()
+
+
+class PersistQueue(Impl):
+    name = "persist-queue"
+    batch = False
+    multiprocess = False
+    scale = 200
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        import persistqueue
+
+        self.q = persistqueue.Queue(path + ".pq", autosave=True)
+
+    def append(self, v: bytes) -> None:
+        self.q.put(v)
+
+    def read_all(self) -> int:
+        import persistqueue
+
+        n = 0
+        while True:
+            try:
+                self.q.get(block=False)
+            except persistqueue.Empty:
+                break
+            n += 1
+        self.q.task_done()
+        return n
+
+
+class LiteQueue(Impl):
+    name = "litequeue"
+    batch = False
+    scale = 100
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        import litequeue
+
+        self.q = litequeue.LiteQueue(path + ".lq")
+
+    def append(self, v: bytes) -> None:
+        self.q.put(v.decode())  # litequeue stores str
+
+    def read_all(self) -> int:
+        n = 0
+        while self.q.pop() is not None:
+            n += 1
+        return n
+
+    def close(self) -> None:
+        self.q.close()
+
+
+IMPLS: list[type[Impl]] = [Ours, PersistQueue, DiskcacheDeque, LiteQueue, SqliteWal]
+
+
+def by_name(name: str) -> type[Impl]:
+    return next(c for c in IMPLS if c.name == name)
+
+
+def _available(cls: type[Impl], tmp: str) -> str | None:
+    try:
+        impl = cls(os.path.join(tmp, f"probe-{IMPLS.index(cls)}"))
+    except ImportError as exc:
+        return f"not installed ({exc.name}); pip install 'mmapkit[bench]'"
+    impl.close()
+    return None
+
+
+_n = [0]
+
+
+@contextlib.contextmanager
+def _fresh(cls: type[Impl], tmp: str) -> Iterator[Impl]:
+    _n[0] += 1
+    impl = cls(os.path.join(tmp, f"run{_n[0]}"))
+    try:
+        yield impl
+    finally:
+        impl.close()
+
+
+def _fill(impl: Impl, n: int) -> None:
+    values = [_value(i) for i in range(100)]
+    if impl.batch:
+        for _ in range(n // 100):
+            impl.append_many(values)
+    else:
+        for i in range(n):
+            impl.append(values[i % 100])
+
+
+# --- child processes -------------------------------------------------------------------
+
+_CHILD = """
+import sys
+sys.path[:0] = [sys.argv[1]]
+from bench.journal import child
+child(sys.argv[2:])
+"""
+
+
+def _spawn(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(_CHILD), ROOT, *args],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def _ready(p: subprocess.Popen[str]) -> None:
+    assert p.stdout is not None
+    line = p.stdout.readline().strip()
+    if line != "ready":
+        raise RuntimeError(f"a benchmark child failed to start ({line!r})")
+
+
+def child(argv: list[str]) -> None:
+    """Entry of every child process: ``role impl path n``."""
+    role, name, path, n = argv[0], argv[1], argv[2], int(argv[3])
+    impl = by_name(name)(path)
+    if role == "produce":
+        values = [_value(i) for i in range(100)]
+        append = impl.append
+        print("ready", flush=True)
+        go = float(sys.stdin.readline())
+        while time.time() < go:
+            pass
+        for i in range(n):
+            append(values[i % 100])
+        print(time.time(), flush=True)
+    elif role == "read":
+        print("ready", flush=True)
+        sys.stdin.readline()
+        t0 = time.perf_counter()
+        got = impl.read_all()
+        print(time.perf_counter() - t0, got, flush=True)
+    elif role in ("tail-block", "tail-spin", "tail-poll"):
+        print(json.dumps(_follow(impl, role, n)), flush=True)
+    impl.close()
+
+
+def _follow(impl: Impl, role: str, n: int) -> list[float]:
+    """Latency in microseconds of ``n`` records stamped with CLOCK_MONOTONIC by the
+    writer, measured when this process sees each."""
+    lat: list[float] = []
+    now = time.monotonic_ns
+    if isinstance(impl, Ours):
+        r = impl.j.reader("latest", follow=True, timeout=30)
+        print("ready", flush=True)
+        if role == "tail-block":
+            for rec in r:
+                lat.append((now() - _STAMP.unpack_from(rec.value)[0]) / 1e3)
+                if len(lat) == n:
+                    break
+        else:
+            while len(lat) < n:
+                for rec in r.poll(500, timeout=0):
+                    lat.append((now() - _STAMP.unpack_from(rec.value)[0]) / 1e3)
+        return lat
+    assert isinstance(impl, SqliteWal)
+    last = impl.db.execute("SELECT coalesce(max(id), 0) FROM q").fetchone()[0]
+    print("ready", flush=True)
+    while len(lat) < n:
+        for rid, v in impl.db.execute("SELECT id, v FROM q WHERE id > ? ORDER BY id",
+                                      (last,)):
+            lat.append((now() - _STAMP.unpack_from(v)[0]) / 1e3)
+            last = rid
+    return lat
+
+
+# --- cases -----------------------------------------------------------------------------
+
+
+def _append_case(report: _harness.Report, impls: list[type[Impl]], tmp: str, n: int,
+                 repeat: int) -> None:
+    values = [_value(i) for i in range(100)]
+    for cls in impls:
+        k = max(1000, n // cls.scale)
+        samples = []
+        for _ in range(repeat):
+            with _fresh(cls, tmp) as impl:
+                append = impl.append
+                t0 = time.perf_counter()
+                for i in range(k):
+                    append(values[i % 100])
+                samples.append(k / (time.perf_counter() - t0))
+        report.add("append", cls.name, samples, "rec/s")
+    for cls in impls:
+        if not cls.batch:
+            continue
+        k = max(1000, n * 5 // cls.scale) // 100 * 100
+        samples = []
+        for _ in range(repeat):
+            with _fresh(cls, tmp) as impl:
+                t0 = time.perf_counter()
+                for _ in range(k // 100):
+                    impl.append_many(values)
+                samples.append(k / (time.perf_counter() - t0))
+        report.add("append_many (100 a batch)", cls.name, samples, "rec/s")
+
+
+def _producers_case(report: _harness.Report, impls: list[type[Impl]], tmp: str, n: int,
+                    repeat: int, procs: int = 4) -> None:
+    case = f"{procs} producer processes (aggregate)"
+    for cls in impls:
+        if not cls.multiprocess:
+            continue
+        k = max(500, n // (procs * cls.scale))
+        samples = []
+        for _ in range(max(1, repeat // 2)):
+            with _fresh(cls, tmp) as impl:
+                children = [_spawn("produce", cls.name, impl.path, str(k))
+                            for _ in range(procs)]
+                for c in children:
+                    _ready(c)
+                go = time.time() + 0.05
+                ends = []
+                for c in children:
+                    out, _ = c.communicate(f"{go}\n", timeout=600)
+                    if c.returncode:
+                        raise RuntimeError(f"{cls.name} producer failed")
+                    ends.append(float(out.split()[-1]))
+                samples.append(procs * k / (max(ends) - go))
+                if cls is Ours:
+                    got = impl.read_all()
+                    assert got == procs * k, f"lost records: {got} of {procs * k}"
+        report.add(case, cls.name, samples, "rec/s")
+
+
+def _read_case(report: _harness.Report, impls: list[type[Impl]], tmp: str, n: int,
+               repeat: int) -> None:
+    for cls in impls:
+        k = max(1000, n // cls.scale) // 100 * 100
+        samples = []
+        for _ in range(max(1, repeat // 2)):
+            with _fresh(cls, tmp) as impl:
+                _fill(impl, k)
+                c = _spawn("read", cls.name, impl.path, "0")
+                _ready(c)
+                out, _ = c.communicate("go\n", timeout=600)
+                secs, got = out.split()
+                if int(got) != k:
+                    raise RuntimeError(f"{cls.name} read {got} of {k} records")
+                samples.append(k / float(secs))
+        report.add("sequential read (other process)", cls.name, samples, "rec/s")
+
+
+def _tail_case(report: _harness.Report, impls: list[type[Impl]], tmp: str, n: int) -> None:
+    runs: list[tuple[type[Impl], str, str]] = [
+        (Ours, "tail-block", f"{OURS} (blocking)"), (Ours, "tail-spin", f"{OURS} (spinning)")]
+    if SqliteWal in impls:
+        runs.append((SqliteWal, "tail-poll", "sqlite3 WAL table (polling)"))
+    for cls, role, label in runs:
+        with _fresh(cls, tmp) as impl:
+            c = _spawn(role, cls.name, impl.path, str(n))
+            _ready(c)
+            time.sleep(0.05)
+            pad = b"p" * (RECORD - _STAMP.size)
+            for _ in range(n):
+                impl.append(_STAMP.pack(time.monotonic_ns()) + pad)
+                time.sleep(0.0005)  # each record is a fresh wake-up, not a burst
+            out, _ = c.communicate(timeout=120)
+            lat = json.loads(out)
+        report.add("tail latency append -> seen", label, lat, "us", higher_is_better=False,
+                   note=f"p50 {_harness.percentile(lat, 50):.1f} us, "
+                   f"p99 {_harness.percentile(lat, 99):.1f} us")
+
+
+def _commit_case(report: _harness.Report, impls: list[type[Impl]], tmp: str, n: int,
+                 repeat: int) -> None:
+    with _fresh(Ours, tmp) as ours:
+        assert isinstance(ours, Ours)
+        ours.append(b"x")
+        c = ours.j.consumer("bench")
+        commit = c.commit
+
+        def ours_run() -> None:
+            for i in range(n):
+                commit(i)
+
+        report.add("consumer commit", OURS, _harness.rate(ours_run, n, repeat), "commits/s")
+    if SqliteWal in impls:
+        with _fresh(SqliteWal, tmp) as impl:
+            assert isinstance(impl, SqliteWal)
+            db = impl.db
+            db.execute("INSERT INTO offsets VALUES ('bench', 0)")
+            k = max(2000, n // 10)
+
+            def sqlite_run() -> None:
+                for i in range(k):
+                    db.execute("UPDATE offsets SET off = ? WHERE name = 'bench'", (i,))
+
+            report.add("consumer commit", SqliteWal.name,
+                       _harness.rate(sqlite_run, k, max(1, repeat // 2)), "commits/s")
+
+
+_SERVER = """
+import os, socket, sys, threading
+sys.path[:0] = [sys.argv[1]]
+from mmapkit import send
+from mmapkit.journal import Journal
+d, unix_j, unix_raw, seg = sys.argv[2:6]
+j = Journal(d)
+servers = [j.serve("127.0.0.1:0"), j.serve(unix_j)]
+raws = [socket.create_server(("127.0.0.1", 0)), socket.socket(socket.AF_UNIX)]
+raws[1].bind(unix_raw); raws[1].listen()
+def raw_loop(ls):
+    while True:
+        conn, _ = ls.accept()
+        with conn:
+            while True:
+                req = conn.recv(16)
+                if len(req) < 16:
+                    break
+                off, count = int.from_bytes(req[:8], "little"), int.from_bytes(req[8:], "little")
+                send(conn, seg, off, count)
+for ls in raws:
+    threading.Thread(target=raw_loop, args=(ls,), daemon=True).start()
+print(servers[0].address_text, raws[0].getsockname()[1], flush=True)
+sys.stdin.readline()
+"""
+
+
+def _fetch_case(report: _harness.Report, tmp: str, size: int, repeat: int) -> None:
+    from mmapkit.journal import Journal, RemoteReader
+
+    d = os.path.join(tmp, "fetch")
+    values = [_value(i) for i in range(100)]
+    with Journal(d, create=True) as j:
+        while j.statistics().bytes < size:
+            for _ in range(1000):
+                j.append_many(values)
+        end = j.end_offset
+    seg = os.path.join(d, "00000000000000000000.log")
+    with Journal(d) as j:  # the bytes of the first segment, to W
+        seg_obj = j.reader(0)
+        span = seg_obj.next_span(1 << 62)
+        assert span is not None
+        _, pos, length, _ = span
+        seg_obj.close()
+    unix_j, unix_raw = os.path.join(tmp, "j.sock"), os.path.join(tmp, "raw.sock")
+    server = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_SERVER), ROOT, d,
+                               unix_j, unix_raw, seg], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        tcp_j, raw_port = server.stdout.readline().split()
+        for label, jaddr, raddr in (("TCP", tcp_j, ("127.0.0.1", int(raw_port))),
+                                    ("Unix socket", unix_j, unix_raw)):
+            case = f"fetch over {label}"
+
+            def fetch(addr: str = jaddr) -> int:
+                with RemoteReader(addr, 0, max_bytes=8 << 20) as r:
+                    got = 0
+                    while r.position < end:
+                        got += len(r.fetch_raw())
+                    return got
+
+            def raw(addr: Any = raddr) -> int:
+                fam = socket.AF_UNIX if isinstance(addr, str) else socket.AF_INET
+                with socket.socket(fam) as s:
+                    s.connect(addr)
+                    buf = bytearray(8 << 20)
+                    view = memoryview(buf)
+                    got = 0
+                    while got < length:  # the same 8 MiB requests as the fetches
+                        k = min(8 << 20, length - got)
+                        s.sendall((pos + got).to_bytes(8, "little") + k.to_bytes(8, "little"))
+                        left = k
+                        while left:
+                            left -= s.recv_into(view[: min(left, len(buf))])
+                        got += k
+                    return got
+
+            for impl, fn in ((OURS, fetch), ("raw mmapkit.send", raw)):
+                fn()  # warm: page cache, connection paths
+                samples = []
+                for _ in range(repeat):
+                    t0 = time.perf_counter()
+                    got = fn()
+                    samples.append(got / (time.perf_counter() - t0) / 1e9)
+                report.add(case, impl, samples, "GB/s")
+            report.target(case, "raw mmapkit.send", ">=", 0.95)
+    finally:
+        server.communicate("\n", timeout=30)
+
+
+def run(report: _harness.Report, args: argparse.Namespace) -> None:
+    quick = args.quick
+    repeat = args.repeat
+    n = 20_000 if quick else 200_000
+    with tempfile.TemporaryDirectory(prefix="mmapkit-bench-journal-") as tmp:
+        impls: list[type[Impl]] = []
+        for cls in IMPLS:
+            if not _harness.wanted(args, cls.name):
+                continue
+            why = _available(cls, tmp)
+            if why:
+                report.skip(cls.name, why)
+            else:
+                impls.append(cls)
+        _append_case(report, impls, tmp, n, repeat)
+        _producers_case(report, impls, tmp, n, repeat)
+        _read_case(report, impls, tmp, n * 5, repeat)
+        _tail_case(report, impls, tmp, 300 if quick else 3000)
+        _commit_case(report, impls, tmp, n // 4, repeat)
+        _fetch_case(report, tmp, (32 if quick else 256) << 20, max(1, repeat // 2))
+    report.target("append", "persist-queue", ">=", 50.0)
+    report.target("append", "diskcache.Deque", ">=", 30.0)
+    goals = [("append", 500e3), ("append_many (100 a batch)", 1.5e6),
+             ("4 producer processes (aggregate)", 300e3),
+             ("sequential read (other process)", 2e6), ("consumer commit", 300e3)]
+    for case, goal in goals:
+        m = report.find(case, OURS)
+        if m is not None:
+            met = "met" if m.median >= goal else "NOT MET"
+            print(f"  goal {case} >= {_harness.fmt(goal)}/s: {_harness.fmt(m.median)} {met}",
+                  file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return _harness.main_for("journal", run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,627 @@
+"""Remote readers: ``serve(journal, address)`` and ``RemoteReader(address)``.
+
+Design rules:
+
+- The server sends whole batches exactly as they lie in the segment files, with
+  ``mmapkit.send`` (sendfile to TCP, splice to Unix sockets): the bytes never enter Python.
+  It checks batch structure and offsets (to find whole batches) but not CRCs.
+- The client verifies every batch (CRC, structure, offset continuity from the offset it
+  asked for) before it returns a record, so damage on the wire, or on the server's disk,
+  is :class:`ProtocolError`, never a wrong record.  After a ProtocolError the connection is
+  closed (the framing can no longer be trusted); the next call reconnects.
+- At the end of the journal the server long-polls: it sleeps on the journal's notify word
+  (futex) up to the wait the client asked for, in slices that notice a closing server.
+- Nothing waits forever: the client bounds each reply by ``wait + io_timeout``, the server
+  bounds each reply's send by ``io_timeout`` (the socket blocks so sendfile moves a span
+  in one call; a janitor thread shuts down a connection whose send outlasts it) and an
+  idle connection by ``idle_timeout``.  A killed
+  peer is EOF or a reset, which ends only that connection.
+- One thread per connection, each with its own Journal handle (a Journal's tail view is
+  not shared between threads).
+
+Wire protocol, version 1 (little-endian; both frames carry a CRC32 of their other bytes):
+
+    ==========  ===========================================================================
+    frame       fields
+    ==========  ===========================================================================
+    request     ``<4sHHQIII`` (28 bytes): magic ``MKJQ``, version 1, kind, offset,
+                max_bytes, wait_ms, crc32 of the first 24 bytes.  kind 1 = FETCH (batches
+                from ``offset``), kind 2 = OFFSETS (only the start and end offsets)
+    response    ``<4sHHIQQQI`` (40 bytes): magic ``MKJS``, version 1, status, payload
+                length, start offset, end offset, aux, crc32 of the first 36 bytes; then
+                ``length`` payload bytes
+    ==========  ===========================================================================
+
+    ===================  ===============  ==============================================
+    situation            status / aux     payload; what happens next
+    ===================  ===============  ==============================================
+    FETCH, data there    0 OK / first     whole batches (at least one, even past
+                         offset of the    max_bytes), all from one segment; the first
+                         first batch      batch may start before ``offset`` (the client
+                                          skips those records)
+    FETCH at the end     0 OK / offset    empty, after waiting up to wait_ms for a
+                                          record; the client asks again
+    OFFSETS              0 OK / 0         empty; start and end in the header
+    offset below start   1 OUT_OF_RANGE   empty; connection stays open; the client
+    or past the end        / offset       raises OffsetOutOfRangeError(start, end)
+    damaged batches on   4 DAMAGED /      UTF-8 message; connection stays open; the
+    the server's disk      resume offset  client raises CorruptFileError and resumes at
+                                          aux (as a local reader does)
+    bad magic, CRC,      2 BAD_REQUEST /  UTF-8 message; the server closes (framing is
+    kind or max_bytes      0              lost); the client raises ProtocolError
+    other version        3 VERSION / 0    empty, header carries the server's version;
+                                          the server closes; FormatVersionError
+    server error         5 ERROR / 0      UTF-8 message; the server closes
+    server closing       --               the server shuts the socket down: the client
+                                          reads EOF -> BrokenError (also on kill -9)
+    client gone          --               EOF/reset on the server: that connection's
+                                          thread ends; others carry on
+    ===================  ===============  ==============================================
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import stat
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from types import TracebackType
+from typing import TYPE_CHECKING, Union
+
+from ..errors import (
+    BrokenError,
+    CorruptFileError,
+    FormatVersionError,
+    OffsetOutOfRangeError,
+)
+from ..transfer import send
+from . import _format as F
+from ._format import Record
+
+if TYPE_CHECKING:
+    from .journal import Journal
+    from .reader import Reader
+
+__all__ = ["JournalServer", "ProtocolError", "RemoteReader", "serve"]
+
+PROTOCOL_VERSION = 1
+REQUEST = struct.Struct("<4sHHQIII")
+RESPONSE = struct.Struct("<4sHHIQQQI")
+REQ_MAGIC = b"MKJQ"
+RESP_MAGIC = b"MKJS"
+FETCH, OFFSETS = 1, 2
+OK, OUT_OF_RANGE, BAD_REQUEST, VERSION, DAMAGED, ERROR = 0, 1, 2, 3, 4, 5
+MAX_FETCH_BYTES = 64 << 20
+MAX_WAIT_MS = 60_000
+_SLICE = 0.1
+_MSG_MORE = getattr(socket, "MSG_MORE", 0)
+_BATCH_HEAD = struct.Struct("<IIQIB")  # crc, length, first offset, count, version
+
+Address = Union[str, tuple[str, int]]  # noqa: UP007
+
+
+class ProtocolError(BrokenError):
+    """The bytes from a journal server are not what the protocol allows (damaged on the
+    wire, or a server of another kind); the connection was closed."""
+
+
+def _crc(frame: bytes | bytearray | memoryview, n: int) -> int:
+    return zlib.crc32(memoryview(frame)[:n])
+
+
+def encode_request(kind: int, offset: int, max_bytes: int, wait_ms: int,
+                   version: int = PROTOCOL_VERSION) -> bytes:
+    raw = bytearray(REQUEST.pack(REQ_MAGIC, version, kind, offset, max_bytes, wait_ms, 0))
+    struct.pack_into("<I", raw, 24, _crc(raw, 24))
+    return bytes(raw)
+
+
+def encode_response(status: int, length: int, start: int, end: int, aux: int,
+                    version: int = PROTOCOL_VERSION) -> bytes:
+    raw = bytearray(RESPONSE.pack(RESP_MAGIC, version, status, length, start, end, aux, 0))
+    struct.pack_into("<I", raw, 36, _crc(raw, 36))
+    return bytes(raw)
+
+
+def parse_address(address: Address) -> tuple[int, str | tuple[str, int]]:
+    """(family, address): ``("host", port)`` or ``"host:port"`` is TCP; a path is Unix."""
+    if isinstance(address, tuple):
+        return socket.AF_INET, (address[0], int(address[1]))
+    text = os.fspath(address)
+    host, sep, port = text.rpartition(":")
+    if sep and port.isdigit() and "/" not in text:
+        return socket.AF_INET, (host or "127.0.0.1", int(port))
+    return socket.AF_UNIX, text
+
+
+def _recv_exact(sock: socket.socket, n: int, into: bytearray | None = None) -> bytearray:
+    buf = into if into is not None else bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:n])
+        if k == 0:
+            raise BrokenError(f"the peer closed the connection ({got} of {n} bytes of a "
+                              "frame received)")
+        got += k
+    return buf
+
+
+# --- server --------------------------------------------------------------------------------
+
+
+class JournalServer:
+    """Serves one journal to RemoteReaders; see :func:`serve`.  Close it (or use it as a
+    context manager) to stop: open connections are shut down, long polls end."""
+
+    def __init__(self, journal: Journal, address: Address, *, io_timeout: float = 10.0,
+                 idle_timeout: float | None = 600.0, backlog: int = 64) -> None:
+        self._path = journal.path
+        self.io_timeout = io_timeout
+        self.idle_timeout = idle_timeout
+        family, addr = parse_address(address)
+        self._unix_path: str | None = None
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            if family == socket.AF_UNIX:
+                assert isinstance(addr, str)
+                with contextlib.suppress(FileNotFoundError):
+                    if stat.S_ISSOCK(os.stat(addr).st_mode):
+                        os.unlink(addr)  # a socket left by a server that died
+                sock.bind(addr)
+                self._unix_path = addr
+            else:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(addr)
+            sock.listen(backlog)
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
+        self.address: str | tuple[str, int] = sock.getsockname()
+        self._stop = threading.Event()
+        self._conns: set[socket.socket] = set()
+        self._conns_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._sending: dict[socket.socket, float] = {}  # connection -> send started
+        self._accepter = threading.Thread(target=self._accept_loop, daemon=True,
+                                          name="mmapkit-journal-accept")
+        self._accepter.start()
+        self._janitor = threading.Thread(target=self._janitor_loop, daemon=True,
+                                         name="mmapkit-journal-janitor")
+        self._janitor.start()
+
+    def _janitor_loop(self) -> None:
+        """Shut down a connection whose reply has been sending for longer than
+        io_timeout (a client that stopped reading): its thread's send fails and ends."""
+        while not self._stop.wait(min(0.5, self.io_timeout / 4)):
+            now = time.monotonic()
+            for conn, since in list(self._sending.items()):
+                if now - since > self.io_timeout:
+                    with contextlib.suppress(OSError):
+                        conn.shutdown(socket.SHUT_RDWR)
+
+    @property
+    def address_text(self) -> str:
+        if isinstance(self.address, tuple):
+            return f"{self.address[0]}:{self.address[1]}"
+        return str(self.address)
+
+    def _accept_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return  # closed
+            with self._conns_lock:
+                if self._stop.is_set():
+                    conn.close()
+                    return
+                self._conns.add(conn)
+            t = threading.Thread(target=self._serve_conn, args=(conn,), daemon=True,
+                                 name="mmapkit-journal-conn")
+            self._threads = [x for x in self._threads if x.is_alive()]
+            self._threads.append(t)
+            t.start()
+
+    def _serve_conn(self, conn: socket.socket) -> None:
+        from .journal import Journal
+
+        j: Journal | None = None
+        reader: Reader | None = None
+        try:
+            if conn.family != socket.AF_UNIX:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            j = Journal(self._path)
+            while not self._stop.is_set():
+                conn.settimeout(self.idle_timeout)
+                try:
+                    req = _recv_exact(conn, REQUEST.size)
+                except (BrokenError, OSError):
+                    return  # the client went away (or idled out)
+                conn.settimeout(self.io_timeout)
+                magic, version, kind, offset, max_bytes, wait_ms, crc = REQUEST.unpack(req)
+                if magic != REQ_MAGIC or crc != _crc(req, 24):
+                    self._refuse(conn, BAD_REQUEST, "not a journal request (bad magic or "
+                                 "CRC)")
+                    return
+                if version != PROTOCOL_VERSION:
+                    conn.sendall(encode_response(VERSION, 0, 0, 0, 0))
+                    return
+                if kind == OFFSETS:
+                    conn.sendall(encode_response(OK, 0, j.start_offset, j.end_offset, 0))
+                    continue
+                if kind != FETCH or not 0 < max_bytes <= MAX_FETCH_BYTES or \
+                        wait_ms > MAX_WAIT_MS:
+                    self._refuse(conn, BAD_REQUEST, f"bad request: kind {kind}, max_bytes "
+                                 f"{max_bytes} (1..{MAX_FETCH_BYTES}), wait_ms {wait_ms} "
+                                 f"(<= {MAX_WAIT_MS})")
+                    return
+                reader = self._fetch(conn, j, reader, offset, max_bytes, wait_ms)
+        except (BrokenError, OSError):
+            return  # the client went away mid-reply, or stopped reading (timeout)
+        except Exception as exc:  # report it to the client, then close
+            with contextlib.suppress(OSError):
+                self._refuse(conn, ERROR, f"server error: {type(exc).__name__}: {exc}")
+        finally:
+            if reader is not None:
+                reader.close()
+            if j is not None:
+                j.close()
+            with self._conns_lock:
+                self._conns.discard(conn)
+            conn.close()
+
+    def _refuse(self, conn: socket.socket, status: int, message: str) -> None:
+        body = message.encode()
+        conn.sendall(encode_response(status, len(body), 0, 0, 0) + body)
+
+    def _fetch(self, conn: socket.socket, j: Journal, reader: Reader | None, offset: int,
+               max_bytes: int, wait_ms: int) -> Reader | None:
+        if reader is None or reader.position != offset:
+            if reader is not None:
+                reader.close()
+                reader = None
+            try:
+                reader = j.reader(offset)
+            except OffsetOutOfRangeError as exc:
+                conn.sendall(encode_response(OUT_OF_RANGE, 0, exc.start, exc.end, offset))
+                return None
+        deadline = time.monotonic() + wait_ms / 1000
+        meta = j._check_open()
+        waiter = j._get_waiter()
+        while True:
+            seen = waiter.load()
+            try:
+                span = reader.next_span(max_bytes)
+            except OffsetOutOfRangeError as exc:
+                conn.sendall(encode_response(OUT_OF_RANGE, 0, exc.start, exc.end, offset))
+                reader.close()
+                return None
+            except CorruptFileError as exc:
+                body = str(exc).encode()
+                conn.sendall(encode_response(DAMAGED, len(body), j.start_offset,
+                                             j.end_offset, reader.position) + body)
+                return reader
+            if span is not None:
+                seg, pos, length, first = span
+                head = encode_response(OK, length, j.start_offset, j.end_offset, first)
+                # A blocking socket lets sendfile move the whole span in one call (a
+                # socket timeout makes it non-blocking: a poll per socket buffer, half
+                # the rate measured); the janitor bounds the send by io_timeout instead.
+                conn.settimeout(None)
+                self._sending[conn] = time.monotonic()
+                try:
+                    conn.sendall(head, _MSG_MORE)
+                    send(conn, seg.fileno(), pos, length)
+                finally:
+                    self._sending.pop(conn, None)
+                    conn.settimeout(self.io_timeout)
+                return reader
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._stop.is_set():
+                conn.sendall(encode_response(OK, 0, j.start_offset, j.end_offset, offset))
+                return reader
+            meta.u32[F.OFF_WAITERS // 4] = 1
+            if waiter.load() != seen:
+                continue
+            waiter.wait(seen, min(remaining, _SLICE))
+
+    def close(self) -> None:
+        """Stop accepting, shut every connection down, wait for the threads."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._sock.close()
+        with self._conns_lock:
+            for c in self._conns:
+                with contextlib.suppress(OSError):
+                    c.shutdown(socket.SHUT_RDWR)
+        self._accepter.join(5)
+        self._janitor.join(5)
+        for t in self._threads:
+            t.join(5)
+        if self._unix_path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._unix_path)
+
+    def __enter__(self) -> JournalServer:
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, v: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<JournalServer {self._path} on {self.address_text}>"
+
+
+def serve(journal: Journal, address: Address, *, io_timeout: float = 10.0,
+          idle_timeout: float | None = 600.0) -> JournalServer:
+    """Serve ``journal`` to :class:`RemoteReader` clients at ``address`` (``"host:port"``,
+    ``("host", port)`` -- port 0 picks a free one, see ``server.address`` -- or a Unix
+    socket path) from background threads until the returned server is closed."""
+    return JournalServer(journal, address, io_timeout=io_timeout, idle_timeout=idle_timeout)
+
+
+# --- client --------------------------------------------------------------------------------
+
+
+class RemoteReader:
+    """Records of a served journal, fetched in whole verified batches.
+
+    ``poll(max_records, timeout)`` returns what is there (waiting up to ``timeout``
+    seconds for the first record at the end of the journal); iteration with
+    ``follow=True`` tails.  ``io_timeout`` bounds how long a silent server may take
+    beyond the long poll before TimeoutError.  A server gone (closed or killed) is
+    BrokenError; damaged bytes are ProtocolError; an offset retention removed is
+    OffsetOutOfRangeError (``seek`` and go on)."""
+
+    def __init__(self, address: Address, from_offset: str | int = "earliest", *,
+                 follow: bool = False, timeout: float | None = None,
+                 io_timeout: float = 10.0, max_bytes: int = 1 << 20) -> None:
+        if not 0 < max_bytes <= MAX_FETCH_BYTES:
+            raise ValueError(f"max_bytes must be in (0, {MAX_FETCH_BYTES}], got {max_bytes}")
+        self._family, self._addr = parse_address(address)
+        self.follow = follow
+        self.timeout = timeout
+        self.io_timeout = io_timeout
+        self.max_bytes = max_bytes
+        self._sock: socket.socket | None = None
+        self._buf = bytearray(max_bytes + F.BATCH_HEADER)
+        self._records: list[Record] = []
+        self._ri = 0
+        self._next = 0
+        self.start_offset = 0
+        self.end_offset = 0
+        self._closed = False
+        self.seek(from_offset)
+
+    # --- connection -------------------------------------------------------------------
+
+    def _connect(self) -> socket.socket:
+        if self._closed:
+            from ..errors import ClosedError
+            raise ClosedError("the remote reader is closed")
+        if self._sock is None:
+            sock = socket.socket(self._family, socket.SOCK_STREAM)
+            sock.settimeout(self.io_timeout)
+            try:
+                sock.connect(self._addr)
+                if self._family != socket.AF_UNIX:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError as exc:
+                sock.close()
+                raise BrokenError(f"cannot reach the journal server at {self._addr!r}: "
+                                  f"{exc}") from exc
+            self._sock = sock
+        return self._sock
+
+    def _disconnect(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def _call(self, kind: int, offset: int, wait_ms: int) -> tuple[int, int, int, int,
+                                                                    int]:
+        """Send one request, read one response header: (status, length, start, end, aux)."""
+        sock = self._connect()
+        try:
+            sock.settimeout(self.io_timeout + wait_ms / 1000)
+            sock.sendall(encode_request(kind, offset, self.max_bytes, wait_ms))
+            head = _recv_exact(sock, RESPONSE.size)
+        except TimeoutError:
+            self._disconnect()
+            raise TimeoutError(f"the journal server at {self._addr!r} did not answer within "
+                               f"{self.io_timeout + wait_ms / 1000:.1f} s") from None
+        except (BrokenError, OSError) as exc:
+            self._disconnect()
+            raise BrokenError(f"the journal server at {self._addr!r} closed the connection "
+                              f"({exc}); it stopped or died; retry later") from exc
+        magic, version, status, length, start, end, aux, crc = RESPONSE.unpack(head)
+        if magic != RESP_MAGIC or crc != _crc(head, 36):
+            self._disconnect()
+            raise ProtocolError(f"a damaged or foreign response from {self._addr!r} (bad "
+                                "magic or header CRC)")
+        if status == VERSION:
+            self._disconnect()
+            raise FormatVersionError(
+                f"the journal server at {self._addr!r} speaks protocol version {version}, "
+                f"this client {PROTOCOL_VERSION}; use matching mmapkit versions",
+                found=version, supported=PROTOCOL_VERSION)
+        if version != PROTOCOL_VERSION or status > ERROR or \
+                length > self.max_bytes + MAX_FETCH_BYTES:
+            self._disconnect()
+            raise ProtocolError(f"a response from {self._addr!r} that protocol version "
+                                f"{PROTOCOL_VERSION} does not allow (version {version}, "
+                                f"status {status}, length {length})")
+        self.start_offset, self.end_offset = start, end
+        return status, length, start, end, aux
+
+    def _payload(self, length: int) -> memoryview:
+        if length > len(self._buf):
+            self._buf = bytearray(length)
+        sock = self._sock
+        assert sock is not None
+        try:
+            _recv_exact(sock, length, self._buf)
+        except TimeoutError:
+            self._disconnect()
+            raise TimeoutError(f"the journal server at {self._addr!r} stalled mid-reply") from None
+        except (BrokenError, OSError) as exc:
+            self._disconnect()
+            raise BrokenError(f"the journal server at {self._addr!r} closed the connection "
+                              f"mid-reply ({exc})") from exc
+        return memoryview(self._buf)[:length]
+
+    # --- fetching ---------------------------------------------------------------------
+
+    @property
+    def position(self) -> int:
+        """The offset of the next record this reader returns."""
+        if self._ri < len(self._records):
+            return self._records[self._ri].offset
+        return self._next
+
+    def seek(self, offset: str | int) -> None:
+        """Go to ``"earliest"``, ``"latest"`` or an offset (checked at the next fetch)."""
+        self._records, self._ri = [], 0
+        if offset in ("earliest", "latest"):
+            self._call(OFFSETS, 0, 0)
+            self._next = self.start_offset if offset == "earliest" else self.end_offset
+        elif isinstance(offset, int) and not isinstance(offset, bool) and offset >= 0:
+            self._next = offset
+        else:
+            raise ValueError(f"from_offset must be 'earliest', 'latest' or an offset >= 0, "
+                             f"got {offset!r}")
+
+    def offsets(self) -> tuple[int, int]:
+        """The server's (start offset, end offset) now."""
+        self._call(OFFSETS, 0, 0)
+        return self.start_offset, self.end_offset
+
+    def fetch_raw(self, wait: float = 0.0) -> memoryview:
+        """One FETCH: the verified batch bytes (as in the segment file) from the position
+        on, empty when nothing came within ``wait`` seconds.  Moves the position past
+        them.  The view is valid until the next call."""
+        offset = self._next
+        wait_ms = max(0, min(MAX_WAIT_MS, int(wait * 1000)))
+        status, length, start, end, aux = self._call(FETCH, offset, wait_ms)
+        if status == OK:
+            data = self._payload(length)
+            if length:
+                self._next = self._verify(data, offset, aux)
+            return data
+        body = bytes(self._payload(length)) if length else b""
+        if status == OUT_OF_RANGE:
+            why = "retention deleted it" if offset < start else "it is past the end"
+            raise OffsetOutOfRangeError(
+                f"offset {offset} is not on the journal server ({why}; records span "
+                f"[{start}, {end})); seek to 'earliest' or 'latest'", offset=offset,
+                start=start, end=end)
+        if status == DAMAGED:
+            self._next = aux
+            raise CorruptFileError(f"the server's journal is damaged: {body.decode()}; the "
+                                   f"reader goes on at offset {aux}", offset=offset,
+                                   lost=aux - offset)
+        self._disconnect()
+        if status == BAD_REQUEST:
+            raise ProtocolError(f"the journal server refused the request: {body.decode()}")
+        raise BrokenError(f"the journal server failed: {body.decode()}")
+
+    def _verify(self, data: memoryview, offset: int, first: int) -> int:
+        """Check every batch; returns the offset after the last one."""
+        n = len(data)
+        p = 0
+        nxt = first
+        try:
+            if not first <= offset:
+                raise F.BatchError(f"the reply starts at offset {first}, after the "
+                                   f"{offset} asked for")
+            unpack = _BATCH_HEAD.unpack_from
+            crc32 = zlib.crc32
+            while p + F.BATCH_HEADER <= n:
+                crc, length, boff, count, version = unpack(data, p)
+                if boff != nxt or version != F.BATCH_VERSION or count == 0 or \
+                        length < F.BATCH_HEADER or p + length > n or \
+                        crc32(data[p + F.CRC_FROM : p + length]) != crc:
+                    info = F.read_batch_header(data, p, n)  # says what is wrong
+                    raise F.BatchError(f"a batch claims offset {info.first_offset}, "
+                                       f"expected {nxt}")
+                nxt += count
+                p += length
+            if p != n:
+                raise F.BatchError(f"the reply ends inside a batch ({n - p} bytes left)")
+            if nxt <= offset:
+                raise F.BatchError(f"the reply ends at offset {nxt}, before the {offset} "
+                                   "asked for")
+        except F.BatchError as exc:
+            self._disconnect()
+            raise ProtocolError(f"damaged bytes from the journal server at {self._addr!r}: "
+                                f"{exc}; nothing of this reply was used") from None
+        return nxt
+
+    def _decode(self, data: memoryview, offset: int) -> list[Record]:
+        out: list[Record] = []
+        buf = bytes(data)  # slices of bytes are bytes: one copy here, none per record
+        p, n = 0, len(buf)
+        while p < n:
+            info = F.read_batch_header(buf, p, n, verify=False)
+            if info.first_offset + info.records > offset:
+                recs = F.decode_records(buf, p, info)
+                if info.first_offset < offset:
+                    recs = recs[offset - info.first_offset :]
+                out.extend(recs)
+            p += info.length
+        return out
+
+    def poll(self, max_records: int = 500, timeout: float | None = 0.0) -> list[Record]:
+        """Up to ``max_records`` records; waits up to ``timeout`` seconds (None: forever)
+        for the first when the server has none past the position yet."""
+        if max_records <= 0:
+            raise ValueError(f"max_records must be positive, got {max_records}")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._ri >= len(self._records):
+            remaining = (MAX_WAIT_MS / 1000 if deadline is None
+                         else max(0.0, deadline - time.monotonic()))
+            offset = self._next
+            data = self.fetch_raw(min(remaining, MAX_WAIT_MS / 1000))
+            if data:
+                self._records, self._ri = self._decode(data, offset), 0
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                return []
+        out = self._records[self._ri : self._ri + max_records]
+        self._ri += len(out)
+        return out
+
+    def __iter__(self) -> Iterator[Record]:
+        return self
+
+    def __next__(self) -> Record:
+        got = self.poll(1, self.timeout if self.follow else 0.0)
+        if got:
+            return got[0]
+        raise StopIteration
+
+    def close(self) -> None:
+        self._disconnect()
+        self._closed = True
+
+    def __enter__(self) -> RemoteReader:
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, v: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<RemoteReader {self._addr!r} at offset {self._next}>"
+

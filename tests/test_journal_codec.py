@@ -1,0 +1,156 @@
+"""The journal's batch codec: the fast encoders give the general encoder's bytes, and
+decoding returns what was encoded (from bytes and from a mapping)."""
+
+from __future__ import annotations
+
+import mmap
+import os
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mmapkit.journal import Journal
+from mmapkit.journal import _format as F
+
+values = st.binary(max_size=300)
+keys = st.none() | st.binary(max_size=20)
+headers = st.none() | st.lists(st.tuples(st.text(max_size=8), st.binary(max_size=10)),
+                               max_size=3)
+records = st.lists(st.tuples(st.integers(-(1 << 40), 1 << 40), keys, values, headers),
+                   min_size=1, max_size=20)
+
+
+@settings(max_examples=150, deadline=None)
+@given(records, st.integers(0, 1 << 50))
+def test_round_trip(recs: list[tuple[int, bytes | None, bytes, list[tuple[str, bytes]] | None]],
+                    first: int) -> None:
+    batch = F.encode_batch(first, recs)
+    info = F.read_batch_header(batch, 0, len(batch))
+    assert info.first_offset == first and info.records == len(recs)
+    got = F.decode_records(batch, 0, info)
+    assert got == list(F.decode_batch(memoryview(batch), 0, info))
+    for i, (r, (ts, key, value, hs)) in enumerate(zip(got, recs, strict=True)):
+        assert r == F.Record(first + i, ts, key, value, tuple(hs or ()))
+        assert type(r.value) is bytes
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 1 << 45), keys, values, st.lists(values, min_size=1, max_size=30))
+def test_fast_encoders_match_the_general_one(ts: int, key: bytes | None, value: bytes,
+                                             many: list[bytes]) -> None:
+    tail, crc, *_ = F.encode_batch_tail([(ts, key, value, None)])
+    assert F.encode_one_tail(ts, key, value) == (tail, crc)
+    assert F.encode_one(ts, key, value) == F.encode_batch(0, [(ts, key, value, None)])
+    tail, crc, *_ = F.encode_batch_tail([(ts, None, v, None) for v in many])
+    assert F.encode_values_tail(ts, many) == (tail, crc)
+
+
+def test_decode_from_a_mapping_and_damage(tmp_path: object) -> None:
+    batch = F.encode_batch(7, [(1, b"k", b"v" * 50, [("h", b"x")]), (2, None, b"w", None)])
+    buf = bytearray(4096)
+    buf[100 : 100 + len(batch)] = batch
+    m = mmap.mmap(-1, 4096)
+    m[:] = bytes(buf)
+    info = F.read_batch_header(m, 100, 4096)
+    got = F.decode_records(m, 100, info)
+    assert [(r.offset, r.key, r.value, r.headers) for r in got] == [
+        (7, b"k", b"v" * 50, (("h", b"x"),)), (8, None, b"w", ())]
+    assert all(type(r.value) is bytes for r in got)
+    bad = bytearray(batch)
+    bad[F.BATCH_HEADER + 12] = 200  # the first record's value length: past the batch
+    try:
+        F.decode_records(bytes(bad), 0, info)
+    except F.BatchError as exc:
+        assert "past its batch" in str(exc)
+    else:
+        raise AssertionError("a record running past its batch was decoded")
+
+
+def test_two_writers_interleaving_keep_indexes_and_times(tmp_path: object) -> None:
+    # each writer catches up on the other's batches (not a rescan) before it appends
+    path = str(tmp_path) + "/j"
+    with Journal(path, create=True, index_interval=200) as a, Journal(path) as b:
+        for i in range(600):
+            (a if i % 3 else b).append(b"x" * 30, timestamp_ms=1000 + i)
+            if i % 50 == 0:
+                (b if i % 2 else a).append_many([b"m"] * 5, )
+        assert a.offset_for_time(1300) == b.offset_for_time(1300)
+        rec = next(iter(a.reader(a.offset_for_time(1300) or 0)))
+        assert rec.timestamp_ms >= 1300
+    report = Journal.check(path)
+    assert report.ok, report.problems
+    assert not report.stale_indexes
+
+
+@settings(max_examples=300, deadline=None)
+@given(records, st.lists(st.tuples(st.integers(0, 10_000), st.integers(1, 255)), min_size=1,
+                         max_size=4))
+def test_garbage_records_raise_batch_error_only(
+        recs: list[tuple[int, bytes | None, bytes, list[tuple[str, bytes]] | None]],
+        flips: list[tuple[int, int]]) -> None:
+    bad = bytearray(F.encode_batch(0, recs))
+    for at, x in flips:
+        if at >= F.BATCH_HEADER and at < len(bad):
+            bad[at] ^= x
+    data = bytes(bad)
+    try:
+        info = F.read_batch_header(data, 0, len(data), verify=False)
+        F.decode_records(data, 0, info)
+    except F.BatchError:
+        pass
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.binary(min_size=3, max_size=3), min_size=5, max_size=40),
+       st.integers(0, 1 << 40), st.integers(0, 200))
+def test_uniform_batches_take_the_fast_path_with_the_same_result(
+        vals: list[bytes], ts: int, odd: int) -> None:
+    tail, crc = F.encode_values_tail(ts, vals)
+    batch = F.batch_prefix(crc, len(tail), 9) + tail
+    info = F.read_batch_header(batch, 0, len(batch))
+    fast = F._decode_uniform(batch, 0, info)
+    assert fast is not None and fast == F._decode_general(batch, 0, info)
+    assert F.decode_records(batch, 0, info) == fast
+    # one record of another length, a key or a header: not uniform, the general loop
+    for recs in ([(ts, None, v, None) for v in vals[:-1]] + [(ts, None, b"x" * (odd + 4),
+                                                               None)],
+                 [(ts, b"k", vals[0], None)] + [(ts, None, v, None) for v in vals[1:]],
+                 [(ts, None, v, [("h", b"")] if i == 2 else None)
+                  for i, v in enumerate(vals)]):
+        batch = F.encode_batch(0, recs)
+        info = F.read_batch_header(batch, 0, len(batch))
+        assert F._decode_uniform(batch, 0, info) is None
+        assert [r.value for r in F.decode_records(batch, 0, info)] == [r[2] for r in recs]
+
+
+def test_a_follower_reads_new_tail_bytes_without_remapping(tmp_path: object) -> None:
+    from mmapkit.errors import CorruptFileError
+
+    path = str(tmp_path) + "/j"
+    with Journal(path, create=True) as j, j.reader("latest") as r:
+        j.append(b"first")
+        assert [x.value for x in r.poll(10)] == [b"first"]
+        assert r._seg is not None
+        mapped = len(r._seg.view)
+        j.append(b"a")
+        j.append_many([b"b", b"c"])
+        j.append(b"d", key=b"k", headers={"h": b"v"})
+        got = r.poll(10)
+        assert [(x.offset, x.value) for x in got] == [(1, b"a"), (2, b"b"), (3, b"c"),
+                                                      (4, b"d")]
+        assert got[-1].headers == (("h", b"v"),) and got[-1].key == b"k"
+        assert len(r._seg.view) == mapped  # read with pread: no remap per append
+        j.append(b"damaged later")
+        seg = path + "/00000000000000000000.log"
+        size = os.path.getsize(seg)
+        with open(seg, "r+b") as f:  # flip a value byte of the newest batch
+            f.seek(size - 3)
+            b = f.read(1)
+            f.seek(size - 3)
+            f.write(bytes([b[0] ^ 0xFF]))
+        try:
+            r.poll(10)
+        except CorruptFileError as exc:
+            assert exc.offset == 5
+        else:
+            raise AssertionError("a damaged tail batch was returned")

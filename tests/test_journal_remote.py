@@ -1,0 +1,364 @@
+"""Remote readers: a journal served over TCP (loopback) and Unix sockets, with real server
+and client processes, killed peers, a closing server and damaged bytes on the wire."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import child_env, spawn
+
+from mmapkit import Journal
+from mmapkit.errors import BrokenError, CorruptFileError, FormatVersionError, OffsetOutOfRangeError
+from mmapkit.journal import ProtocolError, RemoteReader
+from mmapkit.journal import remote as R
+
+
+@contextlib.contextmanager
+def server_process(d: str, address: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``mmapkit journal DIR serve ADDRESS`` in its own process; yields (process, address)."""
+    proc = subprocess.Popen([sys.executable, "-m", "mmapkit", "journal", d, "serve", address,
+                             "--duration", "120"], env=child_env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("serving "), proc.stderr.read() if proc.stderr else line
+        yield proc, line.rsplit(" on ", 1)[1].strip()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+
+
+PRODUCER = """
+import sys
+from mmapkit import Journal
+j = Journal(sys.argv[1])
+for i in range(int(sys.argv[2])):
+    if i % 10 == 0:
+        j.append_many([b"m%d.%d" % (i, k) for k in range(5)])
+    else:
+        j.append(b"r%d" % i, key=b"k", headers={"h": b"x"})
+print("ok", flush=True)
+"""
+
+
+@pytest.mark.parametrize("kind", ["tcp", "unix"])
+def test_remote_reader_gets_every_record_once_in_order(tmp_path: Path, kind: str) -> None:
+    d = str(tmp_path / "j")
+    Journal(d, create=True, segment_bytes=8192, index_interval=256).close()
+    address = "127.0.0.1:0" if kind == "tcp" else str(tmp_path / "sock")
+    n = 600
+    expected = n + 4 * ((n + 9) // 10)
+    with server_process(d, address) as (_, addr):
+        with RemoteReader(addr, "earliest", max_bytes=3000) as r:
+            assert r.poll(10, timeout=0.05) == []  # empty journal: the long poll ends
+            producer = spawn(PRODUCER, d, str(n))
+            got = []
+            deadline = time.monotonic() + 60
+            while len(got) < expected and time.monotonic() < deadline:
+                got.extend(r.poll(97, timeout=5))
+            _out, err = producer.communicate(timeout=60)
+            assert producer.returncode == 0, err
+            assert [x.offset for x in got] == list(range(expected))
+            values = {x.value for x in got}
+            assert b"m0.4" in values and b"r1" in values and len(values) == expected
+            keyed = next(x for x in got if x.value == b"r1")
+            assert keyed.key == b"k" and keyed.headers == (("h", b"x"),)
+            assert r.offsets() == (0, expected)
+        # a reader starting in the middle of a batch gets the rest of it, not the start
+        with RemoteReader(addr, 2) as r2:
+            assert [x.offset for x in r2.poll(3)] == [2, 3, 4]
+        with RemoteReader(addr, "latest") as r3:
+            assert r3.position == expected and r3.poll(5, timeout=0.05) == []
+
+
+def test_long_poll_wakes_on_append_from_another_process(tmp_path: Path) -> None:
+    d = str(tmp_path / "j")
+    Journal(d, create=True).close()
+    with server_process(d, "127.0.0.1:0") as (_, addr), RemoteReader(addr, "latest") as r:
+        results: list[float] = []
+
+        def wait() -> None:
+            t0 = time.monotonic()
+            got = r.poll(1, timeout=30)
+            results.append(time.monotonic() - t0)
+            assert [x.value for x in got] == [b"wake"]
+
+        t = threading.Thread(target=wait)
+        t.start()
+        time.sleep(0.3)
+        out = subprocess.run([sys.executable, "-m", "mmapkit", "journal", d, "append",
+                              "wake"], env=child_env(), capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 0, out.stderr
+        t.join(30)
+        assert results and results[0] < 25  # woken by the append, not by the 30 s wait
+
+
+def test_offset_removed_by_retention(tmp_path: Path) -> None:
+    d = tmp_path / "j"
+    with Journal(d, create=True, segment_bytes=1024, retention_bytes=2048,
+                 delete_delay_ms=0) as j:
+        for i in range(200):
+            j.append(b"x" * 40 + str(i).encode())
+        j.retain()
+        start = j.start_offset
+        assert start > 0
+        with j.serve("127.0.0.1:0") as server, RemoteReader(server.address, 0) as r:
+            with pytest.raises(OffsetOutOfRangeError) as info:
+                r.poll(10)
+            assert info.value.start == start and info.value.end == 200
+            with pytest.raises(OffsetOutOfRangeError):
+                r.seek(500)
+                r.poll(1)
+            r.seek("earliest")  # the same connection carries on
+            assert r.poll(1)[0].offset == start
+
+
+def test_bad_requests_are_refused_and_the_server_carries_on(tmp_path: Path) -> None:
+    d = tmp_path / "j"
+    with Journal(d, create=True) as j:
+        j.append(b"one")
+        with j.serve(str(tmp_path / "s")) as server:
+            def raw(frame: bytes) -> tuple[tuple[object, ...], bytes]:
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.settimeout(10)
+                    s.connect(str(tmp_path / "s"))
+                    s.sendall(frame)
+                    data = b""
+                    while chunk := s.recv(4096):  # the server closes after refusing
+                        data += chunk
+                return R.RESPONSE.unpack_from(data), data[R.RESPONSE.size:]
+
+            head, body = raw(b"GET / HTTP/1.0\r\n\r\n" + b"\0" * 10)
+            assert head[2] == R.BAD_REQUEST and b"bad magic or CRC" in body
+            head, _ = raw(R.encode_request(R.FETCH, 0, 1000, 0, version=9))
+            assert head[2] == R.VERSION and head[1] == R.PROTOCOL_VERSION
+            head, body = raw(R.encode_request(7, 0, 1000, 0))
+            assert head[2] == R.BAD_REQUEST and b"kind 7" in body
+            head, body = raw(R.encode_request(R.FETCH, 0, 0, 0))
+            assert head[2] == R.BAD_REQUEST and b"max_bytes 0" in body
+            with RemoteReader(server.address) as r:
+                assert [x.value for x in r.poll()] == [b"one"]
+
+
+def test_client_refuses_another_protocol_version(tmp_path: Path) -> None:
+    path = str(tmp_path / "s")
+    with socket.socket(socket.AF_UNIX) as ls:
+        ls.bind(path)
+        ls.listen(1)
+
+        def fake() -> None:
+            conn, _ = ls.accept()
+            with conn:
+                conn.recv(R.REQUEST.size)
+                conn.sendall(R.encode_response(R.VERSION, 0, 0, 0, 0, version=2))
+
+        t = threading.Thread(target=fake)
+        t.start()
+        with pytest.raises(FormatVersionError, match="protocol version 2"):
+            RemoteReader(path)
+        t.join(10)
+
+
+class FlippingProxy:
+    """Forwards one connection to ``target``, flipping the byte at ``at`` of one
+    direction's stream (``"down"``: server -> client)."""
+
+    def __init__(self, target: object, direction: str, at: int) -> None:
+        self.target, self.direction, self.at = target, direction, at
+        self.listener = socket.socket(socket.AF_INET)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(1)
+        self.address = self.listener.getsockname()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _pipe(self, a: socket.socket, b: socket.socket, flip: bool) -> None:
+        seen = 0
+        with contextlib.suppress(OSError):
+            while data := a.recv(65536):
+                if flip and seen <= self.at < seen + len(data):
+                    buf = bytearray(data)
+                    buf[self.at - seen] ^= 0x10
+                    data = bytes(buf)
+                seen += len(data)
+                b.sendall(data)
+        with contextlib.suppress(OSError):
+            b.shutdown(socket.SHUT_WR)
+
+    def _run(self) -> None:
+        client, _ = self.listener.accept()
+        fam = socket.AF_UNIX if isinstance(self.target, str) else socket.AF_INET
+        server = socket.create_connection(self.target) if fam == socket.AF_INET else None
+        assert server is not None
+        threading.Thread(target=self._pipe, args=(server, client, self.direction == "down"),
+                         daemon=True).start()
+        self._pipe(client, server, self.direction == "up")
+
+
+def test_damaged_bytes_on_the_wire_are_detected(tmp_path: Path) -> None:
+    d = tmp_path / "j"
+    with Journal(d, create=True) as j:
+        j.append_many([b"value %d" % i for i in range(20)])
+        j.append(b"single", key=b"key")
+        with j.serve("127.0.0.1:0") as server:
+            with RemoteReader(server.address) as clean:
+                assert len(clean.poll(100)) == 21
+            # the client's first exchange is OFFSETS (a 40-byte header), then FETCH: its
+            # header (40 bytes) and the batches.  Flip bytes across all of them.
+            payload0 = 2 * R.RESPONSE.size
+            spots = [3, 10, 20, 44, 60, 70, 79, payload0, payload0 + 5, payload0 + 9,
+                     payload0 + 20, payload0 + 50, payload0 + 200, payload0 + 250]
+            for at in spots:
+                proxy = FlippingProxy(server.address, "down", at)
+                with pytest.raises(ProtocolError), \
+                        RemoteReader(proxy.address, io_timeout=5) as r:
+                    got = r.poll(100)
+                    raise AssertionError(f"flip at {at} went unnoticed: {len(got)} records")
+            for at in (0, 5, 12, 16, 27):  # requests damaged on the way to the server
+                proxy = FlippingProxy(server.address, "up", R.REQUEST.size + at)
+                with pytest.raises(ProtocolError, match="refused"), \
+                        RemoteReader(proxy.address, io_timeout=5) as r:
+                    r.poll(100)
+
+
+def test_flips_are_caught_by_the_right_check(tmp_path: Path) -> None:
+    d = tmp_path / "j"
+    with Journal(d, create=True) as j:
+        j.append_many([b"v%d" % i for i in range(10)])
+        with j.serve("127.0.0.1:0") as server:
+            base = 2 * R.RESPONSE.size
+            proxy = FlippingProxy(server.address, "down", base + 30)  # a value byte
+            with RemoteReader(proxy.address, io_timeout=5) as r, \
+                    pytest.raises(ProtocolError, match="checksum"):
+                r.poll(100)
+            proxy = FlippingProxy(server.address, "down", base + 9)  # batch first offset
+            with RemoteReader(proxy.address, io_timeout=5) as r, \
+                    pytest.raises(ProtocolError, match="offset"):
+                r.poll(100)
+            proxy = FlippingProxy(server.address, "down", R.RESPONSE.size + 5)  # header
+            with RemoteReader(proxy.address, io_timeout=5) as r, \
+                    pytest.raises(ProtocolError, match="header CRC"):
+                r.poll(100)
+
+
+def test_damage_on_the_servers_disk_is_reported_and_skipped(tmp_path: Path) -> None:
+    d = tmp_path / "j"
+    with Journal(d, create=True, index_interval=1) as j:
+        for i in range(5):
+            j.append(b"record %d" % i)
+    seg = d / "00000000000000000000.log"
+    raw = bytearray(seg.read_bytes())
+    second = 64 + 40 + 20 + len(b"record 0")  # segment header, first batch
+    assert raw[second + 20] == 1
+    raw[second + 20] = 99  # the second batch's version byte: not a batch any more
+    seg.write_bytes(bytes(raw))
+    with Journal(d) as j, j.serve("127.0.0.1:0") as server, \
+            RemoteReader(server.address) as r:
+        assert [x.value for x in r.poll(1)] == [b"record 0"]
+        with pytest.raises(CorruptFileError) as info:
+            r.poll(10)
+        assert info.value.offset == 1 and r.position == 2
+        assert [x.value for x in r.poll(10)] == [b"record 2", b"record 3", b"record 4"]
+
+
+def test_killed_or_stopped_server_never_wedges_the_client(tmp_path: Path) -> None:
+    d = str(tmp_path / "j")
+    with Journal(d, create=True) as j:
+        j.append(b"x")
+    with server_process(d, "127.0.0.1:0") as (proc, addr):
+        r = RemoteReader(addr, "latest", io_timeout=0.5)
+        os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(TimeoutError):
+                r.poll(1, timeout=0.2)  # a frozen server: the reply deadline passes
+            assert time.monotonic() - t0 < 20
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+        r.io_timeout = 10
+        errors: list[BaseException] = []
+
+        def long_poll() -> None:
+            try:
+                r.poll(1, timeout=50)
+            except BaseException as exc:
+                errors.append(exc)
+
+        t = threading.Thread(target=long_poll)
+        t.start()
+        time.sleep(0.3)
+        proc.kill()  # kill -9 in the middle of a long poll
+        t.join(30)
+        assert not t.is_alive() and len(errors) == 1
+        assert isinstance(errors[0], BrokenError), errors
+    with pytest.raises(BrokenError, match="cannot reach"):
+        r.poll(1)  # nobody listens any more
+    r.close()
+
+
+CLIENT = """
+import sys
+from mmapkit.journal import RemoteReader
+r = RemoteReader(sys.argv[1], "latest")
+print("polling", flush=True)
+r.poll(1, timeout=50)
+"""
+
+
+def test_killed_client_or_closing_server_never_wedges(tmp_path: Path) -> None:
+    d = tmp_path / "j"
+    with Journal(d, create=True) as j:
+        j.append(b"x")
+        server = j.serve("127.0.0.1:0")
+        addr = f"{server.address[0]}:{server.address[1]}"
+        clients = [spawn(CLIENT, addr) for _ in range(2)]
+        for c in clients:
+            assert c.stdout is not None and c.stdout.readline() == "polling\n"
+        clients[0].kill()  # kill -9 mid long poll
+        clients[0].wait(10)
+        with RemoteReader(server.address) as r:  # the server serves others on
+            assert [x.value for x in r.poll(5)] == [b"x"]
+        # close() ends the remaining long poll at once: that client sees the server gone
+        t0 = time.monotonic()
+        server.close()
+        assert time.monotonic() - t0 < 10
+        _out, err = clients[1].communicate(timeout=30)
+        assert clients[1].returncode != 0 and "BrokenError" in err, err
+
+
+def test_a_client_that_stops_reading_is_cut_off_after_io_timeout(tmp_path: Path) -> None:
+    d = tmp_path / "j"
+    with Journal(d, create=True) as j:
+        for _ in range(800):  # ~9 MB: far more than a Unix socket buffers
+            j.append_many([b"x" * 100] * 100)
+        path = str(tmp_path / "s")
+        with j.serve(path, io_timeout=0.5) as server:
+            stuck = socket.socket(socket.AF_UNIX)
+            stuck.connect(path)
+            stuck.sendall(R.encode_request(R.FETCH, 0, R.MAX_FETCH_BYTES, 0))
+            # ...and never reads.  Meanwhile another client is served:
+            with RemoteReader(path, "latest") as r:
+                assert r.position == 80_000
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and server._conns:
+                time.sleep(0.05)
+            assert not server._conns  # the stuck connection's thread ended
+            got = 0
+            stuck.settimeout(10)
+            with contextlib.suppress(OSError):
+                while chunk := stuck.recv(1 << 20):
+                    got += len(chunk)
+            stuck.close()
+            assert R.RESPONSE.size < got < 9_000_000  # cut off mid-reply: the end is EOF
