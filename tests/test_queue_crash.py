@@ -181,3 +181,26 @@ def test_consumer_killed_after_counting_before_release_leaves_the_message() -> N
     assert [q.get_nowait(), q.get_nowait()] == ["second", "third"]
     assert q.qsize() == 0 and q.empty()
     shared.channel.check()
+
+
+def test_a_gap_before_the_wrap_around_does_not_make_an_empty_queue_full() -> None:
+    """A gap (P4), then a put() whose frame needs a PAD to the ring's end: the ring holds
+    that PAD and nothing else, which counts as empty, so the put goes in at once."""
+    q = Queue(maxsize=1, capacity=4096)
+    shared = q._shared
+    hdr = shared.channel._hdr
+    while not 64 <= 4096 - hdr[8] % 4096 < 600:  # bring head (and tail) near the end
+        q.put(b"x" * 100)
+        q.get()
+
+    def die_mid_put() -> None:
+        with shared.channel.reserve(40):
+            shared.q[_PUTS_Q] += 1
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    assert exit_code(fork_child(die_mid_put)) == -signal.SIGKILL
+    q.put_nowait(b"y" * 1000)  # cannot fit before the end: PAD, then the frame
+    assert q.qsize() == 2  # the gap counts until this message is taken...
+    assert q.get_nowait() == b"y" * 1000
+    assert q.qsize() == 0 and q.empty()  # ...and heals with it
+    shared.channel.check()

@@ -63,12 +63,13 @@ what a process killed after that step (before the next) leaves behind:
                                                                    within one slice
     ====  ============================================  =========  ======================
 
-Counting.  ``qsize()`` is PUTS - GETS, 0 when the ring is empty.  Ring order is sequence
-order (P2-P5 run under the one producer claim), so a gap left at P4 by a killed producer
-is healed by the next message consumed (GETS jumps past it); until then it counts one
-message too many, and never more than the ring can hold (an empty ring counts 0).  Nothing
-a killed process leaves can make a put() wait for ever.  JoinableQueue counts unfinished
-tasks as PUTS - DONE: a gap there is a task that never arrives (join() waits for it, as
+Counting.  ``qsize()`` is PUTS - GETS, 0 when the ring holds no message (empty, or only
+a PAD frame up to its end: the Channel's S2 publishes one before the frame that follows).
+Ring order is sequence order (P2-P5 run under the one producer claim), so a gap left at P4
+by a killed producer is healed by the next message consumed (GETS jumps past it); until
+then it counts one message too many, and an empty ring counts 0.  Nothing a killed process
+leaves can make a put() wait for ever.  JoinableQueue counts unfinished tasks as
+PUTS - DONE: a gap there is a task that never arrives (join() waits for it, as
 ``multiprocessing.JoinableQueue`` waits for the messages a killed process had buffered).
 """
 
@@ -94,7 +95,7 @@ from ..errors import BrokenError, ForeignFileError, MessageTooLargeError
 from ..region import Region
 from ..wait import Waiter
 from . import _format as fmt
-from .channel import _HEAD_Q, _TAIL_Q, Channel, _strict
+from .channel import _HEAD_Q, _PAD_WORD, _TAIL_Q, Channel, _strict
 
 __all__ = ["JoinableQueue", "Queue", "SimpleQueue"]
 
@@ -224,15 +225,21 @@ class _Shared:
 
     # --- counts -------------------------------------------------------------------------
 
+    def pending(self) -> bool:
+        """Whether the ring holds a message (not just a PAD frame up to its end)."""
+        ch = self.channel
+        hdr = ch._hdr
+        tail = hdr[_TAIL_Q]
+        head = hdr[_HEAD_Q]
+        if head == tail:
+            return False
+        pos = tail % ch._cap
+        return not (head == tail + ch._cap - pos and ch._dq[pos >> 3] == _PAD_WORD)
+
     def count(self) -> int:
-        hdr = self.channel._hdr
-        if hdr[_HEAD_Q] == hdr[_TAIL_Q]:
+        if not self.pending():  # an empty ring counts 0, whatever gap PUTS has
             return 0
         return max(0, int(self.q[_PUTS_Q]) - int(self.q[_GETS_Q]))
-
-    def empty(self) -> bool:
-        hdr = self.channel._hdr
-        return bool(hdr[_HEAD_Q] == hdr[_TAIL_Q])
 
     def _after_fork(self) -> None:
         self._tlock = threading.Lock()
@@ -285,7 +292,6 @@ class _Shared:
                 f"{ch.capacity} bytes (largest message {ch.max_message}): create the Queue "
                 f"with capacity={suggest} or more")
         q = self.q
-        hdr = ch._hdr
         while True:
             if maxsize > 0:
                 self._await_below(maxsize, deadline)
@@ -293,8 +299,7 @@ class _Shared:
             try:
                 with ch.reserve(total, timeout) as buf:
                     seq = q[_PUTS_Q]
-                    if (maxsize > 0 and seq - q[_GETS_Q] >= maxsize
-                            and hdr[_HEAD_Q] != hdr[_TAIL_Q]):
+                    if maxsize > 0 and seq - q[_GETS_Q] >= maxsize and self.pending():
                         raise _FullNow  # drops the frame unpublished (step P3)
                     _MSG.pack_into(buf, 0, seq, len(raws), 0, len(body))
                     at = _MSG.size
@@ -308,7 +313,8 @@ class _Shared:
                     q[_PUTS_Q] = seq + 1
                 return
             except _FullNow:
-                continue
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise _queue.Full from None
             except BrokenError:  # every consumer died with the ring full: wait for new ones
                 if deadline is not None and time.monotonic() >= deadline:
                     raise _queue.Full from None
@@ -489,7 +495,7 @@ class Queue:
             raise ValueError("max_messages_to_get must be at least 1")
         shared = self._shared
         out = [_decode(shared.get_blob(_deadline(block, timeout)))]
-        while len(out) < max_messages_to_get and not shared.empty():
+        while len(out) < max_messages_to_get and shared.pending():
             try:
                 out.append(_decode(shared.get_blob(time.monotonic())))
             except _queue.Empty:
@@ -503,7 +509,7 @@ class Queue:
 
     def empty(self) -> bool:
         self._check_closed()
-        return self._shared.empty()
+        return not self._shared.pending()
 
     def full(self) -> bool:
         self._check_closed()
@@ -606,7 +612,7 @@ class SimpleQueue:
 
     def empty(self) -> bool:
         self._check_closed()
-        return self._shared.empty()
+        return not self._shared.pending()
 
     def close(self) -> None:
         if self._closed:
