@@ -3,10 +3,12 @@ one process, across fork children and across spawn / forkserver children."""
 
 from __future__ import annotations
 
+import gc
 import multiprocessing as mp
 import os
 import pickle
 import queue
+import signal
 import threading
 import time
 from pathlib import Path
@@ -436,3 +438,53 @@ def test_a_task_argument_is_refused_as_multiprocessing_refuses_it() -> None:
     with mp.get_context("fork").Pool(1) as pool, pytest.raises(RuntimeError,
                                                                match="inheritance"):
         pool.apply(pool_init, (q,))
+
+
+def test_get_waits_for_new_producers_after_all_producers_left() -> None:
+    """The Channel raises BrokenError when every producer is gone; a queue keeps waiting."""
+    q = Queue(capacity=SMALL)
+    assert exit_code(fork_child(lambda: q.put("from a producer that exits"))) == 0
+    assert q.get(timeout=5) == "from a producer that exits"
+    with pytest.raises(queue.Empty):
+        q.get(timeout=0.15)  # longer than the Channel's 50 ms sleep slice
+    threading.Timer(0.1, q.put, args=("new producer",)).start()
+    assert q.get(timeout=10) == "new producer"
+
+
+def test_put_waits_for_new_consumers_after_all_consumers_died() -> None:
+    q = Queue(capacity=4096)
+
+    def consume_then_die() -> None:
+        q.get()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    q.put(b"taken")
+    assert exit_code(fork_child(consume_then_die)) == -signal.SIGKILL
+    with pytest.raises(queue.Full):
+        while True:
+            q.put(b"x" * 200, timeout=0.15)
+    threading.Timer(0.1, q.get).start()
+    q.put(b"x" * 200, timeout=10)  # a new consumer made room
+
+
+def test_unpicklable_object_raises_from_put_and_the_queue_carries_on() -> None:
+    q = Queue(maxsize=2, capacity=SMALL)
+    with pytest.raises((pickle.PicklingError, TypeError, AttributeError)):
+        q.put(lambda: None)
+    assert q.qsize() == 0 and q.empty()
+    q.put(1)
+    assert q.get() == 1
+
+
+def test_ctx_is_accepted_and_closing_releases_every_descriptor() -> None:
+    gc.collect()  # earlier tests' handles close now, not during the count
+    fds = set(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        for q in (Queue(ctx=mp.get_context("spawn"), capacity=SMALL),
+                  JoinableQueue(capacity=SMALL), SimpleQueue(capacity=SMALL)):
+            q.put(1)
+            q.get()
+            if isinstance(q, JoinableQueue):
+                q.task_done()
+            q.close()
+    assert set(os.listdir("/proc/self/fd")) - fds == set()  # nothing left open
