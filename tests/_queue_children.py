@@ -20,8 +20,8 @@ def child(q: Queue, j: JoinableQueue, s: SimpleQueue) -> None:
     x = q.get(timeout=20)
     q.put(("child", x, os.getpid()))
     j.get(timeout=20)
+    s.put(s.get() + 1)  # before task_done(): the parent's join() returning means s has it
     j.task_done()
-    s.put(s.get() + 1)
 
 
 def pool_init(q: Queue) -> None:
@@ -38,7 +38,7 @@ def pool_work(x: int) -> int:
 def round_trip(ctx: Any) -> None:
     """A Process child and a Pool worker (through its initializer) use queues made here."""
     q, j, s = Queue(capacity=SMALL), JoinableQueue(capacity=SMALL), SimpleQueue(capacity=SMALL)
-    p = ctx.Process(target=child, args=(q, j, s))
+    p = ctx.Process(target=child, args=(q, j, s), daemon=True)  # never outlives a failure
     p.start()
     q.put("hello")
     j.put("task")
