@@ -85,14 +85,13 @@ def _round(rng: random.Random) -> None:
     deadline = time.monotonic() + 60
     while True:
         try:
-            msg = q.get(timeout=0.2)
+            msg = q.get(timeout=0.02) if sp_code is None else q.get_nowait()
         except queue.Empty:
             if sp_code is not None:
                 break
             pid, status = os.waitpid(sp, os.WNOHANG)
-            if pid:
+            if pid:  # then one more look: it may have put its last message just now
                 sp_code = os.waitstatus_to_exitcode(status)
-                continue  # one more look: it may have put its last message just now
             assert time.monotonic() < deadline, "wedged: no progress for a minute"
             continue
         if msg == END:
