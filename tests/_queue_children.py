@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import queue
 import sys
 import time
 from typing import Any
@@ -16,9 +17,15 @@ SMALL = 1 << 16
 _POOL_Q: Queue | None = None
 
 
-def child(q: Queue, j: JoinableQueue, s: SimpleQueue) -> None:
+def child(q: Queue, j: JoinableQueue, s: SimpleQueue, b: Queue) -> None:
     x = q.get(timeout=20)
-    q.put(("child", x, os.getpid()))
+    b.put_nowait("one")  # b's maxsize=1 travelled with the handle
+    try:
+        b.put_nowait("two")
+        full = False
+    except queue.Full:
+        full = True
+    q.put(("child", x, os.getpid(), full, b.qsize(), b.full()))
     j.get(timeout=20)
     s.put(s.get() + 1)  # before task_done(): the parent's join() returning means s has it
     j.task_done()
@@ -38,7 +45,8 @@ def pool_work(x: int) -> int:
 def round_trip(ctx: Any) -> None:
     """A Process child and a Pool worker (through its initializer) use queues made here."""
     q, j, s = Queue(capacity=SMALL), JoinableQueue(capacity=SMALL), SimpleQueue(capacity=SMALL)
-    p = ctx.Process(target=child, args=(q, j, s), daemon=True)  # never outlives a failure
+    b = Queue(maxsize=1, capacity=SMALL)
+    p = ctx.Process(target=child, args=(q, j, s, b), daemon=True)  # never outlives a failure
     p.start()
     q.put("hello")
     j.put("task")
@@ -48,7 +56,8 @@ def round_trip(ctx: Any) -> None:
         q.put(reply)
         time.sleep(0.01)
         reply = q.get(timeout=30)
-    assert reply[:2] == ("child", "hello") and reply[2] == p.pid, reply
+    assert reply == ("child", "hello", p.pid, True, 1, True), reply
+    assert b.full() and b.get_nowait() == "one" and b.empty()
     j.join()
     assert s.get() == 42
     p.join(30)
