@@ -46,19 +46,21 @@ what a process killed after that step (before the next) leaves behind:
     step  what                                          holds      K
     ====  ============================================  =========  ======================
     P1    pickle the object (no lock)                   -          nothing
-    P2    reserve() the frame: the Channel's S1-S3      pclaim     nothing visible
+    P2    claim the frame (Channel._send_with, its      pclaim     nothing visible
+          S1-S3)
     P3    maxsize: PUTS - GETS >= maxsize and the ring  pclaim     nothing (the frame is
           is not empty: drop the frame, wait (P6)                  dropped unpublished)
     P4    write seq = PUTS and the payload; PUTS += 1   pclaim     a *gap*: PUTS counts a
                                                                    message never published
-    P5    end of reserve(): the Channel's S5 publishes  -          the message, delivered
+    P5    _send_with returns: the Channel's S5          -          the message, delivered
+          publishes
     P6    a full put() sleeps: GWAIT = 1, re-read the   -          GWAIT stays 1: one
           count, futex-wait on GETS (50 ms slices)                 spare wake-up later
-    G1    recv_view(): the Channel's R1-R2              cclaim     nothing
+    G1    Channel._recv_with: its R1-R2                 cclaim     nothing
     G2    copy the message out; GETS = seq + 1          cclaim     the message stays for
                                                                    the next consumer, who
                                                                    stores the same GETS
-    G3    end of recv_view(): the Channel's R3          -          consumed
+    G3    _recv_with returns: the Channel's R3          -          consumed
     G4    GWAIT: clear it, wake the futex on GETS       -          a sleeper re-checks
                                                                    within one slice
     ====  ============================================  =========  ======================
@@ -292,25 +294,28 @@ class _Shared:
                 f"{ch.capacity} bytes (largest message {ch.max_message}): create the Queue "
                 f"with capacity={suggest} or more")
         q = self.q
+
+        def fill(buf: memoryview) -> None:  # steps P3-P4, under the producer claim
+            seq = q[_PUTS_Q]
+            if maxsize > 0 and seq - q[_GETS_Q] >= maxsize and self.pending():
+                raise _FullNow  # drops the frame unpublished
+            _MSG.pack_into(buf, 0, seq, len(raws), 0, len(body))
+            at = _MSG.size
+            buf[at : at + len(body)] = body
+            at += _pad8(len(body))
+            for r in raws:
+                _U64.pack_into(buf, at, r.nbytes)
+                at += 8
+                buf[at : at + r.nbytes] = r
+                at += _pad8(r.nbytes)
+            q[_PUTS_Q] = seq + 1
+
         while True:
             if maxsize > 0:
                 self._await_below(maxsize, deadline)
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                with ch.reserve(total, timeout) as buf:
-                    seq = q[_PUTS_Q]
-                    if maxsize > 0 and seq - q[_GETS_Q] >= maxsize and self.pending():
-                        raise _FullNow  # drops the frame unpublished (step P3)
-                    _MSG.pack_into(buf, 0, seq, len(raws), 0, len(body))
-                    at = _MSG.size
-                    buf[at : at + len(body)] = body
-                    at += _pad8(len(body))
-                    for r in raws:
-                        _U64.pack_into(buf, at, r.nbytes)
-                        at += 8
-                        buf[at : at + r.nbytes] = r
-                        at += _pad8(r.nbytes)
-                    q[_PUTS_Q] = seq + 1
+                ch._send_with(total, fill, timeout)
                 return
             except _FullNow:
                 if deadline is not None and time.monotonic() >= deadline:
@@ -334,17 +339,21 @@ class _Shared:
                 return
             self.gets_w.wait(gets, _SLICE if remaining is None else min(_SLICE, remaining))
 
+    def _take(self, view: memoryview) -> bytearray:
+        """Step G2, under the consumer claim: copy the message out, store GETS."""
+        blob = bytearray(view)
+        seq = _U64.unpack_from(blob, 0)[0] if len(blob) >= 8 else 0
+        q = self.q
+        if seq >= q[_GETS_Q]:
+            q[_GETS_Q] = seq + 1
+        return blob
+
     def get_blob(self, deadline: float | None) -> bytearray:
         ch = self.channel
-        q = self.q
         while True:
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                with ch.recv_view(timeout) as view:
-                    blob = bytearray(view)
-                    seq = _U64.unpack_from(blob, 0)[0] if len(blob) >= 8 else 0
-                    if seq >= q[_GETS_Q]:
-                        q[_GETS_Q] = seq + 1
+                blob: bytearray = ch._recv_with(self._take, timeout)
                 break
             except BrokenError:  # every producer gone: a queue waits for new ones
                 if deadline is not None and time.monotonic() >= deadline:
