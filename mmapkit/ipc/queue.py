@@ -7,8 +7,8 @@ Design rules:
   semaphores.  Both live in files made in ``/dev/shm`` (else the temporary directory) and
   unlinked at once: no name outlives the constructor, so nothing is left behind when the
   processes that use the queue exit or are killed; the kernel frees the memory with the
-  last descriptor or mapping.  A crash inside the constructor's few microseconds between
-  create and unlink can leave a ``mmapkit-queue-*`` directory (nothing else can).
+  last descriptor or mapping.  Only a crash inside the constructor, between creating the
+  files and unlinking them, can leave a ``mmapkit-queue-*`` directory (safe to delete).
 - Children get the queue the way they get a ``multiprocessing.Queue``: by ``fork()``
   (inherited mapping; the Channel reopens its lock descriptions in the child), or pickled by
   ``multiprocessing`` while it starts a spawn / forkserver child: then the descriptors of
