@@ -22,7 +22,7 @@ Cases (every implementation runs in the same process tree, one after the other):
   ``mmapkit.Queue`` (row "mmapkit"; put/get of a tuple of an int and a 40-char str, or of 64 bytes)
   against multiprocessing.Queue and SimpleQueue, faster-fifo (which pickles objects) and
   the raw Channel (send_obj/recv_obj for objects; SPSC unless there are 4 x 4).
-  ``--queue`` runs only these.
+  ``--queue`` runs only these (``mmapkit bench channel`` runs them after the rest).
 
 The two blocking cases also time a C futex ping-pong (built with ``cc`` when there is one):
 the floor of a blocking hand-off on the machine, which no Python channel can beat.
@@ -606,6 +606,8 @@ def run(report: _harness.Report, args: argparse.Namespace) -> None:
                                                  iceoryx_pair(cap, 64, False), nrt,
                                                  ready_first=True),
                    "us", higher_is_better=False)
+
+    run_queue(report, args, have, measure)
 
 
 def run_queue(report: _harness.Report, args: argparse.Namespace, have: set[str],
