@@ -18,6 +18,11 @@ Cases (every implementation runs in the same process tree, one after the other):
 - ``64 B round trip, default wait``: mmapkit as configured by default (spin 50 us, then
   sleep), next to a pipe.
 - ``64 B round trip, spin``: ping-pong latency, both sides busy-polling.
+- ``queue: object SPSC / 4x4 throughput`` and ``queue: 64 B SPSC / 4x4 throughput``:
+  ``mmapkit.Queue`` (row "mmapkit"; put/get of a tuple of an int and a 40-char str, or of 64 bytes)
+  against multiprocessing.Queue and SimpleQueue, faster-fifo (which pickles objects) and
+  the raw Channel (send_obj/recv_obj for objects; SPSC unless there are 4 x 4).
+  ``--queue`` runs only these (``mmapkit bench channel`` runs them after the rest).
 
 The two blocking cases also time a C futex ping-pong (built with ``cc`` when there is one):
 the floor of a blocking hand-off on the machine, which no Python channel can beat.
@@ -43,6 +48,7 @@ from typing import Any
 from . import _harness
 
 MSG = b"m" * 64
+OBJ = (1234567, "o" * 40)
 FLOOR = "C futex (floor)"
 MIB = 1 << 20
 
@@ -235,10 +241,50 @@ def iceoryx_pair(capacity: int, max_len: int, event: bool,
     return sender, receiver, lambda: None
 
 
+def mmqueue_pair(capacity: int) -> tuple[Side, Side, Callable[[], None]]:
+    from mmapkit.ipc import Queue
+
+    q = Queue(capacity=capacity)
+
+    def sender() -> tuple[Callable[..., Any], Callable[[], None]]:
+        return q.put, lambda: None
+
+    def receiver() -> tuple[Callable[..., Any], Callable[[], None]]:
+        return q.get, lambda: None
+
+    return sender, receiver, q.close
+
+
+def mpsimple_pair(capacity: int) -> tuple[Side, Side, Callable[[], None]]:
+    q: Any = multiprocessing.get_context("fork").SimpleQueue()
+
+    def sender() -> tuple[Callable[..., Any], Callable[[], None]]:
+        return q.put, lambda: None
+
+    def receiver() -> tuple[Callable[..., Any], Callable[[], None]]:
+        return q.get, lambda: None
+
+    return sender, receiver, q.close
+
+
+def channel_obj_pair(capacity: int, multi: bool = False) -> tuple[Side, Side, Callable[[], None]]:
+    from mmapkit.ipc import Channel
+
+    ch = Channel.anonymous(capacity, multi_producer=multi, multi_consumer=multi)
+
+    def sender() -> tuple[Callable[..., Any], Callable[[], None]]:
+        return ch.send_obj, ch.close
+
+    def receiver() -> tuple[Callable[..., Any], Callable[[], None]]:
+        return ch.recv_obj, ch.close
+
+    return sender, receiver, ch.close
+
+
 # --- drivers --------------------------------------------------------------------------
 
 
-def throughput(pair: tuple[Side, Side, Callable[[], None]], n: int, msg: bytes,
+def throughput(pair: tuple[Side, Side, Callable[[], None]], n: int, msg: Any,
                batch: bool = False, producers: int = 1, consumers: int = 1,
                ready_first: bool = False) -> float:
     """Messages per second from ``producers`` senders to ``consumers`` receivers."""
@@ -419,7 +465,8 @@ def c_futex_floor(n: int, gap: float = 0.0) -> list[float] | None:
 
 
 def _available(report: _harness.Report, args: argparse.Namespace) -> set[str]:
-    have = {"mmapkit", "multiprocessing.Queue", "multiprocessing.Pipe"}
+    have = {"mmapkit", "multiprocessing.Queue", "multiprocessing.Pipe",
+            "multiprocessing.SimpleQueue"}
     for impl, module in (("faster-fifo", "faster_fifo"), ("pyzmq ipc://", "zmq"),
                          ("iceoryx2", "iceoryx2")):
         try:
@@ -444,6 +491,10 @@ def run(report: _harness.Report, args: argparse.Namespace) -> None:
                 scale: float = 1.0) -> None:
         if impl in have or impl.startswith("mmapkit"):
             report.add(case, impl, [fn() * scale for _ in range(rep)], unit)
+
+    if args.queue:
+        run_queue(report, args, have, measure)
+        return
 
     case = "64 B SPSC throughput"
     measure(case, "mmapkit", lambda: throughput(mmapkit_pair(cap), n64, MSG), "msgs/s")
@@ -556,6 +607,39 @@ def run(report: _harness.Report, args: argparse.Namespace) -> None:
                                                  ready_first=True),
                    "us", higher_is_better=False)
 
+    run_queue(report, args, have, measure)
+
+
+def run_queue(report: _harness.Report, args: argparse.Namespace, have: set[str],
+              measure: Callable[..., None]) -> None:
+    """mmapkit.Queue against multiprocessing's queues, faster-fifo and the raw Channel."""
+    n = 20_000 if args.quick else 200_000
+    cap = 1 << 22
+    for what, msg in (("object", OBJ), ("64 B", MSG)):
+        factory: Callable[..., Any] = channel_obj_pair if what == "object" else mmapkit_pair
+        for p, c in ((1, 1), (4, 4)):
+            shape = "SPSC" if p == 1 else "4x4 MPMC"
+            case = f"queue: {what} {shape} throughput"
+            kw = {"producers": p, "consumers": c}
+            # "mmapkit" (the harness's own name) is mmapkit.Queue here: the targets are its
+            measure(case, "mmapkit",
+                    lambda msg=msg, kw=kw: throughput(mmqueue_pair(cap), n, msg, **kw),
+                    "msgs/s")
+            measure(case, "mmapkit Channel",
+                    lambda f=factory, msg=msg, p=p, kw=kw: throughput(f(cap, multi=p > 1), n,
+                                                                      msg, **kw),
+                    "msgs/s")
+            measure(case, "multiprocessing.Queue",
+                    lambda msg=msg, kw=kw: throughput(mpqueue_pair(cap), n // 4, msg, **kw),
+                    "msgs/s")
+            measure(case, "multiprocessing.SimpleQueue",
+                    lambda msg=msg, kw=kw: throughput(mpsimple_pair(cap), n // 4, msg, **kw),
+                    "msgs/s")
+            measure(case, "faster-fifo",
+                    lambda msg=msg, kw=kw: throughput(fifo_pair(cap), n // 4, msg, **kw),
+                    "msgs/s")
+            report.target(case, "multiprocessing.Queue", ">=", 5.0 if p == 1 else 4.0)
+
 
 def _floor(report: _harness.Report, args: argparse.Namespace, case: str, n: int,
            gap: float = 0.0) -> None:
@@ -570,7 +654,11 @@ def _floor(report: _harness.Report, args: argparse.Namespace, case: str, n: int,
 
 
 def main(argv: list[str] | None = None) -> int:
-    return _harness.main_for("channel", run, argv)
+    def extend(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--queue", action="store_true",
+                       help="only the queue cases (mmapkit.Queue against its peers)")
+
+    return _harness.main_for("channel", run, argv, extend=extend)
 
 
 if __name__ == "__main__":

@@ -1268,6 +1268,59 @@ class Channel:
                 view.release()
                 self._release(tail, n)
 
+    def _send_with(self, n: int, fill: Callable[[memoryview], None],
+                   timeout: float | None = None) -> None:
+        """:meth:`reserve` as a plain call, for mmapkit.ipc.queue (a generator-based
+        context manager costs as much as the send itself): ``fill(buf)`` writes the
+        ``n``-byte payload in place under the producer claim (steps S1-S4); the frame is
+        published (S5-S6) when it returns, and dropped if it raises."""
+        if self._bc:
+            raise ModeConflictError("reserve() writes in place, which a broadcast channel "
+                                    "cannot offer; use send()")
+        if self._pslot is None:
+            self._attach(_PRODUCER)
+        if n > self._max:
+            raise self._too_large(n)
+        need = (n + 15) & ~7
+        with self._send_mutex if self._plocked else contextlib.nullcontext():
+            head = self._acquire_space(need, timeout)
+            try:
+                pos = head % self._cap
+                buf = self._data[pos + 8 : pos + 8 + n]
+                try:
+                    fill(buf)
+                finally:
+                    buf.release()
+                self._dq[pos >> 3] = n
+                self._hdr[_HEAD_Q] = head + need
+            finally:
+                if self._plocked:
+                    fcntl.flock(self._pclaim, fcntl.LOCK_UN)
+            if self._hdr32[_CW_I]:
+                self._wake_consumers()
+            self._sent += 1
+            self._sent_bytes += n
+
+    def _recv_with(self, take: Callable[[memoryview], Any],
+                   timeout: float | None = None) -> Any:
+        """:meth:`recv_view` as a plain call, for mmapkit.ipc.queue: ``take(view)`` reads
+        the next message in place under the consumer claim (steps R1-R2) and its result is
+        returned; the message is consumed (R3-R4) when it returns, even if it raises.
+        ``view`` is invalid afterwards, and ``take`` must not write it."""
+        if self._bc:
+            raise ModeConflictError("a broadcast producer may overwrite what a view shows; "
+                                    "use recv() on broadcast channels")
+        if self._cslot is None:
+            self._attach(_CONSUMER)
+        with self._recv_mutex if self._clocked else contextlib.nullcontext():
+            tail, start, n = self._take(None if timeout is None else time.monotonic() + timeout)
+            view = self._data[start : start + n]
+            try:
+                return take(view)
+            finally:
+                view.release()
+                self._release(tail, n)
+
     # --- broadcast --------------------------------------------------------------------
 
     @property

@@ -1,0 +1,634 @@
+"""Queue: a drop-in ``multiprocessing.Queue`` over a shared-memory Channel.
+
+Design rules:
+
+- One multi-producer, multi-consumer :class:`~mmapkit.ipc.channel.Channel` carries the
+  messages, and a 4 KiB *state page* carries the counts ``multiprocessing.Queue`` keeps in
+  semaphores.  Both live in files made in ``/dev/shm`` (else the temporary directory) and
+  unlinked at once: no name outlives the constructor, so nothing is left behind when the
+  processes that use the queue exit or are killed; the kernel frees the memory with the
+  last descriptor or mapping.  Only a crash inside the constructor, between creating the
+  files and unlinking them, can leave a ``mmapkit-queue-*`` directory (safe to delete).
+- Children get the queue the way they get a ``multiprocessing.Queue``: by ``fork()``
+  (inherited mapping; the Channel reopens its lock descriptions in the child), or pickled by
+  ``multiprocessing`` while it starts a spawn / forkserver child: then the descriptors of
+  the two unlinked files travel as ``multiprocessing.reduction.DupFd`` (the way
+  ``multiprocessing`` passes a ``Connection``).  Anywhere else pickling raises the
+  ``RuntimeError`` of ``multiprocessing.Queue``.
+- No feeder thread: ``put()`` has written the message into shared memory when it returns,
+  so nothing is lost when the putting process exits or is killed afterwards, and exiting
+  never waits for a flush.
+- A message: ``seq`` (u64), buffer count (u32), reserved (u32), pickle length (u64), the
+  pickle (protocol 5) padded to 8, then each out-of-band buffer as length (u64) and bytes
+  padded to 8.  Buffers (numpy arrays, PickleBuffer) are copied straight into the ring and
+  come out as views of the one copy the receiver makes.
+
+State page (little-endian words; one writer at a time per word, named in the table):
+
+    ======  ====  =====  ==========================================================
+    offset  size  name   written by
+    ======  ====  =====  ==========================================================
+    0       u64   PUTS   the next sequence number; producers, under the producer claim
+    64      u64   GETS   one past the highest sequence consumed; consumers, under the
+                         consumer claim (its low u32 is the futex a full put() sleeps on)
+    128     u32   GWAIT  1 while a put() sleeps on a full queue (maxsize); set by it,
+                         cleared by the consumer that wakes it
+    192     u64   DONE   task_done() calls (JoinableQueue), under the state lock (flock
+                         of the state file, one description per process); low u32: the
+                         futex join() sleeps on
+    256     u32   DWAIT  1 while a join() sleeps
+    ======  ====  =====  ==========================================================
+
+Cross-process protocol on top of the Channel's (its steps S*, R* in channel.py).  K says
+what a process killed after that step (before the next) leaves behind:
+
+    ====  ============================================  =========  ======================
+    step  what                                          holds      K
+    ====  ============================================  =========  ======================
+    P1    pickle the object (no lock)                   -          nothing
+    P2    claim the frame (Channel._send_with, its      pclaim     nothing visible
+          S1-S3)
+    P3    maxsize: PUTS - GETS >= maxsize and the ring  pclaim     nothing (the frame is
+          is not empty: drop the frame, wait (P6)                  dropped unpublished)
+    P4    write seq = PUTS and the payload; PUTS += 1   pclaim     a *gap*: PUTS counts a
+                                                                   message never published
+    P5    _send_with returns: the Channel's S5          -          the message, delivered
+          publishes
+    P6    a full put() sleeps: GWAIT = 1, re-read the   -          GWAIT stays 1: one
+          count, futex-wait on GETS (50 ms slices)                 spare wake-up later
+    G1    Channel._recv_with: its R1-R2                 cclaim     nothing
+    G2    copy the message out; GETS = seq + 1          cclaim     the message stays for
+                                                                   the next consumer, who
+                                                                   stores the same GETS
+    G3    _recv_with returns: the Channel's R3          -          consumed
+    G4    GWAIT: clear it, wake the futex on GETS       -          a sleeper re-checks
+                                                                   within one slice
+    ====  ============================================  =========  ======================
+
+Counting.  ``qsize()`` is PUTS - GETS, 0 when the ring holds no message (empty, or only
+a PAD frame up to its end: the Channel's S2 publishes one before the frame that follows).
+Ring order is sequence order (P2-P5 run under the one producer claim), so a gap left at P4
+by a killed producer is healed by the next message consumed (GETS jumps past it); until
+then it counts one message too many, and an empty ring counts 0.  Nothing a killed process
+leaves can make a put() wait for ever.  JoinableQueue counts unfinished tasks as
+PUTS - DONE: a gap there is a task that never arrives (join() waits for it, as
+``multiprocessing.JoinableQueue`` waits for the messages a killed process had buffered).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import mmap
+import os
+import pickle
+import queue as _queue
+import stat
+import struct
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+from .. import _platform
+from ..errors import BrokenError, ForeignFileError, MessageTooLargeError
+from ..region import Region
+from ..wait import Waiter
+from . import _format as fmt
+from .channel import _HEAD_Q, _PAD_WORD, _TAIL_Q, Channel, _strict
+
+__all__ = ["JoinableQueue", "Queue", "SimpleQueue"]
+
+DEFAULT_CAPACITY = 1 << 22  # 4 MiB of shared memory per queue
+_STATE_SIZE = 4096
+_PUTS_Q, _GETS_Q, _DONE_Q = 0, 8, 24  # u64 indexes (offsets 0, 64, 192)
+_GETS_OFF, _DONE_OFF = 64, 192
+_GWAIT_I, _DWAIT_I = 32, 64  # u32 indexes (offsets 128, 256)
+_SLICE = 0.05
+_MSG = struct.Struct("<QIIQ")  # seq, buffer count, reserved, pickle length
+_U64 = struct.Struct("<Q")
+
+
+def _pad8(n: int) -> int:
+    return (n + 7) & ~7
+
+
+def _shm_dir() -> str:
+    """Where the queue's files are made (and unlinked): tmpfs when there is one."""
+    shm = "/dev/shm"
+    if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK):
+        return shm
+    return tempfile.gettempdir()
+
+
+def _channel_from_fds(fd: int, lock_fd: int, spin: float) -> Channel:
+    """A Channel handle over the (unlinked) channel file ``fd`` and its lock file
+    ``lock_fd``, with descriptions of its own for every lock (``fd`` and ``lock_fd`` are
+    left open and untouched: they may be shared with the parent that passed them)."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise ForeignFileError("the queue's channel descriptor is not a regular file")
+    header = fmt.decode_header(os.pread(fd, fmt.FIXED_SIZE, 0))
+    if st.st_size != header.file_size:
+        raise ForeignFileError(f"the queue's channel file has {st.st_size} bytes, its header "
+                               f"says {header.file_size}")
+    mapping = mmap.mmap(fd, header.file_size, access=mmap.ACCESS_WRITE)
+    region = Region(mapping, path=None, offset=0, map_offset=0, size=header.file_size,
+                    readonly=False, private=False)
+    fds: list[int] = []
+    try:
+        fds.append(_platform.reopen_fd(lock_fd))
+        fds.append(_platform.reopen_fd(fd))
+        strict = _strict()
+        if not strict:
+            fds.append(_platform.reopen_fd(lock_fd))
+        return Channel(region, header, fds[0], lock_path=None, spin=spin,
+                       claims=(fds[1], fds[1] if strict else fds[2]))
+    except BaseException:
+        for f in fds:
+            os.close(f)
+        region.close()
+        raise
+
+
+def _close_all(box: list[int]) -> None:
+    while box:
+        with contextlib.suppress(OSError):
+            os.close(box.pop())
+
+
+class _Shared:
+    """One process's handle on a queue's shared parts: the Channel and the state page."""
+
+    def __init__(self, channel: Channel, chan_fd: int, lock_fd: int, state_fd: int) -> None:
+        self.channel = channel
+        self.fds = [chan_fd, lock_fd, state_fd]  # kept to pass on to spawned children
+        self._box = list(self.fds)
+        weakref.finalize(self, _close_all, self._box)
+        mapping = mmap.mmap(state_fd, _STATE_SIZE, access=mmap.ACCESS_WRITE)
+        self.region = Region(mapping, path=None, offset=0, map_offset=0, size=_STATE_SIZE,
+                             readonly=False, private=False)
+        self.q = self.region.view.cast("Q")
+        self.i = self.region.view.cast("I")
+        self.gets_w = Waiter(self.region, _GETS_OFF)
+        self.done_w = Waiter(self.region, _DONE_OFF)
+        self._lock_fd = -1
+        self._tlock = threading.Lock()
+        ref = weakref.ref(self)
+
+        def after_fork() -> None:
+            shared = ref()
+            if shared is not None:
+                shared._after_fork()
+
+        os.register_at_fork(after_in_child=after_fork)
+
+    @classmethod
+    def create(cls, capacity: int, spin: float) -> _Shared:
+        directory = tempfile.mkdtemp(prefix="mmapkit-queue-", dir=_shm_dir())
+        path = os.path.join(directory, "ring")
+        state = os.path.join(directory, "state")
+        cloexec = getattr(os, "O_CLOEXEC", 0)
+        fds: list[int] = []
+        channel: Channel | None = None
+        try:
+            channel = Channel.create(path, capacity, multi_producer=True,
+                                     multi_consumer=True, spin=spin)
+            fds.append(os.open(path, os.O_RDWR | cloexec))
+            fds.append(os.open(path + ".lock", os.O_RDWR | cloexec))
+            fds.append(os.open(state, os.O_RDWR | os.O_CREAT | os.O_EXCL | cloexec, 0o600))
+            _platform.ensure_allocated(fds[2], _STATE_SIZE)
+            return cls(channel, fds[0], fds[1], fds[2])
+        except BaseException:
+            for f in fds:
+                os.close(f)
+            if channel is not None:
+                channel.close()
+            raise
+        finally:
+            if channel is not None:
+                channel.unlink()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(state)
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)
+
+    @classmethod
+    def adopt(cls, chan_fd: int, lock_fd: int, state_fd: int, spin: float) -> _Shared:
+        """In a spawned child: the descriptors its parent passed."""
+        channel = _channel_from_fds(chan_fd, lock_fd, spin)
+        try:
+            return cls(channel, chan_fd, lock_fd, state_fd)
+        except BaseException:
+            channel.close()
+            raise
+
+    # --- counts -------------------------------------------------------------------------
+
+    def pending(self) -> bool:
+        """Whether the ring holds a message (not just a PAD frame up to its end)."""
+        ch = self.channel
+        hdr = ch._hdr
+        tail = hdr[_TAIL_Q]
+        head = hdr[_HEAD_Q]
+        if head == tail:
+            return False
+        pos = tail % ch._cap
+        return not (head == tail + ch._cap - pos and ch._dq[pos >> 3] == _PAD_WORD)
+
+    def count(self) -> int:
+        if not self.pending():  # an empty ring counts 0, whatever gap PUTS has
+            return 0
+        return max(0, int(self.q[_PUTS_Q]) - int(self.q[_GETS_Q]))
+
+    def _after_fork(self) -> None:
+        self._tlock = threading.Lock()
+        if self._lock_fd >= 0:  # the parent's description: closing our copy keeps its lock
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)
+            with contextlib.suppress(ValueError):
+                self._box.remove(self._lock_fd)
+        self._lock_fd = -1
+
+    @contextlib.contextmanager
+    def state_lock(self) -> Iterator[None]:
+        """Exclusive among every thread of every process (JoinableQueue's DONE)."""
+        with self._tlock:
+            if self._lock_fd < 0:  # a description of this process's own
+                self._lock_fd = _platform.reopen_fd(self.fds[2])
+                self._box.append(self._lock_fd)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    # --- putting and getting ----------------------------------------------------------
+
+    def put(self, obj: Any, maxsize: int, deadline: float | None) -> None:
+        buffers: list[pickle.PickleBuffer] = []
+        body = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+        raws: list[memoryview] = []
+        for b in buffers:
+            try:
+                raws.append(b.raw())
+            except BufferError:  # not contiguous: one copy to make it so
+                raws.append(memoryview(bytes(memoryview(b))))
+        try:
+            self._put_frame(body, raws, maxsize, deadline)
+        finally:
+            for r in raws:
+                r.release()
+
+    def _put_frame(self, body: bytes, raws: list[memoryview], maxsize: int,
+                   deadline: float | None) -> None:
+        total = _MSG.size + _pad8(len(body)) + sum(8 + _pad8(r.nbytes) for r in raws)
+        ch = self.channel
+        if total > ch.max_message:
+            need = total + fmt.FRAME.size
+            suggest = 1 << (need - 1).bit_length()
+            raise MessageTooLargeError(
+                f"this object pickles to a message of {total} bytes; the Queue's ring holds "
+                f"{ch.capacity} bytes (largest message {ch.max_message}): create the Queue "
+                f"with capacity={suggest} or more")
+        q = self.q
+
+        def fill(buf: memoryview) -> None:  # steps P3-P4, under the producer claim
+            seq = q[_PUTS_Q]
+            if maxsize > 0 and seq - q[_GETS_Q] >= maxsize and self.pending():
+                raise _FullNow  # drops the frame unpublished
+            _MSG.pack_into(buf, 0, seq, len(raws), 0, len(body))
+            at = _MSG.size
+            buf[at : at + len(body)] = body
+            at += _pad8(len(body))
+            for r in raws:
+                _U64.pack_into(buf, at, r.nbytes)
+                at += 8
+                buf[at : at + r.nbytes] = r
+                at += _pad8(r.nbytes)
+            q[_PUTS_Q] = seq + 1
+
+        while True:
+            if maxsize > 0:
+                self._await_below(maxsize, deadline)
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                ch._send_with(total, fill, timeout)
+                return
+            except _FullNow:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise _queue.Full from None
+            except BrokenError:  # every consumer died with the ring full: wait for new ones
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise _queue.Full from None
+
+    def _await_below(self, maxsize: int, deadline: float | None) -> None:
+        """Wait until fewer than ``maxsize`` messages are queued (queue.Full at deadline)."""
+        i32 = self.i
+        while True:
+            if self.count() < maxsize:
+                return
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise _queue.Full
+            gets = i32[_GETS_OFF // 4]
+            i32[_GWAIT_I] = 1
+            if self.count() < maxsize:
+                return
+            self.gets_w.wait(gets, _SLICE if remaining is None else min(_SLICE, remaining))
+
+    def _take(self, view: memoryview) -> bytearray:
+        """Step G2, under the consumer claim: copy the message out, store GETS."""
+        blob = bytearray(view)
+        seq = _U64.unpack_from(blob, 0)[0] if len(blob) >= 8 else 0
+        q = self.q
+        if seq >= q[_GETS_Q]:
+            q[_GETS_Q] = seq + 1
+        return blob
+
+    def get_blob(self, deadline: float | None) -> bytearray:
+        ch = self.channel
+        while True:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                blob: bytearray = ch._recv_with(self._take, timeout)
+                break
+            except BrokenError:  # every producer gone: a queue waits for new ones
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise _queue.Empty from None
+        if self.i[_GWAIT_I]:
+            self.i[_GWAIT_I] = 0
+            self.gets_w.wake()
+        return blob
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.channel.close()
+        for w in (self.gets_w, self.done_w):
+            with contextlib.suppress(Exception):
+                w.close()
+        for v in (self.q, self.i):
+            v.release()
+        with contextlib.suppress(Exception):
+            self.region.close()
+        _close_all(self._box)
+
+
+class _FullNow(Exception):
+    """Step P3: the queue filled up between the wait and the claim."""
+
+
+def _decode(blob: bytearray) -> Any:
+    mv = memoryview(blob)
+    try:
+        _seq, count, _, body_len = _MSG.unpack_from(mv, 0)
+        at = _MSG.size
+        if at + body_len > len(mv):
+            raise ValueError("pickle past the end")
+        body = mv[at : at + body_len]
+        at += _pad8(body_len)
+        bufs = []
+        for _ in range(count):
+            (size,) = _U64.unpack_from(mv, at)
+            at += 8
+            if at + size > len(mv):
+                raise ValueError("buffer past the end")
+            bufs.append(mv[at : at + size])
+            at += _pad8(size)
+    except (struct.error, ValueError) as exc:
+        raise ValueError(f"a message in the queue is not one a Queue put ({exc})") from None
+    return pickle.loads(body, buffers=bufs)
+
+
+def _deadline(block: bool, timeout: float | None) -> float | None:
+    if not block:
+        return time.monotonic()
+    if timeout is None:
+        return None
+    return time.monotonic() + max(0.0, float(timeout))
+
+
+def _assert_spawning(obj: object) -> None:
+    from multiprocessing import context
+
+    context.assert_spawning(obj)
+
+
+def _dup_fds(fds: list[int]) -> list[Any]:
+    from multiprocessing import reduction
+
+    return [reduction.DupFd(fd) for fd in fds]
+
+
+class Queue:
+    """A process-shared FIFO queue with the interface of ``multiprocessing.Queue``.
+
+    ``maxsize`` bounds the number of queued objects (0: only the ring's ``capacity`` in
+    bytes bounds it).  A pickled object larger than the ring is refused with
+    MessageTooLargeError (which says the capacity to use).  ``ctx`` is accepted for
+    compatibility: the queue works with every start method.  See docs/queue.md for what
+    differs from ``multiprocessing.Queue``.
+    """
+
+    _shared: _Shared
+
+    def __init__(self, maxsize: int = 0, *, capacity: int = DEFAULT_CAPACITY,
+                 ctx: Any = None, spin: float = 50e-6) -> None:
+        if not isinstance(maxsize, int) or isinstance(maxsize, bool):
+            raise TypeError(f"maxsize must be an int, got {type(maxsize).__name__}")
+        self._maxsize = max(0, maxsize)
+        self._spin = float(spin)
+        self._shared = _Shared.create(capacity, self._spin)
+        self._closed = False
+
+    # --- passing to children ------------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        _assert_spawning(self)
+        if self._closed:
+            raise ValueError(f"{type(self).__name__} {self!r} is closed")
+        return {"maxsize": self._maxsize, "spin": self._spin,
+                "fds": _dup_fds(self._shared.fds)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._maxsize = state["maxsize"]
+        self._spin = state["spin"]
+        fds = [d.detach() for d in state["fds"]]
+        self._shared = _Shared.adopt(fds[0], fds[1], fds[2], self._spin)
+        self._closed = False
+
+    # --- the multiprocessing.Queue interface ----------------------------------------------
+
+    def _check_closed(self) -> None:
+        if self._closed:
+            raise ValueError(f"Queue {self!r} is closed")
+
+    def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
+        """Put ``obj``; block while the queue is full (queue.Full after ``timeout``, or at
+        once when ``block`` is false)."""
+        self._check_closed()
+        self._shared.put(obj, self._maxsize, _deadline(block, timeout))
+
+    def put_nowait(self, obj: Any) -> None:
+        self.put(obj, False)
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        """Remove and return the oldest object; block while the queue is empty
+        (queue.Empty after ``timeout``, or at once when ``block`` is false)."""
+        self._check_closed()
+        return _decode(self._shared.get_blob(_deadline(block, timeout)))
+
+    def get_nowait(self) -> Any:
+        return self.get(False)
+
+    def put_many(self, objs: Any, block: bool = True, timeout: float | None = None) -> None:
+        """Put every object of the iterable ``objs`` in order.  ``timeout`` bounds the whole
+        call; on queue.Full, the objects before the one that did not fit are queued (the
+        exception's ``args[0]`` says how many)."""
+        self._check_closed()
+        deadline = _deadline(block, timeout)
+        for done, obj in enumerate(objs):
+            try:
+                self._shared.put(obj, self._maxsize, deadline)
+            except _queue.Full:
+                raise _queue.Full(done) from None
+
+    def get_many(self, block: bool = True, timeout: float | None = None,
+                 max_messages_to_get: int = 1_000_000_000) -> list[Any]:
+        """Wait (like get()) for one object, then take whatever else is queued now, up to
+        ``max_messages_to_get`` in all; queue.Empty when none came."""
+        self._check_closed()
+        if max_messages_to_get < 1:
+            raise ValueError("max_messages_to_get must be at least 1")
+        shared = self._shared
+        out = [_decode(shared.get_blob(_deadline(block, timeout)))]
+        while len(out) < max_messages_to_get and shared.pending():
+            try:
+                out.append(_decode(shared.get_blob(time.monotonic())))
+            except _queue.Empty:
+                break
+        return out
+
+    def qsize(self) -> int:
+        """The approximate number of queued objects (exact when nothing moves)."""
+        self._check_closed()
+        return self._shared.count()
+
+    def empty(self) -> bool:
+        self._check_closed()
+        return not self._shared.pending()
+
+    def full(self) -> bool:
+        self._check_closed()
+        return self._maxsize > 0 and self._shared.count() >= self._maxsize
+
+    def close(self) -> None:
+        """This handle puts and gets no more (other handles and processes carry on); its
+        memory and descriptors are released.  Idempotent; also done on garbage collection."""
+        if self._closed:
+            return
+        self._closed = True
+        self._shared.close()
+
+    def join_thread(self) -> None:
+        """Only after close(), as with multiprocessing.Queue; returns at once (there is no
+        feeder thread: put() wrote into shared memory before it returned)."""
+        if not self._closed:
+            raise AssertionError(f"Queue {self!r} not closed")
+
+    def cancel_join_thread(self) -> None:
+        """Nothing to cancel: no data is ever buffered in the process."""
+
+    @property
+    def maxsize(self) -> int:
+        return self._maxsize
+
+    @property
+    def capacity(self) -> int:
+        """The ring's size in bytes (the largest message is a little smaller)."""
+        return self._shared.channel.capacity
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"capacity={self._shared.channel.capacity}"
+        return f"<mmapkit.{type(self).__name__} maxsize={self._maxsize} {state}>"
+
+
+class JoinableQueue(Queue):
+    """``multiprocessing.JoinableQueue``: a Queue with ``task_done()`` and ``join()``."""
+
+    def task_done(self) -> None:
+        """Say a task taken with get() is done; ValueError when called more often than
+        objects were put."""
+        shared = self._shared
+        with shared.state_lock():
+            done = shared.q[_DONE_Q]
+            if done >= shared.q[_PUTS_Q]:
+                raise ValueError("task_done() called too many times")
+            shared.q[_DONE_Q] = done + 1
+        if shared.i[_DWAIT_I]:
+            shared.i[_DWAIT_I] = 0
+            shared.done_w.wake()
+
+    def join(self) -> None:
+        """Block until every object put has been taken and marked done by task_done()."""
+        shared = self._shared
+        q, i32 = shared.q, shared.i
+        while True:
+            done = i32[_DONE_OFF // 4]
+            if q[_PUTS_Q] <= q[_DONE_Q]:
+                return
+            i32[_DWAIT_I] = 1
+            if q[_PUTS_Q] <= q[_DONE_Q]:
+                return
+            shared.done_w.wait(done, _SLICE)
+
+
+class SimpleQueue:
+    """``multiprocessing.SimpleQueue``: put(), get(), empty(), close(); no size bound but
+    the ring's ``capacity``."""
+
+    def __init__(self, *, capacity: int = DEFAULT_CAPACITY, ctx: Any = None,
+                 spin: float = 50e-6) -> None:
+        self._spin = float(spin)
+        self._shared = _Shared.create(capacity, self._spin)
+        self._closed = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        _assert_spawning(self)
+        if self._closed:
+            raise ValueError(f"{type(self).__name__} {self!r} is closed")
+        return {"spin": self._spin, "fds": _dup_fds(self._shared.fds)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._spin = state["spin"]
+        fds = [d.detach() for d in state["fds"]]
+        self._shared = _Shared.adopt(fds[0], fds[1], fds[2], self._spin)
+        self._closed = False
+
+    def _check_closed(self) -> None:
+        if self._closed:  # what multiprocessing.SimpleQueue's closed pipe raises
+            raise OSError("handle is closed")
+
+    def put(self, obj: Any) -> None:
+        self._check_closed()
+        self._shared.put(obj, 0, None)
+
+    def get(self) -> Any:
+        self._check_closed()
+        return _decode(self._shared.get_blob(None))
+
+    def empty(self) -> bool:
+        self._check_closed()
+        return not self._shared.pending()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._shared.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"capacity={self._shared.channel.capacity}"
+        return f"<mmapkit.SimpleQueue {state}>"
