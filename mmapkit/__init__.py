@@ -47,7 +47,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ do
 
     from . import log
     from .inspect import Residency, residency
-    from .ipc import Channel, ChannelStatistics
+    from .ipc import Channel, ChannelStatistics, JoinableQueue, Queue, SimpleQueue
     from .journal import Journal
     from .kv import KV
     from .lock import FileLock
@@ -76,6 +76,7 @@ __all__ = [
     "ForeignFileError",
     "FormatVersionError",
     "InvalidSizeError",
+    "JoinableQueue",
     "Journal",
     "JournalRecoveryWarning",
     "LockTimeout",
@@ -87,10 +88,12 @@ __all__ = [
     "OffsetOutOfRangeError",
     "OutOfRangeError",
     "OverrunError",
+    "Queue",
     "ReadOnlyError",
     "Region",
     "RegionError",
     "Residency",
+    "SimpleQueue",
     "UnsupportedPlatformError",
     "Waiter",
     "__version__",
@@ -110,7 +113,10 @@ _LAZY: dict[str, str] = {
     "ChannelStatistics": ".ipc",
     "CopyResult": ".transfer",
     "FileLock": ".lock",
+    "JoinableQueue": ".ipc",
     "Journal": ".journal",
+    "Queue": ".ipc",
+    "SimpleQueue": ".ipc",
     "Region": ".region",
     "Residency": ".inspect",
     "Waiter": ".wait",

@@ -22,6 +22,7 @@ def test_all_is_pinned():
         "MmapkitError", "ModeConflictError", "NotGrowableError", "OutOfRangeError",
         "ReadOnlyError", "Region", "RegionError", "Residency", "UnsupportedPlatformError",
         "Waiter", "__version__", "asend", "copy", "residency", "send",
+        "Queue", "SimpleQueue", "JoinableQueue",
     }
     assert set(mmapkit.__all__) == expected
     for name in mmapkit.__all__:
