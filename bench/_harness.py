@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 OURS = "mmapkit"
 
@@ -275,3 +275,26 @@ def main_for(component: str, run: Callable[[Report, argparse.Namespace], None],
 
 def wanted(args: argparse.Namespace, impl: str) -> bool:
     return impl.startswith(OURS) or not args.only or impl in args.only
+
+
+class _Named(Protocol):
+    name: str
+
+
+_I = TypeVar("_I", bound=_Named)
+
+
+def runnable(report: Report, args: argparse.Namespace, impls: Sequence[type[_I]],
+             unavailable: Callable[[type[_I]], str | None]) -> list[type[_I]]:
+    """The implementations to run: those asked for (--only) whose probe works; the others
+    are reported as skipped, with ``unavailable``'s reason."""
+    out: list[type[_I]] = []
+    for cls in impls:
+        if not wanted(args, cls.name):
+            continue
+        why = unavailable(cls)
+        if why:
+            report.skip(cls.name, why)
+        else:
+            out.append(cls)
+    return out

@@ -540,15 +540,7 @@ def run(report: _harness.Report, args: argparse.Namespace) -> None:
     repeat = args.repeat
     n = 20_000 if quick else 200_000
     with tempfile.TemporaryDirectory(prefix="mmapkit-bench-journal-") as tmp:
-        impls: list[type[Impl]] = []
-        for cls in IMPLS:
-            if not _harness.wanted(args, cls.name):
-                continue
-            why = _available(cls, tmp)
-            if why:
-                report.skip(cls.name, why)
-            else:
-                impls.append(cls)
+        impls = _harness.runnable(report, args, IMPLS, lambda cls: _available(cls, tmp))
         _append_case(report, impls, tmp, n, repeat)
         _producers_case(report, impls, tmp, n, repeat)
         _read_case(report, impls, tmp, n * 5, repeat)

@@ -579,15 +579,7 @@ def run(report: _harness.Report, args: argparse.Namespace) -> None:
     repeat = args.repeat
     budget = 0.3 if args.quick else 2.0
     with tempfile.TemporaryDirectory(prefix="mmapkit-bench-kv-") as tmp:
-        impls: list[type[Store]] = []
-        for cls in IMPLS:
-            if not _harness.wanted(args, cls.name):
-                continue
-            why = _available(cls, tmp)
-            if why:
-                report.skip(cls.name, why)
-            else:
-                impls.append(cls)
+        impls = _harness.runnable(report, args, IMPLS, lambda cls: _available(cls, tmp))
         for cls in impls:
             _ops_cases(report, cls, tmp, n, repeat, multiprocess=False, budget=budget)
         for cls in impls:
