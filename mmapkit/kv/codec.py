@@ -68,7 +68,7 @@ OFF_COMPACTIONS = 80  # u32: compactions behind this file
 OFF_WAITERS = 84  # u32: non-zero while some process sleeps in changed()
 OFF_LOCK_WANT = 88  # u32: non-zero while some process waits for the writer lock
 OFF_LOCK_SEQ = 92  # u32: bumped by a writer that releases the lock to a waiter (futex word)
-OFF_LOCK_HANDOFF = 96  # u32: non-zero while a woken waiter is awake and trying for the lock
+OFF_LOCK_READY = 96  # u32: non-zero while a woken waiter is awake and trying for the lock
 END_MASK = (1 << 48) - 1
 SUPERSEDED = 1 << 63
 

@@ -22,13 +22,17 @@ Design rules:
 Multiprocess protocol.  Shared state of one store file F: the header's fixed part (written
 before F is linked to the path, never again), the *commit word* W (bit 63: superseded;
 the rest: end of committed records), the records below W's end (never rewritten), the
-bytes from W's end on, F's size, and the waiters word (set by a process before it sleeps in
-changed(), cleared by the writer that wakes it).  The rules that make every row below safe:
+bytes from W's end on, F's size, the waiters word (set by a process before it sleeps in
+changed(), cleared by the writer that wakes it) and the lock words (wanted, hand-overs,
+waiter ready: they only arrange turns and wake-ups, see _wait_for_lock's table L1-L4; the
+flock stays the lock, so a process that ignores them loses nothing).  The rules that make
+every row below safe:
 
 - Only the holder of F's writer lock (an exclusive flock on F itself) writes to F: records
-  past W's end, W, the size.  W's end only moves forward; F only grows, and it grows
-  *before* W points past the old size.  So a lock-free reader that reads W once may read
-  every byte below W's end, and a committed end past its mapping means "remap": growth.
+  past W's end, W, the size (waiters and lock words apart: wake-up hints only).  W's end
+  only moves forward; F only grows, and it grows *before* W points past the old size.
+  So a lock-free reader that reads W once may read every byte below W's end, and a
+  committed end past its mapping means "remap": growth.
 - The path is moved from F only by F's lock holder (compaction: mark W, rename), and a
   new file only by link() (never replacing one).  Superseded F stays whole: readers on
   it keep a consistent, older view until they follow the path.
@@ -59,8 +63,9 @@ changed(), cleared by the writer that wakes it).  The rules that make every row 
     F2   W marked, path still F: serve F, -    rename pending (compactor holds F's
          look at the path on every read        lock) or compactor died (next writer
                                                clears the mark under the lock)
-    W1   write: flock F; W marked and     F    P waits while another writes; a
-         path elsewhere: unlock, F1, W1        compactor's mark means move on
+    W1   write: flock F (taken: L1-L4);    F    P waits while another writes; a
+         W marked and path elsewhere:          compactor's mark means move on
+         unlock, F1, W1
     W2   W marked, path still F: clear    F    (compactor died before its rename)
          the mark; catch up (R2)
     W3   record fits: write it past W's   F    readers see old W (ignore the bytes) or
@@ -143,7 +148,7 @@ from .codec import (
     OFF_COMMIT,
     OFF_COMPACTIONS,
     OFF_CREATED,
-    OFF_LOCK_HANDOFF,
+    OFF_LOCK_READY,
     OFF_LOCK_SEQ,
     OFF_LOCK_WANT,
     OFF_WAITERS,
@@ -215,7 +220,7 @@ _flock = fcntl.flock
 _LOCK_SPINS = 20
 # _waitw[1], [2], [3]
 assert OFF_LOCK_WANT == OFF_WAITERS + 4 and OFF_LOCK_SEQ == OFF_WAITERS + 8
-assert OFF_LOCK_HANDOFF == OFF_WAITERS + 12
+assert OFF_LOCK_READY == OFF_WAITERS + 12
 _QUANTUM = 0.002  # a writer keeps taking the lock this long while others wait, then hands
 # it over: long runs by one process, not a hand-over (and a replay) per write
 _READY_SPIN = 0.002  # a woken waiter tries this long for the holder to let go
@@ -333,7 +338,7 @@ class KV(MutableMapping[str, Any]):
         "__weakref__", "_batch", "_changes", "_cipher", "_commit", "_depth",
         "_direct", "_fast", "_fd", "_forked", "_has_ttl", "_ident", "_index", "_lock_timeout",
         "_lock_waiter", "_min_cap", "_mode", "_mpfast", "_multiprocess", "_nops", "_packers",
-        "_path", "_pid", "_pos", "_readonly", "_recover", "_region", "_run_start", "_seen",
+        "_path", "_pos", "_readonly", "_recover", "_region", "_run_start", "_seen",
         "_seq_base", "_ser", "_shared", "_size", "_tlock", "_undo", "_undo_all", "_view",
         "_waiter", "_waitw", "_watch_keys",
     )
@@ -361,7 +366,6 @@ class KV(MutableMapping[str, Any]):
         self._undo_all: dict[str, Any] | None = None
         self._watch_keys: frozenset[str] | None = None
         self._changes: _Keys | None = None
-        self._pid = os.getpid()
         self._forked = False  # set in a fork child (the hook below): cheaper than getpid()
         if multiprocess:
             ref = weakref.ref(self)
@@ -530,7 +534,7 @@ class KV(MutableMapping[str, Any]):
         self._commit = view[OFF_COMMIT : OFF_COMMIT + 8].cast("Q")
         # [0] waiters of changed(), [1] lock wanted, [2] lock hand-overs, [3] hand-over
         # pending until (codec.OFF_*)
-        self._waitw = view[OFF_WAITERS : OFF_LOCK_HANDOFF + 4].cast("I")
+        self._waitw = view[OFF_WAITERS : OFF_LOCK_READY + 4].cast("I")
 
     def _rebind_views(self) -> None:
         """Views of the region after it grew.  The old views are never released first:
@@ -990,7 +994,6 @@ class KV(MutableMapping[str, Any]):
         give this process descriptors (and locks) of its own for the same files."""
         self._forked = False
         self._refresh_direct()
-        self._pid = os.getpid()
         flags = (os.O_RDONLY if self._readonly else os.O_RDWR) | getattr(os, "O_CLOEXEC", 0)
         fd = os.open(_fd_path(self._fd), flags)  # a new open file description, same file
         try:
