@@ -111,7 +111,7 @@ loses all of them at once, and every step below is safe to die in (K column).
                                                              after: delivered)
     R1    MC recv: claim                         cclaim      other consumers wait
     R2    skip PADs (store tail past them);      cclaim      -
-          copy the payload
+          copy the payload (or lend a view of it)
     R3    store tail                             cclaim      the message consumed (K before
                                                              R3: it stays for the next
                                                              consumer, never half-taken)

@@ -31,12 +31,14 @@ State page (little-endian words; one writer at a time per word, named in the tab
     0       u64   PUTS   the next sequence number; producers, under the producer claim
     64      u64   GETS   one past the highest sequence consumed; consumers, under the
                          consumer claim (its low u32 is the futex a full put() sleeps on)
-    128     u32   GWAIT  1 while a put() sleeps on a full queue (maxsize); set by it,
-                         cleared by the consumer that wakes it
+    128     u32   GWAIT  1 while a put() sleeps on a full queue (maxsize); set by any
+                         sleeper, cleared by any consumer, unlocked: a wake-up hint
+                         only (a lost one costs a sleeper one wait slice)
     192     u64   DONE   task_done() calls (JoinableQueue), under the state lock (flock
                          of the state file, one description per process); low u32: the
                          futex join() sleeps on
-    256     u32   DWAIT  1 while a join() sleeps
+    256     u32   DWAIT  1 while a join() sleeps; set by any joiner, cleared by
+                         task_done(), unlocked: a wake-up hint like GWAIT
     ======  ====  =====  ==========================================================
 
 Cross-process protocol on top of the Channel's (its steps S*, R* in channel.py).  K says
@@ -57,7 +59,7 @@ what a process killed after that step (before the next) leaves behind:
     P6    a full put() sleeps: GWAIT = 1, re-read the   -          GWAIT stays 1: one
           count, futex-wait on GETS (50 ms slices)                 spare wake-up later
     G1    Channel._recv_with: its R1-R2                 cclaim     nothing
-    G2    copy the message out; GETS = seq + 1          cclaim     the message stays for
+    G2    copy the message out; GETS = max(GETS, seq+1) cclaim     the message stays for
                                                                    the next consumer, who
                                                                    stores the same GETS
     G3    _recv_with returns: the Channel's R3          -          consumed
@@ -97,7 +99,8 @@ from ..errors import BrokenError, ForeignFileError, MessageTooLargeError
 from ..region import Region
 from ..wait import Waiter
 from . import _format as fmt
-from .channel import _HEAD_Q, _PAD_WORD, _TAIL_Q, Channel, _strict
+from .channel import _HEAD_Q, _PAD_WORD, _TAIL_Q, Channel, _pad8, _strict
+from .channel import _close_fds as _close_all
 
 __all__ = ["JoinableQueue", "Queue", "SimpleQueue"]
 
@@ -109,10 +112,6 @@ _GWAIT_I, _DWAIT_I = 32, 64  # u32 indexes (offsets 128, 256)
 _SLICE = 0.05
 _MSG = struct.Struct("<QIIQ")  # seq, buffer count, reserved, pickle length
 _U64 = struct.Struct("<Q")
-
-
-def _pad8(n: int) -> int:
-    return (n + 7) & ~7
 
 
 def _shm_dir() -> str:
@@ -151,12 +150,6 @@ def _channel_from_fds(fd: int, lock_fd: int, spin: float) -> Channel:
             os.close(f)
         region.close()
         raise
-
-
-def _close_all(box: list[int]) -> None:
-    while box:
-        with contextlib.suppress(OSError):
-            os.close(box.pop())
 
 
 class _Shared:

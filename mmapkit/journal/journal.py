@@ -12,7 +12,9 @@ Design rules:
   offsets: a record is acknowledged once W covers it.
 - Writers serialise on an exclusive flock on ``journal.meta`` (the kernel drops it when a
   writer dies, so a killed writer never wedges the others).  Readers take no lock and
-  never write a byte of journal data.
+  never write a byte of journal data (they may set the waiters hint in meta; and a handle
+  that finds a sealed segment's index untrusted rebuilds it as a writer would: under the
+  writer lock, into a new file renamed over the old).
 - Offsets are dense and strictly increasing: the writer assigns ``base + records(W)`` to
   the batch's first record under the lock, then publishes.  Nothing winds W, A or S back
   (the one exception is recovery after a power loss, when no process has seen the lost
@@ -563,7 +565,7 @@ class Journal:
             except OSError as exc:
                 raise self._write_error(exc) from exc
             if done != n:
-                self._write(seg, bytearray(data[done:]), pos + done)
+                self._write(seg, memoryview(data)[done:], pos + done)
             if pos - (seg.last_indexed or _SEGMENT_HEADER) >= meta.u32[_I_INTERVAL]:
                 self._index(seg, rel, pos)
             if PAUSES:
@@ -599,13 +601,6 @@ class Journal:
                 "append again")
         return exc
 
-    def _wake(self) -> None:
-        meta = self._meta
-        i = F.OFF_WAITERS // 4
-        if meta.u32[i]:
-            meta.u32[i] = 0
-            self._get_waiter().wake()
-
     def _get_waiter(self) -> Waiter:
         if self._waiter is None:
             self._waiter = Waiter(self._meta.region, F.OFF_NOTIFY,
@@ -613,7 +608,7 @@ class Journal:
                                   else os.path.join(self._dir, "journal.bell"))
         return self._waiter
 
-    def _write(self, seg: ActiveSegment, data: bytearray, pos: int) -> None:
+    def _write(self, seg: ActiveSegment, data: bytes | bytearray | memoryview, pos: int) -> None:
         view = memoryview(data)
         done = 0
         try:

@@ -151,7 +151,7 @@ class Reader:
                         continue
                     if info.first_offset > self._next:
                         raise F.BatchError(f"offsets {self._next}..{info.first_offset} are "
-                                           "missing before the batch at {self._pos}")
+                                           f"missing before the batch at {self._pos}")
                     recs = F.decode_records(seg.mm, self._pos, info)
                 except F.BatchError as exc:
                     self._skip_damage(seg, rel, pos_end, limit, str(exc))
