@@ -1017,14 +1017,9 @@ class Channel:
                 self._wake_consumers()
         return len(batch)
 
-    @contextlib.contextmanager
-    def reserve(self, n: int, timeout: float | None = None) -> Iterator[memoryview]:
-        """``with ch.reserve(n) as buf:`` fill ``buf`` (n bytes inside the ring) in place;
-        the message is published when the block ends, and dropped if it raises.
-
-        With ``multi_producer`` the producer claim is held for the whole block: keep it
-        short.  Do not keep ``buf`` (or views of it) after the block.
-        """
+    def _in_place_need(self, n: int) -> int:
+        """Checks shared by reserve() and _send_with(); the ring bytes an ``n``-byte frame
+        takes (length word and payload, padded to 8)."""
         if self._bc:
             raise ModeConflictError("reserve() writes in place, which a broadcast channel "
                                     "cannot offer; use send()")
@@ -1034,7 +1029,17 @@ class Channel:
             raise ValueError(f"cannot reserve {n} bytes")
         if n > self._max:
             raise self._too_large(n)
-        need = (n + 15) & ~7
+        return (n + 15) & ~7
+
+    @contextlib.contextmanager
+    def reserve(self, n: int, timeout: float | None = None) -> Iterator[memoryview]:
+        """``with ch.reserve(n) as buf:`` fill ``buf`` (n bytes inside the ring) in place;
+        the message is published when the block ends, and dropped if it raises.
+
+        With ``multi_producer`` the producer claim is held for the whole block: keep it
+        short.  Do not keep ``buf`` (or views of it) after the block.
+        """
+        need = self._in_place_need(n)
         with self._send_mutex if self._plocked else contextlib.nullcontext():
             head = self._acquire_space(need, timeout)
             try:
@@ -1274,14 +1279,7 @@ class Channel:
         context manager costs as much as the send itself): ``fill(buf)`` writes the
         ``n``-byte payload in place under the producer claim (steps S1-S4); the frame is
         published (S5-S6) when it returns, and dropped if it raises."""
-        if self._bc:
-            raise ModeConflictError("reserve() writes in place, which a broadcast channel "
-                                    "cannot offer; use send()")
-        if self._pslot is None:
-            self._attach(_PRODUCER)
-        if n > self._max:
-            raise self._too_large(n)
-        need = (n + 15) & ~7
+        need = self._in_place_need(n)
         with self._send_mutex if self._plocked else contextlib.nullcontext():
             head = self._acquire_space(need, timeout)
             try:
