@@ -1104,7 +1104,9 @@ class KV(MutableMapping[str, Any]):
 
     def _release_flock(self) -> None:
         _flock(self._fd, _LOCK_UN)
-        if self._waitw[1]:
+        if self._waitw[1] and not self._readonly:
+            # (A read-only follower that took the lock to re-verify writes nothing: the
+            # waiters see the lock free at their next look, within _LOCK_SLICE.)
             self._hand_over()
 
     def _hand_over(self) -> None:
