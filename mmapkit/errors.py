@@ -31,6 +31,7 @@ __all__ = [
     "JournalRecoveryWarning",
     "LockTimeout",
     "MessageTooLargeError",
+    "MirrorError",
     "MissingExtraError",
     "MmapkitError",
     "ModeConflictError",
@@ -40,6 +41,9 @@ __all__ = [
     "OverrunError",
     "ReadOnlyError",
     "RegionError",
+    "SinkUnavailableError",
+    "TargetMismatchError",
+    "TargetOwnedError",
     "UnsupportedPlatformError",
 ]
 
@@ -200,6 +204,29 @@ class UnsupportedPlatformError(MmapkitError, NotImplementedError):
 
 class MissingExtraError(MmapkitError, ImportError):
     """An optional dependency is not installed; the message names the pip extra."""
+
+
+# --- mirror (a journal or log copied to Redis Streams or Kafka) -----------------------
+
+
+class MirrorError(MmapkitError):
+    """The mirror could not move records to (or read them from) its target."""
+
+
+class SinkUnavailableError(MirrorError, ConnectionError):
+    """The target (Redis, a Kafka broker) cannot be reached, refused the connection or
+    went away; nothing past the last acknowledged record is counted as delivered, so the
+    mirror may simply be restarted once the server is back."""
+
+
+class TargetOwnedError(MirrorError):
+    """Another mirror is writing this target (it holds the target's lock or fenced us):
+    a second writer would duplicate or reorder records, so this one stops instead."""
+
+
+class TargetMismatchError(MirrorError):
+    """The target holds records that do not continue this journal (foreign IDs, a gap, or
+    more than the journal has): the message says which and what to do."""
 
 
 # --- warnings -------------------------------------------------------------------------

@@ -18,9 +18,10 @@ def test_all_is_pinned():
         "DiskFullError", "EmptyFileError", "EndOfChannel", "ExportedViewsError",
         "FileFormatError", "FileLock", "ForeignFileError", "FormatVersionError",
         "InvalidSizeError", "Journal", "JournalRecoveryWarning", "LockTimeout",
-        "MessageTooLargeError", "MissingExtraError", "OffsetOutOfRangeError",
+        "MessageTooLargeError", "MirrorError", "MissingExtraError", "OffsetOutOfRangeError",
         "MmapkitError", "ModeConflictError", "NotGrowableError", "OutOfRangeError",
         "ReadOnlyError", "Region", "RegionError", "Residency", "UnsupportedPlatformError",
+        "SinkUnavailableError", "TargetMismatchError", "TargetOwnedError",
         "Waiter", "__version__", "asend", "copy", "residency", "send",
         "Queue", "SimpleQueue", "JoinableQueue",
     }
