@@ -553,10 +553,13 @@ class RedisConsumer:
 
     def _take(self, entries: Sequence[Any], redelivered: bool) -> list[Record]:
         out = []
+        held = {e for _, e in self._unacked} if redelivered else ()
         for entry in entries:
             eid, fields = entry[0], entry[1]
             if fields is None:  # deleted (trimmed) while pending: nothing to deliver
                 self._client.xack(self._stream, self.group, eid)
+                continue
+            if eid in held:  # claimed back from ourselves: already given to the caller
                 continue
             rec = decode_entry(eid, fields, self._stream)
             self._unacked.append((rec.offset, eid))
