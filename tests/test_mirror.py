@@ -25,7 +25,14 @@ from mmapkit import (
 )
 from mmapkit.journal import Record
 from mmapkit.mirror import Mirror, RedisStreamSink, sink_from_url
-from mmapkit.mirror.redis import decode_entry, encode_entry, entry_id, offset_of
+from mmapkit.mirror.redis import (
+    decode_entry,
+    encode_entry,
+    entry_id,
+    offset_of,
+    pack_send,
+    resp_command,
+)
 
 STREAM = "events"
 
@@ -65,6 +72,16 @@ def test_entry_codec_round_trips(rec: Record) -> None:
     fields = encode_entry(rec)
     assert decode_entry(entry_id(rec.offset), fields) == rec
     assert offset_of(entry_id(rec.offset)) == rec.offset
+
+
+@given(st.lists(records, max_size=5), st.lists(st.binary(max_size=6), max_size=4))
+def test_packed_send_is_the_plain_resp_of_its_arguments(recs: list[Record],
+                                                       head: list[bytes]) -> None:
+    args = [b"EVALSHA", b"abc", b"2", b"k1", b"k2", *head]
+    for rec in recs:
+        fields = encode_entry(rec)
+        args += [entry_id(rec.offset), b"%d" % len(fields), *fields]
+    assert pack_send(b"abc", [b"k1", b"k2"], head, recs) == resp_command(args)
 
 
 @pytest.mark.parametrize("eid", [b"1700000000000-0", b"5-0", b"x-1", b"12", b"-1", b"3-2"])

@@ -185,6 +185,9 @@ class Mirror:
                         backoff = _BACKOFF_MIN
                         last_send = time.monotonic()
                         self._set_state("running")
+                    if until_caught_up and self._position is not None and (
+                            self._position >= j.end_offset):
+                        break
                     recs = self._poll(j, consumer)
                     if recs:
                         self.sink.send(recs)
@@ -197,13 +200,9 @@ class Mirror:
                             self._sent += len(recs)
                             self._batches += 1
                             self._progress.notify_all()
-                    else:
-                        if until_caught_up and self._position is not None and (
-                                self._position >= j.end_offset):
-                            break
-                        if time.monotonic() - last_send > keepalive:
-                            self.sink.send([])  # renew the lease while idle
-                            last_send = time.monotonic()
+                    elif time.monotonic() - last_send > keepalive:
+                        self.sink.send([])  # renew the lease while idle
+                        last_send = time.monotonic()
                 except SinkUnavailableError as exc:
                     self._last_error = str(exc)
                     self.sink.close()

@@ -47,6 +47,7 @@ one slot).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
 import socket
@@ -66,7 +67,8 @@ from ..errors import (
 from ..journal import Record
 
 __all__ = ["RedisConsumer", "RedisStreamSink", "RedisStreamSource", "SourceStatistics",
-           "decode_entry", "encode_entry", "entry_id", "offset_of"]
+           "decode_entry", "encode_entry", "entry_id", "offset_of", "pack_send",
+           "resp_command"]
 
 FORMAT = b"1"
 _LEASE_MS = 15_000
@@ -101,6 +103,49 @@ def encode_entry(record: Record) -> list[bytes]:
     for name, value in record.headers:
         fields += (b"h:" + name.encode(), value)
     return fields
+
+
+def resp_command(args: Sequence[bytes]) -> bytes:
+    """The RESP bytes of one command (a list of bulk strings)."""
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+    return b"".join(out)
+
+
+def pack_send(sha: bytes, keys: Sequence[bytes], head: Sequence[bytes],
+              records: Sequence[Record]) -> bytes:
+    """The EVALSHA command that sends ``records``: ``head`` arguments, then per record its
+    entry ID, its field count and its fields (encode_entry).  Built here rather than by
+    redis-py's generic packer, which costs more than everything else in a send."""
+    parts: list[bytes] = []
+    add = parts.append
+    n = 0
+    for rec in records:
+        off, ts, key, value, headers = rec
+        if key is None and not headers:  # the common case in one format operation
+            eid = b"%d-1" % off
+            t = b"%d" % ts
+            add(b"$%d\r\n%s\r\n$1\r\n4\r\n$1\r\nt\r\n$%d\r\n%s\r\n$1\r\nv\r\n$%d\r\n"
+                % (len(eid), eid, len(t), t, len(value)))
+            add(value)
+            add(b"\r\n")
+            n += 6
+        else:
+            fields = encode_entry(rec)
+            eid = b"%d-1" % off
+            cnt = b"%d" % len(fields)
+            add(b"$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(eid), eid, len(cnt), cnt))
+            for f in fields:
+                add(b"$%d\r\n%s\r\n" % (len(f), f))
+            n += 2 + len(fields)
+    nkeys = b"%d" % len(keys)
+    first = [b"EVALSHA", sha, nkeys, *keys, *head]
+    prefix = resp_command(first)
+    # resp_command counted only `first`: patch the total argument count
+    total = len(first) + n
+    prefix = b"*%d\r\n" % total + prefix[prefix.index(b"\r\n") + 2:]
+    return prefix + b"".join(parts)
 
 
 def decode_entry(entry: bytes, fields: Sequence[bytes], stream: str = "") -> Record:
@@ -267,6 +312,28 @@ return n
 """
 
 
+_SEND_SHA = hashlib.sha1(_SEND.encode()).hexdigest().encode()
+
+
+def _call(client: Any, data: bytes) -> Any:
+    """Send packed command bytes on a pooled connection and read the reply."""
+    pool = client.connection_pool
+    try:
+        conn = pool.get_connection()
+    except TypeError:  # redis-py < 5.3 wants a command name
+        conn = pool.get_connection("EVALSHA")
+    try:
+        conn.send_packed_command([data])
+        return conn.read_response()
+    except _redis_module().ResponseError:
+        raise  # a whole reply was read: the connection is in step
+    except BaseException:
+        conn.disconnect()  # a reply may be half read: never reuse this connection
+        raise
+    finally:
+        pool.release(conn)
+
+
 # --- the sink ---------------------------------------------------------------------------
 
 
@@ -300,7 +367,6 @@ class RedisStreamSink:
         self._client: Any = None
         self._token: str | None = None
         self._last_token: str | None = None
-        self._send_script: Any = None
         self._cas: Any = None
 
     # O1-O3
@@ -311,7 +377,6 @@ class RedisStreamSink:
         try:
             client = _connect(self.url, self.timeout)
             self._client = client
-            self._send_script = client.register_script(_SEND)
             self._cas = client.register_script(_CAS)
             token = (f"{socket.gethostname()}|{_boot_id()}|{os.getpid()}|"
                      f"{secrets.token_hex(6)}")
@@ -406,20 +471,23 @@ class RedisStreamSink:
              marks: Mapping[str, int] | None = None) -> None:
         """Deliver ``records`` (``send([])`` renews the lease); ``marks`` are stored with
         them in the same atomic step (the log shipper's resume points)."""
-        self._require_open()
-        args: list[Any] = [self._token, self.lease_ms,
-                           b"" if self.maxlen is None else self.maxlen,
-                           len(marks) if marks else 0]
+        client = self._require_open()
+        assert self._token is not None
+        head = [self._token.encode(), b"%d" % self.lease_ms,
+                b"" if self.maxlen is None else b"%d" % self.maxlen,
+                b"%d" % (len(marks) if marks else 0)]
         if marks:
             for k, v in marks.items():
-                args += (k, v)
-        for rec in records:
-            fields = encode_entry(rec)
-            args += (b"%d-1" % rec.offset, len(fields))
-            args += fields
+                head += (k.encode(), b"%d" % v)
+        keys = [self.stream.encode(), self._owner.encode(), self._marks.encode()]
+        data = pack_send(_SEND_SHA, keys, head, records)
         redis = _redis_module()
         try:
-            self._send_script(keys=[self.stream, self._owner, self._marks], args=args)
+            try:
+                _call(client, data)
+            except redis.exceptions.NoScriptError:  # nothing ran: load it, send again
+                client.script_load(_SEND)
+                _call(client, data)
         except redis.ResponseError as exc:
             text = str(exc)
             if "MMAPKIT_LOST" in text:
