@@ -78,7 +78,14 @@ def sink_from_url(url: str, *, stream: str | None = None, **options: Any) -> Sin
     if url.lower().startswith("kafka://"):
         bootstrap, topic, partition = kafka_target(url)
         import importlib
-        kafka = importlib.import_module(".kafka", __package__)
+        try:
+            kafka = importlib.import_module(".kafka", __package__)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__package__}.kafka":
+                raise  # confluent-kafka itself: the kafka module says what to install
+            from ..errors import MirrorError
+            raise MirrorError(f"this mmapkit has no Kafka sink for {url!r}: upgrade "
+                              f"mmapkit, or mirror to Redis") from None
         return kafka.KafkaSink(bootstrap, topic, partition=partition,  # type: ignore[no-any-return]
                                **options)
     conn, name = redis_target(url, stream)
