@@ -9,12 +9,12 @@ mapped, append-only side of the store lives in store.py; the byte layout in code
 
 from __future__ import annotations
 
-import errno
 import os
 import struct
 import time
 
 from .. import _platform
+from .._fileio import atomic_file, raise_if_disk_full, write_all
 from ..errors import DiskFullError
 from . import codec
 from ._crypto import Cipher
@@ -22,6 +22,8 @@ from ._index import frame_all
 from .codec import DATA_START, FLAG_ENCRYPTED, OFF_COMMIT, SUPERSEDED
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_FULL = ("no space left to write {}; free some disk space and retry (nothing already written "
+         "was lost)")
 
 
 def new_salt() -> int:
@@ -41,21 +43,12 @@ def header(cipher: Cipher | None, salt: int, *, end: int, seq: int = 0,
 
 def create(path: str, cipher: Cipher | None, capacity: int) -> None:
     """Make an empty store at ``path`` unless a file appears there first (then keep it)."""
-    salt = new_salt()
-    tmp = f"{path}.new-{os.getpid()}-{salt & 0xFFFFFF:06x}"
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o644)
     try:
-        write_all(fd, header(cipher, salt, end=DATA_START), 0)
-        _platform.ensure_allocated(fd, capacity)
-        os.fsync(fd)
-        try:
-            os.link(tmp, path)  # atomic, and never replaces a file made meanwhile
-        except FileExistsError:
-            pass
-        fsync_dir(path)
-    finally:
-        os.close(fd)
-        os.unlink(tmp)
+        with atomic_file(path, overwrite=False) as fd:  # never replaces a file made meanwhile
+            write_all(fd, header(cipher, new_salt(), end=DATA_START), 0)
+            _platform.ensure_allocated(fd, capacity)
+    except FileExistsError:
+        pass  # another process created it first: that file is the store
 
 
 def init_empty(fd: int, cipher: Cipher | None, capacity: int) -> None:
@@ -76,7 +69,8 @@ def write_compacted(tmp: str, head: bytes, parts: list[bytes], *, mode: int,
             write_all(fd, head, 0)
             write_parts(fd, parts, DATA_START)
         except OSError as exc:
-            raise disk_full(exc, tmp) from exc
+            raise_if_disk_full(exc, _FULL.format(tmp), tmp)
+            raise
         try:
             _platform.ensure_allocated(fd, capacity)
         except DiskFullError:  # tight disk: the data and what comes next, no headroom
@@ -94,36 +88,23 @@ def write_store(dst: str, entries: list[tuple[int, bytes]], cipher: Cipher | Non
     """A compacted store holding ``entries`` at ``dst`` (a backup), replacing it whole."""
     parts, pos = frame_all(entries, cipher)
     head = header(cipher, new_salt(), end=pos)
-    tmp = dst + ".backup~"
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | _CLOEXEC, 0o644)
-    try:
+    with atomic_file(dst) as fd:
         try:
-            write_all(fd, head + b"".join(parts), 0)
+            write_all(fd, head, 0)
+            write_parts(fd, parts, DATA_START)
         except OSError as exc:
-            raise disk_full(exc, dst) from exc
+            raise_if_disk_full(exc, _FULL.format(dst), dst)
+            raise
         _platform.ensure_allocated(fd, max(min_cap, _platform.align_up(pos)))
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    os.close(fd)
-    os.replace(tmp, dst)
-    fsync_dir(dst)
 
 
 def install_copy(src: str, dst: str) -> None:
     """Replace ``dst`` by a copy of ``src``; processes mapping ``dst`` are told to move."""
-    import shutil
-
-    tmp = dst + ".restore~"
-    shutil.copyfile(src, tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    if os.path.exists(dst):
-        mark_superseded(dst)
-    os.replace(tmp, dst)
-    fsync_dir(dst)
+    with open(src, "rb") as f, atomic_file(dst) as fd:
+        while chunk := f.read(1 << 20):
+            write_all(fd, chunk)
+        if os.path.exists(dst):
+            mark_superseded(dst)  # last: processes mapping dst move once the rename is in
 
 
 def keep_damaged(path: str) -> str:
@@ -157,14 +138,6 @@ def mark_superseded(path: str) -> None:
         os.close(fd)
 
 
-def write_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view = view[n:]
-        offset += n
-
-
 def write_parts(fd: int, parts: list[bytes], offset: int) -> None:
     """Write the concatenation of ``parts`` at ``offset``.
 
@@ -176,23 +149,3 @@ def write_parts(fd: int, parts: list[bytes], offset: int) -> None:
         data = b"".join(parts[i : i + step])
         write_all(fd, data, offset)
         offset += len(data)
-
-
-def disk_full(exc: OSError, what: str) -> OSError:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFullError(exc.errno, f"no space left to write {what}; free some disk space "
-                             "and retry (nothing already written was lost)")
-    return exc
-
-
-def fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -115,7 +115,7 @@ from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any
 
-from .. import _platform
+from .. import _fileio, _platform
 from .._testhooks import PAUSES, pause
 from ..errors import (
     ClosedError,
@@ -1020,7 +1020,7 @@ class KV(MutableMapping[str, Any]):
             renamed = True
             if PAUSES:
                 pause("kv.compact.renamed")
-            _files.fsync_dir(self._path)
+            _fileio.fsync_dir(os.path.dirname(self._path))
         except BaseException:
             if marked and not renamed:
                 self._commit[0] = self._commit[0] & END_MASK
