@@ -21,14 +21,14 @@ pytestmark = pytest.mark.redis
 STREAM = "events"
 
 
-def _paused_mirror(tmp_path: Path, server: RedisServer, point: str
+def _paused_mirror(tmp_path: Path, server: RedisServer, point: str, *extra: str
                    ) -> subprocess.Popen[str]:
     env = child_env()
     env["MMAPKIT_PAUSE"] = point
     env["MMAPKIT_PAUSE_DIR"] = str(tmp_path)
     proc = subprocess.Popen(
         [sys.executable, "-m", "mmapkit", "journal", str(tmp_path / "j"), "mirror",
-         server.url, "--stream", STREAM, "--batch", "10", "--progress", "0"],
+         server.url, "--stream", STREAM, "--batch", "10", "--progress", "0", *extra],
         env=env, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     reached = tmp_path / f"{point}.reached"
     deadline = time.monotonic() + 30
@@ -118,3 +118,35 @@ def test_m4_killed_between_polls_and_sigterm_exits_zero(tmp_path: Path) -> None:
              "redis://127.0.0.1:1/0"], env=child_env(), text=True, capture_output=True,
             timeout=60)
         assert res.returncode == 2 and "names no stream" in res.stderr
+
+
+@pytest.mark.parametrize("on_gap", ["error", "skip"])
+def test_m3_m4_retention_passes_the_mirror_between_seek_and_poll(tmp_path: Path,
+                                                                 on_gap: str) -> None:
+    """Paused after the seek (M3), retention deletes the records it was about to send:
+    by default it stops saying so (exit 1, nothing sent); with --on-gap skip it goes on
+    after the gap."""
+    with redis_server(tmp_path / "redis", unix=True) as server, \
+            Journal(tmp_path / "j", create=True, segment_bytes=4096, retention_bytes=8192,
+                    delete_delay_ms=0) as j:
+        j.append(b"first")
+        proc = _paused_mirror(tmp_path, server, "mirror.opened", "--on-gap", on_gap)
+        for i in range(400):
+            j.append(b"%04d" % i + b"." * 60)
+        j.retain()
+        start = j.start_offset
+        assert start > 1
+        (tmp_path / "mirror.opened.go").touch()
+        if on_gap == "error":
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == 1 and "retention deleted records" in err, err
+            assert _ids(server) == []
+        else:
+            deadline = time.monotonic() + 30
+            while len(_ids(server)) < 401 - start and time.monotonic() < deadline:
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=30)
+            assert proc.returncode == 0, err
+            assert _ids(server) == [b"%d-1" % i for i in range(start, 401)]
+    assert Journal.check(tmp_path / "j").ok

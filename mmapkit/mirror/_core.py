@@ -268,6 +268,11 @@ class Mirror:
                         break
                     recs += more
         except OffsetOutOfRangeError:
+            if self.on_gap == "skip":  # retention passed us while we ran: say so, go on
+                start = j.start_offset
+                self._skipped += max(0, start - consumer.position)
+                consumer.seek(start)
+                return []
             raise TargetMismatchError(
                 f"retention deleted records of {j.path} at offset {consumer.position} "
                 f"before mirror {self.name!r} sent them: keep records longer than the "
