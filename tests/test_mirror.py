@@ -260,6 +260,20 @@ def test_a_stream_with_foreign_ids_is_refused_and_left_alone(tmp_path: Path,
 
 
 @pytest.mark.redis
+@pytest.mark.parametrize("key", [STREAM, f"{STREAM}:mmapkit"])
+def test_a_key_of_another_type_is_refused(tmp_path: Path, server: RedisServer,
+                                          key: str) -> None:
+    r = server.client()
+    r.set(key, "not a stream")
+    with _journal(tmp_path / "j", 5) as j:
+        with pytest.raises(TargetMismatchError, match="another type"):
+            Mirror(j, RedisStreamSink(server.url, STREAM)).run()
+        assert "mirror" not in j.consumer_offsets()
+    assert r.get(key) == b"not a stream"
+    r.close()
+
+
+@pytest.mark.redis
 def test_another_journal_or_name_is_refused(tmp_path: Path, server: RedisServer) -> None:
     with _journal(tmp_path / "j1", 5) as j1, _journal(tmp_path / "j2", 5) as j2:
         Mirror(j1, RedisStreamSink(server.url, STREAM)).run(until_caught_up=True)

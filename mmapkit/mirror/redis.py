@@ -220,6 +220,9 @@ def _translate(exc: BaseException, where: str) -> BaseException:
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, OSError)):
         return SinkUnavailableError(f"cannot reach Redis at {where} ({text or type(exc)}): "
                                     f"is the server running? The mirror retries on its own")
+    if "WRONGTYPE" in text:
+        return TargetMismatchError(f"{where}: a key the mirror uses holds another type of "
+                                   f"value ({text}): pick another stream name")
     if isinstance(exc, redis.ResponseError) and ("LOADING" in text or "BUSY" in text
                                                  or "MASTERDOWN" in text):
         return SinkUnavailableError(f"Redis at {where} is not serving yet ({text})")
