@@ -3,6 +3,7 @@ against a real redis-server started by the test."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import time
@@ -113,6 +114,8 @@ def test_mirror_carries_every_record_with_key_headers_and_time(tmp_path: Path,
         st_ = m.statistics()
         m.stop()
         assert (st_.sent, st_.position, st_.lag, st_.state) == (700, 700, 0, "running")
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            st_.sent = 0  # type: ignore[misc]
         assert m.statistics().state == "stopped"
         expected = list(j.reader())
         entries = _stream(server)
@@ -386,3 +389,13 @@ def test_import_loads_no_client_library_and_a_missing_one_says_what_to_install()
     """)
     assert res.returncode == 0, res.stderr
     assert "pip install 'mmapkit[redis]'" in res.stdout
+
+
+def test_mirror_package_names_are_pinned() -> None:
+    assert set(mmapkit.mirror.__all__) == {
+        "Mirror", "MirrorStatistics", "RedisConsumer", "RedisStreamSink",
+        "RedisStreamSource", "Shipper", "Sink", "sink_from_url"}
+    for name in mmapkit.mirror.__all__:
+        assert getattr(mmapkit.mirror, name) is not None
+    assert mmapkit.Mirror is mmapkit.mirror.Mirror
+    assert mmapkit.log.Shipper is mmapkit.mirror.Shipper
