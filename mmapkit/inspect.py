@@ -21,12 +21,11 @@ from __future__ import annotations
 import errno
 import os
 import re
-import stat
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from . import _platform
+from . import _fileio, _platform
 from .errors import EmptyFileError, UnsupportedPlatformError
 from .region import Region
 
@@ -125,12 +124,8 @@ def chart(page_map: bytes, width: int = 60) -> str:
 
 def _check_file(path: str) -> os.stat_result:
     st = os.stat(path)
-    if stat.S_ISDIR(st.st_mode):
-        raise IsADirectoryError(errno.EISDIR, "is a directory; name the files inside it "
-                                "(e.g. DIR/*)", path)
-    if not stat.S_ISREG(st.st_mode):
-        raise ValueError(f"{path} is not a regular file; only files have page-cache "
-                         "residency to inspect")
+    _fileio.require_regular(st, path, "only files have page-cache residency to inspect",
+                            directory="is a directory; name the files inside it (e.g. DIR/*)")
     return st
 
 

@@ -67,7 +67,7 @@ import weakref
 from collections.abc import Iterator
 from types import TracebackType
 
-from . import _platform
+from . import _fileio, _platform
 from .errors import ClosedError, LockTimeout, UnsupportedPlatformError
 
 __all__ = ["FileLock"]
@@ -274,22 +274,10 @@ class FileLock:
 
     def _flock(self, op: int, deadline: float | None, shared: bool,
                timeout: float | None) -> None:
-        assert self._fd is not None
-        if deadline is None:
-            fcntl.flock(self._fd, op)
-            return
-        delay = _POLL_FIRST
-        while True:
-            try:
-                fcntl.flock(self._fd, op | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                pass
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise self._timeout(shared, timeout)
-            time.sleep(min(delay, remaining))
-            delay = min(delay * 2, _POLL_MAX)
+        if self._fd is None:  # (callers hold it busy, so close() cannot get in between)
+            raise self._closed_error()
+        if not _fileio.flock_until(self._fd, op, deadline, first=_POLL_FIRST, most=_POLL_MAX):
+            raise self._timeout(shared, timeout)
 
     def _timeout(self, shared: bool, timeout: float | None) -> LockTimeout:
         mode = "shared" if shared else "exclusive"

@@ -34,10 +34,9 @@ from __future__ import annotations
 
 import mmap
 import os
-import stat
 from types import TracebackType
 
-from . import _platform
+from . import _fileio, _platform
 from .errors import (
     ClosedError,
     EmptyFileError,
@@ -124,8 +123,8 @@ class Region:
             raise
         try:
             st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise RegionError(f"{path} is not a regular file; only regular files can be mapped")
+            _fileio.require_regular(st, path, "only regular files can be mapped",
+                                    error=RegionError)
             file_size = st.st_size
             if size is None:
                 size = file_size - offset

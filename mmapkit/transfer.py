@@ -36,8 +36,8 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import _platform
-from .errors import BrokenError, DiskFullError
+from . import _fileio, _platform
+from .errors import BrokenError
 
 if TYPE_CHECKING:  # socket and asyncio are imported where used: not at import time
     import asyncio
@@ -66,9 +66,6 @@ _FALLBACK_ERRNOS = frozenset(
                 errno.ENOTSOCK)
     if e is not None
 )
-
-# errnos that mean "the destination's file system is full" (EDQUOT: the user's quota)
-_DISK_FULL_ERRNOS = frozenset((errno.ENOSPC, errno.EDQUOT))
 
 Progress = Callable[[int, int], object]
 
@@ -172,9 +169,7 @@ class _ReadWrite:
         got = _pread_into(src, self.view[:want], off)
         if got == 0:
             raise _shrunk(src, size, off)
-        written = 0
-        while written < got:
-            written += os.pwrite(dst, self.view[written:got], off + written)
+        _fileio.write_all(dst, self.view[:got], off)
         return got
 
 
@@ -284,45 +279,18 @@ def _resolve_dst(src: str, dst: str) -> str:
     return dst
 
 
-def _finish(tmp: str, final: str, overwrite: bool) -> None:
-    if overwrite:
-        os.replace(tmp, final)
-        return
-    # link() fails with EEXIST instead of replacing: no window in which a file created by
-    # someone else after our check is clobbered.
-    try:
-        os.link(tmp, final)
-    except FileExistsError:
-        raise FileExistsError(errno.EEXIST, f"{final} already exists; pass overwrite=True "
-                              "(--overwrite) to replace it", final) from None
-    except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV):
-            raise
-        # a file system without hard links (vfat, some FUSE): check, then rename
-        if os.path.lexists(final):
-            raise FileExistsError(errno.EEXIST, f"{final} already exists; pass "
-                                  "overwrite=True to replace it", final) from None
-        os.replace(tmp, final)
-        return
-    os.unlink(tmp)
+def _exists(final: str) -> FileExistsError:
+    return FileExistsError(errno.EEXIST, f"{final} already exists; pass overwrite=True "
+                           "(--overwrite) to replace it", final)
 
 
-def _disk_full(exc: OSError, src: str, final: str, size: int, existed: bool) -> DiskFullError:
-    """The DiskFullError for a copy that ran out of space (its temporary file is gone)."""
+def _disk_full_message(exc: OSError, src: str, final: str, size: int, existed: bool) -> str:
+    """What a copy that ran out of space says (its temporary file is gone by then)."""
     what = "the quota is exhausted" if exc.errno == errno.EDQUOT else "no space left"
     kept = "was left as it was" if existed else "was not created"
-    return DiskFullError(
-        exc.errno, f"{what} on the file system of {os.path.dirname(final) or '.'} while "
-        f"copying {src} ({size:,} bytes) to {final}: free some space (or copy to another "
-        f"file system) and retry. The partial copy was removed; {final} {kept}", final)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    return (f"{what} on the file system of {os.path.dirname(final) or '.'} while copying "
+            f"{src} ({size:,} bytes) to {final}: free some space (or copy to another file "
+            f"system) and retry. The partial copy was removed; {final} {kept}")
 
 
 def copy(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, method: str = "auto",
@@ -355,12 +323,9 @@ def copy(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, method: st
     src_fd = os.open(src_s, _READ_FLAGS)
     try:
         st = os.fstat(src_fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise IsADirectoryError(errno.EISDIR, "cannot copy a directory; copy() takes "
-                                    "one regular file", src_s)
-        if not stat.S_ISREG(st.st_mode):
-            raise ValueError(f"{src_s} is not a regular file; copy() copies regular files "
-                             "(use send() or a read loop for pipes and devices)")
+        _fileio.require_regular(
+            st, src_s, "copy() copies regular files (use send() or a read loop for pipes "
+            "and devices)", directory="cannot copy a directory; copy() takes one regular file")
         try:
             old = os.stat(final)
         except FileNotFoundError:
@@ -374,20 +339,17 @@ def copy(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, method: st
                 raise IsADirectoryError(errno.EISDIR, "the destination is a directory "
                                         "inside the target directory", final)
             if not overwrite:
-                raise FileExistsError(errno.EEXIST, f"{final} already exists; pass "
-                                      "overwrite=True (--overwrite) to replace it", final)
+                raise _exists(final)
         size = st.st_size
-        head, tail = os.path.split(os.path.abspath(final))
+        head = os.path.dirname(os.path.abspath(final))
         if not os.path.isdir(head):
             raise FileNotFoundError(errno.ENOENT, f"the destination directory {head} does "
                                     "not exist; create it first", head)
         try:
-            tmp = os.path.join(head, f".{tail}.{os.urandom(4).hex()}.mmapkit-tmp")
             # the kernel applies the umask to this mode, as cp does for a new file
-            dst_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL
-                             | getattr(os, "O_CLOEXEC", 0),
-                             stat.S_IMODE(st.st_mode) | stat.S_IWUSR)
-            try:
+            with _fileio.atomic_file(final, mode=stat.S_IMODE(st.st_mode) | stat.S_IWUSR,
+                                     overwrite=overwrite, durable=durable,
+                                     exists=_exists) as dst_fd:
                 skipped: list[tuple[str, str]] = []
                 used, holes = _copy_into(src_fd, dst_fd, size, method, sparse, skipped,
                                          progress)
@@ -403,25 +365,10 @@ def copy(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, method: st
                 else:
                     os.fchmod(dst_fd, stat.S_IMODE(os.fstat(dst_fd).st_mode) & ~stat.S_IWUSR
                               | (st.st_mode & stat.S_IWUSR))
-                if durable:
-                    os.fsync(dst_fd)
-            except BaseException:
-                os.close(dst_fd)
-                os.unlink(tmp)
-                raise
-            try:
-                os.close(dst_fd)  # (NFS reports a full disk as late as here)
-                _finish(tmp, final, overwrite)
-            except BaseException:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-                raise
         except OSError as exc:
-            if exc.errno in _DISK_FULL_ERRNOS and not isinstance(exc, DiskFullError):
-                raise _disk_full(exc, src_s, final, size, old is not None) from exc
+            _fileio.raise_if_disk_full(
+                exc, _disk_full_message(exc, src_s, final, size, old is not None), final)
             raise
-        if durable:
-            _fsync_dir(final)
     finally:
         os.close(src_fd)
     return CopyResult(size, used, time.perf_counter() - t0, tuple(skipped), final, holes)
@@ -483,8 +430,7 @@ def _send_plan(sock: socket.socket, fd: int, offset: int, count: int | None) -> 
     if offset < 0:
         raise ValueError(f"offset must be >= 0, not {offset}")
     st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        raise ValueError("send() sends regular files; this descriptor is not one")
+    _fileio.require_regular(st, f"descriptor {fd}", "send() sends regular files")
     if offset > st.st_size:
         raise ValueError(f"offset {offset} is past the end of the file ({st.st_size} bytes)")
     if count is None:

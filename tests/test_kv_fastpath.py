@@ -70,3 +70,41 @@ def test_the_compaction_image_writes_the_codecs_bytes(tmp_path: Path) -> None:
     assert len(recs) == len(live)
     for (offset, raw), (key, value) in zip(recs, live.items(), strict=True):
         assert raw == expected(key, value, offset), (key, value)
+
+
+def test_the_load_fast_path_gives_the_careful_paths_index(tmp_path: Path) -> None:
+    """_load.read() decodes plain sets inline (replay_range); the careful path (analyse()
+    + replay() per record) must give the same index, operation count and ttl flag."""
+    from mmapkit.kv import _load
+
+    path = tmp_path / "s.kv"
+    with KV(path) as kv:
+        for i, key in enumerate(KEYS):
+            for value in VALUES:
+                kv[key] = value
+            kv.set(f"ttl{i}", i, ttl=3600)
+        with kv.batch():
+            kv["in-batch"] = b"b"
+            del kv["k"]
+        kv["after-clear?"] = 1
+    data = memoryview(path.read_bytes())
+    hdr = codec.parse_header(data)
+    fast = _load.read(data, hdr, committed_only=True, cipher=None, ser=None)
+    analysis = _load.analyse(data, hdr, committed_only=True)
+    index: dict[str, Any] = {}
+    nops, ttl = 0, False
+    for rec in analysis.records:
+        ops, t = _load.replay(rec, index, None, None, None)
+        nops, ttl = nops + ops, ttl or t
+    assert not fast.bad and not analysis.damaged
+
+    def plain(v: Any) -> Any:  # the index forms compare by content
+        if isinstance(v, _load.Expiring):
+            return ("ttl", plain(v.value), v.expiry)
+        if isinstance(v, _load.Packed):
+            return ("packed", v.data)
+        return (type(v), v)
+
+    assert {k: plain(v) for k, v in fast.mapping.items()} == \
+        {k: plain(v) for k, v in index.items()}
+    assert (fast.nops, fast.has_ttl) == (nops, ttl) and ttl

@@ -16,20 +16,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import ipaddress
 import os
-import secrets
 import socket
 import struct
 import sys
 import time
 from collections.abc import Callable, Iterator
 
-from .. import _platform
+from .. import _fileio, _platform
 from ..errors import (
     BrokenError,
-    DiskFullError,
     ForeignFileError,
     FormatVersionError,
     MmapkitError,
@@ -283,9 +280,7 @@ def _receive_into(conn: socket.socket, fd: int, length: int) -> int:
         n = conn.recv_into(view[:min(len(buf), length - total)])
         if n == 0:
             return total
-        done = 0
-        while done < n:
-            done += os.write(fd, view[done:n])
+        _fileio.write_all(fd, view[:n])
         total += n
     return total
 
@@ -313,41 +308,27 @@ def _recv(args: argparse.Namespace) -> int:
             conn, _ = listener.accept()
         except TimeoutError:
             raise TimeoutError(f"no sender connected within {args.timeout} s") from None
-        head, tail = os.path.split(out)
-        tmp = os.path.join(head, f".{tail}.{secrets.token_hex(4)}.mmapkit-tmp")
         with conn:
             conn.settimeout(None)
             t0 = time.perf_counter()
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
             try:
-                length = decode_header(_recv_exact(conn, _HEADER.size))
-                total = _receive_into(conn, fd, length)
-                if total < length:
-                    raise BrokenError(f"the sender stopped after {total:,} of {length:,} "
-                                      f"bytes; {out} was not written")
-                if conn.recv(1):
-                    raise BrokenError(f"the sender sent more than the {length:,} bytes it "
-                                      f"announced; {out} was not written")
-                os.close(fd)
-                fd = -1
-                if args.overwrite:
-                    os.replace(tmp, out)
-                else:
-                    os.link(tmp, out)  # EEXIST if one appeared meanwhile: never clobber
-                    os.unlink(tmp)
+                # durable=False: recv never promised an fsync (copy --durable does)
+                with _fileio.atomic_file(out, mode=0o666, overwrite=args.overwrite,
+                                         durable=False) as fd:
+                    length = decode_header(_recv_exact(conn, _HEADER.size))
+                    total = _receive_into(conn, fd, length)
+                    if total < length:
+                        raise BrokenError(f"the sender stopped after {total:,} of {length:,} "
+                                          f"bytes; {out} was not written")
+                    if conn.recv(1):
+                        raise BrokenError(f"the sender sent more than the {length:,} bytes "
+                                          f"it announced; {out} was not written")
             except OSError as exc:
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT) and not isinstance(
-                        exc, DiskFullError):
-                    raise DiskFullError(
-                        exc.errno, f"no space left on the file system of {head} while "
-                        f"receiving into {out}: free some space and send again. The "
-                        f"partial file was removed; {out} was not written", out) from exc
+                _fileio.raise_if_disk_full(
+                    exc, f"no space left on the file system of {os.path.dirname(out)} while "
+                    f"receiving into {out}: free some space and send again. The partial file "
+                    f"was removed; {out} was not written", out)
                 raise
-            finally:
-                if fd >= 0:
-                    os.close(fd)
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
             seconds = time.perf_counter() - t0
             with contextlib.suppress(OSError):
                 conn.sendall(_ACK_PREFIX + str(total).encode() + b"\n")

@@ -12,8 +12,8 @@ Design rules:
   to a new file, fsyncs it, marks the old file *superseded* (bit 63 of its commit word)
   and renames the new file over the path.  A crash before the rename leaves the old file
   whole (the mark is cleared by the next writer that finds the path still names it).
-- In memory: key -> value for immutable values; containers stay encoded (``_Packed``) and
-  are decoded per read so a caller never mutates the cache; ``_Expiring`` wraps ttl values.
+- In memory: key -> value for immutable values; containers stay encoded (``Packed``) and
+  are decoded per read so a caller never mutates the cache; ``Expiring`` wraps ttl values.
 - Modes, enforced with a flock on ``<path>.lock``: single-process holds it exclusive,
   multiprocess and readonly hold it shared; a mix is refused with ModeConflictError.
 - Change notification: the low 32 bits of the commit word change on every commit; waiters
@@ -113,10 +113,9 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any, NamedTuple
-from zlib import crc32
+from typing import IO, TYPE_CHECKING, Any
 
-from .. import _platform
+from .. import _fileio, _platform
 from .._testhooks import PAUSES, pause
 from ..errors import (
     ClosedError,
@@ -132,12 +131,13 @@ from ..errors import (
 from ..lock import FileLock
 from ..region import Region
 from ..wait import Waiter
-from . import codec
+from . import _files, _index, _load, codec
 from ._crypto import OVERHEAD, Cipher
+from ._index import PLAIN, SPECIAL, Expiring, Packed
+from ._load import Analysis
 from .codec import (
     DATA_START,
     END_MASK,
-    FLAG_ENCRYPTED,
     HEADER_SIZE,
     KEY_MAX,
     KIND_BATCH,
@@ -174,34 +174,8 @@ def __getattr__(name: str) -> Any:
 
 DEFAULT_CAPACITY = 4 * _platform.PAGE_SIZE
 _MISSING: Any = object()
-_PLAIN = frozenset((int, str, bytes, float, bool, type(None)))
 _F64 = struct.Struct("<d")
-_U16 = struct.Struct("<H")
-_KEY_LEN = tuple(_U16.pack(n) for n in range(KEY_MAX + 1))  # a key's length field, by length
-_PADS = tuple(b"\0" * n for n in range(8))
-_PACKED_BODY_MAX = 256  # bodies up to this long are written with one cached Struct each
 _Keys = set[str]
-_REC_PACK = struct.Struct("<HBBII").pack_into
-_REC_UNPACK = struct.Struct("<HBBII").unpack_from
-_REC = struct.Struct("<HBBII")
-_TI, _TL, _TF = struct.Struct("<Bq"), struct.Struct("<BI"), struct.Struct("<Bd")
-_I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
-# The tag and length of short bytes and str values, by length: a tuple index is a third of
-# a Struct.pack on the write path (longer values are packed as they come).
-_BYTES_HEAD = tuple(_TL.pack(7, n) for n in range(_PACKED_BODY_MAX))
-_STR_HEAD = tuple(_TL.pack(6, n) for n in range(_PACKED_BODY_MAX))
-# The hot paths spell the record format inline (magic 0x4B56, the crc seed multiplier
-# 0x9E3779B1, padded size (19 + n) & ~7, kind 1 = set, value tags 1/2 bool, 3 int, 5 float,
-# 6 str, 7 bytes): tie each literal to the codec, which owns the format.
-# (tests/test_kv_fastpath.py checks the bytes they write against the codec's.)
-assert codec.REC_MAGIC == 0x4B56 and KIND_SET == 1 and codec.REC_HEADER == 12
-assert all(codec.record_size(n) == (19 + n) & ~7 for n in range(64))
-assert codec._seed(8, 1, 0, 5) == ((8 * 0x9E3779B1) ^ (5 << 16) ^ 1) & 0xFFFFFFFF
-assert (codec.T_FALSE, codec.T_TRUE, codec.T_INT, codec.T_FLOAT, codec.T_STR,
-        codec.T_BYTES) == (1, 2, 3, 5, 6, 7)
-assert codec.encode_value(-5) == _TI.pack(3, -5) and codec.encode_value(0.5) == _TF.pack(5, 0.5)
-assert codec.encode_value(b"ab") == _BYTES_HEAD[2] + b"ab"
-assert codec.encode_value("") == _STR_HEAD[0] and codec.encode_key("k") == _KEY_LEN[1] + b"k"
 
 _WAIT_SLICE = 0.05
 # A file that fills within this long of being made (new, or by a compaction) doubles
@@ -233,26 +207,6 @@ _ATTACHED = ("_fd", "_ident", "_region", "_view", "_size", "_commit", "_waitw", 
 _MODE_GRACE = 0.25  # changed() re-checks at least this often (a lost wake costs latency only)
 
 
-class _Packed:
-    """An encoded container (or serializer) value: decoded on every read."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-
-class _Expiring:
-    __slots__ = ("expiry", "value")
-
-    def __init__(self, value: Any, expiry: float) -> None:
-        self.value = value
-        self.expiry = expiry
-
-
-_SPECIAL = (_Packed, _Expiring)  # index values that reads must unwrap
-
-
 class _Closed(dict[str, Any]):
     """Stands in for the index after close(): every access raises ClosedError."""
 
@@ -263,58 +217,8 @@ class _Closed(dict[str, Any]):
     get = items = keys = values = _closed
 
 
-class _Analysis(NamedTuple):
-    header: codec.Header
-    records: tuple[Record, ...]
-    pos: int  # where appending continues
-    damaged: tuple[tuple[int, int], ...]  # committed byte ranges that did not verify
-    problems: tuple[str, ...]
-    dirty_tail: bool  # non-zero bytes after pos (a torn, unacknowledged write)
-
-
 def _fd_path(fd: int) -> str:
     return f"/proc/self/fd/{fd}" if _platform.IS_LINUX else f"/dev/fd/{fd}"
-
-
-def _analyse(buf: memoryview, hdr: codec.Header, *, committed_only: bool = False) -> _Analysis:
-    """Which records of a mapped file are valid and where appending continues (pure).
-
-    ``committed_only``: stop at the commit word's end (a reader without the writer lock:
-    the bytes past it are the lock holder's and may be mid-write).
-    """
-    size = buf.nbytes
-    end = hdr.end
-    problems: list[str] = []
-    damaged: list[tuple[int, int]] = []
-    if not hdr.crc_ok:
-        problems.append("the header's fixed part fails its checksum")
-    if end >= DATA_START and end % 8 == 0 and end <= size:
-        s1 = codec.scan(buf, DATA_START, end)
-        damaged += s1.damaged
-        if s1.tail:
-            damaged.append((s1.next, end))
-        if committed_only:
-            return _Analysis(hdr, s1.records, end, tuple(damaged), tuple(problems), False)
-        s2 = codec.scan(buf, end, size, resync=False)
-        records = s1.records + s2.records
-        pos = s2.next
-    elif end >= DATA_START and end % 8 == 0:
-        s1 = codec.scan(buf, DATA_START, size)
-        damaged += s1.damaged
-        damaged.append((s1.next, end))
-        problems.append(f"the file was cut: it has {size} bytes but {end} were committed")
-        records, pos = s1.records, s1.next
-    else:
-        problems.append(f"the header's end word ({end}) is damaged; scanned the whole file")
-        s1 = codec.scan(buf, DATA_START, size)
-        damaged += s1.damaged
-        records, pos = s1.records, s1.next
-    dirty = pos < size and any(buf[pos : min(size, pos + 16)])
-    if damaged:
-        lost = sum(b - a for a, b in damaged)
-        problems.append(f"{lost} committed bytes in {len(damaged)} range(s) do not verify: "
-                        + ", ".join(f"[{a}, {b})" for a, b in damaged[:8]))
-    return _Analysis(hdr, records, pos, tuple(damaged), tuple(problems), dirty)
 
 
 class KV(MutableMapping[str, Any]):
@@ -463,42 +367,14 @@ class KV(MutableMapping[str, Any]):
         return os.open(self._path, flags)
 
     def _create_file(self) -> None:
-        import random  # not at module import: reopening a KV needs no salt
-        salt = random.getrandbits(64)
-        keycheck = self._cipher.keycheck(salt) if self._cipher else b""
-        header = codec.build_header(flags=FLAG_ENCRYPTED if self._cipher else 0, salt=salt,
-                                    created_ns=time.time_ns(), keycheck=keycheck,
-                                    end=DATA_START)
-        tmp = f"{self._path}.new-{os.getpid()}-{salt & 0xFFFFFF:06x}"
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
-                     0o644)
-        try:
-            _write_all(fd, header, 0)
-            _platform.ensure_allocated(fd, self._min_cap)
-            os.fsync(fd)
-            try:
-                os.link(tmp, self._path)  # atomic, and never replaces a file made meanwhile
-            except FileExistsError:
-                pass
-            _fsync_dir(self._path)
-        finally:
-            os.close(fd)
-            os.unlink(tmp)
+        _files.create(self._path, self._cipher, self._min_cap)
 
     def _init_empty(self, fd: int) -> None:
         """Make an empty file (``touch``ed, nothing to lose) a new store, under the lock."""
         if self._shared:
             fcntl.flock(fd, fcntl.LOCK_EX)
         try:
-            if os.fstat(fd).st_size == 0:
-                import random  # not at module import: reopening a KV needs no salt
-                salt = random.getrandbits(64)
-                _write_all(fd, codec.build_header(
-                    flags=FLAG_ENCRYPTED if self._cipher else 0, salt=salt,
-                    created_ns=time.time_ns(),
-                    keycheck=self._cipher.keycheck(salt) if self._cipher else b"",
-                    end=DATA_START), 0)
-                _platform.ensure_allocated(fd, self._min_cap)
+            _files.init_empty(fd, self._cipher, self._min_cap)
         finally:
             if self._shared:
                 fcntl.flock(fd, fcntl.LOCK_UN)
@@ -601,7 +477,7 @@ class KV(MutableMapping[str, Any]):
             self._release_flock()
 
     def _read(self, *, committed_only: bool
-              ) -> tuple[_Analysis, dict[str, Any], list[tuple[int, int]]] | None:
+              ) -> tuple[Analysis, dict[str, Any], list[tuple[int, int]]] | None:
         """Scan and replay the mapped file: (analysis, index, ranges that do not verify).
 
         ``committed_only`` (no lock held) reads nothing at or past the commit word's end
@@ -618,39 +494,12 @@ class KV(MutableMapping[str, Any]):
         if committed_only and hdr.end > self._size:
             return None
         self._check_key(hdr)
-        view = self._view
-        self._nops = 0
         self._seq_base = hdr.seq
-        fast = None if hdr.encrypted else self._fast_load(view, hdr)
-        if fast is not None:
-            # Clean committed region: only what lies beyond it is left to look at.
-            index, self._nops = fast
-            if committed_only:
-                analysis = _Analysis(hdr, (), hdr.end, (), (), False)
-            else:
-                extra = codec.scan(view, hdr.end, view.nbytes, resync=False)
-                size = view.nbytes
-                dirty = extra.next < size and any(view[extra.next : min(size, extra.next + 16)])
-                analysis = _Analysis(hdr, extra.records, extra.next, (), (), dirty)
-        else:
-            analysis = _analyse(view, hdr, committed_only=committed_only)
-            index = {}
-        bad: list[tuple[int, int]] = list(analysis.damaged)
-        replay, fast_set = self._replay, _fast_set
-        plain = 0
-        for rec in analysis.records:
-            if rec.kind == KIND_SET and not rec.flags:
-                item = fast_set(rec.body)
-                if item is not None:
-                    index[item[0]] = item[1]
-                    plain += 1
-                    continue
-            try:
-                replay(rec, index, None)
-            except (CorruptFileError, DecryptionError):
-                bad.append((rec.offset, rec.offset + rec.size))
-        self._nops += plain
-        return analysis, index, bad
+        loaded = _load.read(self._view, hdr, committed_only=committed_only,
+                            cipher=self._cipher, ser=self._ser)
+        self._nops = loaded.nops
+        self._has_ttl = self._has_ttl or loaded.has_ttl
+        return loaded.analysis, loaded.mapping, loaded.bad
 
     def _load_locked(self) -> bool:
         """_load() for the writer-lock holder (or a single-process handle).
@@ -708,7 +557,7 @@ class KV(MutableMapping[str, Any]):
         self._seen = commit
         return True
 
-    def _install(self, analysis: _Analysis, index: dict[str, Any], *, seen: int) -> None:
+    def _install(self, analysis: Analysis, index: dict[str, Any], *, seen: int) -> None:
         """Make a loaded index current; ``seen`` is the commit word it reflects."""
         self._pos = analysis.pos
         # A file marked superseded with the path still naming it (a rename pending, or its
@@ -725,65 +574,6 @@ class KV(MutableMapping[str, Any]):
         self._index = index
         if self._changes is not None:
             self._note_diff(old, index)
-
-    def _fast_load(self, view: memoryview, hdr: codec.Header) -> tuple[dict[str, Any], int] | None:
-        """Index and operation count of a clean, unencrypted committed region, in one pass.
-
-        Opening replays every record, so the common case skips the general scanner and
-        decoders; anything unusual (damage, odd values) returns None and the careful path
-        (``_analyse`` + ``_replay``) starts over.
-        """
-        end = hdr.end
-        if not hdr.crc_ok or end < DATA_START or end % 8 or end > view.nbytes:
-            return None
-        index: dict[str, Any] = {}
-        nops = self._replay_range(view, DATA_START, end, index)
-        return None if nops is None else (index, nops)
-
-    def _replay_range(self, view: memoryview, pos: int, end: int,
-                      index: dict[str, Any]) -> int | None:
-        """Replay the clean, unencrypted records of ``[pos, end)`` into ``index`` in one
-        pass; the operations replayed, or None at anything unusual (damage, odd values):
-        the caller then takes the careful path over the same range (replaying a range
-        again is harmless: every record sets, deletes or clears)."""
-        unpack = _REC_UNPACK
-        nops = 0
-        from_bytes = int.from_bytes
-        try:
-            while pos < end:
-                magic, kind, flags, n, crc = unpack(view, pos)
-                nxt = pos + ((19 + n) & ~7)
-                if magic != 0x4B56 or flags or nxt > end:
-                    return None
-                body = view[pos + 12 : pos + 12 + n].tobytes()
-                if crc32(body, (pos * 0x9E3779B1) ^ (n << 16) ^ kind) != crc:  # (seed masked)
-                    return None
-                # _fast_set() inlined (the same three cases: an int, bytes or str value
-                # right after the key); anything else, or what does not decode, is
-                # replayed by the general path.
-                if kind == KIND_SET and n > 2:
-                    v = 2 + (body[0] | body[1] << 8)
-                    tag = body[v] if v < n else 0
-                    if (tag == 3 and n == v + 9) or ((tag == 7 or tag == 6) and n == v + 5
-                                                     + from_bytes(body[v + 1 : v + 5], "little")):
-                        try:
-                            index[body[2:v].decode("utf-8", "surrogatepass")] = (
-                                body[v + 5 :] if tag == 7 else
-                                from_bytes(body[v + 1 :], "little", signed=True) if tag == 3
-                                else body[v + 5 :].decode("utf-8", "surrogatepass"))
-                            nops += 1
-                            pos = nxt
-                            continue
-                        except UnicodeDecodeError:
-                            pass
-                before = self._nops
-                self._replay(Record(pos, kind, flags, body), index, None)
-                nops += self._nops - before
-                self._nops = before  # (counted in ``nops``, which the caller adds)
-                pos = nxt
-        except (CorruptFileError, DecryptionError, struct.error):
-            return None
-        return nops
 
     def _check_key(self, hdr: codec.Header) -> None:
         if not hdr.crc_ok:
@@ -814,19 +604,7 @@ class KV(MutableMapping[str, Any]):
                                    lost=len(bad))
         kept = ""
         if not self._readonly:
-            import filecmp
-            import shutil
-
-            copy = self._path + ".damaged"
-            n = 1
-            while os.path.exists(copy):
-                if filecmp.cmp(copy, self._path, shallow=False):
-                    break  # already kept (another process of a multiprocess store was first)
-                copy = f"{self._path}.damaged.{n}"
-                n += 1
-            else:
-                shutil.copyfile(self._path, copy)
-            kept = f"; the damaged file was copied to {copy}"
+            kept = f"; the damaged file was copied to {_files.keep_damaged(self._path)}"
         warnings.warn(f"{msg}. Salvaged {salvaged} record(s), lost {lost} bytes{kept}",
                       RuntimeWarning, stacklevel=4)
 
@@ -839,43 +617,13 @@ class KV(MutableMapping[str, Any]):
     # --- replay -------------------------------------------------------------------------
 
     def _stored(self, vb: bytes) -> Any:
-        tag = vb[0]
-        if tag in codec.SCALAR_TAGS:
-            return codec.decode_value(vb)
-        if tag == codec.T_CUSTOM and self._ser is None:
-            return _Packed(vb)  # readable once a serializer is given; not damage
-        codec.decode_value(vb, self._ser)  # verify now: damage shows at open, not at get
-        return _Packed(vb)
+        return _load.stored(vb, self._ser)
 
     def _replay(self, rec: Record, index: dict[str, Any], changes: _Keys | None) -> None:
-        body = rec.body
-        if rec.kind == KIND_SET and not rec.flags and changes is None:
-            fast = _fast_set(body)
-            if fast is not None:
-                index[fast[0]] = fast[1]
-                self._nops += 1
-                return
-        if rec.flags & REC_FLAG_ENCRYPTED:
-            if self._cipher is None:
-                raise DecryptionError("encrypted record in a file opened without key=")
-            body = self._cipher.decrypt(body, rec.offset, rec.kind)
-        ops = [(k, key, self._stored(vb) if vb else None, exp)
-               for k, key, vb, exp in codec.iter_ops(rec.kind, body)]
-        self._nops += len(ops)
-        for kind, key, stored, expiry in ops:
-            if kind == KIND_SET:
-                index[key] = stored
-            elif kind == KIND_SET_TTL:
-                index[key] = _Expiring(stored, expiry)
-                self._has_ttl = True
-            elif kind == KIND_DEL:
-                index.pop(key, None)
-            else:
-                if changes is not None:
-                    changes.update(index)
-                index.clear()
-            if changes is not None and kind != KIND_CLEAR:
-                changes.add(key)
+        ops, ttl = _load.replay(rec, index, changes, self._cipher, self._ser)
+        self._nops += ops
+        if ttl:
+            self._has_ttl = True
 
     def _note_diff(self, old: dict[str, Any], new: dict[str, Any]) -> None:
         assert self._changes is not None
@@ -888,9 +636,9 @@ class KV(MutableMapping[str, Any]):
 
     @staticmethod
     def _plain(v: Any) -> Any:
-        if type(v) is _Expiring:
+        if type(v) is Expiring:
             return (KV._plain(v.value), v.expiry)
-        if type(v) is _Packed:
+        if type(v) is Packed:
             return v.data
         return (type(v), v)
 
@@ -926,9 +674,11 @@ class KV(MutableMapping[str, Any]):
         if end < self._pos or end > self._size:
             return False  # a commit word never goes back, a file never shrinks: damage?
         if end > self._pos and self._changes is None and self._cipher is None:
-            nops = self._replay_range(self._view, self._pos, end, self._index)
-            if nops is not None:
-                self._nops += nops
+            done = _load.replay_range(self._view, self._pos, end, self._index, self._ser)
+            if done is not None:
+                self._nops += done[0]
+                if done[1]:
+                    self._has_ttl = True
                 self._pos = end
                 self._seen = _UNSETTLED if w & SUPERSEDED else w
                 return True
@@ -1237,119 +987,27 @@ class KV(MutableMapping[str, Any]):
             self._region.grow(least)  # the disk is nearly full: use what is left
         self._rebind_views()
 
-    def _live_entries(self) -> list[tuple[int, bytes]]:
-        now = time.time()
-        entry = self._entry
-        return [entry(key, stored) for key, stored in self._index.items()
-                if type(stored) is not _Expiring or stored.expiry > now]
-
-    @staticmethod
-    def _entry(key: str, stored: Any) -> tuple[int, bytes]:
-        """The (kind, body) of the record that sets ``key`` to ``stored`` (index form)."""
-        kb = key.encode("utf-8", "surrogatepass")
-        kb = _U16.pack(len(kb)) + kb
-        kind = KIND_SET
-        if type(stored) is _Expiring:
-            kind = KIND_SET_TTL
-            kb = _F64.pack(stored.expiry) + kb
-            stored = stored.value
-        t = type(stored)
-        if t is int and _I64_MIN <= stored <= _I64_MAX:
-            vb = _TI.pack(3, stored)
-        elif t is bytes:
-            vb = _TL.pack(7, len(stored)) + stored
-        elif t is _Packed:
-            vb = stored.data
-        else:
-            vb = codec.encode_value(stored)
-        return kind, kb + vb
-
     def _image(self, cipher: Cipher | None) -> tuple[list[bytes], int, int]:
         """Records of every live key laid out from DATA_START: (buffers, end, count)."""
-        if cipher is not None:
-            entries = self._live_entries()
-            framed, end = _frame_all(entries, cipher)
-            return framed, end, len(entries)
-        # Unencrypted: _live_entries() and encode_record() fused, and bytes and int values
-        # encoded inline, as this runs over every key at each compaction.  A record is
-        # framed by one Struct per body length (header, body and padding in one call).
-        now = time.time()
-        parts: list[bytes] = []
-        append = parts.append
-        ti, tl, keylen, bhead, shead = _TI.pack, _TL.pack, _KEY_LEN, _BYTES_HEAD, _STR_HEAD
-        short = _PACKED_BODY_MAX
-        # body length -> (pack(magic, kind, flags, n, crc, body) giving the padded record,
-        # the crc seed's length part)
-        framers: dict[int, tuple[Callable[..., bytes], int]] = {}
-        entry = self._entry
-        pos = DATA_START
-        expired = 0
-        for key, stored in self._index.items():
-            t = type(stored)
-            if t is _Expiring and stored.expiry <= now:
-                expired += 1
-                continue
-            kind = KIND_SET
-            try:
-                kb = key.encode()  # strict UTF-8 equals surrogatepass whenever it succeeds
-                if t is bytes:
-                    nv = len(stored)
-                    body = b"".join((keylen[len(kb)], kb,
-                                     bhead[nv] if nv < short else tl(7, nv), stored))
-                elif t is str:
-                    raw = stored.encode()
-                    nv = len(raw)
-                    body = b"".join((keylen[len(kb)], kb,
-                                     shead[nv] if nv < short else tl(6, nv), raw))
-                elif t is int:
-                    body = keylen[len(kb)] + kb + ti(3, stored)  # struct.error past 64 bits
-                else:
-                    kind, body = entry(key, stored)
-            except (UnicodeEncodeError, struct.error):
-                kind, body = entry(key, stored)
-            n = len(body)
-            try:
-                frame, seed = framers[n]
-            except KeyError:
-                frame, seed = framers[n] = _framer(n), n << 16
-            append(frame(0x4B56, kind, 0, n, crc32(body, (pos * 0x9E3779B1) ^ (seed | kind)),
-                         body))
-            pos += (19 + n) & -8
-        return parts, pos, len(self._index) - expired
+        return _index.image(self._index, cipher)
 
     def _rewrite(self, image: tuple[list[bytes], int, int], cipher: Cipher | None, *,
                  extra: int = 0, headroom: int = 2) -> None:
         """Write ``entries`` to a new file and rename it over the path (crash-safe)."""
-        import random  # not at module import: reopening a KV needs no salt
-        salt = random.getrandbits(64)
-        hdr_compactions = struct.unpack_from("<I", self._view, OFF_COMPACTIONS)[0] + 1
         parts, pos, count = image
-        header = codec.build_header(
-            flags=FLAG_ENCRYPTED if cipher else 0, salt=salt, created_ns=time.time_ns(),
-            keycheck=cipher.keycheck(salt) if cipher else b"", end=pos,
-            seq=self._seq_base + self._nops - count,
-            compactions=hdr_compactions)
+        head = _files.header(
+            cipher, _files.new_salt(), end=pos, seq=self._seq_base + self._nops - count,
+            compactions=struct.unpack_from("<I", self._view, OFF_COMPACTIONS)[0] + 1)
         live = pos - DATA_START
-        capacity = max(self._min_cap,
-                       _platform.align_up(DATA_START + headroom * (live + extra)))
         tmp = self._path + ".compact~"
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
-                     0o600)
+            os.unlink(tmp)  # a dead compactor's (only the lock holder writes this name)
+        fd = _files.write_compacted(
+            tmp, head, parts, mode=os.fstat(self._fd).st_mode,
+            capacity=max(self._min_cap, _platform.align_up(DATA_START + headroom * (live + extra))),
+            least=_platform.align_up(pos + extra))
         marked = renamed = False
         try:
-            os.fchmod(fd, os.fstat(self._fd).st_mode & 0o7777)
-            try:
-                _write_all(fd, header, 0)
-                _write_parts(fd, parts, DATA_START)
-            except OSError as exc:
-                raise _disk_full(exc, tmp) from exc
-            try:
-                _platform.ensure_allocated(fd, capacity)
-            except DiskFullError:  # tight disk: the data and this record, no headroom
-                _platform.ensure_allocated(fd, _platform.align_up(pos + extra))
-            os.fsync(fd)
             if self._shared:
                 fcntl.flock(fd, fcntl.LOCK_EX)  # nobody writes the new file before we are done
             if PAUSES:
@@ -1362,7 +1020,7 @@ class KV(MutableMapping[str, Any]):
             renamed = True
             if PAUSES:
                 pause("kv.compact.renamed")
-            _fsync_dir(self._path)
+            _fileio.fsync_dir(os.path.dirname(self._path))
         except BaseException:
             if marked and not renamed:
                 self._commit[0] = self._commit[0] & END_MASK
@@ -1430,7 +1088,7 @@ class KV(MutableMapping[str, Any]):
         if self._shared and self._commit[0] != self._seen:  # the seqlock check
             self._poll()
         v = self._index[key]
-        if type(v) in _SPECIAL:
+        if type(v) in SPECIAL:
             return self._special(key, v)
         return v
 
@@ -1441,7 +1099,7 @@ class KV(MutableMapping[str, Any]):
         v = self._index.get(key, _MISSING)
         if v is _MISSING:
             return default
-        if type(v) in _SPECIAL:
+        if type(v) in SPECIAL:
             try:
                 return self._special(key, v)
             except KeyError:
@@ -1449,132 +1107,23 @@ class KV(MutableMapping[str, Any]):
         return v
 
     def _special(self, key: str, v: Any) -> Any:
-        if type(v) is _Expiring:
+        if type(v) is Expiring:
             if v.expiry <= time.time():
                 raise KeyError(key)
             v = v.value
-            if type(v) is not _Packed:
+            if type(v) is not Packed:
                 return v
         return codec.decode_value(v.data, self._ser)
 
-    def __setitem__(self, key: str, value: Any) -> None:
-        # The hot path: a plain value, unencrypted, not in a batch, and the record fits.
-        # Same bytes as set() -> _append(), with the calls and checks folded in.  (bytes
-        # and str stay two branches: one branch choosing tag and table measured ~6% more
-        # instructions per set.)
-        t = type(value)
-        try:
-            kb = str.encode(key)  # strict UTF-8 equals surrogatepass whenever it succeeds
-            if t is bytes:
-                nv = len(value)
-                body = b"".join((_KEY_LEN[len(kb)], kb,
-                                 _BYTES_HEAD[nv] if nv < _PACKED_BODY_MAX else _TL.pack(7, nv),
-                                 value))
-            elif t is int:
-                body = _KEY_LEN[len(kb)] + kb + _TI.pack(3, value)
-            elif t is str:
-                raw = value.encode()
-                nv = len(raw)
-                body = b"".join((_KEY_LEN[len(kb)], kb,
-                                 _STR_HEAD[nv] if nv < _PACKED_BODY_MAX else _TL.pack(6, nv),
-                                 raw))
-            elif t is float:
-                body = _KEY_LEN[len(kb)] + kb + _TF.pack(5, value)
-            elif t is bool:
-                body = _KEY_LEN[len(kb)] + kb + (b"\x02" if value else b"\x01")
-            else:
-                return self.set(key, value)
-        except (UnicodeEncodeError, struct.error, IndexError, TypeError):
-            # Lone surrogates, ints past 64 bits: the general path encodes them.  Keys
-            # past KEY_MAX or not str: it raises the error that says so.
-            return self.set(key, value)
-        n = len(body)
-        tlock = self._tlock
-        tlock.acquire()  # not `with`: measurably cheaper on this path
-        try:
-            if self._direct:  # single-process, unencrypted, not in a batch
-                pos = self._pos
-                end = pos + ((19 + n) & ~7)
-                if end <= self._size:  # _put() inlined
-                    try:
-                        pack, seed = self._packers[n]
-                    except KeyError:
-                        pack, seed = self._packer(n)
-                    # Header and body in one call (KIND_SET; crc32 masks the seed).
-                    pack(self._view, pos, 0x4B56, 1, 0, n,
-                         crc32(body, (pos * 0x9E3779B1) ^ seed), body)
-                    self._commit[0] = end  # the commit point
-                    self._pos = end
-                    self._nops += 1
-                    self._index[key] = value
-                    return None
-            elif self._mpfast and self._depth:
-                # Inside lock() or update_with(): this thread holds the writer lock.
-                if self._put(body, n):
-                    self._index[key] = value
-                    return None
-            elif self._mpfast:
-                # Multiprocess (W1-W3 of the protocol) with the flock pair inline.  Taken
-                # at once and nobody else wrote, or only appended: write.  Anything else
-                # (contended, compacted, damaged, full) goes the general way, via set().
-                fd = self._fd
-                try:
-                    _flock(fd, _LOCK_EX_NB)
-                except BlockingIOError:
-                    self._wait_for_lock()
-                else:
-                    if self._waitw[3]:
-                        self._maybe_yield()
-                try:
-                    w = self._commit[0]
-                    if (w == self._seen or (not w & SUPERSEDED and self._read_appended(w))) \
-                            and self._put(body, n):
-                        self._index[key] = value
-                        return None
-                finally:
-                    _flock(fd, _LOCK_UN)
-                    if self._waitw[1]:
-                        self._hand_over()
-        finally:
-            tlock.release()
-        return self.set(key, value)
+    # The inline set spells the record format by hand: it lives beside the codec.
+    __setitem__ = _index.setitem
+    _put = _index.put
 
     def _refresh_direct(self) -> None:
         """Derive the flags __setitem__ tests for its single- and multiprocess hot paths
         (call it whenever _fast, _shared, _batch or _forked change)."""
         self._direct = self._fast and not self._shared and self._batch is None
         self._mpfast = self._fast and self._shared and self._batch is None and not self._forked
-
-    def _packer(self, n: int) -> tuple[Callable[..., None], int]:
-        """For a KIND_SET record with an ``n``-byte body: pack_into(view, pos, magic, kind,
-        flags, n, crc, body), and the part of the crc seed that does not depend on where
-        the record goes (see codec's seed)."""
-        seed = (n << 16) ^ KIND_SET
-        if n > _PACKED_BODY_MAX:
-            return _pack_split, seed
-        packer = self._packers[n] = struct.Struct(f"<HBBII{n}s").pack_into, seed
-        return packer
-
-    def _put(self, body: bytes, n: int) -> bool:
-        """Write and commit a KIND_SET record with an ``n``-byte body if it fits (False:
-        it does not; multiprocess mode, writer lock held)."""
-        pos = self._pos
-        end = pos + ((19 + n) & ~7)
-        if end > self._size:
-            return False
-        try:
-            pack, seed = self._packers[n]
-        except KeyError:
-            pack, seed = self._packer(n)
-        pack(self._view, pos, 0x4B56, KIND_SET, 0, n, crc32(body, (pos * 0x9E3779B1) ^ seed),
-             body)
-        self._commit[0] = end  # the commit point
-        self._pos = self._seen = end
-        self._nops += 1
-        if self._waitw[0]:
-            self._waitw[0] = 0
-            self._wake()
-        return True
 
     def set(self, key: str, value: Any, ttl: float | None = None) -> None:
         """Store ``value`` under ``key``; with ``ttl`` (seconds) it vanishes after that long.
@@ -1584,7 +1133,7 @@ class KV(MutableMapping[str, Any]):
         """
         kb = codec.encode_key(key)
         vb = codec.encode_value(value, self._ser)
-        stored = value if type(value) in _PLAIN else self._stored(vb)
+        stored = value if type(value) in PLAIN else self._stored(vb)
         if ttl is None:
             self._write(KIND_SET, kb + vb, key, stored)
         else:
@@ -1592,7 +1141,7 @@ class KV(MutableMapping[str, Any]):
                 raise ValueError(f"ttl must be a positive number of seconds, not {ttl!r}")
             expiry = time.time() + ttl
             self._write(KIND_SET_TTL, _F64.pack(expiry) + kb + vb, key,
-                        _Expiring(stored, expiry))
+                        Expiring(stored, expiry))
             self._has_ttl = True
 
     def __delitem__(self, key: str) -> None:
@@ -1601,7 +1150,7 @@ class KV(MutableMapping[str, Any]):
             self._enter_write()
             try:
                 v = self._index.get(key, _MISSING)
-                if v is _MISSING or (type(v) is _Expiring and v.expiry <= time.time()):
+                if v is _MISSING or (type(v) is Expiring and v.expiry <= time.time()):
                     raise KeyError(key)
                 self._write(KIND_DEL, kb, key, None)
             finally:
@@ -1613,14 +1162,14 @@ class KV(MutableMapping[str, Any]):
         v = self._index.get(key, _MISSING)  # type: ignore[call-overload]
         if v is _MISSING:
             return False
-        return type(v) is not _Expiring or v.expiry > time.time()
+        return type(v) is not Expiring or v.expiry > time.time()
 
     def _live_keys(self) -> list[str]:
         if self._shared:
             self._poll()
         now = time.time()
         return [k for k, v in self._index.items()
-                if type(v) is not _Expiring or v.expiry > now]
+                if type(v) is not Expiring or v.expiry > now]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._live_keys())
@@ -1744,7 +1293,8 @@ class KV(MutableMapping[str, Any]):
             if self._shared:
                 self._poll()
             overhead = OVERHEAD if self._cipher else 0
-            live = sum(codec.record_size(len(b) + overhead) for _, b in self._live_entries())
+            live = sum(codec.record_size(len(b) + overhead)
+                       for _, b in _index.live_entries(self._index))
 
             from ._reports import KVStatistics
 
@@ -1821,9 +1371,8 @@ class KV(MutableMapping[str, Any]):
             self._check_open()
             if self._shared:
                 self._poll()
-            entries = self._live_entries()
-            cipher = self._cipher
-            _write_store(os.fspath(dst), entries, cipher, self._min_cap)
+            _files.write_store(os.fspath(dst), _index.live_entries(self._index), self._cipher,
+                               self._min_cap)
 
     @classmethod
     def restore(cls, src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
@@ -1842,16 +1391,7 @@ class KV(MutableMapping[str, Any]):
             if not mode.try_exclusive():
                 raise ModeConflictError(f"{dst} is open in another process; close it there "
                                         "before restoring over it")
-            import shutil
-
-            tmp = dst + ".restore~"
-            shutil.copyfile(src, tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            if os.path.exists(dst):
-                _mark_superseded(dst)
-            os.replace(tmp, dst)
-            _fsync_dir(dst)
+            _files.install_copy(os.fspath(src), dst)
         finally:
             mode.close()
 
@@ -1898,48 +1438,9 @@ class KV(MutableMapping[str, Any]):
 
         Without ``key`` encrypted records are checked by their CRC only.
         """
-        path = os.path.abspath(os.fspath(path))
-        cipher = Cipher(key) if key is not None else None
-        with open(path, "rb") as f:
-            data = f.read()
-        view = memoryview(data)
-        hdr = codec.parse_header(view, path=path)
-        problems: list[str] = []
-        if cipher is not None and hdr.encrypted and not cipher.verify(hdr.keycheck, hdr.salt):
-            raise DecryptionError(f"wrong key for {path}", path=path)
-        analysis = _analyse(view, hdr)
-        problems += analysis.problems
-        bad = list(analysis.damaged)
-        keys: dict[str, int] = {}
-        for rec in analysis.records:
-            try:
-                body = rec.body
-                if rec.flags & REC_FLAG_ENCRYPTED:
-                    if cipher is None:
-                        continue
-                    body = cipher.decrypt(body, rec.offset, rec.kind)
-                for kind, k, vb, _ in codec.iter_ops(rec.kind, body):
-                    if vb and vb[0] != codec.T_CUSTOM:
-                        codec.decode_value(vb)
-                    if kind == KIND_DEL:
-                        keys.pop(k, None)
-                    elif kind == KIND_CLEAR:
-                        keys.clear()
-                    else:
-                        keys[k] = 1
-            except (CorruptFileError, DecryptionError) as exc:
-                bad.append((rec.offset, rec.offset + rec.size))
-                problems.append(f"record at {rec.offset}: {exc}")
-        tail = len(data) - analysis.pos if analysis.dirty_tail else 0
-        ok = not bad and not problems
-        from ._reports import CheckReport
+        from ._check import check
 
-        return CheckReport(
-            path=path, ok=ok, version=hdr.version, encrypted=hdr.encrypted,
-            header_ok=hdr.crc_ok, superseded=hdr.superseded, records=len(analysis.records),
-            keys=len(keys), committed_bytes=hdr.end, file_bytes=len(data),
-            damaged=tuple(bad), lost_bytes=sum(b - a for a, b in bad),
-            uncommitted_tail_bytes=tail, problems=tuple(problems))
+        return check(os.fspath(path), key)
 
     @classmethod
     def repair(cls, path: str | os.PathLike[str], *, key: bytes | None = None,
@@ -1998,163 +1499,6 @@ def _retire(old: dict[str, Any]) -> None:
     with contextlib.suppress(ExportedViewsError):
         region.close()
     os.close(fd)
-
-
-def _fast_set(body: bytes) -> tuple[str, Any] | None:
-    """(key, value) of a plain int/bytes/str set record, or None for the general path.
-
-    Opening a store replays every record: this skips the generic op and value decoders
-    for the common cases (same results; anything unusual goes the long way).
-    """
-    n = len(body)
-    if n < 3:
-        return None
-    nk = body[0] | body[1] << 8
-    v = 2 + nk
-    if v >= n:
-        return None
-    tag = body[v]
-    try:
-        key = body[2:v].decode("utf-8", "surrogatepass")
-    except UnicodeDecodeError:
-        return None
-    if tag == 3 and n == v + 9:
-        return key, int.from_bytes(body[v + 1 :], "little", signed=True)
-    if (tag == 7 or tag == 6) and n >= v + 5:
-        ln = int.from_bytes(body[v + 1 : v + 5], "little")
-        if n != v + 5 + ln:
-            return None
-        raw = body[v + 5 :]
-        if tag == 7:
-            return key, raw
-        try:
-            return key, raw.decode("utf-8", "surrogatepass")
-        except UnicodeDecodeError:
-            return None
-    return None
-
-
-def _frame_all(entries: list[tuple[int, bytes]], cipher: Cipher | None) -> tuple[list[bytes], int]:
-    """The records of ``entries`` laid out from DATA_START, and where they end."""
-    parts: list[bytes] = []
-    pos = DATA_START
-    append = parts.append
-    if cipher is None:
-        frame = codec.encode_record
-        for kind, body in entries:
-            rec = frame(kind, body, pos)
-            append(rec)
-            pos += len(rec)
-    else:
-        for kind, body in entries:
-            rec = codec.encode_record(kind, cipher.encrypt(body, pos, kind), pos,
-                                      REC_FLAG_ENCRYPTED)
-            append(rec)
-            pos += len(rec)
-    return parts, pos
-
-
-def _framer(n: int) -> Callable[..., bytes]:
-    """pack(magic, kind, flags, n, crc, body) -> the padded record, for ``n``-byte bodies."""
-    pad = _PADS[-(12 + n) & 7]
-    if n > 1024:  # long bodies: no Struct for each length (the copies cost more anyway)
-        def frame(magic: int, kind: int, flags: int, length: int, crc: int,
-                  body: bytes) -> bytes:
-            return b"".join((_REC.pack(magic, kind, flags, length, crc), body, pad))
-
-        return frame
-    return struct.Struct(f"<HBBII{n}s{len(pad)}x").pack
-
-
-def _pack_split(view: memoryview, pos: int, magic: int, kind: int, flags: int, n: int,
-                crc: int, body: bytes) -> None:
-    """A record header and a long body (one Struct per length would cost too much memory)."""
-    _REC_PACK(view, pos, magic, kind, flags, n, crc)
-    view[pos + 12 : pos + 12 + n] = body
-
-
-def _write_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view = view[n:]
-        offset += n
-
-
-def _write_parts(fd: int, parts: list[bytes], offset: int) -> None:
-    """Write the concatenation of ``parts`` at ``offset``.
-
-    Joined a few thousand at a time: one copy of the whole would cost as much again in
-    fresh memory, and pwritev of small buffers costs the kernel more than the join.
-    """
-    step = 4096
-    for i in range(0, len(parts), step):
-        data = b"".join(parts[i : i + step])
-        _write_all(fd, data, offset)
-        offset += len(data)
-
-
-def _disk_full(exc: OSError, what: str) -> OSError:
-    import errno
-
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFullError(exc.errno, f"no space left to write {what}; free some disk space "
-                             "and retry (nothing already written was lost)")
-    return exc
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _mark_superseded(path: str) -> None:
-    """Tell processes mapping the file at ``path`` that it is being replaced."""
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except OSError:
-        return
-    try:
-        raw = os.pread(fd, 8, OFF_COMMIT)
-        if len(raw) == 8:
-            (w,) = struct.unpack("<Q", raw)
-            os.pwrite(fd, struct.pack("<Q", w | SUPERSEDED), OFF_COMMIT)
-    finally:
-        os.close(fd)
-
-
-def _write_store(dst: str, entries: list[tuple[int, bytes]], cipher: Cipher | None,
-                 min_cap: int) -> None:
-    import random  # not at module import: reopening a KV needs no salt
-    salt = random.getrandbits(64)
-    parts, pos = _frame_all(entries, cipher)
-    header = codec.build_header(flags=FLAG_ENCRYPTED if cipher else 0, salt=salt,
-                                created_ns=time.time_ns(),
-                                keycheck=cipher.keycheck(salt) if cipher else b"", end=pos)
-    tmp = dst + ".backup~"
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
-    try:
-        try:
-            _write_all(fd, header + b"".join(parts), 0)
-        except OSError as exc:
-            raise _disk_full(exc, dst) from exc
-        _platform.ensure_allocated(fd, max(min_cap, _platform.align_up(pos)))
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
-        raise
-    os.close(fd)
-    os.replace(tmp, dst)
-    _fsync_dir(dst)
 
 
 if sys.platform == "win32":  # pragma: no cover

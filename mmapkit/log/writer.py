@@ -103,12 +103,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
+from .._fileio import raise_if_disk_full, write_all
 from .._testhooks import PAUSES as _PAUSE
 from .._testhooks import pause as _pause
 from ..errors import (
     ClosedError,
     CorruptFileError,
-    DiskFullError,
     FileFormatError,
     FormatVersionError,
     InvalidSizeError,
@@ -353,16 +353,12 @@ class _Sink:
             fd = self._open(now)
             if _PAUSE:
                 _pause("log.sink-opened")
-            view = memoryview(data)
             try:
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
+                write_all(fd, data)
             except OSError as exc:
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise DiskFullError(
-                        exc.errno, f"no space left to append to {self.path}; the records "
-                        "stay in the buffer and are written when space returns") from exc
+                raise_if_disk_full(exc, f"no space left to append to {self.path}; the "
+                                   "records stay in the buffer and are written when space "
+                                   "returns", self.path)
                 raise
             if os.fstat(fd).st_nlink:
                 return

@@ -1,0 +1,228 @@
+"""Loading a KV: a mapped file in, an index (key -> value) out.  Pure: no I/O, no locks.
+
+``read()`` replays the records of a memoryview of the file into a fresh dict.  The common
+case (a clean, unencrypted run of records) goes through ``replay_range``, one pass that
+verifies and decodes plain sets inline; anything unusual (damage, encryption, odd
+values) falls back to ``analyse`` (codec.scan, which resynchronises past damage) and the
+general ``replay``.  Both give the same index: tests/test_kv_fastpath.py compares them.
+Where the bytes may be read from (the commit word, growth, damage confirmed under the
+writer lock) is store.py's protocol, not this module's.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, NamedTuple
+from zlib import crc32
+
+from ..errors import CorruptFileError, DecryptionError
+from . import codec
+from ._crypto import Cipher
+from ._index import REC_UNPACK, Expiring, Packed, fast_set
+from .codec import (
+    DATA_START,
+    KIND_CLEAR,
+    KIND_DEL,
+    KIND_SET,
+    KIND_SET_TTL,
+    REC_FLAG_ENCRYPTED,
+    Record,
+    Serializer,
+)
+
+_Keys = set[str]
+
+
+class Analysis(NamedTuple):
+    header: codec.Header
+    records: tuple[Record, ...]
+    pos: int  # where appending continues
+    damaged: tuple[tuple[int, int], ...]  # committed byte ranges that did not verify
+    problems: tuple[str, ...]
+    dirty_tail: bool  # non-zero bytes after pos (a torn, unacknowledged write)
+
+
+class Loaded(NamedTuple):
+    analysis: Analysis
+    mapping: dict[str, Any]  # the index: key -> value (index form)
+    bad: list[tuple[int, int]]  # byte ranges that do not verify, decode or authenticate
+    nops: int  # operations replayed (with len(index): the live share of the file)
+    has_ttl: bool  # some value was set with a ttl
+
+
+def analyse(buf: memoryview, hdr: codec.Header, *, committed_only: bool = False) -> Analysis:
+    """Which records of a mapped file are valid and where appending continues.
+
+    ``committed_only``: stop at the commit word's end (a reader without the writer lock:
+    the bytes past it are the lock holder's and may be mid-write).
+    """
+    size = buf.nbytes
+    end = hdr.end
+    problems: list[str] = []
+    damaged: list[tuple[int, int]] = []
+    if not hdr.crc_ok:
+        problems.append("the header's fixed part fails its checksum")
+    if end >= DATA_START and end % 8 == 0 and end <= size:
+        s1 = codec.scan(buf, DATA_START, end)
+        damaged += s1.damaged
+        if s1.tail:
+            damaged.append((s1.next, end))
+        if committed_only:
+            return Analysis(hdr, s1.records, end, tuple(damaged), tuple(problems), False)
+        s2 = codec.scan(buf, end, size, resync=False)
+        records = s1.records + s2.records
+        pos = s2.next
+    elif end >= DATA_START and end % 8 == 0:
+        s1 = codec.scan(buf, DATA_START, size)
+        damaged += s1.damaged
+        damaged.append((s1.next, end))
+        problems.append(f"the file was cut: it has {size} bytes but {end} were committed")
+        records, pos = s1.records, s1.next
+    else:
+        problems.append(f"the header's end word ({end}) is damaged; scanned the whole file")
+        s1 = codec.scan(buf, DATA_START, size)
+        damaged += s1.damaged
+        records, pos = s1.records, s1.next
+    dirty = pos < size and any(buf[pos : min(size, pos + 16)])
+    if damaged:
+        lost = sum(b - a for a, b in damaged)
+        problems.append(f"{lost} committed bytes in {len(damaged)} range(s) do not verify: "
+                        + ", ".join(f"[{a}, {b})" for a, b in damaged[:8]))
+    return Analysis(hdr, records, pos, tuple(damaged), tuple(problems), dirty)
+
+
+def stored(vb: bytes, ser: Serializer | None) -> Any:
+    """The index form of an encoded value (containers and custom values stay encoded)."""
+    tag = vb[0]
+    if tag in codec.SCALAR_TAGS:
+        return codec.decode_value(vb)
+    if tag == codec.T_CUSTOM and ser is None:
+        return Packed(vb)  # readable once a serializer is given; not damage
+    codec.decode_value(vb, ser)  # verify now: damage shows at open, not at get
+    return Packed(vb)
+
+
+def replay(rec: Record, index: dict[str, Any], changes: _Keys | None,
+           cipher: Cipher | None, ser: Serializer | None) -> tuple[int, bool]:
+    """Apply one verified record to ``index`` (and note changed keys): (operations, ttl
+    seen).  CorruptFileError/DecryptionError when it does not decode or authenticate."""
+    body = rec.body
+    if rec.kind == KIND_SET and not rec.flags and changes is None:
+        fast = fast_set(body)
+        if fast is not None:
+            index[fast[0]] = fast[1]
+            return 1, False
+    if rec.flags & REC_FLAG_ENCRYPTED:
+        if cipher is None:
+            raise DecryptionError("encrypted record in a file opened without key=")
+        body = cipher.decrypt(body, rec.offset, rec.kind)
+    ops = [(k, key, stored(vb, ser) if vb else None, exp)
+           for k, key, vb, exp in codec.iter_ops(rec.kind, body)]
+    ttl = False
+    for kind, key, value, expiry in ops:
+        if kind == KIND_SET:
+            index[key] = value
+        elif kind == KIND_SET_TTL:
+            index[key] = Expiring(value, expiry)
+            ttl = True
+        elif kind == KIND_DEL:
+            index.pop(key, None)
+        else:
+            if changes is not None:
+                changes.update(index)
+            index.clear()
+        if changes is not None and kind != KIND_CLEAR:
+            changes.add(key)
+    return len(ops), ttl
+
+
+def replay_range(view: memoryview, pos: int, end: int, index: dict[str, Any],
+                 ser: Serializer | None) -> tuple[int, bool] | None:
+    """Replay the clean, unencrypted records of ``[pos, end)`` into ``index`` in one pass:
+    (operations, ttl seen), or None at anything unusual (damage, odd values): the caller
+    then takes the careful path over the same range (replaying a range again is
+    harmless: every record sets, deletes or clears)."""
+    unpack = REC_UNPACK
+    nops = 0
+    ttl = False
+    from_bytes = int.from_bytes
+    try:
+        while pos < end:
+            magic, kind, flags, n, crc = unpack(view, pos)
+            nxt = pos + ((19 + n) & ~7)
+            if magic != 0x4B56 or flags or nxt > end:
+                return None
+            body = view[pos + 12 : pos + 12 + n].tobytes()
+            if crc32(body, (pos * 0x9E3779B1) ^ (n << 16) ^ kind) != crc:  # (seed masked)
+                return None
+            # fast_set() inlined (the same three cases: an int, bytes or str value right
+            # after the key); anything else, or what does not decode, is replayed by the
+            # general path.
+            if kind == KIND_SET and n > 2:
+                v = 2 + (body[0] | body[1] << 8)
+                tag = body[v] if v < n else 0
+                if (tag == 3 and n == v + 9) or ((tag == 7 or tag == 6) and n == v + 5
+                                                 + from_bytes(body[v + 1 : v + 5], "little")):
+                    try:
+                        index[body[2:v].decode("utf-8", "surrogatepass")] = (
+                            body[v + 5 :] if tag == 7 else
+                            from_bytes(body[v + 1 :], "little", signed=True) if tag == 3
+                            else body[v + 5 :].decode("utf-8", "surrogatepass"))
+                        nops += 1
+                        pos = nxt
+                        continue
+                    except UnicodeDecodeError:
+                        pass
+            ops, t = replay(Record(pos, kind, flags, body), index, None, None, ser)
+            nops += ops
+            ttl = ttl or t
+            pos = nxt
+    except (CorruptFileError, DecryptionError, struct.error):
+        return None
+    return nops, ttl
+
+
+def read(view: memoryview, hdr: codec.Header, *, committed_only: bool,
+         cipher: Cipher | None, ser: Serializer | None) -> Loaded:
+    """Scan and replay a mapped file (``hdr`` parsed from it) into a fresh index.
+
+    ``committed_only``: read nothing at or past the commit word's end (those bytes belong
+    to the writer-lock holder and may be mid-write).
+    """
+    nops = 0
+    has_ttl = False
+    fast = None
+    end = hdr.end
+    if not hdr.encrypted and hdr.crc_ok and DATA_START <= end <= view.nbytes and not end % 8:
+        index: dict[str, Any] = {}
+        fast = replay_range(view, DATA_START, end, index, ser)
+    if fast is not None:
+        # Clean committed region: only what lies beyond it is left to look at.
+        nops, has_ttl = fast
+        if committed_only:
+            analysis = Analysis(hdr, (), end, (), (), False)
+        else:
+            extra = codec.scan(view, end, view.nbytes, resync=False)
+            size = view.nbytes
+            dirty = extra.next < size and any(view[extra.next : min(size, extra.next + 16)])
+            analysis = Analysis(hdr, extra.records, extra.next, (), (), dirty)
+    else:
+        analysis = analyse(view, hdr, committed_only=committed_only)
+        index = {}
+    bad: list[tuple[int, int]] = list(analysis.damaged)
+    plain = 0
+    for rec in analysis.records:
+        if rec.kind == KIND_SET and not rec.flags:
+            item = fast_set(rec.body)
+            if item is not None:
+                index[item[0]] = item[1]
+                plain += 1
+                continue
+        try:
+            ops, t = replay(rec, index, None, cipher, ser)
+        except (CorruptFileError, DecryptionError):
+            bad.append((rec.offset, rec.offset + rec.size))
+            continue
+        nops += ops
+        has_ttl = has_ttl or t
+    return Loaded(analysis, index, bad, nops + plain, has_ttl)
