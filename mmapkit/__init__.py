@@ -55,7 +55,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ do
     from .journal import Journal
     from .kv import KV
     from .lock import FileLock
-    from .mirror import Mirror, RedisStreamSink, RedisStreamSource
+    from .mirror import KafkaSink, KafkaSource, Mirror, RedisStreamSink, RedisStreamSource
     from .region import Region
     from .transfer import CopyResult, asend, copy, send
     from .wait import Waiter
@@ -84,6 +84,8 @@ __all__ = [
     "JoinableQueue",
     "Journal",
     "JournalRecoveryWarning",
+    "KafkaSink",
+    "KafkaSource",
     "LockTimeout",
     "MessageTooLargeError",
     "Mirror",
@@ -127,6 +129,8 @@ _LAZY: dict[str, str] = {
     "FileLock": ".lock",
     "JoinableQueue": ".ipc",
     "Journal": ".journal",
+    "KafkaSink": ".mirror",
+    "KafkaSource": ".mirror",
     "Mirror": ".mirror",
     "RedisStreamSink": ".mirror",
     "RedisStreamSource": ".mirror",

@@ -394,7 +394,7 @@ def test_import_loads_no_client_library_and_a_missing_one_says_what_to_install()
 def test_mirror_package_names_are_pinned() -> None:
     assert set(mmapkit.mirror.__all__) == {
         "Mirror", "MirrorStatistics", "RedisConsumer", "RedisStreamSink",
-        "RedisStreamSource", "Shipper", "Sink", "sink_from_url"}
+        "RedisStreamSource", "Shipper", "Sink", "sink_from_url", "KafkaSink", "KafkaSource"}
     for name in mmapkit.mirror.__all__:
         assert getattr(mmapkit.mirror, name) is not None
     assert mmapkit.Mirror is mmapkit.mirror.Mirror

@@ -14,13 +14,16 @@ if TYPE_CHECKING:
     from ._core import Mirror, MirrorStatistics
     from ._ship import Shipper
     from ._url import sink_from_url
+    from .kafka import KafkaSink, KafkaSource
     from .redis import RedisConsumer, RedisStreamSink, RedisStreamSource
 
-__all__ = ["Mirror", "MirrorStatistics", "RedisConsumer", "RedisStreamSink",
-           "RedisStreamSource", "Shipper", "Sink", "sink_from_url"]
+__all__ = ["KafkaSink", "KafkaSource", "Mirror", "MirrorStatistics", "RedisConsumer",
+           "RedisStreamSink", "RedisStreamSource", "Shipper", "Sink", "sink_from_url"]
 
 # public name -> submodule that defines it (one row per name: merges stay easy)
 _LAZY: dict[str, str] = {
+    "KafkaSink": ".kafka",
+    "KafkaSource": ".kafka",
     "Mirror": "._core",
     "MirrorStatistics": "._core",
     "RedisConsumer": ".redis",

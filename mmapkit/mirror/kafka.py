@@ -215,6 +215,11 @@ class KafkaSink:
         self._next = 0  # the next journal offset the target lacks
         self._closed = False
 
+    @property
+    def target(self) -> str:
+        """The partition as a mirror URL (what the Mirror's messages and statistics show)."""
+        return f"kafka://{self.bootstrap}/{self.topic}?partition={self.partition}"
+
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open" if self._producer is not None else "idle"
         return (f"<KafkaSink {self.bootstrap}/{self.topic}[{self.partition}] {state} "
