@@ -327,11 +327,12 @@ def _target(sink: object) -> str:
     return str(getattr(sink, "target", None) or repr(sink))
 
 
-def run_foreground(worker: Any, *, progress: float = 1.0, out: Any = None) -> int:
-    """Run ``worker`` (a Mirror or Shipper) in a thread until SIGTERM/SIGINT, printing a
-    progress line every ``progress`` seconds (0: none) to ``out`` (stderr); what the
-    ``mirror`` and ``ship`` commands do.  Returns 0 after a clean stop; raises the error
-    that stopped the worker."""
+def run_foreground(worker: Any, *, progress: float = 1.0, once: bool = False,
+                   out: Any = None) -> int:
+    """Run ``worker`` (a Mirror or Shipper) until SIGTERM/SIGINT (or, with ``once``, until
+    it has caught up), printing a progress line every ``progress`` seconds (0: none) to
+    ``out`` (stderr); what the ``mirror`` and ``ship`` commands do.  Returns 0 after a
+    clean stop; raises the error that stopped the worker."""
     import signal
     import sys
     out = sys.stderr if out is None else out
@@ -340,14 +341,23 @@ def run_foreground(worker: Any, *, progress: float = 1.0, out: Any = None) -> in
     def on_signal(signum: int, frame: object) -> None:
         stop.set()
 
+    def body() -> None:
+        try:
+            worker.run(until_caught_up=once)
+        except BaseException:  # kept by the worker: stop() below raises it
+            pass
+
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        worker.start()
+        t = threading.Thread(target=body, daemon=True, name="mmapkit-mirror")
+        t.start()
         last = ""
-        while not stop.wait(progress or 0.5):
-            st = worker.statistics()
-            if st.state == "failed":
+        while t.is_alive():
+            if stop.wait(progress or 0.5):
+                worker.request_stop()  # finish the batch in flight, give the target up
+                t.join()
                 break
+            st = worker.statistics()
             if progress:
                 line = (f"{st.name} -> {st.target}: {st.state}, sent {st.sent}, position "
                         f"{st.position}, lag {st.lag}"
