@@ -399,3 +399,24 @@ def test_mirror_package_names_are_pinned() -> None:
         assert getattr(mmapkit.mirror, name) is not None
     assert mmapkit.Mirror is mmapkit.mirror.Mirror
     assert mmapkit.log.Shipper is mmapkit.mirror.Shipper
+
+
+def test_chunks_cut_by_bytes_in_order() -> None:
+    from mmapkit.mirror._core import chunks
+    recs = [Record(i, 0, None, b"x" * size, ()) for i, size in
+            enumerate([10, 500, 10, 2000, 10, 10])]
+    parts = chunks(recs, 700)
+    assert [r for p in parts for r in p] == recs
+    assert [[r.offset for r in p] for p in parts] == [[0, 1], [2], [3], [4, 5]]
+    assert chunks([], 700) == []
+
+
+@pytest.mark.redis
+def test_big_batches_go_in_several_atomic_sends(tmp_path: Path, server: RedisServer) -> None:
+    with Journal(tmp_path / "j", create=True) as j:
+        j.append_many([bytes([i]) * 100_000 for i in range(40)])
+        m = Mirror(j, RedisStreamSink(server.url, STREAM), max_batch_bytes=1 << 20)
+        assert m.run(until_caught_up=True) == 40
+        assert m.statistics().batches >= 4
+    entries = _stream(server)
+    assert [e[1][b"v"][:1] for e in entries] == [bytes([i]) for i in range(40)]

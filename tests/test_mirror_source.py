@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -120,3 +121,23 @@ def test_a_foreign_stream_is_a_clear_error(tmp_path: Path) -> None:
         with RedisStreamSource(server.url, "other").consumer("g", "a") as c:
             with pytest.raises(TargetMismatchError, match="no mmapkit mirror wrote"):
                 c.poll(10, timeout=0.1)
+
+
+def test_a_long_poll_outlasts_the_socket_timeout_and_sees_claimable_records(
+        mirrored: tuple[RedisServer, Path]) -> None:
+    server, _ = mirrored
+    src = RedisStreamSource(server.url, STREAM, timeout=0.5)
+    with src.consumer("g", "drain") as c:
+        while c.poll(1000, timeout=0.1):
+            pass  # the group has been given everything; nothing committed yet
+        t = time.monotonic()
+        assert c.poll(10, timeout=1.2) == []  # blocks in slices: no socket timeout
+        assert 1.1 <= time.monotonic() - t < 10
+        c.close()
+    # "drain" never committed: a consumer polling with a long timeout picks its records up
+    # once they are idle long enough, without waiting for the whole timeout
+    with src.consumer("g", "heir", claim_idle_ms=300) as c:
+        t = time.monotonic()
+        got = c.poll(1000, timeout=30)
+        assert got and time.monotonic() - t < 10
+        assert c.statistics().redelivered == len(got)

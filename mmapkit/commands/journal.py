@@ -211,11 +211,11 @@ def _mirror(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"mmapkit journal mirror: {exc}", file=sys.stderr)
         return 2
+    code = run_foreground(mirror, progress=args.progress, once=args.once)
     if args.once:
-        sent = mirror.run(until_caught_up=True)
-        print(f"{mirror.name}: sent {sent}, position {mirror.statistics().position}")
-        return 0
-    return run_foreground(mirror, progress=args.progress)
+        st = mirror.statistics()
+        print(f"{st.name}: sent {st.sent}, position {st.position}")
+    return code
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

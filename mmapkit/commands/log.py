@@ -189,10 +189,10 @@ def _ship(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"mmapkit log ship: {exc}", file=sys.stderr)
         return 2
+    code = run_foreground(shipper, progress=args.progress, once=args.once)
     if args.once:
-        print(f"{shipper.name}: sent {shipper.run(until_caught_up=True)}")
-        return 0
-    return run_foreground(shipper, progress=args.progress)
+        print(f"{shipper.name}: sent {shipper.statistics().sent}")
+    return code
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -64,6 +64,7 @@ __all__ = ["Mirror", "MirrorStatistics"]
 _IDLE_SLICE = 0.1  # seconds a poll waits before looking at stop() and the lease again
 _BACKOFF_MIN = 0.05
 _BACKOFF_MAX = 5.0
+_MAX_BATCH_BYTES = 8 << 20  # one send stays well under Redis's 512 MB request limits
 
 
 @dataclass(frozen=True)
@@ -89,13 +90,15 @@ class Mirror:
     ``name`` names the mirror's consumer in the journal (default ``"mirror"``); it is
     part of the source id the target remembers, so keep it when restarting.  ``batch``:
     most records per send; ``linger_ms``: how long to wait for a fuller batch once one
-    record is there.  ``on_gap``: ``"error"`` (default) when retention deleted records
-    before they were mirrored, or ``"skip"`` to go on from the oldest kept record.
+    record is there; ``max_batch_bytes`` cuts a batch into several sends.  ``on_gap``:
+    ``"error"`` (default) when retention deleted records before they were mirrored, or
+    ``"skip"`` to go on from the oldest kept record.
     """
 
     def __init__(self, journal: Journal | str | os.PathLike[str], sink: Sink, *,
                  name: str | None = None, batch: int = 1000, linger_ms: float = 0.0,
-                 on_gap: str = "error", max_backoff: float = _BACKOFF_MAX) -> None:
+                 on_gap: str = "error", max_backoff: float = _BACKOFF_MAX,
+                 max_batch_bytes: int = _MAX_BATCH_BYTES) -> None:
         if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0:
             raise ValueError(f"batch must be a positive int, got {batch!r}")
         if linger_ms < 0:
@@ -113,6 +116,7 @@ class Mirror:
         self.linger = linger_ms / 1000
         self.on_gap = on_gap
         self.max_backoff = max_backoff
+        self.max_batch_bytes = max_batch_bytes
         self.source_id = f"journal:{self._journal.path}#{self.name}"
         self._state = "idle"
         self._position: int | None = None
@@ -189,18 +193,18 @@ class Mirror:
                             self._position >= j.end_offset):
                         break
                     recs = self._poll(j, consumer)
-                    if recs:
-                        self.sink.send(recs)
+                    for part in chunks(recs, self.max_batch_bytes):
+                        self.sink.send(part)
                         if PAUSES:
                             pause("mirror.sent")
                         last_send = time.monotonic()
-                        consumer.commit(recs[-1].offset + 1)
+                        consumer.commit(part[-1].offset + 1)
                         with self._progress:
-                            self._position = recs[-1].offset + 1
-                            self._sent += len(recs)
+                            self._position = part[-1].offset + 1
+                            self._sent += len(part)
                             self._batches += 1
                             self._progress.notify_all()
-                    elif time.monotonic() - last_send > keepalive:
+                    if not recs and time.monotonic() - last_send > keepalive:
                         self.sink.send([])  # renew the lease while idle
                         last_send = time.monotonic()
                 except SinkUnavailableError as exc:
@@ -323,15 +327,34 @@ class Mirror:
         return f"Mirror({self._journal.path!r} -> {_target(self.sink)}, name={self.name!r})"
 
 
+def chunks(records: list[Any], max_bytes: int) -> list[list[Any]]:
+    """``records`` cut, in order, into runs of at most ``max_bytes`` of keys and values
+    (a record larger than that goes alone)."""
+    out: list[list[Any]] = []
+    run: list[Any] = []
+    size = 0
+    for rec in records:
+        n = len(rec.value) + len(rec.key or b"") + 64
+        if run and size + n > max_bytes:
+            out.append(run)
+            run, size = [], 0
+        run.append(rec)
+        size += n
+    if run:
+        out.append(run)
+    return out
+
+
 def _target(sink: object) -> str:
     return str(getattr(sink, "target", None) or repr(sink))
 
 
-def run_foreground(worker: Any, *, progress: float = 1.0, out: Any = None) -> int:
-    """Run ``worker`` (a Mirror or Shipper) in a thread until SIGTERM/SIGINT, printing a
-    progress line every ``progress`` seconds (0: none) to ``out`` (stderr); what the
-    ``mirror`` and ``ship`` commands do.  Returns 0 after a clean stop; raises the error
-    that stopped the worker."""
+def run_foreground(worker: Any, *, progress: float = 1.0, once: bool = False,
+                   out: Any = None) -> int:
+    """Run ``worker`` (a Mirror or Shipper) until SIGTERM/SIGINT (or, with ``once``, until
+    it has caught up), printing a progress line every ``progress`` seconds (0: none) to
+    ``out`` (stderr); what the ``mirror`` and ``ship`` commands do.  Returns 0 after a
+    clean stop; raises the error that stopped the worker."""
     import signal
     import sys
     out = sys.stderr if out is None else out
@@ -340,14 +363,23 @@ def run_foreground(worker: Any, *, progress: float = 1.0, out: Any = None) -> in
     def on_signal(signum: int, frame: object) -> None:
         stop.set()
 
+    def body() -> None:
+        try:
+            worker.run(until_caught_up=once)
+        except BaseException:  # kept by the worker: stop() below raises it
+            pass
+
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        worker.start()
+        t = threading.Thread(target=body, daemon=True, name="mmapkit-mirror")
+        t.start()
         last = ""
-        while not stop.wait(progress or 0.5):
-            st = worker.statistics()
-            if st.state == "failed":
+        while t.is_alive():
+            if stop.wait(progress or 0.5):
+                worker.request_stop()  # finish the batch in flight, give the target up
+                t.join()
                 break
+            st = worker.statistics()
             if progress:
                 line = (f"{st.name} -> {st.target}: {st.state}, sent {st.sent}, position "
                         f"{st.position}, lag {st.lag}"

@@ -40,7 +40,14 @@ from typing import Any
 
 from ..errors import ClosedError, MirrorError, SinkUnavailableError
 from ..journal import Record
-from ._core import _BACKOFF_MAX, _BACKOFF_MIN, MirrorStatistics, _target
+from ._core import (
+    _BACKOFF_MAX,
+    _BACKOFF_MIN,
+    _MAX_BATCH_BYTES,
+    MirrorStatistics,
+    _target,
+    chunks,
+)
 
 __all__ = ["Shipper", "log_record"]
 
@@ -150,17 +157,17 @@ class Shipper:
                         else:
                             taken.append(item)
                     fresh = [r for r in taken if r.sequence > marks.get(str(r.stream), -1)]
-                    if fresh:
-                        new_marks = dict.fromkeys({str(r.stream) for r in fresh}, -1)
-                        for r in fresh:
-                            new_marks[str(r.stream)] = max(new_marks[str(r.stream)],
-                                                           r.sequence)
-                        batch = [log_record(nxt + i, r) for i, r in enumerate(fresh)]
-                        self.sink.send(batch, marks=new_marks)
+                    batch = [log_record(nxt + i, r) for i, r in enumerate(fresh)]
+                    for part in chunks(batch, _MAX_BATCH_BYTES):
+                        new_marks: dict[str, int] = {}
+                        for rec in part:
+                            h = dict(rec.headers)
+                            new_marks[h["stream"].decode()] = int(h["seq"])  # ascending
+                        self.sink.send(part, marks=new_marks)
                         marks.update(new_marks)
-                        nxt += len(batch)
+                        nxt = part[-1].offset + 1
                         self._position = nxt
-                        self._sent += len(batch)
+                        self._sent += len(part)
                         self._batches += 1
                         last_send = time.monotonic()
                     taken = []

@@ -583,6 +583,7 @@ class RedisConsumer:
         self.name = name
         self.claim_idle_ms = claim_idle_ms
         self._stream = source.stream
+        self._slice = max(0.05, min(1.0, source.timeout / 2))
         self._where = f"{_where(source.url)}#{source.stream}"
         self._closed = False
         redis = _redis_module()
@@ -657,30 +658,36 @@ class RedisConsumer:
                     self._own_cursor = entries[-1][0]
                     return self._take(entries, True)
                 self._own_cursor = None
-            now = time.monotonic()
-            if now >= self._next_claim:
-                reply = client.execute_command(
-                    "XAUTOCLAIM", self._stream, self.group, self.name, self.claim_idle_ms,
-                    self._claim_cursor, "COUNT", max_records)
-                self._claim_cursor = reply[0]
-                got = self._take(reply[1], True)
-                if self._claim_cursor == b"0-0":  # one full sweep done: look again later
-                    self._next_claim = now + self.claim_idle_ms / 4000
-                if got:
-                    return got
-            block = None if timeout is None else max(1, int(timeout * 1000))
-            args: list[Any] = ["XREADGROUP", "GROUP", self.group, self.name,
-                               "COUNT", max_records]
-            if block is not None or timeout is None:
-                args += ["BLOCK", 0 if timeout is None else block]
-            args += ["STREAMS", self._stream, ">"]
-            reply = client.execute_command(*args)
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                now = time.monotonic()
+                if now >= self._next_claim:
+                    reply = client.execute_command(
+                        "XAUTOCLAIM", self._stream, self.group, self.name,
+                        self.claim_idle_ms, self._claim_cursor, "COUNT", max_records)
+                    self._claim_cursor = reply[0]
+                    got = self._take(reply[1], True)
+                    if self._claim_cursor == b"0-0":  # a full sweep: look again later
+                        self._next_claim = now + self.claim_idle_ms / 4000
+                    if got:
+                        return got
+                # block in slices shorter than the socket timeout; between slices, look
+                # for a dead consumer's records that became claimable
+                left = None if deadline is None else deadline - time.monotonic()
+                block = self._slice if left is None else min(left, self._slice)
+                args: list[Any] = ["XREADGROUP", "GROUP", self.group, self.name,
+                                   "COUNT", max_records]
+                if block > 0:
+                    args += ["BLOCK", max(1, int(block * 1000))]
+                args += ["STREAMS", self._stream, ">"]
+                recs = self._take(_entries(client.execute_command(*args)), False)
+                if recs:
+                    self._position = max(self._position, recs[-1].offset + 1)
+                    return recs
+                if deadline is not None and time.monotonic() >= deadline:
+                    return []
         except redis.RedisError as exc:
             raise _translate(exc, self._where) from None
-        recs = self._take(_entries(reply), False)
-        if recs:
-            self._position = max(self._position, recs[-1].offset + 1)
-        return recs
 
     def commit(self, offset: int | None = None) -> None:
         """Acknowledge every record poll() returned below ``offset`` (default: all of
