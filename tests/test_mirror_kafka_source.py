@@ -97,9 +97,11 @@ def test_commit_after_processing_and_a_new_member_resumes_there(broker, tmp_path
     j.close()
 
 
-def test_seek_commit_offset_position_and_lag(broker, tmp_path):
+@pytest.mark.parametrize("assignor", ["range", "cooperative-sticky"])
+def test_seek_commit_offset_position_and_lag(broker, tmp_path, assignor):
     topic, j = mirrored(broker, tmp_path, 30, batch=30)  # one transaction: dense offsets
-    c = KafkaSource(broker.bootstrap, topic, **broker.group_config).consumer("g3")
+    c = KafkaSource(broker.bootstrap, topic, **broker.group_config,
+                    **{"partition.assignment.strategy": assignor}).consumer(f"g3-{assignor}")
     assert c.position == 0
     assert c.lag == 31  # 30 records and the transaction's commit marker
     c.seek(10)  # before the group assigned the partition: applied on assignment

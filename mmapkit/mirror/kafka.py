@@ -518,6 +518,7 @@ class KafkaConsumer:
             **self._errors.config(),
             **source._config,
         }
+        self._cooperative = "cooperative" in str(conf.get("partition.assignment.strategy"))
         try:
             self._c: Any = kafka.Consumer(conf)
         except kafka.KafkaException as exc:
@@ -544,13 +545,21 @@ class KafkaConsumer:
             if tp.partition == self._source.partition and self._pending_seek is not None:
                 tp.offset = self._pending_seek
                 self._pending_seek = None
-        consumer.assign(partitions)
+        # Cooperative assignors (partition.assignment.strategy=cooperative-sticky) hand
+        # out and take back partitions one by one; eager ones replace the whole set.
+        if self._cooperative:
+            consumer.incremental_assign(partitions)
+        else:
+            consumer.assign(partitions)
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         for tp in partitions:
             self._assigned.discard(tp.partition)
             self._positions.pop(tp.partition, None)
-        consumer.unassign()
+        if self._cooperative:
+            consumer.incremental_unassign(partitions)
+        else:
+            consumer.unassign()
 
     # --- the Journal consumer API -----------------------------------------------------
 
