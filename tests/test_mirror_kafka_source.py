@@ -109,9 +109,13 @@ def test_seek_commit_offset_position_and_lag(broker, tmp_path, assignor):
     assert got[0].journal_offset == 10 and got[0].offset == 10
     assert c.position == 30 and c.lag == 1
     c.seek("earliest")
+    assert c.position == 0
     assert drain(c, 1)[0].journal_offset == 0
     c.seek("latest")
+    assert c.position == 31 and c.lag == 0
     assert c.poll(10, 0.5) == []
+    c.commit()
+    assert c.committed == 31
     c.commit(7)
     assert c.committed == 7
     with pytest.raises(ValueError, match="offset >= 0"):

@@ -190,8 +190,9 @@ class KafkaSink:
     """A Kafka partition as a mirror target: idempotent, transactional, fenced.
 
     ``KafkaSink(bootstrap, topic, partition=0, timeout=30.0, **config)``: ``bootstrap``
-    is ``"host:port[,host:port]"``; ``config`` adds librdkafka producer settings (dots as
-    underscores are not translated: pass ``**{"linger.ms": 5}``).  The topic must exist.
+    is ``"host:port[,host:port]"``; ``timeout`` bounds each broker operation; ``config``
+    adds librdkafka producer settings by their dotted names (``**{"linger.ms": 5}``).
+    The topic must exist.
     See the module comment for the protocol and :class:`mmapkit.mirror.Sink` for the
     contract.
     """
@@ -245,20 +246,25 @@ class KafkaSink:
             **self._errors.config(),
             **self._config,
         }
+        self._errors.last = None  # a reason from an earlier attempt would mislead
         try:
             producer = kafka.Producer(conf)  # O1
         except kafka.KafkaException as exc:
             raise ValueError(f"bad Kafka producer settings: {_describe(exc)[1]}") from exc
-        _check_topic(producer, self.bootstrap, self.topic, self.partition, self.timeout,
-                     self._errors, kafka)
         try:
-            producer.init_transactions(self.timeout)  # O2
-        except kafka.KafkaException as exc:
-            raise self._translate(exc, "init_transactions") from exc
-        if PAUSES:
-            pause("kafka.sink.initialized")
-        self._source = source_id.encode()
-        self._next = self._read_back()  # O3
+            _check_topic(producer, self.bootstrap, self.topic, self.partition,
+                         self.timeout, self._errors, kafka)
+            try:
+                producer.init_transactions(self.timeout)  # O2
+            except kafka.KafkaException as exc:
+                raise self._translate(exc, "init_transactions") from exc
+            if PAUSES:
+                pause("kafka.sink.initialized")
+            self._source = source_id.encode()
+            self._next = self._read_back()  # O3
+        except BaseException:
+            self._destroy(producer)  # not left to the garbage collector with its threads
+            raise
         self._producer = producer
         return self._next
 
@@ -640,13 +646,13 @@ class KafkaConsumer:
         p = self._source.partition
         if p in self._positions:
             return self._positions[p]
-        if self._pending_seek is not None and self._pending_seek >= 0:
+        if self._pending_seek is not None:
             return self._pending_seek
         committed = self.committed
         if committed is not None:
             return committed
         low, high = self._marks()
-        return high if self.reset == "latest" or self._pending_seek == -1 else low
+        return high if self.reset == "latest" else low
 
     @property
     def lag(self) -> int:
@@ -667,10 +673,10 @@ class KafkaConsumer:
         offset); commit() stores it."""
         self._check()
         kafka = self._kafka
-        if offset == "earliest":
-            target = kafka.OFFSET_BEGINNING
-        elif offset == "latest":
-            target = kafka.OFFSET_END
+        if offset in ("earliest", "latest"):
+            # a concrete offset, so that position and commit() can say where it is
+            low, high = self._marks()
+            target = low if offset == "earliest" else high
         elif isinstance(offset, int) and not isinstance(offset, bool) and offset >= 0:
             target = offset
         else:
@@ -685,8 +691,7 @@ class KafkaConsumer:
             self._c.seek(kafka.TopicPartition(self._source.topic, p, target))
         except kafka.KafkaException as exc:
             raise self._translate(exc, "seek") from exc
-        if target >= 0:
-            self._positions[p] = target
+        self._positions[p] = target
 
     def close(self) -> None:
         """Leave the group (its partitions go to other members at once); idempotent."""
