@@ -50,9 +50,14 @@ print("done", flush=True)
 
 
 def _append(j: Journal, first: int, n: int, rnd: random.Random) -> None:
-    for i in range(first, first + n):
-        j.append(b"record %d " % i + b"x" * rnd.randint(0, 200),
-                 key=b"k%d" % (i % 13), headers=[("n", b"%d" % i)] if i % 5 == 0 else None)
+    # Journal batches of 1..500 records (a batch per record would make the final
+    # Journal.check() slow: its time-index pass is quadratic in batches per segment).
+    i, end = first, first + n
+    while i < end:
+        k = min(end - i, rnd.randint(1, 500))
+        j.append_many([(b"record %d " % o + b"x" * rnd.randint(0, 200), b"k%d" % (o % 13),
+                        [("n", b"%d" % o)] if o % 5 == 0 else None) for o in range(i, i + k)])
+        i += k
 
 
 def kill_rounds(tmp_path: Path, rounds: int, per_round: int, max_delay: float) -> None:
@@ -107,5 +112,6 @@ def kill_rounds(tmp_path: Path, rounds: int, per_round: int, max_delay: float) -
 # (test_mirror_kafka_mirror.py); this one drives the sink alone, so a fault in the Mirror
 # cannot hide one in the sink or the other way round.
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # 100+ rounds of process start-up on a loaded machine
 def test_sigkill_the_mirroring_process_many_rounds(tmp_path):
     kill_rounds(tmp_path, rounds=120, per_round=6000, max_delay=0.4)

@@ -153,6 +153,7 @@ def test_sigkill_the_mirror_command_at_random_moments(broker, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # 100+ rounds of process start-up on a loaded machine
 def test_sigkill_the_mirror_command_many_rounds(broker, tmp_path):
     mirror_kill_rounds(broker, tmp_path, rounds=110, per_round=8000)
 
