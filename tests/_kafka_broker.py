@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import logging
 import os
 import signal
 import socket
@@ -28,6 +29,9 @@ from typing import Any
 import pytest
 
 ENV = "MMAPKIT_KAFKA_BOOTSTRAP"
+# librdkafka logs of the tests' own clients go to logging (pytest shows them on failure),
+# not to stderr, where a client outliving a killed broker would print for seconds.
+_CLIENT_LOG = {"logger": logging.getLogger("tests.kafka_broker")}
 
 
 def unavailable(reason: str) -> None:
@@ -96,7 +100,7 @@ class Broker:
         from confluent_kafka.admin import AdminClient, NewTopic
 
         name = f"mmk-{uuid.uuid4().hex[:12]}"
-        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        admin = AdminClient({"bootstrap.servers": self.bootstrap, **_CLIENT_LOG})
         admin.create_topics([NewTopic(name, partitions, 1)])[name].result(30)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -112,7 +116,7 @@ class Broker:
 
         c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "mmk-test-read",
                       "isolation.level": "read_committed", "enable.auto.commit": False,
-                      "enable.partition.eof": True})
+                      "enable.partition.eof": True, **_CLIENT_LOG})
         try:
             c.assign([TopicPartition(topic, partition, 0)])
             out: list[Any] = []

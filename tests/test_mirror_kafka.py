@@ -344,7 +344,7 @@ def test_bad_librdkafka_setting_is_a_value_error(broker):
 
 
 def test_refused_connection_is_sink_unavailable_and_says_so():
-    sink = KafkaSink(f"127.0.0.1:{free_port()}", "t", timeout=2)
+    sink = KafkaSink(f"127.0.0.1:{free_port()}", "t", timeout=1)
     t0 = time.monotonic()
     with pytest.raises(SinkUnavailableError, match=r"(?i)cannot reach.*refused"):
         sink.open("s")
@@ -353,7 +353,7 @@ def test_refused_connection_is_sink_unavailable_and_says_so():
 
 def test_unresolvable_host_is_sink_unavailable():
     with pytest.raises(SinkUnavailableError, match="cannot reach"):
-        KafkaSink("no-such-host.invalid:9092", "t", timeout=2).open("s")
+        KafkaSink("no-such-host.invalid:9092", "t", timeout=1).open("s")
 
 
 def test_unknown_topic_and_partition(broker):
@@ -369,7 +369,7 @@ def test_broker_killed_mid_stream_is_sink_unavailable(tmp_path):
         topic = b.new_topic()
         j = fill(tmp_path / "j", 40)
         recs = list(j.reader(0))
-        sink = KafkaSink(b.bootstrap, topic, timeout=1.5)
+        sink = KafkaSink(b.bootstrap, topic, timeout=1)
         sink.open("s")
         sink.send(recs[:20])
         b.stop()

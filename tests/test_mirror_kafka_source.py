@@ -219,6 +219,6 @@ def test_bad_arguments_and_unknown_topic(broker):
 
 
 def test_refused_connection_is_sink_unavailable():
-    src = KafkaSource(f"127.0.0.1:{free_port()}", "t", timeout=2)
+    src = KafkaSource(f"127.0.0.1:{free_port()}", "t", timeout=1)
     with pytest.raises(SinkUnavailableError, match="refused"):
         src.consumer("g")
