@@ -20,10 +20,12 @@ pytestmark = pytest.mark.kafka
 confluent_kafka = pytest.importorskip("confluent_kafka")
 from mmapkit.mirror.kafka import (  # noqa: E402
     OFFSET_HEADER,
+    SOURCE_HEADER,
     KafkaConsumer,
     KafkaRecord,
     KafkaSink,
     KafkaSource,
+    split_headers,
 )
 
 
@@ -74,6 +76,35 @@ def test_records_come_back_as_the_journal_wrote_them(broker, tmp_path):
     kafka_offsets = [r.offset for r in got]
     assert kafka_offsets == sorted(set(kafka_offsets))
     j.close()
+
+
+def test_journal_headers_named_like_ours_travel_untouched(broker, tmp_path):
+    """The mirror's headers are the last two; a record may carry its own of the same
+    names (a journal fed from another mirror's far side)."""
+    topic = broker.new_topic()
+    j = Journal(tmp_path / "j", create=True)
+    theirs = ((OFFSET_HEADER, b"999"), (SOURCE_HEADER, b"elsewhere"), ("x", b""))
+    for i in range(3):
+        j.append(b"v%d" % i, headers=list(theirs))
+    for _ in range(2):  # the second open must resume from our header, not theirs
+        with KafkaSink(broker.bootstrap, topic) as sink:
+            start = sink.open("src")
+            sink.send(list(j.reader(start)))
+    assert start == 3
+    c = KafkaSource(broker.bootstrap, topic, **broker.group_config).consumer("hdr")
+    got = drain(c, 3)
+    c.close()
+    assert [(r.journal_offset, r.headers) for r in got] == [(i, theirs) for i in range(3)]
+    j.close()
+
+
+def test_split_headers_is_a_pure_function():
+    assert split_headers(None) == ((), None, None)
+    assert split_headers([("a", None)]) == ((("a", b""),), None, None)
+    assert split_headers([("a", b"1"), (OFFSET_HEADER, b"12"), (SOURCE_HEADER, b"s")]) == (
+        (("a", b"1"),), 12, b"s")
+    assert split_headers([(OFFSET_HEADER, b"-3"), (SOURCE_HEADER, b"s")]) == ((), -1, b"s")
+    assert split_headers([(SOURCE_HEADER, b"s"), (OFFSET_HEADER, b"1")])[1] is None
 
 
 def test_commit_after_processing_and_a_new_member_resumes_there(broker, tmp_path):
@@ -134,7 +165,8 @@ def test_an_open_transaction_is_not_delivered_until_it_commits(broker, tmp_path)
                                   "transactional.id": f"{topic}-writer"})
     p.init_transactions(30)
     p.begin_transaction()
-    p.produce(topic, b"pending", partition=0, headers=[(OFFSET_HEADER, b"0")])
+    p.produce(topic, b"pending", partition=0,
+              headers=[(OFFSET_HEADER, b"0"), (SOURCE_HEADER, b"s")])
     p.flush(30)
     c = KafkaSource(broker.bootstrap, topic, **broker.group_config).consumer("g4")
     assert c.poll(10, 1.5) == []

@@ -72,11 +72,10 @@ if TYPE_CHECKING:
     from ..journal import Record
 
 __all__ = ["OFFSET_HEADER", "SOURCE_HEADER", "KafkaConsumer", "KafkaRecord", "KafkaSink",
-           "KafkaSource"]
+           "KafkaSource", "split_headers"]
 
 OFFSET_HEADER = "mmapkit-offset"
 SOURCE_HEADER = "mmapkit-source"
-_OURS = (OFFSET_HEADER, SOURCE_HEADER)
 
 # Kafka's legal topic names (kafka.common.internals.Topic).
 _TOPIC_RE = re.compile(r"[A-Za-z0-9._-]{1,249}")
@@ -170,20 +169,19 @@ def _check_topic(client: Any, bootstrap: str, topic: str, partition: int | None,
     return len(tmd.partitions)
 
 
-def _journal_offset(headers: Sequence[tuple[str, bytes | None]] | None) -> int | None:
-    for name, value in headers or ():
-        if name == OFFSET_HEADER:
-            if value is None or not value.isdigit():
-                return -1
-            return int(value)
-    return None
-
-
-def _header(headers: Sequence[tuple[str, bytes | None]] | None, key: str) -> bytes | None:
-    for name, value in headers or ():
-        if name == key:
-            return value
-    return None
+def split_headers(headers: Sequence[tuple[str, bytes | None]] | None
+                  ) -> tuple[tuple[tuple[str, bytes], ...], int | None, bytes | None]:
+    """A Kafka record's headers as (the journal record's own headers, journal offset,
+    source id).  Ours are the last two (a journal record may carry headers of the same
+    names); without them: (all headers, None, None).  A journal offset that is not
+    decimal ASCII is -1."""
+    hs = list(headers or ())
+    if len(hs) >= 2 and hs[-2][0] == OFFSET_HEADER and hs[-1][0] == SOURCE_HEADER:
+        value = hs[-2][1]
+        offset = int(value) if value is not None and value.isdigit() else -1
+        own = tuple((k, v if v is not None else b"") for k, v in hs[:-2])
+        return own, offset, hs[-1][1]
+    return tuple((k, v if v is not None else b"") for k, v in hs), None, None
 
 
 class KafkaSink:
@@ -431,15 +429,13 @@ class KafkaSink:
                 last = m
 
     def _resume_after(self, m: Any) -> int:
-        headers = m.headers()
         where = f"{self.topic}[{self.partition}] at Kafka offset {m.offset()}"
-        offset = _journal_offset(headers)
+        _, offset, source = split_headers(m.headers())
         if offset is None or offset < 0:
             raise TargetMismatchError(
                 f"{where} holds a record without a valid {OFFSET_HEADER!r} header: it was "
                 f"not written by an mmapkit mirror. Mirror into an empty partition or a "
                 f"new topic")
-        source = _header(headers, SOURCE_HEADER)
         if source != self._source:
             raise TargetMismatchError(
                 f"{where} holds records of another source "
@@ -595,10 +591,7 @@ class KafkaConsumer:
                 if err.code() == kafka.KafkaError._PARTITION_EOF:
                     continue
                 raise self._translate(kafka.KafkaException(err), "poll")
-            raw = m.headers()
-            headers = tuple((k, v if v is not None else b"") for k, v in raw or ()
-                            if k not in _OURS)
-            joff = _journal_offset(raw)
+            headers, joff, _ = split_headers(m.headers())
             ts_type, ts = m.timestamp()
             out.append(KafkaRecord(
                 m.offset(), ts if ts_type != kafka.TIMESTAMP_NOT_AVAILABLE else 0,
