@@ -119,6 +119,25 @@ def test_resending_what_the_target_holds_is_refused(broker, tmp_path):
     j.close()
 
 
+def test_a_record_too_large_for_kafka_stops_the_mirror_with_a_clear_error(broker,
+                                                                          tmp_path):
+    """Not SinkUnavailableError: a reconnecting Mirror would send it again forever."""
+    topic = broker.new_topic()
+    j = Journal(tmp_path / "j", create=True)
+    j.append(b"small")
+    j.append(b"x" * (2 << 20))  # over librdkafka's default message.max.bytes (1 MB)
+    recs = list(j.reader(0))
+    with KafkaSink(broker.bootstrap, topic) as sink:
+        sink.open("s")
+        with pytest.raises(MirrorError, match="larger than the broker or client accepts") as e:
+            sink.send(recs)
+        assert not isinstance(e.value, SinkUnavailableError)
+        assert sink.open("s") == 0  # the batch was all or nothing
+        sink.send(recs[:1])
+    assert journal_offsets(broker, topic) == [0]
+    j.close()
+
+
 def test_send_before_open_says_what_to_do(broker, tmp_path):
     sink = KafkaSink(broker.bootstrap, broker.new_topic())
     with pytest.raises(MirrorError, match=r"before open\(\)"):

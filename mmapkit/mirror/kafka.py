@@ -85,6 +85,10 @@ _TOPIC_RE = re.compile(r"[A-Za-z0-9._-]{1,249}")
 _FENCED = frozenset({"PRODUCER_FENCED", "INVALID_PRODUCER_EPOCH", "_FENCED",
                      "INVALID_PRODUCER_ID_MAPPING"})
 
+# Errors about a record's size: no retry or reconnect can deliver it.
+_TOO_LARGE = frozenset({"MSG_SIZE_TOO_LARGE", "_MSG_SIZE_TOO_LARGE", "RECORD_LIST_TOO_LARGE",
+                        "MESSAGE_TOO_LARGE"})
+
 _log = logging.getLogger("mmapkit.mirror.kafka")
 
 
@@ -337,6 +341,16 @@ class KafkaSink:
                     "CLUSTER_AUTHORIZATION_FAILED"):
             return MirrorError(f"the broker refused {during} on {where}: {text}; grant "
                                f"this client write and transactional-id access")
+        if name in _TOO_LARGE:
+            # retrying cannot help: a reconnecting mirror would send it again forever
+            return MirrorError(f"Kafka {during} failed on {where}: a record is larger than "
+                               f"the broker or client accepts ({name}: {text}); raise "
+                               f"message.max.bytes on the topic and in this sink's config, "
+                               f"or keep journal records smaller")
+        if name in ("UNKNOWN_TOPIC_OR_PART", "_UNKNOWN_TOPIC", "_UNKNOWN_PARTITION"):
+            return MirrorError(f"Kafka {during} failed on {where}: the topic or partition "
+                               f"is gone ({text}); create it again and mirror from the "
+                               f"start, or mirror to another topic")
         why = self._errors.last if name in ("_TIMED_OUT", "_TRANSPORT") and \
             self._errors.last else text
         return SinkUnavailableError(
