@@ -238,6 +238,23 @@ def test_a_member_killed_before_its_commit_leaves_its_records_to_the_group(broke
     j.close()
 
 
+def test_brokers_gone_poll_returns_nothing_and_the_rest_is_sink_unavailable(tmp_path):
+    with running_broker(own=True) as b:
+        topic = b.new_topic()
+        p = confluent_kafka.Producer({"bootstrap.servers": b.bootstrap})
+        p.produce(topic, b"x", partition=0)
+        assert p.flush(30) == 0
+        c = KafkaSource(b.bootstrap, topic, timeout=1, **b.group_config).consumer("g")
+        assert len(drain(c, 1)) == 1
+        b.stop()
+        assert c.poll(10, 0.5) == []
+        with pytest.raises(SinkUnavailableError):
+            c.committed  # noqa: B018 - the property asks the broker
+        with pytest.raises(SinkUnavailableError):
+            c.commit()
+        c.close()
+
+
 def test_bad_arguments_and_unknown_topic(broker):
     src = KafkaSource(broker.bootstrap, broker.new_topic())
     with pytest.raises(ValueError, match="group"):

@@ -132,7 +132,9 @@ class _Errors:
         text = str(msg) % args if args else str(msg)
         if level >= logging.WARNING and ("failed" in text or "refused" in text):
             self.last = text
-        _log.log(level, "%s", text)
+        # Every failure reaches the caller as an exception carrying this text, so the
+        # lines are details: INFO at most, never printed by logging's last resort.
+        _log.log(min(level, logging.INFO), "%s", text)
 
     def config(self) -> dict[str, Any]:
         return {"error_cb": self.error_cb, "logger": self}
@@ -719,7 +721,11 @@ class KafkaConsumer:
     def _translate(self, exc: BaseException, during: str) -> MirrorError:
         name, text = _describe(exc)
         where = f"{self._source.bootstrap}/{self._source.topic} (group {self.group!r})"
-        if name in ("_TRANSPORT", "_TIMED_OUT", "_ALL_BROKERS_DOWN", "_RESOLVE"):
+        if name in ("_TRANSPORT", "_TIMED_OUT", "_ALL_BROKERS_DOWN", "_RESOLVE",
+                    "_WAIT_COORD", "COORDINATOR_NOT_AVAILABLE", "NOT_COORDINATOR",
+                    "COORDINATOR_LOAD_IN_PROGRESS", "_UNKNOWN_PARTITION"):
+            # (_UNKNOWN_PARTITION: librdkafka lost the metadata, as when the brokers went
+            # away; a topic really deleted is refused at consumer() time)
             return SinkUnavailableError(f"Kafka {during} failed on {where}: "
                                         f"{self._errors.last or text}; try again once the "
                                         f"broker is reachable")
