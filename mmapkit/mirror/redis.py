@@ -220,6 +220,10 @@ def _translate(exc: BaseException, where: str) -> BaseException:
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, OSError)):
         return SinkUnavailableError(f"cannot reach Redis at {where} ({text or type(exc)}): "
                                     f"is the server running? The mirror retries on its own")
+    if "NOGROUP" in text:
+        return MirrorError(f"{where}: the consumer group or the stream is gone (deleted, or "
+                           f"Redis restarted without persistence): make the consumer again; "
+                           f"it starts at its reset point")
     if "WRONGTYPE" in text:
         return TargetMismatchError(f"{where}: a key the mirror uses holds another type of "
                                    f"value ({text}): pick another stream name")
