@@ -224,6 +224,24 @@ def test_a_mirror_that_lost_its_lease_to_another_writer_stops(
 
 
 @pytest.mark.redis
+def test_a_lease_of_ours_whose_reply_was_lost_is_not_another_writer(
+        tmp_path: Path, server: RedisServer) -> None:
+    """A SET (or a restart with AOF) can leave a lease of this sink in Redis that the sink
+    never heard back about: reopening takes it back instead of refusing itself."""
+    sink = RedisStreamSink(server.url, STREAM)
+    assert sink.open("journal:x#m") == 0
+    token = sink._my_tokens[-1]
+    sink.close()
+    r = server.client()
+    r.set(f"{STREAM}:mmapkit:owner", token, px=60_000)  # as if that SET had landed late
+    assert sink.open("journal:x#m") == 0
+    assert r.get(f"{STREAM}:mmapkit:owner") == sink._my_tokens[-1].encode() != token.encode()
+    sink.close()
+    assert not r.exists(f"{STREAM}:mmapkit:owner")
+    r.close()
+
+
+@pytest.mark.redis
 def test_lease_of_a_killed_mirror_on_this_host_is_taken_over(tmp_path: Path,
                                                               server: RedisServer) -> None:
     with _journal(tmp_path / "j", 10) as j:
