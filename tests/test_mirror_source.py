@@ -14,7 +14,7 @@ import pytest
 from _redis_server import RedisServer, redis_server
 from conftest import spawn
 
-from mmapkit import ClosedError, Journal, TargetMismatchError
+from mmapkit import ClosedError, Journal, MirrorError, TargetMismatchError
 from mmapkit.mirror import Mirror, RedisStreamSink, RedisStreamSource
 
 pytestmark = pytest.mark.redis
@@ -141,3 +141,14 @@ def test_a_long_poll_outlasts_the_socket_timeout_and_sees_claimable_records(
         got = c.poll(1000, timeout=30)
         assert got and time.monotonic() - t < 10
         assert c.statistics().redelivered == len(got)
+
+
+def test_a_deleted_group_is_a_clear_error(mirrored: tuple[RedisServer, Path]) -> None:
+    server, _ = mirrored
+    with RedisStreamSource(server.url, STREAM).consumer("g", "a") as c:
+        assert c.poll(5, timeout=1)
+        r = server.client()
+        r.xgroup_destroy(STREAM, "g")
+        r.close()
+        with pytest.raises(MirrorError, match="consumer group or the stream is gone"):
+            c.poll(5, timeout=0.1)

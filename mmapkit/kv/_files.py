@@ -65,12 +65,7 @@ def write_compacted(tmp: str, head: bytes, parts: list[bytes], *, mode: int,
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o600)
     try:
         os.fchmod(fd, mode & 0o7777)
-        try:
-            write_all(fd, head, 0)
-            write_parts(fd, parts, DATA_START)
-        except OSError as exc:
-            raise_if_disk_full(exc, _FULL.format(tmp), tmp)
-            raise
+        _write_image(fd, head, parts, tmp)
         try:
             _platform.ensure_allocated(fd, capacity)
         except DiskFullError:  # tight disk: the data and what comes next, no headroom
@@ -83,18 +78,23 @@ def write_compacted(tmp: str, head: bytes, parts: list[bytes], *, mode: int,
     return fd
 
 
+def _write_image(fd: int, head: bytes, parts: list[bytes], name: str) -> None:
+    """A header and framed records from offset 0 (a full disk: DiskFullError)."""
+    try:
+        write_all(fd, head, 0)
+        write_parts(fd, parts, DATA_START)
+    except OSError as exc:
+        raise_if_disk_full(exc, _FULL.format(name), name)
+        raise
+
+
 def write_store(dst: str, entries: list[tuple[int, bytes]], cipher: Cipher | None,
                 min_cap: int) -> None:
     """A compacted store holding ``entries`` at ``dst`` (a backup), replacing it whole."""
     parts, pos = frame_all(entries, cipher)
     head = header(cipher, new_salt(), end=pos)
     with atomic_file(dst) as fd:
-        try:
-            write_all(fd, head, 0)
-            write_parts(fd, parts, DATA_START)
-        except OSError as exc:
-            raise_if_disk_full(exc, _FULL.format(dst), dst)
-            raise
+        _write_image(fd, head, parts, dst)
         _platform.ensure_allocated(fd, max(min_cap, _platform.align_up(pos)))
 
 

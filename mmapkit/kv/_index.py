@@ -16,7 +16,6 @@ every value kind at the table edges, in single- and multiprocess mode.
 
 from __future__ import annotations
 
-import fcntl
 import struct
 import time
 from collections.abc import Callable
@@ -55,11 +54,6 @@ assert (codec.T_FALSE, codec.T_TRUE, codec.T_INT, codec.T_FLOAT, codec.T_STR,
 assert codec.encode_value(-5) == _TI.pack(3, -5) and codec.encode_value(0.5) == _TF.pack(5, 0.5)
 assert codec.encode_value(b"ab") == _BYTES_HEAD[2] + b"ab"
 assert codec.encode_value("") == _STR_HEAD[0] and codec.encode_key("k") == KEY_LEN[1] + b"k"
-
-_LOCK_EX_NB = fcntl.LOCK_EX | fcntl.LOCK_NB
-_LOCK_UN = fcntl.LOCK_UN
-_flock = fcntl.flock
-
 
 # --- the in-memory value forms ------------------------------------------------------------
 
@@ -340,27 +334,20 @@ def setitem(self: KV, key: str, value: Any) -> None:
                 self._index[key] = value
                 return None
         elif self._mpfast:
-            # Multiprocess (W1-W3 of store.py's protocol) with the flock pair inline.
-            # Taken at once and nobody else wrote, or only appended: write.  Anything
-            # else (contended, compacted, damaged, full) goes the general way, via set().
-            fd = self._fd
-            try:
-                _flock(fd, _LOCK_EX_NB)
-            except BlockingIOError:
-                self._wait_for_lock()
-            else:
-                if self._waitw[3]:
-                    self._maybe_yield()
-            try:
-                w = self._commit[0]
-                if (w == self._seen or (not w & SUPERSEDED and self._read_appended(w))) \
-                        and put(self, body, n):
-                    self._index[key] = value
-                    return None
-            finally:
-                _flock(fd, _LOCK_UN)
-                if self._waitw[1]:
-                    self._hand_over()
+            # Multiprocess (W1-W3 of store.py's protocol).  The writer lock is kept between
+            # writes until someone asks for it (H1-H3), so a run of writes takes it once.
+            # Taken, and nobody else wrote or others only appended: write.  Anything else
+            # (compacted, damaged, full) goes the general way, via set().
+            if not self._held:
+                self._acquire_flock()
+            w = self._commit[0]
+            if (w == self._seen or (not w & SUPERSEDED and self._read_appended(w))) \
+                    and put(self, body, n):
+                self._index[key] = value
+                words = self._waitw
+                if words[1] or words[3] or not self._hold:
+                    self._end_hold()  # someone waits (hand over after our quantum), or no hold
+                return None
     finally:
         tlock.release()
     return self.set(key, value)

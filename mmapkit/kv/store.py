@@ -93,8 +93,38 @@ Process-local states of a writer in multiprocess mode:
                                             not its parent's)
     locked       nested write               depth += 1 (no syscall)
     locked       record does not fit        W4, or compact (C1-C4)
-    locked       last exit                  unlock
+    locked       last exit                  H1 (keep) or H3 (unlock)
+    held         write / lock() / batch()   H2
+    held         idle, or asked while idle  H4 (unlock)
     ===========  =========================  ==========================================
+
+Holding the writer lock between writes (``lock_hold`` seconds, 0 = off).  A run of writes
+takes the flock once: two system calls per write were most of a multiprocess set.  Nothing
+above changes for other processes: a held lock is a writer that has not finished yet.
+
+    ===  ==========================================  =====  =============================
+    #    step (process P, under its thread lock)     lock   what another process may do
+    ===  ==========================================  =====  =============================
+    H1   a write (or lock()/batch()) ends: nobody    F      its writes wait (L1-L4); its
+         waits (wanted and ready words clear):              reads go on lock-free
+         keep F's flock ("held"); the releaser
+         thread watches
+    H2   P writes while held: no flock call; W is    F      nobody else can have written:
+         what P last wrote (no catch-up)                    W == seen
+    H3   a write ends while someone waits (wanted    F->-   the waiter takes it (L3); P's
+         or ready) and P's run has lasted its               next write waits its turn
+         quantum: unlock (+ hand over, as W4's end)
+    H4   releaser thread, P's thread lock taken, no  F->-   an idle holder lets go within
+         write in progress: P wrote nothing for             lock_hold, or at once when a
+         lock_hold, or someone waits: unlock                waiter's L2 wakes the thread
+                                                            (futex on the wanted word)
+    H5   fork: the child is not "held" (the flock   -      the parent's hold goes on;
+         is the parent's, via the shared OFD);             the child takes its own (W1)
+         close(): the descriptor closes (unlock)
+    ===  ==========================================  =====  =============================
+
+A lock taken to re-verify suspected damage (O4) is released explicitly, never held: the
+releaser acts only under the thread lock, which opening also holds.
 
 Test pause points (``mmapkit._testhooks``): kv.attach.mapped (between O1 and O2),
 kv.compact.written (C1 done), kv.compact.marked (C2 done), kv.compact.renamed (C3 done).
@@ -203,7 +233,8 @@ _READY_SPIN = 0.002  # a woken waiter tries this long for the holder to let go
 _UNSETTLED = -1
 # What attaching to a file sets: _reopen() keeps the old values until the new file loads.
 _ATTACHED = ("_fd", "_ident", "_region", "_view", "_size", "_commit", "_waitw", "_waiter",
-             "_lock_waiter", "_index", "_nops", "_seq_base", "_pos", "_seen")
+             "_lock_waiter", "_want_waiter", "_index", "_nops", "_seq_base", "_pos", "_seen",
+             "_held")
 _MODE_GRACE = 0.25  # changed() re-checks at least this often (a lost wake costs latency only)
 
 
@@ -232,6 +263,9 @@ class KV(MutableMapping[str, Any]):
     is kept as ``<path>.damaged``); ``recover=False`` raises CorruptFileError instead.
     ``serializer=`` (e.g. ``pickle``) stores values of other types; without it only
     None/bool/int/float/str/bytes and lists/tuples/dicts of them are accepted.
+    Multiprocess mode: ``lock_timeout`` bounds every wait for the writer lock
+    (LockTimeout); ``lock_hold`` is how long a writer keeps that lock after its last write
+    when nobody asks for it (0: give it back after every write).
     """
 
     KEY_MAX = KEY_MAX
@@ -240,17 +274,19 @@ class KV(MutableMapping[str, Any]):
     # is past CPython's shared-key limit, where each access costs a lookup.
     __slots__ = (
         "__weakref__", "_batch", "_changes", "_cipher", "_commit", "_depth",
-        "_direct", "_fast", "_fd", "_forked", "_has_ttl", "_ident", "_index", "_lock_timeout",
+        "_direct", "_fast", "_fd", "_forked", "_has_ttl", "_held", "_hold", "_hold_evt",
+        "_ident", "_index", "_lock_timeout",
         "_lock_waiter", "_min_cap", "_mode", "_mpfast", "_multiprocess", "_nops", "_packers",
         "_path", "_pos", "_readonly", "_recover", "_region", "_run_start", "_seen",
         "_seq_base", "_ser", "_shared", "_size", "_tlock", "_undo", "_undo_all", "_view",
-        "_waiter", "_waitw", "_watch_keys",
+        "_waiter", "_waitw", "_want_waiter", "_watch_keys",
     )
 
     def __init__(self, path: str | os.PathLike[str], *, multiprocess: bool = False,
                  key: bytes | None = None, capacity: int | None = None,
                  readonly: bool = False, recover: bool = True,
-                 serializer: Serializer | None = None, lock_timeout: float = 30.0) -> None:
+                 serializer: Serializer | None = None, lock_timeout: float = 30.0,
+                 lock_hold: float = 0.001) -> None:
         self._path = os.path.abspath(os.fspath(path))
         self._shared = bool(multiprocess or readonly)
         self._multiprocess = bool(multiprocess)
@@ -258,6 +294,12 @@ class KV(MutableMapping[str, Any]):
         self._recover = recover
         self._ser = serializer
         self._lock_timeout = lock_timeout
+        if not lock_hold >= 0:
+            raise ValueError(f"lock_hold must be a number of seconds >= 0, not {lock_hold!r}")
+        self._hold = lock_hold
+        self._held = False  # this handle holds the writer lock between writes (H1)
+        self._hold_evt: threading.Event | None = None  # wakes the releaser thread (H4)
+        self._want_waiter: Waiter | None = None
         if capacity is not None and capacity <= HEADER_SIZE:
             raise ValueError(f"capacity must exceed the {HEADER_SIZE}-byte header")
         self._min_cap = _platform.align_up(capacity or DEFAULT_CAPACITY)
@@ -282,6 +324,13 @@ class KV(MutableMapping[str, Any]):
                     kv._forked = True
                     kv._depth = 0
                     kv._batch = None
+                    kv._held = False  # (the parent's, through the shared descriptor)
+                    kv._hold_evt = None  # the releaser thread did not survive the fork
+                    kv._want_waiter = None
+                    if kv._tlock.acquire(blocking=False):
+                        kv._tlock.release()
+                    else:  # held by a thread that did not survive the fork
+                        kv._tlock = threading.RLock()
                     kv._refresh_direct()
 
             os.register_at_fork(after_in_child=after_fork)
@@ -302,7 +351,8 @@ class KV(MutableMapping[str, Any]):
         self._ident = (0, 0)
         self._mode = self._take_mode_lock()
         try:
-            self._attach_path(create=not readonly)
+            with self._tlock:  # (a lock taken to verify damage is not a hold: see H4)
+                self._attach_path(create=not readonly)
         except BaseException:
             self._detach()
             if self._mode is not None:
@@ -416,8 +466,8 @@ class KV(MutableMapping[str, Any]):
         """Views of the region after it grew.  The old views are never released first:
         another thread may be reading the commit word through them (a get() takes no
         lock), and they keep the old mapping alive until they are dropped here."""
-        waiters = self._waiter, self._lock_waiter
-        self._waiter = self._lock_waiter = None  # bound to the old mapping's address
+        waiters = self._waiter, self._lock_waiter, self._want_waiter
+        self._waiter = self._lock_waiter = self._want_waiter = None  # (the old address)
         self._bind_views()
         for w in waiters:
             if w is not None:
@@ -437,8 +487,12 @@ class KV(MutableMapping[str, Any]):
         if self._lock_waiter is not None:
             self._lock_waiter.close()
             self._lock_waiter = None
+        if self._want_waiter is not None:
+            self._want_waiter.close()
+            self._want_waiter = None
 
     def _detach(self) -> None:
+        self._held = False  # closing the descriptor drops its flock
         self._unbind_views()
         if self._region is not None:
             self._region.close()
@@ -725,6 +779,7 @@ class KV(MutableMapping[str, Any]):
             # the lock) until the new file's replace them; with _region None, a failed
             # attach releases only what it bound itself.
             self._fd, self._region, self._waiter, self._lock_waiter = -1, None, None, None
+            self._want_waiter, self._held = None, False
             try:
                 self._attach_path(create=False)
             except BaseException:
@@ -734,7 +789,10 @@ class KV(MutableMapping[str, Any]):
             _retire(old)
 
     def _take_own_lock(self) -> None:
-        """_acquire_flock(), first making the lock ours if we are a fork child."""
+        """_acquire_flock(), first making the lock ours if we are a fork child; nothing
+        when this handle holds it already (H2)."""
+        if self._held:
+            return
         if self._forked:
             self._own_after_fork()
         self._acquire_flock()
@@ -769,6 +827,67 @@ class KV(MutableMapping[str, Any]):
         else:
             if self._waitw[3]:
                 self._maybe_yield()
+        self._held = True
+        if self._hold and not self._readonly:
+            self._begin_hold()
+
+    def _begin_hold(self) -> None:
+        """H1: this handle may keep the lock between writes; make sure its releaser thread
+        watches the hold (started with the first one; parked between holds)."""
+        evt = self._hold_evt
+        if evt is None:
+            evt = self._hold_evt = threading.Event()
+            weakref.finalize(self, evt.set)  # a handle dropped unclosed lets its thread go
+            threading.Thread(target=_releaser, args=(weakref.ref(self), evt), daemon=True,
+                             name=f"mmapkit KV lock releaser ({os.path.basename(self._path)})"
+                             ).start()
+        if not evt.is_set():
+            evt.set()
+
+    def _end_hold(self) -> None:
+        """A write (or a lock()/batch() block) ended, holding the lock: keep it (H1) unless
+        someone waits for it and our run has lasted its quantum (H3), or holding is off."""
+        words = self._waitw
+        if not self._hold or ((words[1] or words[3])
+                              and time.monotonic() - self._run_start >= _QUANTUM):
+            self._release_flock()
+
+    def _watch_hold(self) -> bool:
+        """The releaser thread's watch over one hold (H4): give the lock back once the
+        handle has written nothing for ``lock_hold`` seconds, or someone waits for it while
+        no write is in progress.  Returns False once the handle is closed."""
+        last = -1
+        wait: Callable[[int, float | None], bool] | None = None
+        at = 0
+        while True:
+            with self._tlock:
+                evt = self._hold_evt
+                if self._region is None or evt is None:
+                    return False
+                if not self._held:
+                    evt.clear()  # parked until the next hold (set under this same lock)
+                    return True
+                words = self._waitw
+                if not self._depth and (words[1] or words[3] or self._pos == last):
+                    self._release_flock()
+                    evt.clear()
+                    return True
+                last = self._pos
+                asked = words[1]
+                hold = self._hold
+                if _platform.HAVE_FUTEX and at != self._region.address + OFF_LOCK_WANT:
+                    # A raw futex on the word's address, no view of the mapping: close()
+                    # never waits for this thread, and a growth only moves the address.
+                    at = self._region.address + OFF_LOCK_WANT
+                    wait = _platform.futex_waiter(at)
+            # Outside the lock: the holder writes on; a waiter's wake (L2) cuts this short.
+            if asked or wait is None:
+                time.sleep(hold)
+            else:
+                try:
+                    wait(0, hold)
+                except OSError:
+                    time.sleep(hold)  # unmapped meanwhile (closed, or grown): look again
 
     def _maybe_yield(self) -> None:
         """We took the lock while a woken waiter is awake and trying (L3): if our run
@@ -816,6 +935,7 @@ class KV(MutableMapping[str, Any]):
             seq = words[2]
             if futex:
                 words[1] = 1
+                self._ask_holder()
             try:
                 _flock(fd, _LOCK_EX_NB)
                 break
@@ -852,7 +972,16 @@ class KV(MutableMapping[str, Any]):
             words[3] = 0
         self._run_start = time.monotonic()
 
+    def _ask_holder(self) -> None:
+        """L2: wake the holder's releaser thread, asleep on the "wanted" word (an idle
+        holder then lets go at once instead of after its idle interval)."""
+        if self._want_waiter is None:
+            assert self._region is not None
+            self._want_waiter = Waiter(self._region, OFF_LOCK_WANT)
+        self._want_waiter.wake(1)
+
     def _release_flock(self) -> None:
+        self._held = False
         _flock(self._fd, _LOCK_UN)
         if self._waitw[1] and not self._readonly:
             # (A read-only follower that took the lock to re-verify writes nothing: the
@@ -916,8 +1045,8 @@ class KV(MutableMapping[str, Any]):
         if depth < 0:
             return  # a fork child leaving a block its parent entered: nothing of ours
         self._depth = depth
-        if depth == 0 and self._shared and self._fd >= 0:
-            self._release_flock()
+        if depth == 0 and self._shared and self._fd >= 0 and self._held:
+            self._end_hold()
 
     def _append(self, kind: int, body: bytes, ops: int = 1) -> None:
         """Append one record and commit it (caller holds the write side)."""
@@ -1039,13 +1168,14 @@ class KV(MutableMapping[str, Any]):
         # Swap files with the old views bound until the new ones replace them (other
         # threads' get() reads the commit word without the lock).
         old = {n: getattr(self, n) for n in ("_fd", "_region", "_commit", "_waitw",
-                                             "_waiter", "_lock_waiter")}
-        self._waiter = self._lock_waiter = None
+                                             "_waiter", "_lock_waiter", "_want_waiter")}
+        self._waiter = self._lock_waiter = self._want_waiter = None
         self._fd = fd
         st = os.fstat(fd)
         self._ident = (st.st_dev, st.st_ino)
         self._region = Region.open(_fd_path(fd))
         self._bind_views()
+        self._held = self._shared  # (C1 locked the new file)
         _retire(old)
         self._cipher = cipher
         self._pos = pos
@@ -1460,6 +1590,8 @@ class KV(MutableMapping[str, Any]):
         with self._tlock:
             mode, self._mode = self._mode, None
             self._shared = False  # first: other threads' get() stops reading the commit word
+            if self._hold_evt is not None:
+                self._hold_evt.set()  # its releaser thread sees the handle closed and ends
             self._index = _Closed()
             try:
                 self._detach()
@@ -1484,6 +1616,17 @@ class KV(MutableMapping[str, Any]):
         return f"<KV {self._path} {mode} {state}>"
 
 
+def _releaser(ref: weakref.ref[KV], evt: threading.Event) -> None:
+    """A multiprocess handle's releaser thread: parked until the handle holds the writer
+    lock between writes, then watching that hold (KV._watch_hold, step H4)."""
+    while True:
+        evt.wait()
+        kv = ref()
+        if kv is None or not kv._watch_hold():
+            return
+        del kv  # (no reference while parked: the handle may be dropped)
+
+
 def _retire(old: dict[str, Any]) -> None:
     """Close a replaced file's mapping, waiters and descriptor (``old``: its attributes).
 
@@ -1491,7 +1634,7 @@ def _retire(old: dict[str, Any]) -> None:
     through one right now (get() takes no lock); the mapping then goes when it lets go.
     """
     region, fd = old["_region"], old["_fd"]
-    waiters = old["_waiter"], old["_lock_waiter"]
+    waiters = old["_waiter"], old["_lock_waiter"], old.get("_want_waiter")
     old.clear()
     for w in waiters:
         if w is not None:

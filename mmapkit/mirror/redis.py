@@ -220,6 +220,10 @@ def _translate(exc: BaseException, where: str) -> BaseException:
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, OSError)):
         return SinkUnavailableError(f"cannot reach Redis at {where} ({text or type(exc)}): "
                                     f"is the server running? The mirror retries on its own")
+    if "NOGROUP" in text:
+        return MirrorError(f"{where}: the consumer group or the stream is gone (deleted, or "
+                           f"Redis restarted without persistence): make the consumer again; "
+                           f"it starts at its reset point")
     if "WRONGTYPE" in text:
         return TargetMismatchError(f"{where}: a key the mirror uses holds another type of "
                                    f"value ({text}): pick another stream name")
@@ -369,7 +373,7 @@ class RedisStreamSink:
         self._marks = f"{stream}:mmapkit:marks"
         self._client: Any = None
         self._token: str | None = None
-        self._last_token: str | None = None
+        self._my_tokens: list[str] = []  # leases this sink asked for, newest last
         self._cas: Any = None
 
     # O1-O3
@@ -383,9 +387,12 @@ class RedisStreamSink:
             self._cas = client.register_script(_CAS)
             token = (f"{socket.gethostname()}|{_boot_id()}|{os.getpid()}|"
                      f"{secrets.token_hex(6)}")
+            # remembered before the SET: a SET whose reply was lost (timeout) may still
+            # have landed, and the next open must know that lease as ours
+            self._my_tokens = [*self._my_tokens[-15:], token]
             if not client.set(self._owner, token, nx=True, px=self.lease_ms):
                 self._take_over(client, token)
-            self._token = self._last_token = token
+            self._token = token
             return self._resume_point(client, source_id)
         except redis.RedisError as exc:
             self.close()
@@ -402,9 +409,10 @@ class RedisStreamSink:
             held = client.get(self._owner) or b"?"
         text = held.decode(errors="replace")
         parts = text.split("|")
-        if held.decode(errors="replace") == self._last_token and self._cas(
+        if text in self._my_tokens[:-1] and self._cas(
                 keys=[self._owner], args=[held, token, self.lease_ms]):
-            return  # our own lease from before a reconnect (Redis kept it: AOF)
+            return  # our own lease from before a reconnect (Redis kept it: AOF, or a
+            # SET whose reply we never got)
         if (len(parts) == 4 and parts[0] == socket.gethostname() and parts[1] == _boot_id()
                 and parts[2].isdigit() and int(parts[2]) != os.getpid()
                 and not _pid_alive(int(parts[2]))

@@ -1,0 +1,196 @@
+"""The multiprocess KV keeps its writer lock between writes (steps H1-H5 of kv/store.py's
+protocol table): a run of writes takes the flock once, and the lock goes back when the
+handle is idle, when another process asks for it, when it closes, and never to a fork
+child by inheritance.  Each transition is tested with unrelated processes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import exit_code, fork_child, run_py, spawn
+
+from mmapkit.kv import KV
+
+# Try the store's writer lock (an exclusive flock on the store file itself) from another
+# process, without waiting: prints "free" or "taken".
+PROBE = """
+    import fcntl, os, sys
+    fd = os.open(sys.argv[1], os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        print("free")
+    except BlockingIOError:
+        print("taken")
+"""
+
+WRITE_ONE = """
+    import sys, time
+    from mmapkit.kv import KV
+    with KV(sys.argv[1], multiprocess=True) as kv:
+        t = time.monotonic()
+        kv[sys.argv[2]] = 1
+        print(time.monotonic() - t)
+"""
+
+
+def probe(path: Path) -> str:
+    res = run_py(PROBE, str(path))
+    assert res.returncode == 0, res.stderr
+    return res.stdout.strip()
+
+
+def test_h1_h4_a_writer_keeps_the_lock_then_an_idle_handle_lets_go(tmp_path: Path) -> None:
+    path = tmp_path / "h.kv"
+    with KV(path, multiprocess=True, lock_hold=2.0) as kv:
+        kv["a"] = 1
+        assert probe(path) == "taken"  # H1: held between writes
+        kv["b"] = 2  # H2: no flock call, the write goes on
+        assert kv["a"] == 1 and kv["b"] == 2
+    assert probe(path) == "free"  # H5: close() lets go
+    with KV(path, multiprocess=True, lock_hold=0.02) as kv:
+        kv["c"] = 3
+        deadline = time.monotonic() + 10
+        while probe(path) == "taken":  # H4: idle for lock_hold: the releaser lets go
+            assert time.monotonic() < deadline, "an idle handle kept the writer lock"
+        kv["d"] = 4  # and takes it again
+        assert dict(kv) == {"a": 1, "b": 2, "c": 3, "d": 4}
+
+
+def test_lock_hold_zero_releases_after_every_write(tmp_path: Path) -> None:
+    path = tmp_path / "z.kv"
+    with KV(path, multiprocess=True, lock_hold=0) as kv:
+        kv["a"] = 1
+        assert probe(path) == "free"
+        kv.set("b", [1, 2])  # the general path too
+        assert probe(path) == "free"
+        with kv.lock():
+            assert probe(path) == "taken"
+        assert probe(path) == "free"
+    with pytest.raises(ValueError, match="lock_hold"):
+        KV(path, multiprocess=True, lock_hold=-1)
+
+
+def test_h4_an_idle_holder_is_asked_and_lets_go_at_once(tmp_path: Path) -> None:
+    """A holder with a very long hold, idle (asleep): another process's write must not
+    wait for the hold to run out -- its L2 wakes the holder's releaser thread."""
+    path = tmp_path / "ask.kv"
+    with KV(path, multiprocess=True, lock_hold=60.0) as kv:
+        kv["mine"] = 1
+        res = run_py(WRITE_ONE, str(path), "theirs", timeout=60)
+        assert res.returncode == 0, res.stderr
+        assert float(res.stdout) < 5.0  # (60 s without the wake; well under 1 s here)
+        assert kv["theirs"] == 1 and kv["mine"] == 1
+        kv["mine"] = 2  # we take it back
+    assert probe(path) == "free"
+
+
+def test_h3_a_busy_holder_hands_over_after_its_quantum(tmp_path: Path) -> None:
+    """A holder writing without pause never goes idle: it must hand over to a waiter at a
+    write's end once its quantum has passed, not hold until it stops."""
+    path = tmp_path / "busy.kv"
+    stop = threading.Event()
+    with KV(path, multiprocess=True, lock_hold=60.0) as kv:
+        kv["n"] = 0
+
+        def spin() -> None:
+            i = 0
+            while not stop.is_set():
+                kv["n"] = i
+                i += 1
+
+        t = threading.Thread(target=spin)
+        t.start()
+        try:
+            res = run_py(WRITE_ONE, str(path), "theirs", timeout=60)
+        finally:
+            stop.set()
+            t.join()
+        assert res.returncode == 0, res.stderr
+        assert float(res.stdout) < 5.0
+        assert kv["theirs"] == 1
+    assert KV.check(path).ok
+
+
+def test_a_second_handle_in_the_same_process_gets_the_lock(tmp_path: Path) -> None:
+    path = tmp_path / "two.kv"
+    with KV(path, multiprocess=True, lock_hold=60.0) as one, \
+            KV(path, multiprocess=True, lock_hold=60.0) as two:
+        one["a"] = 1  # one holds
+        t = time.monotonic()
+        two["b"] = 2  # two asks; one's releaser thread lets go
+        assert time.monotonic() - t < 5.0
+        one["c"] = 3
+        assert dict(one) == dict(two) == {"a": 1, "b": 2, "c": 3}
+
+
+def test_h5_a_fork_child_does_not_inherit_the_hold(tmp_path: Path) -> None:
+    """The child shares the parent's descriptor, so the parent's flock: it must not write
+    as if it held it, and it gets the lock once the parent lets go."""
+    path = tmp_path / "fork.kv"
+    kv = KV(path, multiprocess=True, lock_hold=0.05)
+    try:
+        kv["parent"] = 1  # held now
+
+        def child() -> None:
+            kv["child"] = 2  # takes its own lock (waits for the parent's to go)
+            assert kv["parent"] == 1
+
+        pid = fork_child(child)
+        assert exit_code(pid) == 0
+        kv["parent"] = 3
+        assert kv["child"] == 2 and kv["parent"] == 3
+    finally:
+        kv.close()
+    assert probe(path) == "free"
+    assert KV.check(path).ok
+
+
+def test_a_killed_holder_lets_the_others_write(tmp_path: Path) -> None:
+    """SIGKILL while holding between writes: the kernel drops the flock (K)."""
+    path = tmp_path / "kill.kv"
+    holder = spawn("""
+        import sys, time
+        from mmapkit.kv import KV
+        kv = KV(sys.argv[1], multiprocess=True, lock_hold=600.0)
+        kv["held"] = 1
+        print("holding", flush=True)
+        time.sleep(600)
+    """, str(path))
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "holding"
+        assert probe(path) == "taken"
+        holder.kill()
+        holder.wait()
+        with KV(path, multiprocess=True, lock_timeout=10) as kv:
+            kv["after"] = 2
+            assert kv["held"] == 1 and kv["after"] == 2
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    assert KV.check(path).ok
+
+
+def test_the_releaser_thread_ends_with_its_handle(tmp_path: Path) -> None:
+    def releasers() -> set[threading.Thread]:
+        return {t for t in threading.enumerate()
+                if t.name.startswith("mmapkit KV lock releaser")}
+
+    before = releasers()  # (other tests' may still be ending)
+    kv = KV(tmp_path / "t.kv", multiprocess=True)
+    kv["a"] = 1
+    mine = releasers() - before
+    assert len(mine) == 1
+    kv.close()
+    (thread,) = mine
+    thread.join(10)
+    assert not thread.is_alive(), "the releaser thread outlived close()"
+    # single-process handles never start one
+    with KV(tmp_path / "s.kv") as single:
+        single["a"] = 1
+        assert not releasers() - before - mine
