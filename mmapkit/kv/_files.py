@@ -26,6 +26,11 @@ _FULL = ("no space left to write {}; free some disk space and retry (nothing alr
          "was lost)")
 
 
+def fd_path(fd: int) -> str:
+    """A path that opens the file behind ``fd`` again (a new open file description)."""
+    return f"/proc/self/fd/{fd}" if _platform.IS_LINUX else f"/dev/fd/{fd}"
+
+
 def new_salt() -> int:
     import random  # not at module import: reopening a KV needs no salt
 

@@ -312,7 +312,7 @@ def setitem(self: KV, key: str, value: Any) -> None:
     tlock = self._tlock
     tlock.acquire()  # not `with`: measurably cheaper on this path
     try:
-        if self._direct:  # single-process, unencrypted, not in a batch
+        if self._inline_sp:  # single-process, unencrypted, not in a batch
             pos = self._pos
             end = pos + ((19 + n) & ~7)
             if end <= self._size:  # put() inlined
@@ -328,12 +328,12 @@ def setitem(self: KV, key: str, value: Any) -> None:
                 self._nops += 1
                 self._index[key] = value
                 return None
-        elif self._mpfast and self._depth:
+        elif self._inline_mp and self._depth:
             # Inside lock() or update_with(): this thread holds the writer lock.
             if put(self, body, n):
                 self._index[key] = value
                 return None
-        elif self._mpfast:
+        elif self._inline_mp:
             # Multiprocess (W1-W3 of store.py's protocol).  The writer lock is kept between
             # writes until someone asks for it (H1-H3), so a run of writes takes it once.
             # Taken, and nobody else wrote or others only appended: write.  Anything else
