@@ -29,6 +29,24 @@ from .codec import DATA_START, KEY_MAX, KIND_SET, KIND_SET_TTL, REC_FLAG_ENCRYPT
 if TYPE_CHECKING:
     from .store import KV
 
+__all__ = [
+    "KEY_LEN",
+    "PACKED_BODY_MAX",
+    "PLAIN",
+    "REC_UNPACK",
+    "SPECIAL",
+    "Expiring",
+    "Packed",
+    "entry",
+    "fast_set",
+    "frame_all",
+    "image",
+    "live_entries",
+    "packer",
+    "put",
+    "setitem",
+]
+
 _F64 = struct.Struct("<d")
 _U16 = struct.Struct("<H")
 KEY_LEN = tuple(_U16.pack(n) for n in range(KEY_MAX + 1))  # a key's length field, by length

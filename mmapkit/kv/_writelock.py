@@ -28,6 +28,10 @@ from ..wait import Waiter
 from ._files import fd_path
 from .codec import OFF_LOCK_READY, OFF_LOCK_SEQ, OFF_LOCK_WANT, OFF_WAITERS
 
+__all__ = [
+    "WriterLock",
+]
+
 _LOCK_SLICE = 0.01  # a lock waiter looks again at least this often (a killed holder wakes
 # nobody; the kernel only drops its flock)
 _LOCK_EX_NB = fcntl.LOCK_EX | fcntl.LOCK_NB
