@@ -50,6 +50,7 @@ __all__ = [
     "align8",
     "all_zero",
     "blank_buffer",
+    "buffer_size_problem",
     "decode_buffer_header",
     "decode_frames",
     "decode_record",
@@ -263,6 +264,19 @@ def plausible_head(head: int, head_seq: int) -> bool:
     """True if the head fields (which the header checksum does not cover: they change with
     every flush) could have been written by a writer: aligned, in range, sequence >= 1."""
     return head % 8 == 0 and 0 <= head < MAX_POSITION and 1 <= head_seq < MAX_POSITION
+
+
+def buffer_size_problem(data: bytes | bytearray | memoryview, capacity: int) -> str | None:
+    """Why a buffer file of these bytes cannot hold a ring of ``capacity`` (None: it can).
+
+    Shorter than header + capacity: cut.  Longer is a resize cut short (a writer grows
+    the file before its header says so) as long as the excess is zeros; anything in the
+    excess is damage."""
+    end = BUF_HEADER + capacity
+    if len(data) == end or (len(data) > end and all_zero(data, end)):
+        return None
+    what = "" if len(data) < end else " and the bytes past that are not zero"
+    return f"it has {len(data)} bytes but its header says {end}{what}"
 
 
 def blank_buffer(data: bytes | bytearray | memoryview) -> bool:

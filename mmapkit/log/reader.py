@@ -88,10 +88,10 @@ def read_buffer(path: str | os.PathLike[str]) -> tuple[int, list[Record], list[D
         return 0, [], []  # being created (the magic is stored last), or its creator died
     try:
         hdr = _codec.decode_buffer_header(data, p)
-        if len(data) != BUF_HEADER + hdr.capacity:
-            raise CorruptFileError(f"log buffer {p} has {len(data)} bytes but its header "
-                                   f"says {BUF_HEADER + hdr.capacity}", path=p,
-                                   offset=len(data))
+        problem = _codec.buffer_size_problem(data, hdr.capacity)
+        if problem is not None:
+            raise CorruptFileError(f"log buffer {p}: {problem}", path=p,
+                                   offset=min(len(data), BUF_HEADER + hdr.capacity))
     except (CorruptFileError, ForeignFileError) as exc:
         return _salvage(data, p, exc)
     if DAMAGED_MARK in os.path.basename(p):

@@ -60,6 +60,11 @@ Design rules:
         records (the flush table above).  else:
         append them, store head sequence, then
         head, zero the ring                                records in both: dropped once
+  B5r   adopt, but N's capacity is not the         N       as B5-else, then an empty N,
+        buffer_size asked for, or N is longer               then a blank one (B8): a kill
+        than its header says (excess zero: a                anywhere leaves nothing that
+        resize cut short; not zero: damaged):               was not appended first
+        B5-else, then truncate to 0 and B8
   B6    not adopted: unlock, close                 -> -    another starter may take N
   B7    none adopted: M = highest + 1; open with   -> M    another starter may create and
         O_CREAT and flock; refused: M + 1                  lock M first (we take M + 1)
@@ -187,6 +192,7 @@ class _Found:
     # "damaged": every verifying record.  (offset in the data area, size, sequence)
     records: list[tuple[int, int, int]] = field(default_factory=list)
     dirty: bool = False           # non-zero bytes outside the live part
+    capacity: int = 0             # "ok": the ring's capacity, as its header says
 
 
 def _examine(data: bytes, path: str) -> _Found:
@@ -210,10 +216,11 @@ def _examine(data: bytes, path: str) -> _Found:
         return _Found("newer", str(exc))
     except FileFormatError as exc:
         return _Found("damaged", str(exc), stream, records=_codec.find_records(ring))
-    if size != BUF_HEADER + hdr.capacity:
-        return _Found("damaged", f"log buffer {path} has {size} bytes but its header says "
-                      f"{BUF_HEADER + hdr.capacity}", stream,
+    problem = _codec.buffer_size_problem(data, hdr.capacity)
+    if problem is not None:
+        return _Found("damaged", f"log buffer {path}: {problem}", stream,
                       records=_codec.find_records(ring))
+    ring = ring[: hdr.capacity]  # a longer file (excess zero) is handled by _claim
     spans, tail, next_seq, damages = _codec.scan_ring(ring, hdr.head, hdr.head_seq)
     reason = ""
     if damages:
@@ -244,7 +251,7 @@ def _examine(data: bytes, path: str) -> _Found:
     if reason:
         return _Found("damaged", reason, hdr.stream, records=_codec.find_records(ring))
     return _Found("ok", "", hdr.stream, hdr.head, hdr.head_seq, spans, tail, next_seq,
-                  extra, dirty)
+                  extra, dirty, hdr.capacity)
 
 class Writer:
     """Crash-safe log writer: ``write()`` returns once the record is in the mapped buffer.
@@ -405,6 +412,14 @@ class Writer:
         if not adopt:
             self._recover_foreign(path, data, found)
             return False
+        if len(data) != BUF_HEADER + self._buffer_size:
+            # Another capacity (buffer_size changed between runs) or a file longer than
+            # its header's capacity (a resize cut short): emptied like a dead process's
+            # buffer, then created afresh at the size asked for.  A kill in between
+            # leaves an empty buffer, then an empty or blank file: never a lost record.
+            if not self._recover_foreign(path, data, found):
+                return False
+            return self._create(path, lock, truncate=True)
         try:
             region = Region.open(path)
         except OSError as exc:
@@ -584,11 +599,12 @@ class Writer:
             off = 0
         return int.from_bytes(self._area[off + 8 : off + 16], "little")
 
-    def _recover_foreign(self, path: Path, data: bytes, found: _Found) -> None:
+    def _recover_foreign(self, path: Path, data: bytes, found: _Found) -> bool:
         """B5-B6 for a dead process's buffer (we hold its lock): append its live records
-        to the log, then mark them flushed (sequence, then head) and zero its ring."""
+        to the log, then mark them flushed (sequence, then head) and zero its ring.
+        False when that could not be done now (the buffer is kept as it was)."""
         if not found.spans and not found.dirty:
-            return  # nothing live and nothing to clear
+            return True  # nothing live and nothing to clear
         try:
             if found.spans:
                 frames = _frames_of(memoryview(data)[BUF_HEADER:], found.spans, found.stream,
@@ -601,7 +617,7 @@ class Writer:
         except OSError as exc:
             warnings.warn(f"mmapkit.log: cannot recover {path} now ({exc}); it is kept for "
                           "the next start", LogWarning, stacklevel=5)
-            return
+            return False
         try:
             with region.view[:BUF_HEADER].cast("Q") as hdr:
                 hdr[HEAD_SEQ_OFFSET // 8] = found.next_seq if found.spans else found.head_seq
@@ -610,6 +626,7 @@ class Writer:
                 _zero_outside(ring, found.tail, found.tail)
         finally:
             region.close()
+        return True
 
     # --- the hot path -----------------------------------------------------------------
 
