@@ -326,8 +326,7 @@ class Writer:
             self._closed = True
             self._release()
             raise
-        ref = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: _after_fork(ref))
+        _LIVE.add(self)
 
     # --- buffer slots -----------------------------------------------------------------
 
@@ -1014,10 +1013,22 @@ class Writer:
         return f"<mmapkit.log.Writer {self._directory}/{self._name} {state}>"
 
 
-def _after_fork(ref: weakref.ref[Writer]) -> None:
+# Every Writer alive in this process: one at-fork hook for all of them (a hook per
+# writer would pile up for the life of the process: a hook cannot be unregistered).
+_LIVE: weakref.WeakSet[Writer] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for w in list(_LIVE):
+        _after_fork(w)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _after_fork(w: Writer) -> None:
     """Runs in a fork child: the parent's threads are gone, so are their locks' holders."""
-    w = ref()
-    if w is not None and not w._closed:
+    if not w._closed:
         w._lock = threading.Lock()
         w._flush_lock = threading.RLock()
         w._handoff = Handoff()  # the parent's threads are gone
