@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import run_py
 
 import mmapkit
 from mmapkit import Journal
@@ -257,3 +258,53 @@ def test_async_iteration(tmp_path: Path) -> None:
 def test_import_is_exported() -> None:
     assert mmapkit.Journal is Journal
     assert issubclass(mmapkit.OffsetOutOfRangeError, mmapkit.OutOfRangeError)
+
+
+def test_sync_flushes_only_what_changed(tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    real_fdatasync, real_fsync = os.fdatasync, os.fsync
+
+    def fdatasync(fd: int) -> None:  # counts, then does the real flush
+        calls.append("fdatasync")
+        real_fdatasync(fd)
+
+    def fsync(fd: int) -> None:
+        calls.append("fsync")
+        real_fsync(fd)
+
+    d = str(tmp_path / "j")
+    with Journal(d, create=True, segment_bytes=1024) as j:
+        j.append(b"first")
+        monkeypatch.setattr(os, "fdatasync", fdatasync)
+        monkeypatch.setattr(os, "fsync", fsync)
+        j.sync()  # the first: the active segment (and the meta page, via msync)
+        assert calls == ["fdatasync"]
+        calls.clear()
+        j.sync()  # nothing published since: nothing flushed
+        assert calls == []
+        j.append(b"second")
+        j.sync()  # no roll: the active segment only, no directory fsync
+        assert calls == ["fdatasync"]
+        calls.clear()
+        for i in range(40):  # rolls: the segments since the recovery point + directory
+            j.append(b"%d" % i + b"." * 100)
+        active = j.statistics().active_base
+        assert active > 0
+        j.sync()
+        assert calls.count("fsync") == 1 and calls.count("fdatasync") >= 2
+        calls.clear()
+        monkeypatch.undo()
+        p = run_py("""
+import sys
+from mmapkit import Journal
+with Journal(sys.argv[1]) as j:
+    j.append(b"elsewhere")
+    j.sync()
+""", d)
+        assert p.returncode == 0, p.stderr
+        monkeypatch.setattr(os, "fdatasync", fdatasync)
+        monkeypatch.setattr(os, "fsync", fsync)
+        j.sync()  # the other process synced what it published: nothing left to flush
+        assert calls == []
+    assert Journal.check(d).ok

@@ -384,6 +384,7 @@ class Journal:
         self._appended = 0
         self._last_sync = time.monotonic()
         self._recovery: RecoveryReport | None = None
+        self._synced_shape: tuple[int, int] | None = None  # (A, S) this handle msynced
         self._bell_fds: dict[int, int] = {}  # doorbell slot -> FIFO write end (-1: dead)
         updates = {F.OFF_SEGMENT_BYTES: segment_bytes, F.OFF_SEGMENT_MS: segment_ms,
                    F.OFF_RETENTION_MS: retention_ms, F.OFF_RETENTION_BYTES: retention_bytes,
@@ -904,29 +905,41 @@ class Journal:
         return seg
 
     def sync(self) -> None:
-        """Make every record published so far survive power loss (fdatasync of the
-        segments written since the last sync, and of the directory)."""
+        """Make every record published so far survive power loss.  Only what changed since
+        the recovery point is flushed: nothing when no record was published since the last
+        sync (by any process); the active segment alone while no roll happened; after a
+        roll, each segment from the recovery point on and the directory.  The meta page is
+        flushed when A or S moved since this handle last flushed it (the recovery word
+        alone need not be durable: an older one only makes recovery verify more)."""
         meta = self._check_open()
         active = meta.get(F.OFF_ACTIVE)
         seg = self._segment_for_tail(active)
         rel, pos = seg.commit()
-        rp_base = meta.get(F.OFF_RECOVERY)
-        for b in list_segments(self._dir):
-            if rp_base <= b <= active:
-                with contextlib.suppress(FileNotFoundError):
-                    fd = os.open(os.path.join(self._dir, F.segment_name(b)), os.O_RDONLY)
-                    try:
-                        os.fdatasync(fd)
-                    finally:
-                        os.close(fd)
-        _fsync_dir(self._dir)
+        rp_base, rp_word = meta.get(F.OFF_RECOVERY), meta.get(F.OFF_RECOVERY + 8)
+        if (active, pos) > (rp_base, rp_word & 0xFFFFFFFF):
+            if rp_base == active:
+                os.fdatasync(seg.fileno())  # the one segment written since the last sync
+            else:
+                for b in list_segments(self._dir):
+                    if rp_base <= b <= active:
+                        with contextlib.suppress(FileNotFoundError):
+                            fd = os.open(os.path.join(self._dir, F.segment_name(b)),
+                                         os.O_RDONLY | os.O_CLOEXEC)
+                            try:
+                                os.fdatasync(fd)
+                            finally:
+                                os.close(fd)
+                _fsync_dir(self._dir)  # the new segments' names
+            with self._lock:
+                old_base, old_word = meta.get(F.OFF_RECOVERY), meta.get(F.OFF_RECOVERY + 8)
+                if (active, pos) > (old_base, old_word & 0xFFFFFFFF):
+                    meta.set(F.OFF_RECOVERY + 8, F.pack_commit(rel, pos))
+                    meta.set(F.OFF_RECOVERY, active)
+        shape = (active, meta.get(F.OFF_START))
+        if shape != self._synced_shape:
+            meta.region.sync(0, F.META_SIZE)
+            self._synced_shape = shape
         self._last_sync = time.monotonic()
-        with self._lock:
-            old_base, old_word = meta.get(F.OFF_RECOVERY), meta.get(F.OFF_RECOVERY + 8)
-            if (active, pos) > (old_base, old_word & 0xFFFFFFFF):
-                meta.set(F.OFF_RECOVERY + 8, F.pack_commit(rel, pos))
-                meta.set(F.OFF_RECOVERY, active)
-        meta.region.sync(0, F.META_SIZE)
 
     # --- retention ----------------------------------------------------------------------
 
