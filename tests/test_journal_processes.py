@@ -239,3 +239,58 @@ def test_kill_at_a_protocol_step(tmp_path: Path, point: str,
         assert [r.offset for r in j.reader()] == list(range(j.start_offset, first + 1))
     report = Journal.check(d)
     assert report.ok, report.problems
+
+
+CRASHING_WRITER = """
+import sys
+from mmapkit import Journal
+j = Journal(sys.argv[1])
+print("ready", flush=True)
+i = 0
+while True:  # each offset printed is acknowledged (append returned)
+    off = j.append(b"crash-%d" % i + b"." * 80)
+    if i % 50 == 0:
+        print(off, flush=True)
+    i += 1
+"""
+
+REOPEN = """
+import sys, time
+from mmapkit import Journal
+t0 = time.perf_counter()
+j = Journal(sys.argv[1])
+off = j.append(b"after the crash")
+print(time.perf_counter() - t0, off, flush=True)
+j.close()
+"""
+
+
+@pytest.mark.parametrize("size", [16 << 20, pytest.param(1 << 30, marks=pytest.mark.slow)])
+def test_reopen_after_kill_mid_append_costs_unpublished_bytes_only(
+        tmp_path: Path, size: int) -> None:
+    d = str(tmp_path / "j")
+    chunk = [b"%07d" % i + b"v" * 65_529 for i in range(16)]  # 1 MiB batches
+    with Journal(d, create=True) as j:
+        while j.statistics().bytes < size:
+            j.append_many(chunk)
+    for _ in range(3 if size < 1 << 30 else 10):
+        p = spawn(CRASHING_WRITER, d)
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        acked = int(p.stdout.readline())
+        time.sleep(random.uniform(0.01, 0.2))
+        p.send_signal(signal.SIGKILL)  # mid-append, at a random moment
+        rest, _ = p.communicate()
+        assert p.returncode == -signal.SIGKILL
+        acked = max([acked, *(int(x) for x in rest.split())])
+        r = spawn(REOPEN, d)
+        out, err = r.communicate(timeout=120)
+        assert r.returncode == 0, err
+        took, first = out.split()
+        # ready in milliseconds however big the journal (a generous bound: shared CPU)
+        assert float(took) < 0.5, (size, took)
+        assert int(first) > acked  # every acknowledged record is below the new one
+    with Journal(d) as j:
+        tail = list(j.reader(max(0, j.end_offset - 200)))
+        assert [r.offset for r in tail] == list(range(j.end_offset - 200, j.end_offset))
+    report = Journal.check(d)
+    assert report.ok, report.problems
