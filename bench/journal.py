@@ -479,7 +479,7 @@ def _crash_case(report: _harness.Report, tmp: str, sizes: list[int], repeat: int
     from mmapkit.journal import _format as F
     values = [_value(i) for i in range(100)]
     for size in sizes:
-        label = f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size >> 20} MB"
+        label = f"{size >> 30} GiB" if size >= 1 << 30 else f"{size >> 20} MiB"
         d = os.path.join(tmp, f"crash-{size}")
         with Journal(d, create=True) as j:
             while j.statistics().bytes < size:

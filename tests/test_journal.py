@@ -308,3 +308,23 @@ with Journal(sys.argv[1]) as j:
         j.sync()  # the other process synced what it published: nothing left to flush
         assert calls == []
     assert Journal.check(d).ok
+
+
+def test_interleaved_writers_index_what_the_others_appended(tmp_path: Path) -> None:
+    # Two handles (two writers, each its own lock description) alternate: each learns the
+    # other's batches only when it is due to write an index entry (A3b), and never writes
+    # an index slot the other already filled.  Offsets and timestamps stay findable.
+    d = str(tmp_path / "j")
+    t0 = time.time_ns() // 1_000_000 - 10_000  # recent: retention keeps every segment
+    with Journal(d, create=True, index_interval=256, segment_bytes=1 << 16) as a, \
+            Journal(d) as b:
+        for i in range(3000):
+            w = a if i % 3 else b
+            assert w.append(b"%d" % i + b"." * (i % 50), timestamp_ms=t0 + i) == i
+        assert Journal.check(d).ok, Journal.check(d).problems
+        assert a.statistics().segments > 1
+        for probe in (0, 1, 257, 1499, 2998, 2999):
+            assert a.offset_for_time(t0 + probe) == probe
+            assert [r.offset for r in b.reader(probe)][:1] == [probe]
+    report = Journal.check(d)
+    assert report.ok and report.records == 3000, report.problems

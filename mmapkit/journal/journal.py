@@ -46,9 +46,13 @@ directory.  L = the writer lock.
           clear index slots past W (left          clears are ignored by them (past W)
           by a writer killed before A6)
     A3b   W moved since P's last append     L     as A3: P reads only published bytes
-          (another writer appended): catch         (the batches between the W it saw and
-          up from the W P saw (index tails,        W now); a W that is not a successor
-          newest timestamp); else as A3            of P's (never, within a boot) -> A3
+          (another writer appended): when an       (the batches between the W it saw and
+          index entry is due by what P knows,      W now); a W that is not a successor
+          catch up first from the W P saw          of P's (never, within a boot) -> A3.
+          (index tails, newest timestamp),         Until then P appends without reading
+          then decide again; else as A3            them: the index slots P would write
+                                                   and the timestamps in them are the
+                                                   only state that depends on them
     A4    roll needed (size, age, 2^32      L     see R1-R4
           records): R1-R4
     A5    set the first offset = base +     L     readers read up to W only: the new
@@ -194,6 +198,9 @@ _MAX_RECORDS = F.MAX_RECORDS_PER_SEGMENT
 _SEGMENT_HEADER = F.SEGMENT_HEADER
 _flock = fcntl.flock
 _LOCK_EX = fcntl.LOCK_EX
+_LOCK_UN = fcntl.LOCK_UN
+_CRC_FROM = F.CRC_FROM
+_prefix = F.PREFIX.pack
 _I_INTERVAL = F.OFF_INDEX_INTERVAL // 4
 _I_NOTIFY = F.OFF_NOTIFY // 4
 _I_WAITERS = F.OFF_WAITERS // 4
@@ -543,8 +550,8 @@ class Journal:
             raise ClosedError("the journal is closed; open it again")
         meta = self._meta
         u64 = meta.u64
-        n = len(tail) + F.CRC_FROM
-        seg_bytes = int(u64[_I_SEGMENT_BYTES])
+        n = len(tail) + _CRC_FROM
+        seg_bytes = u64[_I_SEGMENT_BYTES]
         if n > seg_bytes - F.SEGMENT_HEADER:
             raise MessageTooLargeError(
                 f"a batch of {n} bytes cannot fit a segment of {seg_bytes} bytes; "
@@ -566,19 +573,22 @@ class Journal:
             seg = self._active
             if seg is None or seg.base != u64[_I_ACTIVE]:
                 seg = self._attach()  # A2, A3
-            w = seg.w
-            word = int(w[0])
-            if word != seg.seen:  # another writer appended since we last did
-                self._catch_up(seg, word)
+            w = seg._w  # (the slot behind seg.w: no property call on the hot path)
+            assert w is not None
+            word = w[0]
+            # another writer appended since we last did (W moved): what it added to the
+            # indexes and timestamps is learned only when this writer next indexes (A3b)
+            learned = word == seg.seen
             rel, pos = word >> 32, word & 0xFFFFFFFF
             if rel and (pos + n > seg_bytes or rel + count > _MAX_RECORDS or
                         now - seg.created_ms >= u64[_I_SEGMENT_MS]):
                 seg = self._roll(seg, rel)  # A4
                 w = seg.w
-                word = int(w[0])
+                word = w[0]
+                learned = word == seg.seen
                 rel, pos = word >> 32, word & 0xFFFFFFFF
             first = seg.base + rel
-            data = F.PREFIX.pack(crc, n, first) + tail
+            data = _prefix(crc, n, first) + tail
             try:
                 done = os.pwrite(seg.fd, data, pos)  # A5
             except OSError as exc:
@@ -586,12 +596,17 @@ class Journal:
             if done != n:
                 self._write(seg, memoryview(data)[done:], pos + done)
             if pos - (seg.last_indexed or _SEGMENT_HEADER) >= meta.u32[_I_INTERVAL]:
-                self._index(seg, rel, pos)
+                if not learned:  # A3b: the others' index entries first
+                    self._catch_up(seg, word)
+                    learned = True
+                if pos - (seg.last_indexed or _SEGMENT_HEADER) >= meta.u32[_I_INTERVAL]:
+                    self._index(seg, rel, pos)
             if PAUSES:
                 pause("journal.append.written")
             word = ((rel + count) << 32) | (pos + n)
             w[0] = word  # A6: acknowledged
-            seg.seen = word
+            if learned:
+                seg.seen = word
             if max_ts > seg.max_ts:
                 seg.max_ts = max_ts
             u32 = meta.u32
@@ -603,7 +618,12 @@ class Journal:
                 wake = False
             bells = u32[_I_BELLS]  # A7: read under L, so a bell registered (B1) before
         finally:                   # this publish is rung, one registered after sees W
-            lock.release()
+            if lock._depth == 1:  # the lock's release, inlined as its acquire above
+                lock._depth = 0
+                _flock(lock._fd, _LOCK_UN)
+                lock._t.release()
+            else:
+                lock.release()
         self._appended += count
         if PAUSES:
             pause("journal.append.published")
