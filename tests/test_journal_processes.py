@@ -108,6 +108,9 @@ def _reader(d: str) -> None:
 
 
 def _kill_rounds(tmp_path: Path, rounds: int, seed: int) -> None:
+    # the consumers' KV is imported here, once: a fork child that imported it itself
+    # would spend its life compiling it (PYTHONDONTWRITEBYTECODE) and be killed first
+    import mmapkit.kv  # noqa: F401
     d = str(tmp_path / "j")
     Journal(d, create=True, segment_bytes=4096, index_interval=256,
             retention_ms=10**15).close()
@@ -116,10 +119,16 @@ def _kill_rounds(tmp_path: Path, rounds: int, seed: int) -> None:
     rnd = random.Random(seed)
     for k in range(rounds):
         pids = [fork_child(lambda k=k: _producer(d, k, ack))]
+        logged = os.path.getsize(clog) if os.path.exists(clog) else 0
         if k % 2 == 0:
             pids.append(fork_child(lambda: _consumer(d, clog)))
         if k % 5 == 0:
             pids.append(fork_child(lambda: _reader(d)))
+        if k % 2 == 0:  # on a loaded machine a child may need a while to start: the kill
+            deadline = time.monotonic() + 5  # lands at a random moment of its *work*
+            while time.monotonic() < deadline and (
+                    not os.path.exists(clog) or os.path.getsize(clog) == logged):
+                time.sleep(0.001)
         time.sleep(rnd.uniform(0.002, 0.03))
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
