@@ -220,3 +220,28 @@ def test_async_for_ends_after_the_silence_timeout(tmp_path: Path) -> None:
 
         got, took = asyncio.run(collect())
         assert got == [b"only"] and 0.15 < took < 5
+
+
+def test_doorbells_run_out_with_a_clear_error(tmp_path: Path) -> None:
+    import errno
+    d = str(tmp_path / "j")
+    with Journal(d, create=True) as j:
+        readers = [j.reader() for _ in range(F.BELL_SLOTS)]
+        try:
+            for r in readers:
+                r.fileno()
+            extra = j.reader()
+            with pytest.raises(OSError) as info:
+                extra.fileno()
+            assert info.value.errno == errno.EMFILE and "close readers" in str(info.value)
+            assert len(_bell_files(d)) == F.BELL_SLOTS  # the refused one left no FIFO
+            readers.pop().close()
+            extra.fileno()  # a freed slot is taken
+            readers.append(extra)
+            j.append(b"rings them all")
+            assert all(r.poll(timeout=0)[0].value == b"rings them all" for r in readers)
+        finally:
+            for r in readers:
+                r.close()
+        assert _bells(j) == (0, []) and _bell_files(d) == []
+    assert Journal.check(d).ok
