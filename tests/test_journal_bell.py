@@ -245,3 +245,19 @@ def test_doorbells_run_out_with_a_clear_error(tmp_path: Path) -> None:
                 r.close()
         assert _bells(j) == (0, []) and _bell_files(d) == []
     assert Journal.check(d).ok
+
+
+def test_a_fork_child_closing_an_inherited_reader_leaves_the_doorbell(
+        tmp_path: Path) -> None:
+    from conftest import exit_code, fork_child
+    d = str(tmp_path / "j")
+    with Journal(d, create=True) as j, j.reader("latest") as r:
+        r.fileno()
+        assert exit_code(fork_child(r.close)) == 0
+        assert _bells(j)[1] == [r._bell_slot] and len(_bell_files(d)) == 1
+        _append_elsewhere(d, "still rung")
+        with selectors.DefaultSelector() as sel:
+            sel.register(r, selectors.EVENT_READ)
+            assert sel.select(timeout=10)
+        assert [x.value for x in r.poll(timeout=0)] == [b"still rung"]
+    assert Journal.check(d).ok

@@ -401,6 +401,9 @@ class Reader:
             return
         fd, slot = self._bell, self._bell_slot
         self._bell, self._bell_slot = -1, 0
+        if slot >> 32 != os.getpid():  # a fork child's copy: the doorbell is the parent's
+            os.close(fd)
+            return
         try:
             self._j._unregister_bell(slot)
         finally:
