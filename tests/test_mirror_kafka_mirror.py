@@ -149,7 +149,7 @@ def mirror_kill_rounds(broker: Broker, tmp_path, rounds: int, per_round: int) ->
 
 
 def test_sigkill_the_mirror_command_at_random_moments(broker, tmp_path):
-    mirror_kill_rounds(broker, tmp_path, rounds=10, per_round=8000)
+    mirror_kill_rounds(broker, tmp_path, rounds=8, per_round=8000)
 
 
 @pytest.mark.slow

@@ -128,7 +128,8 @@ def test_commit_after_processing_and_a_new_member_resumes_there(broker, tmp_path
     j.close()
 
 
-@pytest.mark.parametrize("assignor", ["range", "cooperative-sticky"])
+@pytest.mark.parametrize("assignor", [
+    "range", pytest.param("cooperative-sticky", marks=pytest.mark.slow)])
 def test_seek_commit_offset_position_and_lag(broker, tmp_path, assignor):
     topic, j = mirrored(broker, tmp_path, 30, batch=30)  # one transaction: dense offsets
     c = KafkaSource(broker.bootstrap, topic, **broker.group_config,
