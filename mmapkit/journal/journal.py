@@ -95,12 +95,14 @@ directory.  L = the writer lock.
     B1    fileno(): mkfifo + open the      L     an append whose L came before B1 rang
           reader's doorbell; under L free         nobody: the reader's first look (after
           slots of dead pids / gone FIFOs,        B1) sees its W; every later append
-          store the slot, then B += 1             rings (A7b)
+          store the slot, then B = slots in       rings (A7b); a kill between the two
+          use (counted afresh)                    stores leaves B short of a dead slot
     B2    reader with a doorbell finds      -     an append after the emptying rings:
           nothing: empty the FIFO, then           the FIFO stays readable for the next
           look again                              select (never a lost wake-up)
     B3    reader close: under L clear its   L     a writer holding its FIFO open gets
-          slot, B -= 1; close, unlink FIFO        EPIPE (or ENXIO/ENOENT at open): skips
+          slot, B = slots in use; close,          EPIPE (or ENXIO/ENOENT at open): skips
+          unlink the FIFO
     P1    recovery after power loss (boot   L     no process of this boot has seen the
           stamp differs): verify batches          cut bytes (they all open through C2,
           from the recovery point, cut W at       which waits for L); the cut range is
@@ -115,8 +117,8 @@ Reopen after kill -9 costs O(unpublished bytes): attach (A3) reads W and scans a
 batches after the last index entry, never the journal.
 
 Test pause points (``mmapkit._testhooks``): journal.append.written (A5 done),
-journal.append.published (L released, before the A7 wake-ups), journal.roll.created
-(R2 done), journal.retain.started (D2 done).
+journal.append.published (L released, before the A7 wake-ups), journal.bell.slot (B1's
+slot stored, B not yet), journal.roll.created (R2 done), journal.retain.started (D2 done).
 """
 
 from __future__ import annotations
@@ -694,7 +696,6 @@ class Journal:
                 if v and (not _pid_alive(v >> 32) or not os.path.exists(
                         os.path.join(self._dir, F.bell_name(v)))):
                     u64[_I_BELL0 + i] = 0
-                    meta.u32[_I_BELLS] = max(int(meta.u32[_I_BELLS]) - 1, 0)
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(os.path.join(self._dir, F.bell_name(v)))
                     v = 0
@@ -706,7 +707,9 @@ class Journal:
                     "use by live readers; close readers you no longer select on, or use "
                     "Reader.wait() / poll(timeout=...) instead of fileno()")
             u64[_I_BELL0 + free] = slot  # the slot first, then the count the writers read
-            meta.u32[_I_BELLS] = int(meta.u32[_I_BELLS]) + 1
+            if PAUSES:
+                pause("journal.bell.slot")
+            _recount_bells(meta)
 
     def _unregister_bell(self, slot: int) -> None:
         """B3 (under L): free a reader's doorbell slot (if it is still its own)."""
@@ -718,7 +721,7 @@ class Journal:
             for i in range(F.BELL_SLOTS):
                 if int(u64[_I_BELL0 + i]) == slot:
                     u64[_I_BELL0 + i] = 0
-                    meta.u32[_I_BELLS] = max(int(meta.u32[_I_BELLS]) - 1, 0)
+            _recount_bells(meta)
 
     def _write(self, seg: ActiveSegment, data: bytes | bytearray | memoryview, pos: int) -> None:
         view = memoryview(data)
@@ -1390,6 +1393,14 @@ def _rebuild_indexes(meta: _Meta, path: str, base: int, pos: int) -> None:
         finally:
             ix.close()
         os.replace(tmp, path)
+
+
+def _recount_bells(meta: _Meta) -> None:
+    """B = the slots in use, counted afresh (under L): a process killed between a slot
+    and the count leaves no lasting error -- counting up and down would, and a count
+    too low would leave a live reader's doorbell silent."""
+    i0 = _I_BELL0
+    meta.u32[_I_BELLS] = sum(1 for v in meta.u64[i0 : i0 + F.BELL_SLOTS].tolist() if v)
 
 
 def _pid_alive(pid: int) -> bool:
