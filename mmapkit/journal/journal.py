@@ -137,6 +137,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Union
 
 from .. import _platform
+from .._fileio import atomic_file, fsync_dir, raise_if_disk_full, temp_name, write_all
 from .._testhooks import PAUSES, pause
 from ..errors import (
     ClosedError,
@@ -453,21 +454,10 @@ class Journal:
                     else DEFAULT_DELETE_DELAY_MS)
                 buf = bytearray(data)
                 buf[F.OFF_BOOT : F.OFF_BOOT + 16] = _boot_id()
-                tmp = f"{meta_path}.tmp-{os.getpid()}"
-                fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-                try:
-                    if os.write(fd, buf) != len(buf):
-                        raise OSError(errno.ENOSPC, "short write")
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                os.replace(tmp, meta_path)
-                os.fsync(dfd)
+                with atomic_file(meta_path) as fd:  # (fsynced, and its directory)
+                    write_all(fd, buf, 0)
             except OSError as exc:
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT) and not isinstance(
-                        exc, DiskFullError):
-                    raise DiskFullError(exc.errno, f"no space left to create a journal in "
-                                        f"{self._dir}") from exc
+                raise_if_disk_full(exc, f"no space left to create a journal in {self._dir}")
                 raise
         finally:
             os.close(dfd)
@@ -640,12 +630,15 @@ class Journal:
         return first
 
     def _write_error(self, exc: OSError) -> OSError:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return DiskFullError(
-                exc.errno, f"no space left on the journal's file system ({self._dir}); "
-                "nothing acknowledged was lost: free space (or lower retention) and "
-                "append again")
+        try:
+            raise_if_disk_full(exc, self._full_message())
+        except DiskFullError as full:
+            return full
         return exc
+
+    def _full_message(self) -> str:
+        return (f"no space left on the journal's file system ({self._dir}); nothing "
+                "acknowledged was lost: free space (or lower retention) and append again")
 
     def _get_waiter(self) -> Waiter:
         if self._waiter is None:
@@ -724,20 +717,11 @@ class Journal:
             _recount_bells(meta)
 
     def _write(self, seg: ActiveSegment, data: bytes | bytearray | memoryview, pos: int) -> None:
-        view = memoryview(data)
-        done = 0
         try:
-            while done < len(data):
-                done += os.pwrite(seg.fd, view[done:], pos + done)
+            write_all(seg.fd, data, pos)
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DiskFullError(
-                    exc.errno, f"no space left on the journal's file system ({self._dir}); "
-                    "nothing acknowledged was lost: free space (or lower retention) and "
-                    "append again") from exc
+            raise_if_disk_full(exc, self._full_message())
             raise
-        finally:
-            view.release()
 
     def _index(self, seg: ActiveSegment, rel: int, pos: int) -> None:
         idx, tidx = seg.idx, seg.tidx
@@ -910,14 +894,11 @@ class Journal:
                                  _index_slots(seg_bytes, interval))  # R2
         except OSError as exc:
             _unlink_segment(self._dir, new_base)
-            if isinstance(exc, DiskFullError):
-                raise
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DiskFullError(exc.errno, f"no space left to start a new segment in "
-                                    f"{self._dir}; nothing acknowledged was lost") from exc
+            raise_if_disk_full(exc, f"no space left to start a new segment in {self._dir}; "
+                               "nothing acknowledged was lost")
             raise
         if self._sync_every is not None:
-            _fsync_dir(self._dir)
+            fsync_dir(self._dir)
         if PAUSES:
             pause("journal.roll.created")
         meta.set(F.OFF_ACTIVE, new_base)  # R3
@@ -952,7 +933,7 @@ class Journal:
                                 os.fdatasync(fd)
                             finally:
                                 os.close(fd)
-                _fsync_dir(self._dir)  # the new segments' names
+                fsync_dir(self._dir)  # the new segments' names
             with self._lock:
                 old_base, old_word = meta.get(F.OFF_RECOVERY), meta.get(F.OFF_RECOVERY + 8)
                 if (active, pos) > (old_base, old_word & 0xFFFFFFFF):
@@ -1381,7 +1362,7 @@ def _rebuild_indexes(meta: _Meta, path: str, base: int, pos: int) -> None:
     finally:
         os.close(fd)
     for kind, path in (("offset", ipath), ("time", tpath)):
-        tmp = path + ".rebuild"
+        tmp = temp_name(path)
         SparseIndex.create(tmp, kind, base, slots)
         ix = SparseIndex(tmp, kind, base, writable=True)
         try:
@@ -1431,9 +1412,3 @@ def _unlink_segment(directory: str, base: int) -> None:
             os.unlink(p)
 
 
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
