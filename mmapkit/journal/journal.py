@@ -160,7 +160,7 @@ if TYPE_CHECKING:
     from .reader import Reader
     from .remote import JournalServer
 
-__all__ = ["CheckReport", "Journal", "JournalStatistics", "RecoveryReport"]
+__all__ = ["META_NAME", "CheckReport", "Journal", "JournalStatistics", "RecoveryReport"]
 
 META_NAME = "journal.meta"
 OFFSETS_NAME = "consumers.kv"
