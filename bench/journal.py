@@ -7,7 +7,9 @@ ready, then start together on a time read from stdin); sequential read of everyt
 another process (start-up not counted); tail latency append -> seen in another process
 (p50/p99; blocking futex wait and spinning poll; sqlite polled for scale); consumer commit
 rate (sqlite: an offsets table, one commit each); fetch GB/s of a served journal over TCP
-and a Unix socket (RemoteReader, CRCs verified) vs raw ``mmapkit.send`` of the same bytes.
+and a Unix socket (RemoteReader, CRCs verified) vs raw ``mmapkit.send`` of the same bytes;
+ours alone: reopen after kill -9 of a writer mid-append at 100 MB and 1 GB (a fresh process
+opens and appends once) and power-loss recovery speed (every unsynced byte verified).
 
 Every implementation promises the same as ours without ``sync``: an acknowledged record
 survives a crash of the process, not of the OS (sqlite: WAL, synchronous=NORMAL).
@@ -25,6 +27,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import socket
 import sqlite3
 import struct
@@ -33,6 +36,7 @@ import sys
 import tempfile
 import textwrap
 import time
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -267,6 +271,9 @@ def _ready(p: subprocess.Popen[str]) -> None:
 def child(argv: list[str]) -> None:
     """Entry of every child process: ``role impl path n``."""
     role, name, path, n = argv[0], argv[1], argv[2], int(argv[3])
+    if role in ("crash-append", "reopen"):
+        _crash_child(role, path)
+        return
     impl = by_name(name)(path)
     if role == "produce":
         values = [_value(i) for i in range(100)]
@@ -287,6 +294,24 @@ def child(argv: list[str]) -> None:
     elif role in ("tail-block", "tail-spin", "tail-poll"):
         print(json.dumps(_follow(impl, role, n)), flush=True)
     impl.close()
+
+
+def _crash_child(role: str, path: str) -> None:
+    from mmapkit.journal import Journal
+    if role == "crash-append":  # appends until it is killed (-9, mid-append)
+        j = Journal(path)
+        values = [_value(i) for i in range(100)]
+        print("ready", flush=True)
+        while True:
+            j.append_many(values)
+            for v in values:
+                j.append(v)
+    t0 = time.perf_counter()  # reopen: a writer ready again = opened and appended once
+    j = Journal(path)
+    j.append(b"after the crash")
+    took = time.perf_counter() - t0
+    j.close()
+    print(took, flush=True)
 
 
 def _follow(impl: Impl, role: str, n: int) -> list[float]:
@@ -444,6 +469,53 @@ def _commit_case(report: _harness.Report, impls: list[type[Impl]], tmp: str, n: 
                        _harness.rate(sqlite_run, k, max(1, repeat // 2)), "commits/s")
 
 
+def _crash_case(report: _harness.Report, tmp: str, sizes: list[int], repeat: int) -> None:
+    """Reopen after kill -9 mid-append (open + one append, in a fresh process; it must
+    cost O(unpublished bytes)), and power-loss recovery speed (the boot stamp changed,
+    nothing ever synced: every byte is verified)."""
+    import random
+
+    from mmapkit.journal import Journal
+    from mmapkit.journal import _format as F
+    values = [_value(i) for i in range(100)]
+    for size in sizes:
+        label = f"{size >> 30} GiB" if size >= 1 << 30 else f"{size >> 20} MiB"
+        d = os.path.join(tmp, f"crash-{size}")
+        with Journal(d, create=True) as j:
+            while j.statistics().bytes < size:
+                for _ in range(1000):
+                    j.append_many(values)
+        samples = []
+        for _ in range(repeat):
+            c = _spawn("crash-append", OURS, d, "0")
+            _ready(c)
+            time.sleep(random.uniform(0.05, 0.3))
+            c.kill()  # SIGKILL, at a random moment of its appends
+            c.communicate()
+            r = _spawn("reopen", OURS, d, "0")
+            out, _ = r.communicate(timeout=120)
+            samples.append(float(out) * 1e3)
+        report.add(f"reopen after kill -9 at {label}", OURS, samples, "ms",
+                   higher_is_better=False)
+        if Journal.check(d).problems:
+            raise RuntimeError(f"the journal at {d} does not check out after the kills")
+        meta = os.path.join(d, "journal.meta")
+        with Journal(d) as j:
+            verified = j.statistics().bytes
+        rates = []
+        for k in range(max(1, repeat // 2)):
+            with open(meta, "r+b") as f:  # a "reboot": nothing was synced, all is verified
+                f.seek(F.OFF_BOOT)
+                f.write(bytes([k + 1]) * 16)
+            t0 = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                Journal(d).close()
+            rates.append(verified / (time.perf_counter() - t0) / 1e9)
+        report.add(f"recovery of unsynced bytes ({label})", OURS, rates, "GB/s")
+        shutil.rmtree(d)
+
+
 _SERVER = """
 import os, socket, sys, threading
 sys.path[:0] = [sys.argv[1]]
@@ -547,6 +619,8 @@ def run(report: _harness.Report, args: argparse.Namespace) -> None:
         _tail_case(report, impls, tmp, 300 if quick else 3000)
         _commit_case(report, impls, tmp, n // 4, repeat)
         _fetch_case(report, tmp, (32 if quick else 256) << 20, max(1, repeat // 2))
+        _crash_case(report, tmp, [32 << 20] if quick else [100 << 20, 1 << 30],
+                    max(3, repeat))
     from . import mirror  # the Mirror's cases (to Redis over loopback) belong here too
     mirror.run(report, args)
     report.target("append", "persist-queue", ">=", 50.0)
@@ -560,6 +634,15 @@ def run(report: _harness.Report, args: argparse.Namespace) -> None:
             met = "met" if m.median >= goal else "NOT MET"
             print(f"  goal {case} >= {_harness.fmt(goal)}/s: {_harness.fmt(m.median)} {met}",
                   file=sys.stderr)
+    for m in report.measurements:
+        if m.impl != OURS:
+            continue
+        if m.case.startswith("reopen after kill -9"):
+            met = "met" if m.median <= 20 else "NOT MET"
+            print(f"  goal {m.case} <= 20 ms: {m.median:.2f} ms {met}", file=sys.stderr)
+        elif m.case.startswith("recovery of unsynced bytes"):
+            met = "met" if m.median >= 1.0 else "NOT MET"
+            print(f"  goal {m.case} >= 1 GB/s: {m.median:.2f} GB/s {met}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,7 +27,8 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .errors import DiskFullError, UnsupportedPlatformError
+from ._fileio import DISK_FULL_ERRNOS, raise_if_disk_full, write_all
+from .errors import UnsupportedPlatformError
 
 if TYPE_CHECKING:
     import ctypes
@@ -45,6 +46,8 @@ __all__ = [
     "HAVE_POPULATE",
     "IS_LINUX",
     "IS_TSO",
+    "MADV_POPULATE_READ",
+    "MADV_POPULATE_WRITE",
     "PAGE_SIZE",
     "align_down",
     "align_up",
@@ -224,7 +227,7 @@ def ensure_allocated(fd: int, size: int) -> None:
 
     A mapping of a sparse or truncated-up range raises SIGBUS on first touch when the
     disk is full, which kills the interpreter.  Allocating first turns that into an
-    ordinary ENOSPC here, raised as :class:`DiskFullError`.
+    ordinary ENOSPC here, raised as :class:`~mmapkit.errors.DiskFullError`.
     """
     current = os.fstat(fd).st_size
     try:
@@ -237,20 +240,14 @@ def ensure_allocated(fd: int, size: int) -> None:
                     raise
         # No fallocate here (macOS, some file systems): write zeros over the new range.
         if size > current:
-            chunk = b"\0" * (1 << 20)
-            pos = current
-            while pos < size:
-                n = os.pwrite(fd, chunk[: min(len(chunk), size - pos)], pos)
-                pos += n
+            chunk = memoryview(bytes(1 << 20))
+            for pos in range(current, size, len(chunk)):
+                write_all(fd, chunk[: min(len(chunk), size - pos)], pos)
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            if os.fstat(fd).st_size > current:
-                os.ftruncate(fd, current)  # give back the partial extension
-            raise DiskFullError(
-                exc.errno,
-                f"no space left to extend the file to {size} bytes; free some disk space "
-                "and retry (nothing already written was lost)",
-            ) from exc
+        if exc.errno in DISK_FULL_ERRNOS and os.fstat(fd).st_size > current:
+            os.ftruncate(fd, current)  # give back the partial extension
+        raise_if_disk_full(exc, f"no space left to extend the file to {size} bytes; free "
+                           "some disk space and retry (nothing already written was lost)")
         raise
 
 
@@ -500,8 +497,8 @@ def data_extents(fd: int, size: int) -> list[tuple[int, int]]:
 
 __all__ += [
     "HAVE_COPY_FILE_RANGE", "HAVE_REFLINK", "HAVE_SEEK_DATA", "HAVE_SENDFILE", "HAVE_SPLICE",
-    "copy_file_range", "data_extents", "pipe_size", "pipe_with_size", "reflink", "sendfile",
-    "splice",
+    "SPLICE_F_MORE", "SPLICE_F_MOVE", "SPLICE_F_NONBLOCK", "copy_file_range", "data_extents",
+    "pipe_size", "pipe_with_size", "reflink", "sendfile", "splice",
 ]
 
 # struct flock as Linux (64-bit off_t) lays it out: type, whence, start, len, pid.

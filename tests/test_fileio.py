@@ -337,3 +337,37 @@ def test_require_regular(tmp_path: Path) -> None:
     with pytest.raises(RegionError, match="p is not a regular file; map files"):
         _fileio.require_regular(fifo.stat(), fifo, "map files", error=RegionError,
                                 directory="never said for a FIFO")
+
+
+# --- the private surfaces these primitives live in ----------------------------------------
+
+
+def _imported_from(module: str) -> set[str]:
+    """Names the rest of mmapkit (and bench) takes from ``mmapkit.<module>``, by reading
+    the source: ``from .<module> import X`` and ``<module>.X``."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    names: set[str] = set()
+    for path in [*(root / "mmapkit").rglob("*.py"), *(root / "bench").rglob("*.py")]:
+        if path.stem == module:
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[-1] == module:
+                names.update(a.name for a in node.names)
+            elif (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                  and node.value.id == module):
+                names.add(node.attr)
+    return names
+
+
+@pytest.mark.parametrize("module", ["_fileio", "_platform"])
+def test_every_name_a_sibling_uses_is_in_all(module: str) -> None:
+    import importlib
+
+    mod = importlib.import_module(f"mmapkit.{module}")
+    used = _imported_from(module)
+    assert used, module  # the scan found the users
+    assert sorted(used - set(mod.__all__)) == []
+    assert all(hasattr(mod, name) for name in mod.__all__)

@@ -128,3 +128,12 @@ def test_tail_follow_times_out(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert cli.main(["journal", str(d), "tail", "-n", "5", "--follow", "--timeout",
                      "0.2"]) == 0
     assert _lines(capsys)[0].endswith(" last")
+
+
+def test_demo_act(capsys: pytest.CaptureFixture[str]) -> None:
+    # producers in two processes (one SIGKILLed), a consumer killed between processing
+    # and commit that resumes, a selector tail, a remote reader; the act checks each
+    from mmapkit.commands.demo import run_demo
+    assert run_demo(["g10_journal"]) == 0
+    out = capsys.readouterr().out
+    assert "re-delivered" in out and "Journal.check: ok" in out and "1 of 1 acts" in out

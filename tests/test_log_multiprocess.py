@@ -492,3 +492,84 @@ def test_following_reader_sees_a_file_made_again_under_the_same_name(tmp_path: P
             w.write(f"second-{i}")
     assert log.exists()
     assert [r.message for r in reader.poll(final=False)] == [f"second-{i}" for i in range(5)]
+
+
+# --- a buffer of another capacity (B5r) ----------------------------------------------------
+
+
+def _capacity(buf: Path) -> int:
+    from mmapkit.log import _codec
+
+    return _codec.decode_buffer_header(buf.read_bytes()).capacity
+
+
+@pytest.mark.parametrize("old, new", [(8192, 16384), (16384, 8192), (8192, 8192)])
+def test_buffer_size_changed_between_runs(tmp_path: Path, old: int, new: int) -> None:
+    """The buffer of a process that died unflushed, adopted by a writer asking for another
+    buffer_size: its records go to the log, the slot is re-made at the new size; no
+    damage, no warning, each record once."""
+    finish(writer(tmp_path, 100, "old", "exit", old))
+    (buf,) = tmp_path.glob("*.mbuf")
+    assert buf.stat().st_size == 4096 + old and len(mlog.read_buffer(buf)[1]) == 100
+    p = start(WRITER, tmp_path, 5, "new", "close", new)
+    result = finish(p)  # (finish: no word on stderr, so no LogWarning either)
+    assert result == {"recovered": 100, "buffer": str(buf)}  # the same slot, re-made
+    assert buf.stat().st_size == 4096 + new and _capacity(buf) == new
+    assert_once(tmp_path, [f"old-{i}" for i in range(100)] + [f"new-{i}" for i in range(5)])
+    if old == new:  # adopted as it was: the stream and its sequence continue
+        assert [r.sequence for r in mlog.read(tmp_path)] == list(range(1, 106))
+
+
+def test_a_resize_cut_short_is_not_damage(tmp_path: Path) -> None:
+    """A file longer than its header's capacity, the excess zero (what a writer killed
+    while growing a buffer leaves): read as it is, then re-made at the asked size."""
+    finish(writer(tmp_path, 100, "old", "exit", 8192))
+    (buf,) = tmp_path.glob("*.mbuf")
+    os.truncate(buf, 4096 + 3 * 8192)  # grown; the header still says 8192
+    _, recs, damages = mlog.read_buffer(buf)
+    assert len(recs) == 100 and damages == []
+    assert mlog.check(tmp_path).ok
+    assert finish(writer(tmp_path, 1, "new", "close", 8192))["recovered"] == 100
+    assert buf.stat().st_size == 4096 + 8192
+    assert_once(tmp_path, [f"old-{i}" for i in range(100)] + ["new-0"])
+
+
+def test_bytes_past_the_ring_are_damage(tmp_path: Path) -> None:
+    finish(writer(tmp_path, 100, "old", "exit", 8192))
+    (buf,) = tmp_path.glob("*.mbuf")
+    with open(buf, "ab") as f:
+        f.write(b"\x01" * 4096)
+    _, recs, damages = mlog.read_buffer(buf)
+    assert len(recs) == 100 and len(damages) == 1
+    assert "not zero" in damages[0].reason
+    p = start(WRITER, tmp_path, 1, "new", "close", 8192)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0 and "not zero" in err and "copied to" in err, err
+    assert json.loads(out.splitlines()[-1])["recovered"] == 100
+    assert len(list(tmp_path.glob("*.damaged-*"))) == 1
+    got = sorted(r.message for r in mlog.read(tmp_path, on_damage=lambda p, x: None))
+    assert got == sorted([f"old-{i}" for i in range(100)] + ["new-0"])
+
+
+@pytest.mark.parametrize("step", ["recovered-appended", "slot-created", "header-written"])
+def test_kill9_while_a_buffer_is_resized(tmp_path: Path, step: str) -> None:
+    """SIGKILL of the writer re-making a slot at another size, between each two steps of
+    B5r: the next writer finds every record, once, and no damage."""
+    finish(writer(tmp_path, 100, "old", "exit", 8192))
+    where = tmp_path / "pauses"
+    where.mkdir()
+    p = writer(tmp_path, 1, "lost", "close", 16384, pause=step, where=where)
+    wait_paused(p, where, step)
+    p.send_signal(signal.SIGKILL)
+    p.communicate()
+    assert p.returncode == -signal.SIGKILL
+    result = finish(writer(tmp_path, 1, "new", "close", 16384))
+    (buf,) = tmp_path.glob("*.mbuf")
+    assert _capacity(buf) == 16384
+    expected = [f"old-{i}" for i in range(100)] + ["new-0"]
+    assert sorted(messages(tmp_path)) == sorted(expected)
+    assert mlog.check(tmp_path).ok
+    assert not list(tmp_path.glob("*.damaged-*"))
+    # killed after the append: the next writer found the records in both places and
+    # appended them again (readers drop the copy); killed later: nothing was left
+    assert result["recovered"] == (100 if step == "recovered-appended" else 0)

@@ -206,6 +206,41 @@ def test_fork_child_gets_its_own_buffer(tmp_path: Path) -> None:
     assert len({r.stream for r in mlog.read(tmp_path)}) == 2
 
 
+def test_one_fork_hook_serves_every_live_writer(tmp_path: Path) -> None:
+    """Two live writers of two names: a fork child gets a buffer of its own for each;
+    a closed writer leaves nothing behind for the hook (no hook per writer)."""
+    import gc
+
+    before = len(writer_mod._LIVE)
+    for _ in range(3):
+        mlog.Writer(tmp_path, "gone").close()
+    gc.collect()
+    assert len(writer_mod._LIVE) == before
+    with mlog.Writer(tmp_path, "a", flush_interval=60) as a, \
+            mlog.Writer(tmp_path, "b", flush_interval=60) as b:
+        assert len(writer_mod._LIVE) == before + 2
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                a.write("child a")
+                b.write("child b")
+                a.close()
+                b.close()
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        a.write("parent a")
+        b.write("parent b")
+    for name in ("a", "b"):
+        recs = list(mlog.read(tmp_path, name=name))
+        assert sorted(r.message for r in recs) == [f"child {name}", f"parent {name}"]
+        assert len({r.stream for r in recs}) == 2  # the child logged through its own buffer
+    assert mlog.check(tmp_path).ok
+
+
 WRITER = """
 import sys, mmapkit.log as mlog
 w = mlog.Writer(sys.argv[1], "shared", buffer_size=8192, flush_interval=0.01, max_bytes=20000)

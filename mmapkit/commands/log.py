@@ -147,20 +147,18 @@ def _stats(args: argparse.Namespace) -> int:
 def _recover(args: argparse.Namespace) -> int:
     """Write every dead process's buffer into the log files (live ones are left alone)."""
     from ..log import Writer
-    from ..log.writer import buffer_pattern
+    from ..log._files import parse_buffer_name
 
     path = Path(args.path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path} is not a log directory; recover takes the "
                                 "directory that holds the .mbuf buffer files")
-    names = sorted({m.group(1) for e in path.iterdir()
-                    if (m := re.match(r"(.+)\.\d+\.mbuf$", e.name))})
+    names = sorted({p[0] for e in path.iterdir() if (p := parse_buffer_name(e.name))})
     if args.name:
         names = [n for n in names if n == args.name]
     total = 0
     result = {}
     for name in names:
-        assert buffer_pattern(name)
         with Writer(path, name) as w:
             n = w.statistics().recovered
         result[name] = n

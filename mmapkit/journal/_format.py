@@ -39,6 +39,7 @@ __all__ = [
     "BatchInfo",
     "Record",
     "batch_prefix",
+    "bell_name",
     "decode_batch",
     "decode_records",
     "encode_batch",
@@ -70,6 +71,9 @@ OFF_WAITERS = 84     # u32: set by a follower before it sleeps; cleared by the w
 OFF_BOOT = 88        # 16 bytes: boot id of the machine that last opened for writing
 OFF_RECOVERY = 104   # u64 segment base, u64 commit word: known on the storage device
 OFF_DELETE_DELAY = 120  # i64 ms: how long retention keeps renamed (.deleted) files
+OFF_BELLS = 128      # u32: how many bell slots are in use (0: appends ring nothing)
+OFF_BELL_SLOTS = 256  # BELL_SLOTS u64 slots: (pid << 32) | token of a reader's doorbell FIFO
+BELL_SLOTS = 64
 NONE_I64 = -1        # "unlimited" for retention_ms / retention_bytes
 
 # --- segment ---------------------------------------------------------------------------
@@ -129,6 +133,11 @@ class BatchError(Exception):
 
 
 Headers = Sequence[tuple[str, bytes]]
+
+
+def bell_name(slot: int) -> str:
+    """The doorbell FIFO of the reader registered as ``slot`` ((pid << 32) | token)."""
+    return f"journal.bell-{slot >> 32}-{slot & 0xFFFFFFFF:08x}"
 
 
 def segment_name(base: int) -> str:

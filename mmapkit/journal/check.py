@@ -108,6 +108,7 @@ def _check_segment(directory: str, base: int, report: CheckReport, first: int) -
 def _check_indexes(seg: Segment, rel: int, pos: int, starts: dict[int, int],
                    report: CheckReport) -> None:
     ipath, tpath = index_paths(seg.path)
+    firsts = set(starts.values())  # (a set: a time index entry per batch made this O(n^2))
     for path, kind in ((ipath, "offset"), (tpath, "time")):
         ix = SparseIndex(path, kind, seg.base, writable=False)
         try:
@@ -123,8 +124,7 @@ def _check_indexes(seg: Segment, rel: int, pos: int, starts: dict[int, int],
                 if kind == "offset":
                     ok = starts.get(b) == seg.base + a and (a, b) > prev
                 else:
-                    ok = (a, b) >= prev and any(o == seg.base + b - 1
-                                                 for o in starts.values())
+                    ok = (a, b) >= prev and seg.base + b - 1 in firsts
                 if not ok:
                     report.problem(f"{os.path.basename(path)}: entry {i} ({a}, {b}) does "
                                    "not match the log (a writer rebuilds it)")

@@ -26,7 +26,8 @@ Design rules:
   ``.deleted`` and unlinks them ``delete_delay_ms`` later, so a reader holding one reads on.
 
 Multiprocess protocol.  Shared state: meta (A, S, notify word N, waiters word, boot stamp,
-recovery point), each segment's W, the files in the directory.  L = the writer lock.
+recovery point, bells word B and the doorbell slots), each segment's W, the files in the
+directory.  L = the writer lock.
 
     ====  ================================  ====  ========================================
     #     step (process P)                  lock  what another process may do or see
@@ -45,9 +46,13 @@ recovery point), each segment's W, the files in the directory.  L = the writer l
           clear index slots past W (left          clears are ignored by them (past W)
           by a writer killed before A6)
     A3b   W moved since P's last append     L     as A3: P reads only published bytes
-          (another writer appended): catch         (the batches between the W it saw and
-          up from the W P saw (index tails,        W now); a W that is not a successor
-          newest timestamp); else as A3            of P's (never, within a boot) -> A3
+          (another writer appended): when an       (the batches between the W it saw and
+          index entry is due by what P knows,      W now); a W that is not a successor
+          catch up first from the W P saw          of P's (never, within a boot) -> A3.
+          (index tails, newest timestamp),         Until then P appends without reading
+          then decide again; else as A3            them: the index slots P would write
+                                                   and the timestamps in them are the
+                                                   only state that depends on them
     A4    roll needed (size, age, 2^32      L     see R1-R4
           records): R1-R4
     A5    set the first offset = base +     L     readers read up to W only: the new
@@ -58,6 +63,10 @@ recovery point), each segment's W, the files in the directory.  L = the writer l
                                                   acknowledged from here on
     A7    N += 1; release L; waiters word   -     followers woken (or they see N moved
           set: clear it, futex wake               at their next timed look)
+    A7b   bells word B read under L: B>0:  -     each registered reader's doorbell FIFO
+          write a byte to each registered         turns readable (after W was stored); a
+          reader's doorbell (after L)             FIFO nobody reads (reader killed) is
+                                                  skipped from then on
     A8    sync policy: fdatasync segment,   -     nothing (bytes already visible)
           raise the recovery point
     R1    roll: unlink orphans (segments    L     orphans are invisible to readers (they
@@ -83,6 +92,15 @@ recovery point), each segment's W, the files in the directory.  L = the writer l
           of P's segment; nothing new: set        P's futex wait returns at once
           waiters word, read N again, futex
           wait on N (timed slice)
+    B1    fileno(): mkfifo + open the      L     an append whose L came before B1 rang
+          reader's doorbell; under L free         nobody: the reader's first look (after
+          slots of dead pids / gone FIFOs,        B1) sees its W; every later append
+          store the slot, then B += 1             rings (A7b)
+    B2    reader with a doorbell finds      -     an append after the emptying rings:
+          nothing: empty the FIFO, then           the FIFO stays readable for the next
+          look again                              select (never a lost wake-up)
+    B3    reader close: under L clear its   L     a writer holding its FIFO open gets
+          slot, B -= 1; close, unlink FIFO        EPIPE (or ENXIO/ENOENT at open): skips
     P1    recovery after power loss (boot   L     no process of this boot has seen the
           stamp differs): verify batches          cut bytes (they all open through C2,
           from the recovery point, cut W at       which waits for L); the cut range is
@@ -97,7 +115,8 @@ Reopen after kill -9 costs O(unpublished bytes): attach (A3) reads W and scans a
 batches after the last index entry, never the journal.
 
 Test pause points (``mmapkit._testhooks``): journal.append.written (A5 done),
-journal.roll.created (R2 done), journal.retain.started (D2 done).
+journal.append.published (L released, before the A7 wake-ups), journal.roll.created
+(R2 done), journal.retain.started (D2 done).
 """
 
 from __future__ import annotations
@@ -179,9 +198,14 @@ _MAX_RECORDS = F.MAX_RECORDS_PER_SEGMENT
 _SEGMENT_HEADER = F.SEGMENT_HEADER
 _flock = fcntl.flock
 _LOCK_EX = fcntl.LOCK_EX
+_LOCK_UN = fcntl.LOCK_UN
+_CRC_FROM = F.CRC_FROM
+_prefix = F.PREFIX.pack
 _I_INTERVAL = F.OFF_INDEX_INTERVAL // 4
 _I_NOTIFY = F.OFF_NOTIFY // 4
 _I_WAITERS = F.OFF_WAITERS // 4
+_I_BELLS = F.OFF_BELLS // 4
+_I_BELL0 = F.OFF_BELL_SLOTS // 8
 
 
 def _boot_id() -> bytes:
@@ -367,6 +391,8 @@ class Journal:
         self._appended = 0
         self._last_sync = time.monotonic()
         self._recovery: RecoveryReport | None = None
+        self._synced_shape: tuple[int, int] | None = None  # (A, S) this handle msynced
+        self._bell_fds: dict[int, int] = {}  # doorbell slot -> FIFO write end (-1: dead)
         updates = {F.OFF_SEGMENT_BYTES: segment_bytes, F.OFF_SEGMENT_MS: segment_ms,
                    F.OFF_RETENTION_MS: retention_ms, F.OFF_RETENTION_BYTES: retention_bytes,
                    F.OFF_INDEX_INTERVAL: index_interval, F.OFF_DELETE_DELAY: delete_delay_ms}
@@ -524,8 +550,8 @@ class Journal:
             raise ClosedError("the journal is closed; open it again")
         meta = self._meta
         u64 = meta.u64
-        n = len(tail) + F.CRC_FROM
-        seg_bytes = int(u64[_I_SEGMENT_BYTES])
+        n = len(tail) + _CRC_FROM
+        seg_bytes = u64[_I_SEGMENT_BYTES]
         if n > seg_bytes - F.SEGMENT_HEADER:
             raise MessageTooLargeError(
                 f"a batch of {n} bytes cannot fit a segment of {seg_bytes} bytes; "
@@ -547,19 +573,22 @@ class Journal:
             seg = self._active
             if seg is None or seg.base != u64[_I_ACTIVE]:
                 seg = self._attach()  # A2, A3
-            w = seg.w
-            word = int(w[0])
-            if word != seg.seen:  # another writer appended since we last did
-                self._catch_up(seg, word)
+            w = seg._w  # (the slot behind seg.w: no property call on the hot path)
+            assert w is not None
+            word = w[0]
+            # another writer appended since we last did (W moved): what it added to the
+            # indexes and timestamps is learned only when this writer next indexes (A3b)
+            learned = word == seg.seen
             rel, pos = word >> 32, word & 0xFFFFFFFF
             if rel and (pos + n > seg_bytes or rel + count > _MAX_RECORDS or
                         now - seg.created_ms >= u64[_I_SEGMENT_MS]):
                 seg = self._roll(seg, rel)  # A4
                 w = seg.w
-                word = int(w[0])
+                word = w[0]
+                learned = word == seg.seen
                 rel, pos = word >> 32, word & 0xFFFFFFFF
             first = seg.base + rel
-            data = F.PREFIX.pack(crc, n, first) + tail
+            data = _prefix(crc, n, first) + tail
             try:
                 done = os.pwrite(seg.fd, data, pos)  # A5
             except OSError as exc:
@@ -567,12 +596,17 @@ class Journal:
             if done != n:
                 self._write(seg, memoryview(data)[done:], pos + done)
             if pos - (seg.last_indexed or _SEGMENT_HEADER) >= meta.u32[_I_INTERVAL]:
-                self._index(seg, rel, pos)
+                if not learned:  # A3b: the others' index entries first
+                    self._catch_up(seg, word)
+                    learned = True
+                if pos - (seg.last_indexed or _SEGMENT_HEADER) >= meta.u32[_I_INTERVAL]:
+                    self._index(seg, rel, pos)
             if PAUSES:
                 pause("journal.append.written")
             word = ((rel + count) << 32) | (pos + n)
             w[0] = word  # A6: acknowledged
-            seg.seen = word
+            if learned:
+                seg.seen = word
             if max_ts > seg.max_ts:
                 seg.max_ts = max_ts
             u32 = meta.u32
@@ -582,11 +616,21 @@ class Journal:
                 wake = True
             else:
                 wake = False
-        finally:
-            lock.release()
+            bells = u32[_I_BELLS]  # A7: read under L, so a bell registered (B1) before
+        finally:                   # this publish is rung, one registered after sees W
+            if lock._depth == 1:  # the lock's release, inlined as its acquire above
+                lock._depth = 0
+                _flock(lock._fd, _LOCK_UN)
+                lock._t.release()
+            else:
+                lock.release()
         self._appended += count
+        if PAUSES:
+            pause("journal.append.published")
         if wake:
             self._get_waiter().wake()
+        if bells:
+            self._ring_bells()
         if self._sync_every is not None and (
                 self._sync_every == 0.0 or time.monotonic() - self._last_sync
                 >= self._sync_every):
@@ -607,6 +651,74 @@ class Journal:
                                   doorbell=None if _platform.HAVE_FUTEX
                                   else os.path.join(self._dir, "journal.bell"))
         return self._waiter
+
+    def _ring_bells(self) -> None:
+        """A7: one byte into each registered reader's doorbell FIFO (``Reader.fileno()``).
+        A full FIFO is ringing already; a FIFO nobody reads any more (its reader was
+        killed) is remembered as dead (-1) until its slot is freed or reused."""
+        fds = self._bell_fds
+        live = [v for v in self._meta.u64[_I_BELL0 : _I_BELL0 + F.BELL_SLOTS].tolist() if v]
+        for v in live:
+            fd = fds.get(v)
+            if fd is None:
+                try:
+                    fd = os.open(os.path.join(self._dir, F.bell_name(v)),
+                                 os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+                except OSError:  # ENXIO: nobody has it open; ENOENT: reaped
+                    fd = -1
+                fds[v] = fd
+            if fd < 0:
+                continue
+            try:
+                os.write(fd, b"\1")
+            except BlockingIOError:
+                pass
+            except OSError:  # EPIPE: its reader is gone
+                os.close(fd)
+                fds[v] = -1
+        if len(fds) > len(live):
+            for v in set(fds) - set(live):
+                fd = fds.pop(v)
+                if fd >= 0:
+                    os.close(fd)
+
+    def _register_bell(self, slot: int) -> None:
+        """B1 (under L): put a reader's doorbell in a free slot of the meta page, first
+        freeing the slots of readers whose process is gone (and unlinking their FIFOs)."""
+        meta = self._check_open()
+        u64 = meta.u64
+        with self._lock:
+            free = -1
+            for i in range(F.BELL_SLOTS):
+                v = int(u64[_I_BELL0 + i])
+                if v and (not _pid_alive(v >> 32) or not os.path.exists(
+                        os.path.join(self._dir, F.bell_name(v)))):
+                    u64[_I_BELL0 + i] = 0
+                    meta.u32[_I_BELLS] = max(int(meta.u32[_I_BELLS]) - 1, 0)
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(self._dir, F.bell_name(v)))
+                    v = 0
+                if not v and free < 0:
+                    free = i
+            if free < 0:
+                raise OSError(
+                    errno.EMFILE, f"{self._dir}: all {F.BELL_SLOTS} reader doorbells are in "
+                    "use by live readers; close readers you no longer select on, or use "
+                    "Reader.wait() / poll(timeout=...) instead of fileno()")
+            u64[_I_BELL0 + free] = slot  # the slot first, then the count the writers read
+            meta.u32[_I_BELLS] = int(meta.u32[_I_BELLS]) + 1
+
+    def _unregister_bell(self, slot: int) -> None:
+        """B3 (under L): free a reader's doorbell slot (if it is still its own)."""
+        if self._closed:
+            return  # the next registration frees it (its FIFO is gone)
+        meta = self._meta
+        u64 = meta.u64
+        with self._lock:
+            for i in range(F.BELL_SLOTS):
+                if int(u64[_I_BELL0 + i]) == slot:
+                    u64[_I_BELL0 + i] = 0
+                    meta.u32[_I_BELLS] = max(int(meta.u32[_I_BELLS]) - 1, 0)
 
     def _write(self, seg: ActiveSegment, data: bytes | bytearray | memoryview, pos: int) -> None:
         view = memoryview(data)
@@ -813,29 +925,41 @@ class Journal:
         return seg
 
     def sync(self) -> None:
-        """Make every record published so far survive power loss (fdatasync of the
-        segments written since the last sync, and of the directory)."""
+        """Make every record published so far survive power loss.  Only what changed since
+        the recovery point is flushed: nothing when no record was published since the last
+        sync (by any process); the active segment alone while no roll happened; after a
+        roll, each segment from the recovery point on and the directory.  The meta page is
+        flushed when A or S moved since this handle last flushed it (the recovery word
+        alone need not be durable: an older one only makes recovery verify more)."""
         meta = self._check_open()
         active = meta.get(F.OFF_ACTIVE)
         seg = self._segment_for_tail(active)
         rel, pos = seg.commit()
-        rp_base = meta.get(F.OFF_RECOVERY)
-        for b in list_segments(self._dir):
-            if rp_base <= b <= active:
-                with contextlib.suppress(FileNotFoundError):
-                    fd = os.open(os.path.join(self._dir, F.segment_name(b)), os.O_RDONLY)
-                    try:
-                        os.fdatasync(fd)
-                    finally:
-                        os.close(fd)
-        _fsync_dir(self._dir)
+        rp_base, rp_word = meta.get(F.OFF_RECOVERY), meta.get(F.OFF_RECOVERY + 8)
+        if (active, pos) > (rp_base, rp_word & 0xFFFFFFFF):
+            if rp_base == active:
+                os.fdatasync(seg.fileno())  # the one segment written since the last sync
+            else:
+                for b in list_segments(self._dir):
+                    if rp_base <= b <= active:
+                        with contextlib.suppress(FileNotFoundError):
+                            fd = os.open(os.path.join(self._dir, F.segment_name(b)),
+                                         os.O_RDONLY | os.O_CLOEXEC)
+                            try:
+                                os.fdatasync(fd)
+                            finally:
+                                os.close(fd)
+                _fsync_dir(self._dir)  # the new segments' names
+            with self._lock:
+                old_base, old_word = meta.get(F.OFF_RECOVERY), meta.get(F.OFF_RECOVERY + 8)
+                if (active, pos) > (old_base, old_word & 0xFFFFFFFF):
+                    meta.set(F.OFF_RECOVERY + 8, F.pack_commit(rel, pos))
+                    meta.set(F.OFF_RECOVERY, active)
+        shape = (active, meta.get(F.OFF_START))
+        if shape != self._synced_shape:
+            meta.region.sync(0, F.META_SIZE)
+            self._synced_shape = shape
         self._last_sync = time.monotonic()
-        with self._lock:
-            old_base, old_word = meta.get(F.OFF_RECOVERY), meta.get(F.OFF_RECOVERY + 8)
-            if (active, pos) > (old_base, old_word & 0xFFFFFFFF):
-                meta.set(F.OFF_RECOVERY + 8, F.pack_commit(rel, pos))
-                meta.set(F.OFF_RECOVERY, active)
-        meta.region.sync(0, F.META_SIZE)
 
     # --- retention ----------------------------------------------------------------------
 
@@ -1135,6 +1259,10 @@ class Journal:
             if seg is not None:
                 seg.close()
         self._active = self._tail = None
+        for fd in getattr(self, "_bell_fds", {}).values():
+            if fd >= 0:
+                os.close(fd)
+        self._bell_fds = {}
         if getattr(self, "_waiter", None) is not None:
             assert self._waiter is not None
             self._waiter.close()
@@ -1262,6 +1390,16 @@ def _rebuild_indexes(meta: _Meta, path: str, base: int, pos: int) -> None:
         finally:
             ix.close()
         os.replace(tmp, path)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
 
 
 def _index_slots(segment_bytes: int, interval: int) -> int:

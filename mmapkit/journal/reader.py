@@ -12,6 +12,13 @@ Design rules:
   the offset range lost; the reader is then positioned after it, so iterating again goes
   on with the rest.  An offset retention removed raises OffsetOutOfRangeError.
 - Tailing sleeps on the meta page's notify word (futex), never on the directory.
+- ``fileno()`` (selectors, asyncio): the reader's own doorbell, a FIFO
+  ``journal.bell-<pid>-<token>`` in the journal directory, registered in a slot of the
+  meta page (B1, under the writer lock).  Every append rings each registered doorbell
+  after it published (A7); the reader empties its FIFO *before* it looks for records
+  (B2), so a publish it did not see rings after the emptying and the FIFO stays
+  readable.  One FIFO per reader: no reader can swallow another's wake-up.  ``close()``
+  frees the slot (B3); a killed reader's slot is freed by the next registration.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING
 
-from ..errors import CorruptFileError, OffsetOutOfRangeError
+from ..errors import ClosedError, CorruptFileError, OffsetOutOfRangeError
 from . import _format as F
 from ._format import Record
 from .segment import Segment, list_segments
@@ -53,6 +60,8 @@ class Reader:
         self._buf: list[Record] = []
         self._bi = 0
         self._closed = False
+        self._bell = -1        # doorbell FIFO (read end), made by fileno()
+        self._bell_slot = 0
         self.seek(from_offset)
 
     # --- positioning --------------------------------------------------------------------
@@ -337,19 +346,83 @@ class Reader:
         for the first one when none is there yet."""
         if max_records <= 0:
             raise ValueError(f"max_records must be positive, got {max_records}")
-        self._j._check_open()
-        out = self._take(max_records)
+        self._check_open()
+        out = self._take_or_arm(max_records)
         if out or timeout == 0:
             return out
         if self.wait(timeout):
             out = self._take(max_records)
         return out
 
+    def _take_or_arm(self, max_records: int) -> list[Record]:
+        out = self._take(max_records)
+        if not out and self._bell >= 0:
+            self._drain_bell()  # B2: empty the doorbell, then look once more
+            out = self._take(max_records)
+        return out
+
+    # --- doorbell (selectors, asyncio) --------------------------------------------------
+
+    def fileno(self) -> int:
+        """A descriptor that turns readable when records may have been appended (by any
+        process): register it with ``select``/``selectors``/``loop.add_reader``, then call
+        :meth:`poll` with ``timeout=0`` (which also re-arms it when it finds nothing).
+        Readiness is a hint: poll may return nothing; an empty poll empties the
+        descriptor, so it turns readable again only for a newer append."""
+        self._check_open()
+        if self._bell < 0:
+            token = int.from_bytes(os.urandom(4), "little") or 1
+            slot = (os.getpid() << 32) | token
+            path = os.path.join(self._dir, F.bell_name(slot))
+            os.mkfifo(path, 0o600)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+            except BaseException:
+                os.unlink(path)
+                raise
+            try:
+                self._j._register_bell(slot)
+            except BaseException:
+                os.close(fd)
+                os.unlink(path)
+                raise
+            self._bell, self._bell_slot = fd, slot
+        return self._bell
+
+    def _drain_bell(self) -> None:
+        try:
+            while os.read(self._bell, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _close_bell(self) -> None:
+        if self._bell < 0:
+            return
+        fd, slot = self._bell, self._bell_slot
+        self._bell, self._bell_slot = -1, 0
+        if slot >> 32 != os.getpid():  # a fork child's copy: the doorbell is the parent's
+            os.close(fd)
+            return
+        try:
+            self._j._unregister_bell(slot)
+        finally:
+            os.close(fd)
+            try:
+                os.unlink(os.path.join(self._dir, F.bell_name(slot)))
+            except FileNotFoundError:
+                pass
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("the reader is closed; open a new one with Journal.reader()")
+        self._j._check_open()
+
     def __iter__(self) -> Iterator[Record]:
         return self
 
     def __next__(self) -> Record:
-        got = self._take(1)
+        got = self._take_or_arm(1)
         if got:
             return got[0]
         if self.follow and self.wait(self.timeout):
@@ -362,11 +435,15 @@ class Reader:
         return self._async_iter()
 
     async def _async_iter(self) -> AsyncIterator[Record]:
+        """Iterate in the event loop: at the end, wait on the doorbell (fileno()) with
+        ``loop.add_reader``, never in a thread; the wait is re-armed every slice, so a
+        lost wake-up (a writer of an older mmapkit rings no doorbell) costs one slice."""
         import asyncio
         loop = asyncio.get_running_loop()
         idle_since = time.monotonic()
+        fd = self.fileno() if self.follow else -1
         while True:
-            got = self._take(500)
+            got = self._take_or_arm(500) if fd >= 0 else self._take(500)
             for r in got:
                 yield r
             if got:
@@ -374,14 +451,28 @@ class Reader:
                 continue
             if not self.follow:
                 return
-            if self.timeout is not None and time.monotonic() - idle_since >= self.timeout:
-                return
-            # Wait in a worker thread in short slices (the futex call releases the GIL;
-            # a slice bounds how long a cancelled iteration leaves the thread busy).
-            await loop.run_in_executor(None, self.wait, _WAIT_SLICE * 5)
+            nap = _WAIT_SLICE * 5
+            if self.timeout is not None:
+                nap = min(nap, self.timeout - (time.monotonic() - idle_since))
+                if nap <= 0:
+                    return
+            ready = loop.create_future()
+
+            def ring(ready: asyncio.Future[None] = ready) -> None:
+                if not ready.done():
+                    ready.set_result(None)
+
+            loop.add_reader(fd, ring)
+            try:
+                await asyncio.wait_for(ready, nap)
+            except asyncio.TimeoutError:
+                pass
+            finally:
+                loop.remove_reader(fd)
 
     def close(self) -> None:
         self._drop()
+        self._close_bell()
         self._closed = True
 
     def __enter__(self) -> Reader:

@@ -13,6 +13,9 @@ from ._load import analyse
 from ._reports import CheckReport
 from .codec import KIND_CLEAR, KIND_DEL, REC_FLAG_ENCRYPTED
 
+__all__ = [
+    "check",
+]
 
 def check(path: str, key: bytes | None) -> CheckReport:
     """Verify every record of the file at ``path``.

@@ -21,9 +21,28 @@ from ._crypto import Cipher
 from ._index import frame_all
 from .codec import DATA_START, FLAG_ENCRYPTED, OFF_COMMIT, SUPERSEDED
 
+__all__ = [
+    "create",
+    "fd_path",
+    "header",
+    "init_empty",
+    "install_copy",
+    "keep_damaged",
+    "mark_superseded",
+    "new_salt",
+    "write_compacted",
+    "write_parts",
+    "write_store",
+]
+
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _FULL = ("no space left to write {}; free some disk space and retry (nothing already written "
          "was lost)")
+
+
+def fd_path(fd: int) -> str:
+    """A path that opens the file behind ``fd`` again (a new open file description)."""
+    return f"/proc/self/fd/{fd}" if _platform.IS_LINUX else f"/dev/fd/{fd}"
 
 
 def new_salt() -> int:

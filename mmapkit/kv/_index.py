@@ -29,6 +29,24 @@ from .codec import DATA_START, KEY_MAX, KIND_SET, KIND_SET_TTL, REC_FLAG_ENCRYPT
 if TYPE_CHECKING:
     from .store import KV
 
+__all__ = [
+    "KEY_LEN",
+    "PACKED_BODY_MAX",
+    "PLAIN",
+    "REC_UNPACK",
+    "SPECIAL",
+    "Expiring",
+    "Packed",
+    "entry",
+    "fast_set",
+    "frame_all",
+    "image",
+    "live_entries",
+    "packer",
+    "put",
+    "setitem",
+]
+
 _F64 = struct.Struct("<d")
 _U16 = struct.Struct("<H")
 KEY_LEN = tuple(_U16.pack(n) for n in range(KEY_MAX + 1))  # a key's length field, by length
@@ -312,7 +330,7 @@ def setitem(self: KV, key: str, value: Any) -> None:
     tlock = self._tlock
     tlock.acquire()  # not `with`: measurably cheaper on this path
     try:
-        if self._direct:  # single-process, unencrypted, not in a batch
+        if self._inline_sp:  # single-process, unencrypted, not in a batch
             pos = self._pos
             end = pos + ((19 + n) & ~7)
             if end <= self._size:  # put() inlined
@@ -328,12 +346,12 @@ def setitem(self: KV, key: str, value: Any) -> None:
                 self._nops += 1
                 self._index[key] = value
                 return None
-        elif self._mpfast and self._depth:
+        elif self._inline_mp and self._depth:
             # Inside lock() or update_with(): this thread holds the writer lock.
             if put(self, body, n):
                 self._index[key] = value
                 return None
-        elif self._mpfast:
+        elif self._inline_mp:
             # Multiprocess (W1-W3 of store.py's protocol).  The writer lock is kept between
             # writes until someone asks for it (H1-H3), so a run of writes takes it once.
             # Taken, and nobody else wrote or others only appended: write.  Anything else

@@ -31,6 +31,16 @@ from .codec import (
     Serializer,
 )
 
+__all__ = [
+    "Analysis",
+    "Loaded",
+    "analyse",
+    "read",
+    "replay",
+    "replay_range",
+    "stored",
+]
+
 _Keys = set[str]
 
 

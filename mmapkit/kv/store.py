@@ -163,8 +163,10 @@ from ..region import Region
 from ..wait import Waiter
 from . import _files, _index, _load, codec
 from ._crypto import OVERHEAD, Cipher
+from ._files import fd_path
 from ._index import PLAIN, SPECIAL, Expiring, Packed
 from ._load import Analysis
+from ._writelock import WriterLock
 from .codec import (
     DATA_START,
     END_MASK,
@@ -179,8 +181,6 @@ from .codec import (
     OFF_COMPACTIONS,
     OFF_CREATED,
     OFF_LOCK_READY,
-    OFF_LOCK_SEQ,
-    OFF_LOCK_WANT,
     OFF_WAITERS,
     REC_FLAG_ENCRYPTED,
     SUPERSEDED,
@@ -216,18 +216,6 @@ _CHURN_NS = 250_000_000
 _CHURN_MAX = 4 << 20
 _U64 = struct.Struct("<Q")
 
-_LOCK_SLICE = 0.01  # a lock waiter looks again at least this often (a killed holder wakes
-# nobody; the kernel only drops its flock)
-_LOCK_EX_NB = fcntl.LOCK_EX | fcntl.LOCK_NB
-_LOCK_UN = fcntl.LOCK_UN
-_flock = fcntl.flock
-_LOCK_SPINS = 20
-# _waitw[1], [2], [3]
-assert OFF_LOCK_WANT == OFF_WAITERS + 4 and OFF_LOCK_SEQ == OFF_WAITERS + 8
-assert OFF_LOCK_READY == OFF_WAITERS + 12
-_QUANTUM = 0.002  # a writer keeps taking the lock this long while others wait, then hands
-# it over: long runs by one process, not a hand-over (and a replay) per write
-_READY_SPIN = 0.002  # a woken waiter tries this long for the holder to let go
 # _seen while our file is marked superseded but the path still names it: never equal to a
 # commit word, so every read looks at the path again until the mark settles.
 _UNSETTLED = -1
@@ -248,11 +236,7 @@ class _Closed(dict[str, Any]):
     get = items = keys = values = _closed
 
 
-def _fd_path(fd: int) -> str:
-    return f"/proc/self/fd/{fd}" if _platform.IS_LINUX else f"/dev/fd/{fd}"
-
-
-class KV(MutableMapping[str, Any]):
+class KV(MutableMapping[str, Any], WriterLock):
     """A persistent ``dict`` of str keys backed by one memory-mapped file.
 
     ``multiprocess=True`` lets several processes read and write the file at once (all of
@@ -273,13 +257,13 @@ class KV(MutableMapping[str, Any]):
     # Slots: a set or get touches several attributes, and an instance dict of this size
     # is past CPython's shared-key limit, where each access costs a lookup.
     __slots__ = (
-        "__weakref__", "_batch", "_changes", "_cipher", "_commit", "_depth",
-        "_direct", "_fast", "_fd", "_forked", "_has_ttl", "_held", "_hold", "_hold_evt",
-        "_ident", "_index", "_lock_timeout",
-        "_lock_waiter", "_min_cap", "_mode", "_mpfast", "_multiprocess", "_nops", "_packers",
-        "_path", "_pos", "_readonly", "_recover", "_region", "_run_start", "_seen",
-        "_seq_base", "_ser", "_shared", "_size", "_tlock", "_undo", "_undo_all", "_view",
-        "_waiter", "_waitw", "_want_waiter", "_watch_keys",
+        "__weakref__", "_batch", "_changes", "_cipher", "_commit", "_depth", "_fd",
+        "_forked", "_has_ttl", "_held", "_hold", "_hold_evt", "_ident", "_index",
+        "_inline_mp", "_inline_sp", "_lock_timeout", "_lock_waiter", "_min_cap", "_mode",
+        "_multiprocess", "_nops", "_packers", "_path", "_plain_writes", "_pos", "_readonly",
+        "_recover", "_region", "_run_start", "_seen", "_seq_base", "_ser", "_shared",
+        "_size", "_tlock", "_undo", "_undo_all", "_view", "_waiter", "_waitw",
+        "_want_waiter", "_watch_keys",
     )
 
     def __init__(self, path: str | os.PathLike[str], *, multiprocess: bool = False,
@@ -314,36 +298,17 @@ class KV(MutableMapping[str, Any]):
         self._changes: _Keys | None = None
         self._forked = False  # set in a fork child (the hook below): cheaper than getpid()
         if multiprocess:
-            ref = weakref.ref(self)
-
-            def after_fork() -> None:
-                # The child holds none of its parent's writer lock (nor its batch), even
-                # when fork() was called inside kv.lock() or kv.batch().
-                kv = ref()
-                if kv is not None:
-                    kv._forked = True
-                    kv._depth = 0
-                    kv._batch = None
-                    kv._held = False  # (the parent's, through the shared descriptor)
-                    kv._hold_evt = None  # the releaser thread did not survive the fork
-                    kv._want_waiter = None
-                    if kv._tlock.acquire(blocking=False):
-                        kv._tlock.release()
-                    else:  # held by a thread that did not survive the fork
-                        kv._tlock = threading.RLock()
-                    kv._refresh_direct()
-
-            os.register_at_fork(after_in_child=after_fork)
+            _MULTIPROCESS[id(self)] = self  # (see _after_fork_in_child)
         self._fd = -1
-        self._mpfast = False
+        self._inline_mp = False
         self._region: Region | None = None
         self._waiter: Waiter | None = None
         self._lock_waiter: Waiter | None = None
         self._run_start = 0.0
         self._pos = DATA_START
         self._seen = 0
-        self._fast = self._cipher is None and not self._readonly
-        self._refresh_direct()
+        self._plain_writes = self._cipher is None and not self._readonly
+        self._refresh_inline()
         self._packers: dict[int, tuple[Callable[..., None], int]] = {}  # see _packer()
         self._nops = 0  # operations in the file: with len(index), estimates the live share
         self._seq_base = 0  # operations written before the current file began
@@ -360,6 +325,21 @@ class KV(MutableMapping[str, Any]):
             raise
 
     # --- opening ------------------------------------------------------------------------
+
+    def _after_fork(self) -> None:
+        """In a fork child: this copy holds none of its parent's writer lock (nor its
+        batch), even when fork() was called inside kv.lock() or kv.batch()."""
+        self._forked = True
+        self._depth = 0
+        self._batch = None
+        self._held = False  # (the parent's, through the shared descriptor)
+        self._hold_evt = None  # the releaser thread did not survive the fork
+        self._want_waiter = None
+        if self._tlock.acquire(blocking=False):
+            self._tlock.release()
+        else:  # held by a thread that did not survive the fork
+            self._tlock = threading.RLock()
+        self._refresh_inline()
 
     def _take_mode_lock(self) -> FileLock | None:
         lockpath = self._path + ".lock"
@@ -444,7 +424,7 @@ class KV(MutableMapping[str, Any]):
             self._init_empty(fd)
         elif st.st_size < HEADER_SIZE:
             codec.parse_header(os.pread(fd, HEADER_SIZE, 0), path=self._path)
-        self._region = Region.open(_fd_path(fd), readonly=self._readonly)
+        self._region = Region.open(fd_path(fd), readonly=self._readonly)
         self._bind_views()
         if PAUSES:
             pause("kv.attach.mapped")
@@ -788,219 +768,6 @@ class KV(MutableMapping[str, Any]):
                 raise
             _retire(old)
 
-    def _take_own_lock(self) -> None:
-        """_acquire_flock(), first making the lock ours if we are a fork child; nothing
-        when this handle holds it already (H2)."""
-        if self._held:
-            return
-        if self._forked:
-            self._own_after_fork()
-        self._acquire_flock()
-
-    def _own_after_fork(self) -> None:
-        """A fork child shares the parent's open file descriptions, and so its flocks:
-        give this process descriptors (and locks) of its own for the same files."""
-        self._forked = False
-        self._refresh_direct()
-        flags = (os.O_RDONLY if self._readonly else os.O_RDWR) | getattr(os, "O_CLOEXEC", 0)
-        fd = os.open(_fd_path(self._fd), flags)  # a new open file description, same file
-        try:
-            os.dup2(fd, self._fd, inheritable=False)
-        finally:
-            os.close(fd)
-        if self._mode is not None:
-            mode = FileLock(self._path + ".lock")
-            try:
-                mode.acquire(shared=True, timeout=self._lock_timeout)
-            except BaseException:
-                mode.close()
-                raise
-            self._mode = mode  # (the inherited one is the parent's; we never unlock it)
-
-    def _acquire_flock(self) -> None:
-        # A bare flock on our own descriptor: threads are already excluded by _tlock, so
-        # FileLock's per-thread bookkeeping would only add cost to every write.
-        try:
-            _flock(self._fd, _LOCK_EX_NB)
-        except BlockingIOError:
-            self._wait_for_lock()
-        else:
-            if self._waitw[3]:
-                self._maybe_yield()
-        self._held = True
-        if self._hold and not self._readonly:
-            self._begin_hold()
-
-    def _begin_hold(self) -> None:
-        """H1: this handle may keep the lock between writes; make sure its releaser thread
-        watches the hold (started with the first one; parked between holds)."""
-        evt = self._hold_evt
-        if evt is None:
-            evt = self._hold_evt = threading.Event()
-            weakref.finalize(self, evt.set)  # a handle dropped unclosed lets its thread go
-            threading.Thread(target=_releaser, args=(weakref.ref(self), evt), daemon=True,
-                             name=f"mmapkit KV lock releaser ({os.path.basename(self._path)})"
-                             ).start()
-        if not evt.is_set():
-            evt.set()
-
-    def _end_hold(self) -> None:
-        """A write (or a lock()/batch() block) ended, holding the lock: keep it (H1) unless
-        someone waits for it and our run has lasted its quantum (H3), or holding is off."""
-        words = self._waitw
-        if not self._hold or ((words[1] or words[3])
-                              and time.monotonic() - self._run_start >= _QUANTUM):
-            self._release_flock()
-
-    def _watch_hold(self) -> bool:
-        """The releaser thread's watch over one hold (H4): give the lock back once the
-        handle has written nothing for ``lock_hold`` seconds, or someone waits for it while
-        no write is in progress.  Returns False once the handle is closed."""
-        last = -1
-        wait: Callable[[int, float | None], bool] | None = None
-        at = 0
-        while True:
-            with self._tlock:
-                evt = self._hold_evt
-                if self._region is None or evt is None:
-                    return False
-                if not self._held:
-                    evt.clear()  # parked until the next hold (set under this same lock)
-                    return True
-                words = self._waitw
-                if not self._depth and (words[1] or words[3] or self._pos == last):
-                    self._release_flock()
-                    evt.clear()
-                    return True
-                last = self._pos
-                asked = words[1]
-                hold = self._hold
-                if _platform.HAVE_FUTEX and at != self._region.address + OFF_LOCK_WANT:
-                    # A raw futex on the word's address, no view of the mapping: close()
-                    # never waits for this thread, and a growth only moves the address.
-                    at = self._region.address + OFF_LOCK_WANT
-                    wait = _platform.futex_waiter(at)
-            # Outside the lock: the holder writes on; a waiter's wake (L2) cuts this short.
-            if asked or wait is None:
-                time.sleep(hold)
-            else:
-                try:
-                    wait(0, hold)
-                except OSError:
-                    time.sleep(hold)  # unmapped meanwhile (closed, or grown): look again
-
-    def _maybe_yield(self) -> None:
-        """We took the lock while a woken waiter is awake and trying (L3): if our run
-        has lasted its quantum, let go and queue behind it (a running writer retakes the
-        lock within microseconds, so without this the waiter would never get in)."""
-        if self._readonly or time.monotonic() - self._run_start < _QUANTUM:
-            return
-        _flock(self._fd, _LOCK_UN)
-        self._wait_for_lock(spin=False)
-
-    def _wait_for_lock(self, *, spin: bool = True) -> None:
-        """Take the writer lock, sleeping until its holder hands it over.
-
-        The flock stays the lock (the kernel drops a killed holder's flock at once); the
-        header words only arrange who goes next and carry wake-ups:
-
-        ===  ===========================================  ===============================
-        L1   try a few times (a write holds the lock for  nobody is woken for a spinner
-             microseconds)
-        L2   read the hand-over count, set "wanted",      a holder releasing after our
-             try; sleep while the count is unchanged,     try sees "wanted" (both are
-             at most _LOCK_SLICE                          system calls: not reordered)
-        L3   woken or the slice ended: set "ready" and    the holder, past its quantum,
-             try for up to _READY_SPIN                    lets go at its next take
-        L4   got it: clear "ready", start our run         (quantum counts from here)
-        ===  ===========================================  ===============================
-
-        The holder wakes one sleeper per quantum, not one per release: a woken sleeper
-        needs a millisecond or more to run here, and a holder that waited for it would
-        leave the lock idle meanwhile; it goes on writing until the sleeper is ready.
-        """
-        fd = self._fd
-        words = self._waitw
-        for _ in range(_LOCK_SPINS if spin else 0):
-            try:
-                _flock(fd, _LOCK_EX_NB)
-                self._run_start = time.monotonic()
-                return
-            except BlockingIOError:
-                pass
-        deadline = time.monotonic() + self._lock_timeout
-        delay = 0.0001
-        futex = _platform.HAVE_FUTEX and not self._readonly  # (a read-only map: no want)
-        while True:
-            seq = words[2]
-            if futex:
-                words[1] = 1
-                self._ask_holder()
-            try:
-                _flock(fd, _LOCK_EX_NB)
-                break
-            except BlockingIOError:
-                pass
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise LockTimeout(
-                    f"could not take the write lock of {self._path} within "
-                    f"{self._lock_timeout} s: another process holds it (kv.lock() or a "
-                    f"long batch); retry, or find it with `fuser {self._path}`")
-            if not futex:  # no futex (or read-only): poll, backing off
-                time.sleep(min(delay, remaining))
-                delay = min(delay * 2, 0.002)
-                continue
-            if self._lock_waiter is None:
-                assert self._region is not None
-                self._lock_waiter = Waiter(self._region, OFF_LOCK_SEQ)
-            self._lock_waiter.wait(seq, min(remaining, _LOCK_SLICE))
-            words[3] = 1  # L3: awake and trying; the holder lets go at its next take
-            until = time.monotonic() + _READY_SPIN
-            got = False
-            while True:
-                try:
-                    _flock(fd, _LOCK_EX_NB)
-                    got = True
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > until:
-                        break
-            if got:
-                break
-        if futex:
-            words[3] = 0
-        self._run_start = time.monotonic()
-
-    def _ask_holder(self) -> None:
-        """L2: wake the holder's releaser thread, asleep on the "wanted" word (an idle
-        holder then lets go at once instead of after its idle interval)."""
-        if self._want_waiter is None:
-            assert self._region is not None
-            self._want_waiter = Waiter(self._region, OFF_LOCK_WANT)
-        self._want_waiter.wake(1)
-
-    def _release_flock(self) -> None:
-        self._held = False
-        _flock(self._fd, _LOCK_UN)
-        if self._waitw[1] and not self._readonly:
-            # (A read-only follower that took the lock to re-verify writes nothing: the
-            # waiters see the lock free at their next look, within _LOCK_SLICE.)
-            self._hand_over()
-
-    def _hand_over(self) -> None:
-        """Someone sleeps for the lock we just released: once our run has lasted its
-        quantum, wake one sleeper (and go on writing until it is ready: _maybe_yield)."""
-        if time.monotonic() - self._run_start < _QUANTUM:
-            return
-        words = self._waitw
-        words[1] = 0
-        words[2] = (words[2] + 1) & 0xFFFFFFFF
-        if _platform.HAVE_FUTEX:
-            if self._lock_waiter is None:
-                assert self._region is not None
-                self._lock_waiter = Waiter(self._region, OFF_LOCK_SEQ)
-            self._lock_waiter.wake(1)
 
     # --- writer side --------------------------------------------------------------------
 
@@ -1173,7 +940,7 @@ class KV(MutableMapping[str, Any]):
         self._fd = fd
         st = os.fstat(fd)
         self._ident = (st.st_dev, st.st_ino)
-        self._region = Region.open(_fd_path(fd))
+        self._region = Region.open(fd_path(fd))
         self._bind_views()
         self._held = self._shared  # (C1 locked the new file)
         _retire(old)
@@ -1249,11 +1016,12 @@ class KV(MutableMapping[str, Any]):
     __setitem__ = _index.setitem
     _put = _index.put
 
-    def _refresh_direct(self) -> None:
+    def _refresh_inline(self) -> None:
         """Derive the flags __setitem__ tests for its single- and multiprocess hot paths
-        (call it whenever _fast, _shared, _batch or _forked change)."""
-        self._direct = self._fast and not self._shared and self._batch is None
-        self._mpfast = self._fast and self._shared and self._batch is None and not self._forked
+        (call it whenever _plain_writes, _shared, _batch or _forked change)."""
+        self._inline_sp = self._plain_writes and not self._shared and self._batch is None
+        self._inline_mp = (self._plain_writes and self._shared and self._batch is None
+                           and not self._forked)
 
     def set(self, key: str, value: Any, ttl: float | None = None) -> None:
         """Store ``value`` under ``key``; with ``ttl`` (seconds) it vanishes after that long.
@@ -1335,7 +1103,7 @@ class KV(MutableMapping[str, Any]):
                 return
             self._enter_write()
             self._batch, self._undo, self._undo_all = [], {}, None
-            self._refresh_direct()
+            self._refresh_inline()
             try:
                 try:
                     yield self
@@ -1357,7 +1125,7 @@ class KV(MutableMapping[str, Any]):
                     raise
             finally:
                 self._batch, self._undo, self._undo_all = None, {}, None
-                self._refresh_direct()
+                self._refresh_inline()
                 self._exit_write()
 
     @contextlib.contextmanager
@@ -1412,8 +1180,8 @@ class KV(MutableMapping[str, Any]):
             try:
                 self._rewrite(self._image(cipher), cipher)
                 self._cipher = cipher
-                self._fast = cipher is None
-                self._refresh_direct()
+                self._plain_writes = cipher is None
+                self._refresh_inline()
             finally:
                 self._exit_write()
 
@@ -1599,8 +1367,8 @@ class KV(MutableMapping[str, Any]):
                 if mode is not None:
                     mode.close()
                 self._index = _Closed()
-                self._shared = self._fast = False
-                self._refresh_direct()
+                self._shared = self._plain_writes = False
+                self._refresh_inline()
 
     def __enter__(self) -> KV:
         return self
@@ -1616,15 +1384,18 @@ class KV(MutableMapping[str, Any]):
         return f"<KV {self._path} {mode} {state}>"
 
 
-def _releaser(ref: weakref.ref[KV], evt: threading.Event) -> None:
-    """A multiprocess handle's releaser thread: parked until the handle holds the writer
-    lock between writes, then watching that hold (KV._watch_hold, step H4)."""
-    while True:
-        evt.wait()
-        kv = ref()
-        if kv is None or not kv._watch_hold():
-            return
-        del kv  # (no reference while parked: the handle may be dropped)
+# The live multiprocess handles, for the one at-fork hook below (one hook per handle could
+# never be unregistered: a process opening many stores would pile them up).
+# (by id: a KV is a mapping, so not hashable itself)
+_MULTIPROCESS: weakref.WeakValueDictionary[int, KV] = weakref.WeakValueDictionary()
+
+
+def _after_fork_in_child() -> None:
+    for kv in list(_MULTIPROCESS.values()):
+        kv._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _retire(old: dict[str, Any]) -> None:

@@ -28,25 +28,39 @@ from ..errors import CorruptFileError, ForeignFileError, FormatVersionError
 __all__ = [
     "BUF_HEADER",
     "BUF_MAGIC",
+    "BUF_STREAM_AT",
+    "COMPRESS_NONE",
+    "COMPRESS_ZLIB",
+    "COMPRESS_ZSTD",
     "FRAME_HEADER",
     "FRAME_MAGIC",
+    "HEAD_OFFSET",
+    "HEAD_SEQ_OFFSET",
     "PAD_BIT",
     "RECORD_HEADER",
     "REC_BODY",
+    "REC_CRC_AT",
+    "REC_REST",
+    "REC_REST_AT",
+    "REC_SIZE_AT",
     "Damage",
     "Frame",
     "Record",
+    "Transform",
     "align8",
     "all_zero",
     "blank_buffer",
+    "buffer_size_problem",
     "decode_buffer_header",
     "decode_frames",
     "decode_record",
     "encode_buffer_header",
+    "encode_chunk",
     "encode_frame",
     "encode_record",
     "find_records",
     "iter_records",
+    "open_frame",
     "plausible_head",
     "record_of",
     "scan_ring",
@@ -60,6 +74,7 @@ VERSION = 1
 # 8 u64 sequence   16 u64 time (microseconds since the epoch)   24 u32 pid
 # 28 u16 level     30 u16 flags (0; reserved)                     32 message (UTF-8)
 RECORD_HEADER = 32
+REC_SIZE_AT, REC_CRC_AT, REC_REST_AT = 0, 4, 8  # the crc covers [REC_REST_AT, size)
 REC_REST = struct.Struct("<QQIHH")   # the 24 bytes at offset 8
 REC_BODY = struct.Struct("<IQQIHH")  # crc and the rest: the 28 bytes at offset 4
 REC_FULL = struct.Struct("<IIQQIHH")
@@ -185,6 +200,7 @@ class Damage:
 BUF_MAGIC = b"MKLOGBUF"
 BUF_HEADER = 4096
 _BUF = struct.Struct("<8sHHIQQQQQI")
+BUF_STREAM_AT = 24
 HEAD_OFFSET = 32
 HEAD_SEQ_OFFSET = 40
 
@@ -248,6 +264,19 @@ def plausible_head(head: int, head_seq: int) -> bool:
     """True if the head fields (which the header checksum does not cover: they change with
     every flush) could have been written by a writer: aligned, in range, sequence >= 1."""
     return head % 8 == 0 and 0 <= head < MAX_POSITION and 1 <= head_seq < MAX_POSITION
+
+
+def buffer_size_problem(data: bytes | bytearray | memoryview, capacity: int) -> str | None:
+    """Why a buffer file of these bytes cannot hold a ring of ``capacity`` (None: it can).
+
+    Shorter than header + capacity: cut.  Longer is a resize cut short (a writer grows
+    the file before its header says so) as long as the excess is zeros; anything in the
+    excess is damage."""
+    end = BUF_HEADER + capacity
+    if len(data) == end or (len(data) > end and all_zero(data, end)):
+        return None
+    what = "" if len(data) < end else " and the bytes past that are not zero"
+    return f"it has {len(data)} bytes but its header says {end}{what}"
 
 
 def blank_buffer(data: bytes | bytearray | memoryview) -> bool:
@@ -444,6 +473,25 @@ def encode_frame(records: bytes, *, stream: int, first_seq: int, count: int, pid
                        stream, first_seq, count, pid, first_time_us, last_time_us,
                        zlib.crc32(stored))
     return head + _U32.pack(zlib.crc32(head)) + stored
+
+
+def encode_chunk(records: bytes | bytearray | memoryview, last: int, *, stream: int,
+                 compression: int = COMPRESS_ZLIB,
+                 compress: Callable[[bytes], bytes] | None = None,
+                 encrypt: Transform | None = None) -> tuple[bytes, int, int]:
+    """``(frame, count, last sequence)`` for records back to back in ``records`` (each
+    padded to 8 bytes, consecutive sequences), the last one starting at offset ``last``.
+
+    The one frame builder of the log: the frame's sequence, count, pid and times are read
+    from the first and the last record, so they cannot disagree with what it carries.
+    """
+    first_seq, t0, pid = REC_REST.unpack_from(records, REC_REST_AT)[:3]
+    last_seq, t1 = REC_REST.unpack_from(records, last + REC_REST_AT)[:2]
+    count = last_seq - first_seq + 1
+    frame = encode_frame(records, stream=stream, first_seq=first_seq,  # type: ignore[arg-type]
+                         count=count, pid=pid, first_time_us=t0, last_time_us=t1,
+                         compression=compression, compress=compress, encrypt=encrypt)
+    return frame, count, last_seq
 
 
 def _parse_header(data: bytes | bytearray | memoryview, pos: int

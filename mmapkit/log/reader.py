@@ -19,7 +19,6 @@ from __future__ import annotations
 import datetime as _dt
 import heapq
 import os
-import re
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -30,13 +29,11 @@ from ..errors import CorruptFileError, FileFormatError, ForeignFileError
 from . import _codec
 from ._codec import BUF_HEADER, Damage, Record
 from ._compress import decompress
-from .writer import BUF_SUFFIX, LOG_SUFFIX, LogWarning
+from ._files import DAMAGED_MARK, is_buffer_file, parse_buffer_name, parse_log_name
+from .writer import LogWarning
 
 __all__ = ["LogCheck", "check", "read", "read_buffer", "tail"]
 
-_LOG_RE = re.compile(r"(.+)\.(\d{8})\.(\d{4,})" + re.escape(LOG_SUFFIX) + "$")
-_BUF_RE = re.compile(r"(.+)\.(\d+)" + re.escape(BUF_SUFFIX) + "$")
-_DAMAGED = BUF_SUFFIX + ".damaged-"
 
 DamageHandler = Callable[[str, Damage], None]
 TimeLike = float | int | _dt.datetime | None
@@ -59,18 +56,18 @@ def _sources(path: Path, name: str | None) -> tuple[list[Path], list[Path]]:
     if path.is_dir():
         logs, bufs = [], []
         for entry in os.listdir(path):
-            m = _LOG_RE.match(entry)
-            if m and (name is None or m.group(1) == name):
-                logs.append((m.group(2), int(m.group(3)), m.group(1), path / entry))
+            log = parse_log_name(entry)
+            if log is not None and (name is None or log[0] == name):
+                logs.append((log[1], log[2], log[0], path / entry))
                 continue
-            m = _BUF_RE.match(entry)
-            if m and (name is None or m.group(1) == name):
+            buf = parse_buffer_name(entry)
+            if buf is not None and (name is None or buf[0] == name):
                 bufs.append(path / entry)
         logs.sort()
         return [p for *_, p in logs], sorted(bufs)
     if not path.exists():
         raise FileNotFoundError(f"no log file or directory at {path}")
-    if _BUF_RE.match(path.name) or _DAMAGED in path.name:
+    if is_buffer_file(path.name):
         return [], [path]
     return [path], []
 
@@ -91,13 +88,13 @@ def read_buffer(path: str | os.PathLike[str]) -> tuple[int, list[Record], list[D
         return 0, [], []  # being created (the magic is stored last), or its creator died
     try:
         hdr = _codec.decode_buffer_header(data, p)
-        if len(data) != BUF_HEADER + hdr.capacity:
-            raise CorruptFileError(f"log buffer {p} has {len(data)} bytes but its header "
-                                   f"says {BUF_HEADER + hdr.capacity}", path=p,
-                                   offset=len(data))
+        problem = _codec.buffer_size_problem(data, hdr.capacity)
+        if problem is not None:
+            raise CorruptFileError(f"log buffer {p}: {problem}", path=p,
+                                   offset=min(len(data), BUF_HEADER + hdr.capacity))
     except (CorruptFileError, ForeignFileError) as exc:
         return _salvage(data, p, exc)
-    if _DAMAGED in os.path.basename(p):
+    if DAMAGED_MARK in os.path.basename(p):
         return _salvage(data, p, None)
     area = memoryview(data)[BUF_HEADER : BUF_HEADER + hdr.capacity]
     spans, _, _, damages = _codec.scan_ring(area, hdr.head, hdr.head_seq)

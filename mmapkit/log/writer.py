@@ -13,7 +13,7 @@ Design rules:
   the two leaves the records in both places; their (stream, sequence) numbers let every
   reader drop the second copy.
 - The flush thread's compress and write calls release the GIL; a writer that completes a
-  chunk hands the GIL to it at once (see ``_meet_flusher``), so compression runs on
+  chunk hands the GIL to it at once (see ``_handoff.py``), so compression runs on
   another core while the caller goes on, instead of waiting for the interpreter's switch
   interval.
 - The order of the flush's steps is what makes a crash at any point safe:
@@ -60,6 +60,11 @@ Design rules:
         records (the flush table above).  else:
         append them, store head sequence, then
         head, zero the ring                                records in both: dropped once
+  B5r   adopt, but N's capacity is not the         N       as B5-else, then an empty N,
+        buffer_size asked for, or N is longer               then a blank one (B8): a kill
+        than its header says (excess zero: a                anywhere leaves nothing that
+        resize cut short; not zero: damaged):               was not appended first
+        B5-else, then truncate to 0 and B8
   B6    not adopted: unlock, close                 -> -    another starter may take N
   B7    none adopted: M = highest + 1; open with   -> M    another starter may create and
         O_CREAT and flock; refused: M + 1                  lock M first (we take M + 1)
@@ -88,10 +93,8 @@ Design rules:
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import random
-import re
 import sys
 import threading
 import time
@@ -101,9 +104,8 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
-from .._fileio import raise_if_disk_full, write_all
 from .._testhooks import PAUSES as _PAUSE
 from .._testhooks import pause as _pause
 from ..errors import (
@@ -119,6 +121,7 @@ from ..region import Region
 from . import _codec
 from ._codec import (
     BUF_HEADER,
+    BUF_STREAM_AT,
     HEAD_OFFSET,
     HEAD_SEQ_OFFSET,
     PAD_BIT,
@@ -126,17 +129,27 @@ from ._codec import (
     RECORD_HEADER,
 )
 from ._compress import compressor
+from ._files import Sink, buffer_file_name, damaged_file_name, parse_buffer_name, valid_name
+from ._handoff import Handoff
 
 __all__ = ["LogWarning", "Writer", "WriterStatistics"]
 
 DEFAULT_BUFFER = 1 << 20      # absorbs GIL hand-off delays of the flush thread (see bench)
 CHUNK = 64 * 1024           # raw bytes per frame: one damaged byte costs at most this much
 WRITE_BATCH = 4             # frames the flush thread gathers before one write to the file
-MEET_TIMEOUT = 0.002        # longest a writer waits at a chunk mark for the flush thread
-LOG_SUFFIX = ".mlog"
-BUF_SUFFIX = ".mbuf"
 DAY = 86400.0
 
+
+# The hot path (write, _frame) spells the record header with literals, since a global
+# load per constant is a visible share of a write: the size word at 0 (u32 index
+# off >> 2), the crc at 4 (index + 1) over [8, size), the rest packed at 8 (sequence
+# first, read back by _first_seq), records 8-aligned ((size + 7) & ~7).  Tied to the
+# codec here, at import, so the two spellings cannot drift apart (tests/test_log_writer.py
+# checks the bytes too).
+if ((_codec.REC_SIZE_AT, _codec.REC_CRC_AT, _codec.REC_REST_AT, _codec.align8(1))
+        != (0, 4, 8, 8) or REC_REST.format != "<QQIHH" or 8 + REC_REST.size != RECORD_HEADER):
+    raise ImportError("mmapkit.log.writer: the hot path's record literals no longer match "
+                      "mmapkit.log._codec; update both together")
 
 # The hot path's helpers, bound once (immutable references, not state).
 _pack_rest = REC_REST.pack_into
@@ -163,28 +176,6 @@ class WriterStatistics:
     log_path: str | None
 
 
-def log_file_name(name: str, day: str, index: int) -> str:
-    return f"{name}.{day}.{index:04d}{LOG_SUFFIX}"
-
-
-def log_file_pattern(name: str) -> re.Pattern[str]:
-    return re.compile(re.escape(name) + r"\.(\d{8})\.(\d{4,})" + re.escape(LOG_SUFFIX) + "$")
-
-
-def buffer_pattern(name: str) -> re.Pattern[str]:
-    return re.compile(re.escape(name) + r"\.(\d+)" + re.escape(BUF_SUFFIX) + "$")
-
-
-def _today(now: float) -> str:
-    return time.strftime("%Y%m%d", time.localtime(now))
-
-
-def _valid_name(name: str) -> str:
-    if not name or "/" in name or name.startswith(".") or "\0" in name:
-        raise ValueError(f"log name {name!r} must be a plain file name part, like 'app'")
-    return name
-
-
 @dataclass
 class _Found:
     """What a buffer file holds, judged under its lock by :func:`_examine`."""
@@ -201,6 +192,7 @@ class _Found:
     # "damaged": every verifying record.  (offset in the data area, size, sequence)
     records: list[tuple[int, int, int]] = field(default_factory=list)
     dirty: bool = False           # non-zero bytes outside the live part
+    capacity: int = 0             # "ok": the ring's capacity, as its header says
 
 
 def _examine(data: bytes, path: str) -> _Found:
@@ -217,17 +209,18 @@ def _examine(data: bytes, path: str) -> _Found:
         return _Found("blank")
     size = len(data)
     ring = memoryview(data)[BUF_HEADER : BUF_HEADER + (max(size - BUF_HEADER, 0) & ~7)]
-    stream = int.from_bytes(data[24:32].ljust(8, b"\0"), "little")
+    stream = int.from_bytes(data[BUF_STREAM_AT : BUF_STREAM_AT + 8].ljust(8, b"\0"), "little")
     try:
         hdr = _codec.decode_buffer_header(data, path)
     except FormatVersionError as exc:
         return _Found("newer", str(exc))
     except FileFormatError as exc:
         return _Found("damaged", str(exc), stream, records=_codec.find_records(ring))
-    if size != BUF_HEADER + hdr.capacity:
-        return _Found("damaged", f"log buffer {path} has {size} bytes but its header says "
-                      f"{BUF_HEADER + hdr.capacity}", stream,
+    problem = _codec.buffer_size_problem(data, hdr.capacity)
+    if problem is not None:
+        return _Found("damaged", f"log buffer {path}: {problem}", stream,
                       records=_codec.find_records(ring))
+    ring = ring[: hdr.capacity]  # a longer file (excess zero) is handled by _claim
     spans, tail, next_seq, damages = _codec.scan_ring(ring, hdr.head, hdr.head_seq)
     reason = ""
     if damages:
@@ -258,119 +251,7 @@ def _examine(data: bytes, path: str) -> _Found:
     if reason:
         return _Found("damaged", reason, hdr.stream, records=_codec.find_records(ring))
     return _Found("ok", "", hdr.stream, hdr.head, hdr.head_seq, spans, tail, next_seq,
-                  extra, dirty)
-
-class _Sink:
-    """The log files of one directory and name: rotation, retention, appends."""
-
-    def __init__(self, directory: Path, name: str, *, max_bytes: int | None, rotate: str | None,
-                 retention: float | None, max_total_bytes: int | None) -> None:
-        self.directory = directory
-        self.name = name
-        self.max_bytes = max_bytes
-        self.rotate = rotate
-        self.retention = retention
-        self.max_total_bytes = max_total_bytes
-        self.fd: int | None = None
-        self.path: str | None = None
-        self.day = ""
-        self.index = 0
-        self._pattern = log_file_pattern(name)
-
-    def _files(self) -> list[tuple[str, int, str]]:
-        out = []
-        for entry in os.listdir(self.directory):
-            m = self._pattern.match(entry)
-            if m:
-                out.append((m.group(1), int(m.group(2)), entry))
-        out.sort()
-        return out
-
-    def _open(self, now: float) -> int:
-        day = _today(now) if self.rotate == "daily" else "00000000"
-        if self.fd is not None and day == self.day:
-            if self.max_bytes is None or os.fstat(self.fd).st_size < self.max_bytes:
-                return self.fd
-            index = self.index + 1
-        else:
-            same_day = [i for d, i, _ in self._files() if d == day]
-            index = max(same_day, default=0)
-        while True:
-            path = self.directory / log_file_name(self.name, day, index)
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            if self.max_bytes is None or os.fstat(fd).st_size < self.max_bytes:
-                break
-            os.close(fd)  # another process filled it: move on
-            index += 1
-        rotated = self.fd is not None
-        self.close()
-        self.fd, self.path, self.day, self.index = fd, str(path), day, index
-        if rotated:
-            self.apply_retention(now)
-        return fd
-
-    def apply_retention(self, now: float) -> None:
-        """Delete old log files (never the one in use).  Other processes may race us."""
-        if self.retention is None and self.max_total_bytes is None:
-            return
-        current = os.path.basename(self.path) if self.path else None
-        entries = []
-        files = self._files()
-        # The newest file is where other processes append (a process starting has no
-        # file yet): never deleted for size, only for age (then nobody wrote it lately).
-        newest = files[-1][2] if files else None
-        for _, _, entry in files:
-            if entry == current:
-                continue
-            try:
-                st = os.stat(self.directory / entry)
-            except FileNotFoundError:
-                continue
-            entries.append((entry, st.st_mtime, st.st_size))
-        total = sum(size for _, _, size in entries)
-        if self.path:
-            with contextlib.suppress(OSError):
-                total += os.stat(self.path).st_size
-        for entry, mtime, size in entries:  # oldest first
-            too_old = self.retention is not None and now - mtime > self.retention
-            too_big = (self.max_total_bytes is not None and total > self.max_total_bytes
-                       and entry != newest)
-            if not (too_old or too_big):
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.directory / entry)
-            total -= size
-
-    def append(self, data: bytes, now: float) -> None:
-        """Append ``data`` (whole frames) with O_APPEND writes; raises DiskFullError.
-
-        Returns only once the bytes are in a file that still has a name: if the file was
-        deleted meanwhile (retention by another process, or by hand), what went into it
-        is gone with it, so it is appended again to a file that exists (readers drop any
-        second copy).  The caller frees the buffer only after this returns.
-        """
-        for _ in range(8):
-            fd = self._open(now)
-            if _PAUSE:
-                _pause("log.sink-opened")
-            try:
-                write_all(fd, data)
-            except OSError as exc:
-                raise_if_disk_full(exc, f"no space left to append to {self.path}; the "
-                                   "records stay in the buffer and are written when space "
-                                   "returns", self.path)
-                raise
-            if os.fstat(fd).st_nlink:
-                return
-            self.close()  # deleted under us: the next _open finds or makes a live file
-        raise OSError(errno.ENOENT, f"the log files in {self.directory} keep being deleted "
-                      "while this process appends to them; the records stay in the buffer")
-
-    def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
+                  extra, dirty, hdr.capacity)
 
 class Writer:
     """Crash-safe log writer: ``write()`` returns once the record is in the mapped buffer.
@@ -389,13 +270,13 @@ class Writer:
     # Slots: write() touches a dozen attributes per record, and an
     # instance dict of this size is past CPython's shared-key limit.
     __slots__ = (
-        "__weakref__", "_area", "_away", "_buffer_size", "_cap", "_chunk_start", "_closed",
-        "_code", "_compress", "_cuts", "_directory", "_encrypt", "_failed", "_failing",
-        "_file_bytes", "_flush_lock", "_flushes", "_forked", "_frames", "_hdr_q", "_head",
-        "_idle", "_interval", "_limit", "_lock", "_mark", "_name", "_pid", "_raw_bytes",
-        "_recovered", "_recovered_end", "_recovered_next", "_recovered_spans", "_region",
-        "_resume", "_seq", "_seq_at_open", "_sink", "_slot_lock", "_stepped", "_stream",
-        "_tail", "_thread", "_threshold", "_u32", "_view", "_wake",
+        "__weakref__", "_area", "_buffer_size", "_cap", "_chunk_start", "_closed", "_code",
+        "_compress", "_cuts", "_directory", "_encrypt", "_failed", "_failing", "_file_bytes",
+        "_flush_lock", "_flushes", "_forked", "_frames", "_handoff", "_hdr_q", "_head",
+        "_interval", "_limit", "_lock", "_mark", "_name", "_pid", "_raw_bytes", "_recovered",
+        "_recovered_end", "_recovered_next", "_recovered_spans", "_region", "_seq",
+        "_seq_at_open", "_sink", "_slot_lock", "_stream", "_tail", "_thread", "_threshold",
+        "_u32", "_view",
     )
 
     def __init__(self, directory: str | os.PathLike[str], name: str = "app", *,
@@ -412,7 +293,7 @@ class Writer:
         if flush_interval <= 0:
             raise ValueError(f"flush_interval must be positive, got {flush_interval}")
         self._directory = Path(directory)
-        self._name = _valid_name(name)
+        self._name = valid_name(name)
         self._directory.mkdir(parents=True, exist_ok=True)
         self._buffer_size = _codec.align8(buffer_size)
         self._interval = flush_interval
@@ -422,18 +303,12 @@ class Writer:
             from ._crypto import encryptor
 
             self._encrypt = encryptor(public_key)
-        self._sink = _Sink(self._directory, name, max_bytes=max_bytes, rotate=rotate,
+        self._sink = Sink(self._directory, name, max_bytes=max_bytes, rotate=rotate,
                            retention=retention, max_total_bytes=max_total_bytes)
         self._lock = threading.Lock()          # callers: sequence, tail, bytes of the ring
         self._flush_lock = threading.RLock()   # one flush at a time
-        self._wake = threading.Event()
+        self._handoff = Handoff()              # the flush thread's GIL hand-off
         self._closed = False
-        # The flush thread's hand-off state (see _meet_flusher): idle means it waits for a
-        # kick; away is (ticket, is_io) while it runs a call that releases the GIL.
-        self._idle = False
-        self._away: tuple[threading.Lock, bool] | None = None
-        self._resume: threading.Lock | None = None   # held while a writer is in a meet
-        self._stepped: threading.Lock | None = None  # the meet we already ran a call for
         self._thread: threading.Thread | None = None
         self._flushes = self._frames = self._file_bytes = self._raw_bytes = 0
         self._failed = self._recovered = 0
@@ -451,8 +326,7 @@ class Writer:
             self._closed = True
             self._release()
             raise
-        ref = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: _after_fork(ref))
+        _LIVE.add(self)
 
     # --- buffer slots -----------------------------------------------------------------
 
@@ -463,9 +337,8 @@ class Writer:
         self._forked = False
         self._region = None
         self._slot_lock = None
-        pattern = buffer_pattern(self._name)
-        slots = sorted(int(m.group(1)) for e in os.listdir(self._directory)
-                       if (m := pattern.match(e)))
+        slots = sorted(p[1] for e in os.listdir(self._directory)
+                       if (p := parse_buffer_name(e)) is not None and p[0] == self._name)
         mine = False
         for slot in slots:                                  # B1
             lock = FileLock(self._buffer_path(slot))
@@ -494,7 +367,7 @@ class Writer:
             self._heap_buffer()
 
     def _buffer_path(self, slot: int) -> Path:
-        return self._directory / f"{self._name}.{slot}{BUF_SUFFIX}"
+        return self._directory / buffer_file_name(self._name, slot)
 
     def _claim(self, slot: int, lock: FileLock, adopt: bool) -> bool:
         """We hold ``slot``'s lock: recover what its buffer holds (salvage it if damaged),
@@ -538,6 +411,14 @@ class Writer:
         if not adopt:
             self._recover_foreign(path, data, found)
             return False
+        if len(data) != BUF_HEADER + self._buffer_size:
+            # Another capacity (buffer_size changed between runs) or a file longer than
+            # its header's capacity (a resize cut short): emptied like a dead process's
+            # buffer, then created afresh at the size asked for.  A kill in between
+            # leaves an empty buffer, then an empty or blank file: never a lost record.
+            if not self._recover_foreign(path, data, found):
+                return False
+            return self._create(path, lock, truncate=True)
         try:
             region = Region.open(path)
         except OSError as exc:
@@ -596,7 +477,7 @@ class Writer:
         either fails it is left untouched for the next start."""
         import shutil
 
-        aside = path.with_name(f"{path.name}.damaged-{time.time_ns()}")
+        aside = path.with_name(damaged_file_name(path.name, time.time_ns()))
         try:
             shutil.copyfile(path, aside)  # the file cannot change: we hold its lock
             if _PAUSE:
@@ -717,11 +598,12 @@ class Writer:
             off = 0
         return int.from_bytes(self._area[off + 8 : off + 16], "little")
 
-    def _recover_foreign(self, path: Path, data: bytes, found: _Found) -> None:
+    def _recover_foreign(self, path: Path, data: bytes, found: _Found) -> bool:
         """B5-B6 for a dead process's buffer (we hold its lock): append its live records
-        to the log, then mark them flushed (sequence, then head) and zero its ring."""
+        to the log, then mark them flushed (sequence, then head) and zero its ring.
+        False when that could not be done now (the buffer is kept as it was)."""
         if not found.spans and not found.dirty:
-            return  # nothing live and nothing to clear
+            return True  # nothing live and nothing to clear
         try:
             if found.spans:
                 frames = _frames_of(memoryview(data)[BUF_HEADER:], found.spans, found.stream,
@@ -734,7 +616,7 @@ class Writer:
         except OSError as exc:
             warnings.warn(f"mmapkit.log: cannot recover {path} now ({exc}); it is kept for "
                           "the next start", LogWarning, stacklevel=5)
-            return
+            return False
         try:
             with region.view[:BUF_HEADER].cast("Q") as hdr:
                 hdr[HEAD_SEQ_OFFSET // 8] = found.next_seq if found.spans else found.head_seq
@@ -743,6 +625,7 @@ class Writer:
                 _zero_outside(ring, found.tail, found.tail)
         finally:
             region.close()
+        return True
 
     # --- the hot path -----------------------------------------------------------------
 
@@ -847,15 +730,17 @@ class Writer:
                     end = self._tail
                     if end > self._mark:  # this record completes a chunk
                         self._cut(end, tail, end)
-                        kick = self._idle and end - head > self._threshold
+                        handoff = self._handoff
+                        kick = handoff.idle and end - head > self._threshold
                         if kick:
-                            self._idle = False
+                            handoff.idle = False
                     else:
                         self._set_limit()
                     room = True
             if room:
-                if kick or self._away is not None:
-                    self._meet_flusher(kick)
+                handoff = self._handoff
+                if kick or handoff.away is not None:
+                    handoff.meet(kick)
                 return
             self._flush_now()  # the ring is full: DiskFullError here means not logged
 
@@ -871,10 +756,10 @@ class Writer:
                         continue  # another thread wrote meanwhile
                     seq = self._seq + 1
                     rec = _codec.encode_record(seq, time_us, self._pid, level, bytes(data))
-                    frame = _codec.encode_frame(
-                        rec, stream=self._stream, first_seq=seq, count=1, pid=self._pid,
-                        first_time_us=time_us, last_time_us=time_us, compression=self._code,
-                        compress=self._compress, encrypt=self._encrypt)
+                    frame = _codec.encode_chunk(rec, 0, stream=self._stream,
+                                                compression=self._code,
+                                                compress=self._compress,
+                                                encrypt=self._encrypt)[0]
                     self._sink.append(frame, time.time())
                     self._store_head(self._tail, seq + 1)
                     self._seq = seq
@@ -901,82 +786,10 @@ class Writer:
         hdr[HEAD_SEQ_OFFSET // 8] = head_seq
         hdr[HEAD_OFFSET // 8] = head
 
-    # --- the flush thread and the GIL ------------------------------------------------
-    #
-    # A thread that waits for the GIL gets it only when the holder blocks or after the
-    # interpreter's switch interval (5 ms).  A caller logging in a tight loop never
-    # blocks, so each compress or write call of the flush thread would cost it 5 ms: it
-    # would fall behind and the ring would fill.  Instead the flush thread leaves a ticket
-    # (a held lock) while it runs such a call, and a writer that completes a chunk waits on
-    # that ticket: the flush thread gets the GIL at once, does its few lines of Python and
-    # starts its next call, and the writer goes on while that runs on the other core.
-
-    def _meet_flusher(self, kick: bool) -> None:
-        """At a chunk mark: wake the idle flush thread, or wait until the one that waits for
-        the GIL has taken it and started its next call (at most MEET_TIMEOUT per wait)."""
-        resumed = threading.Lock()
-        resumed.acquire()
-        self._resume = resumed
-        try:
-            if kick:
-                ticket = threading.Lock()
-                ticket.acquire()
-                self._away = (ticket, True)
-                self._wake.set()
-            seen = None
-            while True:
-                away = self._away
-                if away is None or away is seen:
-                    return
-                ticket, io = away
-                if seen is not None and not io:
-                    return  # a compress call it just started: it runs without the GIL
-                if not ticket.acquire(True, MEET_TIMEOUT):
-                    return
-                ticket.release()  # for other threads waiting on it
-                seen = away
-        finally:
-            if self._resume is resumed:
-                self._resume = None
-            resumed.release()
-
-    def _returned(self) -> None:
-        """The flush thread holds the GIL again: let a writer waiting for that go on."""
-        away = self._away
-        if away is not None:
-            self._away = None
-            away[0].release()
-
-    def _off_gil(self, io: bool, fn: Callable[..., Any], *args: object) -> Any:
-        """Run ``fn(*args)``, a call that releases the GIL, from the flush thread."""
-        resume = self._resume
-        if resume is not None:
-            if self._stepped is resume:
-                # We already started a call for this writer, and it has not got the GIL
-                # back since (its thread waits for a CPU): let it run before our next step.
-                self._stepped = None
-                if self._wait_off_gil(resume):
-                    resume.release()
-            else:
-                self._stepped = resume
-        return self._wait_off_gil(None, io, fn, *args)
-
-    def _wait_off_gil(self, lock: threading.Lock | None, io: bool = False,
-                      fn: Callable[..., Any] | None = None, *args: object) -> Any:
-        """Run ``fn(*args)`` (or wait for ``lock``) with a ticket out (see above)."""
-        ticket = threading.Lock()
-        ticket.acquire()
-        self._away = (ticket, io)
-        try:
-            if lock is not None:
-                return lock.acquire(True, MEET_TIMEOUT)
-            assert fn is not None
-            return fn(*args)
-        finally:
-            self._returned()
+    # --- the flush thread (its GIL hand-off: _handoff.py) ------------------------------
 
     def _compress_off_gil(self, raw: bytes) -> bytes:
-        out: bytes = self._off_gil(False, self._compress, raw)
+        out: bytes = self._handoff.run(False, self._compress, raw)
         return out
 
     def _start_thread(self) -> None:
@@ -986,11 +799,7 @@ class Writer:
 
     def _run(self) -> None:
         while True:
-            self._idle = True
-            kicked = self._wake.wait(self._interval)
-            self._idle = False
-            self._returned()
-            self._wake.clear()
+            kicked = self._handoff.sleep(self._interval)
             if self._closed or self._forked:
                 return
             try:
@@ -1095,23 +904,17 @@ class Writer:
         b = a + (stop - start)
         if b > cap or stop <= start:
             raise AssertionError(f"chunk [{start}, {stop}) crosses the end of the ring")
-        if last is None:
-            last = start + _last_record(area, a, b)
-        first_seq, t0, pid = REC_REST.unpack_from(area, a + 8)[:3]
-        last_seq, t1 = REC_REST.unpack_from(area, last % cap + 8)[:2]
-        count = last_seq - first_seq + 1
+        rel = _last_record(area, a, b) if last is None else last - start
         with area[a:b] as records:
-            frame = _codec.encode_frame(
-                records, stream=self._stream, first_seq=first_seq, count=count, pid=pid,  # type: ignore[arg-type]
-                first_time_us=t0, last_time_us=t1, compression=self._code,
-                compress=compress, encrypt=self._encrypt)
-        return frame, count, last_seq
+            return _codec.encode_chunk(records, rel, stream=self._stream,
+                                       compression=self._code, compress=compress,
+                                       encrypt=self._encrypt)
 
     def _write_frames(self, frames: list[bytes], records: int) -> None:
         blob = b"".join(frames)
         try:
             if threading.current_thread() is self._thread:
-                self._off_gil(True, self._sink.append, blob, time.time())
+                self._handoff.run(True, self._sink.append, blob, time.time())
             else:
                 self._sink.append(blob, time.time())
         except OSError as exc:
@@ -1176,7 +979,7 @@ class Writer:
             with self._lock:
                 self._closed = True
                 self._limit = -1
-            self._wake.set()
+            self._handoff.wake()
             thread = self._thread
             if (thread is not None and thread is not threading.current_thread()
                     and not self._forked):
@@ -1210,15 +1013,25 @@ class Writer:
         return f"<mmapkit.log.Writer {self._directory}/{self._name} {state}>"
 
 
-def _after_fork(ref: weakref.ref[Writer]) -> None:
+# Every Writer alive in this process: one at-fork hook for all of them (a hook per
+# writer would pile up for the life of the process: a hook cannot be unregistered).
+_LIVE: weakref.WeakSet[Writer] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for w in list(_LIVE):
+        _after_fork(w)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _after_fork(w: Writer) -> None:
     """Runs in a fork child: the parent's threads are gone, so are their locks' holders."""
-    w = ref()
-    if w is not None and not w._closed:
+    if not w._closed:
         w._lock = threading.Lock()
         w._flush_lock = threading.RLock()
-        w._wake = threading.Event()
-        w._away = w._resume = w._stepped = None  # the parent's threads are gone
-        w._idle = False
+        w._handoff = Handoff()  # the parent's threads are gone
         w._limit = -1  # the next write takes the slow path, which reopens
         if w._sink.fd is not None:
             with contextlib.suppress(OSError):
@@ -1271,7 +1084,6 @@ def _frames_of(area: memoryview, spans: list[tuple[int, int]], stream: int, code
                ) -> list[tuple[bytes, int]]:
     """Encode the records in ``spans`` as frames of at most ~CHUNK raw bytes each."""
     out: list[tuple[bytes, int]] = []
-    unpack = REC_REST.unpack_from
     with area.cast("I") as u32:
         for start, length in spans:
             end = start + length
@@ -1287,12 +1099,8 @@ def _frames_of(area: memoryview, spans: list[tuple[int, int]], stream: int, code
                     pos += (size + 7) & ~7
                 if pos == chunk_start:
                     break
-                first_seq, t0, pid = unpack(area, chunk_start + 8)[:3]
-                last_seq, t1 = unpack(area, last + 8)[:2]
-                count = last_seq - first_seq + 1
-                frame = _codec.encode_frame(
-                    bytes(area[chunk_start:pos]), stream=stream, first_seq=first_seq,
-                    count=count, pid=pid, first_time_us=t0, last_time_us=t1,
+                frame, count, _ = _codec.encode_chunk(
+                    bytes(area[chunk_start:pos]), last - chunk_start, stream=stream,
                     compression=code, compress=compress, encrypt=encrypt)
                 out.append((frame, count))
     return out
@@ -1304,7 +1112,6 @@ def _salvage_frames(area: memoryview, records: list[tuple[int, int, int]], strea
     """Frames of scattered records ((offset, size, sequence), by sequence): one frame per
     run of consecutive sequences, of at most ~CHUNK raw bytes."""
     out: list[tuple[bytes, int]] = []
-    unpack = REC_REST.unpack_from
     i = 0
     while i < len(records):
         j, raw = i, 0
@@ -1315,12 +1122,10 @@ def _salvage_frames(area: memoryview, records: list[tuple[int, int, int]], strea
         run = records[i:j]
         blob = b"".join(bytes(area[off : off + size]).ljust(_codec.align8(size), b"\0")
                         for off, size, _ in run)
-        first_seq, t0, pid = unpack(area, run[0][0] + 8)[:3]
-        t1 = unpack(area, run[-1][0] + 8)[1]
-        frame = _codec.encode_frame(blob, stream=stream, first_seq=first_seq, count=len(run),
-                                    pid=pid, first_time_us=t0, last_time_us=t1,
-                                    compression=code, compress=compress, encrypt=encrypt)
-        out.append((frame, len(run)))
+        last = len(blob) - _codec.align8(run[-1][1])
+        frame, count, _ = _codec.encode_chunk(blob, last, stream=stream, compression=code,
+                                              compress=compress, encrypt=encrypt)
+        out.append((frame, count))
         i = j
     return out
 

@@ -1,0 +1,301 @@
+"""The KV's writer lock in multiprocess mode: a flock on the store file, turns arranged
+through words in the mapped header, and the lock kept between writes.
+
+The flock is the lock: the kernel drops a killed holder's at once, so nothing here can
+wedge the others.  The header words (wanted, hand-overs, waiter ready: codec.OFF_LOCK_*)
+only arrange who goes next and carry wake-ups (steps L1-L4 in ``_wait_for_lock``); the
+hold (steps H1-H5 in store.py's protocol table) keeps the flock between writes until the
+handle is idle or someone asks.  A process that ignores the words loses nothing: it waits
+a little longer.  ``WriterLock`` is a mixin of ``KV`` (store.py), which owns the
+attributes it uses.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from .. import _platform
+from ..errors import LockTimeout
+from ..lock import FileLock
+from ..region import Region
+from ..wait import Waiter
+from ._files import fd_path
+from .codec import OFF_LOCK_READY, OFF_LOCK_SEQ, OFF_LOCK_WANT, OFF_WAITERS
+
+__all__ = [
+    "WriterLock",
+]
+
+_LOCK_SLICE = 0.01  # a lock waiter looks again at least this often (a killed holder wakes
+# nobody; the kernel only drops its flock)
+_LOCK_EX_NB = fcntl.LOCK_EX | fcntl.LOCK_NB
+_LOCK_UN = fcntl.LOCK_UN
+_flock = fcntl.flock
+_LOCK_SPINS = 20
+# _waitw[1], [2], [3]
+assert OFF_LOCK_WANT == OFF_WAITERS + 4 and OFF_LOCK_SEQ == OFF_WAITERS + 8
+assert OFF_LOCK_READY == OFF_WAITERS + 12
+_QUANTUM = 0.002  # a writer keeps taking the lock this long while others wait, then hands
+# it over: long runs by one process, not a hand-over (and a replay) per write
+_READY_SPIN = 0.002  # a woken waiter tries this long for the holder to let go
+
+
+class WriterLock:
+    """Taking, holding, handing over and releasing the writer lock (mixin of KV)."""
+
+    if TYPE_CHECKING:  # KV's slots (KV, not this mixin, owns them) and the KV method used
+        __slots__ = ("_depth", "_fd", "_forked", "_held", "_hold", "_hold_evt", "_lock_timeout",
+                     "_lock_waiter", "_mode", "_path", "_pos", "_readonly", "_region",
+                     "_run_start", "_tlock", "_waitw", "_want_waiter")
+        _fd: int
+        _path: str
+        _readonly: bool
+        _forked: bool
+        _held: bool
+        _hold: float
+        _hold_evt: threading.Event | None
+        _depth: int
+        _pos: int
+        _region: Region | None
+        _waitw: memoryview
+        _lock_waiter: Waiter | None
+        _want_waiter: Waiter | None
+        _lock_timeout: float
+        _run_start: float
+        _mode: FileLock | None
+        _tlock: threading.RLock
+
+        def _refresh_inline(self) -> None: ...
+    else:
+        __slots__ = ()
+
+    def _take_own_lock(self) -> None:
+        """_acquire_flock(), first making the lock ours if we are a fork child; nothing
+        when this handle holds it already (H2)."""
+        if self._held:
+            return
+        if self._forked:
+            self._own_after_fork()
+        self._acquire_flock()
+
+    def _own_after_fork(self) -> None:
+        """A fork child shares the parent's open file descriptions, and so its flocks:
+        give this process descriptors (and locks) of its own for the same files."""
+        self._forked = False
+        self._refresh_inline()
+        flags = (os.O_RDONLY if self._readonly else os.O_RDWR) | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(fd_path(self._fd), flags)  # a new open file description, same file
+        try:
+            os.dup2(fd, self._fd, inheritable=False)
+        finally:
+            os.close(fd)
+        if self._mode is not None:
+            mode = FileLock(self._path + ".lock")
+            try:
+                mode.acquire(shared=True, timeout=self._lock_timeout)
+            except BaseException:
+                mode.close()
+                raise
+            self._mode = mode  # (the inherited one is the parent's; we never unlock it)
+
+    def _acquire_flock(self) -> None:
+        # A bare flock on our own descriptor: threads are already excluded by _tlock, so
+        # FileLock's per-thread bookkeeping would only add cost to every write.
+        try:
+            _flock(self._fd, _LOCK_EX_NB)
+        except BlockingIOError:
+            self._wait_for_lock()
+        else:
+            if self._waitw[3]:
+                self._maybe_yield()
+        self._held = True
+        if self._hold and not self._readonly:
+            self._begin_hold()
+
+    def _begin_hold(self) -> None:
+        """H1: this handle may keep the lock between writes; make sure its releaser thread
+        watches the hold (started with the first one; parked between holds)."""
+        evt = self._hold_evt
+        if evt is None:
+            evt = self._hold_evt = threading.Event()
+            weakref.finalize(self, evt.set)  # a handle dropped unclosed lets its thread go
+            threading.Thread(target=_releaser, args=(weakref.ref(self), evt), daemon=True,
+                             name=f"mmapkit KV lock releaser ({os.path.basename(self._path)})"
+                             ).start()
+        if not evt.is_set():
+            evt.set()
+
+    def _end_hold(self) -> None:
+        """A write (or a lock()/batch() block) ended, holding the lock: keep it (H1) unless
+        someone waits for it and our run has lasted its quantum (H3), or holding is off."""
+        words = self._waitw
+        if not self._hold or ((words[1] or words[3])
+                              and time.monotonic() - self._run_start >= _QUANTUM):
+            self._release_flock()
+
+    def _watch_hold(self) -> bool:
+        """The releaser thread's watch over one hold (H4): give the lock back once the
+        handle has written nothing for ``lock_hold`` seconds, or someone waits for it while
+        no write is in progress.  Returns False once the handle is closed."""
+        last = -1
+        wait: Callable[[int, float | None], bool] | None = None
+        at = 0
+        while True:
+            with self._tlock:
+                evt = self._hold_evt
+                if self._region is None or evt is None:
+                    return False
+                if not self._held:
+                    evt.clear()  # parked until the next hold (set under this same lock)
+                    return True
+                words = self._waitw
+                if not self._depth and (words[1] or words[3] or self._pos == last):
+                    self._release_flock()
+                    evt.clear()
+                    return True
+                last = self._pos
+                asked = words[1]
+                hold = self._hold
+                if _platform.HAVE_FUTEX and at != self._region.address + OFF_LOCK_WANT:
+                    # A raw futex on the word's address, no view of the mapping: close()
+                    # never waits for this thread, and a growth only moves the address.
+                    at = self._region.address + OFF_LOCK_WANT
+                    wait = _platform.futex_waiter(at)
+            # Outside the lock: the holder writes on; a waiter's wake (L2) cuts this short.
+            if asked or wait is None:
+                time.sleep(hold)
+            else:
+                try:
+                    wait(0, hold)
+                except OSError:
+                    time.sleep(hold)  # unmapped meanwhile (closed, or grown): look again
+
+    def _maybe_yield(self) -> None:
+        """We took the lock while a woken waiter is awake and trying (L3): if our run
+        has lasted its quantum, let go and queue behind it (a running writer retakes the
+        lock within microseconds, so without this the waiter would never get in)."""
+        if self._readonly or time.monotonic() - self._run_start < _QUANTUM:
+            return
+        _flock(self._fd, _LOCK_UN)
+        self._wait_for_lock(spin=False)
+
+    def _wait_for_lock(self, *, spin: bool = True) -> None:
+        """Take the writer lock, sleeping until its holder hands it over.
+
+        The flock stays the lock (the kernel drops a killed holder's flock at once); the
+        header words only arrange who goes next and carry wake-ups:
+
+        ===  ===========================================  ===============================
+        L1   try a few times (a write holds the lock for  nobody is woken for a spinner
+             microseconds)
+        L2   read the hand-over count, set "wanted",      a holder releasing after our
+             try; sleep while the count is unchanged,     try sees "wanted" (both are
+             at most _LOCK_SLICE                          system calls: not reordered)
+        L3   woken or the slice ended: set "ready" and    the holder, past its quantum,
+             try for up to _READY_SPIN                    lets go at its next take
+        L4   got it: clear "ready", start our run         (quantum counts from here)
+        ===  ===========================================  ===============================
+
+        The holder wakes one sleeper per quantum, not one per release: a woken sleeper
+        needs a millisecond or more to run here, and a holder that waited for it would
+        leave the lock idle meanwhile; it goes on writing until the sleeper is ready.
+        """
+        fd = self._fd
+        words = self._waitw
+        for _ in range(_LOCK_SPINS if spin else 0):
+            try:
+                _flock(fd, _LOCK_EX_NB)
+                self._run_start = time.monotonic()
+                return
+            except BlockingIOError:
+                pass
+        deadline = time.monotonic() + self._lock_timeout
+        delay = 0.0001
+        futex = _platform.HAVE_FUTEX and not self._readonly  # (a read-only map: no want)
+        while True:
+            seq = words[2]
+            if futex:
+                words[1] = 1
+                self._ask_holder()
+            try:
+                _flock(fd, _LOCK_EX_NB)
+                break
+            except BlockingIOError:
+                pass
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise LockTimeout(
+                    f"could not take the write lock of {self._path} within "
+                    f"{self._lock_timeout} s: another process holds it (kv.lock() or a "
+                    f"long batch); retry, or find it with `fuser {self._path}`")
+            if not futex:  # no futex (or read-only): poll, backing off
+                time.sleep(min(delay, remaining))
+                delay = min(delay * 2, 0.002)
+                continue
+            if self._lock_waiter is None:
+                assert self._region is not None
+                self._lock_waiter = Waiter(self._region, OFF_LOCK_SEQ)
+            self._lock_waiter.wait(seq, min(remaining, _LOCK_SLICE))
+            words[3] = 1  # L3: awake and trying; the holder lets go at its next take
+            until = time.monotonic() + _READY_SPIN
+            got = False
+            while True:
+                try:
+                    _flock(fd, _LOCK_EX_NB)
+                    got = True
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > until:
+                        break
+            if got:
+                break
+        if futex:
+            words[3] = 0
+        self._run_start = time.monotonic()
+
+    def _ask_holder(self) -> None:
+        """L2: wake the holder's releaser thread, asleep on the "wanted" word (an idle
+        holder then lets go at once instead of after its idle interval)."""
+        if self._want_waiter is None:
+            assert self._region is not None
+            self._want_waiter = Waiter(self._region, OFF_LOCK_WANT)
+        self._want_waiter.wake(1)
+
+    def _release_flock(self) -> None:
+        self._held = False
+        _flock(self._fd, _LOCK_UN)
+        if self._waitw[1] and not self._readonly:
+            # (A read-only follower that took the lock to re-verify writes nothing: the
+            # waiters see the lock free at their next look, within _LOCK_SLICE.)
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Someone sleeps for the lock we just released: once our run has lasted its
+        quantum, wake one sleeper (and go on writing until it is ready: _maybe_yield)."""
+        if time.monotonic() - self._run_start < _QUANTUM:
+            return
+        words = self._waitw
+        words[1] = 0
+        words[2] = (words[2] + 1) & 0xFFFFFFFF
+        if _platform.HAVE_FUTEX:
+            if self._lock_waiter is None:
+                assert self._region is not None
+                self._lock_waiter = Waiter(self._region, OFF_LOCK_SEQ)
+            self._lock_waiter.wake(1)
+
+
+def _releaser(ref: weakref.ref[WriterLock], evt: threading.Event) -> None:
+    """A multiprocess handle's releaser thread: parked until the handle holds the writer
+    lock between writes, then watching that hold (KV._watch_hold, step H4)."""
+    while True:
+        evt.wait()
+        kv = ref()
+        if kv is None or not kv._watch_hold():
+            return
+        del kv  # (no reference while parked: the handle may be dropped)
