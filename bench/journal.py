@@ -621,6 +621,8 @@ def run(report: _harness.Report, args: argparse.Namespace) -> None:
         _fetch_case(report, tmp, (32 if quick else 256) << 20, max(1, repeat // 2))
         _crash_case(report, tmp, [32 << 20] if quick else [100 << 20, 1 << 30],
                     max(3, repeat))
+    from . import mirror  # the Mirror's cases (to Redis over loopback) belong here too
+    mirror.run(report, args)
     report.target("append", "persist-queue", ">=", 50.0)
     report.target("append", "diskcache.Deque", ">=", 30.0)
     goals = [("append", 500e3), ("append_many (100 a batch)", 1.5e6),

@@ -55,6 +55,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ do
     from .journal import Journal
     from .kv import KV
     from .lock import FileLock
+    from .mirror import Mirror, RedisStreamSink, RedisStreamSource
     from .region import Region
     from .transfer import CopyResult, asend, copy, send
     from .wait import Waiter
@@ -85,6 +86,7 @@ __all__ = [
     "JournalRecoveryWarning",
     "LockTimeout",
     "MessageTooLargeError",
+    "Mirror",
     "MirrorError",
     "MissingExtraError",
     "MmapkitError",
@@ -95,6 +97,8 @@ __all__ = [
     "OverrunError",
     "Queue",
     "ReadOnlyError",
+    "RedisStreamSink",
+    "RedisStreamSource",
     "Region",
     "RegionError",
     "Residency",
@@ -123,6 +127,9 @@ _LAZY: dict[str, str] = {
     "FileLock": ".lock",
     "JoinableQueue": ".ipc",
     "Journal": ".journal",
+    "Mirror": ".mirror",
+    "RedisStreamSink": ".mirror",
+    "RedisStreamSource": ".mirror",
     "Queue": ".ipc",
     "SimpleQueue": ".ipc",
     "Region": ".region",
@@ -138,8 +145,8 @@ _LAZY: dict[str, str] = {
 
 # Subpackages that ``import mmapkit`` used to import eagerly, so code that reached them as
 # attributes (``mmapkit.kv.KV``, ``mmapkit.ipc.channel``) keeps working.
-_SUBMODULES = frozenset({"errors", "inspect", "ipc", "journal", "kv", "lock", "log", "region",
-                         "transfer", "wait"})
+_SUBMODULES = frozenset({"errors", "inspect", "ipc", "journal", "kv", "lock", "log", "mirror",
+                         "region", "transfer", "wait"})
 
 
 def __getattr__(name: str) -> Any:

@@ -24,6 +24,7 @@ def test_all_is_pinned():
         "SinkUnavailableError", "TargetMismatchError", "TargetOwnedError",
         "Waiter", "__version__", "asend", "copy", "residency", "send",
         "Queue", "SimpleQueue", "JoinableQueue",
+        "Mirror", "RedisStreamSink", "RedisStreamSource",
     }
     assert set(mmapkit.__all__) == expected
     for name in mmapkit.__all__:

@@ -1,4 +1,4 @@
-"""``mmapkit journal DIR append|cat|tail|consumers|stats|check|serve``.
+"""``mmapkit journal DIR append|cat|tail|consumers|stats|check|serve|mirror``.
 
 The commands only translate arguments into Journal calls.  Values given on the command
 line (or one per stdin line) are stored as UTF-8; printed values are decoded as UTF-8 with
@@ -200,6 +200,24 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mirror(args: argparse.Namespace) -> int:
+    from ..mirror import Mirror, sink_from_url
+    from ..mirror._core import run_foreground
+
+    try:
+        sink = sink_from_url(args.url, stream=args.stream)
+        mirror = Mirror(args.dir, sink, name=args.name, batch=args.batch,
+                        linger_ms=args.linger_ms, on_gap=args.on_gap)
+    except ValueError as exc:
+        print(f"mmapkit journal mirror: {exc}", file=sys.stderr)
+        return 2
+    code = run_foreground(mirror, progress=args.progress, once=args.once)
+    if args.once:
+        st = mirror.statistics()
+        print(f"{st.name}: sent {st.sent}, position {st.position}")
+    return code
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("journal", help="append to, read, follow, check and serve a journal",
                        description="Work with an mmapkit.Journal directory (a Kafka-class "
@@ -257,3 +275,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     q.add_argument("--idle-timeout", type=float, default=600.0, help="drop a client silent "
                    "for this many seconds (default 600)")
     q.set_defaults(func=_serve)
+    q = ops.add_parser("mirror", help="copy every record to Redis Streams or Kafka, exactly "
+                       "once and in order (until SIGTERM)")
+    q.add_argument("url", help="redis://host:port/0/STREAM, unix:///path.sock?stream=S, "
+                   "rediss://... or kafka://host:port/TOPIC")
+    q.add_argument("--stream", default=None, help="the Redis stream (instead of the URL's)")
+    q.add_argument("--name", default=None, help="the mirror's consumer name (default "
+                   "mirror; keep it across restarts)")
+    q.add_argument("--batch", type=int, default=1000, help="most records per send")
+    q.add_argument("--linger-ms", type=float, default=0.0, help="wait this long for a "
+                   "fuller batch")
+    q.add_argument("--on-gap", choices=("error", "skip"), default="error", help="records "
+                   "deleted by retention before they were mirrored: stop (default) or skip")
+    q.add_argument("--once", action="store_true", help="exit when the target has caught up")
+    q.add_argument("--progress", type=float, default=1.0, help="seconds between progress "
+                   "lines on stderr (0: none)")
+    q.set_defaults(func=_mirror)

@@ -1,4 +1,4 @@
-"""``mmapkit log cat|tail|grep|stats|recover DIR_OR_FILE``: read and repair crash-safe logs."""
+"""``mmapkit log cat|tail|grep|stats|recover|ship DIR_OR_FILE``: read, repair, ship logs."""
 
 from __future__ import annotations
 
@@ -175,6 +175,24 @@ def _recover(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ship(args: argparse.Namespace) -> int:
+    """Send every record of the log to Redis exactly once (until SIGTERM, or --once)."""
+    from ..mirror import Shipper, sink_from_url
+    from ..mirror._core import run_foreground
+
+    try:
+        sink = sink_from_url(args.url, stream=args.stream)
+        shipper = Shipper(args.path, sink, name=args.name, private_key=_key(args.key),
+                          batch=args.batch)
+    except ValueError as exc:
+        print(f"mmapkit log ship: {exc}", file=sys.stderr)
+        return 2
+    code = run_foreground(shipper, progress=args.progress, once=args.once)
+    if args.once:
+        print(f"{shipper.name}: sent {shipper.statistics().sent}")
+    return code
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("log", help="read, follow, search and repair crash-safe logs",
                        description="Read logs written by mmapkit.log (files and the buffers "
@@ -213,3 +231,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     q = actions.add_parser("recover", help="write buffers of dead processes into log files")
     common(q, times=False)
     q.set_defaults(func=_recover)
+    q = actions.add_parser("ship", help="send every record to a Redis stream exactly once "
+                           "(follows until SIGTERM)")
+    q.add_argument("path", help="the log directory")
+    q.add_argument("url", help="redis://host:port/0/STREAM or unix:///path.sock?stream=S")
+    q.add_argument("--stream", default=None, help="the Redis stream (instead of the URL's)")
+    q.add_argument("--name", help="only the log of this name in a shared directory")
+    q.add_argument("--key", metavar="FILE", help="X25519 private key for encrypted logs")
+    q.add_argument("--batch", type=int, default=1000, help="most records per send")
+    q.add_argument("--once", action="store_true", help="exit when everything there is sent")
+    q.add_argument("--progress", type=float, default=1.0, help="seconds between progress "
+                   "lines on stderr (0: none)")
+    q.set_defaults(func=_ship)

@@ -28,3 +28,10 @@ __all__ = [
     "read",
     "read_buffer",
 ]
+
+
+def __getattr__(name: str) -> object:  # Shipper (mmapkit.mirror) loads only when asked for
+    if name == "Shipper":
+        from ..mirror._ship import Shipper
+        return Shipper
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,7 +14,16 @@ server.  The contract, in the order the mirror uses it:
    and the target refuses or ignores a repeat).  Return only when the server acknowledged
    all of them.  ``SinkUnavailableError`` if it could not; a prefix may have landed, and
    the next ``open`` says where to resume.
+   ``send([])`` is a keep-alive: the mirror calls it every ``lease_ms / 3`` ms (default
+   5 s) while the journal is idle, so a sink whose writership expires can renew it; a sink
+   without one does nothing.
 3. ``close()``: give up writership; idempotent.
+
+Optional attributes the mirror reads with ``getattr``: ``target`` (a str naming the target
+for messages and ``statistics()``; default ``repr(sink)``) and ``lease_ms`` (how long
+writership outlives a silent writer; default 15000).  A sink that can store resume marks
+with its records (what the log Shipper needs) offers ``marks() -> dict[str, int]`` and
+``send(records, *, marks=...)``; RedisStreamSink does.
 
 ``source_id`` names the source (the journal's directory and its mirror name), so that two
 journals are never mixed in one target.
