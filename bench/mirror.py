@@ -26,10 +26,8 @@ import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from . import _harness
 
@@ -139,8 +137,32 @@ def _throughput_case(report: _harness.Report, server: Server, tmp: str, n: int,
     r.close()
 
 
+_READER = r"""
+import json, struct, sys, time
+import redis
+stamp = struct.Struct("<q")
+r = redis.Redis.from_url(sys.argv[1], protocol=2)
+stream, total = sys.argv[2], int(sys.argv[3])
+lat, last, seen = [], "0-0", 0
+while seen < total:
+    got = r.xread({stream: last}, count=5000, block=1000)
+    if not got:
+        continue
+    now = time.time_ns()
+    entries = got[0][1]
+    for _, fields in entries:
+        if seen:  # the warm-up record waited for the mirror to start
+            lat.append((now - stamp.unpack_from(fields[b"v"])[0]) / 1e6)
+        else:
+            print("ready", flush=True)  # the mirror runs: the producer may start
+        seen += 1
+    last = entries[-1][0]
+print(json.dumps(lat))
+"""
+
+
 def _lag_case(report: _harness.Report, server: Server, tmp: str, seconds: float) -> None:
-    import redis
+    import json
 
     from mmapkit import Journal
 
@@ -148,53 +170,34 @@ def _lag_case(report: _harness.Report, server: Server, tmp: str, seconds: float)
     stream = "lag"
     rate = 10_000
     total = int(rate * seconds)
-    lat: list[float] = []
+    env = {**os.environ, "PYTHONPATH": ROOT}
     with Journal(d, create=True) as j:
         j.append(_STAMP.pack(time.time_ns()) + b"w" * (RECORD - 8))  # warm-up record
+        # three processes, as in production: the producer (here), the mirror, a reader
         mirror = subprocess.Popen(
             [sys.executable, "-m", "mmapkit", "journal", d, "mirror",
              f"{server.url}/{stream}", "--progress", "0"],
-            env={**os.environ, "PYTHONPATH": ROOT}, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, text=True)
-        r = redis.Redis.from_url(server.url)
-        done = threading.Event()
-
-        def reader() -> None:
-            last = "0-0"
-            seen = 0
-            while seen < total + 1:
-                got: Any = r.xread({stream: last}, count=5000, block=1000)
-                if not got:
-                    if done.is_set():
-                        return
-                    continue
-                entries = got[0][1] if isinstance(got, list) else next(iter(got.values()))[0]
-                now = time.time_ns()
-                for _eid, fields in entries:
-                    stamp = _STAMP.unpack_from(fields[b"v"])[0]
-                    if seen:  # the warm-up record waited for the mirror to start
-                        lat.append((now - stamp) / 1e6)
-                    seen += 1
-                last = entries[-1][0]
-
-        t = threading.Thread(target=reader)
-        t.start()
-        deadline = time.monotonic() + 30
-        while not r.exists(stream) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        pad = b"p" * (RECORD - 8)
-        start = time.perf_counter()
-        for i in range(total):
-            due = start + i / rate
-            ahead = due - time.perf_counter()
-            if ahead > 0.0002:
-                time.sleep(ahead)
-            j.append(_STAMP.pack(time.time_ns()) + pad)
-        t.join(30)
-        done.set()
-        mirror.terminate()
-        mirror.communicate(timeout=30)
-        r.close()
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        reader = subprocess.Popen([sys.executable, "-c", _READER, server.url, stream,
+                                   str(total + 1)], env=env, stdout=subprocess.PIPE,
+                                  text=True)
+        try:
+            assert reader.stdout is not None
+            reader.stdout.readline()
+            pad = b"p" * (RECORD - 8)
+            start = time.perf_counter()
+            for i in range(total):
+                ahead = start + i / rate - time.perf_counter()
+                if ahead > 0.0002:
+                    time.sleep(ahead)
+                j.append(_STAMP.pack(time.time_ns()) + pad)
+            out, _ = reader.communicate(timeout=120)
+            lat: list[float] = json.loads(out)
+        finally:
+            for p in (reader, mirror):
+                if p.poll() is None:
+                    p.terminate()
+                p.communicate(timeout=30)
     report.add("lag at 10k rec/s (append -> in Redis)", OURS, lat, "ms",
                higher_is_better=False,
                note=f"p50 {_harness.percentile(lat, 50):.2f} ms, "

@@ -261,3 +261,48 @@ def test_a_fork_child_closing_an_inherited_reader_leaves_the_doorbell(
             assert sel.select(timeout=10)
         assert [x.value for x in r.poll(timeout=0)] == [b"still rung"]
     assert Journal.check(d).ok
+
+
+REGISTERING_READER = """
+import sys
+from mmapkit import Journal
+j = Journal(sys.argv[1])
+j.reader("latest").fileno()
+"""
+
+
+def test_a_reader_killed_between_its_slot_and_the_count(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # B1 killed after the slot store, before B: B is short of a dead slot (harmless);
+    # the next registration frees the slot and counts afresh, so a live reader is rung.
+    d = str(tmp_path / "j")
+    pauses = tmp_path / "pauses"
+    pauses.mkdir()
+    with Journal(d, create=True) as j, j.reader("latest") as live:
+        live.fileno()
+        monkeypatch.setenv("MMAPKIT_PAUSE", "journal.bell.slot")
+        monkeypatch.setenv("MMAPKIT_PAUSE_DIR", str(pauses))
+        p = spawn(REGISTERING_READER, d)
+        reached = pauses / "journal.bell.slot.reached"
+        deadline = time.monotonic() + 30
+        while not reached.exists():
+            assert p.poll() is None, p.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        count, slots = _bells(j)
+        assert len(slots) == 2 and count == 1  # the slot is there, the count not yet
+        p.send_signal(signal.SIGKILL)
+        p.communicate()
+        assert p.returncode == -signal.SIGKILL
+        monkeypatch.delenv("MMAPKIT_PAUSE")
+        _append_elsewhere(d, "rings the live one")
+        with selectors.DefaultSelector() as sel:
+            sel.register(live, selectors.EVENT_READ)
+            assert sel.select(timeout=10)
+        assert [x.value for x in live.poll(timeout=0)] == [b"rings the live one"]
+        with j.reader("latest") as other:
+            other.fileno()  # frees the dead slot (and its FIFO), counts afresh
+            assert _bells(j)[0] == 2 and len(_bell_files(d)) == 2
+        live.close()
+        assert _bells(j) == (0, []) and _bell_files(d) == []
+    assert Journal.check(d).ok

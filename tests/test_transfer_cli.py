@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mmapkit import cli
+from mmapkit import _stream, cli
 from mmapkit.commands import transfer as cmd
 from mmapkit.errors import BrokenError, ForeignFileError, FormatVersionError
 from tests.conftest import spawn
@@ -194,7 +194,7 @@ def test_recv_keeps_nothing_when_the_sender_dies_early(tmp_path: Path,
     out = tmp_path / "out"
     t, codes, address = _recv_in_thread(tmp_path, out)
     with _connect(address) as s:
-        s.sendall(cmd.encode_header(1000) + b"only some bytes")
+        s.sendall(_stream.encode_header(1000) + b"only some bytes")
     t.join(30)
     assert codes == [1]
     assert "stopped after 15 of 1,000 bytes" in capsys.readouterr().err
@@ -215,23 +215,23 @@ def test_recv_refuses_a_foreign_stream(tmp_path: Path,
 
 
 def test_stream_header_codec() -> None:
-    head = cmd.encode_header(123456789)
+    head = _stream.encode_header(123456789)
     assert len(head) == 16 and head[:4] == b"MKXF"
-    assert cmd.decode_header(head) == 123456789
-    assert cmd.decode_header(head + b"trailing") == 123456789
+    assert _stream.decode_header(head) == 123456789
+    assert _stream.decode_header(head + b"trailing") == 123456789
     for cut in range(len(head)):
         with pytest.raises(BrokenError):
-            cmd.decode_header(head[:cut])
+            _stream.decode_header(head[:cut])
     with pytest.raises(ForeignFileError):
-        cmd.decode_header(b"XXXX" + head[4:])
+        _stream.decode_header(b"XXXX" + head[4:])
     with pytest.raises(FormatVersionError) as info:
-        cmd.decode_header(b"MKXF" + struct.pack("<HHQ", 2, 0, 5))
+        _stream.decode_header(b"MKXF" + struct.pack("<HHQ", 2, 0, 5))
     assert info.value.found == 2
     for i in range(len(head)):  # any single damaged byte: a length or one of our errors
         damaged = bytearray(head)
         damaged[i] ^= 0xFF
         try:
-            assert cmd.decode_header(bytes(damaged)) >= 0
+            assert _stream.decode_header(bytes(damaged)) >= 0
         except (ForeignFileError, FormatVersionError):
             pass
 
@@ -270,6 +270,6 @@ def test_rich_progress_bar_on_a_terminal(src: Path, tmp_path: Path,
 @settings(max_examples=300, deadline=None)
 def test_header_decoder_fuzz(garbage: bytes) -> None:
     try:
-        assert cmd.decode_header(garbage) >= 0
+        assert _stream.decode_header(garbage) >= 0
     except (BrokenError, ForeignFileError, FormatVersionError):
         pass

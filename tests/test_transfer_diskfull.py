@@ -14,8 +14,7 @@ import pytest
 from conftest import tiny_tmpfs
 
 import mmapkit
-from mmapkit import cli
-from mmapkit.commands import transfer as cmd
+from mmapkit import _stream, cli
 from mmapkit.errors import DiskFullError, MmapkitError
 
 pytestmark = pytest.mark.timeout(120)
@@ -103,7 +102,7 @@ def test_recv_command_on_a_full_disk(small_fs: Path, tmp_path: Path,
         raise AssertionError("recv never listened")
     with s:
         try:
-            s.sendall(cmd.encode_header(len(BIG)) + BIG)
+            s.sendall(_stream.encode_header(len(BIG)) + BIG)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the receiver gave up: that is the point
     t.join(30)

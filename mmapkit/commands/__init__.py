@@ -12,6 +12,8 @@ modules register, so a new command module must add its row here.
 
 from __future__ import annotations
 
+__all__ = ["COMMANDS"]
+
 # subcommand -> (module under mmapkit.commands, help shown by ``mmapkit --help``), in the
 # order ``mmapkit --help`` lists them.
 COMMANDS: dict[str, tuple[str, str]] = {

@@ -6,10 +6,9 @@ Design rules:
   methods were skipped; a progress bar (rich when installed, plain text if not) only for
   large files and only on a terminal.
 - ``send``/``recv`` are a loopback tool: addresses must be Unix sockets or loopback hosts,
-  because nothing here authenticates or encrypts.  The stream is a 16-byte header (magic,
-  version, length) and the raw file bytes, so a receiver can tell a finished transfer from a
-  sender that died; only a complete one is renamed to OUT.  After the sender half-closes,
-  ``recv`` answers ``ok <bytes>\\n`` (docs/formats.md, transfer).
+  because nothing here authenticates or encrypts.  The stream itself (header, whole-or-
+  nothing receive, the receiver's answer) is mmapkit._stream; this module only translates
+  arguments and prints.
 """
 
 from __future__ import annotations
@@ -19,48 +18,19 @@ import contextlib
 import ipaddress
 import os
 import socket
-import struct
 import sys
 import time
 from collections.abc import Callable, Iterator
 
-from .. import _fileio, _platform
+from .._stream import receive_file, send_file
 from ..errors import (
-    BrokenError,
-    ForeignFileError,
-    FormatVersionError,
     MmapkitError,
 )
-from ..transfer import METHODS, SEND_METHODS, CopyResult, copy, send
+from ..transfer import METHODS, SEND_METHODS, CopyResult, copy
 
-__all__ = ["decode_header", "encode_header", "parse_address", "register"]
+__all__ = ["parse_address", "register"]
 
 PROGRESS_MIN = 64 << 20  # files smaller than this copy too fast for a bar to help
-_ACK_PREFIX = b"ok "
-# stream header: magic, format version, flags (0), payload length; little-endian
-_HEADER = struct.Struct("<4sHHQ")
-_MAGIC = b"MKXF"
-_VERSION = 1
-
-
-def encode_header(length: int) -> bytes:
-    return _HEADER.pack(_MAGIC, _VERSION, 0, length)
-
-
-def decode_header(data: bytes) -> int:
-    """Payload length from a stream header; our errors for anything else."""
-    if len(data) < _HEADER.size:
-        raise BrokenError(f"the sender closed after {len(data)} of the {_HEADER.size} header "
-                          "bytes; nothing was received")
-    magic, version, _flags, length = _HEADER.unpack_from(data)
-    if magic != _MAGIC:
-        raise ForeignFileError(f"the peer did not send an mmapkit stream (magic {magic!r}); "
-                               "send with `mmapkit send PATH ADDRESS`")
-    if version > _VERSION:
-        raise FormatVersionError(f"the sender speaks stream version {version}, this mmapkit "
-                                 f"knows {_VERSION}; upgrade mmapkit on the receiving side",
-                                 found=version, supported=_VERSION)
-    return int(length)
 
 
 def _usage_errors(handler: Callable[[argparse.Namespace], int]
@@ -217,72 +187,18 @@ def _send(args: argparse.Namespace) -> int:
             if args.offset < 0 or args.offset > size:
                 raise ValueError(f"--offset {args.offset} is outside the file ({size} bytes)")
             count = size - args.offset if args.count is None else args.count
-            sock.sendall(encode_header(count))
-            sent = send(sock, f, args.offset, count, method=args.method)
-        sock.shutdown(socket.SHUT_WR)
-        sock.settimeout(args.wait)
-        reply = b""
-        with contextlib.suppress(OSError):
-            while len(reply) < 64 and not reply.endswith(b"\n"):
-                part = sock.recv(64)
-                if not part:
-                    break
-                reply += part
+            sent, got = send_file(sock, f, args.offset, count, method=args.method,
+                                  reply_timeout=args.wait)
         seconds = time.perf_counter() - t0
     line = (f"sent {args.path} to {args.address}: {sent:,} bytes in {seconds:.3f} s "
             f"({sent / max(seconds, 1e-9) / 1e9:.2f} GB/s)")
-    if reply.startswith(_ACK_PREFIX):
-        got = int(reply[len(_ACK_PREFIX):].strip() or b"-1")
+    if got is not None:
         if got != sent:
             print(f"mmapkit: error: the receiver got {got} of {sent} bytes", file=sys.stderr)
             return 1
         line += ", confirmed by the receiver"
     print(line, flush=True)
     return 0
-
-
-def _recv_exact(conn: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        part = conn.recv(n - len(data))
-        if not part:
-            break
-        data += part
-    return data
-
-
-def _receive_into(conn: socket.socket, fd: int, length: int) -> int:
-    """Move ``length`` bytes from ``conn`` into ``fd``; splice when the kernel has it.
-
-    Returns the bytes received, fewer than ``length`` if the sender stopped early.
-    """
-    total = 0
-    if _platform.HAVE_SPLICE:
-        r, w = _platform.pipe_with_size(1 << 20)
-        try:
-            room = _platform.pipe_size(w)
-            while total < length:
-                n = _platform.splice(conn.fileno(), w, min(room, length - total),
-                                     flags=_platform.SPLICE_F_MOVE)
-                if n == 0:
-                    return total
-                while n:
-                    moved = _platform.splice(r, fd, n, flags=_platform.SPLICE_F_MOVE)
-                    n -= moved
-                    total += moved
-            return total
-        finally:
-            os.close(r)
-            os.close(w)
-    buf = bytearray(1 << 20)
-    view = memoryview(buf)
-    while total < length:
-        n = conn.recv_into(view[:min(len(buf), length - total)])
-        if n == 0:
-            return total
-        _fileio.write_all(fd, view[:n])
-        total += n
-    return total
 
 
 def _recv(args: argparse.Namespace) -> int:
@@ -311,27 +227,8 @@ def _recv(args: argparse.Namespace) -> int:
         with conn:
             conn.settimeout(None)
             t0 = time.perf_counter()
-            try:
-                # durable=False: recv never promised an fsync (copy --durable does)
-                with _fileio.atomic_file(out, mode=0o666, overwrite=args.overwrite,
-                                         durable=False) as fd:
-                    length = decode_header(_recv_exact(conn, _HEADER.size))
-                    total = _receive_into(conn, fd, length)
-                    if total < length:
-                        raise BrokenError(f"the sender stopped after {total:,} of {length:,} "
-                                          f"bytes; {out} was not written")
-                    if conn.recv(1):
-                        raise BrokenError(f"the sender sent more than the {length:,} bytes "
-                                          f"it announced; {out} was not written")
-            except OSError as exc:
-                _fileio.raise_if_disk_full(
-                    exc, f"no space left on the file system of {os.path.dirname(out)} while "
-                    f"receiving into {out}: free some space and send again. The partial file "
-                    f"was removed; {out} was not written", out)
-                raise
+            total = receive_file(conn, out, overwrite=args.overwrite)
             seconds = time.perf_counter() - t0
-            with contextlib.suppress(OSError):
-                conn.sendall(_ACK_PREFIX + str(total).encode() + b"\n")
     finally:
         listener.close()
         if family == socket.AF_UNIX and isinstance(sockaddr, str):

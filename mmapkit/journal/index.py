@@ -24,6 +24,7 @@ import mmap
 import os
 
 from .. import _platform
+from .._fileio import atomic_file, write_all
 from . import _format as F
 
 __all__ = ["SparseIndex", "index_paths"]
@@ -81,18 +82,10 @@ class SparseIndex:
         into place so no process ever maps a half-written header)."""
         entry = F.IDX_ENTRY if kind == "offset" else F.TIDX_ENTRY
         magic = F.IDX_MAGIC if kind == "offset" else F.TIDX_MAGIC
-        tmp = f"{path}.tmp-{os.getpid()}"
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            os.write(fd, F.encode_index_header(magic, entry.size, base))
+        # (not fsynced here: the journal's sync policy flushes segments and indexes)
+        with atomic_file(path, durable=False) as fd:
+            write_all(fd, F.encode_index_header(magic, entry.size, base), 0)
             _platform.ensure_allocated(fd, F.INDEX_HEADER + slots * entry.size)
-        except BaseException:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        os.close(fd)
-        os.replace(tmp, path)
 
     def entry(self, i: int) -> tuple[int, int]:
         assert self._raw is not None

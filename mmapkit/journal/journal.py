@@ -95,12 +95,14 @@ directory.  L = the writer lock.
     B1    fileno(): mkfifo + open the      L     an append whose L came before B1 rang
           reader's doorbell; under L free         nobody: the reader's first look (after
           slots of dead pids / gone FIFOs,        B1) sees its W; every later append
-          store the slot, then B += 1             rings (A7b)
+          store the slot, then B = slots in       rings (A7b); a kill between the two
+          use (counted afresh)                    stores leaves B short of a dead slot
     B2    reader with a doorbell finds      -     an append after the emptying rings:
           nothing: empty the FIFO, then           the FIFO stays readable for the next
           look again                              select (never a lost wake-up)
     B3    reader close: under L clear its   L     a writer holding its FIFO open gets
-          slot, B -= 1; close, unlink FIFO        EPIPE (or ENXIO/ENOENT at open): skips
+          slot, B = slots in use; close,          EPIPE (or ENXIO/ENOENT at open): skips
+          unlink the FIFO
     P1    recovery after power loss (boot   L     no process of this boot has seen the
           stamp differs): verify batches          cut bytes (they all open through C2,
           from the recovery point, cut W at       which waits for L); the cut range is
@@ -115,8 +117,8 @@ Reopen after kill -9 costs O(unpublished bytes): attach (A3) reads W and scans a
 batches after the last index entry, never the journal.
 
 Test pause points (``mmapkit._testhooks``): journal.append.written (A5 done),
-journal.append.published (L released, before the A7 wake-ups), journal.roll.created
-(R2 done), journal.retain.started (D2 done).
+journal.append.published (L released, before the A7 wake-ups), journal.bell.slot (B1's
+slot stored, B not yet), journal.roll.created (R2 done), journal.retain.started (D2 done).
 """
 
 from __future__ import annotations
@@ -135,6 +137,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Union
 
 from .. import _platform
+from .._fileio import atomic_file, fsync_dir, raise_if_disk_full, temp_name, write_all
 from .._testhooks import PAUSES, pause
 from ..errors import (
     ClosedError,
@@ -157,7 +160,7 @@ if TYPE_CHECKING:
     from .reader import Reader
     from .remote import JournalServer
 
-__all__ = ["CheckReport", "Journal", "JournalStatistics", "RecoveryReport"]
+__all__ = ["META_NAME", "CheckReport", "Journal", "JournalStatistics", "RecoveryReport"]
 
 META_NAME = "journal.meta"
 OFFSETS_NAME = "consumers.kv"
@@ -451,21 +454,10 @@ class Journal:
                     else DEFAULT_DELETE_DELAY_MS)
                 buf = bytearray(data)
                 buf[F.OFF_BOOT : F.OFF_BOOT + 16] = _boot_id()
-                tmp = f"{meta_path}.tmp-{os.getpid()}"
-                fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-                try:
-                    if os.write(fd, buf) != len(buf):
-                        raise OSError(errno.ENOSPC, "short write")
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                os.replace(tmp, meta_path)
-                os.fsync(dfd)
+                with atomic_file(meta_path) as fd:  # (fsynced, and its directory)
+                    write_all(fd, buf, 0)
             except OSError as exc:
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT) and not isinstance(
-                        exc, DiskFullError):
-                    raise DiskFullError(exc.errno, f"no space left to create a journal in "
-                                        f"{self._dir}") from exc
+                raise_if_disk_full(exc, f"no space left to create a journal in {self._dir}")
                 raise
         finally:
             os.close(dfd)
@@ -638,12 +630,15 @@ class Journal:
         return first
 
     def _write_error(self, exc: OSError) -> OSError:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return DiskFullError(
-                exc.errno, f"no space left on the journal's file system ({self._dir}); "
-                "nothing acknowledged was lost: free space (or lower retention) and "
-                "append again")
+        try:
+            raise_if_disk_full(exc, self._full_message())
+        except DiskFullError as full:
+            return full
         return exc
+
+    def _full_message(self) -> str:
+        return (f"no space left on the journal's file system ({self._dir}); nothing "
+                "acknowledged was lost: free space (or lower retention) and append again")
 
     def _get_waiter(self) -> Waiter:
         if self._waiter is None:
@@ -694,7 +689,6 @@ class Journal:
                 if v and (not _pid_alive(v >> 32) or not os.path.exists(
                         os.path.join(self._dir, F.bell_name(v)))):
                     u64[_I_BELL0 + i] = 0
-                    meta.u32[_I_BELLS] = max(int(meta.u32[_I_BELLS]) - 1, 0)
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(os.path.join(self._dir, F.bell_name(v)))
                     v = 0
@@ -706,7 +700,9 @@ class Journal:
                     "use by live readers; close readers you no longer select on, or use "
                     "Reader.wait() / poll(timeout=...) instead of fileno()")
             u64[_I_BELL0 + free] = slot  # the slot first, then the count the writers read
-            meta.u32[_I_BELLS] = int(meta.u32[_I_BELLS]) + 1
+            if PAUSES:
+                pause("journal.bell.slot")
+            _recount_bells(meta)
 
     def _unregister_bell(self, slot: int) -> None:
         """B3 (under L): free a reader's doorbell slot (if it is still its own)."""
@@ -718,23 +714,14 @@ class Journal:
             for i in range(F.BELL_SLOTS):
                 if int(u64[_I_BELL0 + i]) == slot:
                     u64[_I_BELL0 + i] = 0
-                    meta.u32[_I_BELLS] = max(int(meta.u32[_I_BELLS]) - 1, 0)
+            _recount_bells(meta)
 
     def _write(self, seg: ActiveSegment, data: bytes | bytearray | memoryview, pos: int) -> None:
-        view = memoryview(data)
-        done = 0
         try:
-            while done < len(data):
-                done += os.pwrite(seg.fd, view[done:], pos + done)
+            write_all(seg.fd, data, pos)
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DiskFullError(
-                    exc.errno, f"no space left on the journal's file system ({self._dir}); "
-                    "nothing acknowledged was lost: free space (or lower retention) and "
-                    "append again") from exc
+            raise_if_disk_full(exc, self._full_message())
             raise
-        finally:
-            view.release()
 
     def _index(self, seg: ActiveSegment, rel: int, pos: int) -> None:
         idx, tidx = seg.idx, seg.tidx
@@ -907,14 +894,11 @@ class Journal:
                                  _index_slots(seg_bytes, interval))  # R2
         except OSError as exc:
             _unlink_segment(self._dir, new_base)
-            if isinstance(exc, DiskFullError):
-                raise
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DiskFullError(exc.errno, f"no space left to start a new segment in "
-                                    f"{self._dir}; nothing acknowledged was lost") from exc
+            raise_if_disk_full(exc, f"no space left to start a new segment in {self._dir}; "
+                               "nothing acknowledged was lost")
             raise
         if self._sync_every is not None:
-            _fsync_dir(self._dir)
+            fsync_dir(self._dir)
         if PAUSES:
             pause("journal.roll.created")
         meta.set(F.OFF_ACTIVE, new_base)  # R3
@@ -949,7 +933,7 @@ class Journal:
                                 os.fdatasync(fd)
                             finally:
                                 os.close(fd)
-                _fsync_dir(self._dir)  # the new segments' names
+                fsync_dir(self._dir)  # the new segments' names
             with self._lock:
                 old_base, old_word = meta.get(F.OFF_RECOVERY), meta.get(F.OFF_RECOVERY + 8)
                 if (active, pos) > (old_base, old_word & 0xFFFFFFFF):
@@ -1378,7 +1362,7 @@ def _rebuild_indexes(meta: _Meta, path: str, base: int, pos: int) -> None:
     finally:
         os.close(fd)
     for kind, path in (("offset", ipath), ("time", tpath)):
-        tmp = path + ".rebuild"
+        tmp = temp_name(path)
         SparseIndex.create(tmp, kind, base, slots)
         ix = SparseIndex(tmp, kind, base, writable=True)
         try:
@@ -1390,6 +1374,14 @@ def _rebuild_indexes(meta: _Meta, path: str, base: int, pos: int) -> None:
         finally:
             ix.close()
         os.replace(tmp, path)
+
+
+def _recount_bells(meta: _Meta) -> None:
+    """B = the slots in use, counted afresh (under L): a process killed between a slot
+    and the count leaves no lasting error -- counting up and down would, and a count
+    too low would leave a live reader's doorbell silent."""
+    i0 = _I_BELL0
+    meta.u32[_I_BELLS] = sum(1 for v in meta.u64[i0 : i0 + F.BELL_SLOTS].tolist() if v)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -1420,9 +1412,3 @@ def _unlink_segment(directory: str, base: int) -> None:
             os.unlink(p)
 
 
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

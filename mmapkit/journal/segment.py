@@ -22,6 +22,7 @@ import os
 import struct
 from collections.abc import Iterator
 
+from .._fileio import atomic_file, write_all
 from ..errors import CorruptFileError, ForeignFileError, FormatVersionError
 from . import _format as F
 from .index import SparseIndex, index_paths
@@ -260,19 +261,9 @@ class ActiveSegment:
         ipath, tpath = index_paths(path)
         SparseIndex.create(ipath, "offset", base, index_slots)
         SparseIndex.create(tpath, "time", base, index_slots)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            data = F.encode_segment_header(base, created_ms)
-            if os.write(fd, data) != len(data):
-                raise OSError(28, "short write")
-        except BaseException:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        os.close(fd)
-        os.replace(tmp, path)
+        # (not fsynced here: the journal's sync policy flushes segments and indexes)
+        with atomic_file(path, durable=False) as fd:
+            write_all(fd, F.encode_segment_header(base, created_ms), 0)
         return path
 
     def commit(self) -> tuple[int, int]:
