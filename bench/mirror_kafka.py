@@ -229,9 +229,13 @@ def _lag_case(report: _harness.Report, broker: Broker, tmp: str, seconds: float)
         c.close()
         mirror.terminate()
         mirror.communicate(timeout=30)
-    report.add(LAG, OURS, lat, "ms", higher_is_better=False,
+    # The 0th..100th percentiles stand for the tens of thousands of per-record samples,
+    # so the JSON stays small; median and p99 of them are those of all records.
+    summary = [_harness.percentile(lat, q) for q in range(101)] if lat else []
+    report.add(LAG, OURS, summary, "ms", higher_is_better=False,
                note=f"p50 {_harness.percentile(lat, 50):.2f} ms, "
-               f"p99 {_harness.percentile(lat, 99):.2f} ms, {len(lat)} of {total} records")
+               f"p99 {_harness.percentile(lat, 99):.2f} ms, {len(lat)} of {total} records; "
+               f"samples are the 0th-100th percentiles")
 
 
 def run(report: _harness.Report, args: argparse.Namespace) -> None:
