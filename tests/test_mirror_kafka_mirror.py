@@ -4,6 +4,8 @@ kafka:// URL, SIGKILLed at random moments."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 import signal
 import subprocess
@@ -104,37 +106,113 @@ def test_the_journal_mirror_command_takes_a_kafka_url(broker, tmp_path):
     j.close()
 
 
-def mirror_kill_rounds(broker: Broker, tmp_path, rounds: int, per_round: int) -> None:
-    """The ``journal mirror`` process SIGKILLed at random moments while the journal grows;
+# A zygote: one process that has imported mmapkit and confluent-kafka and holds no Kafka
+# client, forking a fresh `journal mirror` run for each round (a fork of the pytest
+# process, which holds live librdkafka threads, would not be safe).  Lines in: "run BATCH",
+# "reap PID"; lines out: the child's pid, its exit status.
+ZYGOTE = """
+import os, sys
+import confluent_kafka  # noqa: F401  (imported once, here)
+from mmapkit import cli
+from mmapkit.mirror import kafka  # noqa: F401
+path, url = sys.argv[1], sys.argv[2]
+for line in sys.stdin:
+    cmd, arg = line.split()
+    if cmd == "run":
+        pid = os.fork()
+        if pid == 0:
+            os._exit(cli.main(["journal", path, "mirror", url, "--batch", arg, "--once",
+                               "--progress", "0"]))
+        print(pid, flush=True)
+    else:
+        print(os.waitstatus_to_exitcode(os.waitpid(int(arg), 0)[1]), flush=True)
+"""
+
+
+class _Runs:
+    """Start and kill mirror runs: unrelated processes, or forks of a zygote."""
+
+    def __init__(self, broker: Broker, topic: str, path: str, forked: bool) -> None:
+        self._cmd = (broker, topic, path)
+        self._zygote = subprocess.Popen(
+            [sys.executable, "-c", ZYGOTE, path, f"kafka://{broker.bootstrap}/{topic}"],
+            env=child_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            text=True) if forked else None
+        self._proc: subprocess.Popen[str] | None = None
+        self._pid = 0
+
+    def start(self, batch: int) -> None:
+        if self._zygote is None:
+            self._proc = subprocess.Popen(_mirror_cmd(*self._cmd, batch), env=child_env(),
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                          text=True)
+            return
+        assert self._zygote.stdin is not None and self._zygote.stdout is not None
+        self._zygote.stdin.write(f"run {batch}\n")
+        self._zygote.stdin.flush()
+        self._pid = int(self._zygote.stdout.readline())
+
+    def running(self) -> bool:
+        if self._proc is not None:
+            return self._proc.poll() is None
+        try:
+            os.kill(self._pid, 0)
+        except ProcessLookupError:
+            return False
+        with open(f"/proc/{self._pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+    def kill(self) -> tuple[int, str]:
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGKILL)
+            _, err = self._proc.communicate(timeout=60)
+            return self._proc.returncode, err
+        assert self._zygote is not None
+        assert self._zygote.stdin is not None and self._zygote.stdout is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self._pid, signal.SIGKILL)
+        self._zygote.stdin.write(f"reap {self._pid}\n")
+        self._zygote.stdin.flush()
+        return int(self._zygote.stdout.readline()), ""
+
+    def close(self) -> None:
+        if self._zygote is not None:
+            self._zygote.communicate(timeout=60)  # (stdin closed: it ends)
+
+
+def mirror_kill_rounds(broker: Broker, tmp_path, rounds: int, per_round: int, *,
+                       forked: bool = False) -> None:
+    """The ``journal mirror`` run SIGKILLed at random moments while the journal grows;
     in the end the partition holds 0..N-1 exactly once, in order."""
     rnd = random.Random()
     seed = rnd.randrange(1 << 30)
     rnd.seed(seed)
     topic = broker.new_topic()
     j = Journal(tmp_path / "j", create=True)
+    runs = _Runs(broker, topic, j.path, forked)
     total = mid_stream = 0
-    for _ in range(rounds):
-        j.append_many([(b"v%d" % i) * rnd.randint(1, 20) for i in range(total,
-                                                                         total + per_round)])
-        total += per_round
-        before = j.consumer_offsets().get("mirror", 0)
-        proc = subprocess.Popen(_mirror_cmd(broker, topic, j.path, rnd.randint(1, 100)),
-                                env=child_env(), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
-        if rnd.random() < 0.25:
-            time.sleep(rnd.uniform(0.0, 1.0))  # start-up, fencing, read-back
-        else:  # once records move (the mirror commits its journal position), a bit later
-            deadline = time.monotonic() + 30
-            while (j.consumer_offsets().get("mirror", 0) == before
-                   and proc.poll() is None and time.monotonic() < deadline):
-                time.sleep(0.005)
-            time.sleep(rnd.uniform(0.0, 0.3))
-        proc.send_signal(signal.SIGKILL)
-        _, err = proc.communicate(timeout=60)
-        assert proc.returncode in (0, -signal.SIGKILL), (err, seed)
-        after = j.consumer_offsets().get("mirror", 0)
-        if proc.returncode == -signal.SIGKILL and before < after < total:
-            mid_stream += 1
+    try:
+        for _ in range(rounds):
+            j.append_many([(b"v%d" % i) * rnd.randint(1, 20)
+                           for i in range(total, total + per_round)])
+            total += per_round
+            before = j.consumer_offsets().get("mirror", 0)
+            runs.start(rnd.randint(1, 100))
+            if rnd.random() < 0.25:
+                time.sleep(rnd.uniform(0.0, 0.5))  # start-up, fencing, read-back
+            else:  # once records move (the mirror commits its journal position), a bit later
+                deadline = time.monotonic() + 30
+                while (j.consumer_offsets().get("mirror", 0) == before
+                       and runs.running() and time.monotonic() < deadline):
+                    time.sleep(0.005)
+                time.sleep(rnd.uniform(0.0, 0.3))
+            code, err = runs.kill()
+            assert code in (0, -signal.SIGKILL), (err, seed)
+            after = j.consumer_offsets().get("mirror", 0)
+            if code == -signal.SIGKILL and before < after < total:
+                mid_stream += 1
+    finally:
+        runs.close()
     assert mid_stream >= rounds // 4, (mid_stream, rounds, seed)
     res = subprocess.run(_mirror_cmd(broker, topic, j.path, 500), env=child_env(),
                          capture_output=True, text=True, timeout=120)
@@ -148,8 +226,15 @@ def mirror_kill_rounds(broker: Broker, tmp_path, rounds: int, per_round: int) ->
     j.close()
 
 
+@pytest.mark.timeout(600)
+def test_sigkill_forked_mirror_runs_100_rounds(broker, tmp_path):
+    """100 rounds in the default suite: fresh forks of a zygote that imported everything
+    once (process start-up is most of a round otherwise)."""
+    mirror_kill_rounds(broker, tmp_path, rounds=100, per_round=1000, forked=True)
+
+
 def test_sigkill_the_mirror_command_at_random_moments(broker, tmp_path):
-    mirror_kill_rounds(broker, tmp_path, rounds=8, per_round=8000)
+    mirror_kill_rounds(broker, tmp_path, rounds=4, per_round=8000)  # (100 forked: below)
 
 
 @pytest.mark.slow
