@@ -855,10 +855,9 @@ class Channel:
             return -1
         return int(head)
 
-    def _acquire_space(self, need: int, timeout: float | None) -> int:
-        """Block until ``need`` bytes are free; returns the head position to write at.
-        With a producer claim lock, returns holding it."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+    def _acquire_space(self, need: int, deadline: float | None) -> int:
+        """Block until ``need`` bytes are free (steps S1-S3); returns the head position to
+        write at.  With a producer claim lock, returns holding it."""
         while True:
             if self._plocked:
                 self._claim(self._pclaim, deadline, True)
@@ -890,7 +889,7 @@ class Channel:
         head = hdr[8]  # _HEAD_Q
         pos = head % cap
         if pos + need > cap or head + need > self._room_end:
-            head = self._acquire_space(need, timeout)
+            head = self._acquire_space(need, _deadline(timeout))
             pos = head % cap
         try:
             pack = self._framers[n]
@@ -928,7 +927,7 @@ class Channel:
     def _send_locked(self, data: bytes | memoryview, n: int, need: int,
                      timeout: float | None) -> None:
         with self._send_mutex:
-            head = self._acquire_space(need, timeout)
+            head = self._acquire_space(need, _deadline(timeout))
             try:
                 _write_frame(self._data, head % self._cap, n, data)
                 self._hdr[_HEAD_Q] = head + need
@@ -987,7 +986,7 @@ class Channel:
         while i < len(batch):
             first = batch[i]
             try:
-                head = self._acquire_space((len(first) + 15) & ~7, timeout)
+                head = self._acquire_space((len(first) + 15) & ~7, _deadline(timeout))
             except queue.Full:
                 if i:
                     return i  # the first i went out; the caller reports how many
@@ -1041,7 +1040,8 @@ class Channel:
         """
         need = self._in_place_need(n)
         with self._send_mutex if self._plocked else contextlib.nullcontext():
-            head = self._acquire_space(need, timeout)
+            head = self._acquire_space(need, _deadline(timeout))
+            done = False
             try:
                 pos = head % self._cap
                 buf = self._data[pos + 8 : pos + 8 + n]
@@ -1049,11 +1049,21 @@ class Channel:
                     yield buf
                 finally:
                     buf.release()
-                self._dq[pos >> 3] = n
-                self._hdr[_HEAD_Q] = head + need
+                done = True
             finally:
-                if self._plocked:
-                    fcntl.flock(self._pclaim, fcntl.LOCK_UN)
+                self._end_in_place(head, n, need, done)
+
+    def _end_in_place(self, head: int, n: int, need: int, publish: bool) -> None:
+        """The end of reserve() and _send_with(): the length word and head store (S4-S5)
+        when ``publish``, then the unclaim and wake-up (S6) either way."""
+        try:
+            if publish:
+                self._dq[(head % self._cap) >> 3] = n
+                self._hdr[_HEAD_Q] = head + need
+        finally:
+            if self._plocked:
+                fcntl.flock(self._pclaim, fcntl.LOCK_UN)
+        if publish:
             if self._hdr32[_CW_I]:
                 self._wake_consumers()
             self._sent += 1
@@ -1093,7 +1103,7 @@ class Channel:
         if tail >= end:
             head = hdr[8]
             if head == tail:
-                self._await_data(tail, None if timeout is None else time.monotonic() + timeout)
+                self._await_data(tail, _deadline(timeout))
                 head = hdr[8]
             wrap = tail - tail % cap + cap
             end = self._readable_end = head if head < wrap else wrap
@@ -1176,7 +1186,7 @@ class Channel:
 
     def _recv_locked(self, timeout: float | None) -> bytes:
         with self._recv_mutex:
-            tail, start, n = self._take(None if timeout is None else time.monotonic() + timeout)
+            tail, start, n = self._take(_deadline(timeout))
             try:
                 out = self._mm[self._base + start : self._base + start + n]
             except BaseException:
@@ -1217,7 +1227,7 @@ class Channel:
             self._attach(_CONSUMER)
         limit_bytes = max_bytes if max_bytes is not None else 1 << 62
         with self._recv_mutex if self._clocked else contextlib.nullcontext():
-            tail, start, n = self._take(None if timeout is None else time.monotonic() + timeout)
+            tail, start, n = self._take(_deadline(timeout))
             hdr, cap, dq = self._hdr, self._cap, self._dq
             mm, base = self._mm, self._base
             out = []
@@ -1265,7 +1275,7 @@ class Channel:
         if self._cslot is None:
             self._attach(_CONSUMER)
         with self._recv_mutex if self._clocked else contextlib.nullcontext():
-            tail, start, n = self._take(None if timeout is None else time.monotonic() + timeout)
+            tail, start, n = self._take(_deadline(timeout))
             view = self._data[start : start + n].toreadonly()
             try:
                 yield view
@@ -1273,50 +1283,40 @@ class Channel:
                 view.release()
                 self._release(tail, n)
 
-    def _send_with(self, n: int, fill: Callable[[memoryview], None],
-                   timeout: float | None = None) -> None:
+    def _send_with(self, n: int, fill: Callable[[memoryview, int], None],
+                   deadline: float | None = None) -> None:
         """:meth:`reserve` as a plain call, for mmapkit.ipc.queue (a generator-based
-        context manager costs as much as the send itself): ``fill(buf)`` writes the
-        ``n``-byte payload in place under the producer claim (steps S1-S4); the frame is
-        published (S5-S6) when it returns, and dropped if it raises."""
+        context manager costs as much as the send itself): ``fill(ring, at)`` writes the
+        ``n``-byte payload at offset ``at`` of the ring view, in place under the producer
+        claim (steps S1-S4); the frame is published (S5-S6) when it returns, and dropped
+        if it raises.  ``deadline`` is a time.monotonic() value (None: wait for room)."""
         need = self._in_place_need(n)
         with self._send_mutex if self._plocked else contextlib.nullcontext():
-            head = self._acquire_space(need, timeout)
+            head = self._acquire_space(need, deadline)
+            done = False
             try:
-                pos = head % self._cap
-                buf = self._data[pos + 8 : pos + 8 + n]
-                try:
-                    fill(buf)
-                finally:
-                    buf.release()
-                self._dq[pos >> 3] = n
-                self._hdr[_HEAD_Q] = head + need
+                fill(self._data, head % self._cap + 8)
+                done = True
             finally:
-                if self._plocked:
-                    fcntl.flock(self._pclaim, fcntl.LOCK_UN)
-            if self._hdr32[_CW_I]:
-                self._wake_consumers()
-            self._sent += 1
-            self._sent_bytes += n
+                self._end_in_place(head, n, need, done)
 
-    def _recv_with(self, take: Callable[[memoryview], Any],
-                   timeout: float | None = None) -> Any:
-        """:meth:`recv_view` as a plain call, for mmapkit.ipc.queue: ``take(view)`` reads
-        the next message in place under the consumer claim (steps R1-R2) and its result is
-        returned; the message is consumed (R3-R4) when it returns, even if it raises.
-        ``view`` is invalid afterwards, and ``take`` must not write it."""
-        if self._bc:
-            raise ModeConflictError("a broadcast producer may overwrite what a view shows; "
-                                    "use recv() on broadcast channels")
+    def _recv_with(self, take: Callable[[mmap.mmap, int, int], Any],
+                   deadline: float | None = None) -> Any:
+        """:meth:`recv_view` as a plain call, for mmapkit.ipc.queue: ``take(mapping, at,
+        n)`` reads the next message, ``n`` bytes at offset ``at`` of the mmap, in place
+        under the consumer claim (steps R1-R2), and its result is returned; the message is
+        consumed (R3-R4) when it returns, even if it raises.  ``take`` must not write the
+        mapping nor keep a view of it.  ``deadline`` is a time.monotonic() value."""
         if self._cslot is None:
+            if self._bc:
+                raise ModeConflictError("a broadcast producer may overwrite what a view "
+                                        "shows; use recv() on broadcast channels")
             self._attach(_CONSUMER)
         with self._recv_mutex if self._clocked else contextlib.nullcontext():
-            tail, start, n = self._take(None if timeout is None else time.monotonic() + timeout)
-            view = self._data[start : start + n]
+            tail, start, n = self._take(deadline)
             try:
-                return take(view)
+                return take(self._mm, self._base + start, n)
             finally:
-                view.release()
                 self._release(tail, n)
 
     # --- broadcast --------------------------------------------------------------------
@@ -1406,8 +1406,7 @@ class Channel:
         hdr, cap, dq = self._hdr, self._cap, self._dq
         with self._send_mutex:
             if self._plocked:
-                self._claim(self._pclaim, None if timeout is None
-                            else time.monotonic() + timeout, True)
+                self._claim(self._pclaim, _deadline(timeout), True)
             try:
                 head = hdr[_HEAD_Q]
                 tail = hdr[_TAIL_Q]
@@ -1453,7 +1452,7 @@ class Channel:
         if self._pending_overrun is not None:
             exc, self._pending_overrun = self._pending_overrun, None
             raise exc
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = _deadline(timeout)
         hdr = self._hdr
         while True:
             c = self._cursor
@@ -1575,7 +1574,7 @@ class Channel:
     async def arecv(self, timeout: float | None = None) -> bytes:
         """``await ch.arecv()``: :meth:`recv` for asyncio; the event loop keeps running
         while the ring is empty (it waits on the doorbell, never in a thread)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = _deadline(timeout)
         while True:
             try:
                 return self.recv_nowait()
@@ -1591,7 +1590,7 @@ class Channel:
                     timeout: float | None = None) -> None:
         """``await ch.asend(data)``: :meth:`send` for asyncio (waits for room on the
         doorbell, never blocking the event loop)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = _deadline(timeout)
         while True:
             try:
                 self.send_nowait(data)
@@ -1863,6 +1862,11 @@ def _positions(hdr: memoryview) -> tuple[int, int] | None:
         if hdr[_TAIL_Q] == tail:
             return int(head), int(tail)
     return None
+
+
+def _deadline(timeout: float | None) -> float | None:
+    """The time.monotonic() by which a wait of ``timeout`` seconds ends (None: never)."""
+    return None if timeout is None else time.monotonic() + timeout
 
 
 def _close_fds(box: list[int]) -> None:

@@ -80,7 +80,6 @@ PUTS - DONE: a gap there is a task that never arrives (join() waits for it, as
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import mmap
 import os
 import pickle
@@ -88,18 +87,17 @@ import queue as _queue
 import stat
 import struct
 import tempfile
-import threading
 import time
 import weakref
-from collections.abc import Iterator
 from typing import Any
 
 from .. import _platform
-from ..errors import BrokenError, ForeignFileError, MessageTooLargeError
+from ..errors import BrokenError, CorruptFileError, ForeignFileError, MessageTooLargeError
+from ..lock import FileLock
 from ..region import Region
 from ..wait import Waiter
 from . import _format as fmt
-from .channel import _HEAD_Q, _PAD_WORD, _TAIL_Q, Channel, _pad8, _strict
+from .channel import _HEAD_Q, _PAD_WORD, _TAIL_Q, Channel, _pad8, _positions, _strict
 from .channel import _close_fds as _close_all
 
 __all__ = ["JoinableQueue", "Queue", "SimpleQueue"]
@@ -138,6 +136,14 @@ def _channel_from_fds(fd: int, lock_fd: int, spin: float) -> Channel:
                     readonly=False, private=False)
     fds: list[int] = []
     try:
+        # The Channel's step O5: the ring positions, read as one consistent pair.
+        hdr = region.view[: fmt.HEADER_SIZE].cast("Q")
+        try:
+            positions = _positions(hdr)
+        finally:
+            hdr.release()
+        if positions is not None:
+            fmt.check_positions(positions[0], positions[1], header.capacity)
         fds.append(_platform.reopen_fd(lock_fd))
         fds.append(_platform.reopen_fd(fd))
         strict = _strict()
@@ -167,16 +173,11 @@ class _Shared:
         self.i = self.region.view.cast("I")
         self.gets_w = Waiter(self.region, _GETS_OFF)
         self.done_w = Waiter(self.region, _DONE_OFF)
-        self._lock_fd = -1
-        self._tlock = threading.Lock()
-        ref = weakref.ref(self)
-
-        def after_fork() -> None:
-            shared = ref()
-            if shared is not None:
-                shared._after_fork()
-
-        os.register_at_fork(after_in_child=after_fork)
+        # JoinableQueue's state lock: a description of this process's own (the passed
+        # descriptor's may be shared with the parent); FileLock gives a fork child one.
+        lock_fd = _platform.reopen_fd(state_fd)
+        self._box.append(lock_fd)
+        self.state_lock = FileLock(lock_fd)
 
     @classmethod
     def create(cls, capacity: int, spin: float) -> _Shared:
@@ -236,48 +237,63 @@ class _Shared:
             return 0
         return max(0, int(self.q[_PUTS_Q]) - int(self.q[_GETS_Q]))
 
-    def _after_fork(self) -> None:
-        self._tlock = threading.Lock()
-        if self._lock_fd >= 0:  # the parent's description: closing our copy keeps its lock
-            with contextlib.suppress(OSError):
-                os.close(self._lock_fd)
-            with contextlib.suppress(ValueError):
-                self._box.remove(self._lock_fd)
-        self._lock_fd = -1
-
-    @contextlib.contextmanager
-    def state_lock(self) -> Iterator[None]:
-        """Exclusive among every thread of every process (JoinableQueue's DONE)."""
-        with self._tlock:
-            if self._lock_fd < 0:  # a description of this process's own
-                self._lock_fd = _platform.reopen_fd(self.fds[2])
-                self._box.append(self._lock_fd)
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-
     # --- putting and getting ----------------------------------------------------------
 
     def put(self, obj: Any, maxsize: int, deadline: float | None) -> None:
+        """Steps P1-P5.  ``deadline``: a time.monotonic() value, None to wait for ever."""
         buffers: list[pickle.PickleBuffer] = []
-        body = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+        body = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)  # P1
+        if buffers:
+            self._put_buffers(body, buffers, maxsize, deadline)
+            return
+        blen = len(body)
+        q = self.q
+        pending = self.pending
+
+        def fill(ring: memoryview, at: int) -> None:  # steps P3-P4, under the claim
+            seq = q[_PUTS_Q]
+            if maxsize > 0 and seq - q[_GETS_Q] >= maxsize and pending():
+                raise _FullNow  # drops the frame unpublished
+            _MSG.pack_into(ring, at, seq, 0, 0, blen)
+            ring[at + _MSG.size : at + _MSG.size + blen] = body
+            q[_PUTS_Q] = seq + 1
+
+        self._send(_MSG.size + blen, fill, maxsize, deadline)
+
+    def _put_buffers(self, body: bytes, buffers: list[pickle.PickleBuffer], maxsize: int,
+                     deadline: float | None) -> None:
+        """put() of an object with out-of-band buffers: each copied once, into the ring."""
         raws: list[memoryview] = []
         for b in buffers:
             try:
                 raws.append(b.raw())
             except BufferError:  # not contiguous: one copy to make it so
                 raws.append(memoryview(bytes(memoryview(b))))
+        total = _MSG.size + _pad8(len(body)) + sum(8 + _pad8(r.nbytes) for r in raws)
+        q = self.q
+
+        def fill(ring: memoryview, at: int) -> None:  # steps P3-P4, under the claim
+            seq = q[_PUTS_Q]
+            if maxsize > 0 and seq - q[_GETS_Q] >= maxsize and self.pending():
+                raise _FullNow
+            _MSG.pack_into(ring, at, seq, len(raws), 0, len(body))
+            at += _MSG.size
+            ring[at : at + len(body)] = body
+            at += _pad8(len(body))
+            for r in raws:
+                _U64.pack_into(ring, at, r.nbytes)
+                at += 8
+                ring[at : at + r.nbytes] = r
+                at += _pad8(r.nbytes)
+            q[_PUTS_Q] = seq + 1
+
         try:
-            self._put_frame(body, raws, maxsize, deadline)
+            self._send(total, fill, maxsize, deadline)
         finally:
             for r in raws:
                 r.release()
 
-    def _put_frame(self, body: bytes, raws: list[memoryview], maxsize: int,
-                   deadline: float | None) -> None:
-        total = _MSG.size + _pad8(len(body)) + sum(8 + _pad8(r.nbytes) for r in raws)
+    def _send(self, total: int, fill: Any, maxsize: int, deadline: float | None) -> None:
         ch = self.channel
         if total > ch.max_message:
             need = total + fmt.FRAME.size
@@ -286,29 +302,11 @@ class _Shared:
                 f"this object pickles to a message of {total} bytes; the Queue's ring holds "
                 f"{ch.capacity} bytes (largest message {ch.max_message}): create the Queue "
                 f"with capacity={suggest} or more")
-        q = self.q
-
-        def fill(buf: memoryview) -> None:  # steps P3-P4, under the producer claim
-            seq = q[_PUTS_Q]
-            if maxsize > 0 and seq - q[_GETS_Q] >= maxsize and self.pending():
-                raise _FullNow  # drops the frame unpublished
-            _MSG.pack_into(buf, 0, seq, len(raws), 0, len(body))
-            at = _MSG.size
-            buf[at : at + len(body)] = body
-            at += _pad8(len(body))
-            for r in raws:
-                _U64.pack_into(buf, at, r.nbytes)
-                at += 8
-                buf[at : at + r.nbytes] = r
-                at += _pad8(r.nbytes)
-            q[_PUTS_Q] = seq + 1
-
         while True:
             if maxsize > 0:
                 self._await_below(maxsize, deadline)
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                ch._send_with(total, fill, timeout)
+                ch._send_with(total, fill, deadline)  # P2-P5
                 return
             except _FullNow:
                 if deadline is not None and time.monotonic() >= deadline:
@@ -332,21 +330,26 @@ class _Shared:
                 return
             self.gets_w.wait(gets, _SLICE if remaining is None else min(_SLICE, remaining))
 
-    def _take(self, view: memoryview) -> bytearray:
-        """Step G2, under the consumer claim: copy the message out, store GETS."""
-        blob = bytearray(view)
-        seq = _U64.unpack_from(blob, 0)[0] if len(blob) >= 8 else 0
+    def _take(self, mapping: mmap.mmap, at: int, n: int) -> bytes | bytearray:
+        """Step G2, under the consumer claim: copy the message out, store GETS.  Returns
+        the pickle alone (bytes) when the message has no out-of-band buffer, else the
+        whole message (a bytearray the buffers will be views of)."""
+        if n < _MSG.size:
+            raise _damaged(f"a {n}-byte message is shorter than a Queue message's header")
+        seq, count, _, blen = _MSG.unpack_from(mapping, at)
         q = self.q
         if seq >= q[_GETS_Q]:
             q[_GETS_Q] = seq + 1
-        return blob
+        if count == 0 and blen <= n - _MSG.size:
+            return mapping[at + _MSG.size : at + _MSG.size + blen]
+        return bytearray(mapping[at : at + n])
 
-    def get_blob(self, deadline: float | None) -> bytearray:
+    def get(self, deadline: float | None) -> Any:
+        """Steps G1-G4 and the unpickling (after the claim is let go)."""
         ch = self.channel
         while True:
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                blob: bytearray = ch._recv_with(self._take, timeout)
+                blob = ch._recv_with(self._take, deadline)
                 break
             except BrokenError:  # every producer gone: a queue waits for new ones
                 if deadline is not None and time.monotonic() >= deadline:
@@ -354,12 +357,14 @@ class _Shared:
         if self.i[_GWAIT_I]:
             self.i[_GWAIT_I] = 0
             self.gets_w.wake()
-        return blob
+        if blob.__class__ is bytes:
+            return pickle.loads(blob)
+        return _decode(blob)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.channel.close()
-        for w in (self.gets_w, self.done_w):
+        for w in (self.gets_w, self.done_w, self.state_lock):
             with contextlib.suppress(Exception):
                 w.close()
         for v in (self.q, self.i):
@@ -373,7 +378,13 @@ class _FullNow(Exception):
     """Step P3: the queue filled up between the wait and the claim."""
 
 
-def _decode(blob: bytearray) -> Any:
+def _damaged(what: str) -> CorruptFileError:
+    return CorruptFileError(f"{what}: the queue's shared memory was written by something "
+                            "other than a Queue; make a new Queue")
+
+
+def _decode(blob: bytes | bytearray) -> Any:
+    """A message with out-of-band buffers (or a damaged one) back into its object."""
     mv = memoryview(blob)
     try:
         _seq, count, _, body_len = _MSG.unpack_from(mv, 0)
@@ -391,7 +402,7 @@ def _decode(blob: bytearray) -> Any:
             bufs.append(mv[at : at + size])
             at += _pad8(size)
     except (struct.error, ValueError) as exc:
-        raise ValueError(f"a message in the queue is not one a Queue put ({exc})") from None
+        raise _damaged(f"a message in the queue is not one a Queue put ({exc})") from None
     return pickle.loads(body, buffers=bufs)
 
 
@@ -471,7 +482,7 @@ class Queue:
         """Remove and return the oldest object; block while the queue is empty
         (queue.Empty after ``timeout``, or at once when ``block`` is false)."""
         self._check_closed()
-        return _decode(self._shared.get_blob(_deadline(block, timeout)))
+        return self._shared.get(_deadline(block, timeout))
 
     def get_nowait(self) -> Any:
         return self.get(False)
@@ -496,10 +507,10 @@ class Queue:
         if max_messages_to_get < 1:
             raise ValueError("max_messages_to_get must be at least 1")
         shared = self._shared
-        out = [_decode(shared.get_blob(_deadline(block, timeout)))]
+        out = [shared.get(_deadline(block, timeout))]
         while len(out) < max_messages_to_get and shared.pending():
             try:
-                out.append(_decode(shared.get_blob(time.monotonic())))
+                out.append(shared.get(time.monotonic()))
             except _queue.Empty:
                 break
         return out
@@ -555,7 +566,7 @@ class JoinableQueue(Queue):
         """Say a task taken with get() is done; ValueError when called more often than
         objects were put."""
         shared = self._shared
-        with shared.state_lock():
+        with shared.state_lock:
             done = shared.q[_DONE_Q]
             if done >= shared.q[_PUTS_Q]:
                 raise ValueError("task_done() called too many times")
@@ -610,7 +621,7 @@ class SimpleQueue:
 
     def get(self) -> Any:
         self._check_closed()
-        return _decode(self._shared.get_blob(None))
+        return self._shared.get(None)
 
     def empty(self) -> bool:
         self._check_closed()
