@@ -26,14 +26,14 @@ def test_header_round_trip_and_layout() -> None:
     raw = fmt.encode_header(4096, fmt.FLAG_MULTI_PRODUCER)
     assert len(raw) == 64
     assert raw[:8] == b"MMKCHAN\0"
-    assert struct.unpack_from("<I", raw, 8)[0] == 1  # version
+    assert struct.unpack_from("<I", raw, 8)[0] == 2  # version
     assert struct.unpack_from("<I", raw, 12)[0] == 1  # flags
     assert struct.unpack_from("<Q", raw, 16)[0] == 4096
     assert struct.unpack_from("<III", raw, 24) == (8192, 64, 64)
     assert struct.unpack_from("<I", raw, 36)[0] == zlib.crc32(raw[:36])
     assert raw[40:] == bytes(24)
     h = fmt.decode_header(raw + b"trailing bytes are ignored")
-    assert (h.version, h.capacity, h.multi_producer, h.multi_consumer) == (1, 4096, True, False)
+    assert (h.version, h.capacity, h.multi_producer, h.multi_consumer) == (2, 4096, True, False)
     assert h.file_size == 8192 + 4096
 
 
@@ -63,10 +63,14 @@ def test_header_foreign_and_newer() -> None:
     with pytest.raises(ForeignFileError):
         fmt.decode_header(b"")
     newer = bytearray(fmt.encode_header(4096))
-    struct.pack_into("<I", newer, 8, 2)
+    struct.pack_into("<I", newer, 8, 3)
     with pytest.raises(FormatVersionError, match="upgrade mmapkit") as info:
         fmt.decode_header(bytes(newer))
-    assert (info.value.found, info.value.supported) == (2, 1)
+    assert (info.value.found, info.value.supported) == (3, 2)
+    older = bytearray(fmt.encode_header(4096))
+    struct.pack_into("<I", older, 8, 0)
+    with pytest.raises(FormatVersionError):
+        fmt.decode_header(bytes(older))
     # unknown feature flags with a correct checksum: a newer writer
     flagged = bytearray(fmt.encode_header(4096))
     struct.pack_into("<I", flagged, 12, 0x80)

@@ -11,8 +11,10 @@ Design rules:
   offset    size    field
   ========  ======  ===========================================================
   0         64      fixed header: magic, version, flags, capacity, sizes, crc
-  64        64      producer line: head (u64), consumers sleeping, sleep epoch (u32s)
-  128       64      consumer line: tail (u64), producers sleeping, sleep epoch (u32s)
+  64        64      producer line: head (u64), consumers sleeping, sleep epoch (u32s),
+                    doorbell, broadcast PAD, producer lease (v2)
+  128       64      consumer line: tail (u64), producers sleeping, sleep epoch (u32s),
+                    consumer lease (v2)
   4096      4096    participant slots: 64 x 64 bytes
   8192      cap     the ring: frames ``[u32 length][u32 kind][payload][pad to 8]``
   ========  ======  ===========================================================
@@ -20,6 +22,10 @@ Design rules:
 - Positions (head, tail) are byte counts since the channel was created; they only grow.
   ``position % capacity`` is the place in the ring.  Head is written by producers only,
   tail by consumers only, each on its own cache line (no false sharing).
+- Version 2 adds the claim leases (one u32 per role: 1 + the slot of the participant
+  that holds it, 0 for none) and a "busy" u32 per role in each slot; channel.py says how
+  they are used.  Version 1 files (no leases: every claim is a flock) are still read and
+  used the version 1 way, so older processes attached to them stay correct.
 - A frame of kind PAD means "the rest of the ring up to its end is unused": a message is
   never split across the wrap-around, so a reader always gets one contiguous view.
 """
@@ -36,6 +42,7 @@ from ..errors import CorruptFileError, ForeignFileError, FormatVersionError
 __all__ = [
     "CONSUMERS_EPOCH",
     "CONSUMERS_WAITING",
+    "CONSUMER_LEASE",
     "DOORBELL",
     "FIXED",
     "FLAG_BROADCAST",
@@ -46,15 +53,19 @@ __all__ = [
     "HEADER_SIZE",
     "KIND_DATA",
     "KIND_PAD",
+    "LEASE_VERSION",
     "MAGIC",
     "NAME_SIZE",
     "PAD_EVICTED",
     "PRODUCERS_EPOCH",
     "PRODUCERS_WAITING",
+    "PRODUCER_LEASE",
+    "SLOT_CBUSY",
     "SLOT_COUNT",
     "SLOT_CURSOR",
     "SLOT_NAME",
     "SLOT_OFFSET",
+    "SLOT_PBUSY",
     "SLOT_SIZE",
     "TAIL",
     "VERSION",
@@ -64,13 +75,16 @@ __all__ = [
     "decode_header",
     "encode_frame",
     "encode_header",
+    "encode_header_v1",
     "frame_size",
     "iter_frames",
     "max_message",
 ]
 
 MAGIC = b"MMKCHAN\x00"
-VERSION = 1
+VERSION = 2
+MIN_VERSION = 1  # still read, and used without leases
+LEASE_VERSION = 2  # the first version with claim leases
 FIXED = struct.Struct("<8sIIQIII")  # magic, version, flags, capacity, header, slots, slot size
 _CRC = struct.Struct("<I")
 FIXED_SIZE = 64
@@ -83,14 +97,18 @@ CONSUMERS_WAITING = 72  # u32, consumers write
 CONSUMERS_EPOCH = 76  # u32, consumers write: bumped each time one goes to sleep
 DOORBELL = 80  # u32: 1 once any handle waits through the doorbell FIFO (fileno())
 PAD_EVICTED = 88  # u64, broadcast: start of a PAD the producer evicted with nothing else
+PRODUCER_LEASE = 96  # u32 (v2): 1 + slot of the producer holding the claim lease, 0: none
 TAIL = 128  # u64, consumers write
 PRODUCERS_WAITING = 136  # u32, producers write
 PRODUCERS_EPOCH = 140  # u32, producers write
+CONSUMER_LEASE = 144  # u32 (v2): 1 + slot of the consumer holding the claim lease, 0: none
 FLAG_MULTI_PRODUCER = 1
 FLAG_MULTI_CONSUMER = 2
 FLAG_BROADCAST = 4
 _KNOWN_FLAGS = FLAG_MULTI_PRODUCER | FLAG_MULTI_CONSUMER | FLAG_BROADCAST
+SLOT_PBUSY = 12  # u32 in a slot (v2): 1 while its producer is in (or entering) a claim
 SLOT_CURSOR = 16  # u64 in a slot: a broadcast subscriber's read position
+SLOT_CBUSY = 28  # u32 in a slot (v2): 1 while its consumer is in (or entering) a claim
 SLOT_NAME = 32  # 32 bytes in a slot: a subscriber's UTF-8 name, zero-padded
 NAME_SIZE = 32
 FRAME = struct.Struct("<II")  # payload length, kind
@@ -160,7 +178,7 @@ def decode_header(buf: bytes | bytearray | memoryview, *, path: str | None = Non
         raise CorruptFileError(f"{where} is cut off inside its header ({len(data)} bytes)",
                                path=path, offset=len(data))
     _, version, flags, capacity, header_size, slots, slot_size = FIXED.unpack_from(data)
-    if version != VERSION:
+    if not MIN_VERSION <= version <= VERSION:
         raise FormatVersionError(
             f"{where} has channel format version {version}; this mmapkit reads version "
             f"{VERSION}: upgrade mmapkit (or recreate the channel)",
@@ -179,6 +197,14 @@ def decode_header(buf: bytes | bytearray | memoryview, *, path: str | None = Non
                                f"header {header_size}, slots {slots}x{slot_size})",
                                path=path, offset=8)
     return Header(version, flags, capacity, header_size, slots, slot_size)
+
+
+def encode_header_v1(capacity: int, flags: int = 0) -> bytes:
+    """The fixed header of a version 1 channel (no leases), as older mmapkit wrote it:
+    for tests that a version 1 file is still used the version 1 way."""
+    fixed = FIXED.pack(MAGIC, 1, flags, capacity, HEADER_SIZE, SLOT_COUNT, SLOT_SIZE)
+    body = fixed + _CRC.pack(zlib.crc32(fixed))
+    return body + b"\0" * (FIXED_SIZE - len(body))
 
 
 def max_message(capacity: int) -> int:

@@ -16,10 +16,24 @@ Design rules:
   weakly ordered CPUs (ARM64...) nothing orders them from Python, so there every send and
   every receive of *every* channel takes one shared kernel lock (flock): the kernel's
   lock and unlock are full barriers.  Slower, but correct.
-- Several producers (``multi_producer=True``) claim the head under an exclusive flock on
-  the channel file; several consumers (``multi_consumer=True``) claim the tail under one
-  on the ``.lock`` file.  The kernel drops a dead holder's lock at once, and a claim is
-  never held while waiting, so a killed peer cannot wedge the others.
+- Several producers (``multi_producer=True``) claim the head, several consumers
+  (``multi_consumer=True``) the tail.  A claim is a *lease* (format version 2, TSO CPUs):
+  the lease word of the role names the participant that may enter; it enters with no
+  syscall (raise its busy word, a full barrier, read the lease word: steps L1-L3) and
+  leaves by lowering its busy word.  Anyone else *steals* the lease: under the role's
+  flock (the channel file for producers, the ``.lock`` file for consumers; thieves one at
+  a time) it writes its own name into the lease word, a barrier, then waits until every
+  other busy word has read 0 once, skipping dead participants (L5-L8).  This is Dekker's
+  handshake: each side stores, fences, then loads the other's word, so at least one sees
+  the other; the entrant that sees a foreign name backs off, the thief that sees a busy
+  word waits.  The barrier is the acquisition of a ``threading.Lock`` (on x86-64 every
+  lock acquisition is a ``lock``-prefixed instruction, a full barrier), ~0.1 us against
+  ~3 us for a flock pair here, so a lone producer or consumer, or one that keeps the
+  CPU, pays no syscall per message; a steal costs about what a flock claim cost.  A
+  killed owner leaves its busy word at 1 and its slot lock free: thieves skip dead slots,
+  so a killed peer cannot wedge the others.  Version 1 files (made by older mmapkit, whose
+  processes flock every claim) and weakly ordered CPUs claim by flock, as before.  A claim
+  is never held while waiting.
 - Blocking: spin on the position for ``spin`` seconds (yielding the CPU between rounds:
   Disruptor's spin -> yield -> block), then sleep on the futex of the
   position's low 32 bits (mmapkit.wait.Waiter).  A sleeper first raises a "sleeping"
@@ -98,8 +112,8 @@ loses all of them at once, and every step below is safe to die in (K column).
     A5    write pid, sleeping=0, then the state  registry,   a live participant of our role
                                                  slot
     A6    release the registry lock              slot        -
-    S1    MP send: claim                         pclaim      other producers wait (polling
-                                                             when they have a deadline)
+    S1    MP send: claim (lease L1-L8, or a      pclaim      other producers wait (polling
+          flock of the channel file)                         when they have a deadline)
     S2    frame would cross the ring's end:      pclaim      a published PAD frame
           PAD word, then store head (publish)
     S3    no room: unclaim, wait for tail        -           (a claim is never held while
@@ -107,15 +121,35 @@ loses all of them at once, and every step below is safe to die in (K column).
     S4    payload, then length word above head   pclaim      nothing: bytes at and above
                                                              head are not published
     S5    store head: publish                    pclaim      the whole message
-    S6    unclaim; wake sleeping consumers       -           (K before S5: nothing visible;
-                                                             after: delivered)
-    R1    MC recv: claim                         cclaim      other consumers wait
+    S6    unclaim (lease: L9); wake sleeping     -           (K before S5: nothing visible;
+          consumers                                          after: delivered)
+    R1    MC recv: claim (lease L1-L8, or a      cclaim      other consumers wait
+          flock of the .lock file)
     R2    skip PADs (store tail past them);      cclaim      -
           copy the payload (or lend a view of it)
     R3    store tail                             cclaim      the message consumed (K before
                                                              R3: it stays for the next
                                                              consumer, never half-taken)
-    R4    unclaim; wake sleeping producers       -           -
+    R4    unclaim (lease: L9); wake sleeping     -           -
+          producers
+    L1    lease claim: busy word of our slot = 1 -           a thief waits for us (L7)
+    L2    barrier (acquire a threading.Lock)     -           -
+    L3    lease word names us: we are in         claim       (K: our busy word stays 1,
+                                                             our slot lock is free: dead,
+                                                             thieves skip us)
+    L4    else busy = 0 and steal:               -           -
+    L5    take the role's flock                  flock       other thieves wait (K: the
+                                                             kernel frees it)
+    L6    lease word = 1 + our slot; barrier     flock       entrants at L3 see it and
+                                                             steal in turn; an owner past
+                                                             L3 is still in its claim (K:
+                                                             the word names a dead slot:
+                                                             the next thief takes it)
+    L7    wait until every other slot's busy     flock       -
+          word read 0 once (or the slot is dead)
+    L8    our busy = 1, release the flock        claim       -
+    L9    unclaim: busy word = 0                 -           the lease stays ours: our next
+                                                             claim is L1-L3 again
     B1    broadcast send: evict (store tail      pclaim if   subscribers at an evicted
           first), then overwrite, store head     MP          cursor get OverrunError
     B2    subscriber: copy at cursor, re-read    -           -
@@ -197,6 +231,12 @@ assert (_HEAD_Q, _TAIL_Q, _CW_I, _PW_I) == (8, 16, 18, 34)
 _CE_I = fmt.CONSUMERS_EPOCH // 4
 _PE_I = fmt.PRODUCERS_EPOCH // 4
 _BELL_I = fmt.DOORBELL // 4
+_PLEASE_I = fmt.PRODUCER_LEASE // 4
+_CLEASE_I = fmt.CONSUMER_LEASE // 4
+# slot fields as u32 indexes within a slot (see _slot_word)
+_F_PBUSY = fmt.SLOT_PBUSY // 4
+_F_CBUSY = fmt.SLOT_CBUSY // 4
+_BUSY_SCAN = 64  # rounds of yielding on a busy peer between two looks at its liveness
 _PAD_EVICTED_Q = fmt.PAD_EVICTED // 8
 _PAD_WORD = fmt.KIND_PAD << 32
 _OBJ_HEAD = struct.Struct("<IIQ")  # buffer count, reserved, pickle length
@@ -210,7 +250,8 @@ def _slot_byte(slot: int, offset: int) -> int:
 
 
 def _slot_word(slot: int, field: int) -> int:
-    """Index in the u32 header view of ``field`` (0 state, 1 pid, 2 sleeping) of a slot."""
+    """Index in the u32 header view of ``field`` (0 state, 1 pid, 2 sleeping, 3 producer
+    busy, 7 consumer busy) of a slot."""
     return (fmt.SLOT_OFFSET + slot * fmt.SLOT_SIZE) // 4 + field
 
 
@@ -241,15 +282,67 @@ class Channel:
     # Slots: send() and recv() touch a dozen attributes per message, and an instance dict
     # of this size is past CPython's shared-key limit, where each access costs a lookup.
     __slots__ = (
-        "__weakref__", "_attach_mutex", "_base", "_base8", "_bc", "_bell", "_cap", "_cclaim",
-        "_clocked", "_closed", "_cslot", "_cursor", "_data", "_dq", "_empty_waits", "_fdbox",
-        "_finished", "_framers", "_full_waits", "_hdr", "_hdr8", "_hdr32", "_head_w", "_header",
-        "_identity", "_lock_fd", "_lock_identity", "_lock_path", "_max", "_mc", "_mm", "_mp",
-        "_path", "_pclaim",
-        "_pending_overrun", "_plocked", "_pslot", "_readable_end", "_received",
-        "_received_bytes", "_recv_fast", "_recv_mutex", "_region", "_room_end", "_send_fast",
-        "_send_limit", "_send_mutex", "_sent", "_sent_bytes", "_spin", "_tail_seen", "_tail_w",
-        "_woke_consumers", "_woke_producers",
+        "__weakref__",
+        "_attach_mutex",
+        "_base",
+        "_base8",
+        "_bc",
+        "_bell",
+        "_cap",
+        "_cbusy",
+        "_cclaim",
+        "_clease",
+        "_clocked",
+        "_closed",
+        "_cslot",
+        "_ctoken",
+        "_cursor",
+        "_data",
+        "_dq",
+        "_empty_waits",
+        "_fdbox",
+        "_fence",
+        "_finished",
+        "_framers",
+        "_full_waits",
+        "_hdr",
+        "_hdr8",
+        "_hdr32",
+        "_head_w",
+        "_header",
+        "_identity",
+        "_lock_fd",
+        "_lock_identity",
+        "_lock_path",
+        "_max",
+        "_mc",
+        "_mm",
+        "_mp",
+        "_path",
+        "_pbusy",
+        "_pclaim",
+        "_pending_overrun",
+        "_please",
+        "_plocked",
+        "_pslot",
+        "_ptoken",
+        "_readable_end",
+        "_received",
+        "_received_bytes",
+        "_recv_fast",
+        "_recv_mutex",
+        "_region",
+        "_room_end",
+        "_send_fast",
+        "_send_limit",
+        "_send_mutex",
+        "_sent",
+        "_sent_bytes",
+        "_spin",
+        "_tail_seen",
+        "_tail_w",
+        "_woke_consumers",
+        "_woke_producers",
     )
 
     def __init__(self, region: Region, header: fmt.Header, lock_fd: int, *,
@@ -273,6 +366,13 @@ class Channel:
         strict = _strict()
         self._plocked = self._mp or strict
         self._clocked = self._mc or strict
+        # Claims by lease (see the top comment): TSO only, version 2 files only (processes
+        # of an older mmapkit on a version 1 file flock every claim), never broadcast.
+        leases = not strict and header.version >= fmt.LEASE_VERSION
+        self._please = self._mp and leases and not self._bc
+        self._clease = self._mc and leases
+        self._fence = threading.Lock()  # acquiring it is a full barrier (a locked insn)
+        self._pbusy = self._cbusy = self._ptoken = self._ctoken = -1  # set by _attach()
         self._identity = identity  # (st_dev, st_ino) of the channel file
         self._lock_identity: tuple[int, int] | None = None
         if identity is not None:
@@ -537,6 +637,7 @@ class Channel:
         self._send_mutex = threading.Lock()
         self._recv_mutex = threading.Lock()
         self._attach_mutex = threading.Lock()
+        self._fence = threading.Lock()
         self._sent = self._sent_bytes = self._received = self._received_bytes = 0
         self._full_waits = self._empty_waits = 0
 
@@ -634,12 +735,16 @@ class Channel:
                         _pause("channel.attach:slot")
                     h32[_slot_word(slot, 1)] = os.getpid() & 0xFFFFFFFF
                     h32[_slot_word(slot, 2)] = 0
+                    h32[_slot_word(slot, _F_PBUSY)] = 0  # a dead owner's, if it died busy
+                    h32[_slot_word(slot, _F_CBUSY)] = 0
                     h32[_slot_word(slot, 0)] = role
                     if role == _PRODUCER:
+                        self._pbusy, self._ptoken = _slot_word(slot, _F_PBUSY), slot + 1
                         self._pslot = slot
                         self._send_fast = not (self._plocked or self._bc)
                         self._send_limit = self._max if self._send_fast else -1
                     else:
+                        self._cbusy, self._ctoken = _slot_word(slot, _F_CBUSY), slot + 1
                         self._cslot = slot
                         self._recv_fast = not self._clocked
                     return slot
@@ -794,6 +899,92 @@ class Channel:
     def _where(self) -> str:
         return self._path or "the anonymous channel"
 
+    def _p_enter(self, deadline: float | None) -> None:
+        """Step S1: take the producers' claim (the lease, or the flock)."""
+        if not self._please:
+            self._claim(self._pclaim, deadline, True)
+            return
+        h32, busy = self._hdr32, self._pbusy
+        h32[busy] = 1  # L1
+        self._fence.acquire()  # L2
+        self._fence.release()
+        if h32[_PLEASE_I] != self._ptoken:  # L3
+            h32[busy] = 0  # L4
+            self._steal(_PLEASE_I, _F_PBUSY, self._ptoken, self._pclaim, deadline, True)
+
+    def _p_leave(self) -> None:
+        """Step S6: let the producers' claim go."""
+        if self._please:
+            self._hdr32[self._pbusy] = 0  # L9
+        else:
+            fcntl.flock(self._pclaim, fcntl.LOCK_UN)
+
+    def _c_enter(self, deadline: float | None) -> None:
+        """Step R1: take the consumers' claim (the lease, or the flock)."""
+        if not self._clease:
+            self._claim(self._cclaim, deadline, False)
+            return
+        h32, busy = self._hdr32, self._cbusy
+        h32[busy] = 1
+        self._fence.acquire()
+        self._fence.release()
+        if h32[_CLEASE_I] != self._ctoken:
+            h32[busy] = 0
+            self._steal(_CLEASE_I, _F_CBUSY, self._ctoken, self._cclaim, deadline, False)
+
+    def _c_leave(self) -> None:
+        """Step R4: let the consumers' claim go."""
+        if self._clease:
+            self._hdr32[self._cbusy] = 0
+        else:
+            fcntl.flock(self._cclaim, fcntl.LOCK_UN)
+
+    def _steal(self, lease: int, field: int, token: int, fd: int, deadline: float | None,
+               full: bool) -> None:
+        """Steps L5-L8: take the lease from whoever holds it (live and idle, in a claim,
+        or dead) and return inside the claim, busy.  ``token`` is 1 + our slot."""
+        h32 = self._hdr32
+        self._claim(fd, deadline, full)  # L5: thieves one at a time
+        try:
+            h32[lease] = token  # L6
+            self._fence.acquire()
+            self._fence.release()
+            if _PAUSES:
+                _pause("channel.lease:stolen")
+            self._await_idle(field, token - 1, deadline, full)  # L7
+            h32[_slot_word(token - 1, field)] = 1  # L8: nobody else gets past L3 now
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _await_idle(self, field: int, me: int, deadline: float | None, full: bool) -> None:
+        """Step L7: wait until every other participant's busy word ``field`` has read 0
+        once since the lease changed hands (or its owner is dead)."""
+        h32 = self._hdr32
+        first = _slot_word(0, field)
+        words = h32[first : first + fmt.SLOT_COUNT * (fmt.SLOT_SIZE // 4) : fmt.SLOT_SIZE // 4]
+        try:
+            waiting = [i for i, b in enumerate(words.tolist()) if b and i != me]
+        finally:
+            words.release()
+        rounds = 0
+        while waiting:
+            waiting = [i for i in waiting if h32[_slot_word(i, field)]]
+            if not waiting:
+                return
+            rounds += 1
+            if rounds % _BUSY_SCAN == 0:
+                # A process killed inside its claim leaves its busy word at 1: a dead
+                # slot is out of every claim for good.
+                waiting = [i for i in waiting if self._alive(i)]
+                if not waiting:
+                    return
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise queue.Full if full else queue.Empty
+                if rounds >= 16 * _BUSY_SCAN:  # preempted inside its claim: do not spin
+                    time.sleep(0.0002)
+                    continue
+            os.sched_yield()
+
     def _claim(self, fd: int, deadline: float | None, full: bool) -> None:
         """Take a claim lock (producers' or consumers'), honouring the deadline."""
         if deadline is None:
@@ -860,18 +1051,18 @@ class Channel:
         write at.  With a producer claim lock, returns holding it."""
         while True:
             if self._plocked:
-                self._claim(self._pclaim, deadline, True)
+                self._p_enter(deadline)
             try:
                 head = self._place(need)
             except BaseException:
                 if self._plocked:
-                    fcntl.flock(self._pclaim, fcntl.LOCK_UN)
+                    self._p_leave()
                 raise
             if head >= 0:
                 return head
             tail = self._tail_seen
             if self._plocked:
-                fcntl.flock(self._pclaim, fcntl.LOCK_UN)
+                self._p_leave()
             self._await_room(tail, deadline)
 
     def send(self, data: bytes | bytearray | memoryview, timeout: float | None = None) -> None:
@@ -932,7 +1123,7 @@ class Channel:
                 _write_frame(self._data, head % self._cap, n, data)
                 self._hdr[_HEAD_Q] = head + need
             finally:
-                fcntl.flock(self._pclaim, fcntl.LOCK_UN)
+                self._p_leave()
             if self._hdr32[_CW_I]:
                 self._wake_consumers()
             self._sent += 1
@@ -1011,7 +1202,7 @@ class Channel:
                 self._sent_bytes += nbytes
             finally:
                 if self._plocked:
-                    fcntl.flock(self._pclaim, fcntl.LOCK_UN)
+                    self._p_leave()
             if self._hdr32[_CW_I]:
                 self._wake_consumers()
         return len(batch)
@@ -1062,7 +1253,7 @@ class Channel:
                 self._hdr[_HEAD_Q] = head + need
         finally:
             if self._plocked:
-                fcntl.flock(self._pclaim, fcntl.LOCK_UN)
+                self._p_leave()
         if publish:
             if self._hdr32[_CW_I]:
                 self._wake_consumers()
@@ -1151,7 +1342,7 @@ class Channel:
         hdr, cap = self._hdr, self._cap
         while True:
             if self._clocked:
-                self._claim(self._cclaim, deadline, False)
+                self._c_enter(deadline)
             try:
                 while True:
                     tail = hdr[_TAIL_Q]
@@ -1169,16 +1360,16 @@ class Channel:
                     return tail, pos + 8, n
             except BaseException:
                 if self._clocked:
-                    fcntl.flock(self._cclaim, fcntl.LOCK_UN)
+                    self._c_leave()
                 raise
             if self._clocked:
-                fcntl.flock(self._cclaim, fcntl.LOCK_UN)
+                self._c_leave()
             self._await_data(tail, deadline)
 
     def _release(self, tail: int, n: int) -> None:
         self._hdr[_TAIL_Q] = tail + ((n + 15) & ~7)
         if self._clocked:
-            fcntl.flock(self._cclaim, fcntl.LOCK_UN)
+            self._c_leave()
         if self._hdr32[_PW_I]:
             self._wake_producers()
         self._received += 1
@@ -1191,7 +1382,7 @@ class Channel:
                 out = self._mm[self._base + start : self._base + start + n]
             except BaseException:
                 if self._clocked:
-                    fcntl.flock(self._cclaim, fcntl.LOCK_UN)
+                    self._c_leave()
                 raise
             self._release(tail, n)
             return out
@@ -1257,7 +1448,7 @@ class Channel:
                 hdr[_TAIL_Q] = tail
             finally:
                 if self._clocked:
-                    fcntl.flock(self._cclaim, fcntl.LOCK_UN)
+                    self._c_leave()
             if self._hdr32[_PW_I]:
                 self._wake_producers()
             self._received += len(out)

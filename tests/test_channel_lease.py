@@ -1,0 +1,253 @@
+"""The claim lease of multi-producer / multi-consumer channels (steps L1-L9 of the state
+table in mmapkit/ipc/channel.py), one transition per test, with real unrelated
+processes: an owner inside its claim (in a ``reserve()`` block, or held at a pause point),
+a thief held after it wrote the lease word, owners killed with SIGKILL inside a claim.
+Each test ends with check()."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import queue
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from conftest import child_env
+from test_channel_protocol import Pause, finish
+
+from mmapkit.ipc import Channel
+from mmapkit.ipc import _format as fmt
+from mmapkit.ipc.channel import _slot_word
+
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(not fmt.VERSION >= fmt.LEASE_VERSION, reason="no leases"),
+]
+
+P_LEASE = fmt.PRODUCER_LEASE // 4
+C_LEASE = fmt.CONSUMER_LEASE // 4
+
+# A producer that takes the lease, then sits inside a claim (a reserve() block) until told.
+HOLDER = """
+    import sys
+    from mmapkit.ipc import Channel
+    ch = Channel.open(sys.argv[1])
+    ch.send(b"warm-up")  # takes the lease
+    with ch.reserve(5) as buf:
+        buf[:] = b"owner"
+        print("in claim", flush=True)
+        sys.stdin.readline()
+    print("out", flush=True)
+    sys.stdin.readline()
+    ch.close()
+"""
+
+
+def spawn(code: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args],
+                            env=child_env(), text=True, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def expect(proc: subprocess.Popen[str], line: str) -> None:
+    assert proc.stdout is not None
+    got = proc.stdout.readline().strip()
+    if got != line:
+        proc.kill()
+        _, err = proc.communicate()
+        pytest.fail(f"child said {got!r}, not {line!r}: {err}")
+
+
+def tell(proc: subprocess.Popen[str]) -> None:
+    assert proc.stdin is not None
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+
+
+def test_a_lone_owner_claims_without_the_flock(tmp_path: Path) -> None:
+    """L1-L3, L9: once a producer and a consumer hold their leases, claims take no flock:
+    with both flocks held by an outsider they still send and receive, while a second
+    producer (no lease) cannot get in."""
+    path = tmp_path / "ch"
+    ch = Channel.create(path, capacity=1 << 16, multi_producer=True, multi_consumer=True)
+    ch.send(b"first")
+    assert ch.recv() == b"first"
+    pslot, cslot = ch._pslot, ch._cslot
+    assert pslot is not None and cslot is not None
+    assert ch._hdr32[P_LEASE] == pslot + 1 and ch._hdr32[C_LEASE] == cslot + 1
+    outsider = [os.open(path, os.O_RDONLY), os.open(str(path) + ".lock", os.O_RDONLY)]
+    for fd in outsider:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    other = Channel.open(path)
+    try:
+        for i in range(100):
+            ch.send(b"%d" % i, timeout=1)
+            assert ch.recv(timeout=1) == b"%d" % i
+        with pytest.raises(queue.Full):
+            other.send(b"no lease, no flock", timeout=0.2)
+        assert ch._hdr32[P_LEASE] == pslot + 1  # the thief never got past L5
+        assert ch._hdr32[_slot_word(pslot, 3)] == 0  # not busy between claims (L9)
+    finally:
+        for fd in outsider:
+            os.close(fd)
+    other.send(b"now")  # L5-L8: the flock is free, the idle owner is robbed
+    assert ch._hdr32[P_LEASE] == other._pslot + 1  # type: ignore[operator]
+    ch.send(b"back")  # and the first owner steals it back
+    assert ch._hdr32[P_LEASE] == pslot + 1
+    assert [ch.recv(), ch.recv()] == [b"now", b"back"]
+    ch.check()
+    other.close()
+    ch.close()
+
+
+def test_a_thief_waits_for_the_owner_inside_its_claim(tmp_path: Path) -> None:
+    """L6 -> L7: the owner is past L3 (inside a reserve() block) when a thief writes the
+    lease word; the thief waits at L7 until the owner leaves, then sends; both messages
+    arrive whole, the owner's first."""
+    path = tmp_path / "ch"
+    ch = Channel.create(path, capacity=1 << 16, multi_producer=True)
+    owner = spawn(HOLDER, str(path))
+    expect(owner, "in claim")
+    assert ch.recv() == b"warm-up"
+    pause = Pause(tmp_path, "channel.lease:stolen")
+    thief = pause.spawn("""
+        import sys
+        from mmapkit.ipc import Channel
+        ch = Channel.open(sys.argv[1])
+        ch.send(b"thief")
+        print("sent", flush=True)
+        ch.close()
+    """, str(path))
+    pause.wait(thief)  # the lease word names the thief now
+    head = ch._hdr[8]
+    pause.go()
+    time.sleep(0.3)
+    assert thief.poll() is None  # waiting at L7 for the owner's busy word
+    assert ch._hdr[8] == head  # nothing published meanwhile
+    tell(owner)  # the owner publishes and leaves its claim
+    expect(owner, "out")
+    assert finish(thief) == "sent\n"
+    assert [ch.recv(timeout=5), ch.recv(timeout=5)] == [b"owner", b"thief"]
+    tell(owner)
+    finish(owner)
+    ch.check()
+    ch.close()
+
+
+def test_a_thief_that_cannot_wait_gives_up_and_the_owner_carries_on(tmp_path: Path) -> None:
+    """L7 with a deadline: the owner stays in its claim, the thief's send raises
+    queue.Full; the lease word names the thief, so the owner's next claim steals it back."""
+    path = tmp_path / "ch"
+    ch = Channel.create(path, capacity=1 << 16, multi_producer=True)
+    owner = spawn(HOLDER, str(path))
+    expect(owner, "in claim")
+    t0 = time.monotonic()
+    with pytest.raises(queue.Full):
+        ch.send(b"thief", timeout=0.3)
+    assert time.monotonic() - t0 >= 0.25
+    assert ch._pslot is not None and ch._hdr32[P_LEASE] == ch._pslot + 1
+    tell(owner)
+    expect(owner, "out")
+    ch.send(b"after")
+    assert [ch.recv(), ch.recv(), ch.recv()] == [b"warm-up", b"owner", b"after"]
+    tell(owner)
+    finish(owner)
+    ch.check()
+    ch.close()
+
+
+def test_an_owner_killed_inside_its_claim_never_wedges_the_others(tmp_path: Path) -> None:
+    """L3 then SIGKILL: the dead owner's busy word stays 1, its slot lock is free; the
+    thief skips it at L7.  Its frame was never published."""
+    path = tmp_path / "ch"
+    ch = Channel.create(path, capacity=1 << 16, multi_producer=True, multi_consumer=True)
+    owner = spawn(HOLDER, str(path))
+    expect(owner, "in claim")
+    owner.send_signal(signal.SIGKILL)
+    owner.wait()
+    assert ch.recv() == b"warm-up"
+    ch.send(b"survivor", timeout=5)
+    assert ch.recv(timeout=5) == b"survivor"
+    with pytest.raises(queue.Empty):
+        ch.recv_nowait()  # nothing of the killed owner's half-made message
+    ch.check()
+    ch.close()
+
+
+def test_a_consumer_killed_inside_its_claim_leaves_the_message(tmp_path: Path) -> None:
+    """R2 under a consumer lease, then SIGKILL: the next consumer steals the lease from
+    the dead one and gets the message whole."""
+    path = tmp_path / "ch"
+    ch = Channel.create(path, capacity=1 << 16, multi_consumer=True)
+    ch.send(b"one")
+    ch.send(b"two")
+    taker = spawn("""
+        import sys
+        from mmapkit.ipc import Channel
+        ch = Channel.open(sys.argv[1])
+        with ch.recv_view() as view:
+            print(bytes(view).decode(), flush=True)
+            sys.stdin.readline()
+    """, str(path))
+    expect(taker, "one")
+    taker.send_signal(signal.SIGKILL)
+    taker.wait()
+    assert [ch.recv(timeout=5), ch.recv(timeout=5)] == [b"one", b"two"]
+    ch.check()
+    ch.close()
+
+
+def test_a_thief_killed_after_taking_the_lease_word(tmp_path: Path) -> None:
+    """L6 then SIGKILL: entrants at L3 see the thief's name and steal in turn (they wait
+    for its flock meanwhile: a send with a deadline raises queue.Full); once the kernel
+    frees the flock the lease word names a dead slot and the next thief takes it."""
+    path = tmp_path / "ch"
+    ch = Channel.create(path, capacity=1 << 16, multi_producer=True)
+    ch.send(b"mine")
+    pause = Pause(tmp_path, "channel.lease:stolen")
+    thief = pause.spawn("""
+        import sys
+        from mmapkit.ipc import Channel
+        Channel.open(sys.argv[1]).send(b"never")
+    """, str(path))
+    pause.wait(thief)
+    assert ch._pslot is not None and ch._hdr32[P_LEASE] != ch._pslot + 1
+    with pytest.raises(queue.Full):
+        ch.send(b"blocked", timeout=0.2)  # L3 fails, L5 waits for the thief's flock
+    thief.send_signal(signal.SIGKILL)
+    thief.wait()
+    ch.send(b"after", timeout=5)
+    assert ch._hdr32[P_LEASE] == ch._pslot + 1
+    assert [ch.recv(), ch.recv()] == [b"mine", b"after"]
+    ch.check()
+    ch.close()
+
+
+def test_a_version_1_file_claims_by_flock(tmp_path: Path) -> None:
+    """A file made by an older mmapkit (version 1, no lease words): its processes flock
+    every claim, so ours do too; a held flock keeps our producer out."""
+    path = tmp_path / "ch"
+    cap = 1 << 12
+    with open(path, "wb") as f:
+        f.write(fmt.encode_header_v1(cap, fmt.FLAG_MULTI_PRODUCER).ljust(fmt.HEADER_SIZE
+                                                                         + cap, b"\0"))
+    ch = Channel.open(path)
+    assert ch._header.version == 1 and not ch._please
+    ch.send(b"a")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with pytest.raises(queue.Full):
+            ch.send(b"b", timeout=0.2)
+    finally:
+        os.close(fd)
+    ch.send(b"b")
+    assert [ch.recv(), ch.recv()] == [b"a", b"b"]
+    assert ch._hdr32[P_LEASE] == 0  # nothing written where version 2 keeps its lease
+    ch.check()
+    ch.close()
