@@ -34,8 +34,9 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import CorruptFileError, ForeignFileError, FormatVersionError
 
@@ -56,6 +57,7 @@ __all__ = [
     "LEASE_VERSION",
     "MAGIC",
     "NAME_SIZE",
+    "OBJ_HEAD",
     "PAD_EVICTED",
     "PRODUCERS_EPOCH",
     "PRODUCERS_WAITING",
@@ -79,6 +81,10 @@ __all__ = [
     "frame_size",
     "iter_frames",
     "max_message",
+    "obj_size",
+    "pickle_buffers",
+    "read_obj",
+    "write_obj",
 ]
 
 MAGIC = b"MMKCHAN\x00"
@@ -271,3 +277,72 @@ def check_positions(head: int, tail: int, capacity: int) -> None:
         raise CorruptFileError(
             f"impossible ring positions head={head} tail={tail} for capacity {capacity}; "
             "the channel is damaged: unlink it and create it again", offset=HEAD)
+
+
+# --- object payloads (Channel.send_obj; a Queue message is a u64 sequence number + this) --
+
+OBJ_HEAD = struct.Struct("<IIQ")  # out-of-band buffer count, reserved (0), pickle length
+_U64 = struct.Struct("<Q")
+
+
+def _pad8(n: int) -> int:
+    return (n + 7) & ~7
+
+
+def pickle_buffers(buffers: Sequence[Any]) -> list[memoryview]:
+    """The raw bytes of pickle's out-of-band ``PickleBuffer`` s, one copy only for a
+    buffer that is not contiguous."""
+    raws = []
+    for b in buffers:
+        try:
+            raws.append(b.raw())
+        except BufferError:
+            raws.append(memoryview(bytes(memoryview(b))))
+    return raws
+
+
+def obj_size(body_len: int, raws: Sequence[memoryview]) -> int:
+    """Bytes of an object payload: OBJ_HEAD, the pickle padded to 8 when buffers follow,
+    then each buffer as its u64 length and bytes, padded to 8 but the last."""
+    if not raws:
+        return OBJ_HEAD.size + body_len
+    return OBJ_HEAD.size + _pad8(body_len) + sum(8 + _pad8(r.nbytes) for r in raws)
+
+
+def write_obj(buf: Any, at: int, body: bytes, raws: Sequence[memoryview]) -> None:
+    """Write the object payload of pickle ``body`` and out-of-band ``raws`` at ``at`` of
+    the writable buffer ``buf`` (obj_size() bytes)."""
+    OBJ_HEAD.pack_into(buf, at, len(raws), 0, len(body))
+    at += OBJ_HEAD.size
+    buf[at : at + len(body)] = body
+    at += _pad8(len(body))
+    for r in raws:
+        _U64.pack_into(buf, at, r.nbytes)
+        at += 8
+        buf[at : at + r.nbytes] = r
+        at += _pad8(r.nbytes)
+
+
+def read_obj(buf: memoryview) -> tuple[memoryview, list[memoryview]]:
+    """(pickle, out-of-band buffers) of the object payload that is all of ``buf``, as
+    views of it.  ValueError when it is not one."""
+    try:
+        count, _, body_len = OBJ_HEAD.unpack_from(buf, 0)
+    except struct.error:
+        raise ValueError(f"{len(buf)} bytes are too short for an object header") from None
+    at = OBJ_HEAD.size
+    if at + body_len > len(buf):
+        raise ValueError("the pickle runs past the end")
+    body = buf[at : at + body_len]
+    at += _pad8(body_len)
+    bufs = []
+    for _ in range(count):
+        if at + 8 > len(buf):
+            raise ValueError("a buffer length runs past the end")
+        (size,) = _U64.unpack_from(buf, at)
+        at += 8
+        if at + size > len(buf):
+            raise ValueError("a buffer runs past the end")
+        bufs.append(buf[at : at + size])
+        at += _pad8(size)
+    return body, bufs

@@ -239,8 +239,8 @@ _F_CBUSY = fmt.SLOT_CBUSY // 4
 _BUSY_SCAN = 64  # rounds of yielding on a busy peer between two looks at its liveness
 _PAD_EVICTED_Q = fmt.PAD_EVICTED // 8
 _PAD_WORD = fmt.KIND_PAD << 32
-_OBJ_HEAD = struct.Struct("<IIQ")  # buffer count, reserved, pickle length
 _U64 = struct.Struct("<Q")
+_OBJ_HEAD_SIZE = fmt.OBJ_HEAD.size
 _FRAMED_MAX = 256  # payloads up to this long are framed by one cached Struct per length
 
 
@@ -939,6 +939,41 @@ class Channel:
         else:
             fcntl.flock(self._cclaim, fcntl.LOCK_UN)
 
+    def _lease_place(self, need: int) -> int:
+        """The common case of steps S1-S3 in one call: we hold the producers' lease (L1-L3)
+        and a frame of ``need`` bytes fits before the ring's end and below the room we saw
+        last; returns its head position, inside the claim.  Else -1, outside any claim
+        (the caller takes the general path: _acquire_space)."""
+        h32, busy = self._hdr32, self._pbusy
+        h32[busy] = 1
+        self._fence.acquire()
+        self._fence.release()
+        if h32[_PLEASE_I] == self._ptoken:
+            head: int = self._hdr[_HEAD_Q]
+            if head % self._cap + need <= self._cap and head + need <= self._room_end:
+                return head
+        h32[busy] = 0
+        return -1
+
+    def _lease_take(self) -> tuple[int, int, int] | None:
+        """The common case of steps R1-R2 in one call: we hold the consumers' lease and a
+        data frame is there; returns what _take() returns, inside the claim.  Else None,
+        outside any claim (the caller takes the general path: _take)."""
+        h32, busy = self._hdr32, self._cbusy
+        h32[busy] = 1
+        self._fence.acquire()
+        self._fence.release()
+        if h32[_CLEASE_I] == self._ctoken:
+            hdr = self._hdr
+            tail = hdr[_TAIL_Q]
+            head = hdr[_HEAD_Q]
+            pos = tail % self._cap
+            n = self._dq[pos >> 3]  # a PAD or damage has high bits: n + 8 > head - tail
+            if head != tail and pos + 8 + n <= self._cap and n + 8 <= head - tail:
+                return tail, pos + 8, n
+        h32[busy] = 0
+        return None
+
     def _steal(self, lease: int, field: int, token: int, fd: int, deadline: float | None,
                full: bool) -> None:
         """Steps L5-L8: take the lease from whoever holds it (live and idle, in a claim,
@@ -1118,7 +1153,9 @@ class Channel:
     def _send_locked(self, data: bytes | memoryview, n: int, need: int,
                      timeout: float | None) -> None:
         with self._send_mutex:
-            head = self._acquire_space(need, _deadline(timeout))
+            head = self._lease_place(need) if self._please else -1
+            if head < 0:
+                head = self._acquire_space(need, _deadline(timeout))
             try:
                 _write_frame(self._data, head % self._cap, n, data)
                 self._hdr[_HEAD_Q] = head + need
@@ -1377,7 +1414,8 @@ class Channel:
 
     def _recv_locked(self, timeout: float | None) -> bytes:
         with self._recv_mutex:
-            tail, start, n = self._take(_deadline(timeout))
+            taken = self._lease_take() if self._clease else None
+            tail, start, n = taken or self._take(_deadline(timeout))
             try:
                 out = self._mm[self._base + start : self._base + start + n]
             except BaseException:
@@ -1483,7 +1521,9 @@ class Channel:
         if it raises.  ``deadline`` is a time.monotonic() value (None: wait for room)."""
         need = self._in_place_need(n)
         with self._send_mutex if self._plocked else contextlib.nullcontext():
-            head = self._acquire_space(need, deadline)
+            head = self._lease_place(need) if self._please else -1
+            if head < 0:
+                head = self._acquire_space(need, deadline)
             done = False
             try:
                 fill(self._data, head % self._cap + 8)
@@ -1504,7 +1544,8 @@ class Channel:
                                         "shows; use recv() on broadcast channels")
             self._attach(_CONSUMER)
         with self._recv_mutex if self._clocked else contextlib.nullcontext():
-            tail, start, n = self._take(deadline)
+            taken = self._lease_take() if self._clease else None
+            tail, start, n = taken or self._take(deadline)
             try:
                 return take(self._mm, self._base + start, n)
             finally:
@@ -1803,59 +1844,35 @@ class Channel:
 
         buffers: list[pickle.PickleBuffer] = []
         body = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
-        raws: list[memoryview] = []
-        for b in buffers:
-            try:
-                raws.append(b.raw())
-            except BufferError:  # not contiguous: pickle it in-band after all
-                raws.append(memoryview(bytes(memoryview(b))))
-        total = _OBJ_HEAD.size + _pad8(len(body)) + sum(8 + _pad8(r.nbytes) for r in raws)
-        placed = (contextlib.nullcontext(memoryview(bytearray(total))) if self._bc
-                  else self.reserve(total, timeout))
-        with placed as buf:
-            _OBJ_HEAD.pack_into(buf, 0, len(raws), 0, len(body))
-            at = _OBJ_HEAD.size
-            buf[at : at + len(body)] = body
-            at += _pad8(len(body))
-            for r in raws:
-                _U64.pack_into(buf, at, r.nbytes)
-                at += 8
-                buf[at : at + r.nbytes] = r
-                at += _pad8(r.nbytes)
+        raws = fmt.pickle_buffers(buffers)
+        total = fmt.obj_size(len(body), raws)
+        try:
+            if self._bc:  # no writing in place: subscribers may be reading there
+                blob = bytearray(total)
+                fmt.write_obj(blob, 0, body, raws)
+                self.send(blob, timeout)
+            else:
+                self._send_with(total, lambda ring, at: fmt.write_obj(ring, at, body, raws),
+                                _deadline(timeout))
+        finally:
             for r in raws:
                 r.release()
-            if self._bc:
-                self.send(buf, timeout)
 
     def recv_obj(self, timeout: float | None = None) -> Any:
-        """Receive an object sent by :meth:`send_obj`.  The message is copied once, into a
-        bytearray; out-of-band buffers (numpy arrays) are views of that copy (writable)."""
-        if self._bc:
-            blob = bytearray(self.recv(timeout))
-        else:
-            with self.recv_view(timeout) as view:
-                blob = bytearray(view)
-        mv = memoryview(blob)
-        try:
-            count, _, body_len = _OBJ_HEAD.unpack_from(mv, 0)
-            at = _OBJ_HEAD.size
-            body = mv[at : at + body_len]
-            at += _pad8(body_len)
-            bufs = []
-            for _ in range(count):
-                (size,) = _U64.unpack_from(mv, at)
-                at += 8
-                if at + size > len(mv):
-                    raise ValueError("buffer past the end")
-                bufs.append(mv[at : at + size])
-                at += _pad8(size)
-            if _OBJ_HEAD.size + body_len > len(mv):
-                raise ValueError("pickle past the end")
-        except (struct.error, ValueError) as exc:
-            raise ValueError("the message is not an object sent by send_obj() "
-                             f"({exc}); receive it with recv()") from None
+        """Receive an object sent by :meth:`send_obj`.  The message is copied once: the
+        pickle alone (bytes) when it has no out-of-band buffer, else all of it into a
+        bytearray whose views the buffers (numpy arrays) are (writable)."""
+        blob = (bytearray(self.recv(timeout)) if self._bc
+                else self._recv_with(_copy_obj, _deadline(timeout)))
         import pickle
 
+        if blob.__class__ is bytes:
+            return pickle.loads(blob)
+        try:
+            body, bufs = fmt.read_obj(memoryview(blob))
+        except ValueError as exc:
+            raise ValueError(f"the message is not an object sent by send_obj() ({exc}); "
+                             "receive it with recv()") from None
         return pickle.loads(body, buffers=bufs)
 
     # --- status -----------------------------------------------------------------------
@@ -2058,6 +2075,16 @@ def _positions(hdr: memoryview) -> tuple[int, int] | None:
 def _deadline(timeout: float | None) -> float | None:
     """The time.monotonic() by which a wait of ``timeout`` seconds ends (None: never)."""
     return None if timeout is None else time.monotonic() + timeout
+
+
+def _copy_obj(mapping: mmap.mmap, at: int, n: int) -> bytes | bytearray:
+    """recv_obj()'s copy out of the ring: the pickle alone when the payload has no
+    out-of-band buffer (what pickle.loads takes), else all of it."""
+    if n >= _OBJ_HEAD_SIZE:
+        count, _, body_len = fmt.OBJ_HEAD.unpack_from(mapping, at)
+        if count == 0 and body_len <= n - _OBJ_HEAD_SIZE:
+            return mapping[at + _OBJ_HEAD_SIZE : at + _OBJ_HEAD_SIZE + body_len]
+    return bytearray(mapping[at : at + n])
 
 
 def _close_fds(box: list[int]) -> None:

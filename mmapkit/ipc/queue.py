@@ -18,10 +18,11 @@ Design rules:
 - No feeder thread: ``put()`` has written the message into shared memory when it returns,
   so nothing is lost when the putting process exits or is killed afterwards, and exiting
   never waits for a flush.
-- A message: ``seq`` (u64), buffer count (u32), reserved (u32), pickle length (u64), the
-  pickle (protocol 5) padded to 8, then each out-of-band buffer as length (u64) and bytes
-  padded to 8.  Buffers (numpy arrays, PickleBuffer) are copied straight into the ring and
-  come out as views of the one copy the receiver makes.
+- A message: ``seq`` (u64), then the object payload of ``Channel.send_obj`` (its one
+  spelling is in ``_format.py``: buffer count, reserved, pickle length, the pickle of
+  protocol 5, each out-of-band buffer as length and bytes).  Buffers (numpy arrays,
+  PickleBuffer) are copied straight into the ring and come out as views of the one copy
+  the receiver makes; an object without them comes out as its pickle alone (one copy).
 
 State page (little-endian words; one writer at a time per word, named in the table):
 
@@ -97,7 +98,7 @@ from ..lock import FileLock
 from ..region import Region
 from ..wait import Waiter
 from . import _format as fmt
-from .channel import _HEAD_Q, _PAD_WORD, _TAIL_Q, Channel, _pad8, _positions, _strict
+from .channel import _HEAD_Q, _PAD_WORD, _TAIL_Q, Channel, _positions, _strict
 from .channel import _close_fds as _close_all
 
 __all__ = ["JoinableQueue", "Queue", "SimpleQueue"]
@@ -108,8 +109,9 @@ _PUTS_Q, _GETS_Q, _DONE_Q = 0, 8, 24  # u64 indexes (offsets 0, 64, 192)
 _GETS_OFF, _DONE_OFF = 64, 192
 _GWAIT_I, _DWAIT_I = 32, 64  # u32 indexes (offsets 128, 256)
 _SLICE = 0.05
-_MSG = struct.Struct("<QIIQ")  # seq, buffer count, reserved, pickle length
-_U64 = struct.Struct("<Q")
+_SEQ = struct.Struct("<Q")  # a message: its sequence number, then an object payload
+_MSG = struct.Struct("<QIIQ")  # ...and the payload's head: the common case in one pack
+assert _MSG.size == _SEQ.size + fmt.OBJ_HEAD.size and _MSG.format[2:] == fmt.OBJ_HEAD.format[1:]
 
 
 def _shm_dir() -> str:
@@ -263,32 +265,19 @@ class _Shared:
     def _put_buffers(self, body: bytes, buffers: list[pickle.PickleBuffer], maxsize: int,
                      deadline: float | None) -> None:
         """put() of an object with out-of-band buffers: each copied once, into the ring."""
-        raws: list[memoryview] = []
-        for b in buffers:
-            try:
-                raws.append(b.raw())
-            except BufferError:  # not contiguous: one copy to make it so
-                raws.append(memoryview(bytes(memoryview(b))))
-        total = _MSG.size + _pad8(len(body)) + sum(8 + _pad8(r.nbytes) for r in raws)
+        raws = fmt.pickle_buffers(buffers)
         q = self.q
 
         def fill(ring: memoryview, at: int) -> None:  # steps P3-P4, under the claim
             seq = q[_PUTS_Q]
             if maxsize > 0 and seq - q[_GETS_Q] >= maxsize and self.pending():
                 raise _FullNow
-            _MSG.pack_into(ring, at, seq, len(raws), 0, len(body))
-            at += _MSG.size
-            ring[at : at + len(body)] = body
-            at += _pad8(len(body))
-            for r in raws:
-                _U64.pack_into(ring, at, r.nbytes)
-                at += 8
-                ring[at : at + r.nbytes] = r
-                at += _pad8(r.nbytes)
+            _SEQ.pack_into(ring, at, seq)
+            fmt.write_obj(ring, at + _SEQ.size, body, raws)
             q[_PUTS_Q] = seq + 1
 
         try:
-            self._send(total, fill, maxsize, deadline)
+            self._send(_SEQ.size + fmt.obj_size(len(body), raws), fill, maxsize, deadline)
         finally:
             for r in raws:
                 r.release()
@@ -387,21 +376,8 @@ def _decode(blob: bytes | bytearray) -> Any:
     """A message with out-of-band buffers (or a damaged one) back into its object."""
     mv = memoryview(blob)
     try:
-        _seq, count, _, body_len = _MSG.unpack_from(mv, 0)
-        at = _MSG.size
-        if at + body_len > len(mv):
-            raise ValueError("pickle past the end")
-        body = mv[at : at + body_len]
-        at += _pad8(body_len)
-        bufs = []
-        for _ in range(count):
-            (size,) = _U64.unpack_from(mv, at)
-            at += 8
-            if at + size > len(mv):
-                raise ValueError("buffer past the end")
-            bufs.append(mv[at : at + size])
-            at += _pad8(size)
-    except (struct.error, ValueError) as exc:
+        body, bufs = fmt.read_obj(mv[_SEQ.size :])
+    except ValueError as exc:
         raise _damaged(f"a message in the queue is not one a Queue put ({exc})") from None
     return pickle.loads(body, buffers=bufs)
 
