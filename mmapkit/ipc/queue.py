@@ -448,8 +448,10 @@ class Queue:
     def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
         """Put ``obj``; block while the queue is full (queue.Full after ``timeout``, or at
         once when ``block`` is false)."""
-        self._check_closed()
-        self._shared.put(obj, self._maxsize, _deadline(block, timeout))
+        if self._closed:
+            self._check_closed()
+        self._shared.put(obj, self._maxsize, None if block and timeout is None
+                         else _deadline(block, timeout))
 
     def put_nowait(self, obj: Any) -> None:
         self.put(obj, False)
@@ -457,8 +459,10 @@ class Queue:
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         """Remove and return the oldest object; block while the queue is empty
         (queue.Empty after ``timeout``, or at once when ``block`` is false)."""
-        self._check_closed()
-        return self._shared.get(_deadline(block, timeout))
+        if self._closed:
+            self._check_closed()
+        return self._shared.get(None if block and timeout is None
+                                else _deadline(block, timeout))
 
     def get_nowait(self) -> Any:
         return self.get(False)
