@@ -79,7 +79,8 @@ def test_a_lone_owner_claims_without_the_flock(tmp_path: Path) -> None:
     assert ch.recv() == b"first"
     pslot, cslot = ch._pslot, ch._cslot
     assert pslot is not None and cslot is not None
-    assert ch._hdr32[P_LEASE] == pslot + 1 and ch._hdr32[C_LEASE] == cslot + 1
+    assert ch._hdr32[P_LEASE] == ch._ptoken and ch._hdr32[C_LEASE] == ch._ctoken
+    assert ch._ptoken & 0xFF == pslot + 1 and ch._ctoken & 0xFF == cslot + 1
     outsider = [os.open(path, os.O_RDONLY), os.open(str(path) + ".lock", os.O_RDONLY)]
     for fd in outsider:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -90,15 +91,15 @@ def test_a_lone_owner_claims_without_the_flock(tmp_path: Path) -> None:
             assert ch.recv(timeout=1) == b"%d" % i
         with pytest.raises(queue.Full):
             other.send(b"no lease, no flock", timeout=0.2)
-        assert ch._hdr32[P_LEASE] == pslot + 1  # the thief never got past L5
+        assert ch._hdr32[P_LEASE] == ch._ptoken  # the thief never got past L5
         assert ch._hdr32[_slot_word(pslot, 3)] == 0  # not busy between claims (L9)
     finally:
         for fd in outsider:
             os.close(fd)
     other.send(b"now")  # L5-L8: the flock is free, the idle owner is robbed
-    assert ch._hdr32[P_LEASE] == other._pslot + 1  # type: ignore[operator]
+    assert ch._hdr32[P_LEASE] == other._ptoken
     ch.send(b"back")  # and the first owner steals it back
-    assert ch._hdr32[P_LEASE] == pslot + 1
+    assert ch._hdr32[P_LEASE] == ch._ptoken
     assert [ch.recv(), ch.recv()] == [b"now", b"back"]
     ch.check()
     other.close()
@@ -150,7 +151,7 @@ def test_a_thief_that_cannot_wait_gives_up_and_the_owner_carries_on(tmp_path: Pa
     with pytest.raises(queue.Full):
         ch.send(b"thief", timeout=0.3)
     assert time.monotonic() - t0 >= 0.25
-    assert ch._pslot is not None and ch._hdr32[P_LEASE] == ch._pslot + 1
+    assert ch._hdr32[P_LEASE] == ch._ptoken
     tell(owner)
     expect(owner, "out")
     ch.send(b"after")
@@ -216,16 +217,62 @@ def test_a_thief_killed_after_taking_the_lease_word(tmp_path: Path) -> None:
         Channel.open(sys.argv[1]).send(b"never")
     """, str(path))
     pause.wait(thief)
-    assert ch._pslot is not None and ch._hdr32[P_LEASE] != ch._pslot + 1
+    assert ch._hdr32[P_LEASE] != ch._ptoken
     with pytest.raises(queue.Full):
         ch.send(b"blocked", timeout=0.2)  # L3 fails, L5 waits for the thief's flock
     thief.send_signal(signal.SIGKILL)
     thief.wait()
     ch.send(b"after", timeout=5)
-    assert ch._hdr32[P_LEASE] == ch._pslot + 1
+    assert ch._hdr32[P_LEASE] == ch._ptoken
     assert [ch.recv(), ch.recv()] == [b"mine", b"after"]
     ch.check()
     ch.close()
+
+
+def test_a_dead_thiefs_slot_taken_again_does_not_inherit_its_lease(tmp_path: Path) -> None:
+    """L6, SIGKILL, then A4-A5: the thief died naming its slot in the lease word while the
+    owner was inside its claim.  A new producer that gets that very slot has a new lease
+    name (the slot's attach generation), so it steals (and waits at L7) instead of
+    entering beside the owner."""
+    path = tmp_path / "ch"
+    ch = Channel.create(path, capacity=1 << 16, multi_producer=True, multi_consumer=True)
+    owner = spawn(HOLDER, str(path))
+    expect(owner, "in claim")
+    assert ch.recv() == b"warm-up"  # ch is a consumer: its slot is taken
+    pause = Pause(tmp_path, "channel.lease:stolen")
+    thief = pause.spawn("""
+        import sys
+        from mmapkit.ipc import Channel
+        Channel.open(sys.argv[1]).send(b"never")
+    """, str(path))
+    pause.wait(thief)
+    dead_name = ch._hdr32[P_LEASE]
+    thief.send_signal(signal.SIGKILL)
+    thief.wait()
+    fillers = []  # every other slot to a live consumer: the thief's is the one left
+    while len(fillers) < fmt.SLOT_COUNT - 3:
+        h = Channel.open(path)
+        with pytest.raises(queue.Empty):
+            h.recv_nowait()
+        fillers.append(h)
+    new = Channel.open(path)
+    try:
+        with pytest.raises(queue.Full):
+            new.send(b"new", timeout=0.3)  # waits at L7 for the owner
+        assert new._pslot == (dead_name & 0xFF) - 1  # the dead thief's slot...
+        assert new._ptoken != dead_name  # ...under a new name
+        tell(owner)
+        expect(owner, "out")
+        new.send(b"new", timeout=5)
+        assert [ch.recv(), ch.recv()] == [b"owner", b"new"]
+        tell(owner)
+        finish(owner)
+        ch.check()
+    finally:
+        for h in fillers:
+            h.close()
+        new.close()
+        ch.close()
 
 
 def test_a_version_1_file_claims_by_flock(tmp_path: Path) -> None:

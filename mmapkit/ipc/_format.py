@@ -22,10 +22,11 @@ Design rules:
 - Positions (head, tail) are byte counts since the channel was created; they only grow.
   ``position % capacity`` is the place in the ring.  Head is written by producers only,
   tail by consumers only, each on its own cache line (no false sharing).
-- Version 2 adds the claim leases (one u32 per role: 1 + the slot of the participant
-  that holds it, 0 for none) and a "busy" u32 per role in each slot; channel.py says how
-  they are used.  Version 1 files (no leases: every claim is a flock) are still read and
-  used the version 1 way, so older processes attached to them stay correct.
+- Version 2 adds the claim leases (one u32 per role: the lease name of the participant
+  that holds it, 0 for none), a "busy" u32 per role and an attach generation in each
+  slot; channel.py says how they are used.  Version 1 files (no leases: every claim is a
+  flock) are still read and used the version 1 way, so older processes on them stay
+  correct.
 - A frame of kind PAD means "the rest of the ring up to its end is unused": a message is
   never split across the wrap-around, so a reader always gets one contiguous view.
 """
@@ -65,6 +66,7 @@ __all__ = [
     "SLOT_CBUSY",
     "SLOT_COUNT",
     "SLOT_CURSOR",
+    "SLOT_GENERATION",
     "SLOT_NAME",
     "SLOT_OFFSET",
     "SLOT_PBUSY",
@@ -103,17 +105,20 @@ CONSUMERS_WAITING = 72  # u32, consumers write
 CONSUMERS_EPOCH = 76  # u32, consumers write: bumped each time one goes to sleep
 DOORBELL = 80  # u32: 1 once any handle waits through the doorbell FIFO (fileno())
 PAD_EVICTED = 88  # u64, broadcast: start of a PAD the producer evicted with nothing else
-PRODUCER_LEASE = 96  # u32 (v2): 1 + slot of the producer holding the claim lease, 0: none
+PRODUCER_LEASE = 96  # u32 (v2): the lease name of the producer holding it, 0: none
 TAIL = 128  # u64, consumers write
 PRODUCERS_WAITING = 136  # u32, producers write
 PRODUCERS_EPOCH = 140  # u32, producers write
-CONSUMER_LEASE = 144  # u32 (v2): 1 + slot of the consumer holding the claim lease, 0: none
+CONSUMER_LEASE = 144  # u32 (v2): the lease name of the consumer holding it, 0: none
 FLAG_MULTI_PRODUCER = 1
 FLAG_MULTI_CONSUMER = 2
 FLAG_BROADCAST = 4
 _KNOWN_FLAGS = FLAG_MULTI_PRODUCER | FLAG_MULTI_CONSUMER | FLAG_BROADCAST
 SLOT_PBUSY = 12  # u32 in a slot (v2): 1 while its producer is in (or entering) a claim
 SLOT_CURSOR = 16  # u64 in a slot: a broadcast subscriber's read position
+SLOT_GENERATION = 24  # u32 in a slot (v2): bumped at each attach; a lease name is
+#                      generation << 8 | 1 + slot (24 bits of it: a name is never reused
+#                      while anything could still hold the old one)
 SLOT_CBUSY = 28  # u32 in a slot (v2): 1 while its consumer is in (or entering) a claim
 SLOT_NAME = 32  # 32 bytes in a slot: a subscriber's UTF-8 name, zero-padded
 NAME_SIZE = 32

@@ -140,11 +140,13 @@ loses all of them at once, and every step below is safe to die in (K column).
     L4    else busy = 0 and steal:               -           -
     L5    take the role's flock                  flock       other thieves wait (K: the
                                                              kernel frees it)
-    L6    lease word = 1 + our slot; barrier     flock       entrants at L3 see it and
-                                                             steal in turn; an owner past
+    L6    lease word = our name (slot and    flock       entrants at L3 see it and
+          its attach generation); barrier                    steal in turn; an owner past
                                                              L3 is still in its claim (K:
-                                                             the word names a dead slot:
-                                                             the next thief takes it)
+                                                             the word names a dead slot;
+                                                             a new attacher of that slot
+                                                             has a new name, so it steals
+                                                             too: nobody skips L7)
     L7    wait until every other slot's busy     flock       -
           word read 0 once (or the slot is dead)
     L8    our busy = 1, release the flock        claim       -
@@ -236,6 +238,7 @@ _CLEASE_I = fmt.CONSUMER_LEASE // 4
 # slot fields as u32 indexes within a slot (see _slot_word)
 _F_PBUSY = fmt.SLOT_PBUSY // 4
 _F_CBUSY = fmt.SLOT_CBUSY // 4
+_F_GEN = fmt.SLOT_GENERATION // 4
 _BUSY_SCAN = 64  # rounds of yielding on a busy peer between two looks at its liveness
 _PAD_EVICTED_Q = fmt.PAD_EVICTED // 8
 _PAD_WORD = fmt.KIND_PAD << 32
@@ -631,6 +634,7 @@ class Channel:
             raise
         self._sync_fds()
         self._pslot = self._cslot = None
+        self._pbusy = self._cbusy = self._ptoken = self._ctoken = -1  # the parent's
         self._send_fast = self._recv_fast = False
         self._send_limit = -1
         self._finished = False
@@ -737,14 +741,20 @@ class Channel:
                     h32[_slot_word(slot, 2)] = 0
                     h32[_slot_word(slot, _F_PBUSY)] = 0  # a dead owner's, if it died busy
                     h32[_slot_word(slot, _F_CBUSY)] = 0
+                    # A new lease name for every attach: a lease word left naming this slot
+                    # by a thief that died at L6-L7 must not let us in while the owner it
+                    # was waiting for is still inside its claim.
+                    gen = (h32[_slot_word(slot, _F_GEN)] + 1) & 0xFFFFFF
+                    h32[_slot_word(slot, _F_GEN)] = gen
+                    token = gen << 8 | (slot + 1)
                     h32[_slot_word(slot, 0)] = role
                     if role == _PRODUCER:
-                        self._pbusy, self._ptoken = _slot_word(slot, _F_PBUSY), slot + 1
+                        self._pbusy, self._ptoken = _slot_word(slot, _F_PBUSY), token
                         self._pslot = slot
                         self._send_fast = not (self._plocked or self._bc)
                         self._send_limit = self._max if self._send_fast else -1
                     else:
-                        self._cbusy, self._ctoken = _slot_word(slot, _F_CBUSY), slot + 1
+                        self._cbusy, self._ctoken = _slot_word(slot, _F_CBUSY), token
                         self._cslot = slot
                         self._recv_fast = not self._clocked
                     return slot
@@ -977,7 +987,8 @@ class Channel:
     def _steal(self, lease: int, field: int, token: int, fd: int, deadline: float | None,
                full: bool) -> None:
         """Steps L5-L8: take the lease from whoever holds it (live and idle, in a claim,
-        or dead) and return inside the claim, busy.  ``token`` is 1 + our slot."""
+        or dead) and return inside the claim, busy.  ``token``: our lease name, the
+        attach generation of our slot << 8 | 1 + the slot."""
         h32 = self._hdr32
         self._claim(fd, deadline, full)  # L5: thieves one at a time
         try:
@@ -986,8 +997,9 @@ class Channel:
             self._fence.release()
             if _PAUSES:
                 _pause("channel.lease:stolen")
-            self._await_idle(field, token - 1, deadline, full)  # L7
-            h32[_slot_word(token - 1, field)] = 1  # L8: nobody else gets past L3 now
+            slot = (token & 0xFF) - 1
+            self._await_idle(field, slot, deadline, full)  # L7
+            h32[_slot_word(slot, field)] = 1  # L8: nobody else gets past L3 now
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
 
