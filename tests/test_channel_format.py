@@ -9,6 +9,7 @@ import struct
 import zlib
 
 import pytest
+from conftest import exit_code, fork_child
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -288,3 +289,84 @@ def test_ring_matches_a_queue_model(capacity: int, ops: list[tuple[str, object]]
             assert ch.recv_nowait() == model.popleft()
         with pytest.raises(queue.Empty):
             ch.recv_nowait()
+
+
+# --- the hot paths write the codec's bytes ------------------------------------------------
+
+EDGES = (0, 1, 7, 8, 9, 15, 16, 17, 40, 255, 256, 257, 1000)
+
+
+def _payload(n: int) -> bytes:
+    return bytes((i * 7 + n) % 251 for i in range(n))
+
+
+def _send_each(ch: Channel, how: str, payload: bytes) -> None:
+    if how == "send":
+        ch.send(payload)
+    elif how == "send bytearray":
+        ch.send(bytearray(payload))
+    elif how == "send_many":
+        assert ch.send_many([payload]) == 1
+    elif how == "reserve":
+        with ch.reserve(len(payload)) as buf:
+            buf[:] = payload
+    else:  # the Queue's plain-call path
+
+        def fill(ring: memoryview, at: int) -> None:
+            ring[at : at + len(payload)] = payload
+
+        ch._send_with(len(payload), fill)
+
+
+@pytest.mark.parametrize("multi", [False, True], ids=["SPSC", "MPMC"])
+@pytest.mark.parametrize("how", ["send", "send bytearray", "send_many", "reserve", "send_with"])
+def test_every_send_path_writes_the_codecs_frame(how: str, multi: bool) -> None:
+    """The frame a fast path writes (its header word and payload) is byte for byte
+    fmt.encode_frame's, it advances head by fmt.frame_size, and a PAD is the codec's."""
+    cap = 4096
+    pads = 0
+    with Channel.anonymous(cap, multi_producer=multi, multi_consumer=multi) as ch:
+        for _ in range(3):  # ~6 KiB through a 4 KiB ring: it wraps, with a PAD
+            for n in EDGES:
+                payload = _payload(n)
+                head = ch._hdr[8]
+                _send_each(ch, how, payload)
+                new_head = ch._hdr[8]
+                pos = (new_head - fmt.frame_size(n)) % cap
+                if new_head - head != fmt.frame_size(n):  # a PAD went first, up to the end
+                    assert new_head - head == fmt.frame_size(n) + cap - head % cap
+                    assert bytes(ch._data[head % cap : head % cap + 8]) == fmt.FRAME.pack(
+                        0, fmt.KIND_PAD)
+                    assert pos == 0
+                    pads += 1
+                assert bytes(ch._data[pos : pos + 8 + n]) == fmt.encode_frame(payload)[: 8 + n]
+                ch.check()
+                assert ch.recv() == payload
+    assert pads >= 1
+
+
+def test_frames_written_by_another_process_are_the_codecs() -> None:
+    """The same across processes: a fork child sends through every path; the parent
+    decodes the ring with the codec alone and compares bytes."""
+    cap = 1 << 16
+    with Channel.anonymous(cap, multi_producer=True, multi_consumer=True) as ch:
+        hows = ["send", "send bytearray", "send_many", "reserve", "send_with"]
+
+        def child() -> None:
+            for how in hows:
+                for n in EDGES:
+                    _send_each(ch, how, _payload(n))
+            ch.finish()
+
+        assert exit_code(fork_child(child)) == 0
+        head, tail = ch._hdr[8], ch._hdr[16]
+        ring = bytes(ch._data)
+        frames = list(fmt.iter_frames(ring, tail, head))
+        expected = [_payload(n) for _ in hows for n in EDGES]
+        assert len(frames) == len(expected)
+        for (pos, start, length), payload in zip(frames, expected, strict=True):
+            at = pos % cap
+            assert ring[at : at + 8 + length] == fmt.encode_frame(payload)[: 8 + length]
+            assert ring[start : start + length] == payload
+        assert [ch.recv() for _ in expected] == expected
+        ch.check()

@@ -92,7 +92,8 @@ def test_a_lone_owner_claims_without_the_flock(tmp_path: Path) -> None:
         with pytest.raises(queue.Full):
             other.send(b"no lease, no flock", timeout=0.2)
         assert ch._hdr32[P_LEASE] == ch._ptoken  # the thief never got past L5
-        assert ch._hdr32[_slot_word(pslot, 3)] == 0  # not busy between claims (L9)
+        busy = _slot_word(pslot, fmt.SLOT_PBUSY // 4)
+        assert ch._hdr32[busy] == 0  # not busy between claims (L9)
     finally:
         for fd in outsider:
             os.close(fd)

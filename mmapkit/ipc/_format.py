@@ -56,10 +56,13 @@ __all__ = [
     "KIND_DATA",
     "KIND_PAD",
     "LEASE_VERSION",
+    "LOCK_REGISTRY",
+    "LOCK_SLOT",
     "MAGIC",
     "NAME_SIZE",
     "OBJ_HEAD",
     "PAD_EVICTED",
+    "PAD_WORD",
     "PRODUCERS_EPOCH",
     "PRODUCERS_WAITING",
     "PRODUCER_LEASE",
@@ -70,7 +73,15 @@ __all__ = [
     "SLOT_NAME",
     "SLOT_OFFSET",
     "SLOT_PBUSY",
+    "SLOT_PID",
     "SLOT_SIZE",
+    "SLOT_SLEEPING",
+    "SLOT_STATE",
+    "STATE_CONSUMER",
+    "STATE_FINISHED",
+    "STATE_FREE",
+    "STATE_PRODUCER",
+    "STATE_SUBSCRIBER",
     "TAIL",
     "VERSION",
     "Header",
@@ -125,6 +136,16 @@ NAME_SIZE = 32
 FRAME = struct.Struct("<II")  # payload length, kind
 KIND_DATA = 0
 KIND_PAD = 1
+PAD_WORD = KIND_PAD << 32  # a PAD frame's header read as one u64 (what the ring holds)
+# participant slot states (u32 at SLOT_STATE)
+STATE_FREE, STATE_PRODUCER, STATE_CONSUMER, STATE_FINISHED, STATE_SUBSCRIBER = 0, 1, 2, 3, 4
+SLOT_STATE = 0  # u32 in a slot
+SLOT_PID = 4  # u32 in a slot: the process that took it (informational)
+SLOT_SLEEPING = 8  # u32 in a slot: 1 while its participant sleeps
+# the side lock file's bytes (open-file-description byte-range locks)
+LOCK_REGISTRY = 2  # guards the slot table
+LOCK_SLOT = 64  # byte LOCK_SLOT + i: slot i's liveness lock, held for a handle's life
+assert FRAME.pack(0, KIND_PAD) == PAD_WORD.to_bytes(8, "little")
 MIN_CAPACITY = 64
 _MAX_LENGTH = 0xFFFFFFFF
 

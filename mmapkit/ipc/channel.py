@@ -219,10 +219,12 @@ _SLICE = 0.05  # longest single sleep before re-checking positions and peers
 _OPEN_ATTEMPTS = 20  # open() starts again this often when the path is replaced under it
 _DEFAULT_SPIN = 50e-6
 # lock-file bytes
-_LOCK_REGISTRY = 2
-_LOCK_SLOT = 64
+_LOCK_REGISTRY = fmt.LOCK_REGISTRY
+_LOCK_SLOT = fmt.LOCK_SLOT
 # slot states
-_FREE, _PRODUCER, _CONSUMER, _FINISHED, _SUBSCRIBER = 0, 1, 2, 3, 4
+_FREE, _PRODUCER, _CONSUMER, _FINISHED, _SUBSCRIBER = (
+    fmt.STATE_FREE, fmt.STATE_PRODUCER, fmt.STATE_CONSUMER, fmt.STATE_FINISHED,
+    fmt.STATE_SUBSCRIBER)
 # word indexes into the header cast as u64 / u32
 _HEAD_Q = fmt.HEAD // 8
 _TAIL_Q = fmt.TAIL // 8
@@ -236,12 +238,18 @@ _BELL_I = fmt.DOORBELL // 4
 _PLEASE_I = fmt.PRODUCER_LEASE // 4
 _CLEASE_I = fmt.CONSUMER_LEASE // 4
 # slot fields as u32 indexes within a slot (see _slot_word)
+_F_STATE = fmt.SLOT_STATE // 4
+_F_PID = fmt.SLOT_PID // 4
+_F_SLEEPING = fmt.SLOT_SLEEPING // 4
 _F_PBUSY = fmt.SLOT_PBUSY // 4
 _F_CBUSY = fmt.SLOT_CBUSY // 4
 _F_GEN = fmt.SLOT_GENERATION // 4
 _BUSY_SCAN = 64  # rounds of yielding on a busy peer between two looks at its liveness
 _PAD_EVICTED_Q = fmt.PAD_EVICTED // 8
-_PAD_WORD = fmt.KIND_PAD << 32
+_PAD_WORD = fmt.PAD_WORD
+# The hot paths spell a frame's size as ``(n + 15) & ~7`` (a call costs more than the
+# arithmetic there); it must be the codec's frame_size at every alignment.
+assert all((n + 15) & ~7 == fmt.frame_size(n) for n in range(64))
 _U64 = struct.Struct("<Q")
 _OBJ_HEAD_SIZE = fmt.OBJ_HEAD.size
 _FRAMED_MAX = 256  # payloads up to this long are framed by one cached Struct per length
@@ -253,8 +261,8 @@ def _slot_byte(slot: int, offset: int) -> int:
 
 
 def _slot_word(slot: int, field: int) -> int:
-    """Index in the u32 header view of ``field`` (0 state, 1 pid, 2 sleeping, 3 producer
-    busy, 7 consumer busy) of a slot."""
+    """Index in the u32 header view of field ``field`` (a u32 index within the slot:
+    _F_STATE, _F_PID, ...) of a slot."""
     return (fmt.SLOT_OFFSET + slot * fmt.SLOT_SIZE) // 4 + field
 
 
@@ -712,7 +720,7 @@ class Channel:
         fd, h32 = self._lock_fd, self._hdr32
         _platform.range_lock(fd, _LOCK_REGISTRY)
         try:
-            states = [(i, h32[_slot_word(i, 0)]) for i in range(fmt.SLOT_COUNT)]
+            states = [(i, h32[_slot_word(i, _F_STATE)]) for i in range(fmt.SLOT_COUNT)]
             alive = {i: self._alive(i) for i, st in states if st != _FREE}
             single = (role == _PRODUCER and not self._mp) or (role == _CONSUMER and not self._mc)
             if single and any(st == role and alive[i] for i, st in states):
@@ -724,8 +732,8 @@ class Channel:
                 # No live producer: a new stream starts; forget ended and abandoned ones.
                 for i, st in states:
                     if st in (_PRODUCER, _FINISHED) and not alive[i]:
-                        h32[_slot_word(i, 0)] = _FREE
-                states = [(i, h32[_slot_word(i, 0)]) for i in range(fmt.SLOT_COUNT)]
+                        h32[_slot_word(i, _F_STATE)] = _FREE
+                states = [(i, h32[_slot_word(i, _F_STATE)]) for i in range(fmt.SLOT_COUNT)]
             order = ([i for i, st in states if st == _FREE]
                      + [i for i, st in states if st == _CONSUMER and not alive[i]]
                      + [i for i, st in states if st in (_PRODUCER, _FINISHED) and not alive[i]])
@@ -737,8 +745,8 @@ class Channel:
                 if _platform.range_lock(fd, _LOCK_SLOT + slot, wait=False):
                     if _PAUSES:
                         _pause("channel.attach:slot")
-                    h32[_slot_word(slot, 1)] = os.getpid() & 0xFFFFFFFF
-                    h32[_slot_word(slot, 2)] = 0
+                    h32[_slot_word(slot, _F_PID)] = os.getpid() & 0xFFFFFFFF
+                    h32[_slot_word(slot, _F_SLEEPING)] = 0
                     h32[_slot_word(slot, _F_PBUSY)] = 0  # a dead owner's, if it died busy
                     h32[_slot_word(slot, _F_CBUSY)] = 0
                     # A new lease name for every attach: a lease word left naming this slot
@@ -747,7 +755,7 @@ class Channel:
                     gen = (h32[_slot_word(slot, _F_GEN)] + 1) & 0xFFFFFF
                     h32[_slot_word(slot, _F_GEN)] = gen
                     token = gen << 8 | (slot + 1)
-                    h32[_slot_word(slot, 0)] = role
+                    h32[_slot_word(slot, _F_STATE)] = role
                     if role == _PRODUCER:
                         self._pbusy, self._ptoken = _slot_word(slot, _F_PBUSY), token
                         self._pslot = slot
@@ -769,7 +777,7 @@ class Channel:
         h32 = self._hdr32
         alive = gone = finished = 0
         for i in range(fmt.SLOT_COUNT):
-            st = h32[_slot_word(i, 0)]
+            st = h32[_slot_word(i, _F_STATE)]
             if st == role:
                 if self._alive(i):
                     alive += 1
@@ -784,7 +792,7 @@ class Channel:
         h32 = self._hdr32
         slot = self._cslot if role == _CONSUMER else self._pslot
         assert slot is not None
-        h32[_slot_word(slot, 2)] = int(sleeping)
+        h32[_slot_word(slot, _F_SLEEPING)] = int(sleeping)
         word = _CW_I if role == _CONSUMER else _PW_I
         epoch = _CE_I if role == _CONSUMER else _PE_I
         shared = (self._mc or self._bc) if role == _CONSUMER else self._mp
@@ -800,9 +808,9 @@ class Channel:
         try:
             count = 0
             for i in range(fmt.SLOT_COUNT):
-                state = h32[_slot_word(i, 0)]
+                state = h32[_slot_word(i, _F_STATE)]
                 if ((state == role or (role == _CONSUMER and state == _SUBSCRIBER))
-                        and h32[_slot_word(i, 2)] and self._alive(i)):
+                        and h32[_slot_word(i, _F_SLEEPING)] and self._alive(i)):
                     count += 1
             if sleeping:
                 h32[epoch] = (h32[epoch] + 1) & 0xFFFFFFFF
@@ -1158,7 +1166,7 @@ class Channel:
         if self._bc:
             self._send_broadcast(data, n, timeout)
         elif self._plocked:
-            self._send_locked(data, n, (n + 15) & ~7, timeout)
+            self._send_locked(data, n, fmt.frame_size(n), timeout)
         else:
             self.send(data, timeout)
 
@@ -1231,7 +1239,7 @@ class Channel:
         while i < len(batch):
             first = batch[i]
             try:
-                head = self._acquire_space((len(first) + 15) & ~7, _deadline(timeout))
+                head = self._acquire_space(fmt.frame_size(len(first)), _deadline(timeout))
             except queue.Full:
                 if i:
                     return i  # the first i went out; the caller reports how many
@@ -1273,7 +1281,7 @@ class Channel:
             raise ValueError(f"cannot reserve {n} bytes")
         if n > self._max:
             raise self._too_large(n)
-        return (n + 15) & ~7
+        return fmt.frame_size(n)
 
     @contextlib.contextmanager
     def reserve(self, n: int, timeout: float | None = None) -> Iterator[memoryview]:
@@ -1320,7 +1328,7 @@ class Channel:
         if self._pslot is None:
             self._attach(_PRODUCER)
         assert self._pslot is not None
-        self._hdr32[_slot_word(self._pslot, 0)] = _FINISHED
+        self._hdr32[_slot_word(self._pslot, _F_STATE)] = _FINISHED
         self._finished = True
         self._send_fast = False
         self._send_limit = -1
@@ -1619,13 +1627,13 @@ class Channel:
         fd, h32, h8 = self._lock_fd, self._hdr32, self._hdr8
         _platform.range_lock(fd, _LOCK_REGISTRY)
         try:
-            states = [(i, h32[_slot_word(i, 0)]) for i in range(fmt.SLOT_COUNT)]
+            states = [(i, h32[_slot_word(i, _F_STATE)]) for i in range(fmt.SLOT_COUNT)]
             mine = [i for i, st in states if st == _SUBSCRIBER
                     and bytes(h8[_slot_byte(i, fmt.SLOT_NAME):_slot_byte(i, fmt.SLOT_NAME)
                                  + fmt.NAME_SIZE]).rstrip(b"\0") == raw]
             if mine and self._alive(mine[0]):
                 raise ModeConflictError(f"subscriber {name!r} is in use by a live process "
-                                        f"(pid {h32[_slot_word(mine[0], 1)]})")
+                                        f"(pid {h32[_slot_word(mine[0], _F_PID)]})")
             if mine:
                 order = mine
             else:
@@ -1642,9 +1650,9 @@ class Channel:
                        _slot_byte(slot, fmt.SLOT_NAME) + fmt.NAME_SIZE] = raw.ljust(
                            fmt.NAME_SIZE, b"\0")
                     self._hdr[cursor_q] = self._hdr[_TAIL_Q]
-                h32[_slot_word(slot, 1)] = os.getpid() & 0xFFFFFFFF
-                h32[_slot_word(slot, 2)] = 0
-                h32[_slot_word(slot, 0)] = _SUBSCRIBER
+                h32[_slot_word(slot, _F_PID)] = os.getpid() & 0xFFFFFFFF
+                h32[_slot_word(slot, _F_SLEEPING)] = 0
+                h32[_slot_word(slot, _F_STATE)] = _SUBSCRIBER
                 self._cslot = slot
                 self._cursor = int(self._hdr[cursor_q])
                 return self
@@ -1660,14 +1668,14 @@ class Channel:
 
     def _cursor_back(self, msg: bytes) -> None:
         """Un-receive the message just received (recv_many's byte limit)."""
-        self._set_cursor(self._cursor - ((len(msg) + 15) & ~7))
+        self._set_cursor(self._cursor - fmt.frame_size(len(msg)))
         self._received -= 1
         self._received_bytes -= len(msg)
 
     def _send_broadcast(self, data: bytes | memoryview, n: int, timeout: float | None) -> None:
         """Publish to every subscriber; never waits for readers: the oldest messages are
         evicted (tail moves first, then the bytes are overwritten) to make room."""
-        need = (n + 15) & ~7
+        need = fmt.frame_size(n)
         hdr, cap, dq = self._hdr, self._cap, self._dq
         with self._send_mutex:
             if self._plocked:
@@ -1680,7 +1688,7 @@ class Channel:
                 while tail < head and head + pad + need - tail > cap:
                     tpos = tail % cap
                     word = dq[tpos >> 3]
-                    tail += cap - tpos if word == _PAD_WORD else ((word & 0xFFFFFFFF) + 15) & ~7
+                    tail += cap - tpos if word == _PAD_WORD else fmt.frame_size(word & 0xFFFFFFFF)
                 if tail != hdr[_TAIL_Q]:
                     hdr[_TAIL_Q] = tail  # readers see the eviction before the overwrite
                 if pad:
@@ -1762,7 +1770,7 @@ class Channel:
         out = self._mm[self._base + pos + 8 : self._base + pos + 8 + n]
         if hdr[_TAIL_Q] > c:  # evicted during the copy: the bytes may be torn
             raise self._overrun(c, hdr[_TAIL_Q])
-        self._set_cursor(c + ((n + 15) & ~7))
+        self._set_cursor(c + fmt.frame_size(n))
         return out
 
     # --- doorbell and asyncio --------------------------------------------------------
@@ -1936,10 +1944,10 @@ class Channel:
                  _SUBSCRIBER: "subscriber"}
         slots = []
         for i in range(fmt.SLOT_COUNT):
-            st = h32[_slot_word(i, 0)]
+            st = h32[_slot_word(i, _F_STATE)]
             if st != _FREE:
                 entry: dict[str, Any] = {"slot": i, "role": names.get(st, f"unknown {st}"),
-                                         "pid": h32[_slot_word(i, 1)], "alive": self._alive(i)}
+                                         "pid": h32[_slot_word(i, _F_PID)], "alive": self._alive(i)}
                 if st == _SUBSCRIBER:
                     at = _slot_byte(i, fmt.SLOT_NAME)
                     entry["name"] = bytes(self._hdr8[at : at + fmt.NAME_SIZE]).rstrip(
@@ -1961,7 +1969,7 @@ class Channel:
         self._check_open()
         h32 = self._hdr32
         for i in range(fmt.SLOT_COUNT):
-            st = h32[_slot_word(i, 0)]
+            st = h32[_slot_word(i, _F_STATE)]
             if st not in (_FREE, _PRODUCER, _CONSUMER, _FINISHED, _SUBSCRIBER):
                 raise CorruptFileError(f"participant slot {i} of {self._where()} has the "
                                        f"unknown state {st}; the channel is damaged: unlink "
@@ -1997,9 +2005,9 @@ class Channel:
         self._closed = True
         try:
             if self._cslot is not None:
-                self._hdr32[_slot_word(self._cslot, 2)] = 0
+                self._hdr32[_slot_word(self._cslot, _F_SLEEPING)] = 0
                 if not self._bc:  # a subscriber keeps its name and cursor for next time
-                    self._hdr32[_slot_word(self._cslot, 0)] = _FREE
+                    self._hdr32[_slot_word(self._cslot, _F_STATE)] = _FREE
             self._pslot = self._cslot = None
             self._send_fast = self._recv_fast = False
             self._send_limit = -1
