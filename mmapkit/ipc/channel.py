@@ -196,6 +196,7 @@ from types import TracebackType
 from typing import Any
 
 from .. import _platform
+from .._fileio import flock_until
 from .._testhooks import PAUSES as _PAUSES
 from .._testhooks import pause as _pause
 from ..errors import (
@@ -1041,22 +1042,10 @@ class Channel:
             os.sched_yield()
 
     def _claim(self, fd: int, deadline: float | None, full: bool) -> None:
-        """Take a claim lock (producers' or consumers'), honouring the deadline."""
-        if deadline is None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            return
-        delay = 0.0001
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                pass
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise queue.Full if full else queue.Empty
-            time.sleep(min(delay, remaining))
-            delay = min(delay * 2, 0.005)
+        """Take a claim lock (producers' or consumers'), honouring the deadline.  Polls
+        start short: a claim is held for microseconds, not for a write to disk."""
+        if not flock_until(fd, fcntl.LOCK_EX, deadline, first=0.0001, most=0.005):
+            raise queue.Full if full else queue.Empty
 
     def _open_claims(self, strict: bool) -> tuple[int, int]:
         """The claim descriptors of an anonymous channel: unlinked temporary files (a named
