@@ -145,7 +145,9 @@ SLOT_SLEEPING = 8  # u32 in a slot: 1 while its participant sleeps
 # the side lock file's bytes (open-file-description byte-range locks)
 LOCK_REGISTRY = 2  # guards the slot table
 LOCK_SLOT = 64  # byte LOCK_SLOT + i: slot i's liveness lock, held for a handle's life
+# channel.py stores a frame header as one u64: a data frame's is its length, a PAD's this.
 assert FRAME.pack(0, KIND_PAD) == PAD_WORD.to_bytes(8, "little")
+assert all(FRAME.pack(n, KIND_DATA) == n.to_bytes(8, "little") for n in (0, 1, 0xFFFFFFFF))
 MIN_CAPACITY = 64
 _MAX_LENGTH = 0xFFFFFFFF
 
