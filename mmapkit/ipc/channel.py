@@ -56,20 +56,8 @@ Design rules:
   without finish()) producer.  A receiver whose producers are all gone gets BrokenError
   once it has drained the ring; when all of them called finish(), EndOfChannel.
 
-Participant slot states (one u32 per slot; the slot's lock byte says alive or not):
-
-    ==========  ====================  ==========================================
-    state       set by                meaning for others
-    ==========  ====================  ==========================================
-    FREE        consumer close()      nothing
-    PRODUCER    first send            live if locked; gone unfinished if not
-    CONSUMER    first recv            live if locked; dead consumer if not
-    FINISHED    finish()              this producer ended its stream
-    SUBSCRIBER  subscribe(name)       a broadcast cursor; kept (with its name) after close
-    ==========  ====================  ==========================================
-
-A new producer that finds no live producer clears the FINISHED and dead PRODUCER slots:
-it starts a new stream on the same ring.
+Participant slots (who is attached, in which role, alive or not): ``_slots.py``, with
+their state table; steps A1-A6 below are its ``take()``.
 
 Cross-process protocol.  Locks: ``registry`` = OFD lock on byte 2 of ``<path>.lock``;
 ``slot i`` = OFD lock on byte 64+i of it, held for a handle's whole life; ``pclaim`` =
@@ -213,15 +201,15 @@ from ..errors import (
 from ..region import Region
 from ..wait import Waiter
 from . import _format as fmt
+from . import _slots
+from ._slots import slot_byte as _slot_byte
+from ._slots import slot_word as _slot_word
 
 __all__ = ["Channel", "ChannelStatistics"]
 
 _SLICE = 0.05  # longest single sleep before re-checking positions and peers
 _OPEN_ATTEMPTS = 20  # open() starts again this often when the path is replaced under it
 _DEFAULT_SPIN = 50e-6
-# lock-file bytes
-_LOCK_REGISTRY = fmt.LOCK_REGISTRY
-_LOCK_SLOT = fmt.LOCK_SLOT
 # slot states
 _FREE, _PRODUCER, _CONSUMER, _FINISHED, _SUBSCRIBER = (
     fmt.STATE_FREE, fmt.STATE_PRODUCER, fmt.STATE_CONSUMER, fmt.STATE_FINISHED,
@@ -239,12 +227,8 @@ _BELL_I = fmt.DOORBELL // 4
 _PLEASE_I = fmt.PRODUCER_LEASE // 4
 _CLEASE_I = fmt.CONSUMER_LEASE // 4
 # slot fields as u32 indexes within a slot (see _slot_word)
-_F_STATE = fmt.SLOT_STATE // 4
-_F_PID = fmt.SLOT_PID // 4
-_F_SLEEPING = fmt.SLOT_SLEEPING // 4
-_F_PBUSY = fmt.SLOT_PBUSY // 4
-_F_CBUSY = fmt.SLOT_CBUSY // 4
-_F_GEN = fmt.SLOT_GENERATION // 4
+_F_STATE, _F_PID, _F_SLEEPING = _slots.F_STATE, _slots.F_PID, _slots.F_SLEEPING
+_F_PBUSY, _F_CBUSY = _slots.F_PBUSY, _slots.F_CBUSY
 _BUSY_SCAN = 64  # rounds of yielding on a busy peer between two looks at its liveness
 _PAD_EVICTED_Q = fmt.PAD_EVICTED // 8
 _PAD_WORD = fmt.PAD_WORD
@@ -254,17 +238,6 @@ assert all((n + 15) & ~7 == fmt.frame_size(n) for n in range(64))
 _U64 = struct.Struct("<Q")
 _OBJ_HEAD_SIZE = fmt.OBJ_HEAD.size
 _FRAMED_MAX = 256  # payloads up to this long are framed by one cached Struct per length
-
-
-def _slot_byte(slot: int, offset: int) -> int:
-    """Byte offset in the header of ``offset`` within participant slot ``slot``."""
-    return fmt.SLOT_OFFSET + slot * fmt.SLOT_SIZE + offset
-
-
-def _slot_word(slot: int, field: int) -> int:
-    """Index in the u32 header view of field ``field`` (a u32 index within the slot:
-    _F_STATE, _F_PID, ...) of a slot."""
-    return (fmt.SLOT_OFFSET + slot * fmt.SLOT_SIZE) // 4 + field
 
 
 @dataclass(frozen=True)
@@ -701,9 +674,7 @@ class Channel:
             raise ClosedError("this Channel handle is closed; open the channel again")
 
     def _alive(self, slot: int) -> bool:
-        if slot == self._pslot or slot == self._cslot:
-            return True
-        return _platform.range_held(self._lock_fd, _LOCK_SLOT + slot)
+        return _slots.alive(self._lock_fd, slot, (self._pslot, self._cslot))
 
     def _attach(self, role: int) -> int:
         """Take a participant slot for ``role`` and hold its lock for as long as we live."""
@@ -718,75 +689,27 @@ class Channel:
         if role == _CONSUMER and self._bc:
             raise ModeConflictError("this is a broadcast channel: call subscribe(name) on the "
                                     "handle first, then receive")
-        fd, h32 = self._lock_fd, self._hdr32
-        _platform.range_lock(fd, _LOCK_REGISTRY)
-        try:
-            states = [(i, h32[_slot_word(i, _F_STATE)]) for i in range(fmt.SLOT_COUNT)]
-            alive = {i: self._alive(i) for i, st in states if st != _FREE}
-            single = (role == _PRODUCER and not self._mp) or (role == _CONSUMER and not self._mc)
-            if single and any(st == role and alive[i] for i, st in states):
-                kind = "producer" if role == _PRODUCER else "consumer"
-                raise ModeConflictError(
-                    f"another process is already the {kind} of this single-{kind} channel; "
-                    f"create it with multi_{kind}=True to have several")
-            if role == _PRODUCER and not any(st == _PRODUCER and alive[i] for i, st in states):
-                # No live producer: a new stream starts; forget ended and abandoned ones.
-                for i, st in states:
-                    if st in (_PRODUCER, _FINISHED) and not alive[i]:
-                        h32[_slot_word(i, _F_STATE)] = _FREE
-                states = [(i, h32[_slot_word(i, _F_STATE)]) for i in range(fmt.SLOT_COUNT)]
-            order = ([i for i, st in states if st == _FREE]
-                     + [i for i, st in states if st == _CONSUMER and not alive[i]]
-                     + [i for i, st in states if st in (_PRODUCER, _FINISHED) and not alive[i]])
-            # Map the whole ring into this process now, not one page fault at a time while
-            # messages flow (the kernel may refuse: then faults happen as usual).
-            with contextlib.suppress(OSError, ValueError):
-                self._region.advise("populate", fmt.HEADER_SIZE, self._cap)
-            for slot in order:
-                if _platform.range_lock(fd, _LOCK_SLOT + slot, wait=False):
-                    if _PAUSES:
-                        _pause("channel.attach:slot")
-                    h32[_slot_word(slot, _F_PID)] = os.getpid() & 0xFFFFFFFF
-                    h32[_slot_word(slot, _F_SLEEPING)] = 0
-                    h32[_slot_word(slot, _F_PBUSY)] = 0  # a dead owner's, if it died busy
-                    h32[_slot_word(slot, _F_CBUSY)] = 0
-                    # A new lease name for every attach: a lease word left naming this slot
-                    # by a thief that died at L6-L7 must not let us in while the owner it
-                    # was waiting for is still inside its claim.
-                    gen = (h32[_slot_word(slot, _F_GEN)] + 1) & 0xFFFFFF
-                    h32[_slot_word(slot, _F_GEN)] = gen
-                    token = gen << 8 | (slot + 1)
-                    h32[_slot_word(slot, _F_STATE)] = role
-                    if role == _PRODUCER:
-                        self._pbusy, self._ptoken = _slot_word(slot, _F_PBUSY), token
-                        self._pslot = slot
-                        self._send_fast = not (self._plocked or self._bc)
-                        self._send_limit = self._max if self._send_fast else -1
-                    else:
-                        self._cbusy, self._ctoken = _slot_word(slot, _F_CBUSY), token
-                        self._cslot = slot
-                        self._recv_fast = not self._clocked
-                    return slot
-            raise ModeConflictError(
-                f"all {fmt.SLOT_COUNT} participant slots of the channel are taken by live "
-                "processes; close some handles first")
-        finally:
-            _platform.range_unlock(fd, _LOCK_REGISTRY)
+        # Map the whole ring into this process now, not one page fault at a time while
+        # messages flow (the kernel may refuse: then faults happen as usual).
+        with contextlib.suppress(OSError, ValueError):
+            self._region.advise("populate", fmt.HEADER_SIZE, self._cap)
+        multi = self._mp if role == _PRODUCER else self._mc
+        slot, token = _slots.take(self._hdr32, self._lock_fd, role, multi,
+                                  (self._pslot, self._cslot))
+        if role == _PRODUCER:
+            self._pbusy, self._ptoken = _slot_word(slot, _F_PBUSY), token
+            self._pslot = slot
+            self._send_fast = not (self._plocked or self._bc)
+            self._send_limit = self._max if self._send_fast else -1
+        else:
+            self._cbusy, self._ctoken = _slot_word(slot, _F_CBUSY), token
+            self._cslot = slot
+            self._recv_fast = not self._clocked
+        return slot
 
     def _census(self, role: int) -> tuple[int, int, int]:
         """(alive, gone, finished) participants of ``role`` (finished: producers only)."""
-        h32 = self._hdr32
-        alive = gone = finished = 0
-        for i in range(fmt.SLOT_COUNT):
-            st = h32[_slot_word(i, _F_STATE)]
-            if st == role:
-                if self._alive(i):
-                    alive += 1
-                else:
-                    gone += 1
-            elif st == _FINISHED and role == _PRODUCER:
-                finished += 1
-        return alive, gone, finished
+        return _slots.census(self._hdr32, self._lock_fd, role, (self._pslot, self._cslot))
 
     def _announce(self, role: int, sleeping: bool) -> None:
         """Raise or lower our "sleeping" flag so the other side knows to wake us."""
@@ -807,12 +730,7 @@ class Channel:
         claim = self._cclaim if role == _CONSUMER else self._pclaim
         fcntl.flock(claim, fcntl.LOCK_EX)
         try:
-            count = 0
-            for i in range(fmt.SLOT_COUNT):
-                state = h32[_slot_word(i, _F_STATE)]
-                if ((state == role or (role == _CONSUMER and state == _SUBSCRIBER))
-                        and h32[_slot_word(i, _F_SLEEPING)] and self._alive(i)):
-                    count += 1
+            count = _slots.sleepers(h32, self._lock_fd, role, (self._pslot, self._cslot))
             if sleeping:
                 h32[epoch] = (h32[epoch] + 1) & 0xFFFFFFFF
             h32[word] = count
@@ -1613,42 +1531,12 @@ class Channel:
         if not 1 <= len(raw) <= fmt.NAME_SIZE:
             raise ValueError(f"a subscriber name is 1 to {fmt.NAME_SIZE} bytes of UTF-8, "
                              f"got {len(raw)}")
-        fd, h32, h8 = self._lock_fd, self._hdr32, self._hdr8
-        _platform.range_lock(fd, _LOCK_REGISTRY)
-        try:
-            states = [(i, h32[_slot_word(i, _F_STATE)]) for i in range(fmt.SLOT_COUNT)]
-            mine = [i for i, st in states if st == _SUBSCRIBER
-                    and bytes(h8[_slot_byte(i, fmt.SLOT_NAME):_slot_byte(i, fmt.SLOT_NAME)
-                                 + fmt.NAME_SIZE]).rstrip(b"\0") == raw]
-            if mine and self._alive(mine[0]):
-                raise ModeConflictError(f"subscriber {name!r} is in use by a live process "
-                                        f"(pid {h32[_slot_word(mine[0], _F_PID)]})")
-            if mine:
-                order = mine
-            else:
-                alive = {i: self._alive(i) for i, st in states if st != _FREE}
-                order = ([i for i, st in states if st == _FREE]
-                         + [i for i, st in states if st == _CONSUMER and not alive[i]]
-                         + [i for i, st in states if st == _SUBSCRIBER and not alive[i]])
-            for slot in order:
-                if not _platform.range_lock(fd, _LOCK_SLOT + slot, wait=False):
-                    continue
-                cursor_q = _slot_byte(slot, fmt.SLOT_CURSOR) // 8
-                if not mine:  # a new name: start at the oldest retained message
-                    h8[_slot_byte(slot, fmt.SLOT_NAME):
-                       _slot_byte(slot, fmt.SLOT_NAME) + fmt.NAME_SIZE] = raw.ljust(
-                           fmt.NAME_SIZE, b"\0")
-                    self._hdr[cursor_q] = self._hdr[_TAIL_Q]
-                h32[_slot_word(slot, _F_PID)] = os.getpid() & 0xFFFFFFFF
-                h32[_slot_word(slot, _F_SLEEPING)] = 0
-                h32[_slot_word(slot, _F_STATE)] = _SUBSCRIBER
-                self._cslot = slot
-                self._cursor = int(self._hdr[cursor_q])
-                return self
-            raise ModeConflictError(f"all {fmt.SLOT_COUNT} participant slots are taken; "
-                                    "close some handles first")
-        finally:
-            _platform.range_unlock(fd, _LOCK_REGISTRY)
+        slot = _slots.take_subscriber(self._hdr32, self._hdr8, self._lock_fd, raw,
+                                      (self._pslot, self._cslot),
+                                      lambda: int(self._hdr[_TAIL_Q]))
+        self._cslot = slot
+        self._cursor = int(self._hdr[_slot_byte(slot, fmt.SLOT_CURSOR) // 8])
+        return self
 
     def _set_cursor(self, value: int) -> None:
         assert self._cslot is not None
