@@ -22,7 +22,7 @@ from test_channel_protocol import Pause, finish
 
 from mmapkit.ipc import Channel
 from mmapkit.ipc import _format as fmt
-from mmapkit.ipc.channel import _slot_word
+from mmapkit.ipc._slots import slot_word as _slot_word
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -250,7 +250,7 @@ def test_a_dead_thiefs_slot_taken_again_does_not_inherit_its_lease(tmp_path: Pat
     dead_name = ch._hdr32[P_LEASE]
     thief.send_signal(signal.SIGKILL)
     thief.wait()
-    fillers = []  # every other slot to a live consumer: the thief's is the one left
+    fillers: list[Channel] = []  # every other slot to a live consumer: the thief's is the one left
     while len(fillers) < fmt.SLOT_COUNT - 3:
         h = Channel.open(path)
         with pytest.raises(queue.Empty):
@@ -298,4 +298,31 @@ def test_a_version_1_file_claims_by_flock(tmp_path: Path) -> None:
     assert [ch.recv(), ch.recv()] == [b"a", b"b"]
     assert ch._hdr32[P_LEASE] == 0  # nothing written where version 2 keeps its lease
     ch.check()
+    ch.close()
+
+
+def test_an_interrupt_while_entering_leaves_no_busy_word(tmp_path: Path) -> None:
+    """L1-L3 interrupted (KeyboardInterrupt at the barrier): the busy word goes back to 0,
+    so a thief is not held up by a participant that is not inside a claim."""
+
+    class Interrupting:
+        def acquire(self) -> None:
+            raise KeyboardInterrupt
+
+        def release(self) -> None:  # pragma: no cover - never reached
+            pass
+
+    path = tmp_path / "ch"
+    ch = Channel.create(path, capacity=1 << 16, multi_producer=True)
+    ch.send(b"a")
+    real, ch._fence = ch._fence, Interrupting()  # type: ignore[assignment]
+    with pytest.raises(KeyboardInterrupt):
+        ch.send(b"b")
+    ch._fence = real
+    assert ch._hdr32[ch._pbusy] == 0
+    other = Channel.open(path)
+    other.send(b"c", timeout=1)  # steals at once: nobody is busy
+    assert [ch.recv(), ch.recv()] == [b"a", b"c"]
+    ch.check()
+    other.close()
     ch.close()

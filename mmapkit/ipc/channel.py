@@ -842,12 +842,17 @@ class Channel:
             self._claim(self._pclaim, deadline, True)
             return
         h32, busy = self._hdr32, self._pbusy
-        h32[busy] = 1  # L1
-        self._fence.acquire()  # L2
-        self._fence.release()
-        if h32[_PLEASE_I] != self._ptoken:  # L3
-            h32[busy] = 0  # L4
-            self._steal(_PLEASE_I, _F_PBUSY, self._ptoken, self._pclaim, deadline, True)
+        try:
+            h32[busy] = 1  # L1
+            self._fence.acquire()  # L2
+            self._fence.release()
+            if h32[_PLEASE_I] == self._ptoken:  # L3
+                return
+        except BaseException:  # KeyboardInterrupt: a busy word left up would stall thieves
+            h32[busy] = 0
+            raise
+        h32[busy] = 0  # L4
+        self._steal(_PLEASE_I, _F_PBUSY, self._ptoken, self._pclaim, deadline, True)
 
     def _p_leave(self) -> None:
         """Step S6: let the producers' claim go."""
@@ -862,12 +867,17 @@ class Channel:
             self._claim(self._cclaim, deadline, False)
             return
         h32, busy = self._hdr32, self._cbusy
-        h32[busy] = 1
-        self._fence.acquire()
-        self._fence.release()
-        if h32[_CLEASE_I] != self._ctoken:
+        try:
+            h32[busy] = 1
+            self._fence.acquire()
+            self._fence.release()
+            if h32[_CLEASE_I] == self._ctoken:
+                return
+        except BaseException:
             h32[busy] = 0
-            self._steal(_CLEASE_I, _F_CBUSY, self._ctoken, self._cclaim, deadline, False)
+            raise
+        h32[busy] = 0
+        self._steal(_CLEASE_I, _F_CBUSY, self._ctoken, self._cclaim, deadline, False)
 
     def _c_leave(self) -> None:
         """Step R4: let the consumers' claim go."""
@@ -882,13 +892,17 @@ class Channel:
         last; returns its head position, inside the claim.  Else -1, outside any claim
         (the caller takes the general path: _acquire_space)."""
         h32, busy = self._hdr32, self._pbusy
-        h32[busy] = 1
-        self._fence.acquire()
-        self._fence.release()
-        if h32[_PLEASE_I] == self._ptoken:
-            head: int = self._hdr[_HEAD_Q]
-            if head % self._cap + need <= self._cap and head + need <= self._room_end:
-                return head
+        try:
+            h32[busy] = 1
+            self._fence.acquire()
+            self._fence.release()
+            if h32[_PLEASE_I] == self._ptoken:
+                head: int = self._hdr[_HEAD_Q]
+                if head % self._cap + need <= self._cap and head + need <= self._room_end:
+                    return head
+        except BaseException:
+            h32[busy] = 0
+            raise
         h32[busy] = 0
         return -1
 
@@ -897,17 +911,21 @@ class Channel:
         data frame is there; returns what _take() returns, inside the claim.  Else None,
         outside any claim (the caller takes the general path: _take)."""
         h32, busy = self._hdr32, self._cbusy
-        h32[busy] = 1
-        self._fence.acquire()
-        self._fence.release()
-        if h32[_CLEASE_I] == self._ctoken:
-            hdr = self._hdr
-            tail = hdr[_TAIL_Q]
-            head = hdr[_HEAD_Q]
-            pos = tail % self._cap
-            n = self._dq[pos >> 3]  # a PAD or damage has high bits: n + 8 > head - tail
-            if head != tail and pos + 8 + n <= self._cap and n + 8 <= head - tail:
-                return tail, pos + 8, n
+        try:
+            h32[busy] = 1
+            self._fence.acquire()
+            self._fence.release()
+            if h32[_CLEASE_I] == self._ctoken:
+                hdr = self._hdr
+                tail = hdr[_TAIL_Q]
+                head = hdr[_HEAD_Q]
+                pos = tail % self._cap
+                n = self._dq[pos >> 3]  # a PAD or damage has high bits: n + 8 > head - tail
+                if head != tail and pos + 8 + n <= self._cap and n + 8 <= head - tail:
+                    return tail, pos + 8, n
+        except BaseException:
+            h32[busy] = 0
+            raise
         h32[busy] = 0
         return None
 
@@ -917,6 +935,7 @@ class Channel:
         or dead) and return inside the claim, busy.  ``token``: our lease name, the
         attach generation of our slot << 8 | 1 + the slot."""
         h32 = self._hdr32
+        slot = (token & 0xFF) - 1
         self._claim(fd, deadline, full)  # L5: thieves one at a time
         try:
             h32[lease] = token  # L6
@@ -924,9 +943,11 @@ class Channel:
             self._fence.release()
             if _PAUSES:
                 _pause("channel.lease:stolen")
-            slot = (token & 0xFF) - 1
             self._await_idle(field, slot, deadline, full)  # L7
             h32[_slot_word(slot, field)] = 1  # L8: nobody else gets past L3 now
+        except BaseException:
+            h32[_slot_word(slot, field)] = 0
+            raise
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
 
