@@ -27,9 +27,10 @@ Design rules:
   handshake: each side stores, fences, then loads the other's word, so at least one sees
   the other; the entrant that sees a foreign name backs off, the thief that sees a busy
   word waits.  The barrier is the acquisition of a ``threading.Lock`` (on x86-64 every
-  lock acquisition is a ``lock``-prefixed instruction, a full barrier), ~0.1 us against
-  ~3 us for a flock pair here, so a lone producer or consumer, or one that keeps the
-  CPU, pays no syscall per message; a steal costs about what a flock claim cost.  A
+  lock acquisition is a ``lock``-prefixed instruction, a full barrier), 0.2-0.4 us
+  against 5-7 us for a flock pair on the loaded test VM, so a lone producer or consumer,
+  or one that keeps the CPU, pays no syscall per message; a steal costs about what a
+  flock claim cost.  A
   killed owner leaves its busy word at 1 and its slot lock free: thieves skip dead slots,
   so a killed peer cannot wedge the others.  Version 1 files (made by older mmapkit, whose
   processes flock every claim) and weakly ordered CPUs claim by flock, as before.  A claim
@@ -38,8 +39,9 @@ Design rules:
   Disruptor's spin -> yield -> block), then sleep on the futex of the
   position's low 32 bits (mmapkit.wait.Waiter).  A sleeper first raises a "sleeping"
   word that the other side reads after each publish, so the fast path makes no syscall
-  unless someone sleeps.  From Python there is no store-load fence, so a publish can race
-  a sleeper's announcement; sleeps are therefore cut into slices of ``_SLICE`` seconds
+  unless someone sleeps.  The publish path takes no store-load barrier (the claims' lock
+  barrier costs as much as a send), so a publish can race a sleeper's announcement;
+  sleeps are therefore cut into slices of ``_SLICE`` seconds
   after which the sleeper re-checks: a lost wake-up costs at most one slice, never a hang.
 - Why a futex and not a pipe/FIFO doorbell (measured on a 2-vCPU VM, 2026-11): in C a
   futex and a pipe ping-pong the same (~5 us a round trip on one CPU, ~28 us across
