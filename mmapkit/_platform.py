@@ -568,3 +568,20 @@ def reopen_fd(fd: int) -> int:
             continue
     raise UnsupportedPlatformError(
         "cannot reopen an unlinked file here (no /proc/self/fd); use a Channel with a path")
+
+
+# --- processes -------------------------------------------------------------------------
+
+__all__ += ["pid_alive"]
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this machine (a zombie counts as alive; another
+    user's process too: we may not signal it, but it is there)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

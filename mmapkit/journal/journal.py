@@ -686,7 +686,7 @@ class Journal:
             free = -1
             for i in range(F.BELL_SLOTS):
                 v = int(u64[_I_BELL0 + i])
-                if v and (not _pid_alive(v >> 32) or not os.path.exists(
+                if v and (not _platform.pid_alive(v >> 32) or not os.path.exists(
                         os.path.join(self._dir, F.bell_name(v)))):
                     u64[_I_BELL0 + i] = 0
                     with contextlib.suppress(FileNotFoundError):
@@ -1382,16 +1382,6 @@ def _recount_bells(meta: _Meta) -> None:
     too low would leave a live reader's doorbell silent."""
     i0 = _I_BELL0
     meta.u32[_I_BELLS] = sum(1 for v in meta.u64[i0 : i0 + F.BELL_SLOTS].tolist() if v)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process: alive
-    return True
 
 
 def _index_slots(segment_bytes: int, interval: int) -> int:

@@ -56,6 +56,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .. import _platform
 from ..errors import (
     ClosedError,
     MirrorError,
@@ -259,20 +260,6 @@ def _boot_id() -> str:
         return "-"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (killed, not yet reaped) holds nothing any more
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 # Compare-and-set for the owner key: take it over from ARGV[1] (a dead holder) or drop ours.
 _CAS = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -415,7 +402,7 @@ class RedisStreamSink:
             # SET whose reply we never got)
         if (len(parts) == 4 and parts[0] == socket.gethostname() and parts[1] == _boot_id()
                 and parts[2].isdigit() and int(parts[2]) != os.getpid()
-                and not _pid_alive(int(parts[2]))
+                and not _platform.pid_alive(int(parts[2]))
                 and self._cas(keys=[self._owner], args=[held, token, self.lease_ms])):
             return  # its holder died on this machine: nobody else can be writing
         ttl = client.pttl(self._owner)
