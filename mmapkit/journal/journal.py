@@ -142,7 +142,6 @@ from .._testhooks import PAUSES, pause
 from ..errors import (
     ClosedError,
     CorruptFileError,
-    DiskFullError,
     ForeignFileError,
     FormatVersionError,
     JournalRecoveryWarning,
@@ -584,7 +583,8 @@ class Journal:
             try:
                 done = os.pwrite(seg.fd, data, pos)  # A5
             except OSError as exc:
-                raise self._write_error(exc) from exc
+                raise_if_disk_full(exc, self._full_message())
+                raise
             if done != n:
                 self._write(seg, memoryview(data)[done:], pos + done)
             if pos - (seg.last_indexed or _SEGMENT_HEADER) >= meta.u32[_I_INTERVAL]:
@@ -628,13 +628,6 @@ class Journal:
                 >= self._sync_every):
             self.sync()  # A8
         return first
-
-    def _write_error(self, exc: OSError) -> OSError:
-        try:
-            raise_if_disk_full(exc, self._full_message())
-        except DiskFullError as full:
-            return full
-        return exc
 
     def _full_message(self) -> str:
         return (f"no space left on the journal's file system ({self._dir}); nothing "
