@@ -115,6 +115,61 @@ def test_h3_a_busy_holder_hands_over_after_its_quantum(tmp_path: Path) -> None:
     assert KV.check(path).ok
 
 
+def test_h3_a_busy_update_with_loop_hands_over_after_its_quantum(tmp_path: Path) -> None:
+    """update_with() has its own multiprocess hot path (W1-W3 and H1-H3 folded in): a loop
+    of it must hand over to a waiter as a loop of sets does, and lose no increment."""
+    path = tmp_path / "busyinc.kv"
+    stop = threading.Event()
+    done = [0]
+    with KV(path, multiprocess=True, lock_hold=60.0) as kv:
+
+        def spin() -> None:
+            while not stop.is_set():
+                kv.update_with("n", lambda v: (v or 0) + 1)
+                done[0] += 1
+
+        t = threading.Thread(target=spin)
+        t.start()
+        try:
+            res = run_py(WRITE_ONE, str(path), "theirs", timeout=60)
+        finally:
+            stop.set()
+            t.join()
+        assert res.returncode == 0, res.stderr
+        assert float(res.stdout) < 5.0
+        assert kv["theirs"] == 1 and kv["n"] == done[0] > 0
+    assert KV.check(path).ok
+
+
+def test_update_with_fast_path_failures_and_odd_values(tmp_path: Path) -> None:
+    """fn raising leaves the value and the lock as they were (held, then handed to another
+    process that asks); a value the inline set cannot write goes the general way inside
+    the same turn; other processes' appends are read before fn sees the old value."""
+    path = tmp_path / "odd.kv"
+    with KV(path, multiprocess=True, lock_hold=60.0) as kv:
+        kv["n"] = 1
+
+        def boom(v: int) -> int:
+            raise RuntimeError("no")
+
+        with pytest.raises(RuntimeError):
+            kv.update_with("n", boom)
+        assert kv["n"] == 1
+        res = run_py(WRITE_ONE, str(path), "n", timeout=60)  # sets n = 1 from another process
+        assert res.returncode == 0, res.stderr
+        assert float(res.stdout) < 5.0  # the failed call left the lock held, not stuck
+        res = run_py(WRITE_ONE, str(path), "m", timeout=60)
+        assert res.returncode == 0, res.stderr
+        assert kv.update_with("m", lambda v: v + 41) == 42  # read their append first
+        assert kv.update_with("c", lambda v: [v, {"x": b"y"}], default=7) == [7, {"x": b"y"}]
+        assert kv.update_with("big", lambda v: 1 << 80, default=0) == 1 << 80
+        assert kv.update_with("u", lambda v: "\ud800", default="") == "\ud800"
+    with KV(path, multiprocess=True) as kv:
+        assert dict(kv) == {"n": 1, "m": 42, "c": [7, {"x": b"y"}], "big": 1 << 80,
+                            "u": "\ud800"}
+    assert KV.check(path).ok
+
+
 def test_a_second_handle_in_the_same_process_gets_the_lock(tmp_path: Path) -> None:
     path = tmp_path / "two.kv"
     with KV(path, multiprocess=True, lock_hold=60.0) as one, \

@@ -1144,6 +1144,25 @@ class KV(MutableMapping[str, Any], WriterLock):
     def update_with(self, key: str, fn: Any, default: Any = None) -> Any:
         """Atomically replace ``kv[key]`` by ``fn(old)`` (``old`` is ``default`` if missing)."""
         with self._tlock:
+            if self._inline_mp and not self._depth:
+                # Multiprocess, the lock taken or held and nobody else wrote, or others only
+                # appended (W1-W3, H1-H3): _enter_write/_exit_write with their checks folded
+                # in, as __setitem__ does (a contended counter is this call in a loop).
+                # Anything else (compacted, damaged) goes the general way below.
+                if not self._held:
+                    self._acquire_flock()
+                w = self._commit[0]
+                if w == self._seen or (not w & SUPERSEDED and self._read_appended(w)):
+                    self._depth = 1
+                    try:
+                        value = fn(self.get(key, default))
+                        self[key] = value
+                        return value
+                    finally:
+                        self._depth = 0
+                        words = self._waitw
+                        if self._held and (words[1] or words[3] or not self._hold):
+                            self._end_hold()
             self._enter_write()
             try:
                 value = fn(self.get(key, default))
