@@ -6,6 +6,7 @@ child by inheritance.  Each transition is tested with unrelated processes.
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -167,6 +168,46 @@ def test_update_with_fast_path_failures_and_odd_values(tmp_path: Path) -> None:
     with KV(path, multiprocess=True) as kv:
         assert dict(kv) == {"n": 1, "m": 42, "c": [7, {"x": b"y"}], "big": 1 << 80,
                             "u": "\ud800"}
+    assert KV.check(path).ok
+
+
+WAIT_THEN_INC = """
+    import sys
+    from mmapkit.kv import KV
+    with KV(sys.argv[1], multiprocess=True) as kv:
+        print("ready", flush=True)
+        sys.stdin.readline()
+        n = kv.update_with("n", lambda v: v + 1)
+        print(n, len(kv), kv["k19999"] == b"v" * 200, flush=True)
+"""
+
+
+def test_l3_a_waiter_follows_the_holders_writes_and_growth_while_it_waits(
+        tmp_path: Path) -> None:
+    """A waiter woken (or at the end of its slice) replays committed records lock-free
+    before it says it is ready (L3): while the holder writes 20k records and grows the
+    file several times under lock(), the waiter's replay remaps beside it; once it has
+    the lock its increment counts every write, and nothing is lost."""
+    path = tmp_path / "follow.kv"
+    with KV(path, multiprocess=True, lock_hold=60.0) as kv:
+        kv["n"] = 0
+        child = spawn(WAIT_THEN_INC, str(path), stdin=subprocess.PIPE)
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline().strip() == "ready"
+        size0 = path.stat().st_size
+        with kv.lock():
+            child.stdin.write("go\n")
+            child.stdin.flush()
+            time.sleep(0.2)  # the child is waiting for the lock (L2/L3)
+            for i in range(20000):
+                kv[f"k{i}"] = b"v" * 200
+                if i % 4000 == 0:
+                    time.sleep(0.02)  # slices end meanwhile: the child replays (L3)
+        assert path.stat().st_size > 2 * size0  # it grew while the child waited
+        out, err = child.communicate(timeout=60)
+        assert child.returncode == 0, err
+        assert out.split() == ["1", "20001", "True"]
+        assert kv["n"] == 1 and len(kv) == 20001
     assert KV.check(path).ok
 
 

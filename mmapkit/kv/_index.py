@@ -357,7 +357,7 @@ def setitem(self: KV, key: str, value: Any) -> None:
             # Taken, and nobody else wrote or others only appended: write.  Anything else
             # (compacted, damaged, full) goes the general way, via set().
             if not self._held:
-                self._acquire_flock()
+                self._acquire_flock(follow=True)
             w = self._commit[0]
             if (w == self._seen or (not w & SUPERSEDED and self._read_appended(w))) \
                     and put(self, body, n):

@@ -26,7 +26,7 @@ from ..lock import FileLock
 from ..region import Region
 from ..wait import Waiter
 from ._files import fd_path
-from .codec import OFF_LOCK_READY, OFF_LOCK_SEQ, OFF_LOCK_WANT, OFF_WAITERS
+from .codec import OFF_LOCK_READY, OFF_LOCK_SEQ, OFF_LOCK_WANT, OFF_WAITERS, SUPERSEDED
 
 __all__ = [
     "WriterLock",
@@ -72,17 +72,20 @@ class WriterLock:
         _tlock: threading.RLock
 
         def _refresh_inline(self) -> None: ...
+        def _read_appended(self, w: int) -> bool: ...
+        _commit: memoryview
+        _seen: int
     else:
         __slots__ = ()
 
-    def _take_own_lock(self) -> None:
+    def _take_own_lock(self, *, follow: bool = False) -> None:
         """_acquire_flock(), first making the lock ours if we are a fork child; nothing
         when this handle holds it already (H2)."""
         if self._held:
             return
         if self._forked:
             self._own_after_fork()
-        self._acquire_flock()
+        self._acquire_flock(follow=follow)
 
     def _own_after_fork(self) -> None:
         """A fork child shares the parent's open file descriptions, and so its flocks:
@@ -104,13 +107,15 @@ class WriterLock:
                 raise
             self._mode = mode  # (the inherited one is the parent's; we never unlock it)
 
-    def _acquire_flock(self) -> None:
+    def _acquire_flock(self, *, follow: bool = False) -> None:
+        """``follow``: the handle's index is current up to its commit word (a write path,
+        not a load): it may replay what others commit while it waits (L3)."""
         # A bare flock on our own descriptor: threads are already excluded by _tlock, so
         # FileLock's per-thread bookkeeping would only add cost to every write.
         try:
             _flock(self._fd, _LOCK_EX_NB)
         except BlockingIOError:
-            self._wait_for_lock()
+            self._wait_for_lock(follow=follow)
         else:
             if self._waitw[3]:
                 self._maybe_yield()
@@ -185,7 +190,7 @@ class WriterLock:
         _flock(self._fd, _LOCK_UN)
         self._wait_for_lock(spin=False)
 
-    def _wait_for_lock(self, *, spin: bool = True) -> None:
+    def _wait_for_lock(self, *, spin: bool = True, follow: bool = False) -> None:
         """Take the writer lock, sleeping until its holder hands it over.
 
         The flock stays the lock (the kernel drops a killed holder's flock at once); the
@@ -197,8 +202,11 @@ class WriterLock:
         L2   read the hand-over count, set "wanted",      a holder releasing after our
              try; sleep while the count is unchanged,     try sees "wanted" (both are
              at most _LOCK_SLICE                          system calls: not reordered)
-        L3   woken or the slice ended: set "ready" and    the holder, past its quantum,
-             try for up to _READY_SPIN                    lets go at its next take
+        L3   woken or the slice ended: replay what is     the holder writes on meanwhile
+             committed (R2, lock-free; write paths        (the replay runs beside it, not
+             only); set "ready" and try for up to         after it under the lock); past
+             _READY_SPIN                                  its quantum it lets go at its
+                                                          next take
         L4   got it: clear "ready", start our run         (quantum counts from here)
         ===  ===========================================  ===============================
 
@@ -242,6 +250,14 @@ class WriterLock:
                 assert self._region is not None
                 self._lock_waiter = Waiter(self._region, OFF_LOCK_SEQ)
             self._lock_waiter.wait(seq, min(remaining, _LOCK_SLICE))
+            if follow:
+                # L3: read the others' writes now, before saying we are ready, so the
+                # catch-up under the lock (W2) finds little left.  Lock-free reading of
+                # committed records is R2, what every reader does.
+                w = self._commit[0]
+                if w != self._seen and not w & SUPERSEDED:
+                    self._read_appended(w)
+                words = self._waitw  # (rebound if the file grew meanwhile)
             words[3] = 1  # L3: awake and trying; the holder lets go at its next take
             until = time.monotonic() + _READY_SPIN
             got = False

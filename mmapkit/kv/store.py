@@ -786,7 +786,7 @@ class KV(MutableMapping[str, Any], WriterLock):
         locked = False
         try:
             while True:
-                self._take_own_lock()
+                self._take_own_lock(follow=True)
                 locked = True
                 w = self._commit[0]
                 if w & SUPERSEDED:
@@ -1150,7 +1150,7 @@ class KV(MutableMapping[str, Any], WriterLock):
                 # in, as __setitem__ does (a contended counter is this call in a loop).
                 # Anything else (compacted, damaged) goes the general way below.
                 if not self._held:
-                    self._acquire_flock()
+                    self._acquire_flock(follow=True)
                 w = self._commit[0]
                 if w == self._seen or (not w & SUPERSEDED and self._read_appended(w)):
                     self._depth = 1
