@@ -150,22 +150,18 @@ from .._testhooks import PAUSES, pause
 from ..errors import (
     ClosedError,
     CorruptFileError,
-    DecryptionError,
     DiskFullError,
-    ExportedViewsError,
     FormatVersionError,
-    LockTimeout,
     ModeConflictError,
     ReadOnlyError,
 )
 from ..lock import FileLock
 from ..region import Region
 from ..wait import Waiter
-from . import _files, _index, _load, codec
+from . import _attach, _files, _follow, _index, _load, codec
 from ._crypto import OVERHEAD, Cipher
 from ._files import fd_path
 from ._index import PLAIN, SPECIAL, Expiring, Packed
-from ._load import Analysis
 from ._writelock import WriterLock
 from .codec import (
     DATA_START,
@@ -180,8 +176,6 @@ from .codec import (
     OFF_COMMIT,
     OFF_COMPACTIONS,
     OFF_CREATED,
-    OFF_LOCK_READY,
-    OFF_WAITERS,
     REC_FLAG_ENCRYPTED,
     SUPERSEDED,
     Record,
@@ -216,14 +210,6 @@ _CHURN_NS = 250_000_000
 _CHURN_MAX = 4 << 20
 _U64 = struct.Struct("<Q")
 
-# _seen while our file is marked superseded but the path still names it: never equal to a
-# commit word, so every read looks at the path again until the mark settles.
-_UNSETTLED = -1
-# What attaching to a file sets: _reopen() keeps the old values until the new file loads.
-_ATTACHED = ("_fd", "_ident", "_region", "_view", "_size", "_commit", "_waitw", "_waiter",
-             "_lock_waiter", "_want_waiter", "_index", "_nops", "_seq_base", "_pos", "_seen",
-             "_held")
-_MODE_GRACE = 0.25  # changed() re-checks at least this often (a lost wake costs latency only)
 
 
 class _Closed(dict[str, Any]):
@@ -265,6 +251,12 @@ class KV(MutableMapping[str, Any], WriterLock):
         "_size", "_tlock", "_undo", "_undo_all", "_view", "_waiter", "_waitw",
         "_want_waiter", "_watch_keys",
     )
+    # Bound by _attach.bind_views (the whole mapping, its size, the commit word, the
+    # waiters and lock words).
+    _view: memoryview
+    _size: int
+    _commit: memoryview
+    _waitw: memoryview
 
     def __init__(self, path: str | os.PathLike[str], *, multiprocess: bool = False,
                  key: bytes | None = None, capacity: int | None = None,
@@ -341,312 +333,33 @@ class KV(MutableMapping[str, Any], WriterLock):
             self._tlock = threading.RLock()
         self._refresh_inline()
 
-    def _take_mode_lock(self) -> FileLock | None:
-        lockpath = self._path + ".lock"
-        if self._readonly and not os.path.exists(self._path):
-            raise FileNotFoundError(f"no KV file at {self._path}; open it writable once to "
-                                    "create it")
-        try:
-            mode = FileLock(lockpath)
-        except PermissionError:
-            if self._readonly:
-                return None  # a read-only directory: nobody can write here, no lock needed
-            raise
-        try:
-            # A short grace: the kernel may release a just-killed holder's lock a moment
-            # after its parent reaped it (seen here about once in a thousand kill -9s).
-            mode.acquire(shared=self._shared, timeout=_MODE_GRACE)
-        except LockTimeout:
-            other = "multiprocess (or read-only)"
-            try:
-                mode.acquire(shared=True, timeout=0)
-            except LockTimeout:
-                other = "single-process"
-            else:
-                mode.release()
-            mode.close()
-            want = "single-process" if not self._shared else (
-                "read-only" if self._readonly else "multiprocess")
-            raise ModeConflictError(
-                f"{self._path} is open in {other} mode by another process; it cannot also be "
-                f"opened in {want} mode (that loses writes). Open it with multiprocess=True in "
-                "every process that uses it at the same time") from None
-        return mode
-
-    def _attach_path(self, *, create: bool) -> None:
-        """Open the file the path names now, recover it and load the index."""
-        while True:
-            fd = self._open_fd(create)
-            try:
-                if self._attach_fd(fd):
-                    return
-            except BaseException:
-                self._detach()
-                raise
-            self._detach()  # the path was replaced while we looked; open the new file
-
-    def _open_fd(self, create: bool) -> int:
-        flags = (os.O_RDONLY if self._readonly else os.O_RDWR) | getattr(os, "O_CLOEXEC", 0)
-        try:
-            return os.open(self._path, flags)
-        except FileNotFoundError:
-            if not create:
-                raise FileNotFoundError(f"no KV file at {self._path}; open it writable once "
-                                        "to create it") from None
-        self._create_file()
-        return os.open(self._path, flags)
-
-    def _create_file(self) -> None:
-        _files.create(self._path, self._cipher, self._min_cap)
-
-    def _init_empty(self, fd: int) -> None:
-        """Make an empty file (``touch``ed, nothing to lose) a new store, under the lock."""
-        if self._shared:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            _files.init_empty(fd, self._cipher, self._min_cap)
-        finally:
-            if self._shared:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-
-    def _attach_fd(self, fd: int) -> bool:
-        """Map ``fd`` and load it.  False when the path no longer names this file."""
-        self._fd = fd
-        st = os.fstat(fd)
-        self._ident = (st.st_dev, st.st_ino)
-        if st.st_size < HEADER_SIZE and self._shared:
-            # Only a touched empty file is this short (a created store is linked in whole):
-            # whoever initialises it holds the lock, so wait for them before looking.
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            st = os.fstat(fd)
-        if st.st_size == 0 and not self._readonly:
-            self._init_empty(fd)
-        elif st.st_size < HEADER_SIZE:
-            codec.parse_header(os.pread(fd, HEADER_SIZE, 0), path=self._path)
-        self._region = Region.open(fd_path(fd), readonly=self._readonly)
-        self._bind_views()
-        if PAUSES:
-            pause("kv.attach.mapped")
-        if self._commit[0] & SUPERSEDED and not self._path_is_mine():
-            return False  # replaced again already: follow the path once more
-        return self._load()
-
-    def _bind_views(self) -> None:
-        assert self._region is not None
-        view = self._region.view
-        self._view = view
-        self._size = view.nbytes
-        self._commit = view[OFF_COMMIT : OFF_COMMIT + 8].cast("Q")
-        # [0] waiters of changed(), [1] lock wanted, [2] lock hand-overs, [3] hand-over
-        # pending until (codec.OFF_*)
-        self._waitw = view[OFF_WAITERS : OFF_LOCK_READY + 4].cast("I")
-
-    def _rebind_views(self) -> None:
-        """Views of the region after it grew.  The old views are never released first:
-        another thread may be reading the commit word through them (a get() takes no
-        lock), and they keep the old mapping alive until they are dropped here."""
-        waiters = self._waiter, self._lock_waiter, self._want_waiter
-        self._waiter = self._lock_waiter = self._want_waiter = None  # (the old address)
-        self._bind_views()
-        for w in waiters:
-            if w is not None:
-                w.close()
-
-    def _unbind_views(self) -> None:
-        if self._region is None:
-            return  # nothing of ours is bound (_reopen() keeps the old views until it swaps)
-        for name in ("_commit", "_waitw"):
-            mv = getattr(self, name, None)
-            if mv is not None:
-                delattr(self, name)
-                mv.release()
-        if self._waiter is not None:
-            self._waiter.close()
-            self._waiter = None
-        if self._lock_waiter is not None:
-            self._lock_waiter.close()
-            self._lock_waiter = None
-        if self._want_waiter is not None:
-            self._want_waiter.close()
-            self._want_waiter = None
-
-    def _detach(self) -> None:
-        self._held = False  # closing the descriptor drops its flock
-        self._unbind_views()
-        if self._region is not None:
-            self._region.close()
-            self._region = None
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-    def _path_is_mine(self) -> bool:
-        try:
-            st = os.stat(self._path)
-        except FileNotFoundError:
-            return False
-        return (st.st_dev, st.st_ino) == self._ident
-
-    def _load(self, *, held: bool = False) -> bool:
-        """Read the mapped file into a fresh index; False if it was replaced meanwhile.
-
-        ``held``: this process holds the writer lock.  Without it (multiprocess and
-        read-only handles) the file is read lock-free up to one reading of the commit word
-        and nothing is written; what looks damaged is read again under the writer lock on
-        a fresh mapping before anything is concluded (see the protocol table).
-        """
-        if held or not self._shared:
-            return self._load_locked()
-        found = self._read(committed_only=True)
-        if found is not None:
-            analysis, index, bad = found
-            if not bad and not analysis.problems:
-                self._install(analysis, index, seen=analysis.header.commit)
-                return True
-        self._take_own_lock()
-        try:
-            return self._load_locked()
-        finally:
-            self._release_flock()
-
-    def _read(self, *, committed_only: bool
-              ) -> tuple[Analysis, dict[str, Any], list[tuple[int, int]]] | None:
-        """Scan and replay the mapped file: (analysis, index, ranges that do not verify).
-
-        ``committed_only`` (no lock held) reads nothing at or past the commit word's end
-        (those bytes belong to the lock holder and may be mid-write); a committed end past
-        the mapping is growth: map the file's current size and look again.  None: the
-        header's end is still beyond the file (suspect; the caller re-reads under lock).
-        """
-        hdr = codec.parse_header(self._view, path=self._path)
-        for _ in range(3):
-            if hdr.end <= self._size or not committed_only:
-                break
-            self._remap()  # growth: the writer extended the file before committing past it
-            hdr = codec.parse_header(self._view, path=self._path)
-        if committed_only and hdr.end > self._size:
-            return None
-        self._check_key(hdr)
-        self._seq_base = hdr.seq
-        loaded = _load.read(self._view, hdr, committed_only=committed_only,
-                            cipher=self._cipher, ser=self._ser)
-        self._nops = loaded.nops
-        self._has_ttl = self._has_ttl or loaded.has_ttl
-        return loaded.analysis, loaded.mapping, loaded.bad
-
-    def _load_locked(self) -> bool:
-        """_load() for the writer-lock holder (or a single-process handle).
-
-        Only here is damage concluded: it is reported, the file copied aside, and (when
-        this handle may write) the salvaged data compacted into a new file that replaces
-        the damaged one.  Nothing published is ever wound back: the commit word only
-        moves forward (over whole records a killed writer left past it).
-        """
-        if self._shared:
-            self._remap()  # the file may have grown since it was mapped
-            if self._commit[0] & SUPERSEDED and not self._path_is_mine():
-                return False  # replaced between our look and the lock
-        found = self._read(committed_only=False)
-        assert found is not None
-        analysis, index, bad = found
-        hdr = analysis.header
-        problems = list(analysis.problems)
-        if len(bad) > len(analysis.damaged):
-            problems.append(f"{len(bad) - len(analysis.damaged)} record(s) verify but do not "
-                            "decode or authenticate")
-        damaged = bool(bad or problems)
-        if damaged:
-            self._report_damage(problems, bad, len(analysis.records))
-        # An end word past the file (cut, or the word itself damaged) points at bytes
-        # nobody can have read: appending continues after what verifies.
-        end_ok = DATA_START <= hdr.end <= self._size and hdr.end % 8 == 0
-        pos = max(analysis.pos, hdr.end) if end_ok else analysis.pos
-        self._install(analysis, index, seen=hdr.commit)
-        self._pos = pos
-        if self._readonly:
-            return True
-        if analysis.dirty_tail and pos < self._size:
-            self._zero_tail(pos)  # a torn, unacknowledged write: bytes only we may write
-        if damaged:
-            try:
-                self._rewrite(self._image(self._cipher), self._cipher)
-                return True  # the salvaged data now lives in a new, clean file
-            except DiskFullError:
-                pass  # keep working in this file; the damage is reported again next time
-            if not hdr.crc_ok:
-                fixed = codec.build_header(
-                    flags=hdr.flags, salt=hdr.salt, created_ns=hdr.created_ns,
-                    keycheck=hdr.keycheck, end=0)
-                self._view[:64] = fixed[:64]
-        commit = self._commit[0]
-        if commit & SUPERSEDED:
-            # We hold the lock and the path still names this file: its compactor died
-            # between marking it and renaming the successor in.  It is still the store.
-            commit &= END_MASK
-        if commit != pos:
-            commit = pos  # forward only (pos >= the committed end), or a damaged end word
-        if self._commit[0] != commit:
-            self._commit[0] = commit
-        self._seen = commit
-        return True
-
-    def _install(self, analysis: Analysis, index: dict[str, Any], *, seen: int) -> None:
-        """Make a loaded index current; ``seen`` is the commit word it reflects."""
-        self._pos = analysis.pos
-        # A file marked superseded with the path still naming it (a rename pending, or its
-        # compactor died): look at the path again on every read until that settles.
-        self._seen = _UNSETTLED if seen & SUPERSEDED else seen
-        # The index now holds every value: give the scanned pages back (RSS), they stay in
-        # the page cache and the file.  Safe for shared file mappings.
-        scanned = _platform.align_down(min(analysis.pos, self._size))
-        if scanned:
-            with contextlib.suppress(OSError, ValueError):
-                assert self._region is not None
-                self._region.advise("dontneed", 0, scanned)
-        old = self._index
-        self._index = index
-        if self._changes is not None:
-            self._note_diff(old, index)
-
-    def _check_key(self, hdr: codec.Header) -> None:
-        if not hdr.crc_ok:
-            # The flags may be the damaged bytes: let the key check and the records' own
-            # flags decide (an encrypted record read without a key counts as damaged).
-            if self._cipher is not None and not self._cipher.verify(hdr.keycheck, hdr.salt):
-                raise DecryptionError(f"wrong key for {self._path} (or its header is "
-                                      "damaged)", path=self._path)
-            return
-        if hdr.encrypted and self._cipher is None:
-            raise DecryptionError(f"{self._path} is encrypted; open it with key=", path=self._path)
-        if not hdr.encrypted and self._cipher is not None:
-            raise DecryptionError(f"{self._path} is not encrypted but key= was given; open it "
-                                  "without key= and call rekey(key) to encrypt it",
-                                  path=self._path)
-        if self._cipher is not None and not self._cipher.verify(hdr.keycheck, hdr.salt):
-            raise DecryptionError(f"wrong key for {self._path}: the key check does not "
-                                  "authenticate", path=self._path)
-
-    def _report_damage(self, problems: list[str], bad: list[tuple[int, int]],
-                       salvaged: int) -> None:
-        lost = sum(b - a for a, b in bad)
-        msg = f"{self._path} is damaged: " + "; ".join(problems)
-        if not self._recover:
-            raise CorruptFileError(msg + ". Open with recover=True to salvage the rest, or run "
-                                   "KV.repair(path)", path=self._path,
-                                   offset=bad[0][0] if bad else 0, salvaged=salvaged,
-                                   lost=len(bad))
-        kept = ""
-        if not self._readonly:
-            kept = f"; the damaged file was copied to {_files.keep_damaged(self._path)}"
-        warnings.warn(f"{msg}. Salvaged {salvaged} record(s), lost {lost} bytes{kept}",
-                      RuntimeWarning, stacklevel=4)
-
-    def _zero_tail(self, pos: int) -> None:
-        data = bytes(self._view[pos:])
-        k = data.find(b"\0" * 64)
-        stop = pos + (len(data) if k < 0 else k)
-        self._view[pos:stop] = bytes(stop - pos)
+    # Attaching to a file (O1, F1: open, map, views, detach) and reading it into the index
+    # (O2-O4 and R2: the first load, damage concluded under the lock, every catch-up after)
+    # live in _attach.py and _follow.py, bound here as methods.
+    _take_mode_lock = _attach.take_mode_lock
+    _attach_path = _attach.attach_path
+    _open_fd = _attach.open_fd
+    _create_file = _attach.create_file
+    _init_empty = _attach.init_empty
+    _attach_fd = _attach.attach_fd
+    _bind_views = _attach.bind_views
+    _rebind_views = _attach.rebind_views
+    _unbind_views = _attach.unbind_views
+    _detach = _attach.detach
+    _path_is_mine = _attach.path_is_mine
+    _remap = _attach.remap
+    _reopen = _attach.reopen
+    _load = _follow.load
+    _read = _follow.read
+    _load_locked = _follow.load_locked
+    _install = _follow.install
+    _check_key = _follow.check_key
+    _report_damage = _follow.report_damage
+    _zero_tail = _follow.zero_tail
+    _poll = _follow.poll
+    _catch_up = _follow.catch_up
+    _read_appended = _follow.read_appended
+    _reload = _follow.reload
 
     # --- replay -------------------------------------------------------------------------
 
@@ -675,99 +388,6 @@ class KV(MutableMapping[str, Any], WriterLock):
         if type(v) is Packed:
             return v.data
         return (type(v), v)
-
-    # --- following other processes (multiprocess / readonly) ----------------------------
-
-    def _poll(self) -> None:
-        """Catch up with records other processes committed (no lock, no syscall if none)."""
-        if self._commit[0] != self._seen:
-            with self._tlock:
-                # Inside lock()/batch() this thread holds the writer lock already.
-                self._catch_up(held=self._depth > 0)
-
-    def _catch_up(self, *, held: bool) -> None:
-        """Follow the commit word: read appended records, move to a replacement file."""
-        w = self._commit[0]
-        if w == self._seen:
-            return
-        if w & SUPERSEDED and not self._path_is_mine():
-            self._reopen()  # compacted: the path names the new file (on failure: unchanged)
-            return
-        # (Marked with the path still ours: a rename pending or a dead compactor.  Either
-        # way the file is whole, and _read_appended() keeps us looking at the path.)
-        if not self._read_appended(w):
-            self._reload(held)  # damage is only concluded under the lock, on a reload
-
-    def _read_appended(self, w: int) -> bool:
-        """Replay the records appended up to commit word ``w`` (R2).  False when anything
-        is unusual (the end went back or past the file, a record does not verify): the
-        caller reloads instead, which re-verifies under the lock."""
-        end = w & END_MASK
-        if end > self._size:
-            self._remap()  # growth: the writer extended the file before committing past it
-        if end < self._pos or end > self._size:
-            return False  # a commit word never goes back, a file never shrinks: damage?
-        if end > self._pos and self._changes is None and self._cipher is None:
-            done = _load.replay_range(self._view, self._pos, end, self._index, self._ser)
-            if done is not None:
-                self._nops += done[0]
-                if done[1]:
-                    self._has_ttl = True
-                self._pos = end
-                self._seen = _UNSETTLED if w & SUPERSEDED else w
-                return True
-        if end > self._pos:
-            found = codec.scan(self._view, self._pos, end)
-            for _ in range(3):
-                # Where stores are not ordered (ARM64) the commit word can arrive before the
-                # record bytes: look again before suspecting damage.
-                if not (found.tail or found.damaged):
-                    break
-                time.sleep(0.001)
-                found = codec.scan(self._view, self._pos, end)
-            if found.tail or found.damaged:
-                return False
-            index, changes, replay = self._index, self._changes, self._replay
-            for rec in found.records:
-                try:
-                    replay(rec, index, changes)
-                except (CorruptFileError, DecryptionError):
-                    return False  # (what replayed is replayed again by the reload)
-        self._pos = end
-        self._seen = _UNSETTLED if w & SUPERSEDED else w
-        return True
-
-    def _reload(self, held: bool) -> None:
-        if not self._load(held=held):
-            self._reopen()
-
-    def _remap(self) -> None:
-        """Map the whole file as it is now (it may have grown; it never shrinks)."""
-        assert self._region is not None
-        size = os.fstat(self._fd).st_size
-        if size <= self._size:
-            return
-        self._region.grow(size)
-        self._rebind_views()
-
-    def _reopen(self) -> None:
-        """Move to the file the path names now.  On failure the handle stays as it was
-        (on its old mapping, usable) and the error propagates."""
-        with self._tlock:
-            old = {n: getattr(self, n) for n in _ATTACHED}
-            # The old views stay bound (other threads' get() reads the commit word without
-            # the lock) until the new file's replace them; with _region None, a failed
-            # attach releases only what it bound itself.
-            self._fd, self._region, self._waiter, self._lock_waiter = -1, None, None, None
-            self._want_waiter, self._held = None, False
-            try:
-                self._attach_path(create=False)
-            except BaseException:
-                for n, v in old.items():
-                    setattr(self, n, v)
-                raise
-            _retire(old)
-
 
     # --- writer side --------------------------------------------------------------------
 
@@ -943,7 +563,7 @@ class KV(MutableMapping[str, Any], WriterLock):
         self._region = Region.open(fd_path(fd))
         self._bind_views()
         self._held = self._shared  # (C1 locked the new file)
-        _retire(old)
+        _attach.retire(old)
         self._cipher = cipher
         self._pos = pos
         self._seen = self._commit[0]
@@ -1263,7 +883,7 @@ class KV(MutableMapping[str, Any], WriterLock):
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return set()
-            if self._seen == _UNSETTLED:
+            if self._seen == _follow.UNSETTLED:
                 # Our file is marked replaced but the path still names it: no commit will
                 # come to wake us, so look at the path again after a short sleep.
                 time.sleep(_WAIT_SLICE if remaining is None else min(remaining, _WAIT_SLICE))
@@ -1415,23 +1035,6 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _retire(old: dict[str, Any]) -> None:
-    """Close a replaced file's mapping, waiters and descriptor (``old``: its attributes).
-
-    Its views are dropped, not released: another thread may be reading the commit word
-    through one right now (get() takes no lock); the mapping then goes when it lets go.
-    """
-    region, fd = old["_region"], old["_fd"]
-    waiters = old["_waiter"], old["_lock_waiter"], old.get("_want_waiter")
-    old.clear()
-    for w in waiters:
-        if w is not None:
-            w.close()
-    with contextlib.suppress(ExportedViewsError):
-        region.close()
-    os.close(fd)
 
 
 if sys.platform == "win32":  # pragma: no cover
