@@ -40,6 +40,11 @@ def run_py(code: str, *args: str, timeout: float = 60) -> subprocess.CompletedPr
     )
 
 
+# bench/_harness.py has the same helper (fork_child / reap); the tests keep their own copy
+# on purpose: a test of the library must not depend on the benchmarks (only the tests of
+# bench/ import them; a wheel ships them as mmapkit._bench), a change made there for a
+# measurement must not change what a test checks, and a test wants the exit code to
+# assert on (exit_code below) where a benchmark only wants to fail loudly.
 def fork_child(fn: Callable[[], object]) -> int:
     """Run ``fn`` in a fork child; it exits 0 when ``fn`` returns, 1 (saying why on stderr)
     when it raises, without running pytest's atexit handlers either way."""
