@@ -185,15 +185,11 @@ def _bench_copy(report: _harness.Report, args: argparse.Namespace, workdir: str,
 def _drain(sock: socket.socket) -> None:
     """Receiver body (in a forked child): swallow the stream as fast as possible."""
     if _platform.HAVE_SPLICE:
-        r, w = _platform.pipe_with_size(1 << 20)
         null = os.open(os.devnull, os.O_WRONLY)
-        room = _platform.pipe_size(w)
-        while True:
-            n = _platform.splice(sock.fileno(), w, room, flags=_platform.SPLICE_F_MOVE)
-            if n == 0:
-                return
-            while n:
-                n -= _platform.splice(r, null, n, flags=_platform.SPLICE_F_MOVE)
+        with _platform.SplicePipe(1 << 20) as pipe:
+            pipe.run(sock.fileno(), null, sys.maxsize)  # to the sender's end
+        os.close(null)
+        return
     buf = bytearray(1 << 20)
     while sock.recv_into(buf):
         pass
