@@ -23,9 +23,23 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def spawn(code: str, *args: str, **kw: object) -> subprocess.Popen[str]:
+class Child(subprocess.Popen[str]):
+    """A child of :func:`spawn`.  Its pipes live as long as it does: a test that SIGKILLs
+    a child and waits for it does not read its pipes to the end, so they are closed here
+    when the test drops the child, not left to the garbage collector (which would warn
+    about them at some later test; pytest turns that warning into an error)."""
+
+    def __del__(self) -> None:
+        for pipe in (self.stdin, self.stdout, self.stderr):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+        super().__del__()
+
+
+def spawn(code: str, *args: str, **kw: object) -> Child:
     """Start an unrelated Python process (not a fork) running ``code``."""
-    return subprocess.Popen(
+    return Child(
         [sys.executable, "-c", textwrap.dedent(code), *args],
         env=child_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         **kw,  # type: ignore[arg-type]
