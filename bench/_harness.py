@@ -1,4 +1,5 @@
-"""Shared machinery of the benchmarks: measuring, ratios, tables, JSON, charts.
+"""Shared machinery of the benchmarks: measuring, ratios, tables, JSON, charts, and the
+one way a benchmark starts a child process (``fork_child`` / ``reap``, ``spawn`` / ``ready``).
 
 Design rules:
 
@@ -10,6 +11,11 @@ Design rules:
   latency matters), and what we quote is the ratio mmapkit/peer from *the same run*.
 - Peers missing on this machine are skipped with a note, never faked.
 - Benchmarks are not tests: nothing here asserts a speed.
+- Children are started here only: a fork child leaves by ``os._exit`` (it must not run the
+  parent's atexit handlers or flush its buffers a second time) and a child that failed
+  makes the case raise, never report a figure; a spawned child is an unrelated
+  ``python`` that imports this checkout.  (tests/conftest.py keeps its own copy; its
+  comment says why.)
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, TypeVar
 
 OURS = "mmapkit"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout
 
 
 @dataclass
@@ -273,6 +281,19 @@ def main_for(component: str, run: Callable[[Report, argparse.Namespace], None],
     return 0
 
 
+def goal(report: Report, case: str, op: str, value: float, unit: str, *,
+         stat: str = "median", label: str | None = None) -> None:
+    """Print whether our ``stat`` ("median" or "p99") for ``case`` is ``op`` (">=" or
+    "<=") ``value``: a goal in absolute terms (a goal as a ratio is ``Report.target``)."""
+    m = report.find(case, OURS)
+    if m is None:
+        return
+    got = m.median if stat == "median" else m.p99
+    met = got >= value if op == ">=" else got <= value
+    print(f"  goal {label or case} {op} {fmt(value)} {unit}: {fmt(got)} {unit} "
+          f"{'met' if met else 'NOT MET'}", file=sys.stderr)
+
+
 def wanted(args: argparse.Namespace, impl: str) -> bool:
     return impl.startswith(OURS) or not args.only or impl in args.only
 
@@ -298,3 +319,54 @@ def runnable(report: Report, args: argparse.Namespace, impls: Sequence[type[_I]]
         else:
             out.append(cls)
     return out
+
+
+# --- child processes -------------------------------------------------------------------
+
+
+def fork_child(body: Callable[[], object]) -> int:
+    """Run ``body`` in a fork child and return its pid.  The child exits 0 when ``body``
+    returns, 1 (saying why on stderr) when it raises; :func:`reap` collects it."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 1
+        try:
+            body()
+            code = 0
+        except BaseException as exc:
+            os.write(2, f"benchmark child {os.getpid()} failed: {exc!r}\n".encode())
+        finally:
+            os._exit(code)
+    return pid
+
+
+def reap(*pids: int, expect: int = 0) -> None:
+    """Wait for fork children ``pids``; RuntimeError if one ended other than with
+    ``expect`` (an exit code; negative: the signal, as in ``-signal.SIGKILL``)."""
+    failed = []
+    for pid in pids:
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        if code != expect:
+            failed.append(f"{pid} (exit {code})")
+    if failed:
+        raise RuntimeError(f"benchmark children failed: {', '.join(failed)}")
+
+
+def spawn(*argv: str, stdin: int | None = subprocess.PIPE,
+          stderr: int | None = None) -> subprocess.Popen[str]:
+    """Start ``python *argv`` (``"-c", CODE, args...`` or ``"-m", module, args...``), an
+    unrelated process that imports this checkout, with text pipes on stdin (unless
+    ``stdin=None``) and stdout."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
+    return subprocess.Popen([sys.executable, *argv], env=env, text=True, stdin=stdin,
+                            stdout=subprocess.PIPE, stderr=stderr)
+
+
+def ready(child: subprocess.Popen[str], what: str = "a benchmark child") -> None:
+    """Wait for ``child``'s first line, which must be ``ready``."""
+    assert child.stdout is not None
+    line = child.stdout.readline().strip()
+    if line != "ready":
+        raise RuntimeError(f"{what} failed to start ({line!r})")

@@ -57,23 +57,6 @@ MIB = 1 << 20
 Side = Callable[[], tuple[Callable[..., Any], Callable[[], None]]]
 
 
-def _fork(fn: Callable[[], None]) -> int:
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        code = 1
-        try:
-            fn()
-            code = 0
-        finally:
-            os._exit(code)
-    return pid
-
-
-def _reap(pids: list[int]) -> None:
-    for pid in pids:
-        os.waitpid(pid, 0)
-
-
 # --- implementations ------------------------------------------------------------------
 
 
@@ -324,15 +307,15 @@ def throughput(pair: tuple[Side, Side, Callable[[], None]], n: int, msg: Any,
 
     pids = []
     if ready_first:  # iceoryx2: subscribers must exist before publishers connect
-        pids += [_fork(consume) for _ in range(consumers)]
+        pids += [_harness.fork_child(consume) for _ in range(consumers)]
         for _ in range(consumers):
             os.read(ready_r, 1)
-        pids += [_fork(produce) for _ in range(producers)]
+        pids += [_harness.fork_child(produce) for _ in range(producers)]
         for _ in range(producers):
             os.read(ready_r, 1)
     else:
-        pids += [_fork(consume) for _ in range(consumers)]
-        pids += [_fork(produce) for _ in range(producers)]
+        pids += [_harness.fork_child(consume) for _ in range(consumers)]
+        pids += [_harness.fork_child(produce) for _ in range(producers)]
         for _ in range(producers + consumers):
             os.read(ready_r, 1)
     t0 = time.perf_counter()
@@ -340,7 +323,7 @@ def throughput(pair: tuple[Side, Side, Callable[[], None]], n: int, msg: Any,
     for _ in range(consumers):
         os.read(done_r, 1)
     elapsed = time.perf_counter() - t0
-    _reap(pids)
+    _harness.reap(*pids)
     for fd in (start_r, start_w, ready_r, ready_w, done_r, done_w):
         os.close(fd)
     close()
@@ -368,7 +351,7 @@ def round_trips(ping: tuple[Side, Side, Callable[[], None]],
         end2()
         end1()
 
-    pid = _fork(echo)
+    pid = _harness.fork_child(echo)
     if ready_first:
         os.read(ready_r, 1)
     recv, end1 = pong_recv()
@@ -386,7 +369,7 @@ def round_trips(ping: tuple[Side, Side, Callable[[], None]],
         send(MSG)
         recv()
         out.append((clock() - t0) * 1e6)
-    _reap([pid])
+    _harness.reap(pid)
     end2()
     end1()
     for fd in (ready_r, ready_w, go_r, go_w):

@@ -257,15 +257,10 @@ child(sys.argv[2:])
 
 
 def _spawn(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(_CHILD), ROOT, *args],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    return _harness.spawn("-c", textwrap.dedent(_CHILD), ROOT, *args)
 
 
-def _ready(p: subprocess.Popen[str]) -> None:
-    assert p.stdout is not None
-    line = p.stdout.readline().strip()
-    if line != "ready":
-        raise RuntimeError(f"a benchmark child failed to start ({line!r})")
+_ready = _harness.ready
 
 
 def child(argv: list[str]) -> None:
@@ -561,9 +556,7 @@ def _fetch_case(report: _harness.Report, tmp: str, size: int, repeat: int) -> No
         _, pos, length, _ = span
         seg_obj.close()
     unix_j, unix_raw = os.path.join(tmp, "j.sock"), os.path.join(tmp, "raw.sock")
-    server = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_SERVER), ROOT, d,
-                               unix_j, unix_raw, seg], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+    server = _harness.spawn("-c", textwrap.dedent(_SERVER), ROOT, d, unix_j, unix_raw, seg)
     try:
         assert server.stdout is not None
         tcp_j, raw_port = server.stdout.readline().split()

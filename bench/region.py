@@ -154,24 +154,6 @@ def bench_sequential(report: _harness.Report, args: argparse.Namespace, path: st
 # --- wake-up latency --------------------------------------------------------------------
 
 
-def _child(body: Callable[[], None]) -> int:
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            body()
-            code = 0
-        finally:
-            os._exit(code)
-    return pid
-
-
-def _reap(pid: int) -> None:
-    _, status = os.waitpid(pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"benchmark child {pid} failed (status {status})")
-
-
 def ping_waiter(rounds: int, spin: float = 0.0) -> list[float]:
     """One-way wake-up latencies (s) of a futex Waiter ping-pong with a fork child."""
     region = Region.anonymous(4096)
@@ -190,7 +172,7 @@ def ping_waiter(rounds: int, spin: float = 0.0) -> list[float]:
             word.store(seen)
             word.wake()
 
-    pid = _child(echo)
+    pid = _harness.fork_child(echo)
     out = []
     try:
         for i in range(rounds):
@@ -205,7 +187,7 @@ def ping_waiter(rounds: int, spin: float = 0.0) -> list[float]:
     finally:
         word.store(_STOP)
         word.wake()
-        _reap(pid)
+        _harness.reap(pid)
         word.close()
         region.close()
     return out
@@ -222,7 +204,7 @@ def ping_pipe(rounds: int) -> list[float]:
         while os.read(to_child_r, 1):
             os.write(to_parent_w, b"!")
 
-    pid = _child(echo)
+    pid = _harness.fork_child(echo)
     os.close(to_child_r)
     os.close(to_parent_w)
     out = []
@@ -235,7 +217,7 @@ def ping_pipe(rounds: int) -> list[float]:
             out.append((time.perf_counter() - t0) / 2)
     finally:
         os.close(to_child_w)
-        _reap(pid)
+        _harness.reap(pid)
         os.close(to_parent_r)
     return out
 

@@ -185,15 +185,11 @@ def _bench_copy(report: _harness.Report, args: argparse.Namespace, workdir: str,
 def _drain(sock: socket.socket) -> None:
     """Receiver body (in a forked child): swallow the stream as fast as possible."""
     if _platform.HAVE_SPLICE:
-        r, w = _platform.pipe_with_size(1 << 20)
         null = os.open(os.devnull, os.O_WRONLY)
-        room = _platform.pipe_size(w)
-        while True:
-            n = _platform.splice(sock.fileno(), w, room, flags=_platform.SPLICE_F_MOVE)
-            if n == 0:
-                return
-            while n:
-                n -= _platform.splice(r, null, n, flags=_platform.SPLICE_F_MOVE)
+        with _platform.SplicePipe(1 << 20) as pipe:
+            pipe.run(sock.fileno(), null, sys.maxsize)  # to the sender's end
+        os.close(null)
+        return
     buf = bytearray(1 << 20)
     while sock.recv_into(buf):
         pass
@@ -213,17 +209,13 @@ def _pair(family: str) -> tuple[socket.socket, socket.socket]:
 
 def _timed_send(family: str, fn: Callable[[socket.socket], None]) -> float:
     a, b = _pair(family)
-    pid = os.fork()
-    if pid == 0:  # receiver
-        code = 0
-        try:
-            a.close()
-            b.sendall(b"R")  # started: the sender's clock may run now
-            _drain(b)
-        except BaseException:
-            code = 1
-        finally:
-            os._exit(code)
+
+    def receiver() -> None:
+        a.close()
+        b.sendall(b"R")  # started: the sender's clock may run now
+        _drain(b)
+
+    pid = _harness.fork_child(receiver)
     b.close()
     try:
         if a.recv(1) != b"R":
@@ -231,13 +223,10 @@ def _timed_send(family: str, fn: Callable[[socket.socket], None]) -> float:
         t0 = time.perf_counter()
         fn(a)
         a.shutdown(socket.SHUT_WR)
-        _, status = os.waitpid(pid, 0)
-        seconds = time.perf_counter() - t0
+        _harness.reap(pid)
+        return time.perf_counter() - t0
     finally:
         a.close()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError("the receiving process failed")
-    return seconds
 
 
 def _send_ours(src: str, method: str | None) -> Callable[[socket.socket], None]:

@@ -118,24 +118,10 @@ def _receive_into(conn: socket.socket, fd: int, length: int) -> int:
 
     Returns the bytes received, fewer than ``length`` if the sender stopped early.
     """
-    total = 0
     if _platform.HAVE_SPLICE:
-        r, w = _platform.pipe_with_size(1 << 20)
-        try:
-            room = _platform.pipe_size(w)
-            while total < length:
-                n = _platform.splice(conn.fileno(), w, min(room, length - total),
-                                     flags=_platform.SPLICE_F_MOVE)
-                if n == 0:
-                    return total
-                while n:
-                    moved = _platform.splice(r, fd, n, flags=_platform.SPLICE_F_MOVE)
-                    n -= moved
-                    total += moved
-            return total
-        finally:
-            os.close(r)
-            os.close(w)
+        with _platform.SplicePipe(1 << 20) as pipe:
+            return pipe.run(conn.fileno(), fd, length)
+    total = 0
     buf = bytearray(1 << 20)
     view = memoryview(buf)
     while total < length:

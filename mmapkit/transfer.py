@@ -482,36 +482,25 @@ def _steps_sendfile(sock: socket.socket, fd: int, offset: int, count: int) -> _S
 
 def _steps_splice(sock: socket.socket, fd: int, offset: int, count: int) -> _Steps:
     try:
-        r, w = _platform.pipe_with_size(_SEND_PIPE)
+        pipe = _platform.SplicePipe(_SEND_PIPE)
     except OSError:
         return (yield from _steps_sendfile(sock, fd, offset, count))
-    try:
-        room = _platform.pipe_size(w)
-        out, sent, end = sock.fileno(), 0, offset + count
-        # a non-blocking socket makes this splice answer EAGAIN by itself (its O_NONBLOCK)
-        flags = _platform.SPLICE_F_MOVE | _platform.SPLICE_F_MORE
-        while sent < count:
-            try:
-                filled = _platform.splice(fd, w, min(room, count - sent), offset_in=offset + sent,
-                                          flags=_platform.SPLICE_F_MOVE)
-            except OSError as exc:
-                if exc.errno in (errno.EINVAL, errno.ENOSYS) and sent == 0:
-                    return (yield from _steps_sendfile(sock, fd, offset, count))
+    with pipe:
+        try:
+            # a non-blocking socket makes the splice out answer EAGAIN by itself (its
+            # O_NONBLOCK): the steps yield then
+            sent = yield from pipe.steps(fd, sock.fileno(), count, offset_in=offset,
+                                         flags_out=_platform.SPLICE_F_MOVE
+                                         | _platform.SPLICE_F_MORE)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOSYS) or pipe.moved:
                 raise
-            if filled == 0:
-                raise _send_shrunk(fd, end, offset + sent)
-            while filled:
-                try:
-                    n = _platform.splice(r, out, filled, flags=flags)
-                except BlockingIOError:
-                    yield
-                    continue
-                filled -= n
-                sent += n
-        return sent
-    finally:
-        os.close(r)
-        os.close(w)
+            sent = -1  # this file (or kernel) cannot splice: nothing was sent
+    if sent < 0:
+        return (yield from _steps_sendfile(sock, fd, offset, count))
+    if sent < count:
+        raise _send_shrunk(fd, offset + count, offset + sent)
+    return sent
 
 
 def _steps_readwrite(sock: socket.socket, fd: int, offset: int, count: int) -> _Steps:

@@ -104,8 +104,12 @@ class RedisServer:
         try:
             if self.unix:
                 s = socket.socket(socket.AF_UNIX)
-                s.settimeout(1)
-                s.connect(self.socket)
+                try:
+                    s.settimeout(1)
+                    s.connect(self.socket)
+                except OSError:
+                    s.close()  # not listening yet
+                    raise
             else:
                 s = socket.create_connection(("127.0.0.1", self.port), timeout=1)
         except OSError:

@@ -23,9 +23,23 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def spawn(code: str, *args: str, **kw: object) -> subprocess.Popen[str]:
+class Child(subprocess.Popen[str]):
+    """A child of :func:`spawn`.  Its pipes live as long as it does: a test that SIGKILLs
+    a child and waits for it does not read its pipes to the end, so they are closed here
+    when the test drops the child, not left to the garbage collector (which would warn
+    about them at some later test; pytest turns that warning into an error)."""
+
+    def __del__(self) -> None:
+        for pipe in (self.stdin, self.stdout, self.stderr):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+        super().__del__()
+
+
+def spawn(code: str, *args: str, **kw: object) -> Child:
     """Start an unrelated Python process (not a fork) running ``code``."""
-    return subprocess.Popen(
+    return Child(
         [sys.executable, "-c", textwrap.dedent(code), *args],
         env=child_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         **kw,  # type: ignore[arg-type]
@@ -40,6 +54,11 @@ def run_py(code: str, *args: str, timeout: float = 60) -> subprocess.CompletedPr
     )
 
 
+# bench/_harness.py has the same helper (fork_child / reap); the tests keep their own copy
+# on purpose: a test of the library must not depend on the benchmarks (only the tests of
+# bench/ import them; a wheel ships them as mmapkit._bench), a change made there for a
+# measurement must not change what a test checks, and a test wants the exit code to
+# assert on (exit_code below) where a benchmark only wants to fail loudly.
 def fork_child(fn: Callable[[], object]) -> int:
     """Run ``fn`` in a fork child; it exits 0 when ``fn`` returns, 1 (saying why on stderr)
     when it raises, without running pytest's atexit handlers either way."""

@@ -180,3 +180,32 @@ def test_bench_startup_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert got[("modules loaded by import", "mmapkit")]["median"] <= 15
     assert 15 < got[("modules loaded by import + reopen", "mmapkit")]["median"] <= 100
     assert not any(impl in ("lmdb", "rocksdict", "diskcache") for _, impl in got)
+
+
+def test_fork_child_and_reap() -> None:
+    import os
+    import signal
+
+    _harness.reap(_harness.fork_child(lambda: None))
+
+    def boom() -> None:
+        raise ValueError("boom")
+
+    with pytest.raises(RuntimeError, match="exit 1"):
+        _harness.reap(_harness.fork_child(boom))
+    with pytest.raises(RuntimeError, match="exit -9"):  # a kill is a failure by default
+        _harness.reap(_harness.fork_child(lambda: os.kill(os.getpid(), signal.SIGKILL)))
+    _harness.reap(_harness.fork_child(lambda: os.kill(os.getpid(), signal.SIGKILL)),
+                  expect=-signal.SIGKILL)
+
+
+def test_spawn_imports_this_checkout_and_says_ready() -> None:
+    code = "import bench._harness as h, sys; print('ready', flush=True); print(h.ROOT)"
+    p = _harness.spawn("-c", code)
+    _harness.ready(p)
+    out, _ = p.communicate(timeout=60)
+    assert out.strip() == _harness.ROOT and p.returncode == 0
+    p = _harness.spawn("-c", "print('no')")
+    with pytest.raises(RuntimeError, match="failed to start"):
+        _harness.ready(p, "the child")
+    p.communicate(timeout=60)

@@ -121,7 +121,7 @@ class Torture:
             if proc.poll() is not None:
                 self.fail(key, proc)
             proc.send_signal(signal.SIGKILL)
-            proc.wait()
+            proc.communicate()  # reaps it and closes its pipe
             self.kills[key[0]] += 1
             self.start(key)
         self.calm(200, 120)
@@ -172,6 +172,8 @@ class Torture:
                 pytest.fail(f"{key} wedged: still running {timeout} s after being told to stop")
             if proc.returncode != 0:
                 self.fail(key, proc)
+            if proc.stderr is not None:
+                proc.stderr.close()
 
     def read(self, role: str) -> dict[tuple[str, int, int], list[tuple[int, int, int]]]:
         out = {}

@@ -22,6 +22,10 @@ from mmapkit.errors import BrokenError, CorruptFileError, FormatVersionError, Of
 from mmapkit.journal import ProtocolError, RemoteReader
 from mmapkit.journal import remote as R
 
+# These tests SIGKILL children (or servers) whose pipes and sockets the test leaves to
+# the garbage collector: the one place an unclosed-resource warning is expected.
+pytestmark = pytest.mark.filterwarnings("ignore:unclosed:ResourceWarning")
+
 
 @contextlib.contextmanager
 def server_process(d: str, address: str) -> Iterator[tuple[subprocess.Popen[str], str]]:

@@ -27,6 +27,10 @@ from conftest import child_env
 import mmapkit.log as mlog
 from mmapkit.lock import FileLock
 
+# These tests SIGKILL children (or servers) whose pipes and sockets the test leaves to
+# the garbage collector: the one place an unclosed-resource warning is expected.
+pytestmark = pytest.mark.filterwarnings("ignore:unclosed:ResourceWarning")
+
 WRITER = """
 import json, os, sys, warnings
 warnings.simplefilter("always")

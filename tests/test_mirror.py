@@ -421,7 +421,7 @@ def test_mirror_package_names_are_pinned() -> None:
 
 
 def test_chunks_cut_by_bytes_in_order() -> None:
-    from mmapkit.mirror._core import chunks
+    from mmapkit.mirror._runner import chunks
     recs = [Record(i, 0, None, b"x" * size, ()) for i, size in
             enumerate([10, 500, 10, 2000, 10, 10])]
     parts = chunks(recs, 700)

@@ -121,6 +121,9 @@ for line in sys.stdin:
     if cmd == "run":
         pid = os.fork()
         if pid == 0:
+            # the zygote's stdout carries pids and exit codes: the run's own report (it
+            # reaches the pipe at once under PYTHONUNBUFFERED) must not land there
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
             os._exit(cli.main(["journal", path, "mirror", url, "--batch", arg, "--once",
                                "--progress", "0"]))
         print(pid, flush=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import random
 import socket
 import threading
@@ -128,6 +129,43 @@ def test_partial_sends_are_continued(src: Path, data: bytes, method: str,
         assert drain.result(a) == data[12345:212345]
     if method in ("splice", "sendfile"):
         assert calls[0] >= 200_000 // 777
+
+
+@pytest.mark.skipif(not _platform.HAVE_SPLICE, reason="splice is Linux only")
+def test_splice_refused_before_a_byte_falls_back_to_sendfile(
+        src: Path, data: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file system that cannot splice (EINVAL at the first call): send() moves on to
+    sendfile from the same offset."""
+    def refuse(*args: object, **kw: object) -> int:
+        raise OSError(errno.EINVAL, "splice refused")
+
+    monkeypatch.setattr(_platform, "splice", refuse)
+    with connected("unix") as (a, b):
+        drain = Drain(b)
+        assert send(a, src, 100, method="splice") == SIZE - 100
+        assert drain.result(a) == data[100:]
+
+
+@pytest.mark.skipif(not _platform.HAVE_SPLICE, reason="splice is Linux only")
+def test_splice_failing_midway_raises_instead_of_sending_twice(
+        src: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once bytes reached the peer, a fallback would send them again: the error stands."""
+    real_splice = _platform.splice
+    calls = [0]
+
+    def fail_later(fd_in: int, fd_out: int, n: int, **kw: int | None) -> int:
+        calls[0] += 1
+        if calls[0] > 4:
+            raise OSError(errno.EINVAL, "splice refused")
+        return real_splice(fd_in, fd_out, n, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_platform, "splice", fail_later)
+    with connected("unix") as (a, b):
+        drain = Drain(b)
+        with pytest.raises(OSError) as err:
+            send(a, src, method="splice")
+        assert err.value.errno == errno.EINVAL
+        assert 0 < len(drain.result(a)) < SIZE
 
 
 @pytest.mark.parametrize("method", [None, "sendfile", "readwrite", "mmap"])

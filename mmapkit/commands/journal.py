@@ -202,7 +202,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _mirror(args: argparse.Namespace) -> int:
     from ..mirror import Mirror, sink_from_url
-    from ..mirror._core import run_foreground
+    from ..mirror._runner import run_foreground
 
     try:
         sink = sink_from_url(args.url, stream=args.stream)

@@ -178,7 +178,7 @@ def _recover(args: argparse.Namespace) -> int:
 def _ship(args: argparse.Namespace) -> int:
     """Send every record of the log to Redis exactly once (until SIGTERM, or --once)."""
     from ..mirror import Shipper, sink_from_url
-    from ..mirror._core import run_foreground
+    from ..mirror._runner import run_foreground
 
     try:
         sink = sink_from_url(args.url, stream=args.stream)

@@ -79,7 +79,7 @@ def _start(code: str, *args: str, stdout: int | None = None) -> subprocess.Popen
 
 def _kill(proc: subprocess.Popen[str]) -> None:
     os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    proc.communicate()  # reaps it and closes its pipes
 
 
 def run(workdir: Path, say: Callable[[str], None]) -> None:

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 from ._sink import Sink
 
 if TYPE_CHECKING:
-    from ._core import Mirror, MirrorStatistics
+    from ._core import Mirror
+    from ._runner import MirrorStatistics
     from ._ship import Shipper
     from ._url import sink_from_url
     from .kafka import KafkaSink, KafkaSource
@@ -25,7 +26,7 @@ _LAZY: dict[str, str] = {
     "KafkaSink": ".kafka",
     "KafkaSource": ".kafka",
     "Mirror": "._core",
-    "MirrorStatistics": "._core",
+    "MirrorStatistics": "._runner",
     "RedisConsumer": ".redis",
     "RedisStreamSink": ".redis",
     "RedisStreamSource": ".redis",

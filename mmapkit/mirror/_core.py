@@ -41,49 +41,35 @@ before M6).
 from __future__ import annotations
 
 import os
-import threading
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .._testhooks import PAUSES, pause
 from ..errors import (
-    ClosedError,
     MirrorError,
     OffsetOutOfRangeError,
     SinkUnavailableError,
     TargetMismatchError,
+)
+from ._runner import (
+    BACKOFF_MAX,
+    BACKOFF_MIN,
+    MAX_BATCH_BYTES,
+    Runner,
+    chunks,
+    target_name,
 )
 
 if TYPE_CHECKING:
     from ..journal import Journal
     from ._sink import Sink
 
-__all__ = ["Mirror", "MirrorStatistics"]
+__all__ = ["Mirror"]
 
 _IDLE_SLICE = 0.1  # seconds a poll waits before looking at stop() and the lease again
-_BACKOFF_MIN = 0.05
-_BACKOFF_MAX = 5.0
-_MAX_BATCH_BYTES = 8 << 20  # one send stays well under Redis's 512 MB request limits
 
 
-@dataclass(frozen=True)
-class MirrorStatistics:
-    """A snapshot of what a mirror has done (``Mirror.statistics()``)."""
-
-    name: str
-    target: str
-    state: str             # "idle", "running", "reconnecting", "stopped", "failed"
-    position: int | None   # next journal offset to send (None before the first open)
-    lag: int | None        # journal records not yet in the target (None: unknown yet)
-    sent: int              # records acknowledged by the target, this run
-    batches: int
-    reconnects: int
-    skipped: int           # records deleted by retention and skipped (on_gap="skip")
-    last_error: str | None
-
-
-class Mirror:
+class Mirror(Runner):
     """Carry ``journal`` to ``sink``: every record exactly once and in order, while this
     mirror is the target's only writer (see the module comment).
 
@@ -95,10 +81,13 @@ class Mirror:
     ``"skip"`` to go on from the oldest kept record.
     """
 
+    _kind = "mirror"
+    sink: Sink
+
     def __init__(self, journal: Journal | str | os.PathLike[str], sink: Sink, *,
                  name: str | None = None, batch: int = 1000, linger_ms: float = 0.0,
-                 on_gap: str = "error", max_backoff: float = _BACKOFF_MAX,
-                 max_batch_bytes: int = _MAX_BATCH_BYTES) -> None:
+                 on_gap: str = "error", max_backoff: float = BACKOFF_MAX,
+                 max_batch_bytes: int = MAX_BATCH_BYTES) -> None:
         if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0:
             raise ValueError(f"batch must be a positive int, got {batch!r}")
         if linger_ms < 0:
@@ -108,64 +97,24 @@ class Mirror:
         if name is not None and (not isinstance(name, str) or not name):
             raise ValueError("a mirror name must be a non-empty str")
         from ..journal import Journal
+        super().__init__(sink, max_backoff=max_backoff)
         self._journal = journal if isinstance(journal, Journal) else Journal(journal)
         self._owns_journal = not isinstance(journal, Journal)
-        self.sink = sink
         self.name = name or "mirror"
         self.batch = batch
         self.linger = linger_ms / 1000
         self.on_gap = on_gap
-        self.max_backoff = max_backoff
         self.max_batch_bytes = max_batch_bytes
         self.source_id = f"journal:{self._journal.path}#{self.name}"
-        self._state = "idle"
-        self._position: int | None = None
-        self._sent = self._batches = self._reconnects = self._skipped = 0
-        self._last_error: str | None = None
-        self._error: BaseException | None = None
-        self._stop = threading.Event()
-        self._progress = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._closed = False
 
-    # --- running ---------------------------------------------------------------------
+    # --- running (start/stop/request_stop: Runner) -----------------------------------
 
-    def start(self) -> None:
-        """Run the mirror in a background thread until :meth:`stop`."""
-        if self._closed:
-            raise ClosedError("this mirror was stopped; make a new Mirror")
-        if self._thread is not None:
-            raise RuntimeError("this mirror is already running")
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._thread_main, daemon=True,
-                                        name=f"mmapkit-mirror-{self.name}")
-        self._thread.start()
+    def _thread_name(self) -> str:
+        return f"mmapkit-mirror-{self.name}"
 
-    def _thread_main(self) -> None:
-        try:
-            self.run()
-        except BaseException:  # kept in _error: stop() and wait() raise it
-            pass
-
-    def stop(self, timeout: float | None = 30.0) -> None:
-        """Stop the background thread (it finishes the batch in flight) and give up the
-        target.  Raises the error that stopped the mirror, if one did."""
-        self._stop.set()
-        t = self._thread
-        if t is not None:
-            t.join(timeout)
-            if t.is_alive():
-                raise TimeoutError(f"the mirror did not stop within {timeout} s")
-            self._thread = None
-        self._closed = True
+    def _stopped(self) -> None:
         if self._owns_journal:
             self._journal.close()
-        if self._error is not None:
-            raise self._error
-
-    def request_stop(self) -> None:
-        """Ask :meth:`run` (in any thread, or a signal handler) to return soon."""
-        self._stop.set()
 
     def run(self, *, until_caught_up: bool = False) -> int:
         """Mirror in this thread until :meth:`request_stop` / :meth:`stop` (or, with
@@ -176,7 +125,7 @@ class Mirror:
         j = Journal(self._journal.path)
         consumer = j.consumer(self.name, reset="none")
         opened = False
-        backoff = _BACKOFF_MIN
+        backoff = BACKOFF_MIN
         last_send = 0.0
         keepalive = getattr(self.sink, "lease_ms", 15_000) / 3000
         self._set_state("running")
@@ -186,7 +135,7 @@ class Mirror:
                     if not opened:
                         self._open(j, consumer)
                         opened = True
-                        backoff = _BACKOFF_MIN
+                        backoff = BACKOFF_MIN
                         last_send = time.monotonic()
                         self._set_state("running")
                     if until_caught_up and self._position is not None and (
@@ -208,17 +157,10 @@ class Mirror:
                         self.sink.send([])  # renew the lease while idle
                         last_send = time.monotonic()
                 except SinkUnavailableError as exc:
-                    self._last_error = str(exc)
-                    self.sink.close()
                     opened = False
-                    self._reconnects += 1
-                    self._set_state("reconnecting")
-                    self._stop.wait(backoff)
-                    backoff = min(backoff * 2, self.max_backoff)
+                    backoff = self._reconnect(exc, backoff)
         except BaseException as exc:
-            self._error = exc
-            self._last_error = str(exc) or type(exc).__name__
-            self._set_state("failed")
+            self._failed(exc)
             raise
         finally:
             try:
@@ -226,8 +168,7 @@ class Mirror:
             finally:
                 consumer.close()
                 j.close()
-                if self._state != "failed":
-                    self._set_state("stopped")
+                self._ended()
         return self._sent
 
     def _open(self, j: Journal, consumer: Any) -> None:
@@ -237,7 +178,7 @@ class Mirror:
         if nxt > end:
             self.sink.close()
             raise TargetMismatchError(
-                f"{_target(self.sink)} holds offsets up to {nxt - 1}, but journal "
+                f"{target_name(self.sink)} holds offsets up to {nxt - 1}, but journal "
                 f"{j.path} ends at {end}: the target mirrors an older journal of the same "
                 f"path; mirror to a new target (or delete the old one)")
         if nxt < start:
@@ -283,11 +224,6 @@ class Mirror:
                 f"mirror's lag, or restart with on_gap='skip'") from None
         return recs
 
-    def _set_state(self, state: str) -> None:
-        with self._progress:
-            self._state = state
-            self._progress.notify_all()
-
     def wait(self, offset: int | None = None, timeout: float | None = None) -> bool:
         """Block until the target holds every offset below ``offset`` (default: the
         journal's end now).  False on timeout; raises the error that stopped the mirror."""
@@ -308,13 +244,10 @@ class Mirror:
 
     # --- reporting -------------------------------------------------------------------
 
-    def statistics(self) -> MirrorStatistics:
-        lag = None
-        if self._position is not None and not self._journal.closed:
-            lag = max(0, self._journal.end_offset - self._position)
-        return MirrorStatistics(self.name, _target(self.sink), self._state, self._position,
-                                lag, self._sent, self._batches, self._reconnects,
-                                self._skipped, self._last_error)
+    def _lag(self) -> int | None:
+        if self._position is None or self._journal.closed:
+            return None
+        return max(0, self._journal.end_offset - self._position)
 
     def __enter__(self) -> Mirror:
         self.start()
@@ -324,73 +257,5 @@ class Mirror:
         self.stop()
 
     def __repr__(self) -> str:
-        return f"Mirror({self._journal.path!r} -> {_target(self.sink)}, name={self.name!r})"
+        return f"Mirror({self._journal.path!r} -> {target_name(self.sink)}, name={self.name!r})"
 
-
-def chunks(records: list[Any], max_bytes: int) -> list[list[Any]]:
-    """``records`` cut, in order, into runs of at most ``max_bytes`` of keys and values
-    (a record larger than that goes alone)."""
-    out: list[list[Any]] = []
-    run: list[Any] = []
-    size = 0
-    for rec in records:
-        n = len(rec.value) + len(rec.key or b"") + 64
-        if run and size + n > max_bytes:
-            out.append(run)
-            run, size = [], 0
-        run.append(rec)
-        size += n
-    if run:
-        out.append(run)
-    return out
-
-
-def _target(sink: object) -> str:
-    return str(getattr(sink, "target", None) or repr(sink))
-
-
-def run_foreground(worker: Any, *, progress: float = 1.0, once: bool = False,
-                   out: Any = None) -> int:
-    """Run ``worker`` (a Mirror or Shipper) until SIGTERM/SIGINT (or, with ``once``, until
-    it has caught up), printing a progress line every ``progress`` seconds (0: none) to
-    ``out`` (stderr); what the ``mirror`` and ``ship`` commands do.  Returns 0 after a
-    clean stop; raises the error that stopped the worker."""
-    import signal
-    import sys
-    out = sys.stderr if out is None else out
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: object) -> None:
-        stop.set()
-
-    def body() -> None:
-        try:
-            worker.run(until_caught_up=once)
-        except BaseException:  # kept by the worker: stop() below raises it
-            pass
-
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        t = threading.Thread(target=body, daemon=True, name="mmapkit-mirror")
-        t.start()
-        last = ""
-        while t.is_alive():
-            if stop.wait(progress or 0.5):
-                worker.request_stop()  # finish the batch in flight, give the target up
-                t.join()
-                break
-            st = worker.statistics()
-            if progress:
-                line = (f"{st.name} -> {st.target}: {st.state}, sent {st.sent}, position "
-                        f"{st.position}, lag {st.lag}"
-                        + (f", last error: {st.last_error}" if st.last_error else ""))
-                if line != last:
-                    print(line, file=out, flush=True)
-                    last = line
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-    worker.stop()  # raises what stopped it, if anything did
-    st = worker.statistics()
-    print(f"{st.name}: stopped, sent {st.sent}, position {st.position}", file=out, flush=True)
-    return 0

@@ -38,16 +38,9 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from ..errors import ClosedError, MirrorError, SinkUnavailableError
+from ..errors import MirrorError, SinkUnavailableError
 from ..journal import Record
-from ._core import (
-    _BACKOFF_MAX,
-    _BACKOFF_MIN,
-    _MAX_BATCH_BYTES,
-    MirrorStatistics,
-    _target,
-    chunks,
-)
+from ._runner import BACKOFF_MAX, BACKOFF_MIN, MAX_BATCH_BYTES, Runner, chunks, target_name
 
 __all__ = ["Shipper", "log_record"]
 
@@ -63,39 +56,32 @@ def log_record(offset: int, rec: Any) -> Record:
                    ("time_us", b"%d" % rec.time_us)))
 
 
-class Shipper:
+class Shipper(Runner):
     """Ship the log in ``directory`` (optionally only log ``name``) to ``sink`` (a sink
     that keeps marks: RedisStreamSink).  ``run(until_caught_up=True)`` ships what is there
     and returns; ``start()``/``stop()`` follow the log in a thread."""
 
+    _kind = "shipper"
+
     def __init__(self, directory: str | os.PathLike[str], sink: Any, *,
                  name: str | None = None, private_key: object = None, batch: int = 1000,
-                 poll_interval: float = 0.25, max_backoff: float = _BACKOFF_MAX) -> None:
+                 poll_interval: float = 0.25, max_backoff: float = BACKOFF_MAX) -> None:
         if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0:
             raise ValueError(f"batch must be a positive int, got {batch!r}")
         if not callable(getattr(sink, "marks", None)):
-            raise MirrorError(f"{_target(sink)} cannot keep a log's resume marks with its "
+            raise MirrorError(f"{target_name(sink)} cannot keep a log's resume marks with its "
                               f"records: ship to Redis (RedisStreamSink), or append the log "
                               f"to a Journal and mirror that")
         self.directory = os.path.abspath(os.fspath(directory))
         if not os.path.isdir(self.directory):
             raise FileNotFoundError(f"no log directory at {self.directory}")
-        self.sink = sink
+        super().__init__(sink, max_backoff=max_backoff)
         self.log_name = name
         self.name = f"ship:{name or '*'}"
         self.private_key = private_key
         self.batch = batch
         self.poll_interval = poll_interval
-        self.max_backoff = max_backoff
         self.source_id = f"log:{self.directory}#{name or '*'}"
-        self._state = "idle"
-        self._position: int | None = None
-        self._sent = self._batches = self._reconnects = 0
-        self._last_error: str | None = None
-        self._error: BaseException | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._closed = False
 
     def _records(self, follow: bool) -> Iterator[Any]:
         from ..log import read
@@ -131,10 +117,10 @@ class Shipper:
         nxt = 0
         opened = False
         finished = False
-        backoff = _BACKOFF_MIN
+        backoff = BACKOFF_MIN
         last_send = time.monotonic()
         keepalive = getattr(self.sink, "lease_ms", 15_000) / 3000
-        self._state = "running"
+        self._set_state("running")
         try:
             while not self._stop.is_set():
                 try:
@@ -142,9 +128,9 @@ class Shipper:
                         nxt = self.sink.open(self.source_id)
                         marks = self.sink.marks()
                         opened = True
-                        backoff = _BACKOFF_MIN
+                        backoff = BACKOFF_MIN
                         self._position = nxt
-                        self._state = "running"
+                        self._set_state("running")
                     while len(taken) < self.batch and not finished:
                         try:
                             item = feed.get(timeout=0 if taken else _SLICE)
@@ -158,7 +144,7 @@ class Shipper:
                             taken.append(item)
                     fresh = [r for r in taken if r.sequence > marks.get(str(r.stream), -1)]
                     batch = [log_record(nxt + i, r) for i, r in enumerate(fresh)]
-                    for part in chunks(batch, _MAX_BATCH_BYTES):
+                    for part in chunks(batch, MAX_BATCH_BYTES):
                         new_marks: dict[str, int] = {}
                         for rec in part:
                             h = dict(rec.headers)
@@ -177,61 +163,16 @@ class Shipper:
                         self.sink.send([])
                         last_send = time.monotonic()
                 except SinkUnavailableError as exc:
-                    self._last_error = str(exc)
-                    self.sink.close()
                     opened = False
-                    self._reconnects += 1
-                    self._state = "reconnecting"
-                    self._stop.wait(backoff)
-                    backoff = min(backoff * 2, self.max_backoff)
+                    backoff = self._reconnect(exc, backoff)
         except BaseException as exc:
-            self._error = exc
-            self._last_error = str(exc) or type(exc).__name__
-            self._state = "failed"
+            self._failed(exc)
             raise
         finally:
             quit_reading.set()  # the reader thread ends at its next record or poll
             self.sink.close()
-            if self._state != "failed":
-                self._state = "stopped"
+            self._ended()
         return self._sent
 
-    def start(self) -> None:
-        if self._closed:
-            raise ClosedError("this shipper was stopped; make a new Shipper")
-        if self._thread is not None:
-            raise RuntimeError("this shipper is already running")
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._thread_main, daemon=True,
-                                        name="mmapkit-shipper")
-        self._thread.start()
-
-    def _thread_main(self) -> None:
-        try:
-            self.run()
-        except BaseException:  # kept in _error: stop() raises it
-            pass
-
-    def request_stop(self) -> None:
-        self._stop.set()
-
-    def stop(self, timeout: float | None = 30.0) -> None:
-        """Stop following and give up the target; raises what stopped the shipper."""
-        self._stop.set()
-        t = self._thread
-        if t is not None:
-            t.join(timeout)
-            if t.is_alive():
-                raise TimeoutError(f"the shipper did not stop within {timeout} s")
-            self._thread = None
-        self._closed = True
-        if self._error is not None:
-            raise self._error
-
-    def statistics(self) -> MirrorStatistics:
-        return MirrorStatistics(self.name, _target(self.sink), self._state, self._position,
-                                None, self._sent, self._batches, self._reconnects, 0,
-                                self._last_error)
-
     def __repr__(self) -> str:
-        return f"Shipper({self.directory!r} -> {_target(self.sink)})"
+        return f"Shipper({self.directory!r} -> {target_name(self.sink)})"
