@@ -201,9 +201,14 @@ def test_fork_child_and_reap() -> None:
 
 def test_spawn_imports_this_checkout_and_says_ready() -> None:
     code = "import bench._harness as h, sys; print('ready', flush=True); print(h.ROOT)"
-    p = _harness.spawn("-c", code)
+    p = _harness.spawn("-c", code, stdin=None)
     _harness.ready(p)
-    out, _ = p.communicate(timeout=60)
+    # (not communicate(timeout=...): it reads the raw descriptor and misses what ready()'s
+    # readline already buffered, here the whole second line)
+    assert p.stdout is not None
+    with p.stdout:
+        out = p.stdout.read()
+    p.wait(timeout=60)
     assert out.strip() == _harness.ROOT and p.returncode == 0
     p = _harness.spawn("-c", "print('no')")
     with pytest.raises(RuntimeError, match="failed to start"):
