@@ -204,3 +204,33 @@ def test_h6_close_lets_go_at_once(tmp_path: Path) -> None:
 def test_lock_hold_is_checked() -> None:
     with pytest.raises(ValueError, match="lock_hold"):
         Journal("/nonexistent-never-opened", lock_hold=-1)
+
+
+DROPPER = """
+import gc, sys, time
+from mmapkit import Journal
+j = Journal(sys.argv[1], lock_hold=0.05)
+j.append(b"dropped")
+del j  # never closed
+gc.collect()
+print("dropped", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_handle_dropped_unclosed_still_lets_go(tmp_path: Path) -> None:
+    d, meta = _journal(tmp_path)
+    p = spawn(DROPPER, d)
+    try:
+        _line(p, "dropped")
+        deadline = time.monotonic() + 5
+        while not _flock_free(meta):
+            assert time.monotonic() < deadline, "a dropped handle kept the writer lock"
+            time.sleep(0.005)
+        with Journal(d) as j:
+            assert j.append(b"after") == 2
+    finally:
+        p.kill()
+        p.communicate()
+    report = Journal.check(d)
+    assert report.ok, report.problems

@@ -1322,9 +1322,9 @@ class _WriterLock(WriterLock):
     child gets a descriptor of its own at once (``_after_fork``): flock belongs to the
     open file description, which the child would otherwise share with its parent."""
 
-    __slots__ = ("__weakref__", "_depth", "_fd", "_forked", "_held", "_hold", "_hold_evt",
-                 "_lock_timeout", "_lock_waiter", "_mode", "_path", "_pos", "_readonly",
-                 "_region", "_run_start", "_tlock", "_waitw", "_want_waiter")
+    __slots__ = ("__weakref__", "_depth", "_fd", "_finalizer", "_forked", "_held", "_hold",
+                 "_hold_evt", "_lock_timeout", "_lock_waiter", "_mode", "_path", "_pos",
+                 "_readonly", "_region", "_run_start", "_tlock", "_waitw", "_want_waiter")
     _WANT_AT = F.OFF_LOCK_WANT
     _SEQ_AT = F.OFF_LOCK_SEQ
     _KIND = "journal"
@@ -1349,6 +1349,10 @@ class _WriterLock(WriterLock):
         self._readonly = False
         self._forked = False
         self._mode = None
+        # A handle dropped unclosed (its releaser thread may have let go of it already)
+        # must not keep a held flock for the rest of the process: closing the descriptor
+        # drops it.
+        self._finalizer = weakref.finalize(self, os.close, self._fd)
         _LOCKS.add(self)
 
     def _refresh_inline(self) -> None:  # (the mixin's fork path, not used here)
@@ -1412,7 +1416,7 @@ class _WriterLock(WriterLock):
                     waiter.close()
             self._lock_waiter = self._want_waiter = None
             self._waitw.release()
-            os.close(self._fd)
+            self._finalizer()  # os.close(self._fd), once
             self._fd = -1
             _LOCKS.discard(self)
         if evt is not None:
