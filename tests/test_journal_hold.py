@@ -234,3 +234,44 @@ def test_a_handle_dropped_unclosed_still_lets_go(tmp_path: Path) -> None:
         p.communicate()
     report = Journal.check(d)
     assert report.ok, report.problems
+
+
+PAUSED_HOLDER = """
+import sys
+from mmapkit import Journal
+j = Journal(sys.argv[1], lock_hold=30)
+for i in range(3):
+    j.append(b"paused-%d" % i)
+print("done", flush=True)
+"""
+
+
+def test_a_writer_paused_after_publishing_hands_the_held_lock_over(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Paused at journal.append.published (A6 done, the lock held: H1) with a 30 s hold:
+    another process's append gets the lock from the paused writer's releaser thread (L2,
+    H4), sees the published record, and the paused writer appends on after it (dense)."""
+    d, meta = _journal(tmp_path)
+    pauses = tmp_path / "pauses"
+    pauses.mkdir()
+    monkeypatch.setenv("MMAPKIT_PAUSE", "journal.append.published")
+    monkeypatch.setenv("MMAPKIT_PAUSE_DIR", str(pauses))
+    p = spawn(PAUSED_HOLDER, d)
+    reached = pauses / "journal.append.published.reached"
+    deadline = time.monotonic() + 30
+    while not reached.exists():
+        assert p.poll() is None, p.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    monkeypatch.delenv("MMAPKIT_PAUSE")
+    assert not _flock_free(meta)  # H1: held across the pause
+    with Journal(d) as j:
+        t0 = time.monotonic()
+        assert j.append(b"between") == 2
+        assert time.monotonic() - t0 < 5.0
+        (pauses / "journal.append.published.go").touch()
+        assert p.communicate(timeout=30)[0].strip() == "done"
+        assert [r.value for r in j.reader()] == [b"first", b"paused-0", b"between",
+                                                 b"paused-1", b"paused-2"]
+    report = Journal.check(d)
+    assert report.ok, report.problems
