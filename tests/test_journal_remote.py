@@ -366,3 +366,36 @@ def test_a_client_that_stops_reading_is_cut_off_after_io_timeout(tmp_path: Path)
                     got += len(chunk)
             stuck.close()
             assert R.RESPONSE.size < got < 9_000_000  # cut off mid-reply: the end is EOF
+
+
+def test_a_server_stalling_mid_reply_is_a_timeout(tmp_path: Path) -> None:
+    """The client receives on a blocking socket bounded by SO_RCVTIMEO: a reply whose
+    payload stops coming (a peer that sent the header and part of the bytes, then went
+    silent) is TimeoutError after about io_timeout, and the next call reconnects."""
+    ls = socket.socket(socket.AF_INET)
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(2)
+    port = ls.getsockname()[1]
+    release = threading.Event()
+
+    def stalling_server() -> None:
+        conn, _ = ls.accept()
+        with conn:
+            R._recv_exact(conn, R.REQUEST.size)
+            conn.sendall(R.encode_response(R.OK, 1000, 0, 10, 0) + b"\0" * 10)
+            release.wait(30)
+
+    t = threading.Thread(target=stalling_server, daemon=True)
+    t.start()
+    try:
+        r = RemoteReader(f"127.0.0.1:{port}", 0, io_timeout=0.3)
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError):
+            r.fetch_raw()
+        assert 0.2 < time.monotonic() - t0 < 10
+        assert r._sock is None  # the framing is lost: closed, the next call reconnects
+        r.close()
+    finally:
+        release.set()
+        t.join(10)
+        ls.close()

@@ -28,6 +28,7 @@ import struct
 from collections.abc import Iterable, Iterator, Sequence
 from functools import partial
 from itertools import repeat
+from operator import itemgetter
 from typing import NamedTuple
 from zlib import crc32
 
@@ -72,6 +73,9 @@ OFF_BOOT = 88        # 16 bytes: boot id of the machine that last opened for wri
 OFF_RECOVERY = 104   # u64 segment base, u64 commit word: known on the storage device
 OFF_DELETE_DELAY = 120  # i64 ms: how long retention keeps renamed (.deleted) files
 OFF_BELLS = 128      # u32: how many bell slots are in use (0: appends ring nothing)
+OFF_LOCK_WANT = 132  # u32: non-zero while some process waits for the writer lock
+OFF_LOCK_SEQ = 136   # u32: bumped by a writer that hands the lock over (futex word)
+OFF_LOCK_READY = 140  # u32: non-zero while a woken waiter is awake and trying for the lock
 OFF_BELL_SLOTS = 256  # BELL_SLOTS u64 slots: (pid << 32) | token of a reader's doorbell FIFO
 BELL_SLOTS = 64
 NONE_I64 = -1        # "unlimited" for retention_ms / retention_bytes
@@ -310,28 +314,43 @@ def decode_batch(view: memoryview | bytes, pos: int, info: BatchInfo) -> Iterato
 
 _new_tuple = tuple.__new__
 _new_record = partial(_new_tuple, Record)
-_UNIFORM: dict[int, struct.Struct] = {}
+_UNIFORM: dict[int, tuple[struct.Struct, struct.Struct]] = {}  # value length -> layouts
+_first = itemgetter(0)
 
 
 def _decode_uniform(buf: bytes | mmap.mmap, pos: int, info: BatchInfo) -> list[Record] | None:
     """decode_records of a batch whose records all have the same value length, no key
-    and no headers (what append_many of equal-sized values writes), with C loops only:
-    one iter_unpack, a transpose, counts that prove the layout, one map.  None when the
-    batch is not laid out so."""
+    and no headers (what append_many of equal-sized values writes), with C loops only.
+    When a record's size is a multiple of 8 (100-byte values: 120), the fixed fields are
+    read as strided slices of one word view (counts prove the layout), and the values
+    come from one iter_unpack that skips the fixed fields: no per-record 5-tuple and no
+    transpose.  None when the batch is not laid out so."""
     count = info.records
     _, klen, vlen, hlen = REC.unpack_from(buf, pos + BATCH_HEADER)
-    if klen != -1 or hlen or vlen < 0 or info.length != BATCH_HEADER + count * (20 + vlen):
+    stride = 20 + vlen
+    if klen != -1 or hlen or vlen < 0 or info.length != BATCH_HEADER + count * stride:
         return None
-    rec = _UNIFORM.get(vlen)
-    if rec is None:
+    structs = _UNIFORM.get(vlen)
+    if structs is None:
         if len(_UNIFORM) > 64:
             _UNIFORM.clear()
-        rec = _UNIFORM[vlen] = struct.Struct(f"<qiiI{vlen}s")
-    ts, klens, vlens, hlens, values = zip(*rec.iter_unpack(
-        buf[pos + BATCH_HEADER : pos + info.length]), strict=True)
-    if klens.count(-1) != count or vlens.count(vlen) != count or hlens.count(0) != count:
-        return None
+        structs = _UNIFORM[vlen] = (struct.Struct(f"<qiiI{vlen}s"),
+                                    struct.Struct(f"<20x{vlen}s"))
+    body = buf[pos + BATCH_HEADER : pos + info.length]
     first = info.first_offset
+    if not stride & 7:
+        with memoryview(body) as mv, mv.cast("i") as words, mv.cast("q") as quads:
+            k = stride >> 2
+            if (words[2::k].tolist().count(-1) != count
+                    or words[3::k].tolist().count(vlen) != count
+                    or words[4::k].tolist().count(0) != count):
+                return None
+            ts: Sequence[int] = quads[:: stride >> 3].tolist()
+        values: Iterable[bytes] = map(_first, structs[1].iter_unpack(body))
+    else:
+        ts, klens, vlens, hlens, values = zip(*structs[0].iter_unpack(body), strict=True)
+        if klens.count(-1) != count or vlens.count(vlen) != count or hlens.count(0) != count:
+            return None
     return list(map(_new_record, zip(range(first, first + count), ts, repeat(None), values,
                                      repeat(()))))
 

@@ -112,7 +112,8 @@ class Consumer:
         restart.  Survives a crash of any process once it returns."""
         if offset is None:
             offset = self._position
-        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+        elif (type(offset) is not int or offset < 0) and (  # (one test when it is an int)
+                not isinstance(offset, int) or isinstance(offset, bool) or offset < 0):
             raise ValueError(f"commit() takes an offset >= 0, got {offset!r}")
         self._kv[self._key] = offset
 

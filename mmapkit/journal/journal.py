@@ -61,8 +61,9 @@ directory.  L = the writer lock.
           due (into preallocated slots)           overwrites (A3 clears its index slots)
     A6    store W (one 8-byte store)        L     the batch is whole and visible: it is
                                                   acknowledged from here on
-    A7    N += 1; release L; waiters word   -     followers woken (or they see N moved
-          set: clear it, futex wake               at their next timed look)
+    A7    N += 1; release L (or hold it:    -     followers woken (or they see N moved
+          H1-H3); waiters word set: clear         at their next timed look)
+          it, futex wake
     A7b   bells word B read under L: B>0:  -     each registered reader's doorbell FIFO
           write a byte to each registered         turns readable (after W was stored); a
           reader's doorbell (after L)             FIFO nobody reads (reader killed) is
@@ -113,11 +114,53 @@ directory.  L = the writer lock.
                                                   (R1); files below S (D3)
     ====  ================================  ====  ========================================
 
+The writer lock is held between appends (``lock_hold`` seconds, 0 = off): a run of
+appends takes the flock once (two flock calls were a third of an append).  The taking,
+holding and handing over are the KV's (``kv._writelock.WriterLock``, L1-L4 there), over
+the meta page's words wanted / hand-overs / ready (OFF_LOCK_*).  To another process a held
+lock is a writer that has not finished yet; A6 is still where an append is acknowledged,
+so holding changes no guarantee: the holder's kill drops the flock like any writer's.
+
+    ====  ================================  ====  ========================================
+    #     step (process P, P's thread lock)  lock  what another process may do or see
+    ====  ================================  ====  ========================================
+    L1-4  take L: try a few times; then     -     the holder sees "wanted" at its next
+          set "wanted", wake the holder's         release (H3) or its releaser wakes (H4)
+          releaser, sleep on the hand-over
+          count (timed slices: a killed
+          holder wakes nobody); woken: set
+          "ready", try; got it: clear ready
+    H1    an append (or any step under L)   L     its appends wait (L1-L4); readers read
+          ends, nobody waits (wanted and          on lock-free: W was stored at A6, the
+          ready clear): keep the flock            batch is acknowledged
+          ("held"); the releaser thread
+          watches the hold
+    H2    P appends while held: no flock    L     nobody else can have appended: W is
+          call (A2 without the system call)       what P last stored (A3b finds W==seen)
+    H3    an append ends while someone      L->-  the waiter takes L (L3) and appends;
+          waits and P's run has lasted its        P's next append waits its turn (L1-L4)
+          quantum (2 ms): unlock, bump the
+          hand-over count, futex wake one
+    H4    releaser thread (under P's        L->-  an idle holder lets go within about
+          thread lock, no step in              lock_hold, at once when a waiter's L2
+          progress): P appended nothing for       wakes the thread (futex on "wanted");
+          lock_hold, or someone waits:            a process that never sets "wanted"
+          unlock                                  (plain flock) waits until then
+    H5    fork: the child's copy is not     -     the parent's hold goes on; a parent
+          held; its descriptor gets a new         killed while holding drops its flock
+          open file description at once           even while the child lives
+          (flock belongs to the description)
+    H6    close(): unlock if held; the      L->-  as H4
+          releaser stops
+    K     kill -9 while holding             -     the kernel drops the flock; waiters'
+                                                  timed slices (10 ms) find it free
+    ====  ================================  ====  ========================================
+
 Reopen after kill -9 costs O(unpublished bytes): attach (A3) reads W and scans at most the
 batches after the last index entry, never the journal.
 
 Test pause points (``mmapkit._testhooks``): journal.append.written (A5 done),
-journal.append.published (L released, before the A7 wake-ups), journal.bell.slot (B1's
+journal.append.published (L released or held, before the A7 wake-ups), journal.bell.slot (B1's
 slot stored, B not yet), journal.roll.created (R2 done), journal.retain.started (D2 done).
 """
 
@@ -131,6 +174,7 @@ import struct
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -147,6 +191,7 @@ from ..errors import (
     JournalRecoveryWarning,
     MessageTooLargeError,
 )
+from ..kv._writelock import WriterLock
 from ..region import Region
 from ..wait import Waiter
 from . import _format as F
@@ -183,24 +228,24 @@ def _now_ms() -> int:
 _time_ns = time.time_ns
 _ONLY_BYTES = {bytes}
 _CATCH_UP_MAX = 1 << 20  # bytes other writers appended that _catch_up reads at most
-_FORKS = [0]  # bumped in a fork child: the writer lock reopens its descriptor there
+# The live writer locks, for the one at-fork hook below (a hook per lock could never be
+# unregistered): a fork child gives each a descriptor of its own (_WriterLock._after_fork).
+_LOCKS: weakref.WeakSet[_WriterLock] = weakref.WeakSet()
 
 
-def _after_fork() -> None:
-    _FORKS[0] += 1
+def _after_fork_in_child() -> None:
+    for lock in list(_LOCKS):
+        lock._after_fork()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 # word indexes into the meta page (the u64 and u32 views)
 _I_SEGMENT_BYTES = F.OFF_SEGMENT_BYTES // 8
 _I_ACTIVE = F.OFF_ACTIVE // 8
 _I_SEGMENT_MS = F.OFF_SEGMENT_MS // 8  # stored as i64 but never negative (checked at open)
 _MAX_RECORDS = F.MAX_RECORDS_PER_SEGMENT
 _SEGMENT_HEADER = F.SEGMENT_HEADER
-_flock = fcntl.flock
-_LOCK_EX = fcntl.LOCK_EX
-_LOCK_UN = fcntl.LOCK_UN
 _CRC_FROM = F.CRC_FROM
 _prefix = F.PREFIX.pack
 _I_INTERVAL = F.OFF_INDEX_INTERVAL // 4
@@ -345,14 +390,16 @@ class Journal:
     an existing journal changes it for every process (as Kafka's topic configs).
     ``sync``: ``"never"`` (a returned append survives a process crash), ``"always"``
     (fdatasync before append returns: survives power loss) or a number of seconds (sync
-    when the last sync is older than that).
+    when the last sync is older than that).  ``lock_hold``: seconds this handle keeps the
+    writer lock after an append (0: off), so a run of appends pays no lock system call; a
+    writer in another process that wants the lock gets it handed over at once.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, create: bool = False,
                  segment_bytes: int | None = None, segment_ms: int | None = None,
                  retention_ms: int | None = None, retention_bytes: int | None = None,
                  index_interval: int | None = None, sync: SyncArg = "never",
-                 delete_delay_ms: int | None = None) -> None:
+                 delete_delay_ms: int | None = None, lock_hold: float = 0.001) -> None:
         self._dir = os.path.abspath(os.fspath(path))
         self._closed = True
         self._sync_every: float | None
@@ -370,6 +417,8 @@ class Journal:
                              f"{segment_bytes}")
         if index_interval is not None and index_interval <= 0:
             raise ValueError(f"index_interval must be positive, got {index_interval}")
+        if not (isinstance(lock_hold, (int, float)) and lock_hold >= 0):
+            raise ValueError(f"lock_hold must be a number of seconds >= 0, not {lock_hold!r}")
         for name, v in (("segment_ms", segment_ms), ("retention_ms", retention_ms),
                         ("retention_bytes", retention_bytes),
                         ("delete_delay_ms", delete_delay_ms)):
@@ -383,7 +432,7 @@ class Journal:
             self._create(segment_bytes, segment_ms, retention_ms, retention_bytes,
                          index_interval, delete_delay_ms)
         self._meta = _Meta(meta_path)
-        self._lock = _WriterLock(meta_path)
+        self._lock = _WriterLock(meta_path, self._meta.region, lock_hold)
         self._closed = False
         self._active: ActiveSegment | None = None
         self._tail: Segment | None = None  # read view of the active segment (end_offset)
@@ -548,17 +597,13 @@ class Journal:
                 f"a batch of {n} bytes cannot fit a segment of {seg_bytes} bytes; "
                 "raise segment_bytes or append fewer records at a time")
         lock = self._lock
-        # the writer lock's acquire, inlined: this thread's turn, then the flock (L)
-        lock._t.acquire()
-        if lock._depth or lock._pid != _FORKS[0]:
-            lock._t.release()
+        # the writer lock's acquire, inlined: this thread's turn; the flock is still ours
+        # from the last append (H2), else take it (L1-L4)
+        lock._tlock.acquire()
+        if lock._depth or not lock._held:
+            lock._tlock.release()
             lock.acquire()
         else:
-            try:
-                _flock(lock._fd, _LOCK_EX)
-            except BaseException:
-                lock._t.release()
-                raise
             lock._depth = 1
         try:
             seg = self._active
@@ -610,10 +655,13 @@ class Journal:
                 wake = False
             bells = u32[_I_BELLS]  # A7: read under L, so a bell registered (B1) before
         finally:                   # this publish is rung, one registered after sees W
-            if lock._depth == 1:  # the lock's release, inlined as its acquire above
-                lock._depth = 0
-                _flock(lock._fd, _LOCK_UN)
-                lock._t.release()
+            if lock._depth == 1:  # the lock's release, inlined as its acquire above:
+                lock._depth = 0   # keep the flock (H2) unless holding is off or someone
+                lock._pos += 1    # waits for it (H3)
+                words = lock._waitw
+                if words[1] or words[3] or not lock._hold:
+                    lock._end_hold()
+                lock._tlock.release()
             else:
                 lock.release()
         self._appended += count
@@ -1266,39 +1314,69 @@ class Journal:
         return f"<mmapkit.Journal {self._dir!r}{' closed' if self._closed else ''}>"
 
 
-class _WriterLock:
+class _WriterLock(WriterLock):
     """L: an exclusive flock on journal.meta, re-entrant per thread, excluding this
-    process's other threads (a threading.RLock in front), taken afresh by a fork child
-    (which reopens the file so its flock is its own).  Cheaper than FileLock's general
-    shared/exclusive state machine on the append path: two syscalls an append."""
+    process's other threads (an RLock in front), and *held* between appends (steps H1-H4
+    of the module table) with the KV's protocol: ``kv._writelock.WriterLock``, whose
+    words here are the meta page's lock words (OFF_LOCK_WANT / SEQ / READY).  A fork
+    child gets a descriptor of its own at once (``_after_fork``): flock belongs to the
+    open file description, which the child would otherwise share with its parent."""
 
-    __slots__ = ("_depth", "_fd", "_path", "_pid", "_t")
+    __slots__ = ("__weakref__", "_depth", "_fd", "_finalizer", "_forked", "_held", "_hold",
+                 "_hold_evt", "_lock_timeout", "_lock_waiter", "_mode", "_path", "_pos",
+                 "_readonly", "_region", "_run_start", "_tlock", "_waitw", "_want_waiter")
+    _WANT_AT = F.OFF_LOCK_WANT
+    _SEQ_AT = F.OFF_LOCK_SEQ
+    _KIND = "journal"
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, region: Region, hold: float) -> None:
         self._path = path
         self._fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        self._pid = _FORKS[0]  # the fork generation this descriptor belongs to
-        self._t = threading.RLock()
+        self._tlock = threading.RLock()
         self._depth = 0
+        self._held = False  # this handle's process holds the flock (maybe between appends)
+        self._hold = hold
+        self._hold_evt = None
+        self._pos = 0  # bumped by every release: the releaser's "idle for a hold" test
+        self._region = region
+        # u32 words from OFF_BELLS: [1] wanted, [2] hand-overs, [3] waiter ready ([0],
+        # the bells count, is not the lock's)
+        self._waitw = region.view[F.OFF_BELLS : F.OFF_LOCK_READY + 4].cast("I")
+        self._lock_waiter = None
+        self._want_waiter = None
+        self._lock_timeout = float("inf")  # appends wait as long as it takes (as before)
+        self._run_start = 0.0
+        self._readonly = False
+        self._forked = False
+        self._mode = None
+        # A handle dropped unclosed (its releaser thread may have let go of it already)
+        # must not keep a held flock for the rest of the process: closing the descriptor
+        # drops it.
+        self._finalizer = weakref.finalize(self, os.close, self._fd)
+        _LOCKS.add(self)
+
+    def _refresh_inline(self) -> None:  # (the mixin's fork path, not used here)
+        pass
 
     def acquire(self) -> None:
-        self._t.acquire()
-        if self._depth == 0:
-            if self._pid != _FORKS[0]:  # forked: a descriptor of our own (flock is per
-                self._fd = os.open(self._path, os.O_RDWR | os.O_CLOEXEC)  # description)
-                self._pid = _FORKS[0]
+        self._tlock.acquire()
+        if self._depth == 0 and not self._held:
+            if self._fd < 0:
+                self._tlock.release()
+                raise ClosedError("the journal is closed; open it again")
             try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX)
+                self._acquire_flock()  # L1-L4, then H1 (the hold begins)
             except BaseException:
-                self._t.release()
+                self._tlock.release()
                 raise
         self._depth += 1
 
     def release(self) -> None:
         self._depth -= 1
         if self._depth == 0:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-        self._t.release()
+            self._pos += 1
+            self._end_hold()  # H2/H3: keep it, or hand it over to a waiter
+        self._tlock.release()
 
     def __enter__(self) -> None:
         self.acquire()
@@ -1306,10 +1384,43 @@ class _WriterLock:
     def __exit__(self, *exc: object) -> None:
         self.release()
 
-    def close(self) -> None:
+    def _after_fork(self) -> None:
+        """In a fork child: nothing of the parent's lock is ours (held flag, depth, the
+        releaser thread, a thread lock a vanished thread may hold), and the descriptor
+        gets an open file description of its own: a parent killed while holding must
+        not leave its flock alive in this child."""
+        self._tlock = threading.RLock()
+        self._depth = 0
+        self._held = False
+        self._hold_evt = None
         if self._fd >= 0:
-            os.close(self._fd)
+            try:
+                fd = os.open(self._path, os.O_RDWR | os.O_CLOEXEC)
+            except OSError:
+                return  # (the journal is gone: an append here fails at its own open)
+            try:
+                os.dup2(fd, self._fd, inheritable=False)
+            finally:
+                os.close(fd)
+
+    def close(self) -> None:
+        with self._tlock:
+            if self._fd < 0:
+                return
+            if self._held:
+                self._release_flock()
+            self._region = None  # the releaser thread stops at its next look
+            evt = self._hold_evt
+            for waiter in (self._lock_waiter, self._want_waiter):
+                if waiter is not None:
+                    waiter.close()
+            self._lock_waiter = self._want_waiter = None
+            self._waitw.release()
+            self._finalizer()  # os.close(self._fd), once
             self._fd = -1
+            _LOCKS.discard(self)
+        if evt is not None:
+            evt.set()
 
 
 class _ReadMap:

@@ -422,6 +422,13 @@ class Reader:
         return self
 
     def __next__(self) -> Record:
+        bi = self._bi
+        buf = self._buf
+        if bi < len(buf):  # the common case: the next record of a decoded batch
+            rec = buf[bi]
+            self._bi = bi + 1
+            self._next = rec.offset + 1
+            return rec
         got = self._take_or_arm(1)
         if got:
             return got[0]

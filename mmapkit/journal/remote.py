@@ -128,6 +128,13 @@ def encode_response(status: int, length: int, start: int, end: int, aux: int,
     return bytes(raw)
 
 
+def _timeval(seconds: float) -> bytes:
+    """A struct timeval for SO_RCVTIMEO / SO_SNDTIMEO (0 would mean "forever": at least
+    1 us)."""
+    usec = max(1, round(seconds * 1e6))
+    return _TIMEVAL.pack(usec // 1_000_000, usec % 1_000_000)
+
+
 def parse_address(address: Address) -> tuple[int, str | tuple[str, int]]:
     """(family, address): ``("host", port)`` or ``"host:port"`` is TCP; a path is Unix."""
     if isinstance(address, tuple):
@@ -150,6 +157,27 @@ def _recv_exact(sock: socket.socket, n: int, into: bytearray | None = None) -> b
                               "frame received)")
         got += k
     return buf
+
+
+_MSG_WAITALL = getattr(socket, "MSG_WAITALL", 0)
+_TIMEVAL = struct.Struct("@ll")
+
+
+def _recv_all(sock: socket.socket, view: memoryview, n: int) -> None:
+    """The client's receive: ``n`` bytes into ``view`` on a *blocking* socket whose
+    SO_RCVTIMEO bounds each call (a socket with a Python timeout polls before every recv:
+    two system calls per socket buffer).  MSG_WAITALL lets the kernel fill a whole reply
+    in one call.  EOF is BrokenError; a call that timed out is TimeoutError."""
+    got = 0
+    while got < n:
+        try:
+            k = sock.recv_into(view[got:n], n - got, _MSG_WAITALL)
+        except BlockingIOError:  # EAGAIN: SO_RCVTIMEO passed with nothing received
+            raise TimeoutError("timed out") from None
+        if k == 0:
+            raise BrokenError(f"the peer closed the connection ({got} of {n} bytes of a "
+                              "frame received)")
+        got += k
 
 
 # --- server --------------------------------------------------------------------------------
@@ -396,6 +424,8 @@ class RemoteReader:
         self.max_bytes = max_bytes
         self._sock: socket.socket | None = None
         self._buf = bytearray(max_bytes + F.BATCH_HEADER)
+        self._head = bytearray(RESPONSE.size)
+        self._rcvtimeo = -1.0  # the SO_RCVTIMEO set on the socket (-1: none yet)
         self._records: list[Record] = []
         self._ri = 0
         self._next = 0
@@ -421,8 +451,18 @@ class RemoteReader:
                 sock.close()
                 raise BrokenError(f"cannot reach the journal server at {self._addr!r}: "
                                   f"{exc}") from exc
+            # From here blocking, bounded by the kernel's SO_RCVTIMEO / SO_SNDTIMEO (set
+            # per call by _timeout): one system call per receive, none to poll
+            sock.settimeout(None)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(self.io_timeout))
+            self._rcvtimeo = -1.0
             self._sock = sock
         return self._sock
+
+    def _timeout(self, sock: socket.socket, seconds: float) -> None:
+        if seconds != self._rcvtimeo:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(seconds))
+            self._rcvtimeo = seconds
 
     def _disconnect(self) -> None:
         if self._sock is not None:
@@ -434,10 +474,11 @@ class RemoteReader:
         """Send one request, read one response header: (status, length, start, end, aux)."""
         sock = self._connect()
         try:
-            sock.settimeout(self.io_timeout + wait_ms / 1000)
+            self._timeout(sock, self.io_timeout + wait_ms / 1000)
             sock.sendall(encode_request(kind, offset, self.max_bytes, wait_ms))
-            head = _recv_exact(sock, RESPONSE.size)
-        except TimeoutError:
+            head = self._head
+            _recv_all(sock, memoryview(head), RESPONSE.size)
+        except (TimeoutError, BlockingIOError):  # (EAGAIN: SO_SNDTIMEO passed)
             self._disconnect()
             raise TimeoutError(f"the journal server at {self._addr!r} did not answer within "
                                f"{self.io_timeout + wait_ms / 1000:.1f} s") from None
@@ -471,7 +512,8 @@ class RemoteReader:
         sock = self._sock
         assert sock is not None
         try:
-            _recv_exact(sock, length, self._buf)
+            self._timeout(sock, self.io_timeout)
+            _recv_all(sock, memoryview(self._buf), length)
         except TimeoutError:
             self._disconnect()
             raise TimeoutError(f"the journal server at {self._addr!r} stalled mid-reply") from None
@@ -547,11 +589,12 @@ class RemoteReader:
                                    f"{offset} asked for")
             unpack = _BATCH_HEAD.unpack_from
             crc32 = zlib.crc32
-            while p + F.BATCH_HEADER <= n:
+            head, crc_from, batch_version = F.BATCH_HEADER, F.CRC_FROM, F.BATCH_VERSION
+            while p + head <= n:
                 crc, length, boff, count, version = unpack(data, p)
-                if boff != nxt or version != F.BATCH_VERSION or count == 0 or \
-                        length < F.BATCH_HEADER or p + length > n or \
-                        crc32(data[p + F.CRC_FROM : p + length]) != crc:
+                if boff != nxt or version != batch_version or count == 0 or \
+                        length < head or p + length > n or \
+                        crc32(data[p + crc_from : p + length]) != crc:
                     info = F.read_batch_header(data, p, n)  # says what is wrong
                     raise F.BatchError(f"a batch claims offset {info.first_offset}, "
                                        f"expected {nxt}")

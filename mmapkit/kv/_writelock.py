@@ -47,7 +47,16 @@ _READY_SPIN = 0.002  # a woken waiter tries this long for the holder to let go
 
 
 class WriterLock:
-    """Taking, holding, handing over and releasing the writer lock (mixin of KV)."""
+    """Taking, holding, handing over and releasing the writer lock (mixin of KV, and of
+    the journal's writer lock: journal.py).
+
+    The class attributes say where the words live in ``_region``: a user with another
+    layout overrides them (``_waitw`` is a u32 view whose [1], [2], [3] are the wanted,
+    hand-over and ready words at those offsets)."""
+
+    _WANT_AT = OFF_LOCK_WANT
+    _SEQ_AT = OFF_LOCK_SEQ
+    _KIND = "KV"
 
     if TYPE_CHECKING:  # KV's slots (KV, not this mixin, owns them) and the KV method used
         __slots__ = ("_depth", "_fd", "_forked", "_held", "_hold", "_hold_evt", "_lock_timeout",
@@ -130,9 +139,9 @@ class WriterLock:
         if evt is None:
             evt = self._hold_evt = threading.Event()
             weakref.finalize(self, evt.set)  # a handle dropped unclosed lets its thread go
+            name = f"mmapkit {self._KIND} lock releaser ({os.path.basename(self._path)})"
             threading.Thread(target=_releaser, args=(weakref.ref(self), evt), daemon=True,
-                             name=f"mmapkit KV lock releaser ({os.path.basename(self._path)})"
-                             ).start()
+                             name=name).start()
         if not evt.is_set():
             evt.set()
 
@@ -167,10 +176,10 @@ class WriterLock:
                 last = self._pos
                 asked = words[1]
                 hold = self._hold
-                if _platform.HAVE_FUTEX and at != self._region.address + OFF_LOCK_WANT:
+                if _platform.HAVE_FUTEX and at != self._region.address + self._WANT_AT:
                     # A raw futex on the word's address, no view of the mapping: close()
                     # never waits for this thread, and a growth only moves the address.
-                    at = self._region.address + OFF_LOCK_WANT
+                    at = self._region.address + self._WANT_AT
                     wait = _platform.futex_waiter(at)
             # Outside the lock: the holder writes on; a waiter's wake (L2) cuts this short.
             if asked or wait is None:
@@ -248,7 +257,7 @@ class WriterLock:
                 continue
             if self._lock_waiter is None:
                 assert self._region is not None
-                self._lock_waiter = Waiter(self._region, OFF_LOCK_SEQ)
+                self._lock_waiter = Waiter(self._region, self._SEQ_AT)
             self._lock_waiter.wait(seq, min(remaining, _LOCK_SLICE))
             if follow:
                 # L3: read the others' writes now, before saying we are ready, so the
@@ -280,7 +289,7 @@ class WriterLock:
         holder then lets go at once instead of after its idle interval)."""
         if self._want_waiter is None:
             assert self._region is not None
-            self._want_waiter = Waiter(self._region, OFF_LOCK_WANT)
+            self._want_waiter = Waiter(self._region, self._WANT_AT)
         self._want_waiter.wake(1)
 
     def _release_flock(self) -> None:
@@ -302,7 +311,7 @@ class WriterLock:
         if _platform.HAVE_FUTEX:
             if self._lock_waiter is None:
                 assert self._region is not None
-                self._lock_waiter = Waiter(self._region, OFF_LOCK_SEQ)
+                self._lock_waiter = Waiter(self._region, self._SEQ_AT)
             self._lock_waiter.wake(1)
 
 

@@ -1,0 +1,277 @@
+"""The journal's writer lock held between appends (journal.py, steps H1-H6 and K of the
+lock-hold table), with real processes: a holder paused after its append, killed, idle,
+forked; a waiter that announces itself; a process that only knows the plain flock.
+Every test ends with Journal.check()."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from conftest import spawn
+
+from mmapkit import Journal
+
+# Appends once holding the lock for up to `hold` seconds, says so, then idles (or forks a
+# child that lives on, then idles).
+HOLDER = """
+import os, sys, time
+from mmapkit import Journal
+path, hold, fork = sys.argv[1], float(sys.argv[2]), sys.argv[3] == "fork"
+j = Journal(path, lock_hold=hold)
+off = j.append(b"held-0")
+if fork:
+    child = os.fork()
+    if child == 0:  # (off the test's pipes: it waits for their end, not for us)
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        time.sleep(60)
+        os._exit(0)
+    print("child", child, flush=True)
+print("appended", off, flush=True)
+line = sys.stdin.readline()
+if line.strip() == "append":
+    print("appended", j.append(b"held-1"), flush=True)
+    sys.stdin.readline()
+"""
+
+
+def _flock_free(meta: str) -> bool:
+    """Whether a plain exclusive flock on journal.meta can be taken now (then dropped)."""
+    fd = os.open(meta, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # (closing the only descriptor of the description drops the flock)
+    return True
+
+
+def _line(p: object, word: str) -> list[str]:
+    import subprocess
+    assert isinstance(p, subprocess.Popen)
+    line = p.stdout.readline()
+    assert line.startswith(word), (line, p.poll() is None or p.communicate())
+    return line.split()
+
+
+def _journal(tmp_path: Path) -> tuple[str, str]:
+    d = str(tmp_path / "j")
+    with Journal(d, create=True, lock_hold=0) as j:
+        j.append(b"first")
+    return d, os.path.join(d, "journal.meta")
+
+
+def test_h1_holder_keeps_the_lock_and_k_its_kill_drops_it(tmp_path: Path) -> None:
+    d, meta = _journal(tmp_path)
+    p = spawn(HOLDER, d, "30", "-", stdin=-1)
+    assert _line(p, "appended")[1] == "1"
+    # H1: appended and returned, still holding; a plain flock cannot be had
+    deadline = time.monotonic() + 0.3
+    while time.monotonic() < deadline:
+        assert not _flock_free(meta)
+        time.sleep(0.02)
+    # ... but the append is acknowledged: a reader sees it (readers take no lock)
+    with Journal(d) as j:
+        assert [r.value for r in j.reader()] == [b"first", b"held-0"]
+    p.kill()
+    p.communicate()
+    assert p.returncode == -signal.SIGKILL
+    # K: the kernel dropped the flock with the process
+    assert _flock_free(meta)
+    with Journal(d) as j:
+        assert j.append(b"after") == 2
+        assert [r.value for r in j.reader()] == [b"first", b"held-0", b"after"]
+    report = Journal.check(d)
+    assert report.ok, report.problems
+
+
+def test_l2_h4_a_waiting_writer_gets_the_held_lock_at_once(tmp_path: Path) -> None:
+    d, meta = _journal(tmp_path)
+    p = spawn(HOLDER, d, "30", "-", stdin=-1)
+    assert _line(p, "appended")[1] == "1"
+    assert not _flock_free(meta)
+    with Journal(d, lock_hold=30) as j:
+        t0 = time.monotonic()
+        off = j.append(b"waiter")  # L2 wakes the holder's releaser (H4): not 30 s
+        took = time.monotonic() - t0
+        assert off == 2
+        assert took < 5.0, took
+        # now this handle holds; the first holder's next append is handed over (H3/H4)
+        p.stdin.write("append\n")
+        p.stdin.flush()
+        assert _line(p, "appended")[1] == "3"
+        assert [r.value for r in j.reader()] == [b"first", b"held-0", b"waiter", b"held-1"]
+    p.stdin.write("end\n")
+    p.stdin.flush()
+    p.communicate(timeout=30)
+    assert p.returncode == 0
+    report = Journal.check(d)
+    assert report.ok, report.problems
+
+
+def test_h4_an_idle_holder_lets_a_plain_flock_in(tmp_path: Path) -> None:
+    """A process that never sets "wanted" (plain flock, as an older mmapkit) waits only
+    for the holder's idle interval."""
+    d, meta = _journal(tmp_path)
+    p = spawn(HOLDER, d, "0.05", "-", stdin=-1)
+    assert _line(p, "appended")[1] == "1"
+    deadline = time.monotonic() + 5
+    while not _flock_free(meta):
+        assert time.monotonic() < deadline, "an idle holder kept the lock"
+        time.sleep(0.005)
+    p.stdin.write("append\n")
+    p.stdin.flush()
+    assert _line(p, "appended")[1] == "2"
+    p.stdin.write("end\n")
+    p.stdin.flush()
+    p.communicate(timeout=30)
+    report = Journal.check(d)
+    assert report.ok, report.problems
+
+
+def test_h5_a_fork_child_does_not_keep_a_killed_parents_lock(tmp_path: Path) -> None:
+    d, meta = _journal(tmp_path)
+    p = spawn(HOLDER, d, "30", "fork", stdin=-1)
+    child = int(_line(p, "child")[1])
+    try:
+        assert _line(p, "appended")[1] == "1"
+        assert not _flock_free(meta)  # the parent holds
+        p.kill()
+        p.communicate()
+        os.kill(child, 0)  # the child lives on, its copy of the descriptor open
+        assert _flock_free(meta)  # ... but not the parent's flock (H5)
+        with Journal(d) as j:
+            assert j.append(b"after") == 2
+    finally:
+        os.kill(child, signal.SIGKILL)
+    report = Journal.check(d)
+    assert report.ok, report.problems
+
+
+def test_h5_a_fork_child_appends_while_its_parent_holds(tmp_path: Path) -> None:
+    d, _ = _journal(tmp_path)
+    with Journal(d, lock_hold=30) as j:
+        j.append(b"parent")
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: its own lock, handed over by the holding parent
+            code = 1
+            try:
+                os.close(r)
+                off = j.append(b"child")
+                os.write(w, b"%d" % off)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(w)
+        t0 = time.monotonic()
+        got = b""
+        while True:  # the parent stays idle in the holding state meanwhile
+            chunk = os.read(r, 32)
+            if not chunk:
+                break
+            got += chunk
+        os.close(r)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert got == b"2"
+        assert time.monotonic() - t0 < 5.0
+        assert j.append(b"parent again") == 3
+        assert [x.value for x in j.reader()] == [b"first", b"parent", b"child",
+                                                 b"parent again"]
+    report = Journal.check(d)
+    assert report.ok, report.problems
+
+
+def test_h6_close_lets_go_at_once(tmp_path: Path) -> None:
+    d, meta = _journal(tmp_path)
+    j = Journal(d, lock_hold=30)
+    j.append(b"x")
+    assert not _flock_free(meta)
+    j.close()
+    assert _flock_free(meta)
+    report = Journal.check(d)
+    assert report.ok, report.problems
+
+
+def test_lock_hold_is_checked() -> None:
+    with pytest.raises(ValueError, match="lock_hold"):
+        Journal("/nonexistent-never-opened", lock_hold=-1)
+
+
+DROPPER = """
+import gc, sys, time
+from mmapkit import Journal
+j = Journal(sys.argv[1], lock_hold=0.05)
+j.append(b"dropped")
+del j  # never closed
+gc.collect()
+print("dropped", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_handle_dropped_unclosed_still_lets_go(tmp_path: Path) -> None:
+    d, meta = _journal(tmp_path)
+    p = spawn(DROPPER, d)
+    try:
+        _line(p, "dropped")
+        deadline = time.monotonic() + 5
+        while not _flock_free(meta):
+            assert time.monotonic() < deadline, "a dropped handle kept the writer lock"
+            time.sleep(0.005)
+        with Journal(d) as j:
+            assert j.append(b"after") == 2
+    finally:
+        p.kill()
+        p.communicate()
+    report = Journal.check(d)
+    assert report.ok, report.problems
+
+
+PAUSED_HOLDER = """
+import sys
+from mmapkit import Journal
+j = Journal(sys.argv[1], lock_hold=30)
+for i in range(3):
+    j.append(b"paused-%d" % i)
+print("done", flush=True)
+"""
+
+
+def test_a_writer_paused_after_publishing_hands_the_held_lock_over(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Paused at journal.append.published (A6 done, the lock held: H1) with a 30 s hold:
+    another process's append gets the lock from the paused writer's releaser thread (L2,
+    H4), sees the published record, and the paused writer appends on after it (dense)."""
+    d, meta = _journal(tmp_path)
+    pauses = tmp_path / "pauses"
+    pauses.mkdir()
+    monkeypatch.setenv("MMAPKIT_PAUSE", "journal.append.published")
+    monkeypatch.setenv("MMAPKIT_PAUSE_DIR", str(pauses))
+    p = spawn(PAUSED_HOLDER, d)
+    reached = pauses / "journal.append.published.reached"
+    deadline = time.monotonic() + 30
+    while not reached.exists():
+        assert p.poll() is None, p.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    monkeypatch.delenv("MMAPKIT_PAUSE")
+    assert not _flock_free(meta)  # H1: held across the pause
+    with Journal(d) as j:
+        t0 = time.monotonic()
+        assert j.append(b"between") == 2
+        assert time.monotonic() - t0 < 5.0
+        (pauses / "journal.append.published.go").touch()
+        assert p.communicate(timeout=30)[0].strip() == "done"
+        assert [r.value for r in j.reader()] == [b"first", b"paused-0", b"between",
+                                                 b"paused-1", b"paused-2"]
+    report = Journal.check(d)
+    assert report.ok, report.problems
