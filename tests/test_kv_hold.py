@@ -6,6 +6,7 @@ child by inheritance.  Each transition is tested with unrelated processes.
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import threading
 import time
@@ -209,6 +210,21 @@ def test_l3_a_waiter_follows_the_holders_writes_and_growth_while_it_waits(
         assert out.split() == ["1", "20001", "True"]
         assert kv["n"] == 1 and len(kv) == 20001
     assert KV.check(path).ok
+
+
+def test_a_handle_dropped_unclosed_while_holding_lets_go(tmp_path: Path) -> None:
+    """A handle dropped right after a write (no close()): its releaser thread may find it
+    gone before its first watch; the descriptor, and so the held flock, must still go."""
+    path = tmp_path / "dropped.kv"
+    for i in range(5):
+        kv = KV(path, multiprocess=True, lock_hold=0.05)
+        kv["a"] = i
+        del kv
+        gc.collect()
+        time.sleep(0.2)
+        assert probe(path) == "free", f"round {i}: a dropped handle kept the writer lock"
+    with KV(path, multiprocess=True) as kv:
+        assert kv["a"] == 4
 
 
 def test_a_second_handle_in_the_same_process_gets_the_lock(tmp_path: Path) -> None:

@@ -1009,6 +1009,15 @@ class KV(MutableMapping[str, Any], WriterLock):
                 self._shared = self._plain_writes = False
                 self._refresh_inline()
 
+    def __del__(self) -> None:
+        # Dropped without close(): the descriptor goes now, not at process exit -- and
+        # with it a writer lock held between writes (the releaser thread may have let go
+        # of the handle before its first watch, and then nobody would ever unlock).
+        fd = getattr(self, "_fd", -1)
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
     def __enter__(self) -> KV:
         return self
 
