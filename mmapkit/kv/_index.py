@@ -198,10 +198,12 @@ def _framer(n: int) -> Callable[..., bytes]:
     return struct.Struct(f"<HBBII{n}s{len(pad)}x").pack
 
 
-def image(index: dict[str, Any], cipher: Cipher | None) -> tuple[list[bytes], int, int]:
-    """Records of every live key of ``index`` laid out from DATA_START: (buffers, end,
-    count)."""
+def image(index: dict[str, Any], cipher: Cipher | None, *, start: int = DATA_START
+          ) -> tuple[list[bytes], int, int]:
+    """Records of every live key of ``index`` laid out from ``start``: (buffers, end,
+    count).  (_files.image puts most keys into image records first, then calls this.)"""
     if cipher is not None:
+        assert start == DATA_START
         entries = live_entries(index)
         framed, end = frame_all(entries, cipher)
         return framed, end, len(entries)
@@ -216,7 +218,7 @@ def image(index: dict[str, Any], cipher: Cipher | None) -> tuple[list[bytes], in
     # body length -> (pack(magic, kind, flags, n, crc, body) giving the padded record,
     # the crc seed's length part)
     framers: dict[int, tuple[Callable[..., bytes], int]] = {}
-    pos = DATA_START
+    pos = start
     expired = 0
     for key, stored in index.items():
         t = type(stored)
