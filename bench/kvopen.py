@@ -44,7 +44,7 @@ _OPEN = {
         import sys, time
         from mmapkit import KV
         t0 = time.perf_counter()
-        kv = KV(sys.argv[1], readonly=True)
+        kv = KV(sys.argv[1])
         kv[sys.argv[2]]
         t = time.perf_counter() - t0
         kv.close()
