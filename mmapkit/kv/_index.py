@@ -7,7 +7,8 @@ calls, so they spell the format inline.  They all live here, beside the codec:
 - the precomputed tables (key-length fields, value heads by length, per-length framers),
 - the in-memory value forms (``_Packed``, ``_Expiring``),
 - the inline set (``setitem``/``put``, bound into ``KV``), the load decoder
-  (``fast_set``, used by _load.py) and the compaction-image framer (``image``).
+  (``fast_set``, used by _load.py) and the compaction-image framer (``image``: the
+  ordinary set records that follow _files.image's columnar image records).
 
 Every literal they inline is asserted against the codec below, at import, and
 tests/test_kv_fastpath.py checks the bytes they write against the codec's encoding for
