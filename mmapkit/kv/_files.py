@@ -62,6 +62,7 @@ __all__ = [
 ]
 
 _COLUMNS = frozenset((int, bytes, str))  # value types an image record can hold
+_JOIN_MAX = 8 << 20  # write_parts joins a batch of records up to this size
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _FULL = ("no space left to write {}; free some disk space and retry (nothing already written "
          "was lost)")
@@ -275,10 +276,17 @@ def write_parts(fd: int, parts: list[bytes], offset: int) -> None:
     """Write the concatenation of ``parts`` at ``offset``.
 
     Joined a few thousand at a time: one copy of the whole would cost as much again in
-    fresh memory, and pwritev of small buffers costs the kernel more than the join.
+    fresh memory, and pwritev of small buffers costs the kernel more than the join.  Image
+    records (megabytes each) are written as they are: joining them would copy the whole.
     """
     step = 4096
     for i in range(0, len(parts), step):
-        data = b"".join(parts[i : i + step])
+        batch = parts[i : i + step]
+        if sum(map(len, batch)) > _JOIN_MAX:
+            for data in batch:
+                write_all(fd, data, offset)
+                offset += len(data)
+            continue
+        data = b"".join(batch)
         write_all(fd, data, offset)
         offset += len(data)
