@@ -27,8 +27,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import subprocess
-import sys
 import tempfile
 import textwrap
 
@@ -116,19 +114,12 @@ def _make(impl: str, path: str, n: int, form: str) -> None:
         db.close()
 
 
-def _open_time(impl: str, path: str, probe: str, env: dict[str, str]) -> float:
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(_OPEN[impl]), path, probe],
-                         env=env, check=True, capture_output=True, text=True).stdout
+def _open_time(impl: str, path: str, probe: str) -> float:
+    child = _harness.spawn("-c", textwrap.dedent(_OPEN[impl]), path, probe, stdin=None)
+    out, _ = child.communicate(timeout=600)
+    if child.returncode:
+        raise RuntimeError(f"{impl}: the opening child failed (exit {child.returncode})")
     return float(out.split()[-1])
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    spec = importlib.util.find_spec("mmapkit")
-    if spec is not None and spec.origin:  # the mmapkit this bench belongs to
-        root = os.path.dirname(os.path.dirname(spec.origin))
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-    return env
 
 
 def run(report: _harness.Report, args: argparse.Namespace) -> None:
@@ -142,7 +133,6 @@ def run(report: _harness.Report, args: argparse.Namespace) -> None:
             report.skip(name, "not installed (bench extra)")
         else:
             impls.append(name)
-    env = _env()
     with tempfile.TemporaryDirectory(prefix="mmapkit-bench-kvopen-") as tmp:
         for n in sizes:
             for form in ("int", "100 B"):
@@ -154,10 +144,10 @@ def run(report: _harness.Report, args: argparse.Namespace) -> None:
                 probe = f"key{n - 1:09d}"
                 samples: dict[str, list[float]] = {impl: [] for impl in impls}
                 for impl in impls:  # warm-up: the page cache holds every file
-                    _open_time(impl, paths[impl], probe, env)
+                    _open_time(impl, paths[impl], probe)
                 for _ in range(rounds):
                     for impl in impls:
-                        samples[impl].append(_open_time(impl, paths[impl], probe, env))
+                        samples[impl].append(_open_time(impl, paths[impl], probe))
                 for impl in impls:
                     report.add(case, impl, samples[impl], "s", higher_is_better=False)
                 for impl in impls:
