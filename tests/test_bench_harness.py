@@ -214,3 +214,20 @@ def test_spawn_imports_this_checkout_and_says_ready() -> None:
     with pytest.raises(RuntimeError, match="failed to start"):
         _harness.ready(p, "the child")
     p.communicate(timeout=60)
+
+
+@pytest.mark.timeout(120)
+def test_bench_kvopen_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import kvopen
+
+    out_json = tmp_path / "kvopen.json"
+    assert kvopen.main(["--quick", "--repeat", "1", "--only", "mmapkit",
+                        "--json", str(out_json)]) == 0
+    assert "== kvopen ==" in capsys.readouterr().out
+    doc = json.loads(out_json.read_text())
+    got = {(m["case"], m["impl"]): m for m in doc["measurements"]}
+    for form in ("int", "100 B"):
+        for impl in ("mmapkit", "mmapkit (records)"):
+            m = got[(f"open + first get, 20k keys, {form} values", impl)]
+            assert m["n"] == 1 and 0 < m["median"] < 60 and m["unit"] == "s", m
+    assert not any(impl in ("lmdb", "rocksdict") for _, impl in got)

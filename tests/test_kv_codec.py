@@ -187,7 +187,7 @@ def test_header_roundtrip_and_errors() -> None:
     with pytest.raises(ForeignFileError):
         codec.parse_header(b"x" * 200)
     newer = bytearray(h)
-    struct.pack_into("<H", newer, 8, 2)
+    struct.pack_into("<H", newer, 8, codec.VERSION + 1)
     with pytest.raises(FormatVersionError):
         codec.parse_header(bytes(newer))
     flipped = bytearray(h)

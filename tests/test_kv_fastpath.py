@@ -59,17 +59,52 @@ def test_every_write_path_writes_the_codecs_bytes(tmp_path: Path, mode: str) -> 
         assert raw == expected(key, value, offset), (mode, key, value)
 
 
+def _imageable(key: str, value: Any) -> bool:
+    """Whether a compaction puts ``key`` into an image record (plain int64/bytes/str values,
+    strict UTF-8 keys and str values); everything else stays an ordinary set record."""
+    try:
+        key.encode()
+        if type(value) is str:
+            value.encode()
+    except UnicodeEncodeError:
+        return False
+    return type(value) in (bytes, str) or (type(value) is int and -(1 << 63) <= value < 1 << 63)
+
+
 def test_the_compaction_image_writes_the_codecs_bytes(tmp_path: Path) -> None:
+    """A compacted file is image records (each exactly the codec's encode_image of the keys
+    it holds, framed by encode_record) and then ordinary set records for every other key;
+    every live key is in exactly one of them."""
     path = tmp_path / "img.kv"
     with KV(path, capacity=1 << 20) as kv:
         for i, value in enumerate(VALUES):
             kv[KEYS[i % len(KEYS)][:1000] + str(i)] = value
         kv.compact()
         live = {k: kv[k] for k in kv}
-    recs = records(path)
-    assert len(recs) == len(live)
-    for (offset, raw), (key, value) in zip(recs, live.items(), strict=True):
-        assert raw == expected(key, value, offset), (key, value)
+    data = path.read_bytes()
+    assert codec.parse_header(data).version == codec.VERSION_IMAGE
+    seen: list[str] = []
+    ordinary = False
+    for offset, raw in records(path):
+        kind = raw[2]
+        if kind == codec.KIND_IMAGE:
+            assert not ordinary, "image records come first"
+            keys, values = codec.decode_image(raw[12 : 12 + int.from_bytes(raw[4:8], "little")])
+            assert values == [live[k] for k in keys]
+            assert {type(v) for v in values} in ({int}, {bytes}, {str})
+            assert all(_imageable(k, v) for k, v in zip(keys, values, strict=True))
+            body = codec.encode_image(keys, values)
+            assert raw == codec.encode_record(codec.KIND_IMAGE, body, offset)
+            seen += keys
+        else:
+            ordinary = True
+            key = codec.iter_ops(kind, raw[12 : 12 + int.from_bytes(raw[4:8], "little")])
+            (_, k, _, _), = key
+            assert not _imageable(k, live[k])
+            assert raw == expected(k, live[k], offset), (k, live[k])
+            seen.append(k)
+    assert sorted(seen) == sorted(live) and len(seen) == len(set(seen))
+    assert any(not _imageable(k, v) for k, v in live.items())
 
 
 def test_the_load_fast_path_gives_the_careful_paths_index(tmp_path: Path) -> None:

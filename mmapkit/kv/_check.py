@@ -11,7 +11,7 @@ from . import codec
 from ._crypto import Cipher
 from ._load import analyse
 from ._reports import CheckReport
-from .codec import KIND_CLEAR, KIND_DEL, REC_FLAG_ENCRYPTED
+from .codec import KIND_CLEAR, KIND_DEL, KIND_IMAGE, REC_FLAG_ENCRYPTED
 
 __all__ = [
     "check",
@@ -42,6 +42,11 @@ def check(path: str, key: bytes | None) -> CheckReport:
                 if cipher is None:
                     continue
                 body = cipher.decrypt(body, rec.offset, rec.kind)
+            if rec.kind == KIND_IMAGE:
+                if rec.flags:
+                    raise CorruptFileError("an image record is never encrypted")
+                keys.update(dict.fromkeys(codec.decode_image(body)[0], 1))
+                continue
             for kind, k, vb, _ in codec.iter_ops(rec.kind, body):
                 if vb and vb[0] != codec.T_CUSTOM:
                     codec.decode_value(vb)

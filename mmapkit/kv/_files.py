@@ -1,5 +1,15 @@
 """The KV's whole-file writes: a new store, a compacted or backup image, a restore.
 
+The image of a compaction or a backup (``image()``): the live keys whose value is an
+int64, bytes or str (and whose key and value are strict UTF-8) go into image records
+(codec.KIND_IMAGE), grouped by value form and cut into chunks of at most
+codec.IMAGE_KEYS keys and about codec.IMAGE_BYTES bytes, so that one damaged chunk costs
+a bounded share of the keys; every other live key (floats, bools, None, containers,
+big ints, ttl values, custom-serialized values, odd keys) follows as an ordinary set
+record.  An encrypted store writes ordinary records only.  A file with image records
+carries format version 2 in its header, every other file version 1.  Grouping by form
+means a compacted store lists its keys grouped by value form (then in insertion order).
+
 Each writes a complete file under a temporary name, fsyncs it, and only then makes the
 path name it (link() for a new store, so a file made meanwhile is never replaced;
 rename() for a compaction, a backup, a restore), then fsyncs the directory.  A crash at
@@ -12,19 +22,35 @@ from __future__ import annotations
 import os
 import struct
 import time
+from bisect import bisect_right
+from collections.abc import Sequence
+from itertools import accumulate, compress, repeat
+from operator import add, is_, not_
+from typing import Any, NamedTuple
 
 from .. import _platform
 from .._fileio import atomic_file, raise_if_disk_full, write_all
 from ..errors import DiskFullError
-from . import codec
+from . import _index, codec
 from ._crypto import Cipher
-from ._index import frame_all
-from .codec import DATA_START, FLAG_ENCRYPTED, OFF_COMMIT, SUPERSEDED
+from .codec import (
+    DATA_START,
+    FLAG_ENCRYPTED,
+    IMAGE_BYTES,
+    IMAGE_KEYS,
+    KIND_IMAGE,
+    OFF_COMMIT,
+    SUPERSEDED,
+    VERSION_IMAGE,
+    VERSION_PLAIN,
+)
 
 __all__ = [
+    "Image",
     "create",
     "fd_path",
     "header",
+    "image",
     "init_empty",
     "install_copy",
     "keep_damaged",
@@ -35,6 +61,8 @@ __all__ = [
     "write_store",
 ]
 
+_COLUMNS = frozenset((int, bytes, str))  # value types an image record can hold
+_JOIN_MAX = 8 << 20  # write_parts joins a batch of records up to this size
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _FULL = ("no space left to write {}; free some disk space and retry (nothing already written "
          "was lost)")
@@ -52,12 +80,100 @@ def new_salt() -> int:
 
 
 def header(cipher: Cipher | None, salt: int, *, end: int, seq: int = 0,
-           compactions: int = 0) -> bytes:
-    """A fresh file header for data ending at ``end``."""
+           compactions: int = 0, version: int = VERSION_PLAIN) -> bytes:
+    """A fresh file header for data ending at ``end`` (``version`` 2: it holds images)."""
     return codec.build_header(
         flags=FLAG_ENCRYPTED if cipher else 0, salt=salt, created_ns=time.time_ns(),
         keycheck=cipher.keycheck(salt) if cipher else b"", end=end, seq=seq,
-        compactions=compactions)
+        compactions=compactions, version=version)
+
+
+class Image(NamedTuple):
+    """A compacted file's records laid out from DATA_START."""
+
+    parts: list[bytes]  # framed records, to write back to back
+    end: int  # where they end (the commit word's end)
+    live: int  # live keys they hold
+    version: int  # the header's format version (2 when image records are among them)
+
+
+def image(index: dict[str, Any], cipher: Cipher | None) -> Image:
+    """The records holding every live key of ``index`` (an encrypted store: ordinary
+    records only; otherwise image records first, then ordinary records for the rest)."""
+    if cipher is not None or not index:
+        return Image(*_index.image(index, cipher), VERSION_PLAIN)
+    keys = list(index)
+    values = list(index.values())
+    types = list(map(type, values))
+    kinds = set(types)
+    rest: dict[str, Any] = {}
+    groups: list[tuple[list[str], list[Any]]] = []
+    for t in (int, bytes, str):
+        if t not in kinds:
+            continue
+        if len(kinds) == 1:
+            groups.append((keys, values))
+        else:
+            picked = list(map(is_, types, repeat(t)))
+            groups.append((list(compress(keys, picked)), list(compress(values, picked))))
+    if kinds - _COLUMNS:
+        rest = dict(compress(zip(keys, values, strict=True),
+                             map(not_, map(_COLUMNS.__contains__, types))))
+    parts: list[bytes] = []
+    pos = DATA_START
+    count = 0
+    for gkeys, gvalues in groups:
+        for a, b in _chunks(gkeys, gvalues):
+            body, odd = _image_body(gkeys[a:b], gvalues[a:b])
+            for k in odd:
+                rest[k] = index[k]
+            if body is not None:
+                rec = codec.encode_record(KIND_IMAGE, body, pos)
+                parts.append(rec)
+                pos += len(rec)
+                count += b - a - len(odd)
+    version = VERSION_IMAGE if parts else VERSION_PLAIN
+    if rest:
+        more, pos, n = _index.image(rest, None, start=pos)
+        parts += more
+        count += n
+    return Image(parts, pos, count, version)
+
+
+def _chunks(keys: Sequence[str], values: Sequence[Any]) -> list[tuple[int, int]]:
+    """[a, b) ranges of at most IMAGE_KEYS keys and about IMAGE_BYTES bytes of keys and
+    values (counted in characters: a bound on the damage one chunk costs, not a limit)."""
+    sizes = map(len, values) if type(values[0]) is not int else repeat(8)
+    ends = list(accumulate(map(add, map(len, keys), sizes)))
+    out = []
+    a, n = 0, len(keys)
+    while a < n:
+        base = ends[a - 1] if a else 0
+        b = max(a + 1, bisect_right(ends, base + IMAGE_BYTES, a, min(n, a + IMAGE_KEYS)))
+        out.append((a, b))
+        a = b
+    return out
+
+
+def _image_body(keys: list[str], values: list[Any]) -> tuple[bytes | None, list[str]]:
+    """An image body for the keys that can go into one, and the keys that cannot (lone
+    surrogates in a key or str value, ints past 64 bits: ordinary records keep them)."""
+    try:
+        return codec.encode_image(keys, values), []
+    except (ValueError, TypeError):
+        pass
+    good_k: list[str] = []
+    good_v: list[Any] = []
+    odd: list[str] = []
+    for k, v in zip(keys, values, strict=True):
+        try:
+            codec.encode_image([k], [v])
+        except (ValueError, TypeError):
+            odd.append(k)
+            continue
+        good_k.append(k)
+        good_v.append(v)
+    return (codec.encode_image(good_k, good_v) if good_k else None), odd
 
 
 def create(path: str, cipher: Cipher | None, capacity: int) -> None:
@@ -107,14 +223,13 @@ def _write_image(fd: int, head: bytes, parts: list[bytes], name: str) -> None:
         raise
 
 
-def write_store(dst: str, entries: list[tuple[int, bytes]], cipher: Cipher | None,
-                min_cap: int) -> None:
-    """A compacted store holding ``entries`` at ``dst`` (a backup), replacing it whole."""
-    parts, pos = frame_all(entries, cipher)
-    head = header(cipher, new_salt(), end=pos)
+def write_store(dst: str, img: Image, cipher: Cipher | None, min_cap: int) -> None:
+    """A compacted store holding ``img`` (from ``image()``) at ``dst`` (a backup),
+    replacing it whole."""
+    head = header(cipher, new_salt(), end=img.end, version=img.version)
     with atomic_file(dst) as fd:
-        _write_image(fd, head, parts, dst)
-        _platform.ensure_allocated(fd, max(min_cap, _platform.align_up(pos)))
+        _write_image(fd, head, img.parts, dst)
+        _platform.ensure_allocated(fd, max(min_cap, _platform.align_up(img.end)))
 
 
 def install_copy(src: str, dst: str) -> None:
@@ -161,10 +276,17 @@ def write_parts(fd: int, parts: list[bytes], offset: int) -> None:
     """Write the concatenation of ``parts`` at ``offset``.
 
     Joined a few thousand at a time: one copy of the whole would cost as much again in
-    fresh memory, and pwritev of small buffers costs the kernel more than the join.
+    fresh memory, and pwritev of small buffers costs the kernel more than the join.  Image
+    records (megabytes each) are written as they are: joining them would copy the whole.
     """
     step = 4096
     for i in range(0, len(parts), step):
-        data = b"".join(parts[i : i + step])
+        batch = parts[i : i + step]
+        if sum(map(len, batch)) > _JOIN_MAX:
+            for data in batch:
+                write_all(fd, data, offset)
+                offset += len(data)
+            continue
+        data = b"".join(batch)
         write_all(fd, data, offset)
         offset += len(data)

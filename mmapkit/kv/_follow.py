@@ -140,7 +140,7 @@ def load_locked(self: KV) -> bool:
         if not hdr.crc_ok:
             fixed = codec.build_header(
                 flags=hdr.flags, salt=hdr.salt, created_ns=hdr.created_ns,
-                keycheck=hdr.keycheck, end=0)
+                keycheck=hdr.keycheck, end=0, version=hdr.version)
             self._view[:64] = fixed[:64]
     commit = self._commit[0]
     if commit & SUPERSEDED:

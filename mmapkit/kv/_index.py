@@ -7,7 +7,8 @@ calls, so they spell the format inline.  They all live here, beside the codec:
 - the precomputed tables (key-length fields, value heads by length, per-length framers),
 - the in-memory value forms (``_Packed``, ``_Expiring``),
 - the inline set (``setitem``/``put``, bound into ``KV``), the load decoder
-  (``fast_set``, used by _load.py) and the compaction-image framer (``image``).
+  (``fast_set``, used by _load.py) and the compaction-image framer (``image``: the
+  ordinary set records that follow _files.image's columnar image records).
 
 Every literal they inline is asserted against the codec below, at import, and
 tests/test_kv_fastpath.py checks the bytes they write against the codec's encoding for
@@ -198,10 +199,12 @@ def _framer(n: int) -> Callable[..., bytes]:
     return struct.Struct(f"<HBBII{n}s{len(pad)}x").pack
 
 
-def image(index: dict[str, Any], cipher: Cipher | None) -> tuple[list[bytes], int, int]:
-    """Records of every live key of ``index`` laid out from DATA_START: (buffers, end,
-    count)."""
+def image(index: dict[str, Any], cipher: Cipher | None, *, start: int = DATA_START
+          ) -> tuple[list[bytes], int, int]:
+    """Records of every live key of ``index`` laid out from ``start``: (buffers, end,
+    count).  (_files.image puts most keys into image records first, then calls this.)"""
     if cipher is not None:
+        assert start == DATA_START
         entries = live_entries(index)
         framed, end = frame_all(entries, cipher)
         return framed, end, len(entries)
@@ -216,7 +219,7 @@ def image(index: dict[str, Any], cipher: Cipher | None) -> tuple[list[bytes], in
     # body length -> (pack(magic, kind, flags, n, crc, body) giving the padded record,
     # the crc seed's length part)
     framers: dict[int, tuple[Callable[..., bytes], int]] = {}
-    pos = DATA_START
+    pos = start
     expired = 0
     for key, stored in index.items():
         t = type(stored)

@@ -2,8 +2,11 @@
 
 ``read()`` replays the records of a memoryview of the file into a fresh dict.  The common
 case (a clean, unencrypted run of records) goes through ``replay_range``, one pass that
-verifies and decodes plain sets inline; anything unusual (damage, encryption, odd
-values) falls back to ``analyse`` (codec.scan, which resynchronises past damage) and the
+verifies and decodes plain sets inline and turns each image record (a compacted file's
+columns of up to 64k keys, codec.decode_image) into one ``index.update(zip(keys,
+values))`` straight from the mapping, without copying its body; anything unusual
+(damage, encryption, odd values) falls back to ``analyse`` (codec.scan, which
+resynchronises past damage: a damaged image record costs its own keys only) and the
 general ``replay``.  Both give the same index: tests/test_kv_fastpath.py compares them.
 Where the bytes may be read from (the commit word, growth, damage confirmed under the
 writer lock) is store.py's protocol, not this module's.
@@ -24,11 +27,13 @@ from .codec import (
     DATA_START,
     KIND_CLEAR,
     KIND_DEL,
+    KIND_IMAGE,
     KIND_SET,
     KIND_SET_TTL,
     REC_FLAG_ENCRYPTED,
     Record,
     Serializer,
+    decode_image,
 )
 
 __all__ = [
@@ -118,6 +123,14 @@ def replay(rec: Record, index: dict[str, Any], changes: _Keys | None,
     """Apply one verified record to ``index`` (and note changed keys): (operations, ttl
     seen).  CorruptFileError/DecryptionError when it does not decode or authenticate."""
     body = rec.body
+    if rec.kind == KIND_IMAGE:
+        if rec.flags:
+            raise CorruptFileError("an image record is never encrypted")
+        keys, values = codec.decode_image(body)
+        index.update(zip(keys, values, strict=True))
+        if changes is not None:
+            changes.update(keys)
+        return len(keys), False
     if rec.kind == KIND_SET and not rec.flags and changes is None:
         fast = fast_set(body)
         if fast is not None:
@@ -237,6 +250,18 @@ def replay_range(view: memoryview, pos: int, end: int, index: dict[str, Any],
             nxt = pos + ((19 + n) & ~7)
             if magic != 0x4B56 or flags or nxt > end:
                 return None
+            if kind == KIND_IMAGE:
+                # Checked and decoded in place (a body of megabytes is not copied first).
+                part = view[pos + 12 : pos + 12 + n]
+                if crc32(part, (pos * 0x9E3779B1) ^ (n << 16) ^ kind) != crc:
+                    return None
+                keys, values = decode_image(part)
+                del part
+                index.update(zip(keys, values, strict=True))
+                nops += len(keys)
+                pos = nxt
+                run_n = run = 0
+                continue
             body = view[pos + 12 : pos + 12 + n].tobytes()
             if crc32(body, (pos * 0x9E3779B1) ^ (n << 16) ^ kind) != crc:  # (seed masked)
                 return None

@@ -503,17 +503,18 @@ class KV(MutableMapping[str, Any], WriterLock):
             self._region.grow(least)  # the disk is nearly full: use what is left
         self._rebind_views()
 
-    def _image(self, cipher: Cipher | None) -> tuple[list[bytes], int, int]:
-        """Records of every live key laid out from DATA_START: (buffers, end, count)."""
-        return _index.image(self._index, cipher)
+    def _image(self, cipher: Cipher | None) -> _files.Image:
+        """Records of every live key laid out from DATA_START (_files.image)."""
+        return _files.image(self._index, cipher)
 
-    def _rewrite(self, image: tuple[list[bytes], int, int], cipher: Cipher | None, *,
+    def _rewrite(self, image: _files.Image, cipher: Cipher | None, *,
                  extra: int = 0, headroom: int = 2) -> None:
         """Write ``entries`` to a new file and rename it over the path (crash-safe)."""
-        parts, pos, count = image
+        parts, pos, count, version = image
         head = _files.header(
             cipher, _files.new_salt(), end=pos, seq=self._seq_base + self._nops - count,
-            compactions=struct.unpack_from("<I", self._view, OFF_COMPACTIONS)[0] + 1)
+            compactions=struct.unpack_from("<I", self._view, OFF_COMPACTIONS)[0] + 1,
+            version=version)
         live = pos - DATA_START
         tmp = self._path + ".compact~"
         with contextlib.suppress(FileNotFoundError):
@@ -908,8 +909,8 @@ class KV(MutableMapping[str, Any], WriterLock):
             self._check_open()
             if self._shared:
                 self._poll()
-            _files.write_store(os.fspath(dst), _index.live_entries(self._index), self._cipher,
-                               self._min_cap)
+            _files.write_store(os.fspath(dst), _files.image(self._index, self._cipher),
+                               self._cipher, self._min_cap)
 
     @classmethod
     def restore(cls, src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
