@@ -62,9 +62,6 @@ def _sibling_imports() -> list[tuple[str, str, str]]:
 # Queue into the Channel's internals, the CLI and the log shipper into the Mirror's loop.
 # The list may only shrink.
 KNOWN = {
-    ("mmapkit.ipc.channel", n) for n in
-    ("_HEAD_Q", "_PAD_WORD", "_TAIL_Q", "_close_fds", "_positions", "_strict")
-} | {
     ("mmapkit.mirror._core", n) for n in
     ("_BACKOFF_MAX", "_BACKOFF_MIN", "_MAX_BATCH_BYTES", "_target", "chunks", "run_foreground")
 }
