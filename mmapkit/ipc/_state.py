@@ -3,7 +3,8 @@
 Design rules:
 
 - The Channel is one handle whose concerns live in sibling modules as base classes
-  (``_claims.Claims``, ``_wake.Wake``, ``_broadcast.Broadcast``, ``_inplace.InPlace``).
+  (``_claims.Claims``, ``_wake.Wake``, ``_broadcast.Broadcast``, ``_inplace.InPlace``,
+  ``_sequenced.Sequenced``).
   They all work on the state declared here, so each concern reads its attributes by the
   same names and types, and the handle has no instance dict: send() and recv() touch a
   dozen attributes per message, and a dict of this size is past CPython's shared-key
@@ -88,6 +89,7 @@ class State:
         "_send_mutex",
         "_sent",
         "_sent_bytes",
+        "_seq_framers",
         "_spin",
         "_tail_seen",
         "_tail_w",
@@ -111,6 +113,7 @@ class State:
     _base: int  # where the ring starts in _mm
     _base8: int  # where the payload of a frame at ring offset 0 starts in _mm
     _framers: dict[int, Callable[[memoryview, int, int, Any], None]]
+    _seq_framers: dict[int, Callable[..., None]]  # _sequenced.py's, per pickle length
     # the mode
     _cap: int
     _max: int

@@ -130,6 +130,7 @@ from ._files import close_fds as _close_fds
 from ._files import positions as _positions
 from ._files import reopen_fd as _reopen_fd
 from ._inplace import InPlace
+from ._sequenced import Sequenced
 from ._slots import slot_byte as _slot_byte
 from ._slots import slot_word as _slot_word
 from ._wake import Wake
@@ -148,6 +149,8 @@ _HEAD_Q = fmt.HEAD_Q
 _TAIL_Q = fmt.TAIL_Q
 _CW_I = fmt.CONSUMERS_WAITING // 4
 _PW_I = fmt.PRODUCERS_WAITING // 4
+_PLEASE_I = fmt.PRODUCER_LEASE // 4
+_CLEASE_I = fmt.CONSUMER_LEASE // 4
 # send() and recv() spell these four as literals (a constant beats a global lookup there)
 assert (_HEAD_Q, _TAIL_Q, _CW_I, _PW_I) == (8, 16, 18, 34)
 # slot fields as u32 indexes within a slot (see _slot_word)
@@ -177,7 +180,7 @@ class ChannelStatistics:
     consumers_alive: int
 
 
-class Channel(Claims, Wake, Broadcast, InPlace):
+class Channel(Claims, Wake, Broadcast, InPlace, Sequenced):
     """A message channel between processes over shared memory.
 
     Make one with :meth:`create` (a file other processes :meth:`open`) or
@@ -240,6 +243,7 @@ class Channel(Claims, Wake, Broadcast, InPlace):
         self._base8 = self._base + 8  # where the payload of a frame at ring offset 0 goes
         self._dq = self._data.cast("Q")
         self._framers = {}  # _framer()
+        self._seq_framers = {}  # _sequenced.py
         self._head_w = Waiter(region, fmt.HEAD)
         self._tail_w = Waiter(region, fmt.TAIL)
         self._pslot: int | None = None
@@ -557,19 +561,44 @@ class Channel(Claims, Wake, Broadcast, InPlace):
         if self._bc:
             self._send_broadcast(data, n, timeout)
         elif self._plocked:
-            self._send_locked(data, n, fmt.frame_size(n), timeout)
+            self._send_locked(data, n, timeout)
         else:
             self.send(data, timeout)
 
-    def _send_locked(self, data: bytes | memoryview, n: int, need: int,
-                     timeout: float | None) -> None:
+    def _send_locked(self, data: bytes | memoryview, n: int, timeout: float | None) -> None:
+        """send() with a producer claim (S1-S6).  The lease's common case (we hold it and
+        the frame fits below the room we saw last) is written out here, without a call:
+        it is the multi-producer hot path (see _claims.py for steps L1-L9)."""
+        need = (n + 15) & ~7
         # acquire()/release(), not ``with``: a with-statement on a lock costs twice as much
         mutex = self._send_mutex
         mutex.acquire()
         try:
-            head = self._lease_place(need) if self._please else -1
-            if head < 0:
-                head = self._acquire_space(need, _deadline(timeout))
+            if self._please:
+                h32, busy = self._hdr32, self._pbusy
+                try:
+                    h32[busy] = 1  # L1
+                    fence = self._fence
+                    fence.acquire()  # L2
+                    fence.release()
+                    if h32[_PLEASE_I] == self._ptoken:  # L3
+                        hdr, cap = self._hdr, self._cap
+                        head = hdr[8]  # _HEAD_Q
+                        pos = head % cap
+                        if pos + need <= cap and head + need <= self._room_end:
+                            (self._framers.get(n) or self._framer(n))(self._data, pos, n, data)
+                            hdr[8] = head + need  # S5: publish
+                            h32[busy] = 0  # L9
+                            if h32[18]:  # _CW_I
+                                self._wake_consumers()
+                            self._sent += 1
+                            self._sent_bytes += n
+                            return
+                except BaseException:  # a busy word left up would stall thieves
+                    h32[busy] = 0
+                    raise
+                h32[busy] = 0  # L4: the general path claims (or steals) again
+            head = self._acquire_space(need, _deadline(timeout))
             try:
                 _write_frame(self._data, head % self._cap, n, data)
                 self._hdr[_HEAD_Q] = head + need
@@ -776,11 +805,40 @@ class Channel(Claims, Wake, Broadcast, InPlace):
         self._received_bytes += n
 
     def _recv_locked(self, timeout: float | None) -> bytes:
+        """recv() with a consumer claim (R1-R4).  The lease's common case (we hold it and
+        a data frame is there) is written out here, without a call: it is the
+        multi-consumer hot path (see _claims.py for steps L1-L9)."""
         mutex = self._recv_mutex
         mutex.acquire()
         try:
-            taken = self._lease_take() if self._clease else None
-            tail, start, n = taken or self._take(_deadline(timeout))
+            if self._clease:
+                h32, busy = self._hdr32, self._cbusy
+                try:
+                    h32[busy] = 1  # L1
+                    fence = self._fence
+                    fence.acquire()  # L2
+                    fence.release()
+                    if h32[_CLEASE_I] == self._ctoken:  # L3
+                        hdr, cap = self._hdr, self._cap
+                        tail = hdr[16]  # _TAIL_Q
+                        head = hdr[8]  # before the frame's words: they are whole below it
+                        pos = tail % cap
+                        n = self._dq[pos >> 3]  # a PAD or damage has high bits: too long
+                        if tail + 8 + n <= head and pos + 8 + n <= cap:
+                            at = self._base8 + pos
+                            out = self._mm[at : at + n]
+                            hdr[16] = tail + ((n + 15) & ~7)  # R3
+                            h32[busy] = 0  # L9
+                            if h32[34]:  # _PW_I
+                                self._wake_producers()
+                            self._received += 1
+                            self._received_bytes += n
+                            return out
+                except BaseException:  # a busy word left up would stall thieves
+                    h32[busy] = 0
+                    raise
+                h32[busy] = 0  # L4: the general path claims (or steals) again
+            tail, start, n = self._take(_deadline(timeout))
             try:
                 out = self._mm[self._base + start : self._base + start + n]
             except BaseException:

@@ -234,6 +234,10 @@ class _Shared:
         if buffers:
             self._put_buffers(body, buffers, maxsize, deadline)
             return
+        # P2-P5 in one call when the lease is ours and there is room (no maxsize: P3 has
+        # nothing to check); else the general path below, which claims and waits.
+        if not maxsize and self.channel._send_seq(body, self.q, _PUTS_Q):
+            return
         blen = len(body)
         q = self.q
         pending = self.pending
@@ -322,10 +326,12 @@ class _Shared:
     def get(self, deadline: float | None) -> Any:
         """Steps G1-G4 and the unpickling (after the claim is let go)."""
         ch = self.channel
-        while True:
+        # G1-G3 in one call when the lease is ours and a message without out-of-band
+        # buffers is there; else the general path, which claims and waits.
+        blob = ch._recv_seq(self.q, _GETS_Q)
+        while blob is None:
             try:
                 blob = ch._recv_with(self._take, deadline)
-                break
             except BrokenError:  # every producer gone: a queue waits for new ones
                 if deadline is not None and time.monotonic() >= deadline:
                     raise _queue.Empty from None
