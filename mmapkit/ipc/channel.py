@@ -771,6 +771,12 @@ class Channel(Claims, Wake, Broadcast, InPlace, Sequenced):
         hdr, cap = self._hdr, self._cap
         while True:
             if self._clocked:
+                tail = hdr[_TAIL_Q]
+                if hdr[_HEAD_Q] == tail:
+                    # Empty: wait before claiming.  A claim (a steal, when another consumer
+                    # holds the lease) only to find nothing costs a flock pair, and idle
+                    # consumers of a busy MPMC channel would steal from the busy one.
+                    self._await_data(tail, deadline)
                 self._c_enter(deadline)
             try:
                 while True:
