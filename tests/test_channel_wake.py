@@ -13,7 +13,7 @@ from conftest import exit_code, fork_child, spawn
 
 from mmapkit.errors import EndOfChannel
 from mmapkit.ipc import Channel
-from mmapkit.ipc import channel as channel_module
+from mmapkit.ipc import _wake as wake_module
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -25,7 +25,7 @@ _FLAG_IDS = ["spsc", "mpsc", "spmc", "mpmc"]
 
 @pytest.fixture(autouse=True)
 def _long_slices(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(channel_module, "_SLICE", 60.0)
+    monkeypatch.setattr(wake_module, "_SLICE", 60.0)
 
 
 def _make(kind: str, tmp_path: Path, capacity: int, **flags: bool) -> Channel:
@@ -116,8 +116,8 @@ def test_unrelated_sleeper_is_woken(tmp_path: Path) -> None:
         proc = spawn("""
             import sys, time
             from mmapkit.ipc import Channel
-            from mmapkit.ipc import channel as channel_module
-            channel_module._SLICE = 60.0
+            from mmapkit.ipc import _wake as wake_module
+            wake_module._SLICE = 60.0
             with Channel.open(sys.argv[1], spin=0) as ch:
                 print("ready", flush=True)
                 t0 = time.monotonic()

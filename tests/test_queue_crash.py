@@ -116,8 +116,14 @@ def _round(rng: random.Random) -> None:
     victim_all = [i for t, i in got + taken if t == "victim"]
     assert len(victim_all) - len(set(victim_all)) <= 1
 
-    # Nothing wedged, and the counts healed: the queue takes maxsize items again.
+    # Nothing wedged, and the counts healed: the queue takes maxsize items again.  A
+    # producer killed at P4 (PUTS counted, frame not published) after the survivor's last
+    # put leaves a gap that only the next message consumed heals (queue.py's "Counting");
+    # until then a non-empty queue counts one too many, so consume one message first.
     assert q.empty() and q.qsize() == 0
+    q.put("heal")
+    assert q.get(timeout=5) == "heal"
+    assert q.qsize() == 0
     if maxsize:
         for i in range(maxsize):
             q.put_nowait(i)

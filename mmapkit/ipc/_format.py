@@ -24,7 +24,7 @@ Design rules:
   tail by consumers only, each on its own cache line (no false sharing).
 - Version 2 adds the claim leases (one u32 per role: the lease name of the participant
   that holds it, 0 for none), a "busy" u32 per role and an attach generation in each
-  slot; channel.py says how they are used.  Version 1 files (no leases: every claim is a
+  slot; _claims.py says how they are used.  Version 1 files (no leases: every claim is a
   flock) are still read and used the version 1 way, so older processes on them stay
   correct.
 - A frame of kind PAD means "the rest of the ring up to its end is unused": a message is
@@ -53,6 +53,7 @@ __all__ = [
     "FRAME",
     "HEAD",
     "HEADER_SIZE",
+    "HEAD_Q",
     "KIND_DATA",
     "KIND_PAD",
     "LEASE_VERSION",
@@ -83,9 +84,11 @@ __all__ = [
     "STATE_PRODUCER",
     "STATE_SUBSCRIBER",
     "TAIL",
+    "TAIL_Q",
     "VERSION",
     "Header",
     "check_positions",
+    "copy_obj",
     "decode_frame",
     "decode_header",
     "encode_frame",
@@ -97,6 +100,7 @@ __all__ = [
     "obj_size",
     "pickle_buffers",
     "read_obj",
+    "write_frame",
     "write_obj",
 ]
 
@@ -134,6 +138,7 @@ SLOT_CBUSY = 28  # u32 in a slot (v2): 1 while its consumer is in (or entering) 
 SLOT_NAME = 32  # 32 bytes in a slot: a subscriber's UTF-8 name, zero-padded
 NAME_SIZE = 32
 FRAME = struct.Struct("<II")  # payload length, kind
+_U64 = struct.Struct("<Q")  # the same frame header as one word (payload length | kind << 32)
 KIND_DATA = 0
 KIND_PAD = 1
 PAD_WORD = KIND_PAD << 32  # a PAD frame's header read as one u64 (what the ring holds)
@@ -147,6 +152,7 @@ LOCK_REGISTRY = 2  # guards the slot table
 LOCK_SLOT = 64  # byte LOCK_SLOT + i: slot i's liveness lock, held for a handle's life
 # channel.py stores a frame header as one u64: a data frame's is its length, a PAD's this.
 assert FRAME.pack(0, KIND_PAD) == PAD_WORD.to_bytes(8, "little")
+HEAD_Q, TAIL_Q = HEAD // 8, TAIL // 8  # head and tail as indexes of the header cast 'Q'
 assert all(FRAME.pack(n, KIND_DATA) == n.to_bytes(8, "little") for n in (0, 1, 0xFFFFFFFF))
 MIN_CAPACITY = 64
 _MAX_LENGTH = 0xFFFFFFFF
@@ -259,6 +265,15 @@ def encode_frame(payload: bytes | bytearray | memoryview) -> bytes:
     return FRAME.pack(n, KIND_DATA) + bytes(payload) + b"\0" * (-n % 8)
 
 
+def write_frame(ring: Any, pos: int, n: int, payload: Any) -> None:
+    """Write the data frame of an ``n``-byte payload (any buffer) at offset ``pos`` of the
+    writable ``ring``: the payload, then its length word (kind DATA, 0, in the high half:
+    one u64 store).  The bytes are encode_frame's but for the padding, which nothing
+    reads.  Channel.send() packs short payloads with a cached Struct of the same layout."""
+    ring[pos + 8 : pos + 8 + n] = payload
+    _U64.pack_into(ring, pos, n)
+
+
 def decode_frame(ring: bytes | bytearray | memoryview, pos: int, *,
                  limit: int | None = None) -> tuple[int, int, int]:
     """Decode the frame at ``pos`` of ``ring``: (kind, payload start, payload length).
@@ -310,7 +325,7 @@ def check_positions(head: int, tail: int, capacity: int) -> None:
 # --- object payloads (Channel.send_obj; a Queue message is a u64 sequence number + this) --
 
 OBJ_HEAD = struct.Struct("<IIQ")  # out-of-band buffer count, reserved (0), pickle length
-_U64 = struct.Struct("<Q")
+_OBJ_HEAD_SIZE = OBJ_HEAD.size
 
 
 def _pad8(n: int) -> int:
@@ -374,3 +389,15 @@ def read_obj(buf: memoryview) -> tuple[memoryview, list[memoryview]]:
         bufs.append(buf[at : at + size])
         at += _pad8(size)
     return body, bufs
+
+
+def copy_obj(mapping: Any, at: int, n: int) -> bytes | bytearray:
+    """The receiver's one copy of the ``n``-byte object payload at ``at`` of ``mapping``:
+    the pickle alone when there is no out-of-band buffer (what pickle.loads takes), else
+    all of it (a bytearray, whose views read_obj() gives the buffers as, writable)."""
+    if n >= _OBJ_HEAD_SIZE:
+        count, _, body_len = OBJ_HEAD.unpack_from(mapping, at)
+        if count == 0 and body_len <= n - _OBJ_HEAD_SIZE:
+            body: bytes = mapping[at + _OBJ_HEAD_SIZE : at + _OBJ_HEAD_SIZE + body_len]
+            return body
+    return bytearray(mapping[at : at + n])

@@ -27,7 +27,7 @@ Slot states (one u32 per slot; the slot's lock byte says alive or not):
 Taking a slot: steps A1-A6 of the Channel's state table (channel.py).  A new producer that
 finds no live producer clears the FINISHED and dead PRODUCER slots (A3): it starts a new
 stream on the same ring.  Each take of a slot bumps its generation and clears its busy
-words (a dead owner's), so the lease name it gets is new (channel.py, steps L1-L9).
+words (a dead owner's), so the lease name it gets is new (_claims.py, steps L1-L9).
 """
 
 from __future__ import annotations

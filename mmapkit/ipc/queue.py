@@ -85,7 +85,6 @@ import mmap
 import os
 import pickle
 import queue as _queue
-import stat
 import struct
 import tempfile
 import time
@@ -93,13 +92,15 @@ import weakref
 from typing import Any
 
 from .. import _platform
-from ..errors import BrokenError, CorruptFileError, ForeignFileError, MessageTooLargeError
+from ..errors import BrokenError, CorruptFileError, MessageTooLargeError
 from ..lock import FileLock
 from ..region import Region
 from ..wait import Waiter
 from . import _format as fmt
-from .channel import _HEAD_Q, _PAD_WORD, _TAIL_Q, Channel, _positions, _strict
-from .channel import _close_fds as _close_all
+from ._claims import strict as _strict
+from ._files import check_ring, map_checked
+from ._files import close_fds as _close_all
+from .channel import Channel
 
 __all__ = ["JoinableQueue", "Queue", "SimpleQueue"]
 
@@ -109,6 +110,7 @@ _PUTS_Q, _GETS_Q, _DONE_Q = 0, 8, 24  # u64 indexes (offsets 0, 64, 192)
 _GETS_OFF, _DONE_OFF = 64, 192
 _GWAIT_I, _DWAIT_I = 32, 64  # u32 indexes (offsets 128, 256)
 _SLICE = 0.05
+_HEAD_Q, _TAIL_Q, _PAD_WORD = fmt.HEAD_Q, fmt.TAIL_Q, fmt.PAD_WORD
 _SEQ = struct.Struct("<Q")  # a message: its sequence number, then an object payload
 _MSG = struct.Struct("<QIIQ")  # ...and the payload's head: the common case in one pack
 assert _MSG.size == _SEQ.size + fmt.OBJ_HEAD.size and _MSG.format[2:] == fmt.OBJ_HEAD.format[1:]
@@ -126,26 +128,10 @@ def _channel_from_fds(fd: int, lock_fd: int, spin: float) -> Channel:
     """A Channel handle over the (unlinked) channel file ``fd`` and its lock file
     ``lock_fd``, with descriptions of its own for every lock (``fd`` and ``lock_fd`` are
     left open and untouched: they may be shared with the parent that passed them)."""
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        raise ForeignFileError("the queue's channel descriptor is not a regular file")
-    header = fmt.decode_header(os.pread(fd, fmt.FIXED_SIZE, 0))
-    if st.st_size != header.file_size:
-        raise ForeignFileError(f"the queue's channel file has {st.st_size} bytes, its header "
-                               f"says {header.file_size}")
-    mapping = mmap.mmap(fd, header.file_size, access=mmap.ACCESS_WRITE)
-    region = Region(mapping, path=None, offset=0, map_offset=0, size=header.file_size,
-                    readonly=False, private=False)
+    region, header, _ = map_checked(fd, None)
     fds: list[int] = []
     try:
-        # The Channel's step O5: the ring positions, read as one consistent pair.
-        hdr = region.view[: fmt.HEADER_SIZE].cast("Q")
-        try:
-            positions = _positions(hdr)
-        finally:
-            hdr.release()
-        if positions is not None:
-            fmt.check_positions(positions[0], positions[1], header.capacity)
+        check_ring(region, header.capacity)  # the Channel's steps O1-O5, but by descriptor
         fds.append(_platform.reopen_fd(lock_fd))
         fds.append(_platform.reopen_fd(fd))
         strict = _strict()
@@ -248,6 +234,10 @@ class _Shared:
         if buffers:
             self._put_buffers(body, buffers, maxsize, deadline)
             return
+        # P2-P5 in one call when the lease is ours and there is room (no maxsize: P3 has
+        # nothing to check); else the general path below, which claims and waits.
+        if not maxsize and self.channel._send_seq(body, self.q, _PUTS_Q):
+            return
         blen = len(body)
         q = self.q
         pending = self.pending
@@ -336,10 +326,12 @@ class _Shared:
     def get(self, deadline: float | None) -> Any:
         """Steps G1-G4 and the unpickling (after the claim is let go)."""
         ch = self.channel
-        while True:
+        # G1-G3 in one call when the lease is ours and a message without out-of-band
+        # buffers is there; else the general path, which claims and waits.
+        blob = ch._recv_seq(self.q, _GETS_Q)
+        while blob is None:
             try:
                 blob = ch._recv_with(self._take, deadline)
-                break
             except BrokenError:  # every producer gone: a queue waits for new ones
                 if deadline is not None and time.monotonic() >= deadline:
                     raise _queue.Empty from None

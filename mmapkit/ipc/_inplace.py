@@ -1,0 +1,224 @@
+"""The Channel's in-place paths: messages written and read inside the ring, and objects.
+
+Design rules:
+
+- ``reserve(n)`` hands the producer the ``n`` payload bytes of a frame inside the ring,
+  under the producer claim (steps S1-S3 of channel.py's table); the length word and the
+  head store (S4-S5) follow when the block ends without an exception, so a block that
+  raises, or a process killed inside it, publishes nothing.  ``recv_view()`` lends a
+  read-only view of the next payload under the consumer claim (R1-R2); the tail store
+  (R3) follows when the block ends, whatever happened in it (the message is consumed).
+- ``_send_with`` / ``_recv_with`` are the same two as plain calls taking a function: a
+  generator-based context manager costs as much as a small send, and the Queue
+  (queue.py) puts and gets every message this way.
+- Objects (``send_obj``/``recv_obj``) travel by pickle protocol 5 in the object payload
+  of ``_format.py`` (``write_obj``/``read_obj``/``copy_obj``): out-of-band buffers (numpy
+  arrays, PickleBuffer) are written straight into the ring, one copy, and come out as
+  views of the receiver's one copy.
+- A broadcast channel has no in-place paths: its producer may overwrite a frame a
+  subscriber is looking at, and subscribers share no claim with it.  Its objects are
+  framed in a bytearray and sent by copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from ..errors import MessageTooLargeError, ModeConflictError
+from . import _format as fmt
+from ._state import State
+from ._wake import deadline as _deadline
+
+__all__ = ["InPlace"]
+
+_HEAD_Q = fmt.HEAD_Q
+_CW_I = fmt.CONSUMERS_WAITING // 4
+_PRODUCER, _CONSUMER = fmt.STATE_PRODUCER, fmt.STATE_CONSUMER
+_copy_obj = fmt.copy_obj
+
+
+class InPlace(State):
+    """reserve(), recv_view() and the object path of a Channel (a base class of it: the
+    state is the Channel's)."""
+
+    __slots__ = ()
+
+    if TYPE_CHECKING:  # provided by the Channel or another of its bases
+        def _attach(self, role: int) -> int: ...
+        def _too_large(self, n: int) -> MessageTooLargeError: ...
+        def _acquire_space(self, need: int, deadline: float | None) -> int: ...
+        def _lease_place(self, need: int) -> int: ...
+        def _p_leave(self) -> None: ...
+        def _wake_consumers(self) -> None: ...
+        def _lease_take(self) -> tuple[int, int, int] | None: ...
+        def _take(self, deadline: float | None) -> tuple[int, int, int]: ...
+        def _release(self, tail: int, n: int) -> None: ...
+        def send(self, data: bytes | bytearray | memoryview,
+                 timeout: float | None = None) -> None: ...
+        def recv(self, timeout: float | None = None) -> bytes: ...
+
+    def _in_place_need(self, n: int) -> int:
+        """Checks shared by reserve() and _send_with(); the ring bytes an ``n``-byte frame
+        takes (length word and payload, padded to 8)."""
+        if self._bc:
+            raise ModeConflictError("reserve() writes in place, which a broadcast channel "
+                                    "cannot offer; use send()")
+        if self._pslot is None:
+            self._attach(_PRODUCER)
+        if n < 0:
+            raise ValueError(f"cannot reserve {n} bytes")
+        if n > self._max:
+            raise self._too_large(n)
+        return fmt.frame_size(n)
+
+    @contextlib.contextmanager
+    def reserve(self, n: int, timeout: float | None = None) -> Iterator[memoryview]:
+        """``with ch.reserve(n) as buf:`` fill ``buf`` (n bytes inside the ring) in place;
+        the message is published when the block ends, and dropped if it raises.
+
+        With ``multi_producer`` the producer claim is held for the whole block: keep it
+        short.  Do not keep ``buf`` (or views of it) after the block.
+        """
+        need = self._in_place_need(n)
+        with self._send_mutex if self._plocked else contextlib.nullcontext():
+            head = self._acquire_space(need, _deadline(timeout))
+            done = False
+            try:
+                pos = head % self._cap
+                buf = self._data[pos + 8 : pos + 8 + n]
+                try:
+                    yield buf
+                finally:
+                    buf.release()
+                done = True
+            finally:
+                self._end_in_place(head, n, need, done)
+
+    def _end_in_place(self, head: int, n: int, need: int, publish: bool) -> None:
+        """The end of reserve() and _send_with(): the length word and head store (S4-S5)
+        when ``publish``, then the unclaim and wake-up (S6) either way."""
+        try:
+            if publish:
+                self._dq[(head % self._cap) >> 3] = n
+                self._hdr[_HEAD_Q] = head + need
+        finally:
+            if self._plocked:
+                self._p_leave()
+        if publish:
+            if self._hdr32[_CW_I]:
+                self._wake_consumers()
+            self._sent += 1
+            self._sent_bytes += n
+
+
+    @contextlib.contextmanager
+    def recv_view(self, timeout: float | None = None) -> Iterator[memoryview]:
+        """``with ch.recv_view() as mv:`` read the next message in place (no copy); it is
+        consumed when the block ends, even if the block raises.  ``mv`` is read-only
+        and invalid after the block; copy what you keep."""
+        if self._bc:
+            raise ModeConflictError("a broadcast producer may overwrite what a view shows; "
+                                    "use recv() on broadcast channels")
+        if self._cslot is None:
+            self._attach(_CONSUMER)
+        with self._recv_mutex if self._clocked else contextlib.nullcontext():
+            tail, start, n = self._take(_deadline(timeout))
+            view = self._data[start : start + n].toreadonly()
+            try:
+                yield view
+            finally:
+                view.release()
+                self._release(tail, n)
+
+    def _send_with(self, n: int, fill: Callable[[memoryview, int], None],
+                   deadline: float | None = None) -> None:
+        """:meth:`reserve` as a plain call, for mmapkit.ipc.queue (a generator-based
+        context manager costs as much as the send itself): ``fill(ring, at)`` writes the
+        ``n``-byte payload at offset ``at`` of the ring view, in place under the producer
+        claim (steps S1-S4); the frame is published (S5-S6) when it returns, and dropped
+        if it raises.  ``deadline`` is a time.monotonic() value (None: wait for room)."""
+        need = self._in_place_need(n)
+        mutex = self._send_mutex if self._plocked else None
+        if mutex:
+            mutex.acquire()
+        try:
+            head = self._lease_place(need) if self._please else -1
+            if head < 0:
+                head = self._acquire_space(need, deadline)
+            done = False
+            try:
+                fill(self._data, head % self._cap + 8)
+                done = True
+            finally:
+                self._end_in_place(head, n, need, done)
+        finally:
+            if mutex:
+                mutex.release()
+
+    def _recv_with(self, take: Callable[[mmap.mmap, int, int], Any],
+                   deadline: float | None = None) -> Any:
+        """:meth:`recv_view` as a plain call, for mmapkit.ipc.queue: ``take(mapping, at,
+        n)`` reads the next message, ``n`` bytes at offset ``at`` of the mmap, in place
+        under the consumer claim (steps R1-R2), and its result is returned; the message is
+        consumed (R3-R4) when it returns, even if it raises.  ``take`` must not write the
+        mapping nor keep a view of it.  ``deadline`` is a time.monotonic() value."""
+        if self._cslot is None:
+            if self._bc:
+                raise ModeConflictError("a broadcast producer may overwrite what a view "
+                                        "shows; use recv() on broadcast channels")
+            self._attach(_CONSUMER)
+        mutex = self._recv_mutex if self._clocked else None
+        if mutex:
+            mutex.acquire()
+        try:
+            taken = self._lease_take() if self._clease else None
+            tail, start, n = taken or self._take(deadline)
+            try:
+                return take(self._mm, self._base + start, n)
+            finally:
+                self._release(tail, n)
+        finally:
+            if mutex:
+                mutex.release()
+
+
+    def send_obj(self, obj: Any, timeout: float | None = None) -> None:
+        """Send a picklable object (pickle protocol 5).  Out-of-band buffers (numpy arrays,
+        PickleBuffer) are copied straight into the ring: one copy, no intermediate bytes."""
+        import pickle
+
+        buffers: list[pickle.PickleBuffer] = []
+        body = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+        raws = fmt.pickle_buffers(buffers)
+        total = fmt.obj_size(len(body), raws)
+        try:
+            if self._bc:  # no writing in place: subscribers may be reading there
+                blob = bytearray(total)
+                fmt.write_obj(blob, 0, body, raws)
+                self.send(blob, timeout)
+            else:
+                self._send_with(total, lambda ring, at: fmt.write_obj(ring, at, body, raws),
+                                _deadline(timeout))
+        finally:
+            for r in raws:
+                r.release()
+
+    def recv_obj(self, timeout: float | None = None) -> Any:
+        """Receive an object sent by :meth:`send_obj`.  The message is copied once: the
+        pickle alone (bytes) when it has no out-of-band buffer, else all of it into a
+        bytearray whose views the buffers (numpy arrays) are (writable)."""
+        blob = (bytearray(self.recv(timeout)) if self._bc
+                else self._recv_with(_copy_obj, _deadline(timeout)))
+        import pickle
+
+        if blob.__class__ is bytes:
+            return pickle.loads(blob)
+        try:
+            body, bufs = fmt.read_obj(memoryview(blob))
+        except ValueError as exc:
+            raise ValueError(f"the message is not an object sent by send_obj() ({exc}); "
+                             "receive it with recv()") from None
+        return pickle.loads(body, buffers=bufs)
