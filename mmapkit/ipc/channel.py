@@ -269,14 +269,7 @@ class Channel(Claims, Wake, Broadcast, InPlace, Sequenced):
         self._fdbox: list[int] = []
         self._sync_fds()
         weakref.finalize(self, _close_fds, self._fdbox)
-        ref = weakref.ref(self)
-
-        def after_fork() -> None:
-            channel = ref()
-            if channel is not None:
-                channel._after_fork()
-
-        os.register_at_fork(after_in_child=after_fork)
+        _LIVE.add(self)  # (see _after_fork_in_child: one hook for all handles)
 
     # --- construction -----------------------------------------------------------------
 
@@ -1075,3 +1068,16 @@ def _payload(data: bytes | bytearray | memoryview) -> bytes | memoryview:
     Struct packs; a copy that short is cheap), else a byte view (no copy of a long one)."""
     view = memoryview(data).cast("B")
     return view.tobytes() if len(view) <= _FRAMED_MAX else view
+
+
+# Every open handle, for the one at-fork hook of this module (a hook per handle could
+# never be unregistered: a program that opens many channels would pile them up).
+_LIVE: weakref.WeakSet[Channel] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for channel in list(_LIVE):
+        channel._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
