@@ -282,23 +282,10 @@ class Wake(State):
             self._drain_bell()
 
     async def _await_bell(self, send: bool, nap: float) -> None:
-        import asyncio  # already loaded by whoever runs the loop; not at import for the rest
+        from .._aio import readable  # (asyncio: loaded on the first async wait only)
 
-        loop = asyncio.get_running_loop()
         with self.armed(send=send) as fd:
-            ready = loop.create_future()
-
-            def ring() -> None:
-                if not ready.done():
-                    ready.set_result(None)
-
-            loop.add_reader(fd, ring)
-            try:
-                await asyncio.wait_for(ready, nap)
-            except asyncio.TimeoutError:
-                pass
-            finally:
-                loop.remove_reader(fd)
+            await readable(fd, nap)
 
     async def arecv(self, timeout: float | None = None) -> bytes:
         """``await ch.arecv()``: :meth:`recv` for asyncio; the event loop keeps running

@@ -445,8 +445,8 @@ class Reader:
         """Iterate in the event loop: at the end, wait on the doorbell (fileno()) with
         ``loop.add_reader``, never in a thread; the wait is re-armed every slice, so a
         lost wake-up (a writer of an older mmapkit rings no doorbell) costs one slice."""
-        import asyncio
-        loop = asyncio.get_running_loop()
+        from .._aio import readable  # (asyncio: loaded on the first async read only)
+
         idle_since = time.monotonic()
         fd = self.fileno() if self.follow else -1
         while True:
@@ -463,19 +463,7 @@ class Reader:
                 nap = min(nap, self.timeout - (time.monotonic() - idle_since))
                 if nap <= 0:
                     return
-            ready = loop.create_future()
-
-            def ring(ready: asyncio.Future[None] = ready) -> None:
-                if not ready.done():
-                    ready.set_result(None)
-
-            loop.add_reader(fd, ring)
-            try:
-                await asyncio.wait_for(ready, nap)
-            except asyncio.TimeoutError:
-                pass
-            finally:
-                loop.remove_reader(fd)
+            await readable(fd, nap)
 
     def close(self) -> None:
         self._drop()
