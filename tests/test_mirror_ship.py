@@ -184,12 +184,19 @@ def test_redis_killed_and_restarted_while_shipping(tmp_path: Path) -> None:
             while time.monotonic() < deadline and r.xlen(STREAM) < 3000:
                 time.sleep(0.05)
             r.close()
+            # The last batch is in Redis a moment before the shipper moves past it.
+            while time.monotonic() < deadline and (s.statistics().position or 0) < 3000:
+                time.sleep(0.01)
             st = s.statistics()
             s.stop()
         got = _shipped(server)
         assert sorted(m for _, _, m in got) == sorted(f"m {i}" for i in range(3000))
         assert len(set(got)) == len(got) == 3000
-        assert st.sent == 3000  # AOF kept every acknowledged batch: nothing sent twice
+        assert st.position == 3000
+        # AOF kept every acknowledged batch: nothing sent twice.  (A batch the server took
+        # as it was killed, its reply lost, is found by the marks and not sent again: then
+        # fewer than 3000 count as sent by this run.)
+        assert 3000 - 2 * 50 <= st.sent <= 3000
         assert log.check(d).ok
     finally:
         server.kill()
