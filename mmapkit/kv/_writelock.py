@@ -26,7 +26,7 @@ from ..lock import FileLock
 from ..region import Region
 from ..wait import Waiter
 from ._files import fd_path
-from .codec import OFF_LOCK_READY, OFF_LOCK_SEQ, OFF_LOCK_WANT, OFF_WAITERS, SUPERSEDED
+from .codec import OFF_LOCK_READY, OFF_LOCK_SEQ, OFF_LOCK_WANT, OFF_WAITERS
 
 __all__ = [
     "WriterLock",
@@ -81,9 +81,7 @@ class WriterLock:
         _tlock: threading.RLock
 
         def _refresh_inline(self) -> None: ...
-        def _read_appended(self, w: int) -> bool: ...
-        _commit: memoryview
-        _seen: int
+        def _follow_committed(self) -> None: ...
     else:
         __slots__ = ()
 
@@ -118,7 +116,8 @@ class WriterLock:
 
     def _acquire_flock(self, *, follow: bool = False) -> None:
         """``follow``: the handle's index is current up to its commit word (a write path,
-        not a load): it may replay what others commit while it waits (L3)."""
+        not a load): it may replay what others commit while it waits
+        (``_follow_committed``, L3)."""
         # A bare flock on our own descriptor: threads are already excluded by _tlock, so
         # FileLock's per-thread bookkeeping would only add cost to every write.
         try:
@@ -261,11 +260,8 @@ class WriterLock:
             self._lock_waiter.wait(seq, min(remaining, _LOCK_SLICE))
             if follow:
                 # L3: read the others' writes now, before saying we are ready, so the
-                # catch-up under the lock (W2) finds little left.  Lock-free reading of
-                # committed records is R2, what every reader does.
-                w = self._commit[0]
-                if w != self._seen and not w & SUPERSEDED:
-                    self._read_appended(w)
+                # catch-up under the lock (W2) finds little left.
+                self._follow_committed()
                 words = self._waitw  # (rebound if the file grew meanwhile)
             words[3] = 1  # L3: awake and trying; the holder lets go at its next take
             until = time.monotonic() + _READY_SPIN

@@ -361,6 +361,14 @@ class KV(MutableMapping[str, Any], WriterLock):
     _read_appended = _follow.read_appended
     _reload = _follow.reload
 
+    def _follow_committed(self) -> None:
+        """Replay what other processes committed, lock-free (R2, what every reader does);
+        a waiter for the writer lock calls it (L3).  A compacted file is left to the
+        catch-up under the lock."""
+        w = self._commit[0]
+        if w != self._seen and not w & SUPERSEDED:
+            self._read_appended(w)
+
     # --- replay -------------------------------------------------------------------------
 
     def _stored(self, vb: bytes) -> Any:
