@@ -275,3 +275,19 @@ def test_a_writer_paused_after_publishing_hands_the_held_lock_over(
                                                  b"paused-1", b"paused-2"]
     report = Journal.check(d)
     assert report.ok, report.problems
+
+
+def test_b1_b3_a_reader_registering_its_doorbell_does_not_keep_the_lock(
+        tmp_path: Path) -> None:
+    """fileno() (B1) and a doorbell reader's close() (B3) take L to write the meta page's
+    slots; a reader is not a writer whose next append reuses a hold: L goes at once, even
+    with a long lock_hold."""
+    d, meta = _journal(tmp_path)
+    with Journal(d, lock_hold=60.0) as j:
+        r = j.reader(follow=True)
+        assert r.fileno() >= 0
+        assert _flock_free(meta), "B1 left the writer lock held"
+        r.close()
+        assert _flock_free(meta), "B3 left the writer lock held"
+        j.append(b"second")  # a write still holds (H1)
+        assert not _flock_free(meta)

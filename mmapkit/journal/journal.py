@@ -97,13 +97,14 @@ directory.  L = the writer lock.
           reader's doorbell; under L free         nobody: the reader's first look (after
           slots of dead pids / gone FIFOs,        B1) sees its W; every later append
           store the slot, then B = slots in       rings (A7b); a kill between the two
-          use (counted afresh)                    stores leaves B short of a dead slot
+          use (counted afresh); let L go at       stores leaves B short of a dead slot
+          once (a reader never holds it, H1)
     B2    reader with a doorbell finds      -     an append after the emptying rings:
           nothing: empty the FIFO, then           the FIFO stays readable for the next
           look again                              select (never a lost wake-up)
     B3    reader close: under L clear its   L     a writer holding its FIFO open gets
-          slot, B = slots in use; close,          EPIPE (or ENXIO/ENOENT at open): skips
-          unlink the FIFO
+          slot, B = slots in use (L let go        EPIPE (or ENXIO/ENOENT at open): skips
+          at once); close, unlink the FIFO
     P1    recovery after power loss (boot   L     no process of this boot has seen the
           stamp differs): verify batches          cut bytes (they all open through C2,
           from the recovery point, cut W at       which waits for L); the cut range is
@@ -723,7 +724,8 @@ class Journal:
         freeing the slots of readers whose process is gone (and unlinking their FIFOs)."""
         meta = self._check_open()
         u64 = meta.u64
-        with self._lock:
+        self._lock.acquire()
+        try:
             free = -1
             for i in range(F.BELL_SLOTS):
                 v = int(u64[_I_BELL0 + i])
@@ -744,6 +746,8 @@ class Journal:
             if PAUSES:
                 pause("journal.bell.slot")
             _recount_bells(meta)
+        finally:
+            self._lock.release(keep=False)  # a reader's process never holds L (B1)
 
     def _unregister_bell(self, slot: int) -> None:
         """B3 (under L): free a reader's doorbell slot (if it is still its own)."""
@@ -751,11 +755,14 @@ class Journal:
             return  # the next registration frees it (its FIFO is gone)
         meta = self._meta
         u64 = meta.u64
-        with self._lock:
+        self._lock.acquire()
+        try:
             for i in range(F.BELL_SLOTS):
                 if int(u64[_I_BELL0 + i]) == slot:
                     u64[_I_BELL0 + i] = 0
             _recount_bells(meta)
+        finally:
+            self._lock.release(keep=False)  # (B3, as B1)
 
     def _write(self, seg: ActiveSegment, data: bytes | bytearray | memoryview, pos: int) -> None:
         try:
@@ -1371,11 +1378,16 @@ class _WriterLock(WriterLock):
                 raise
         self._depth += 1
 
-    def release(self) -> None:
+    def release(self, *, keep: bool = True) -> None:
+        """``keep=False``: let the flock go now even if nobody asks (a reader's doorbell
+        registration, B1/B3: not a writer whose next append would reuse the hold)."""
         self._depth -= 1
         if self._depth == 0:
             self._pos += 1
-            self._end_hold()  # H2/H3: keep it, or hand it over to a waiter
+            if keep:
+                self._end_hold()  # H2/H3: keep it, or hand it over to a waiter
+            elif self._held:
+                self._release_flock()
         self._tlock.release()
 
     def __enter__(self) -> None:
