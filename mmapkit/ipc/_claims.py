@@ -47,7 +47,9 @@ for consumers):
     L3    lease word names us: we are in         claim       (K: our busy word stays 1,
                                                              our slot lock is free: dead,
                                                              thieves skip us)
-    L4    else busy = 0 and steal:               -           -
+    L4    else (or L3 held but nothing fits, no  -           -
+          frame ready: back to the general
+          path) busy = 0 and steal:
     L5    take the role's flock                  flock       other thieves wait (K: the
                                                              kernel frees it)
     L6    lease word = our name (slot and its    flock       entrants at L3 see it and

@@ -33,10 +33,13 @@ Steps (of channel.py's table; no lock is held in any of them):
           check the header, size == header's
     O2    map exactly that size through O1's     -           nothing (we never write a file
           descriptor (never by name again)                   we have not checked)
-    O3    open (create) <path>.lock and the      -           an empty .lock file may appear
-          claim descriptors                                  (K: harmless, reused by name)
-    O4    open path again: the same file as O1?  -           -
-          else start at O1 again (unlinked and
+    O3    open (create) <path>.lock, and again   -           an empty .lock file may appear
+          as the consumers' claim (unless one                (K: harmless, reused by name)
+          flock serves both): the same file,
+          else O1
+    O4    open path again (the producers'        -           -
+          claim): the same file as O1? else
+          start at O1 again (unlinked and
           re-created meanwhile); ENOENT: raise
     O5    read tail, head, tail until the two    -           -
           tails agree; check the positions
@@ -182,8 +185,7 @@ def open_files(path: str) -> Opened:
         return (region, header, lock_fd, lock_path, (pclaim, pclaim if one_claim else cclaim),
                 (st.st_dev, st.st_ino))
     except BaseException:
-        for f in fds:
-            os.close(f)
+        close_fds(fds)
         if region is not None:
             region.close()
         raise

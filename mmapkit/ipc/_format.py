@@ -67,6 +67,7 @@ __all__ = [
     "PRODUCERS_EPOCH",
     "PRODUCERS_WAITING",
     "PRODUCER_LEASE",
+    "QUEUE_MSG",
     "SLOT_CBUSY",
     "SLOT_COUNT",
     "SLOT_CURSOR",
@@ -326,6 +327,10 @@ def check_positions(head: int, tail: int, capacity: int) -> None:
 
 OBJ_HEAD = struct.Struct("<IIQ")  # out-of-band buffer count, reserved (0), pickle length
 _OBJ_HEAD_SIZE = OBJ_HEAD.size
+# A Queue message (ipc/queue.py, ipc/_sequenced.py): its u64 sequence number, then an
+# object payload; the two heads as one Struct, the common case in one pack.
+QUEUE_MSG = struct.Struct("<QIIQ")
+assert QUEUE_MSG.size == 8 + OBJ_HEAD.size and QUEUE_MSG.format[2:] == OBJ_HEAD.format[1:]
 
 
 def _pad8(n: int) -> int:

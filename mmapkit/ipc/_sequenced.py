@@ -37,8 +37,8 @@ _CLEASE_I = fmt.CONSUMER_LEASE // 4
 # The frame of a Queue message: length word, sequence number, the object payload's head.
 _HEAD = struct.Struct("<QQIIQ")
 _HEAD_SIZE = _HEAD.size
-_MSG = struct.Struct("<QIIQ")  # the message without its length word
-assert _HEAD.format[3:] == _MSG.format[2:] == fmt.OBJ_HEAD.format[1:]
+_MSG = fmt.QUEUE_MSG  # the message without its length word
+assert _HEAD.format[2:] == _MSG.format[1:]  # (the length word, then the message)
 assert _MSG.size + 8 == _HEAD_SIZE == 32
 SEQ_FRAMED_MAX = 1024  # pickles up to this long are framed by one cached Struct per length
 

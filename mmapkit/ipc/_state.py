@@ -84,7 +84,6 @@ class State:
         "_recv_mutex",
         "_region",
         "_room_end",
-        "_send_fast",
         "_send_limit",
         "_send_mutex",
         "_sent",
@@ -145,7 +144,6 @@ class State:
     _finished: bool
     _closed: bool
     # the fast paths
-    _send_fast: bool
     _recv_fast: bool
     _send_limit: int
     _readable_end: int

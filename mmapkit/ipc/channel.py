@@ -69,8 +69,8 @@ C, O, F, U: ``_files.py``; L: ``_claims.py``; B: ``_broadcast.py``.
           PAD word, then store head (publish)
     S3    no room: unclaim, wait for tail        -           (a claim is never held while
                                                              waiting)
-    S4    payload, then length word above head   pclaim      nothing: bytes at and above
-                                                             head are not published
+    S4    length word and payload above head,    pclaim      nothing: bytes at and above
+          in any order (unpublished until S5)                head are not published
     S5    store head: publish                    pclaim      the whole message
     S6    unclaim (lease: L9); wake sleeping     -           (K before S5: nothing visible;
           consumers                                          after: delivered)
@@ -248,8 +248,9 @@ class Channel(Claims, Wake, Broadcast, InPlace, Sequenced):
         self._tail_w = Waiter(region, fmt.TAIL)
         self._pslot: int | None = None
         self._cslot: int | None = None
-        self._send_fast = self._recv_fast = False  # attached, and no claim lock needed
-        self._send_limit = -1  # max_message while _send_fast, else -1 (one test in send())
+        self._recv_fast = False  # attached, and no claim lock needed
+        self._send_limit = -1  # max_message while sends need no claim lock, else -1 (one
+        # test in send())
         self._finished = False
         self._closed = False
         # Consumer: frames below this position are published (head at its last look) and
@@ -368,7 +369,7 @@ class Channel(Claims, Wake, Broadcast, InPlace, Sequenced):
     def _forget_roles(self) -> None:
         """No slot, no fast path: what a closed handle or a fork child starts from."""
         self._pslot = self._cslot = None
-        self._send_fast = self._recv_fast = False
+        self._recv_fast = False
         self._send_limit = -1
 
     # --- properties -------------------------------------------------------------------
@@ -443,8 +444,7 @@ class Channel(Claims, Wake, Broadcast, InPlace, Sequenced):
         if role == _PRODUCER:
             self._pbusy, self._ptoken = _slot_word(slot, _F_PBUSY), token
             self._pslot = slot
-            self._send_fast = not (self._plocked or self._bc)
-            self._send_limit = self._max if self._send_fast else -1
+            self._send_limit = -1 if self._plocked or self._bc else self._max
         else:
             self._cbusy, self._ctoken = _slot_word(slot, _F_CBUSY), token
             self._cslot = slot
@@ -690,7 +690,6 @@ class Channel(Claims, Wake, Broadcast, InPlace, Sequenced):
         assert self._pslot is not None
         self._hdr32[_slot_word(self._pslot, _F_STATE)] = _FINISHED
         self._finished = True
-        self._send_fast = False
         self._send_limit = -1
         self._head_w.wake()
 

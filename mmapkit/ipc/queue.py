@@ -112,8 +112,7 @@ _GWAIT_I, _DWAIT_I = 32, 64  # u32 indexes (offsets 128, 256)
 _SLICE = 0.05
 _HEAD_Q, _TAIL_Q, _PAD_WORD = fmt.HEAD_Q, fmt.TAIL_Q, fmt.PAD_WORD
 _SEQ = struct.Struct("<Q")  # a message: its sequence number, then an object payload
-_MSG = struct.Struct("<QIIQ")  # ...and the payload's head: the common case in one pack
-assert _MSG.size == _SEQ.size + fmt.OBJ_HEAD.size and _MSG.format[2:] == fmt.OBJ_HEAD.format[1:]
+_MSG = fmt.QUEUE_MSG  # ...and the payload's head: the common case in one pack
 
 
 def _shm_dir() -> str:
@@ -140,8 +139,7 @@ def _channel_from_fds(fd: int, lock_fd: int, spin: float) -> Channel:
         return Channel(region, header, fds[0], lock_path=None, spin=spin,
                        claims=(fds[1], fds[1] if strict else fds[2]))
     except BaseException:
-        for f in fds:
-            os.close(f)
+        _close_all(fds)
         region.close()
         raise
 
@@ -184,8 +182,7 @@ class _Shared:
             _platform.ensure_allocated(fds[2], _STATE_SIZE)
             return cls(channel, fds[0], fds[1], fds[2])
         except BaseException:
-            for f in fds:
-                os.close(f)
+            _close_all(fds)
             if channel is not None:
                 channel.close()
             raise
