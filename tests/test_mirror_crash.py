@@ -157,7 +157,9 @@ def test_redis_killed_and_restarted_mid_stream(tmp_path: Path, aof: bool) -> Non
         n = verify_target(server, jdir)
         assert n >= 2000
         if aof:  # nothing sent twice: the AOF kept the acknowledged prefix
-            assert st.sent == n
+            # (a batch the server took as it was killed, its reply lost, is in the AOF and
+            # found on reconnect: not sent again, so not counted as sent by this run)
+            assert n - 100 <= st.sent <= n
         else:
             assert st.sent > n - 1  # the lost prefix was sent again
     finally:

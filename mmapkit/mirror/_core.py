@@ -148,11 +148,7 @@ class Mirror(Runner):
                             pause("mirror.sent")
                         last_send = time.monotonic()
                         consumer.commit(part[-1].offset + 1)
-                        with self._progress:
-                            self._position = part[-1].offset + 1
-                            self._sent += len(part)
-                            self._batches += 1
-                            self._progress.notify_all()
+                        self._advance(part[-1].offset + 1, len(part))
                     if not recs and time.monotonic() - last_send > keepalive:
                         self.sink.send([])  # renew the lease while idle
                         last_send = time.monotonic()

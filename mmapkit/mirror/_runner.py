@@ -124,6 +124,15 @@ class Runner:
             self._state = state
             self._progress.notify_all()
 
+    def _advance(self, position: int, records: int) -> None:
+        """A batch of ``records`` is in the target, up to ``position``: count it and wake
+        wait()ers (under ``_progress``, as every state change)."""
+        with self._progress:
+            self._position = position
+            self._sent += records
+            self._batches += 1
+            self._progress.notify_all()
+
     def _reconnect(self, exc: SinkUnavailableError, backoff: float) -> float:
         """R: note the error, give the target up, wait ``backoff`` s (less when asked to
         stop); returns the next backoff.  The loop opens the target again."""

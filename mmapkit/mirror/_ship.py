@@ -143,18 +143,16 @@ class Shipper(Runner):
                         else:
                             taken.append(item)
                     fresh = [r for r in taken if r.sequence > marks.get(str(r.stream), -1)]
-                    batch = [log_record(nxt + i, r) for i, r in enumerate(fresh)]
+                    base = nxt
+                    batch = [log_record(base + i, r) for i, r in enumerate(fresh)]
                     for part in chunks(batch, MAX_BATCH_BYTES):
-                        new_marks: dict[str, int] = {}
-                        for rec in part:
-                            h = dict(rec.headers)
-                            new_marks[h["stream"].decode()] = int(h["seq"])  # ascending
+                        # the marks of the part's source records (ascending per stream)
+                        new_marks = {str(r.stream): r.sequence for r in
+                                     fresh[part[0].offset - base : part[-1].offset + 1 - base]}
                         self.sink.send(part, marks=new_marks)
                         marks.update(new_marks)
                         nxt = part[-1].offset + 1
-                        self._position = nxt
-                        self._sent += len(part)
-                        self._batches += 1
+                        self._advance(nxt, len(part))
                         last_send = time.monotonic()
                     taken = []
                     if finished:
