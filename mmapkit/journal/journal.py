@@ -1327,10 +1327,12 @@ class _WriterLock(WriterLock):
     of the module table) with the KV's protocol: ``kv._writelock.WriterLock``, whose
     words here are the meta page's lock words (OFF_LOCK_WANT / SEQ / READY).  A fork
     child gets a descriptor of its own at once (``_after_fork``): flock belongs to the
-    open file description, which the child would otherwise share with its parent."""
+    open file description, which the child would otherwise share with its parent.  (So
+    the mixin's own fork path, ``_take_own_lock``/``_own_after_fork``, is the KV's and is
+    never taken here: this lock enters through ``_acquire_flock`` only.)"""
 
-    __slots__ = ("__weakref__", "_depth", "_fd", "_finalizer", "_forked", "_held", "_hold",
-                 "_hold_evt", "_lock_timeout", "_lock_waiter", "_mode", "_path", "_pos",
+    __slots__ = ("__weakref__", "_depth", "_fd", "_finalizer", "_held", "_hold",
+                 "_hold_evt", "_lock_timeout", "_lock_waiter", "_path", "_pos",
                  "_readonly", "_region", "_run_start", "_tlock", "_waitw", "_want_waiter")
     _WANT_AT = F.OFF_LOCK_WANT
     _SEQ_AT = F.OFF_LOCK_SEQ
@@ -1354,16 +1356,11 @@ class _WriterLock(WriterLock):
         self._lock_timeout = float("inf")  # appends wait as long as it takes (as before)
         self._run_start = 0.0
         self._readonly = False
-        self._forked = False
-        self._mode = None
         # A handle dropped unclosed (its releaser thread may have let go of it already)
         # must not keep a held flock for the rest of the process: closing the descriptor
         # drops it.
         self._finalizer = weakref.finalize(self, os.close, self._fd)
         _LOCKS.add(self)
-
-    def _refresh_inline(self) -> None:  # (the mixin's fork path, not used here)
-        pass
 
     def acquire(self) -> None:
         self._tlock.acquire()
