@@ -137,7 +137,10 @@ class WriterLock:
         evt = self._hold_evt
         if evt is None:
             evt = self._hold_evt = threading.Event()
-            weakref.finalize(self, evt.set)  # a handle dropped unclosed lets its thread go
+            # A handle dropped unclosed lets its thread go; one still open at interpreter
+            # exit lets go of its hold and wakes a waiter (else the waiters sleep out
+            # their slices: the kernel drops the flock at exit but wakes nobody).
+            weakref.finalize(self, _at_exit, weakref.ref(self), evt)
             name = f"mmapkit {self._KIND} lock releaser ({os.path.basename(self._path)})"
             threading.Thread(target=_releaser, args=(weakref.ref(self), evt), daemon=True,
                              name=name).start()
@@ -168,13 +171,18 @@ class WriterLock:
                     evt.clear()  # parked until the next hold (set under this same lock)
                     return True
                 words = self._waitw
-                if not self._depth and (words[1] or words[3] or self._pos == last):
-                    self._release_flock()
+                asked = words[1] or words[3]
+                young = _QUANTUM - (time.monotonic() - self._run_start)
+                if not self._depth and (self._pos == last or (asked and young <= 0)):
+                    # Idle, or asked once our run has lasted its quantum: no run to go on
+                    # with (a run still writing hands over itself at its quantum, H3;
+                    # one that has ended -- its process finishing -- would leave the
+                    # waiters asleep until their slices end): a waiter is woken now.
+                    self._release_flock(now=True)
                     evt.clear()
                     return True
                 last = self._pos
-                asked = words[1]
-                hold = self._hold
+                hold = min(self._hold, young) if asked else self._hold
                 if _platform.HAVE_FUTEX and at != self._region.address + self._WANT_AT:
                     # A raw futex on the word's address, no view of the mapping: close()
                     # never waits for this thread, and a growth only moves the address.
@@ -209,8 +217,10 @@ class WriterLock:
              microseconds)
         L2   read the hand-over count, set "wanted",      a holder releasing after our
              try; sleep while the count is unchanged,     try sees "wanted" (both are
-             at most _LOCK_SLICE                          system calls: not reordered)
-        L3   woken or the slice ended: replay what is     the holder writes on meanwhile
+             at most _LOCK_SLICE; the slice ended with    system calls: not reordered)
+             the count unchanged, or another waiter
+             "ready" already: L2 again
+        L3   woken (the count moved): replay what is      the holder writes on meanwhile
              committed (R2, lock-free; write paths        (the replay runs beside it, not
              only); set "ready" and try for up to         after it under the lock); past
              _READY_SPIN                                  its quantum it lets go at its
@@ -218,9 +228,12 @@ class WriterLock:
         L4   got it: clear "ready", start our run         (quantum counts from here)
         ===  ===========================================  ===============================
 
-        The holder wakes one sleeper per quantum, not one per release: a woken sleeper
-        needs a millisecond or more to run here, and a holder that waited for it would
-        leave the lock idle meanwhile; it goes on writing until the sleeper is ready.
+        The holder wakes the sleepers once per quantum, not once per release: a woken
+        sleeper needs a millisecond or more to run here, and a holder that waited for it
+        would leave the lock idle meanwhile; it goes on writing until one is ready.  It
+        wakes all of them: the first to say "ready" goes next, the others sleep again
+        having set "wanted" again (woken one at a time, the others slept on past the
+        hand-over with "wanted" cleared, and the next holder's release woke nobody).
         """
         fd = self._fd
         words = self._waitw
@@ -258,6 +271,12 @@ class WriterLock:
                 assert self._region is not None
                 self._lock_waiter = Waiter(self._region, self._SEQ_AT)
             self._lock_waiter.wait(seq, min(remaining, _LOCK_SLICE))
+            if words[2] == seq or words[3]:
+                # The slice ended and nobody handed over (try once more above: a killed
+                # holder wakes nobody), or another woken waiter is the next one already:
+                # sleep again, "wanted" set again above.  Replaying and spinning here
+                # would take a core from the holder for nothing (2 cores, 4 writers).
+                continue
             if follow:
                 # L3: read the others' writes now, before saying we are ready, so the
                 # catch-up under the lock (W2) finds little left.
@@ -276,6 +295,10 @@ class WriterLock:
                         break
             if got:
                 break
+            # Back to sleep: not trying any more, so a holder need not let go for us (a
+            # stale "ready" made holders release to nobody; another waiter still trying
+            # sets it again at its next look, and "wanted" is set again below).
+            words[3] = 0
         if futex:
             words[3] = 0
         self._run_start = time.monotonic()
@@ -288,18 +311,27 @@ class WriterLock:
             self._want_waiter = Waiter(self._region, self._WANT_AT)
         self._want_waiter.wake(1)
 
-    def _release_flock(self) -> None:
+    def _release_flock(self, *, now: bool = False) -> None:
+        """Unlock; wake a sleeping waiter once our run has lasted its quantum, or ``now``
+        (the handle is idle or closing: no run of ours to go on with)."""
         self._held = False
         _flock(self._fd, _LOCK_UN)
         if self._waitw[1] and not self._readonly:
             # (A read-only follower that took the lock to re-verify writes nothing: the
             # waiters see the lock free at their next look, within _LOCK_SLICE.)
-            self._hand_over()
+            self._hand_over(now=now)
 
-    def _hand_over(self) -> None:
+    def _let_go(self) -> None:
+        """H6: the handle closes (or the interpreter exits) holding the lock: unlock and
+        wake a waiter at once, before the descriptor goes."""
+        if self._held and self._fd >= 0 and self._region is not None:
+            self._release_flock(now=True)
+
+    def _hand_over(self, *, now: bool = False) -> None:
         """Someone sleeps for the lock we just released: once our run has lasted its
-        quantum, wake one sleeper (and go on writing until it is ready: _maybe_yield)."""
-        if time.monotonic() - self._run_start < _QUANTUM:
+        quantum (or ``now``), wake one sleeper (and go on writing until it is ready:
+        _maybe_yield)."""
+        if not now and time.monotonic() - self._run_start < _QUANTUM:
             return
         words = self._waitw
         words[1] = 0
@@ -308,7 +340,22 @@ class WriterLock:
             if self._lock_waiter is None:
                 assert self._region is not None
                 self._lock_waiter = Waiter(self._region, self._SEQ_AT)
-            self._lock_waiter.wake(1)
+            self._lock_waiter.wake()  # all: one goes next, the others sleep again (L2)
+
+
+def _at_exit(ref: weakref.ref[WriterLock], evt: threading.Event) -> None:
+    """A holding handle's finalizer: dropped (``ref`` dead), its releaser thread ends; at
+    interpreter exit (still alive), it also lets go of its hold (H6)."""
+    evt.set()
+    lock = ref()
+    if lock is None or not lock._tlock.acquire(timeout=0.1):
+        return  # (a thread inside a write at exit: the kernel drops the flock anyway)
+    try:
+        lock._let_go()
+    except (OSError, ValueError):
+        pass  # closed or unmapped meanwhile
+    finally:
+        lock._tlock.release()
 
 
 def _releaser(ref: weakref.ref[WriterLock], evt: threading.Event) -> None:

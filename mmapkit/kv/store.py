@@ -119,8 +119,11 @@ above changes for other processes: a held lock is a writer that has not finished
          lock_hold, or someone waits: unlock                waiter's L2 wakes the thread
                                                             (futex on the wanted word)
     H5   fork: the child is not "held" (the flock   -      the parent's hold goes on;
-         is the parent's, via the shared OFD);             the child takes its own (W1)
-         close(): the descriptor closes (unlock)
+         is the parent's, via the shared OFD)              the child takes its own (W1)
+    H6   close(), the handle dropped, or the          F->-   a sleeping waiter is woken
+         interpreter exiting while held: unlock and         at once (dropping the flock
+         wake a waiter, then close the descriptor           alone woke nobody: waiters
+                                                            slept out their 10 ms slices)
     ===  ==========================================  =====  =============================
 
 A lock taken to re-verify suspected damage (O4) is released explicitly, never held: the
@@ -1004,6 +1007,7 @@ class KV(MutableMapping[str, Any], WriterLock):
     def close(self) -> None:
         """Release the mapping and locks.  Idempotent.  Nothing is lost by not calling it."""
         with self._tlock:
+            self._let_go()  # H6: a held lock is let go with a wake-up, not just dropped
             mode, self._mode = self._mode, None
             self._shared = False  # first: other threads' get() stops reading the commit word
             if self._hold_evt is not None:
@@ -1024,6 +1028,8 @@ class KV(MutableMapping[str, Any], WriterLock):
         # of the handle before its first watch, and then nobody would ever unlock).
         fd = getattr(self, "_fd", -1)
         if fd >= 0:
+            with contextlib.suppress(Exception):  # (interpreter shutdown: anything)
+                self._let_go()
             with contextlib.suppress(OSError):
                 os.close(fd)
 
