@@ -1331,8 +1331,8 @@ class _WriterLock(WriterLock):
     the mixin's own fork path, ``_take_own_lock``/``_own_after_fork``, is the KV's and is
     never taken here: this lock enters through ``_acquire_flock`` only.)"""
 
-    __slots__ = ("__weakref__", "_depth", "_fd", "_finalizer", "_held", "_hold",
-                 "_hold_evt", "_lock_timeout", "_lock_waiter", "_path", "_pos",
+    __slots__ = ("__weakref__", "_depth", "_fd", "_finalizer", "_handed_at", "_held",
+                 "_hold", "_hold_evt", "_lock_timeout", "_lock_waiter", "_path", "_pos",
                  "_readonly", "_region", "_run_start", "_tlock", "_waitw", "_want_waiter")
     _WANT_AT = F.OFF_LOCK_WANT
     _SEQ_AT = F.OFF_LOCK_SEQ
@@ -1355,6 +1355,7 @@ class _WriterLock(WriterLock):
         self._want_waiter = None
         self._lock_timeout = float("inf")  # appends wait as long as it takes (as before)
         self._run_start = 0.0
+        self._handed_at = 0.0
         self._readonly = False
         # A handle dropped unclosed (its releaser thread may have let go of it already)
         # must not keep a held flock for the rest of the process: closing the descriptor
