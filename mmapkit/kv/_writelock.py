@@ -240,7 +240,8 @@ class WriterLock:
 
         ===  ===========================================  ===============================
         L1   try a few times (a write holds the lock for  nobody is woken for a spinner
-             microseconds)
+             microseconds), unless the ready word is
+             set (a woken waiter's turn)
         L2   read the hand-over count, set "wanted",      a holder releasing after our
              try; sleep while the count is unchanged,     try sees "wanted" (both are
              at most _LOCK_SLICE; the slice ended with    system calls: not reordered)
@@ -259,16 +260,18 @@ class WriterLock:
         The holder wakes the sleepers once per quantum and keeps the lock (H3), not once
         per release: a woken sleeper needs a millisecond or more to run here, and a holder
         that waited for it would leave the lock idle meanwhile; it goes on writing until
-        one is ready, then lets go (H3b), and wakes them again after a slice if none
-        became ready (a claim whose process died is cleared then).  It wakes all of them:
-        woken one at a time, the others slept on past the hand-over with "wanted"
-        cleared, and the next holder's release woke nobody.  A holder that takes the lock
-        again while a waiter is READY (its retake beat the waiter's next try) lets go at
-        once and sleeps before trying (_maybe_yield).
+        one is ready, then lets go (H3b), and wakes another after a slice if none became
+        ready (a claim whose process died is cleared then).  It wakes one sleeper and
+        leaves "wanted" set unless the wake-up found nobody, so the next hand-over wakes
+        the next sleeper.  A holder that takes the lock again while a waiter is READY
+        (its retake beat the waiter's next try) lets go at once and sleeps before trying
+        (_maybe_yield).
         """
         fd = self._fd
         words = self._waitw
         for _ in range(_LOCK_SPINS if spin else 0):
+            if words[3]:
+                break  # a woken waiter has the next turn: do not take it from under it
             try:
                 _flock(fd, _LOCK_EX_NB)
                 self._run_start = time.monotonic()
@@ -315,7 +318,10 @@ class WriterLock:
             words[3] = CLAIMED  # L3: the next turn is ours; the other woken ones sleep
             if follow:
                 # L3: read the others' writes now, before saying we are ready, so the
-                # catch-up under the lock (W2) finds little left.
+                # catch-up under the lock (W2) finds little left.  Twice: the holder
+                # wrote on during the first (a replay runs several times faster than
+                # the writes it replays, so the second is short).
+                self._follow_committed()
                 self._follow_committed()
                 words = self._waitw  # (rebound if the file grew meanwhile)
             words[3] = READY  # L3: trying; the holder lets go at its next write's end
@@ -366,23 +372,27 @@ class WriterLock:
             self._release_flock(now=True)
 
     def _hand_over(self, *, now: bool = False) -> None:
-        """Someone sleeps for the lock we just released: once our run has lasted its
-        quantum (or ``now``), wake one sleeper (and go on writing until it is ready:
-        _maybe_yield)."""
+        """Someone sleeps for the lock: once our run has lasted its quantum (or ``now``),
+        wake the first sleeper.  "wanted" stays set while a wake-up found someone: the
+        others sleep on, and the next hand-over must wake them (cleared with the wake,
+        the next holder's release woke nobody and they slept out their slices; woken
+        all at once, on 2 cores they took the holder's core from it)."""
         t = time.monotonic()
         if not now and t - self._run_start < _QUANTUM:
             return
         self._handed_at = t
         words = self._waitw
-        words[1] = 0
         if words[3] == CLAIMED:
             words[3] = 0  # a claim that never became ready (slow, or its process died)
         words[2] = (words[2] + 1) & 0xFFFFFFFF
-        if _platform.HAVE_FUTEX:
-            if self._lock_waiter is None:
-                assert self._region is not None
-                self._lock_waiter = Waiter(self._region, self._SEQ_AT)
-            self._lock_waiter.wake()  # all: one goes next, the others sleep again (L2)
+        if not _platform.HAVE_FUTEX:
+            words[1] = 0
+            return
+        if self._lock_waiter is None:
+            assert self._region is not None
+            self._lock_waiter = Waiter(self._region, self._SEQ_AT)
+        if not self._lock_waiter.wake(1):
+            words[1] = 0  # nobody asleep (one about to sleep sees the count move)
 
 
 def _at_exit(ref: weakref.ref[WriterLock], evt: threading.Event) -> None:

@@ -111,11 +111,11 @@ above changes for other processes: a held lock is a writer that has not finished
          thread watches
     H2   P writes while held: no flock call; W is    F      nobody else can have written:
          what P last wrote (no catch-up)                    W == seen
-    H3   a write ends while someone waits (wanted    F      the sleepers wake; one claims
-         or ready word set) and P's run has lasted          the next turn and replays P's
-         its quantum (or a slice since P last woke          writes while P writes on (L3)
-         them, none ready): wake them all (hand-over
-         count + 1), keep F's flock
+    H3   a write ends while someone waits (wanted    F      the first sleeper wakes,
+         or ready word set) and P's run has lasted          claims the next turn and
+         its quantum (or a slice since P last woke          replays P's writes while P
+         one, none ready): hand-over count + 1, wake        writes on (L3); "wanted"
+         one sleeper, keep F's flock                        stays set for the others
     H3b  a write ends while a woken waiter is READY  F->-   it takes F (L3); P's next
          (P woke it, or P's quantum has passed):             write waits its turn (L1-L4)
          unlock, no wake-up
