@@ -329,3 +329,49 @@ def test_an_interrupt_while_entering_leaves_no_busy_word(tmp_path: Path) -> None
     ch.check()
     other.close()
     ch.close()
+
+
+def test_a_thief_yields_for_the_flock_then_waits_in_it(tmp_path: Path) -> None:
+    """L5: a thief first tries the thieves' flock without blocking, a yield apart, then
+    waits in flock(); either way it gets past L5 only once the flock is free, and a thief
+    with a deadline gives up at the deadline, not after its tries."""
+    path = tmp_path / "ch"
+    ch = Channel.create(path, capacity=1 << 16, multi_producer=True, multi_consumer=True)
+    ch.send(b"owner")  # the lease is ours
+    outsider = os.open(path, os.O_RDONLY)
+    fcntl.flock(outsider, fcntl.LOCK_EX)  # the producers' flock: a thief in L5-L8
+    other = Channel.open(path)
+    thief = spawn("""
+        import sys
+        from mmapkit.ipc import Channel
+        ch = Channel.open(sys.argv[1])
+        print("sending", flush=True)
+        ch.send(b"thief")  # no deadline: yields, then sleeps in flock()
+        print("sent", flush=True)
+        sys.stdin.readline()
+        ch.close()
+    """, str(path))
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(queue.Full):
+            other.send_nowait(b"no wait")  # the deadline is now: no round of tries
+        assert time.monotonic() - t0 < 0.5
+        expect(thief, "sending")
+        time.sleep(0.3)  # long past its tries without blocking
+        assert thief.poll() is None
+        assert ch._hdr32[P_LEASE] == ch._ptoken  # nobody got past L5
+        assert ch.recv() == b"owner"
+        with pytest.raises(queue.Empty):
+            ch.recv(timeout=0.1)
+    finally:
+        os.close(outsider)
+    expect(thief, "sent")  # the flock freed: L5-L8, its message published
+    assert ch.recv(timeout=5) == b"thief"
+    assert ch._hdr32[P_LEASE] != ch._ptoken
+    tell(thief)
+    assert thief.wait(timeout=30) == 0
+    ch.send(b"back")  # steals the lease back from the closed thief's slot
+    assert ch.recv() == b"back"
+    ch.check()
+    other.close()
+    ch.close()

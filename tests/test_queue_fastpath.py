@@ -129,3 +129,50 @@ def test_another_holder_of_the_lease_is_a_miss() -> None:
         assert a._hdr32[a._pbusy] == 0 and a._hdr32[a._cbusy] == 0  # L4: busy lowered
         a._hdr32[lease_p], a._hdr32[lease_c] = mine_p, mine_c
         a.check()
+
+
+def test_send_and_recv_go_straight_to_the_lease_only_while_they_may() -> None:
+    """send()/recv() of a multi-producer, multi-consumer handle take the lease path at once
+    (``_lease_send_limit`` / ``_lease_recv``) only once attached, and never after finish(),
+    close(), or in a fork child (which attaches again, with its own slot and lease name)."""
+    import os
+
+    from mmapkit.errors import ClosedError
+
+    with _mpmc() as ch:
+        counters = memoryview(bytearray(128)).cast("Q")
+        assert ch._lease_send_limit == -1 and not ch._lease_recv  # not attached yet
+        _attach(ch)
+        assert ch._lease_send_limit == ch.max_message and ch._lease_recv
+        parent_token = ch._ptoken
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through its exit status
+            code = 1
+            try:
+                ok = ch._lease_send_limit == -1 and not ch._lease_recv
+                ok = ok and not ch._send_seq(b"abc", counters, 0)  # not attached here
+                for i in range(100):
+                    ch.send(b"c%d" % i)  # attaches, steals the lease from the parent
+                ok = ok and ch._lease_send_limit == ch.max_message
+                ok = ok and ch._ptoken != parent_token
+                code = 0 if ok else 2
+            finally:
+                os.write(w, b"d")
+                os._exit(code)
+        os.read(r, 1)
+        _, status = os.waitpid(pid, 0)
+        os.close(r)
+        os.close(w)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert [ch.recv() for _ in range(100)] == [b"c%d" % i for i in range(100)]
+        ch.send(b"p")  # steals the lease back from the dead child
+        assert ch.recv() == b"p"
+        ch.check()
+        ch.finish()
+        assert ch._lease_send_limit == -1
+        with pytest.raises(ClosedError):
+            ch.send(b"after finish")
+        assert not ch._send_seq(b"after finish", counters, 0)
+        ch.close()
+        assert ch._lease_send_limit == -1 and not ch._lease_recv

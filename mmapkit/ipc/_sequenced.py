@@ -64,7 +64,7 @@ class Sequenced(State):
         blen = len(body)
         n = blen + 24
         need = (n + 15) & ~7
-        if not self._please or self._pslot is None or n > self._max or self._finished:
+        if n > self._lease_send_limit:  # -1 unless attached, leased and not finished
             return False
         mutex = self._send_mutex
         mutex.acquire()
@@ -106,7 +106,7 @@ class Sequenced(State):
         """Get the next Queue message if it has no out-of-band buffer: its pickle (bytes),
         raising ``counters[gets]`` past its sequence number.  None (nothing changed) when
         this is not the lease's common case, or the message is another kind."""
-        if not self._clease or self._cslot is None:
+        if not self._lease_recv:  # attached, with the consumers' lease
             return None
         mutex = self._recv_mutex
         mutex.acquire()

@@ -62,6 +62,8 @@ class State:
         "_head_w",
         "_header",
         "_identity",
+        "_lease_recv",
+        "_lease_send_limit",
         "_lock_fd",
         "_lock_identity",
         "_lock_path",
@@ -146,6 +148,8 @@ class State:
     # the fast paths
     _recv_fast: bool
     _send_limit: int
+    _lease_send_limit: int  # max_message while the lease's send path may run, else -1
+    _lease_recv: bool  # the lease's receive path may run (attached, consumer lease)
     _readable_end: int
     _tail_seen: int
     _room_end: int

@@ -36,6 +36,10 @@ Design rules:
   several) spell the header's word indexes and the frame size ``(n + 15) & ~7`` as
   literals: a global or a call there costs more than the arithmetic.  Both are asserted
   against ``_format.py`` at import.
+- send() and recv() of a handle that claims by lease go straight to ``_send_locked`` /
+  ``_recv_locked`` (one test of ``_lease_send_limit`` / ``_lease_recv``: set when the
+  handle attaches to a leased role, cleared by finish(), close() and in a fork child), not
+  through ``_send_slow`` / ``_recv_slow``: a call layer is ~6% of an MPMC send + recv.
 
 Cross-process protocol.  Locks: ``registry`` = OFD lock on byte 2 of ``<path>.lock``;
 ``slot i`` = OFD lock on byte 64+i of it, held for a handle's whole life; ``pclaim`` =
@@ -251,6 +255,9 @@ class Channel(Claims, Wake, Broadcast, InPlace, Sequenced):
         self._recv_fast = False  # attached, and no claim lock needed
         self._send_limit = -1  # max_message while sends need no claim lock, else -1 (one
         # test in send())
+        self._lease_send_limit = -1  # max_message while a send may take _send_locked at
+        # once (attached producer, producer lease, not finished), else -1
+        self._lease_recv = False  # recv() may take _recv_locked at once (attached, lease)
         self._finished = False
         self._closed = False
         # Consumer: frames below this position are published (head at its last look) and
@@ -371,6 +378,8 @@ class Channel(Claims, Wake, Broadcast, InPlace, Sequenced):
         self._pslot = self._cslot = None
         self._recv_fast = False
         self._send_limit = -1
+        self._lease_send_limit = -1
+        self._lease_recv = False
 
     # --- properties -------------------------------------------------------------------
 
@@ -445,10 +454,12 @@ class Channel(Claims, Wake, Broadcast, InPlace, Sequenced):
             self._pbusy, self._ptoken = _slot_word(slot, _F_PBUSY), token
             self._pslot = slot
             self._send_limit = -1 if self._plocked or self._bc else self._max
+            self._lease_send_limit = self._max if self._please else -1
         else:
             self._cbusy, self._ctoken = _slot_word(slot, _F_CBUSY), token
             self._cslot = slot
             self._recv_fast = not self._clocked
+            self._lease_recv = self._clease
         return slot
 
     def _census(self, role: int) -> tuple[int, int, int]:
@@ -515,7 +526,10 @@ class Channel(Claims, Wake, Broadcast, InPlace, Sequenced):
             data = _payload(data)
         n = len(data)
         if n > self._send_limit:  # too large, or not on the fast path (limit -1)
-            self._send_slow(data, n, timeout)
+            if n <= self._lease_send_limit:  # several producers: straight to the lease
+                self._send_locked(data, n, timeout)
+            else:
+                self._send_slow(data, n, timeout)
             return
         need = (n + 15) & ~7
         hdr = self._hdr
@@ -691,6 +705,7 @@ class Channel(Claims, Wake, Broadcast, InPlace, Sequenced):
         self._hdr32[_slot_word(self._pslot, _F_STATE)] = _FINISHED
         self._finished = True
         self._send_limit = -1
+        self._lease_send_limit = -1
         self._head_w.wake()
 
     # --- receiving --------------------------------------------------------------------
@@ -707,6 +722,8 @@ class Channel(Claims, Wake, Broadcast, InPlace, Sequenced):
         ``timeout``).  EndOfChannel when the stream finished, BrokenError when every
         producer is gone and the ring is drained."""
         if not self._recv_fast:
+            if self._lease_recv:  # several consumers: straight to the lease
+                return self._recv_locked(timeout)
             return self._recv_slow(timeout)
         hdr = self._hdr
         tail = hdr[16]  # _TAIL_Q

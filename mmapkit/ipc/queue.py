@@ -65,7 +65,8 @@ what a process killed after that step (before the next) leaves behind:
                                                                    stores the same GETS
     G3    _recv_with returns: the Channel's R3          -          consumed
     G4    GWAIT: clear it, wake the futex on GETS       -          a sleeper re-checks
-                                                                   within one slice
+          (skipped by a Queue without maxsize: only               within one slice
+          a put() with one sleeps on GETS)
     ====  ============================================  =========  ======================
 
 Counting.  ``qsize()`` is PUTS - GETS, 0 when the ring holds no message (empty, or only
@@ -111,6 +112,7 @@ _GETS_OFF, _DONE_OFF = 64, 192
 _GWAIT_I, _DWAIT_I = 32, 64  # u32 indexes (offsets 128, 256)
 _SLICE = 0.05
 _HEAD_Q, _TAIL_Q, _PAD_WORD = fmt.HEAD_Q, fmt.TAIL_Q, fmt.PAD_WORD
+_dumps, _loads = pickle.dumps, pickle.loads
 _SEQ = struct.Struct("<Q")  # a message: its sequence number, then an object payload
 _MSG = fmt.QUEUE_MSG  # ...and the payload's head: the common case in one pack
 
@@ -227,13 +229,18 @@ class _Shared:
     def put(self, obj: Any, maxsize: int, deadline: float | None) -> None:
         """Steps P1-P5.  ``deadline``: a time.monotonic() value, None to wait for ever."""
         buffers: list[pickle.PickleBuffer] = []
-        body = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)  # P1
+        body = _dumps(obj, 5, buffer_callback=buffers.append)  # P1
+        # P2-P5 in one call when the lease is ours and there is room (no maxsize: P3 has
+        # nothing to check); else the general path, which claims and waits.
+        if buffers or maxsize or not self.channel._send_seq(body, self.q, _PUTS_Q):
+            self.put_pickled(body, buffers, maxsize, deadline)
+
+    def put_pickled(self, body: bytes, buffers: list[pickle.PickleBuffer], maxsize: int,
+                    deadline: float | None) -> None:
+        """Steps P2-P5 of an object pickled (P1) to ``body`` and ``buffers``, the general
+        way: claim, wait for room (and below ``maxsize``), write."""
         if buffers:
             self._put_buffers(body, buffers, maxsize, deadline)
-            return
-        # P2-P5 in one call when the lease is ours and there is room (no maxsize: P3 has
-        # nothing to check); else the general path below, which claims and waits.
-        if not maxsize and self.channel._send_seq(body, self.q, _PUTS_Q):
             return
         blen = len(body)
         q = self.q
@@ -322,19 +329,31 @@ class _Shared:
 
     def get(self, deadline: float | None) -> Any:
         """Steps G1-G4 and the unpickling (after the claim is let go)."""
-        ch = self.channel
         # G1-G3 in one call when the lease is ours and a message without out-of-band
         # buffers is there; else the general path, which claims and waits.
-        blob = ch._recv_seq(self.q, _GETS_Q)
+        blob = self.channel._recv_seq(self.q, _GETS_Q)
+        if blob is None:
+            return self.get_general(deadline)
+        self.wake_putters()
+        return _loads(blob)
+
+    def wake_putters(self) -> None:
+        """Step G4: a put() sleeps on a full queue: wake it."""
+        if self.i[_GWAIT_I]:
+            self.i[_GWAIT_I] = 0
+            self.gets_w.wake()
+
+    def get_general(self, deadline: float | None) -> Any:
+        """get() when its one-call path missed: claim, wait, take (G1-G4), unpickle."""
+        ch = self.channel
+        blob: bytes | bytearray | None = None
         while blob is None:
             try:
                 blob = ch._recv_with(self._take, deadline)
             except BrokenError:  # every producer gone: a queue waits for new ones
                 if deadline is not None and time.monotonic() >= deadline:
                     raise _queue.Empty from None
-        if self.i[_GWAIT_I]:
-            self.i[_GWAIT_I] = 0
-            self.gets_w.wake()
+        self.wake_putters()
         if blob.__class__ is bytes:
             return pickle.loads(blob)
         return _decode(blob)
@@ -402,6 +421,8 @@ class Queue:
     """
 
     _shared: _Shared
+    _chan: Channel  # _shared.channel
+    _counters: memoryview  # _shared.q
 
     def __init__(self, maxsize: int = 0, *, capacity: int = DEFAULT_CAPACITY,
                  ctx: Any = None, spin: float = 50e-6) -> None:
@@ -411,6 +432,12 @@ class Queue:
         self._spin = float(spin)
         self._shared = _Shared.create(capacity, self._spin)
         self._closed = False
+        self._bind()
+
+    def _bind(self) -> None:
+        """The parts put() and get() use on every call, one attribute each."""
+        self._chan = self._shared.channel
+        self._counters = self._shared.q
 
     # --- passing to children ------------------------------------------------------------
 
@@ -427,6 +454,7 @@ class Queue:
         fds = [d.detach() for d in state["fds"]]
         self._shared = _Shared.adopt(fds[0], fds[1], fds[2], self._spin)
         self._closed = False
+        self._bind()
 
     # --- the multiprocessing.Queue interface ----------------------------------------------
 
@@ -439,8 +467,13 @@ class Queue:
         once when ``block`` is false)."""
         if self._closed:
             self._check_closed()
-        self._shared.put(obj, self._maxsize, None if block and timeout is None
-                         else _deadline(block, timeout))
+        # Steps P1-P5 with no call between (the common put: no out-of-band buffer, no
+        # maxsize, the lease ours, room in the ring); _Shared.put_pickled for the rest.
+        buffers: list[pickle.PickleBuffer] = []
+        body = _dumps(obj, 5, buffer_callback=buffers.append)  # P1
+        if buffers or self._maxsize or not self._chan._send_seq(body, self._counters, _PUTS_Q):
+            self._shared.put_pickled(body, buffers, self._maxsize, None if block and
+                                     timeout is None else _deadline(block, timeout))
 
     def put_nowait(self, obj: Any) -> None:
         self.put(obj, False)
@@ -450,8 +483,15 @@ class Queue:
         (queue.Empty after ``timeout``, or at once when ``block`` is false)."""
         if self._closed:
             self._check_closed()
-        return self._shared.get(None if block and timeout is None
-                                else _deadline(block, timeout))
+        # Steps G1-G3 in one call (the lease ours, a message without out-of-band buffers
+        # there).  Only a put() with a maxsize sleeps on GETS (G4): none without one.
+        blob = self._chan._recv_seq(self._counters, _GETS_Q)
+        if blob is None:
+            return self._shared.get_general(None if block and timeout is None
+                                            else _deadline(block, timeout))
+        if self._maxsize:
+            self._shared.wake_putters()
+        return _loads(blob)
 
     def get_nowait(self) -> Any:
         return self.get(False)
