@@ -247,6 +247,7 @@ def encode_values_tail(ts: int, values: Sequence[bytes]) -> tuple[bytes, int]:
 _BODY_HEAD = struct.Struct("<IBBHqq")  # a batch header from byte 16 (count ... max ts)
 _ONE_TAIL = struct.Struct("<IBBHqqqiiI")  # that, then one record's fixed fields
 PREFIX = struct.Struct("<IIQ")  # crc, length, first offset: the batch's first 16 bytes
+ONE_TAIL = _ONE_TAIL
 
 
 def encode_one_tail(ts: int, key: bytes | None, value: bytes) -> tuple[bytes, int]:
