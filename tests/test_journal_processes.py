@@ -214,8 +214,8 @@ print("done", flush=True)
 """
 
 
-@pytest.mark.parametrize("point", ["journal.append.written", "journal.roll.created",
-                                   "journal.retain.started"])
+@pytest.mark.parametrize("point", ["journal.append.grown", "journal.append.written",
+                                   "journal.roll.created", "journal.retain.started"])
 def test_kill_at_a_protocol_step(tmp_path: Path, point: str,
                                  monkeypatch: pytest.MonkeyPatch) -> None:
     d = str(tmp_path / "j")
@@ -235,6 +235,13 @@ def test_kill_at_a_protocol_step(tmp_path: Path, point: str,
             assert p.poll() is None, p.communicate()
             assert time.monotonic() < deadline
             time.sleep(0.005)
+        if point == "journal.append.grown":  # A5g: allocated past W, nothing stored yet
+            active = os.path.join(d, max(n for n in os.listdir(d) if n.endswith(".log")))
+            with open(active, "rb") as f:
+                f.seek(24)
+                w_pos = int.from_bytes(f.read(8), "little") & 0xFFFFFFFF
+            assert os.path.getsize(active) > w_pos
+            assert Journal.check(d).ok
         # Between the two steps: readers see only published records, all of them whole.
         seen = [r.offset for r in j.reader()]
         assert seen == list(range(j.start_offset, j.end_offset))

@@ -20,7 +20,8 @@ Design rules:
   (the one exception is recovery after a power loss, when no process has seen the lost
   bytes: the boot stamp in the meta page changed).
 - Files only grow and are never rewritten in place while they may be mapped: a batch is
-  written with pwrite past W (ENOSPC is DiskFullError before anything is published);
+  stored past W through the writer's mapping of bytes posix_fallocate allocated first
+  (A5g: ENOSPC is DiskFullError before anything is published, never SIGBUS);
   index files are allocated when their segment is created (before A names it); a rebuilt
   index replaces the old file by rename; retention renames whole sealed segments to
   ``.deleted`` and unlinks them ``delete_delay_ms`` later, so a reader holding one reads on.
@@ -55,10 +56,18 @@ directory.  L = the writer lock.
                                                    only state that depends on them
     A4    roll needed (size, age, 2^32      L     see R1-R4
           records): R1-R4
+    A5g   the batch would end past what P   L     the file is longer than W's position:
+          has allocated and mapped (first         zeros past W, not data (readers stop at
+          append to a segment, or every           W; check() ignores them); ENOSPC here
+          step, 64 KiB doubling to 4 MiB,         is DiskFullError with nothing stored;
+          at most segment_bytes): fallocate       a kill leaves the allocation, which the
+          [W's position, new end), map the        next writer reuses; the file never
+          file up to it (writable, shared)        shrinks.  No fallocate here: pwrite
     A5    set the first offset = base +     L     readers read up to W only: the new
-          records(W); pwrite the batch at         bytes are invisible; a kill here leaves
-          W's position; index entries if          garbage past W that the next writer
-          due (into preallocated slots)           overwrites (A3 clears its index slots)
+          records(W); store the batch at          bytes are invisible; a kill here leaves
+          W's position through P's mapping;       garbage past W that the next writer
+          index entries if due (into              overwrites (A3 clears its index slots)
+          preallocated slots)
     A6    store W (one 8-byte store)        L     the batch is whole and visible: it is
                                                   acknowledged from here on
     A7    N += 1; release L (or hold it:    -     followers woken (or they see N moved
@@ -160,7 +169,16 @@ so holding changes no guarantee: the holder's kill drops the flock like any writ
 Reopen after kill -9 costs O(unpublished bytes): attach (A3) reads W and scans at most the
 batches after the last index entry, never the journal.
 
-Test pause points (``mmapkit._testhooks``): journal.append.written (A5 done),
+The lean append: while P's flock is held without a break since its last append, nobody
+else can append, roll or change a setting, so an append of a plain value whose batch fits
+the mapped room before the next index entry, in a segment not due to roll by age, does
+A5 (store), A6 (W) and A7 (N, waiters, bells, the lock's wanted/ready words) with no
+other decision: the same steps, decided when the general append that kept the flock ended
+(``Journal._make_hot``, under P's thread lock).  Letting the flock go (H3, H4, H6) or a
+fork (H5) clears that state; W moved by another writer (seen != W, A3b) never sets it.
+
+Test pause points (``mmapkit._testhooks``): journal.append.grown (A5g done),
+journal.append.written (A5 done),
 journal.append.published (L released or held, before the A7 wake-ups), journal.bell.slot (B1's
 slot stored, B not yet), journal.roll.created (R2 done), journal.retain.started (D2 done).
 """
@@ -786,7 +804,10 @@ class Journal:
         through the writer's mapping of allocated bytes, or with pwrite where the file
         system cannot allocate ahead.  A full disk is DiskFullError, nothing stored."""
         try:
+            grow = pos + n > seg.alloc
             if seg.reserve(pos, pos + n, seg_bytes):
+                if grow and PAUSES:
+                    pause("journal.append.grown")
                 mm = seg.mm
                 assert mm is not None
                 _prefix_into(mm, pos, crc, n, first)
