@@ -310,3 +310,37 @@ def test_reopen_after_kill_mid_append_costs_unpublished_bytes_only(
         assert [r.offset for r in tail] == list(range(j.end_offset - 200, j.end_offset))
     report = Journal.check(d)
     assert report.ok, report.problems
+
+
+SPUN_WRITER = """
+import sys
+from mmapkit import Journal
+j = Journal(sys.argv[1])
+for i in range(int(sys.argv[2])):
+    j.append(b"spun-%d" % i)
+    if i % 500 == 0:
+        j.append_many([b"m1", b"m2"])
+print("done", flush=True)
+"""
+
+
+def test_a_spinning_poll_sees_every_record_of_another_process(tmp_path: Path) -> None:
+    """poll(timeout=0) answers from the notify word alone while it is unchanged: records
+    another process publishes (through its lean appends, rolls included) are all seen,
+    in order, none twice."""
+    d = str(tmp_path / "j")
+    Journal(d, create=True, segment_bytes=8192, index_interval=256).close()
+    n = 3000
+    want = n + 2 * len(range(0, n, 500))
+    with Journal(d) as j, j.reader("earliest") as r:
+        p = spawn(SPUN_WRITER, d, str(n))
+        got: list[int] = []
+        deadline = time.monotonic() + 60
+        while len(got) < want and time.monotonic() < deadline:
+            got.extend(x.offset for x in r.poll(500, timeout=0))
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        got.extend(x.offset for x in r.poll(500, timeout=0))
+        assert got == list(range(want))
+    report = Journal.check(d)
+    assert report.ok, report.problems

@@ -39,6 +39,7 @@ _Q = struct.Struct("<Q")
 _HAVE_FALLOCATE = hasattr(os, "posix_fallocate")
 _GROW_MIN = 64 << 10  # the writer allocates ahead of W at least this much (capped by the
 _GROW_MAX = 4 << 20   # segment size), doubling with the segment up to this step
+_AHEAD = 16 << 10  # a file this much longer than W was allocated ahead: worth a remap
 
 
 def list_segments(directory: str) -> list[int]:
@@ -153,6 +154,17 @@ class Segment:
         if size < pos_end:
             if size > len(self._view):
                 self._remap(size)
+            return False
+        self._remap(size)
+        return True
+
+    def cover_ahead(self, pos_end: int) -> bool:
+        """Map the file again when its writer has allocated it well past ``pos_end``
+        (A5g): one remap per allocation step, then the tail is read in place.  False
+        when the file ends near ``pos_end`` (a pwrite writer grows it by each batch: a
+        remap per append would cost more than reading the few new bytes)."""
+        size = os.fstat(self._fd).st_size
+        if size < pos_end + _AHEAD:
             return False
         self._remap(size)
         return True
