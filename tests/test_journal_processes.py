@@ -339,7 +339,7 @@ def test_a_spinning_poll_sees_every_record_of_another_process(tmp_path: Path) ->
         while len(got) < want and time.monotonic() < deadline:
             got.extend(x.offset for x in r.poll(500, timeout=0))
         out, err = p.communicate(timeout=60)
-        assert p.returncode == 0, err
+        assert p.returncode == 0 and out.strip() == "done", err
         got.extend(x.offset for x in r.poll(500, timeout=0))
         assert got == list(range(want))
     report = Journal.check(d)
