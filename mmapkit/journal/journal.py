@@ -474,6 +474,7 @@ class Journal:
         self._bell_fds: dict[int, int] = {}  # doorbell slot -> FIFO write end (-1: dead)
         # the lean append's bounds (_make_hot; valid while self._lock._hot is set)
         self._hot_end = self._hot_index_at = self._hot_deadline = 0
+        self._head, self._head_crc, self._head_ts, self._head_n = b"", 0, -1, -1
         self._u32 = self._meta.u32
         self._u64 = self._meta.u64
         updates = {F.OFF_SEGMENT_BYTES: segment_bytes, F.OFF_SEGMENT_MS: segment_ms,
@@ -593,11 +594,17 @@ class Journal:
                 else:
                     try:
                         first = seg.base + (word >> 32)
-                        tail = _one_pack(1, _BATCH_VERSION, 0, 0, now, now, now, -1,
-                                         n - _ONE_SIZE, 0) + value
+                        # the 44 bytes after the prefix change with the millisecond and
+                        # the value's length only: packed (and their CRC) once for a run
+                        if now != self._head_ts or n != self._head_n:
+                            head = _one_pack(1, _BATCH_VERSION, 0, 0, now, now, now, -1,
+                                             n - _ONE_SIZE, 0)
+                            self._head, self._head_crc = head, _crc32(head)
+                            self._head_ts, self._head_n = now, n
                         mm: Any = seg.mm  # (never None while lock._hot is seg)
-                        _prefix_into(mm, pos, _crc32(tail), n, first)  # A5
-                        mm[pos + 16 : end] = tail
+                        _prefix_into(mm, pos, _crc32(value, self._head_crc), n, first)
+                        mm[pos + 16 : pos + _ONE_SIZE] = self._head  # A5
+                        mm[pos + _ONE_SIZE : end] = value
                         seg.seen = word = word + _ONE_STEP + n
                         seg._w[0] = word  # type: ignore[index]  # A6: acknowledged
                         if now > seg.max_ts:
