@@ -315,7 +315,11 @@ class ActiveSegment:
             if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
                 self.alloc = -1
                 return False
-            raise
+            if exc.errno != errno.ENOSPC or want <= max(end, size):
+                raise
+            # no room for a step ahead: this batch alone may still fit
+            want = max(end, size)
+            os.posix_fallocate(self.fd, pos, want - pos)
         mm = mmap.mmap(self.fd, want, access=mmap.ACCESS_WRITE)
         if self.mm is not None:
             self.mm.close()
