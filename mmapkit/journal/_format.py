@@ -302,7 +302,8 @@ def read_batch_header(view: memoryview | bytes, pos: int, limit: int, *,
         raise BatchError(f"the batch at {pos} holds no records")
     if verify and crc32(view[pos + CRC_FROM : pos + length]) != crc:
         raise BatchError(f"the batch at {pos} fails its checksum")
-    return BatchInfo(first, count, length, first_ts, max_ts)
+    # (tuple.__new__: a NamedTuple's own __new__ is a Python call, once per batch read)
+    return _new_tuple(BatchInfo, (first, count, length, first_ts, max_ts))
 
 
 def decode_batch(view: memoryview | bytes, pos: int, info: BatchInfo) -> Iterator[Record]:

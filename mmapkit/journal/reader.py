@@ -45,6 +45,7 @@ __all__ = ["Reader"]
 
 _WAIT_SLICE = 0.1
 _I_NOTIFY = F.OFF_NOTIFY // 4
+_I_ACTIVE = F.OFF_ACTIVE // 8
 _TAIL_PREAD = 1 << 16  # unread bytes past the mapping that a pread fetches (no remap)
 _SPAN_HEAD = struct.Struct("<IQIB")  # a batch header's length, first offset, count, version
 
@@ -158,14 +159,21 @@ class Reader:
                 self._open_for(self._next)
             seg = self._seg
             assert seg is not None
-            rel, pos_end = seg.commit()
+            word = seg._w[0]  # type: ignore[index]  # (seg.commit(), inlined: W once)
+            rel, pos_end = word >> 32, word & 0xFFFFFFFF
             if self._pos < pos_end:
-                if pos_end > len(seg.view) and pos_end - self._pos <= _TAIL_PREAD and \
-                        not seg.cover_ahead(pos_end) and self._read_tail(seg, pos_end):
-                    return True
-                limit = pos_end if seg.cover(pos_end) else len(seg.view)
+                view = seg._view
+                assert view is not None
+                if pos_end > len(view):
+                    if pos_end - self._pos <= _TAIL_PREAD and \
+                            not seg.cover_ahead(pos_end) and self._read_tail(seg, pos_end):
+                        return True
+                    limit = pos_end if seg.cover(pos_end) else len(seg.view)
+                    view = seg.view
+                else:
+                    limit = pos_end
                 try:
-                    info = F.read_batch_header(seg.view, self._pos, limit)
+                    info = F.read_batch_header(view, self._pos, limit)
                     if info.first_offset + info.records <= self._next:
                         self._pos += info.length  # before the offset we look for
                         continue
@@ -180,7 +188,7 @@ class Reader:
                 self._buf, self._bi = recs, k
                 return True
             # At W: has the writer moved on to a newer segment?
-            if meta.get(F.OFF_ACTIVE) <= seg.base:
+            if meta.u64[_I_ACTIVE] <= seg.base:
                 return False
             rel, pos_end = seg.commit()  # final now (A was read first)
             if self._pos < pos_end:
