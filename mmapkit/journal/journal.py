@@ -581,50 +581,53 @@ class Journal:
         # the next index entry is due; the segment is not due to roll by age.  Anything
         # else goes the general way (which sets the state again).
         if seg is not None and type(value) is bytes and key is None and headers is None \
-                and timestamp_ms is None and now < self._hot_deadline:
+                and timestamp_ms is None:
+            tlock = lock._tlock
+            tlock.acquire()
+            # (under P's thread lock: another thread of ours may have appended, rolled or
+            # let the lock go since the look above; W, the room and the index position
+            # are read only now)
             word = seg.seen
             pos = word & 0xFFFFFFFF
             n = len(value) + _ONE_SIZE
             end = pos + n
-            if end <= self._hot_end and pos < self._hot_index_at:
-                tlock = lock._tlock
-                tlock.acquire()
-                if lock._hot is not seg or lock._depth:
-                    tlock.release()  # (another thread of ours got in between)
-                else:
-                    try:
-                        first = seg.base + (word >> 32)
-                        # the 44 bytes after the prefix change with the millisecond and
-                        # the value's length only: packed (and their CRC) once for a run
-                        if now != self._head_ts or n != self._head_n:
-                            head = _one_pack(1, _BATCH_VERSION, 0, 0, now, now, now, -1,
-                                             n - _ONE_SIZE, 0)
-                            self._head, self._head_crc = head, _crc32(head)
-                            self._head_ts, self._head_n = now, n
-                        mm: Any = seg.mm  # (never None while lock._hot is seg)
-                        _prefix_into(mm, pos, _crc32(value, self._head_crc), n, first)
-                        mm[pos + 16 : pos + _ONE_SIZE] = self._head  # A5
-                        mm[pos + _ONE_SIZE : end] = value
-                        seg.seen = word = word + _ONE_STEP + n
-                        seg._w[0] = word  # type: ignore[index]  # A6: acknowledged
-                        if now > seg.max_ts:
-                            seg.max_ts = now
-                        u32 = self._u32
-                        u32[_I_NOTIFY] = (u32[_I_NOTIFY] + 1) & 0xFFFFFFFF
-                        # A7 under L: waiters word (after N), bells and the lock's wanted
-                        # word (one u64), the lock's ready word: all zero, nothing to do
-                        rare = u32[_I_WAITERS] or self._u64[_I_BELLS2] or u32[_I_READY]
-                        if rare:
-                            rare = self._lean_rare(lock)
-                    finally:
-                        lock._pos += 1  # (the lock's release: the flock stays, H2)
-                        tlock.release()
-                    self._appended += 1
+            if lock._hot is not seg or lock._depth or end > self._hot_end or \
+                    pos >= self._hot_index_at or now >= self._hot_deadline:
+                tlock.release()  # the general way
+            else:
+                try:
+                    first = seg.base + (word >> 32)
+                    # the 44 bytes after the prefix change with the millisecond and
+                    # the value's length only: packed (and their CRC) once for a run
+                    if now != self._head_ts or n != self._head_n:
+                        head = _one_pack(1, _BATCH_VERSION, 0, 0, now, now, now, -1,
+                                         n - _ONE_SIZE, 0)
+                        self._head, self._head_crc = head, _crc32(head)
+                        self._head_ts, self._head_n = now, n
+                    mm: Any = seg.mm  # (never None while lock._hot is seg)
+                    _prefix_into(mm, pos, _crc32(value, self._head_crc), n, first)
+                    mm[pos + 16 : pos + _ONE_SIZE] = self._head  # A5
+                    mm[pos + _ONE_SIZE : end] = value
+                    seg.seen = word = word + _ONE_STEP + n
+                    seg._w[0] = word  # type: ignore[index]  # A6: acknowledged
+                    if now > seg.max_ts:
+                        seg.max_ts = now
+                    u32 = self._u32
+                    u32[_I_NOTIFY] = (u32[_I_NOTIFY] + 1) & 0xFFFFFFFF
+                    # A7 under L: waiters word (after N), bells and the lock's wanted
+                    # word (one u64), the lock's ready word: all zero, nothing to do
+                    rare = u32[_I_WAITERS] or self._u64[_I_BELLS2] or u32[_I_READY]
                     if rare:
-                        self._lean_after(rare)
-                    if self._sync_every is not None:
-                        self._sync_due()
-                    return first
+                        rare = self._lean_rare(lock)
+                finally:
+                    lock._pos += 1  # (the lock's release: the flock stays, H2)
+                    tlock.release()
+                self._appended += 1
+                if rare:
+                    self._lean_after(rare)
+                if self._sync_every is not None:
+                    self._sync_due()
+                return first
         if type(value) is not bytes:
             value = _as_bytes(value, "value")
         if key is not None and type(key) is not bytes:
