@@ -10,6 +10,11 @@ Stores (keys ``key%09d``; int values, or 100-byte bytes values):
   same code in the same run.
 - ``lmdb`` (one write transaction per 10k keys), ``rocksdict`` (written, then
   ``compact_range`` so that it opens a compacted tree too).
+- ``mmapkit (dict floor)``: no store of its own.  The child decodes the ``mmapkit`` store's
+  image columns first, untimed, then times only what no load into a dict can skip: one
+  ``dict.update(zip(keys, values))`` per image record (hashing the fresh keys and
+  inserting them into a growing dict on a fresh heap), then the same get.  The open minus
+  this row is what the load itself costs (framing, checksums, cutting the columns).
 
 Each sample is one fresh ``python`` process that imports the library, then times
 (``perf_counter``, in the child) opening the store and getting the last key written,
@@ -34,6 +39,7 @@ from . import _harness
 
 OURS = _harness.OURS
 RECORDS = f"{OURS} (records)"
+FLOOR = f"{OURS} (dict floor)"
 _PAYLOAD = b"v" * 100
 
 # implementation -> the child's code: argv[1] the store's path, argv[2] the probe key
@@ -71,6 +77,23 @@ _OPEN = {
         """,
 }
 _OPEN[RECORDS] = _OPEN[OURS]
+_OPEN[FLOOR] = """
+    import gc, mmap, sys, time
+    from mmapkit.kv import codec
+    gc.disable()  # (as the open's load does)
+    with open(sys.argv[1], "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as m:
+        end = codec.parse_header(m).end
+        records = codec.scan(m, codec.DATA_START, end).records
+    columns = [codec.decode_image(r.body) for r in records if r.kind == codec.KIND_IMAGE]
+    del records
+    t0 = time.perf_counter()
+    index = {}
+    for keys, values in columns:
+        index.update(zip(keys, values))
+    index[sys.argv[2]]
+    t = time.perf_counter() - t0
+    print(t)
+    """
 
 
 def _value(form: str, i: int) -> int | bytes:
@@ -125,7 +148,7 @@ def _open_time(impl: str, path: str, probe: str) -> float:
 def run(report: _harness.Report, args: argparse.Namespace) -> None:
     sizes = [20_000] if args.quick else [100_000, 1_000_000]
     rounds = args.repeat or (3 if args.quick else 7)
-    impls = [OURS, RECORDS]
+    impls = [OURS, RECORDS, FLOOR]
     for name in ("lmdb", "rocksdict"):
         if not _harness.wanted(args, name):
             continue
@@ -137,8 +160,11 @@ def run(report: _harness.Report, args: argparse.Namespace) -> None:
         for n in sizes:
             for form in ("int", "100 B"):
                 case = f"open + first get, {n // 1000}k keys, {form} values"
-                paths = {}
+                paths: dict[str, str] = {}
                 for impl in impls:
+                    if impl == FLOOR:
+                        paths[impl] = paths[OURS]  # (reads the compacted store's image)
+                        continue
                     paths[impl] = os.path.join(tmp, f"{impl.split()[-1].strip('()')}-{n}")
                     _make(impl, paths[impl], n, "int" if form == "int" else "bytes")
                 probe = f"key{n - 1:09d}"

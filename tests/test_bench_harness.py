@@ -227,7 +227,7 @@ def test_bench_kvopen_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[s
     doc = json.loads(out_json.read_text())
     got = {(m["case"], m["impl"]): m for m in doc["measurements"]}
     for form in ("int", "100 B"):
-        for impl in ("mmapkit", "mmapkit (records)"):
+        for impl in ("mmapkit", "mmapkit (records)", "mmapkit (dict floor)"):
             m = got[(f"open + first get, 20k keys, {form} values", impl)]
             assert m["n"] == 1 and 0 < m["median"] < 60 and m["unit"] == "s", m
     assert not any(impl in ("lmdb", "rocksdict") for _, impl in got)

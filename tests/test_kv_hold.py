@@ -207,6 +207,64 @@ def test_a_handle_dropped_unclosed_while_holding_lets_go(tmp_path: Path) -> None
         assert kv["a"] == 4
 
 
+HOLD_THEN_EXIT = """
+    import mmap, sys
+    from mmapkit.kv import KV, codec
+    sys.setswitchinterval(60)  # the releaser thread gets no turn: only the exit lets go
+    kv = KV(sys.argv[1], multiprocess=True, lock_hold=60.0)
+    kv["a"] = 1  # held from here (H1)
+    print("held", flush=True)
+    with open(sys.argv[1], "rb") as f:
+        words = mmap.mmap(f.fileno(), 4096, access=mmap.ACCESS_READ)
+    at = codec.OFF_LOCK_WANT
+    while not words[at]:  # (no blocking call: the GIL stays with this thread)
+        pass
+    words.close()
+    sys.exit(0)  # an ordinary exit, the handle open and the lock held
+"""
+
+WAIT_AND_WRITE = """
+    import sys
+    from mmapkit.kv import KV
+    kv = KV(sys.argv[1], multiprocess=True, lock_hold=0)
+    print("waiting", flush=True)
+    kv["b"] = 2
+    kv.close()
+"""
+
+
+def lock_words(path: Path) -> tuple[int, int]:
+    """(wanted, hand-overs): the header words of the writer lock's turns (L2, H3)."""
+    from mmapkit.kv import codec
+
+    with open(path, "rb") as f:
+        head = f.read(codec.OFF_LOCK_SEQ + 4)
+    return (int.from_bytes(head[codec.OFF_LOCK_WANT : codec.OFF_LOCK_WANT + 4], "little"),
+            int.from_bytes(head[codec.OFF_LOCK_SEQ : codec.OFF_LOCK_SEQ + 4], "little"))
+
+
+def test_h6_a_process_exiting_while_holding_wakes_the_waiter(tmp_path: Path) -> None:
+    """A process exits normally with the lock held between writes while its releaser
+    thread gets no turn: the kernel drops the flock but wakes nobody, so a sleeping waiter
+    slept out its slice.  The exit lets go with a hand-over: the count moves."""
+    path = tmp_path / "exit.kv"
+    KV(path, multiprocess=True).close()
+    holder = spawn(HOLD_THEN_EXIT, str(path))
+    assert holder.stdout is not None
+    assert holder.stdout.readline().strip() == "held"
+    before = lock_words(path)[1]
+    waiter = spawn(WAIT_AND_WRITE, str(path))
+    assert waiter.stdout is not None
+    assert waiter.stdout.readline().strip() == "waiting"
+    # L2: the waiter says it wants the lock and sleeps; the holder sees it and exits
+    assert holder.wait(timeout=60) == 0
+    assert waiter.wait(timeout=60) == 0, waiter.communicate()
+    assert lock_words(path)[1] != before  # handed over at exit, not just dropped
+    with KV(path, multiprocess=True) as kv:
+        assert dict(kv) == {"a": 1, "b": 2}
+    assert KV.check(path).ok
+
+
 def test_a_second_handle_in_the_same_process_gets_the_lock(tmp_path: Path) -> None:
     path = tmp_path / "two.kv"
     with KV(path, multiprocess=True, lock_hold=60.0) as one, \

@@ -46,6 +46,12 @@ if mode == "close":
 elif mode == "wait":   # keep the buffer until stdin closes, then die unflushed
     sys.stdin.read()
     os._exit(0)
+elif mode == "flush":  # flush when told (a line on stdin), then close when stdin closes
+    sys.stdin.readline()
+    w.flush()
+    print("flushed", flush=True)
+    sys.stdin.read()
+    w.close()
 else:                  # "exit": die without flushing, as a kill -9 would
     os._exit(0)
 """
@@ -67,7 +73,7 @@ def start(code: str, *args: object, pause: str | None = None, where: Path | None
 def writer(d: Path, n: int, tag: str, mode: str = "close", size: int = 8192, *,
            pause: str | None = None, where: Path | None = None) -> subprocess.Popen[str]:
     return start(WRITER, d, n, tag, mode, size, pause=pause, where=where,
-                 stdin=subprocess.PIPE if mode == "wait" else None)
+                 stdin=subprocess.PIPE if mode in ("wait", "flush") else None)
 
 
 def finish(p: subprocess.Popen[str]) -> dict[str, object]:
@@ -290,6 +296,93 @@ def test_close_releases_the_slot_even_when_the_flush_fails(tmp_path: Path) -> No
     with mlog.Writer(tmp_path, "app") as again:
         assert again.statistics().recovered == 1
     assert_once(tmp_path, ["kept"])
+
+
+# --- a reader's looks at the files and the buffers (reader.py, its design rules) -----------
+
+READ_ONCE = """
+import json, sys
+import mmapkit.log as mlog
+damages = []
+got = [r.message for r in mlog.read(sys.argv[1],
+                                    on_damage=lambda p, x: damages.append(x.describe()))]
+print(json.dumps({"got": got, "damages": damages}), flush=True)
+"""
+
+
+def paused_reader(d: Path, where: Path) -> subprocess.Popen[str]:
+    """A process reading ``d`` once, stopped after its look at the log files and before its
+    look at the buffers."""
+    r = start(READ_ONCE, d, pause="files-read", where=where)
+    wait_paused(r, where, "files-read")
+    return r
+
+
+def reader_result(r: subprocess.Popen[str], where: Path) -> dict[str, list[str]]:
+    (where / "log.files-read.go").touch()
+    out, err = r.communicate(timeout=120)
+    assert r.returncode == 0 and not err, err
+    result: dict[str, list[str]] = json.loads(out)
+    return result
+
+
+def test_a_flush_between_the_readers_looks_loses_nothing(tmp_path: Path) -> None:
+    """A live writer flushes after a reader read the (empty) log files and before it read
+    the buffers: the records left the buffer for a file in between.  One pass over the files
+    then the buffers saw them in neither; the reader found none of the ten."""
+    d, where = tmp_path / "logs", tmp_path / "pause"
+    where.mkdir()
+    w = writer(d, 10, "a", "flush")
+    assert w.stdout is not None and w.stdin is not None
+    json.loads(w.stdout.readline())  # records in its buffer, no log file written yet
+    r = paused_reader(d, where)
+    w.stdin.write("\n")
+    w.stdin.flush()
+    assert w.stdout.readline().strip() == "flushed"  # file written, head moved, ring zeroed
+    got = reader_result(r, where)
+    assert got == {"got": [f"a-{i}" for i in range(10)], "damages": []}
+    w.stdin.close()
+    assert w.wait() == 0
+    w.stdout.close()
+    assert w.stderr is not None and w.stderr.read() == ""
+    w.stderr.close()
+    assert_once(d, [f"a-{i}" for i in range(10)])
+
+
+def test_a_recovery_between_the_readers_looks_loses_nothing(tmp_path: Path) -> None:
+    """A dead writer's buffer is recovered (its records written to a file, its ring
+    emptied) between a reader's look at the files and at the buffers (B5)."""
+    d, where = tmp_path / "logs", tmp_path / "pause"
+    where.mkdir()
+    finish(writer(d, 10, "a", "exit"))  # dies with its ten records unflushed
+    r = paused_reader(d, where)
+    assert finish(writer(d, 0, "z"))["recovered"] == 10
+    got = reader_result(r, where)
+    assert got == {"got": [f"a-{i}" for i in range(10)], "damages": []}
+    assert_once(d, [f"a-{i}" for i in range(10)])
+
+
+def test_a_frame_being_appended_when_the_reader_looks_is_not_damage(tmp_path: Path) -> None:
+    """The reader's look at the files finds a frame whose first half is written (a writer
+    inside its append): reported as cut short but read again at the next look, where it is
+    whole.  Read in one pass, its ten records were reported lost."""
+    d, other, where = tmp_path / "logs", tmp_path / "other", tmp_path / "pause"
+    where.mkdir()
+    finish(writer(d, 5, "c"))
+    finish(writer(other, 10, "a"))
+    (log,) = d.glob("*.mlog")
+    (frame_file,) = other.glob("*.mlog")
+    frame = frame_file.read_bytes()  # one frame of ten records, of another stream
+    with open(log, "ab") as f:
+        f.write(frame[: len(frame) // 2])
+    r = paused_reader(d, where)
+    with open(log, "ab") as f:
+        f.write(frame[len(frame) // 2 :])
+    got = reader_result(r, where)
+    assert got["damages"] == []
+    assert sorted(got["got"]) == sorted([f"c-{i}" for i in range(5)]
+                                        + [f"a-{i}" for i in range(10)])
+    assert_once(d, [f"c-{i}" for i in range(5)] + [f"a-{i}" for i in range(10)])
 
 
 # --- torture -----------------------------------------------------------------------------

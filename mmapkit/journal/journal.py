@@ -1487,9 +1487,10 @@ class _WriterLock(WriterLock):
     the mixin's own fork path, ``_take_own_lock``/``_own_after_fork``, is the KV's and is
     never taken here: this lock enters through ``_acquire_flock`` only.)"""
 
-    __slots__ = ("__weakref__", "_depth", "_fd", "_finalizer", "_held", "_hold",
-                 "_hold_evt", "_hot", "_lock_timeout", "_lock_waiter", "_path", "_pos",
-                 "_readonly", "_region", "_run_start", "_tlock", "_waitw", "_want_waiter")
+    __slots__ = ("__weakref__", "_depth", "_fd", "_finalizer", "_handed_at", "_held",
+                 "_hold", "_hold_evt", "_hot", "_lock_timeout", "_lock_waiter", "_path",
+                 "_pos", "_readonly", "_region", "_run_start", "_tlock", "_waitw",
+                 "_want_waiter")
     _WANT_AT = F.OFF_LOCK_WANT
     _SEQ_AT = F.OFF_LOCK_SEQ
     _KIND = "journal"
@@ -1514,6 +1515,7 @@ class _WriterLock(WriterLock):
         self._want_waiter = None
         self._lock_timeout = float("inf")  # appends wait as long as it takes (as before)
         self._run_start = 0.0
+        self._handed_at = 0.0
         self._readonly = False
         # A handle dropped unclosed (its releaser thread may have let go of it already)
         # must not keep a held flock for the rest of the process: closing the descriptor
@@ -1534,9 +1536,9 @@ class _WriterLock(WriterLock):
                 raise
         self._depth += 1
 
-    def _release_flock(self) -> None:
+    def _release_flock(self, *args: Any, **kwargs: Any) -> None:
         self._hot = None  # (another process may append, roll or set from now on)
-        super()._release_flock()
+        super()._release_flock(*args, **kwargs)
 
     def release(self, *, keep: bool = True) -> None:
         """``keep=False``: let the flock go now even if nobody asks (a reader's doorbell

@@ -44,6 +44,7 @@ assert OFF_LOCK_READY == OFF_WAITERS + 12
 _QUANTUM = 0.002  # a writer keeps taking the lock this long while others wait, then hands
 # it over: long runs by one process, not a hand-over (and a replay) per write
 _READY_SPIN = 0.002  # a woken waiter tries this long for the holder to let go
+CLAIMED, READY = 2, 1  # the ready word: a woken waiter catching up / spinning on the flock
 
 
 class WriterLock:
@@ -59,9 +60,9 @@ class WriterLock:
     _KIND = "KV"
 
     if TYPE_CHECKING:  # KV's slots (KV, not this mixin, owns them) and the KV method used
-        __slots__ = ("_depth", "_fd", "_forked", "_held", "_hold", "_hold_evt", "_lock_timeout",
-                     "_lock_waiter", "_mode", "_path", "_pos", "_readonly", "_region",
-                     "_run_start", "_tlock", "_waitw", "_want_waiter")
+        __slots__ = ("_depth", "_fd", "_forked", "_handed_at", "_held", "_hold", "_hold_evt",
+                     "_lock_timeout", "_lock_waiter", "_mode", "_path", "_pos", "_readonly",
+                     "_region", "_run_start", "_tlock", "_waitw", "_want_waiter")
         _fd: int
         _path: str
         _readonly: bool
@@ -77,6 +78,7 @@ class WriterLock:
         _want_waiter: Waiter | None
         _lock_timeout: float
         _run_start: float
+        _handed_at: float
         _mode: FileLock | None
         _tlock: threading.RLock
 
@@ -125,7 +127,7 @@ class WriterLock:
         except BlockingIOError:
             self._wait_for_lock(follow=follow)
         else:
-            if self._waitw[3]:
+            if self._waitw[3] == READY:
                 self._maybe_yield()
         self._held = True
         if self._hold and not self._readonly:
@@ -137,7 +139,10 @@ class WriterLock:
         evt = self._hold_evt
         if evt is None:
             evt = self._hold_evt = threading.Event()
-            weakref.finalize(self, evt.set)  # a handle dropped unclosed lets its thread go
+            # A handle dropped unclosed lets its thread go; one still open at interpreter
+            # exit lets go of its hold and wakes a waiter (else the waiters sleep out
+            # their slices: the kernel drops the flock at exit but wakes nobody).
+            weakref.finalize(self, _at_exit, weakref.ref(self), evt)
             name = f"mmapkit {self._KIND} lock releaser ({os.path.basename(self._path)})"
             threading.Thread(target=_releaser, args=(weakref.ref(self), evt), daemon=True,
                              name=name).start()
@@ -146,11 +151,27 @@ class WriterLock:
 
     def _end_hold(self) -> None:
         """A write (or a lock()/batch() block) ended, holding the lock: keep it (H1) unless
-        someone waits for it and our run has lasted its quantum (H3), or holding is off."""
+        holding is off; once someone waits and our run has lasted its quantum, wake the
+        sleepers and write on (H3); let go when the woken one is ready (H3b), and wake
+        again if none became ready within a quantum."""
         words = self._waitw
-        if not self._hold or ((words[1] or words[3])
-                              and time.monotonic() - self._run_start >= _QUANTUM):
+        if not self._hold:
             self._release_flock()
+            return
+        if words[3] == READY:
+            if self._handed_at or time.monotonic() - self._run_start >= _QUANTUM:
+                self._release_flock(now=True)  # H3b: it spins on the flock: it goes next
+            return
+        if (words[1] or words[3]) and self._turn_left() <= 0:
+            self._hand_over(now=True)  # H3: wake them, keep the lock until one is ready
+
+    def _turn_left(self) -> float:
+        """Seconds before the waiters are woken (again): our run's quantum, or after a
+        hand-over whose woken waiter is not ready yet, a slice (its catch-up may take
+        milliseconds; waking them all again before would only repeat it)."""
+        if self._handed_at:
+            return _LOCK_SLICE - (time.monotonic() - self._handed_at)
+        return _QUANTUM - (time.monotonic() - self._run_start)
 
     def _watch_hold(self) -> bool:
         """The releaser thread's watch over one hold (H4): give the lock back once the
@@ -168,13 +189,19 @@ class WriterLock:
                     evt.clear()  # parked until the next hold (set under this same lock)
                     return True
                 words = self._waitw
-                if not self._depth and (words[1] or words[3] or self._pos == last):
-                    self._release_flock()
+                asked = words[1] or words[3]
+                left = self._turn_left()
+                ready = words[3] == READY and (self._handed_at or left <= 0)
+                if not self._depth and (self._pos == last or ready or (asked and left <= 0)):
+                    # Idle, a waiter we woke is ready, or asked once the quantum has
+                    # passed: a run still writing does the same at its writes' ends
+                    # (H3, H3b); one that has ended -- its process finishing -- would
+                    # leave the waiters asleep until their slices end.
+                    self._release_flock(now=True)
                     evt.clear()
                     return True
                 last = self._pos
-                asked = words[1]
-                hold = self._hold
+                hold = max(min(self._hold, left), 0.0005) if asked else self._hold
                 if _platform.HAVE_FUTEX and at != self._region.address + self._WANT_AT:
                     # A raw futex on the word's address, no view of the mapping: close()
                     # never waits for this thread, and a growth only moves the address.
@@ -190,15 +217,22 @@ class WriterLock:
                     time.sleep(hold)  # unmapped meanwhile (closed, or grown): look again
 
     def _maybe_yield(self) -> None:
-        """We took the lock while a woken waiter is awake and trying (L3): if our run
-        has lasted its quantum, let go and queue behind it (a running writer retakes the
-        lock within microseconds, so without this the waiter would never get in)."""
-        if self._readonly or time.monotonic() - self._run_start < _QUANTUM:
+        """We took the lock while a woken waiter is ready and trying (L3): if our run
+        has lasted its quantum (or we woke it), let go and queue behind it (a running
+        writer retakes the lock within microseconds, so without this the waiter would
+        never get in)."""
+        if self._readonly or self._waitw[3] != READY or (
+                not self._handed_at and time.monotonic() - self._run_start < _QUANTUM):
             return
+        # Cleared first: a live waiter spins on the flock, not on the word, and a stale
+        # "ready" (its waiter killed while trying) would make every holder let go to
+        # nobody; the sleepers' slices find the lock free if nobody takes it.
+        self._waitw[3] = 0
         _flock(self._fd, _LOCK_UN)
-        self._wait_for_lock(spin=False)
+        self._wait_for_lock(spin=False, first_try=False)
 
-    def _wait_for_lock(self, *, spin: bool = True, follow: bool = False) -> None:
+    def _wait_for_lock(self, *, spin: bool = True, follow: bool = False,
+                       first_try: bool = True) -> None:
         """Take the writer lock, sleeping until its holder hands it over.
 
         The flock stays the lock (the kernel drops a killed holder's flock at once); the
@@ -209,18 +243,28 @@ class WriterLock:
              microseconds)
         L2   read the hand-over count, set "wanted",      a holder releasing after our
              try; sleep while the count is unchanged,     try sees "wanted" (both are
-             at most _LOCK_SLICE                          system calls: not reordered)
-        L3   woken or the slice ended: replay what is     the holder writes on meanwhile
-             committed (R2, lock-free; write paths        (the replay runs beside it, not
-             only); set "ready" and try for up to         after it under the lock); past
-             _READY_SPIN                                  its quantum it lets go at its
-                                                          next take
-        L4   got it: clear "ready", start our run         (quantum counts from here)
+             at most _LOCK_SLICE; the slice ended with    system calls: not reordered)
+             the count unchanged, or the ready word
+             set (another waiter has the next turn):
+             L2 again
+        L3   woken (the count moved): ready word =        the other woken waiters see it
+             CLAIMED; replay what is committed (R2,       and sleep again; the holder
+             lock-free; write paths only); ready word     writes on meanwhile (the replay
+             = READY; try for up to _READY_SPIN; not      runs beside it, not after it
+             got: clear the word, L2                      under the lock); READY: it lets
+                                                          go at its next write's end (H3b)
+        L4   got it: clear the ready word, start our run  (quantum counts from here)
         ===  ===========================================  ===============================
 
-        The holder wakes one sleeper per quantum, not one per release: a woken sleeper
-        needs a millisecond or more to run here, and a holder that waited for it would
-        leave the lock idle meanwhile; it goes on writing until the sleeper is ready.
+        The holder wakes the sleepers once per quantum and keeps the lock (H3), not once
+        per release: a woken sleeper needs a millisecond or more to run here, and a holder
+        that waited for it would leave the lock idle meanwhile; it goes on writing until
+        one is ready, then lets go (H3b), and wakes them again after a slice if none
+        became ready (a claim whose process died is cleared then).  It wakes all of them:
+        woken one at a time, the others slept on past the hand-over with "wanted"
+        cleared, and the next holder's release woke nobody.  A holder that takes the lock
+        again while a waiter is READY (its retake beat the waiter's next try) lets go at
+        once and sleeps before trying (_maybe_yield).
         """
         fd = self._fd
         words = self._waitw
@@ -228,6 +272,7 @@ class WriterLock:
             try:
                 _flock(fd, _LOCK_EX_NB)
                 self._run_start = time.monotonic()
+                self._handed_at = 0.0
                 return
             except BlockingIOError:
                 pass
@@ -239,11 +284,14 @@ class WriterLock:
             if futex:
                 words[1] = 1
                 self._ask_holder()
-            try:
-                _flock(fd, _LOCK_EX_NB)
-                break
-            except BlockingIOError:
-                pass
+            if first_try:
+                try:
+                    _flock(fd, _LOCK_EX_NB)
+                    break
+                except BlockingIOError:
+                    pass
+            first_try = True  # (a yielding holder sleeps first: retaking the lock it
+            # just let go beat the ready waiter's next try every time)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise LockTimeout(
@@ -258,12 +306,19 @@ class WriterLock:
                 assert self._region is not None
                 self._lock_waiter = Waiter(self._region, self._SEQ_AT)
             self._lock_waiter.wait(seq, min(remaining, _LOCK_SLICE))
+            if words[2] == seq or words[3]:
+                # The slice ended and nobody handed over (try once more above: a killed
+                # holder wakes nobody), or another woken waiter has the next turn: sleep
+                # again, "wanted" set again above.  Replaying and spinning here would
+                # take a core from the holder for nothing (2 cores, 4 writers).
+                continue
+            words[3] = CLAIMED  # L3: the next turn is ours; the other woken ones sleep
             if follow:
                 # L3: read the others' writes now, before saying we are ready, so the
                 # catch-up under the lock (W2) finds little left.
                 self._follow_committed()
                 words = self._waitw  # (rebound if the file grew meanwhile)
-            words[3] = 1  # L3: awake and trying; the holder lets go at its next take
+            words[3] = READY  # L3: trying; the holder lets go at its next write's end
             until = time.monotonic() + _READY_SPIN
             got = False
             while True:
@@ -275,10 +330,14 @@ class WriterLock:
                     if time.monotonic() > until:
                         break
             if got:
+                words[3] = 0
                 break
-        if futex:
+            # Back to sleep: not trying any more, so a holder need not let go for us (a
+            # stale "ready" made holders release to nobody; the holder wakes the
+            # sleepers again, and "wanted" is set again above).
             words[3] = 0
         self._run_start = time.monotonic()
+        self._handed_at = 0.0
 
     def _ask_holder(self) -> None:
         """L2: wake the holder's releaser thread, asleep on the "wanted" word (an idle
@@ -288,27 +347,57 @@ class WriterLock:
             self._want_waiter = Waiter(self._region, self._WANT_AT)
         self._want_waiter.wake(1)
 
-    def _release_flock(self) -> None:
+    def _release_flock(self, *, now: bool = False) -> None:
+        """Unlock; wake the sleeping waiters once our run has lasted its quantum, or
+        ``now`` (the handle is idle or closing: no run of ours to go on with)."""
         self._held = False
         _flock(self._fd, _LOCK_UN)
+        if self._waitw[3] == READY:
+            return  # a waiter spins on the flock: it takes it, nobody needs waking
         if self._waitw[1] and not self._readonly:
             # (A read-only follower that took the lock to re-verify writes nothing: the
             # waiters see the lock free at their next look, within _LOCK_SLICE.)
-            self._hand_over()
+            self._hand_over(now=now)
 
-    def _hand_over(self) -> None:
+    def _let_go(self) -> None:
+        """H6: the handle closes (or the interpreter exits) holding the lock: unlock and
+        wake a waiter at once, before the descriptor goes."""
+        if self._held and self._fd >= 0 and self._region is not None:
+            self._release_flock(now=True)
+
+    def _hand_over(self, *, now: bool = False) -> None:
         """Someone sleeps for the lock we just released: once our run has lasted its
-        quantum, wake one sleeper (and go on writing until it is ready: _maybe_yield)."""
-        if time.monotonic() - self._run_start < _QUANTUM:
+        quantum (or ``now``), wake one sleeper (and go on writing until it is ready:
+        _maybe_yield)."""
+        t = time.monotonic()
+        if not now and t - self._run_start < _QUANTUM:
             return
+        self._handed_at = t
         words = self._waitw
         words[1] = 0
+        if words[3] == CLAIMED:
+            words[3] = 0  # a claim that never became ready (slow, or its process died)
         words[2] = (words[2] + 1) & 0xFFFFFFFF
         if _platform.HAVE_FUTEX:
             if self._lock_waiter is None:
                 assert self._region is not None
                 self._lock_waiter = Waiter(self._region, self._SEQ_AT)
-            self._lock_waiter.wake(1)
+            self._lock_waiter.wake()  # all: one goes next, the others sleep again (L2)
+
+
+def _at_exit(ref: weakref.ref[WriterLock], evt: threading.Event) -> None:
+    """A holding handle's finalizer: dropped (``ref`` dead), its releaser thread ends; at
+    interpreter exit (still alive), it also lets go of its hold (H6)."""
+    evt.set()
+    lock = ref()
+    if lock is None or not lock._tlock.acquire(timeout=0.1):
+        return  # (a thread inside a write at exit: the kernel drops the flock anyway)
+    try:
+        lock._let_go()
+    except (OSError, ValueError):
+        pass  # closed or unmapped meanwhile
+    finally:
+        lock._tlock.release()
 
 
 def _releaser(ref: weakref.ref[WriterLock], evt: threading.Event) -> None:

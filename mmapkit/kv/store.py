@@ -111,16 +111,26 @@ above changes for other processes: a held lock is a writer that has not finished
          thread watches
     H2   P writes while held: no flock call; W is    F      nobody else can have written:
          what P last wrote (no catch-up)                    W == seen
-    H3   a write ends while someone waits (wanted    F->-   the waiter takes it (L3); P's
-         or ready) and P's run has lasted its               next write waits its turn
-         quantum: unlock (+ hand over, as W4's end)
+    H3   a write ends while someone waits (wanted    F      the sleepers wake; one claims
+         or ready word set) and P's run has lasted          the next turn and replays P's
+         its quantum (or a slice since P last woke          writes while P writes on (L3)
+         them, none ready): wake them all (hand-over
+         count + 1), keep F's flock
+    H3b  a write ends while a woken waiter is READY  F->-   it takes F (L3); P's next
+         (P woke it, or P's quantum has passed):             write waits its turn (L1-L4)
+         unlock, no wake-up
     H4   releaser thread, P's thread lock taken, no  F->-   an idle holder lets go within
          write in progress: P wrote nothing for             lock_hold, or at once when a
-         lock_hold, or someone waits: unlock                waiter's L2 wakes the thread
-                                                            (futex on the wanted word)
+         lock_hold, or a woken waiter is READY, or          waiter's L2 wakes the thread
+         someone waits and H3's time has come (the          (futex on the wanted word)
+         run may have ended: its process is
+         finishing): unlock and wake
     H5   fork: the child is not "held" (the flock   -      the parent's hold goes on;
-         is the parent's, via the shared OFD);             the child takes its own (W1)
-         close(): the descriptor closes (unlock)
+         is the parent's, via the shared OFD)              the child takes its own (W1)
+    H6   close(), the handle dropped, or the          F->-   a sleeping waiter is woken
+         interpreter exiting while held: unlock and         at once (dropping the flock
+         wake a waiter, then close the descriptor           alone woke nobody: waiters
+                                                            slept out their 10 ms slices)
     ===  ==========================================  =====  =============================
 
 A lock taken to re-verify suspected damage (O4) is released explicitly, never held: the
@@ -244,11 +254,11 @@ class KV(MutableMapping[str, Any], WriterLock):
     # is past CPython's shared-key limit, where each access costs a lookup.
     __slots__ = (
         "__weakref__", "_batch", "_changes", "_cipher", "_commit", "_depth", "_fd",
-        "_forked", "_has_ttl", "_held", "_hold", "_hold_evt", "_ident", "_index",
-        "_inline_mp", "_inline_sp", "_lock_timeout", "_lock_waiter", "_min_cap", "_mode",
-        "_multiprocess", "_nops", "_packers", "_path", "_plain_writes", "_pos", "_readonly",
-        "_recover", "_region", "_run_start", "_seen", "_seq_base", "_ser", "_shared",
-        "_size", "_tlock", "_undo", "_undo_all", "_view", "_waiter", "_waitw",
+        "_forked", "_handed_at", "_has_ttl", "_held", "_hold", "_hold_evt", "_ident",
+        "_index", "_inline_mp", "_inline_sp", "_lock_timeout", "_lock_waiter", "_min_cap",
+        "_mode", "_multiprocess", "_nops", "_packers", "_path", "_plain_writes", "_pos",
+        "_readonly", "_recover", "_region", "_run_start", "_seen", "_seq_base", "_ser",
+        "_shared", "_size", "_tlock", "_undo", "_undo_all", "_view", "_waiter", "_waitw",
         "_want_waiter", "_watch_keys",
     )
     # Bound by _attach.bind_views (the whole mapping, its size, the commit word, the
@@ -297,6 +307,7 @@ class KV(MutableMapping[str, Any], WriterLock):
         self._waiter: Waiter | None = None
         self._lock_waiter: Waiter | None = None
         self._run_start = 0.0
+        self._handed_at = 0.0  # when this holder last woke the waiters (H3), 0: not since
         self._pos = DATA_START
         self._seen = 0
         self._plain_writes = self._cipher is None and not self._readonly
@@ -1004,6 +1015,7 @@ class KV(MutableMapping[str, Any], WriterLock):
     def close(self) -> None:
         """Release the mapping and locks.  Idempotent.  Nothing is lost by not calling it."""
         with self._tlock:
+            self._let_go()  # H6: a held lock is let go with a wake-up, not just dropped
             mode, self._mode = self._mode, None
             self._shared = False  # first: other threads' get() stops reading the commit word
             if self._hold_evt is not None:
@@ -1024,6 +1036,8 @@ class KV(MutableMapping[str, Any], WriterLock):
         # of the handle before its first watch, and then nobody would ever unlock).
         fd = getattr(self, "_fd", -1)
         if fd >= 0:
+            with contextlib.suppress(Exception):  # (interpreter shutdown: anything)
+                self._let_go()
             with contextlib.suppress(OSError):
                 os.close(fd)
 

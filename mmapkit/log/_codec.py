@@ -59,6 +59,7 @@ __all__ = [
     "encode_frame",
     "encode_record",
     "find_records",
+    "incomplete_at",
     "iter_records",
     "open_frame",
     "plausible_head",
@@ -575,6 +576,17 @@ def _find_next(blob: bytes, start: int) -> int:
         if _parse_header(mv, pos) is not None or pos + FRAME_HEADER > len(mv):
             return pos
         pos += 1
+
+
+def incomplete_at(data: bytes | bytearray | memoryview, pos: int) -> bool:
+    """True if a frame starts at ``pos`` and runs past the end of ``data``: a frame cut
+    short, or one still being appended (``decode_frames`` with ``final=False`` stops
+    before it)."""
+    mv = memoryview(data)
+    hdr = _parse_header(mv, pos)
+    if hdr is None:
+        return _maybe_incomplete(mv, pos)
+    return pos + hdr[2] + hdr[3] > len(mv)
 
 
 def _maybe_incomplete(mv: memoryview, pos: int) -> bool:

@@ -7,9 +7,13 @@ Design rules:
 - Every record is identified by (stream, sequence).  A crash between a flush's file write
   and its buffer update leaves a record in two places; the reader yields it once: per
   stream, anything at or below the highest sequence already yielded is a duplicate.
-- Buffers are read after the log files; if a buffer starts past what the files gave (a
-  flush moved records meanwhile), the files are read again first, so following never
-  skips a record that moved from a buffer to a file between two looks.
+- Buffers are read after the log files, and the files again after the buffers: a flush
+  (or a recovery of a dead writer's buffer) writes its records to a file before it moves
+  the buffer's head and zeroes the ring, so a record that moved between the first two
+  looks is in the third.  Read in one pass only, such a record was in neither look: a
+  snapshot missed it, and a frame cut short by a killed writer whose records a recovery
+  wrote again looked lost.  If a buffer still starts past what the files gave, both are
+  read again (a follower then waits a little before believing the buffer).
 - Damage is reported, never raised: ``on_damage(path, Damage)`` (default: a LogWarning).
   Only a file that is not ours at all, or is newer than this code, raises.
 """
@@ -25,6 +29,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._testhooks import PAUSES as _PAUSE
+from .._testhooks import pause as _pause
 from ..errors import CorruptFileError, FileFormatError, ForeignFileError
 from . import _codec
 from ._codec import BUF_HEADER, Damage, Record
@@ -150,11 +156,16 @@ class _Reader:
         self.superseded = 0
         self.damages: list[tuple[str, Damage]] = []
         self.pending: list[tuple[str, Damage]] = []
+        self.reported: set[tuple[str, int]] = set()
         self.runs: dict[int, list[list[int]]] = {}  # per stream: [first, last] yielded runs
         self.gap_since: dict[int, float] = {}
         self.gap_patience = 2.0
 
     def damage(self, path: Path | str, d: Damage) -> None:
+        where = (str(path), d.offset)
+        if where in self.reported:
+            return  # a frame cut short at a file's end, seen again at the next look
+        self.reported.add(where)
         if d.stream is not None and d.first_seq is not None and d.lost:
             # A frame cut short by a writer killed mid-append is written again from its
             # buffer: decide at the end whether its records were lost after all.
@@ -201,10 +212,15 @@ class _Reader:
             return []
         out: list[Record] = []
         consumed = 0
+        tail: int | None = None
         sp = str(path)
         for item in _codec.decode_frames(data, path=sp, final=final):
             if isinstance(item, Damage):
                 consumed = item.offset + item.length
+                if consumed == len(data) and _codec.incomplete_at(data, item.offset):
+                    # Reported (final), yet read again at the next look: a writer may
+                    # still be appending this frame, and then it is whole by then.
+                    tail = item.offset
                 self.damage(path, _shift(item, start))
                 continue
             consumed = item.offset + item.size
@@ -239,7 +255,9 @@ class _Reader:
                 self._yielded(rec.stream, seen)
                 out.append(rec)
             self.seen[item.stream] = seen
-        self.offsets[path] = (ident, start + (consumed if not final else len(data)))
+        if tail is None:
+            tail = consumed if not final else len(data)
+        self.offsets[path] = (ident, start + tail)
         return out
 
     def _logs(self, final: bool) -> list[Record]:
@@ -249,9 +267,16 @@ class _Reader:
             out.extend(_merge(self._file_records(path, final)))
         return out
 
-    def _buffers(self) -> dict[int, list[Record]]:
+    def _buffers(self, out: list[Record]) -> dict[int, list[Record]]:
+        """The buffers' records, then (into ``out``) what the files gained meanwhile.
+
+        A flush or a recovery writes its records to a file *before* it moves the buffer's
+        head and zeroes the ring, so whatever a buffer no longer held when we read it is in
+        a file by the time we look at the files again: reading them after the buffers is
+        what makes the two looks one snapshot (read before, a record that moved in between
+        was in neither look)."""
         _, bufs = _sources(self.path, self.name)
-        out: dict[int, list[Record]] = {}
+        found: dict[int, list[Record]] = {}
         for path in bufs:
             try:
                 stream, recs, damages = read_buffer(path)
@@ -263,16 +288,20 @@ class _Reader:
             for d in damages:
                 self.damage(path, d)
             if recs:
-                out.setdefault(stream, []).extend(recs)
-        return out
+                found.setdefault(stream, []).extend(recs)
+        # Not final: a frame still being appended after the buffers were read holds records
+        # newer than this look; it is read whole next time, never reported.
+        out.extend(self._logs(False))
+        return found
 
     def poll(self, final: bool) -> list[Record]:
         """Records not yielded yet: new ones from the files, then from the buffers."""
         out = self._logs(final)
-        bufs = self._buffers()
+        if _PAUSE:
+            _pause("log.files-read")
+        bufs = self._buffers(out)
         if self._gaps(bufs):
-            out.extend(self._logs(final))  # a flush moved records meanwhile
-            bufs = self._buffers()
+            bufs = self._buffers(out)  # a flush moved records meanwhile
         gaps = self._gaps(bufs)
         now = time.monotonic()
         live: list[list[Record]] = []
