@@ -384,9 +384,13 @@ def _producers_case(report: _harness.Report, impls: list[type[Impl]], tmp: str, 
                 for c in children:
                     _ready(c)
                 go = time.time() + 0.05
+                for c in children:  # every child gets the start time before any is
+                    assert c.stdin is not None  # waited for (communicate() one by one
+                    c.stdin.write(f"{go}\n")    # ran the producers one after another)
+                    c.stdin.flush()
                 ends = []
                 for c in children:
-                    out, _ = c.communicate(f"{go}\n", timeout=600)
+                    out, _ = c.communicate(timeout=600)
                     if c.returncode:
                         raise RuntimeError(f"{cls.name} producer failed")
                     ends.append(float(out.split()[-1]))

@@ -291,3 +291,38 @@ def test_b1_b3_a_reader_registering_its_doorbell_does_not_keep_the_lock(
         assert _flock_free(meta), "B3 left the writer lock held"
         j.append(b"second")  # a write still holds (H1)
         assert not _flock_free(meta)
+
+
+def test_threads_of_one_handle_append_each_record_once(tmp_path: Path) -> None:
+    """The lean append reads W, the room and the index position under the handle's
+    thread lock: threads sharing one handle (with short switch intervals, so they
+    interleave between the look and the lock) never store two records at one place."""
+    import sys
+    import threading
+
+    d, _ = _journal(tmp_path)
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        with Journal(d, lock_hold=30, segment_bytes=1 << 16) as j:
+            offsets: list[list[int]] = [[] for _ in range(4)]
+
+            def run(k: int) -> None:
+                for i in range(3000):
+                    offsets[k].append(j.append(b"t%d-%d" % (k, i)))
+
+            threads = [threading.Thread(target=run, args=(k,)) for k in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            got = sorted(o for per in offsets for o in per)
+            assert got == list(range(1, 1 + 4 * 3000))  # (offset 0: _journal's record)
+            values = {r.offset: r.value for r in j.reader(1)}
+            for k in range(4):
+                assert [values[o] for o in offsets[k]] == [b"t%d-%d" % (k, i)
+                                                           for i in range(3000)]
+    finally:
+        sys.setswitchinterval(old)
+    report = Journal.check(d)
+    assert report.ok, report.problems

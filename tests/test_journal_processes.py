@@ -214,8 +214,8 @@ print("done", flush=True)
 """
 
 
-@pytest.mark.parametrize("point", ["journal.append.written", "journal.roll.created",
-                                   "journal.retain.started"])
+@pytest.mark.parametrize("point", ["journal.append.grown", "journal.append.written",
+                                   "journal.roll.created", "journal.retain.started"])
 def test_kill_at_a_protocol_step(tmp_path: Path, point: str,
                                  monkeypatch: pytest.MonkeyPatch) -> None:
     d = str(tmp_path / "j")
@@ -235,6 +235,13 @@ def test_kill_at_a_protocol_step(tmp_path: Path, point: str,
             assert p.poll() is None, p.communicate()
             assert time.monotonic() < deadline
             time.sleep(0.005)
+        if point == "journal.append.grown":  # A5g: allocated past W, nothing stored yet
+            active = os.path.join(d, max(n for n in os.listdir(d) if n.endswith(".log")))
+            with open(active, "rb") as f:
+                f.seek(24)
+                w_pos = int.from_bytes(f.read(8), "little") & 0xFFFFFFFF
+            assert os.path.getsize(active) > w_pos
+            assert Journal.check(d).ok
         # Between the two steps: readers see only published records, all of them whole.
         seen = [r.offset for r in j.reader()]
         assert seen == list(range(j.start_offset, j.end_offset))
@@ -301,5 +308,39 @@ def test_reopen_after_kill_mid_append_costs_unpublished_bytes_only(
     with Journal(d) as j:
         tail = list(j.reader(max(0, j.end_offset - 200)))
         assert [r.offset for r in tail] == list(range(j.end_offset - 200, j.end_offset))
+    report = Journal.check(d)
+    assert report.ok, report.problems
+
+
+SPUN_WRITER = """
+import sys
+from mmapkit import Journal
+j = Journal(sys.argv[1])
+for i in range(int(sys.argv[2])):
+    j.append(b"spun-%d" % i)
+    if i % 500 == 0:
+        j.append_many([b"m1", b"m2"])
+print("done", flush=True)
+"""
+
+
+def test_a_spinning_poll_sees_every_record_of_another_process(tmp_path: Path) -> None:
+    """poll(timeout=0) answers from the notify word alone while it is unchanged: records
+    another process publishes (through its lean appends, rolls included) are all seen,
+    in order, none twice."""
+    d = str(tmp_path / "j")
+    Journal(d, create=True, segment_bytes=8192, index_interval=256).close()
+    n = 3000
+    want = n + 2 * len(range(0, n, 500))
+    with Journal(d) as j, j.reader("earliest") as r:
+        p = spawn(SPUN_WRITER, d, str(n))
+        got: list[int] = []
+        deadline = time.monotonic() + 60
+        while len(got) < want and time.monotonic() < deadline:
+            got.extend(x.offset for x in r.poll(500, timeout=0))
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0 and out.strip() == "done", err
+        got.extend(x.offset for x in r.poll(500, timeout=0))
+        assert got == list(range(want))
     report = Journal.check(d)
     assert report.ok, report.problems

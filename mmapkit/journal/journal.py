@@ -20,7 +20,8 @@ Design rules:
   (the one exception is recovery after a power loss, when no process has seen the lost
   bytes: the boot stamp in the meta page changed).
 - Files only grow and are never rewritten in place while they may be mapped: a batch is
-  written with pwrite past W (ENOSPC is DiskFullError before anything is published);
+  stored past W through the writer's mapping of bytes posix_fallocate allocated first
+  (A5g: ENOSPC is DiskFullError before anything is published, never SIGBUS);
   index files are allocated when their segment is created (before A names it); a rebuilt
   index replaces the old file by rename; retention renames whole sealed segments to
   ``.deleted`` and unlinks them ``delete_delay_ms`` later, so a reader holding one reads on.
@@ -55,10 +56,18 @@ directory.  L = the writer lock.
                                                    only state that depends on them
     A4    roll needed (size, age, 2^32      L     see R1-R4
           records): R1-R4
+    A5g   the batch would end past what P   L     the file is longer than W's position:
+          has allocated and mapped (first         zeros past W, not data (readers stop at
+          append to a segment, or every           W; check() ignores them); ENOSPC here
+          step, 64 KiB doubling to 4 MiB,         is DiskFullError with nothing stored;
+          at most segment_bytes): fallocate       a kill leaves the allocation, which the
+          [W's position, new end), map the        next writer reuses; the file never
+          file up to it (writable, shared)        shrinks.  No fallocate here: pwrite
     A5    set the first offset = base +     L     readers read up to W only: the new
-          records(W); pwrite the batch at         bytes are invisible; a kill here leaves
-          W's position; index entries if          garbage past W that the next writer
-          due (into preallocated slots)           overwrites (A3 clears its index slots)
+          records(W); store the batch at          bytes are invisible; a kill here leaves
+          W's position through P's mapping;       garbage past W that the next writer
+          index entries if due (into              overwrites (A3 clears its index slots)
+          preallocated slots)
     A6    store W (one 8-byte store)        L     the batch is whole and visible: it is
                                                   acknowledged from here on
     A7    N += 1; release L (or hold it:    -     followers woken (or they see N moved
@@ -160,7 +169,16 @@ so holding changes no guarantee: the holder's kill drops the flock like any writ
 Reopen after kill -9 costs O(unpublished bytes): attach (A3) reads W and scans at most the
 batches after the last index entry, never the journal.
 
-Test pause points (``mmapkit._testhooks``): journal.append.written (A5 done),
+The lean append: while P's flock is held without a break since its last append, nobody
+else can append, roll or change a setting, so an append of a plain value whose batch fits
+the mapped room before the next index entry, in a segment not due to roll by age, does
+A5 (store), A6 (W) and A7 (N, waiters, bells, the lock's wanted/ready words) with no
+other decision: the same steps, decided when the general append that kept the flock ended
+(``Journal._make_hot``, under P's thread lock).  Letting the flock go (H3, H4, H6) or a
+fork (H5) clears that state; W moved by another writer (seen != W, A3b) never sets it.
+
+Test pause points (``mmapkit._testhooks``): journal.append.grown (A5g done),
+journal.append.written (A5 done),
 journal.append.published (L released or held, before the A7 wake-ups), journal.bell.slot (B1's
 slot stored, B not yet), journal.roll.created (R2 done), journal.retain.started (D2 done).
 """
@@ -176,6 +194,7 @@ import threading
 import time
 import warnings
 import weakref
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -249,6 +268,14 @@ _MAX_RECORDS = F.MAX_RECORDS_PER_SEGMENT
 _SEGMENT_HEADER = F.SEGMENT_HEADER
 _CRC_FROM = F.CRC_FROM
 _prefix = F.PREFIX.pack
+_prefix_into = F.PREFIX.pack_into
+_one_pack = F.ONE_TAIL.pack
+_ONE_SIZE = F.PREFIX.size + F.ONE_TAIL.size  # a one-record batch without key: 60 + value
+_ONE_STEP = 1 << 32  # one record more in W
+_I_BELLS2 = F.OFF_BELLS // 8  # u64: the bells count and the lock's wanted word
+_I_READY = F.OFF_LOCK_READY // 4
+_BATCH_VERSION = F.BATCH_VERSION
+_crc32 = zlib.crc32
 _I_INTERVAL = F.OFF_INDEX_INTERVAL // 4
 _I_NOTIFY = F.OFF_NOTIFY // 4
 _I_WAITERS = F.OFF_WAITERS // 4
@@ -445,6 +472,11 @@ class Journal:
         self._recovery: RecoveryReport | None = None
         self._synced_shape: tuple[int, int] | None = None  # (A, S) this handle msynced
         self._bell_fds: dict[int, int] = {}  # doorbell slot -> FIFO write end (-1: dead)
+        # the lean append's bounds (_make_hot; valid while self._lock._hot is set)
+        self._hot_end = self._hot_index_at = self._hot_deadline = 0
+        self._head, self._head_crc, self._head_ts, self._head_n = b"", 0, -1, -1
+        self._u32 = self._meta.u32
+        self._u64 = self._meta.u64
         updates = {F.OFF_SEGMENT_BYTES: segment_bytes, F.OFF_SEGMENT_MS: segment_ms,
                    F.OFF_RETENTION_MS: retention_ms, F.OFF_RETENTION_BYTES: retention_bytes,
                    F.OFF_INDEX_INTERVAL: index_interval, F.OFF_DELETE_DELAY: delete_delay_ms}
@@ -539,11 +571,67 @@ class Journal:
                headers: HeadersArg = None, timestamp_ms: int | None = None) -> int:
         """Append one record; returns its offset.  Once this returns, the record survives
         a crash of any process (and power loss with ``sync="always"``)."""
+        now = _time_ns() // 1_000_000
+        lock = self._lock
+        seg = lock._hot
+        # The lean path (A5-A7 with everything decided before, _make_hot): a plain value;
+        # this handle's flock held without a break since its last append (letting it go
+        # clears lock._hot), so nobody else appended, rolled or changed a setting and W
+        # is what we stored (seg.seen); the batch fits the allocated, mapped room before
+        # the next index entry is due; the segment is not due to roll by age.  Anything
+        # else goes the general way (which sets the state again).
+        if seg is not None and type(value) is bytes and key is None and headers is None \
+                and timestamp_ms is None:
+            tlock = lock._tlock
+            tlock.acquire()
+            # (under P's thread lock: another thread of ours may have appended, rolled or
+            # let the lock go since the look above; W, the room and the index position
+            # are read only now)
+            word = seg.seen
+            pos = word & 0xFFFFFFFF
+            n = len(value) + _ONE_SIZE
+            end = pos + n
+            if lock._hot is not seg or lock._depth or end > self._hot_end or \
+                    pos >= self._hot_index_at or now >= self._hot_deadline:
+                tlock.release()  # the general way
+            else:
+                try:
+                    first = seg.base + (word >> 32)
+                    # the 44 bytes after the prefix change with the millisecond and
+                    # the value's length only: packed (and their CRC) once for a run
+                    if now != self._head_ts or n != self._head_n:
+                        head = _one_pack(1, _BATCH_VERSION, 0, 0, now, now, now, -1,
+                                         n - _ONE_SIZE, 0)
+                        self._head, self._head_crc = head, _crc32(head)
+                        self._head_ts, self._head_n = now, n
+                    mm: Any = seg.mm  # (never None while lock._hot is seg)
+                    _prefix_into(mm, pos, _crc32(value, self._head_crc), n, first)
+                    mm[pos + 16 : pos + _ONE_SIZE] = self._head  # A5
+                    mm[pos + _ONE_SIZE : end] = value
+                    seg.seen = word = word + _ONE_STEP + n
+                    seg._w[0] = word  # type: ignore[index]  # A6: acknowledged
+                    if now > seg.max_ts:
+                        seg.max_ts = now
+                    u32 = self._u32
+                    u32[_I_NOTIFY] = (u32[_I_NOTIFY] + 1) & 0xFFFFFFFF
+                    # A7 under L: waiters word (after N), bells and the lock's wanted
+                    # word (one u64), the lock's ready word: all zero, nothing to do
+                    rare = u32[_I_WAITERS] or self._u64[_I_BELLS2] or u32[_I_READY]
+                    if rare:
+                        rare = self._lean_rare(lock)
+                finally:
+                    lock._pos += 1  # (the lock's release: the flock stays, H2)
+                    tlock.release()
+                self._appended += 1
+                if rare:
+                    self._lean_after(rare)
+                if self._sync_every is not None:
+                    self._sync_due()
+                return first
         if type(value) is not bytes:
             value = _as_bytes(value, "value")
         if key is not None and type(key) is not bytes:
             key = _as_bytes(key, "key")
-        now = _time_ns() // 1_000_000
         ts = now if timestamp_ms is None else int(timestamp_ms)
         if headers:
             tail, crc, _, _, _ = F.encode_batch_tail(((ts, key, value,
@@ -589,6 +677,8 @@ class Journal:
         _format.encode_batch_tail); returns its first offset."""
         if self._closed:
             raise ClosedError("the journal is closed; open it again")
+        self._lock._hot = None  # (set again when this append ends with the flock kept)
+        done = False
         meta = self._meta
         u64 = meta.u64
         n = len(tail) + _CRC_FROM
@@ -625,14 +715,7 @@ class Journal:
                 learned = word == seg.seen
                 rel, pos = word >> 32, word & 0xFFFFFFFF
             first = seg.base + rel
-            data = _prefix(crc, n, first) + tail
-            try:
-                done = os.pwrite(seg.fd, data, pos)  # A5
-            except OSError as exc:
-                raise_if_disk_full(exc, self._full_message())
-                raise
-            if done != n:
-                self._write(seg, memoryview(data)[done:], pos + done)
+            self._store(seg, pos, n, crc, first, tail, seg_bytes)  # A5
             if pos - (seg.last_indexed or _SEGMENT_HEADER) >= meta.u32[_I_INTERVAL]:
                 if not learned:  # A3b: the others' index entries first
                     self._catch_up(seg, word)
@@ -655,13 +738,16 @@ class Journal:
             else:
                 wake = False
             bells = u32[_I_BELLS]  # A7: read under L, so a bell registered (B1) before
-        finally:                   # this publish is rung, one registered after sees W
+            done = True            # this publish is rung, one registered after sees W
+        finally:
             if lock._depth == 1:  # the lock's release, inlined as its acquire above:
                 lock._depth = 0   # keep the flock (H2) unless holding is off or someone
                 lock._pos += 1    # waits for it (H3)
                 words = lock._waitw
                 if words[1] or words[3] or not lock._hold:
                     lock._end_hold()
+                if done and not PAUSES and seg is not None:
+                    self._make_hot(seg)  # (under P's thread lock: no release meanwhile)
                 lock._tlock.release()
             else:
                 lock.release()
@@ -672,11 +758,78 @@ class Journal:
             self._get_waiter().wake()
         if bells:
             self._ring_bells()
-        if self._sync_every is not None and (
-                self._sync_every == 0.0 or time.monotonic() - self._last_sync
-                >= self._sync_every):
-            self.sync()  # A8
+        if self._sync_every is not None:
+            self._sync_due()
         return first
+
+    def _lean_rare(self, lock: _WriterLock) -> int:
+        """The lean append's A7 and H3 steps when a word asked for something (under L and
+        P's thread lock): clear the waiters word, read the bells; someone waits for the
+        writer lock: H3.  Returns 1 | 2: a futex wake, doorbells to ring (after L)."""
+        u32 = self._u32
+        todo = 0
+        if u32[_I_WAITERS]:
+            u32[_I_WAITERS] = 0
+            todo = 1
+        if u32[_I_BELLS]:
+            todo |= 2
+        words = lock._waitw
+        if words[1] or words[3]:
+            lock._end_hold()  # (clears lock._hot when it lets go)
+        return todo
+
+    def _lean_after(self, todo: int) -> None:
+        if todo & 1:
+            self._get_waiter().wake()
+        if todo & 2:
+            self._ring_bells()
+
+    def _sync_due(self) -> None:
+        """A8: sync when the policy says so."""
+        every = self._sync_every
+        if every is not None and (every == 0.0 or time.monotonic() - self._last_sync
+                                  >= every):
+            self.sync()
+
+    def _make_hot(self, seg: ActiveSegment) -> None:
+        """After a general append that kept the flock (H2): what the lean path of
+        ``append`` needs to know, fixed while the flock stays held (no other writer can
+        append, roll or change a setting until then; letting the flock go, or a fork,
+        clears ``lock._hot``)."""
+        lock = self._lock
+        if not lock._held or seg.mm is None or seg is not self._active or seg._w is None \
+                or seg.seen != seg._w[0]:
+            lock._hot = None  # (seen != W: others appended, not yet learned, A3b)
+            return
+        u64 = self._meta.u64
+        self._hot_index_at = (seg.last_indexed or _SEGMENT_HEADER) + \
+            self._meta.u32[_I_INTERVAL]
+        self._hot_end = min(seg.alloc, u64[_I_SEGMENT_BYTES])
+        self._hot_deadline = seg.created_ms + u64[_I_SEGMENT_MS]
+        lock._hot = seg
+
+    def _store(self, seg: ActiveSegment, pos: int, n: int, crc: int, first: int,
+               tail: bytes, seg_bytes: int) -> None:
+        """A5: the batch into the segment at ``pos`` (past W, invisible until A6):
+        through the writer's mapping of allocated bytes, or with pwrite where the file
+        system cannot allocate ahead.  A full disk is DiskFullError, nothing stored."""
+        try:
+            grow = pos + n > seg.alloc
+            if seg.reserve(pos, pos + n, seg_bytes):
+                if grow and PAUSES:
+                    pause("journal.append.grown")
+                mm = seg.mm
+                assert mm is not None
+                _prefix_into(mm, pos, crc, n, first)
+                mm[pos + 16 : pos + n] = tail
+                return
+            data = _prefix(crc, n, first) + tail
+            done = os.pwrite(seg.fd, data, pos)
+        except OSError as exc:
+            raise_if_disk_full(exc, self._full_message())
+            raise
+        if done != n:
+            self._write(seg, memoryview(data)[done:], pos + done)
 
     def _full_message(self) -> str:
         return (f"no space left on the journal's file system ({self._dir}); nothing "
@@ -784,6 +937,7 @@ class Journal:
 
     def _attach(self) -> ActiveSegment:
         """A2/A3 (under L): the writer's side of the segment A names."""
+        self._lock._hot = None
         active = self._meta.get(F.OFF_ACTIVE)
         seg = self._active
         if seg is not None and seg.base == active:
@@ -1287,6 +1441,8 @@ class Journal:
         if self._closed and not hasattr(self, "_meta"):
             return
         self._closed = True
+        if hasattr(self, "_lock"):
+            self._lock._hot = None
         for seg in (self._active, self._tail):
             if seg is not None:
                 seg.close()
@@ -1332,8 +1488,9 @@ class _WriterLock(WriterLock):
     never taken here: this lock enters through ``_acquire_flock`` only.)"""
 
     __slots__ = ("__weakref__", "_depth", "_fd", "_finalizer", "_handed_at", "_held",
-                 "_hold", "_hold_evt", "_lock_timeout", "_lock_waiter", "_path", "_pos",
-                 "_readonly", "_region", "_run_start", "_tlock", "_waitw", "_want_waiter")
+                 "_hold", "_hold_evt", "_hot", "_lock_timeout", "_lock_waiter", "_path",
+                 "_pos", "_readonly", "_region", "_run_start", "_tlock", "_waitw",
+                 "_want_waiter")
     _WANT_AT = F.OFF_LOCK_WANT
     _SEQ_AT = F.OFF_LOCK_SEQ
     _KIND = "journal"
@@ -1347,6 +1504,9 @@ class _WriterLock(WriterLock):
         self._hold = hold
         self._hold_evt = None
         self._pos = 0  # bumped by every release: the releaser's "idle for a hold" test
+        # the journal's lean append state: the segment it appends to while this lock is
+        # held without a break (cleared whenever the flock is let go, and in a fork child)
+        self._hot: ActiveSegment | None = None
         self._region = region
         # u32 words from OFF_BELLS: [1] wanted, [2] hand-overs, [3] waiter ready ([0],
         # the bells count, is not the lock's)
@@ -1376,6 +1536,10 @@ class _WriterLock(WriterLock):
                 raise
         self._depth += 1
 
+    def _release_flock(self, *args: Any, **kwargs: Any) -> None:
+        self._hot = None  # (another process may append, roll or set from now on)
+        super()._release_flock(*args, **kwargs)
+
     def release(self, *, keep: bool = True) -> None:
         """``keep=False``: let the flock go now even if nobody asks (a reader's doorbell
         registration, B1/B3: not a writer whose next append would reuse the hold)."""
@@ -1402,6 +1566,7 @@ class _WriterLock(WriterLock):
         self._tlock = threading.RLock()
         self._depth = 0
         self._held = False
+        self._hot = None
         self._hold_evt = None
         if self._fd >= 0:
             try:
@@ -1503,10 +1668,20 @@ def _index_slots(segment_bytes: int, interval: int) -> int:
 
 
 def _size(directory: str, base: int) -> int:
+    """Bytes of a segment up to its W (the file may be allocated further ahead: zeros
+    that are not data, see ActiveSegment.reserve); the file's size if W is unreadable."""
     try:
-        return os.stat(os.path.join(directory, F.segment_name(base))).st_size
+        fd = os.open(os.path.join(directory, F.segment_name(base)), os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return 0
+    try:
+        size = os.fstat(fd).st_size
+        raw = os.pread(fd, 8, F.OFF_COMMIT)
+    finally:
+        os.close(fd)
+    if len(raw) != 8:
+        return size
+    return min(size, int(_Q.unpack(raw)[0]) & 0xFFFFFFFF)
 
 
 def _unlink_segment(directory: str, base: int) -> None:

@@ -11,7 +11,11 @@ Design rules:
 - Damage (a batch that does not verify, a file cut short) raises CorruptFileError naming
   the offset range lost; the reader is then positioned after it, so iterating again goes
   on with the rest.  An offset retention removed raises OffsetOutOfRangeError.
-- Tailing sleeps on the meta page's notify word (futex), never on the directory.
+- Tailing sleeps on the meta page's notify word (futex), never on the directory.  A
+  ``poll(timeout=0)`` spin loads only that word N while it holds the value read before
+  the last look that found nothing: a writer stores W (A6) before it bumps N (A7), so an
+  unchanged N means nothing was published since (a roll and retention bump N too).
+  Not with a doorbell: then every empty look must empty the FIFO first (B2).
 - ``fileno()`` (selectors, asyncio): the reader's own doorbell, a FIFO
   ``journal.bell-<pid>-<token>`` in the journal directory, registered in a slot of the
   meta page (B1, under the writer lock).  Every append rings each registered doorbell
@@ -40,6 +44,8 @@ if TYPE_CHECKING:
 __all__ = ["Reader"]
 
 _WAIT_SLICE = 0.1
+_I_NOTIFY = F.OFF_NOTIFY // 4
+_I_ACTIVE = F.OFF_ACTIVE // 8
 _TAIL_PREAD = 1 << 16  # unread bytes past the mapping that a pread fetches (no remap)
 _SPAN_HEAD = struct.Struct("<IQIB")  # a batch header's length, first offset, count, version
 
@@ -62,6 +68,11 @@ class Reader:
         self._closed = False
         self._bell = -1        # doorbell FIFO (read end), made by fileno()
         self._bell_slot = 0
+        # N (the notify word) read before a look that found nothing: while N still has
+        # that value nothing was published since (A6 before A7), so poll() answers
+        # without looking (a spinning follower loads one word per spin)
+        self._notify = self._meta.u32
+        self._idle_n = -1
         self.seek(from_offset)
 
     # --- positioning --------------------------------------------------------------------
@@ -90,6 +101,7 @@ class Reader:
                              f"{offset!r}")
 
     def _drop(self) -> None:
+        self._idle_n = -1
         if self._seg is not None:
             self._seg.close()
             self._seg = None
@@ -147,14 +159,21 @@ class Reader:
                 self._open_for(self._next)
             seg = self._seg
             assert seg is not None
-            rel, pos_end = seg.commit()
+            word = seg._w[0]  # type: ignore[index]  # (seg.commit(), inlined: W once)
+            rel, pos_end = word >> 32, word & 0xFFFFFFFF
             if self._pos < pos_end:
-                if pos_end > len(seg.view) and pos_end - self._pos <= _TAIL_PREAD and \
-                        self._read_tail(seg, pos_end):
-                    return True
-                limit = pos_end if seg.cover(pos_end) else len(seg.view)
+                view = seg._view
+                assert view is not None
+                if pos_end > len(view):
+                    if pos_end - self._pos <= _TAIL_PREAD and \
+                            not seg.cover_ahead(pos_end) and self._read_tail(seg, pos_end):
+                        return True
+                    limit = pos_end if seg.cover(pos_end) else len(seg.view)
+                    view = seg.view
+                else:
+                    limit = pos_end
                 try:
-                    info = F.read_batch_header(seg.view, self._pos, limit)
+                    info = F.read_batch_header(view, self._pos, limit)
                     if info.first_offset + info.records <= self._next:
                         self._pos += info.length  # before the offset we look for
                         continue
@@ -169,7 +188,7 @@ class Reader:
                 self._buf, self._bi = recs, k
                 return True
             # At W: has the writer moved on to a newer segment?
-            if meta.get(F.OFF_ACTIVE) <= seg.base:
+            if meta.u64[_I_ACTIVE] <= seg.base:
                 return False
             rel, pos_end = seg.commit()  # final now (A was read first)
             if self._pos < pos_end:
@@ -346,6 +365,9 @@ class Reader:
         for the first one when none is there yet."""
         if max_records <= 0:
             raise ValueError(f"max_records must be positive, got {max_records}")
+        if timeout == 0 and self._idle_n >= 0 and not self._j._closed and \
+                self._notify[_I_NOTIFY] == self._idle_n and self._bi >= len(self._buf):
+            return []  # nothing published since the last look found nothing
         self._check_open()
         out = self._take_or_arm(max_records)
         if out or timeout == 0:
@@ -355,10 +377,13 @@ class Reader:
         return out
 
     def _take_or_arm(self, max_records: int) -> list[Record]:
+        n = self._notify[_I_NOTIFY] if self._bell < 0 else -1
         out = self._take(max_records)
         if not out and self._bell >= 0:
             self._drain_bell()  # B2: empty the doorbell, then look once more
             out = self._take(max_records)
+        # (with a doorbell every empty look must empty it: no shortcut then)
+        self._idle_n = -1 if out else n
         return out
 
     # --- doorbell (selectors, asyncio) --------------------------------------------------

@@ -9,14 +9,20 @@ Design rules:
 - Readers map the file read-only and read W once per look: every byte below W's position
   is whole (the writer wrote it before storing W; x86 keeps stores in order).  A W past
   the mapping is growth: remap.  A W past the *file* is damage (the file was cut).
-- The writer appends with pwrite (a full disk is ENOSPC -> DiskFullError, never SIGBUS)
-  and publishes with one aligned 8-byte store into its own small mapping of the header.
+- The writer stores batches through its own writable mapping of the file and publishes
+  with one aligned 8-byte store into its small mapping of the header.  It maps only bytes
+  that ``posix_fallocate`` allocated first, growing the file ahead of W in steps
+  (``reserve``): a full disk is ENOSPC there -> DiskFullError before anything is
+  published, never SIGBUS on a store into a hole.  So a segment file is usually longer
+  than W's position; the zeros past it are not part of the journal (as any bytes past W).
+  Where the file system cannot allocate ahead, the writer falls back to pwrite.
 - A segment is never truncated and never rewritten in place while it may be mapped.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import mmap
 import os
 import struct
@@ -30,6 +36,10 @@ from .index import SparseIndex, index_paths
 __all__ = ["ActiveSegment", "Segment", "list_segments"]
 
 _Q = struct.Struct("<Q")
+_HAVE_FALLOCATE = hasattr(os, "posix_fallocate")
+_GROW_MIN = 64 << 10  # the writer allocates ahead of W at least this much (capped by the
+_GROW_MAX = 4 << 20   # segment size), doubling with the segment up to this step
+_AHEAD = 16 << 10  # a file this much longer than W was allocated ahead: worth a remap
 
 
 def list_segments(directory: str) -> list[int]:
@@ -148,6 +158,17 @@ class Segment:
         self._remap(size)
         return True
 
+    def cover_ahead(self, pos_end: int) -> bool:
+        """Map the file again when its writer has allocated it well past ``pos_end``
+        (A5g): one remap per allocation step, then the tail is read in place.  False
+        when the file ends near ``pos_end`` (a pwrite writer grows it by each batch: a
+        remap per append would cost more than reading the few new bytes)."""
+        size = os.fstat(self._fd).st_size
+        if size < pos_end + _AHEAD:
+            return False
+        self._remap(size)
+        return True
+
     def indexes(self) -> tuple[SparseIndex, SparseIndex]:
         if self._idx is None or self._tidx is None:
             ipath, tpath = index_paths(self.path)
@@ -218,8 +239,8 @@ class ActiveSegment:
     """The writer's side of the newest segment: its descriptor, a writable mapping of the
     header (for W), the writable indexes and what the writer tracks between appends."""
 
-    __slots__ = ("_hmap", "_hview", "_w", "base", "created_ms", "fd", "idx", "idx_n",
-                 "last_indexed", "max_ts", "path", "seen", "tidx", "tidx_n")
+    __slots__ = ("_hmap", "_hview", "_w", "alloc", "base", "created_ms", "fd", "idx",
+                 "idx_n", "last_indexed", "max_ts", "mm", "path", "seen", "tidx", "tidx_n")
 
     @property
     def w(self) -> memoryview:
@@ -236,6 +257,8 @@ class ActiveSegment:
         self._w: memoryview | None = None
         self.idx: SparseIndex | None = None
         self.tidx: SparseIndex | None = None
+        self.mm: mmap.mmap | None = None  # the writer's mapping of [0, alloc)
+        self.alloc = 0  # bytes allocated and mapped (-1: no fallocate here, pwrite)
         try:
             if os.fstat(self.fd).st_size < F.SEGMENT_HEADER:
                 raise CorruptFileError(f"{path} is shorter than a segment header", path=path,
@@ -271,6 +294,38 @@ class ActiveSegment:
         word = int(self._w[0])
         return word >> 32, word & 0xFFFFFFFF
 
+    def reserve(self, pos: int, end: int, cap: int) -> bool:
+        """Make [pos, end) storable through ``mm`` (under L; ``pos`` is W's position):
+        allocate the file up to ``end`` or a step further (at most ``cap``, the segment
+        size, unless ``end`` is past it) and map it.  False where the file system cannot
+        allocate ahead (the caller writes with pwrite); OSError (ENOSPC) when the disk
+        is full: nothing was stored or published.  The file only grows."""
+        if end <= self.alloc:
+            return True
+        if self.alloc < 0 or not _HAVE_FALLOCATE:
+            return False
+        size = os.fstat(self.fd).st_size
+        step = min(_GROW_MAX, max(_GROW_MIN, self.alloc, pos))
+        want = max(end, size, min(cap, max(pos, self.alloc) + step))
+        try:
+            # (over what another writer allocated already too: cheap, and no hole is
+            # ever mapped even if someone made the file sparse)
+            os.posix_fallocate(self.fd, pos, want - pos)
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                self.alloc = -1
+                return False
+            if exc.errno != errno.ENOSPC or want <= max(end, size):
+                raise
+            # no room for a step ahead: this batch alone may still fit
+            want = max(end, size)
+            os.posix_fallocate(self.fd, pos, want - pos)
+        mm = mmap.mmap(self.fd, want, access=mmap.ACCESS_WRITE)
+        if self.mm is not None:
+            self.mm.close()
+        self.mm, self.alloc = mm, want
+        return True
+
     def publish(self, records: int, pos: int) -> None:
         assert self._w is not None
         self._w[0] = (records << 32) | pos
@@ -285,6 +340,10 @@ class ActiveSegment:
             if ix is not None:
                 ix.close()
         self.idx = self.tidx = None
+        if self.mm is not None:
+            self.mm.close()
+            self.mm = None
+        self.alloc = 0
         for v in (self._w, self._hview):
             if v is not None:
                 v.release()
