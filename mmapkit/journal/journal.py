@@ -1582,8 +1582,7 @@ class _WriterLock(WriterLock):
         with self._tlock:
             if self._fd < 0:
                 return
-            if self._held:
-                self._release_flock()
+            self._let_go()  # H6: unlock and wake a waiter at once (not at its slice's end)
             self._region = None  # the releaser thread stops at its next look
             evt = self._hold_evt
             for waiter in (self._lock_waiter, self._want_waiter):
