@@ -8,6 +8,7 @@ import pickle
 import struct
 
 import pytest
+from conftest import exit_code, fork_child
 
 from mmapkit.ipc import Channel
 from mmapkit.ipc import _format as fmt
@@ -135,8 +136,6 @@ def test_send_and_recv_go_straight_to_the_lease_only_while_they_may() -> None:
     """send()/recv() of a multi-producer, multi-consumer handle take the lease path at once
     (``_lease_send_limit`` / ``_lease_recv``) only once attached, and never after finish(),
     close(), or in a fork child (which attaches again, with its own slot and lease name)."""
-    import os
-
     from mmapkit.errors import ClosedError
 
     with _mpmc() as ch:
@@ -145,26 +144,16 @@ def test_send_and_recv_go_straight_to_the_lease_only_while_they_may() -> None:
         _attach(ch)
         assert ch._lease_send_limit == ch.max_message and ch._lease_recv
         parent_token = ch._ptoken
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child reports through its exit status
-            code = 1
-            try:
-                ok = ch._lease_send_limit == -1 and not ch._lease_recv
-                ok = ok and not ch._send_seq(b"abc", counters, 0)  # not attached here
-                for i in range(100):
-                    ch.send(b"c%d" % i)  # attaches, steals the lease from the parent
-                ok = ok and ch._lease_send_limit == ch.max_message
-                ok = ok and ch._ptoken != parent_token
-                code = 0 if ok else 2
-            finally:
-                os.write(w, b"d")
-                os._exit(code)
-        os.read(r, 1)
-        _, status = os.waitpid(pid, 0)
-        os.close(r)
-        os.close(w)
-        assert os.waitstatus_to_exitcode(status) == 0
+
+        def child() -> None:  # (fork_child: its exit status says how this went)
+            assert ch._lease_send_limit == -1 and not ch._lease_recv
+            assert not ch._send_seq(b"abc", counters, 0)  # not attached here
+            for i in range(100):
+                ch.send(b"c%d" % i)  # attaches, steals the lease from the parent
+            assert ch._lease_send_limit == ch.max_message
+            assert ch._ptoken != parent_token
+
+        assert exit_code(fork_child(child)) == 0
         assert [ch.recv() for _ in range(100)] == [b"c%d" % i for i in range(100)]
         ch.send(b"p")  # steals the lease back from the dead child
         assert ch.recv() == b"p"
