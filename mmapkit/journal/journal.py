@@ -1489,7 +1489,7 @@ class _WriterLock(WriterLock):
 
     __slots__ = ("__weakref__", "_depth", "_fd", "_finalizer", "_handed_at", "_held",
                  "_hold", "_hold_evt", "_hot", "_lock_timeout", "_lock_waiter", "_path",
-                 "_pos", "_readonly", "_region", "_run_start", "_tlock", "_waitw",
+                 "_pos", "_readonly", "_region", "_run_start", "_tlock", "_turn_at", "_waitw",
                  "_want_waiter")
     _WANT_AT = F.OFF_LOCK_WANT
     _SEQ_AT = F.OFF_LOCK_SEQ
@@ -1516,6 +1516,7 @@ class _WriterLock(WriterLock):
         self._lock_timeout = float("inf")  # appends wait as long as it takes (as before)
         self._run_start = 0.0
         self._handed_at = 0.0
+        self._turn_at = 0.0
         self._readonly = False
         # A handle dropped unclosed (its releaser thread may have let go of it already)
         # must not keep a held flock for the rest of the process: closing the descriptor

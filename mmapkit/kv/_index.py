@@ -20,12 +20,21 @@ from __future__ import annotations
 import struct
 import time
 from collections.abc import Callable
+from time import monotonic as _monotonic
 from typing import TYPE_CHECKING, Any
 from zlib import crc32
 
 from . import codec
 from ._crypto import Cipher
-from .codec import DATA_START, KEY_MAX, KIND_SET, KIND_SET_TTL, REC_FLAG_ENCRYPTED, SUPERSEDED
+from .codec import (
+    DATA_START,
+    KEY_MAX,
+    KIND_SET,
+    KIND_SET_TTL,
+    LOCK_READY,
+    REC_FLAG_ENCRYPTED,
+    SUPERSEDED,
+)
 
 if TYPE_CHECKING:
     from .store import KV
@@ -366,8 +375,10 @@ def setitem(self: KV, key: str, value: Any) -> None:
                     and put(self, body, n):
                 self._index[key] = value
                 words = self._waitw
-                if words[1] or words[3] or not self._hold:
-                    self._end_hold()  # someone waits (hand over after our quantum), or no hold
+                if (words[1] or words[3] or not self._hold) and (
+                        not self._hold or words[3] == LOCK_READY
+                        or _monotonic() >= self._turn_at):
+                    self._end_hold()  # no hold, a woken waiter is READY, or H3 is due
                 return None
     finally:
         tlock.release()

@@ -26,7 +26,14 @@ from ..lock import FileLock
 from ..region import Region
 from ..wait import Waiter
 from ._files import fd_path
-from .codec import OFF_LOCK_READY, OFF_LOCK_SEQ, OFF_LOCK_WANT, OFF_WAITERS
+from .codec import (
+    LOCK_CLAIMED,
+    LOCK_READY,
+    OFF_LOCK_READY,
+    OFF_LOCK_SEQ,
+    OFF_LOCK_WANT,
+    OFF_WAITERS,
+)
 
 __all__ = [
     "WriterLock",
@@ -44,7 +51,7 @@ assert OFF_LOCK_READY == OFF_WAITERS + 12
 _QUANTUM = 0.002  # a writer keeps taking the lock this long while others wait, then hands
 # it over: long runs by one process, not a hand-over (and a replay) per write
 _READY_SPIN = 0.002  # a woken waiter tries this long for the holder to let go
-CLAIMED, READY = 2, 1  # the ready word: a woken waiter catching up / spinning on the flock
+CLAIMED, READY = LOCK_CLAIMED, LOCK_READY  # (the ready word: codec)
 
 
 class WriterLock:
@@ -62,7 +69,7 @@ class WriterLock:
     if TYPE_CHECKING:  # KV's slots (KV, not this mixin, owns them) and the KV method used
         __slots__ = ("_depth", "_fd", "_forked", "_handed_at", "_held", "_hold", "_hold_evt",
                      "_lock_timeout", "_lock_waiter", "_mode", "_path", "_pos", "_readonly",
-                     "_region", "_run_start", "_tlock", "_waitw", "_want_waiter")
+                     "_region", "_run_start", "_tlock", "_turn_at", "_waitw", "_want_waiter")
         _fd: int
         _path: str
         _readonly: bool
@@ -79,6 +86,7 @@ class WriterLock:
         _lock_timeout: float
         _run_start: float
         _handed_at: float
+        _turn_at: float
         _mode: FileLock | None
         _tlock: threading.RLock
 
@@ -162,16 +170,15 @@ class WriterLock:
             if self._handed_at or time.monotonic() - self._run_start >= _QUANTUM:
                 self._release_flock(now=True)  # H3b: it spins on the flock: it goes next
             return
-        if (words[1] or words[3]) and self._turn_left() <= 0:
+        if (words[1] or words[3]) and time.monotonic() >= self._turn_at:
             self._hand_over(now=True)  # H3: wake them, keep the lock until one is ready
 
-    def _turn_left(self) -> float:
-        """Seconds before the waiters are woken (again): our run's quantum, or after a
-        hand-over whose woken waiter is not ready yet, a slice (its catch-up may take
-        milliseconds; waking them all again before would only repeat it)."""
-        if self._handed_at:
-            return _LOCK_SLICE - (time.monotonic() - self._handed_at)
-        return _QUANTUM - (time.monotonic() - self._run_start)
+    # ``_turn_at``: when the waiters are woken (again): our run's start + its quantum, or
+    # after a hand-over whose woken waiter is not ready yet, + a slice (its catch-up may
+    # take milliseconds; waking another before would only repeat it).  The KV's hot
+    # paths call _end_hold only when holding is off, the ready word is READY, or someone
+    # waits and _turn_at has passed: while others sleep for the lock, most writes' ends
+    # then make no call at all (callgrind: 19.2k -> 17.5k instructions an increment).
 
     def _watch_hold(self) -> bool:
         """The releaser thread's watch over one hold (H4): give the lock back once the
@@ -190,7 +197,7 @@ class WriterLock:
                     return True
                 words = self._waitw
                 asked = words[1] or words[3]
-                left = self._turn_left()
+                left = self._turn_at - time.monotonic()
                 ready = words[3] == READY and (self._handed_at or left <= 0)
                 if not self._depth and (self._pos == last or ready or (asked and left <= 0)):
                     # Idle, a waiter we woke is ready, or asked once the quantum has
@@ -274,8 +281,7 @@ class WriterLock:
                 break  # a woken waiter has the next turn: do not take it from under it
             try:
                 _flock(fd, _LOCK_EX_NB)
-                self._run_start = time.monotonic()
-                self._handed_at = 0.0
+                self._start_run()
                 return
             except BlockingIOError:
                 pass
@@ -342,8 +348,13 @@ class WriterLock:
             # stale "ready" made holders release to nobody; the holder wakes the
             # sleepers again, and "wanted" is set again above).
             words[3] = 0
-        self._run_start = time.monotonic()
+        self._start_run()
+
+    def _start_run(self) -> None:
+        """L4: the lock is ours after a wait; our quantum counts from now."""
+        self._run_start = t = time.monotonic()
         self._handed_at = 0.0
+        self._turn_at = t + _QUANTUM
 
     def _ask_holder(self) -> None:
         """L2: wake the holder's releaser thread, asleep on the "wanted" word (an idle
@@ -381,6 +392,7 @@ class WriterLock:
         if not now and t - self._run_start < _QUANTUM:
             return
         self._handed_at = t
+        self._turn_at = t + _LOCK_SLICE
         words = self._waitw
         if words[3] == CLAIMED:
             words[3] = 0  # a claim that never became ready (slow, or its process died)

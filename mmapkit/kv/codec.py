@@ -50,6 +50,8 @@ __all__ = [
     "KIND_IMAGE",
     "KIND_SET",
     "KIND_SET_TTL",
+    "LOCK_CLAIMED",
+    "LOCK_READY",
     "MAGIC",
     "OFF_COMMIT",
     "OFF_COMPACTIONS",
@@ -114,7 +116,9 @@ OFF_COMPACTIONS = 80  # u32: compactions behind this file
 OFF_WAITERS = 84  # u32: non-zero while some process sleeps in changed()
 OFF_LOCK_WANT = 88  # u32: non-zero while some process waits for the writer lock
 OFF_LOCK_SEQ = 92  # u32: bumped by a writer that releases the lock to a waiter (futex word)
-OFF_LOCK_READY = 96  # u32: non-zero while a woken waiter is awake and trying for the lock
+OFF_LOCK_READY = 96  # u32: non-zero while a woken waiter has the next turn (values below)
+LOCK_READY = 1    # the ready word's values: a woken waiter spinning on the flock,
+LOCK_CLAIMED = 2  # or catching up first (kv/_writelock.py, L3)
 END_MASK = (1 << 48) - 1
 SUPERSEDED = 1 << 63
 

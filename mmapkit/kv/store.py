@@ -152,6 +152,7 @@ import time
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from time import monotonic as _monotonic
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any
 
@@ -183,6 +184,7 @@ from .codec import (
     KIND_DEL,
     KIND_SET,
     KIND_SET_TTL,
+    LOCK_READY,
     OFF_COMMIT,
     OFF_COMPACTIONS,
     OFF_CREATED,
@@ -258,8 +260,8 @@ class KV(MutableMapping[str, Any], WriterLock):
         "_index", "_inline_mp", "_inline_sp", "_lock_timeout", "_lock_waiter", "_min_cap",
         "_mode", "_multiprocess", "_nops", "_packers", "_path", "_plain_writes", "_pos",
         "_readonly", "_recover", "_region", "_run_start", "_seen", "_seq_base", "_ser",
-        "_shared", "_size", "_tlock", "_undo", "_undo_all", "_view", "_waiter", "_waitw",
-        "_want_waiter", "_watch_keys",
+        "_shared", "_size", "_tlock", "_turn_at", "_undo", "_undo_all", "_view", "_waiter",
+        "_waitw", "_want_waiter", "_watch_keys",
     )
     # Bound by _attach.bind_views (the whole mapping, its size, the commit word, the
     # waiters and lock words).
@@ -308,6 +310,7 @@ class KV(MutableMapping[str, Any], WriterLock):
         self._lock_waiter: Waiter | None = None
         self._run_start = 0.0
         self._handed_at = 0.0  # when this holder last woke the waiters (H3), 0: not since
+        self._turn_at = 0.0  # when H3 wakes the waiters (again): _writelock._end_hold
         self._pos = DATA_START
         self._seen = 0
         self._plain_writes = self._cipher is None and not self._readonly
@@ -801,8 +804,10 @@ class KV(MutableMapping[str, Any], WriterLock):
                     finally:
                         self._depth = 0
                         words = self._waitw
-                        if self._held and (words[1] or words[3] or not self._hold):
-                            self._end_hold()
+                        if self._held and (words[1] or words[3] or not self._hold) and (
+                                not self._hold or words[3] == LOCK_READY
+                                or _monotonic() >= self._turn_at):
+                            self._end_hold()  # (its own tests, spelled inline: no call)
             self._enter_write()
             try:
                 value = fn(self.get(key, default))
