@@ -1487,9 +1487,9 @@ class _WriterLock(WriterLock):
     the mixin's own fork path, ``_take_own_lock``/``_own_after_fork``, is the KV's and is
     never taken here: this lock enters through ``_acquire_flock`` only.)"""
 
-    __slots__ = ("__weakref__", "_depth", "_fd", "_finalizer", "_handed_at", "_held",
+    __slots__ = ("__weakref__", "_depth", "_fd", "_finalizer", "_handed", "_held",
                  "_hold", "_hold_evt", "_hot", "_lock_timeout", "_lock_waiter", "_path",
-                 "_pos", "_readonly", "_region", "_run_start", "_tlock", "_turn_at", "_waitw",
+                 "_pos", "_readonly", "_region", "_tlock", "_turn_at", "_waitw",
                  "_want_waiter")
     _WANT_AT = F.OFF_LOCK_WANT
     _SEQ_AT = F.OFF_LOCK_SEQ
@@ -1514,8 +1514,7 @@ class _WriterLock(WriterLock):
         self._lock_waiter = None
         self._want_waiter = None
         self._lock_timeout = float("inf")  # appends wait as long as it takes (as before)
-        self._run_start = 0.0
-        self._handed_at = 0.0
+        self._handed = False
         self._turn_at = 0.0
         self._readonly = False
         # A handle dropped unclosed (its releaser thread may have let go of it already)

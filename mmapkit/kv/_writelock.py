@@ -51,7 +51,6 @@ assert OFF_LOCK_READY == OFF_WAITERS + 12
 _QUANTUM = 0.002  # a writer keeps taking the lock this long while others wait, then hands
 # it over: long runs by one process, not a hand-over (and a replay) per write
 _READY_SPIN = 0.002  # a woken waiter tries this long for the holder to let go
-CLAIMED, READY = LOCK_CLAIMED, LOCK_READY  # (the ready word: codec)
 
 
 class WriterLock:
@@ -67,9 +66,9 @@ class WriterLock:
     _KIND = "KV"
 
     if TYPE_CHECKING:  # KV's slots (KV, not this mixin, owns them) and the KV method used
-        __slots__ = ("_depth", "_fd", "_forked", "_handed_at", "_held", "_hold", "_hold_evt",
+        __slots__ = ("_depth", "_fd", "_forked", "_handed", "_held", "_hold", "_hold_evt",
                      "_lock_timeout", "_lock_waiter", "_mode", "_path", "_pos", "_readonly",
-                     "_region", "_run_start", "_tlock", "_turn_at", "_waitw", "_want_waiter")
+                     "_region", "_tlock", "_turn_at", "_waitw", "_want_waiter")
         _fd: int
         _path: str
         _readonly: bool
@@ -84,8 +83,7 @@ class WriterLock:
         _lock_waiter: Waiter | None
         _want_waiter: Waiter | None
         _lock_timeout: float
-        _run_start: float
-        _handed_at: float
+        _handed: bool
         _turn_at: float
         _mode: FileLock | None
         _tlock: threading.RLock
@@ -135,7 +133,7 @@ class WriterLock:
         except BlockingIOError:
             self._wait_for_lock(follow=follow)
         else:
-            if self._waitw[3] == READY:
+            if self._waitw[3] == LOCK_READY:
                 self._maybe_yield()
         self._held = True
         if self._hold and not self._readonly:
@@ -166,19 +164,24 @@ class WriterLock:
         if not self._hold:
             self._release_flock()
             return
-        if words[3] == READY:
-            if self._handed_at or time.monotonic() - self._run_start >= _QUANTUM:
-                self._release_flock(now=True)  # H3b: it spins on the flock: it goes next
+        if words[3] == LOCK_READY:
+            if self._owes_turn():
+                self._release_flock()  # H3b: it spins on the flock: it goes next
             return
         if (words[1] or words[3]) and time.monotonic() >= self._turn_at:
             self._hand_over(now=True)  # H3: wake them, keep the lock until one is ready
 
     # ``_turn_at``: when the waiters are woken (again): our run's start + its quantum, or
     # after a hand-over whose woken waiter is not ready yet, + a slice (its catch-up may
-    # take milliseconds; waking another before would only repeat it).  The KV's hot
-    # paths call _end_hold only when holding is off, the ready word is READY, or someone
-    # waits and _turn_at has passed: while others sleep for the lock, most writes' ends
-    # then make no call at all (callgrind: 19.2k -> 17.5k instructions an increment).
+    # take milliseconds; waking another before would only repeat it).  ``_handed``: we
+    # woke one since our run began.  The KV's hot paths call _end_hold only when holding
+    # is off, the ready word is READY, or someone waits and _turn_at has passed: while
+    # others sleep for the lock, most writes' ends then make no call at all (callgrind:
+    # 19.2k -> 17.1k instructions an increment).
+
+    def _owes_turn(self) -> bool:
+        """A READY waiter gets the lock from us: we woke it, or our quantum is over."""
+        return self._handed or time.monotonic() >= self._turn_at
 
     def _watch_hold(self) -> bool:
         """The releaser thread's watch over one hold (H4): give the lock back once the
@@ -198,7 +201,7 @@ class WriterLock:
                 words = self._waitw
                 asked = words[1] or words[3]
                 left = self._turn_at - time.monotonic()
-                ready = words[3] == READY and (self._handed_at or left <= 0)
+                ready = words[3] == LOCK_READY and self._owes_turn()
                 if not self._depth and (self._pos == last or ready or (asked and left <= 0)):
                     # Idle, a waiter we woke is ready, or asked once the quantum has
                     # passed: a run still writing does the same at its writes' ends
@@ -228,8 +231,7 @@ class WriterLock:
         has lasted its quantum (or we woke it), let go and queue behind it (a running
         writer retakes the lock within microseconds, so without this the waiter would
         never get in)."""
-        if self._readonly or self._waitw[3] != READY or (
-                not self._handed_at and time.monotonic() - self._run_start < _QUANTUM):
+        if self._readonly or self._waitw[3] != LOCK_READY or not self._owes_turn():
             return
         # Cleared first: a live waiter spins on the flock, not on the word, and a stale
         # "ready" (its waiter killed while trying) would make every holder let go to
@@ -321,7 +323,7 @@ class WriterLock:
                 # again, "wanted" set again above.  Replaying and spinning here would
                 # take a core from the holder for nothing (2 cores, 4 writers).
                 continue
-            words[3] = CLAIMED  # L3: the next turn is ours; the other woken ones sleep
+            words[3] = LOCK_CLAIMED  # L3: the next turn is ours; the other woken ones sleep
             if follow:
                 # L3: read the others' writes now, before saying we are ready, so the
                 # catch-up under the lock (W2) finds little left.  Twice: the holder
@@ -330,7 +332,7 @@ class WriterLock:
                 self._follow_committed()
                 self._follow_committed()
                 words = self._waitw  # (rebound if the file grew meanwhile)
-            words[3] = READY  # L3: trying; the holder lets go at its next write's end
+            words[3] = LOCK_READY  # L3: trying; the holder lets go at its next write's end
             until = time.monotonic() + _READY_SPIN
             got = False
             while True:
@@ -352,9 +354,8 @@ class WriterLock:
 
     def _start_run(self) -> None:
         """L4: the lock is ours after a wait; our quantum counts from now."""
-        self._run_start = t = time.monotonic()
-        self._handed_at = 0.0
-        self._turn_at = t + _QUANTUM
+        self._handed = False
+        self._turn_at = time.monotonic() + _QUANTUM
 
     def _ask_holder(self) -> None:
         """L2: wake the holder's releaser thread, asleep on the "wanted" word (an idle
@@ -369,7 +370,7 @@ class WriterLock:
         ``now`` (the handle is idle or closing: no run of ours to go on with)."""
         self._held = False
         _flock(self._fd, _LOCK_UN)
-        if self._waitw[3] == READY:
+        if self._waitw[3] == LOCK_READY:
             return  # a waiter spins on the flock: it takes it, nobody needs waking
         if self._waitw[1] and not self._readonly:
             # (A read-only follower that took the lock to re-verify writes nothing: the
@@ -383,18 +384,18 @@ class WriterLock:
             self._release_flock(now=True)
 
     def _hand_over(self, *, now: bool = False) -> None:
-        """Someone sleeps for the lock: once our run has lasted its quantum (or ``now``),
+        """Someone sleeps for the lock: once our turn's time has come (or ``now``),
         wake the first sleeper.  "wanted" stays set while a wake-up found someone: the
         others sleep on, and the next hand-over must wake them (cleared with the wake,
         the next holder's release woke nobody and they slept out their slices; woken
         all at once, on 2 cores they took the holder's core from it)."""
         t = time.monotonic()
-        if not now and t - self._run_start < _QUANTUM:
+        if not now and t < self._turn_at:
             return
-        self._handed_at = t
+        self._handed = True
         self._turn_at = t + _LOCK_SLICE
         words = self._waitw
-        if words[3] == CLAIMED:
+        if words[3] == LOCK_CLAIMED:
             words[3] = 0  # a claim that never became ready (slow, or its process died)
         words[2] = (words[2] + 1) & 0xFFFFFFFF
         if not _platform.HAVE_FUTEX:

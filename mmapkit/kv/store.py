@@ -256,10 +256,10 @@ class KV(MutableMapping[str, Any], WriterLock):
     # is past CPython's shared-key limit, where each access costs a lookup.
     __slots__ = (
         "__weakref__", "_batch", "_changes", "_cipher", "_commit", "_depth", "_fd",
-        "_forked", "_handed_at", "_has_ttl", "_held", "_hold", "_hold_evt", "_ident",
+        "_forked", "_handed", "_has_ttl", "_held", "_hold", "_hold_evt", "_ident",
         "_index", "_inline_mp", "_inline_sp", "_lock_timeout", "_lock_waiter", "_min_cap",
         "_mode", "_multiprocess", "_nops", "_packers", "_path", "_plain_writes", "_pos",
-        "_readonly", "_recover", "_region", "_run_start", "_seen", "_seq_base", "_ser",
+        "_readonly", "_recover", "_region", "_seen", "_seq_base", "_ser",
         "_shared", "_size", "_tlock", "_turn_at", "_undo", "_undo_all", "_view", "_waiter",
         "_waitw", "_want_waiter", "_watch_keys",
     )
@@ -308,8 +308,7 @@ class KV(MutableMapping[str, Any], WriterLock):
         self._region: Region | None = None
         self._waiter: Waiter | None = None
         self._lock_waiter: Waiter | None = None
-        self._run_start = 0.0
-        self._handed_at = 0.0  # when this holder last woke the waiters (H3), 0: not since
+        self._handed = False  # this holder woke a waiter since its run began (H3)
         self._turn_at = 0.0  # when H3 wakes the waiters (again): _writelock._end_hold
         self._pos = DATA_START
         self._seen = 0
