@@ -267,14 +267,22 @@ class _Reader:
             out.extend(_merge(self._file_records(path, final)))
         return out
 
-    def _buffers(self, out: list[Record]) -> dict[int, list[Record]]:
-        """The buffers' records, then (into ``out``) what the files gained meanwhile.
+    def _look(self, out: list[Record]) -> dict[int, list[Record]]:
+        """The buffers' records (returned), then what the files gained meanwhile (into
+        ``out``).
 
         A flush or a recovery writes its records to a file *before* it moves the buffer's
         head and zeroes the ring, so whatever a buffer no longer held when we read it is in
         a file by the time we look at the files again: reading them after the buffers is
         what makes the two looks one snapshot (read before, a record that moved in between
-        was in neither look)."""
+        was in neither look).  Not final: a frame still being appended after the buffers
+        were read holds records newer than this look; it is read whole next time, never
+        reported."""
+        found = self._buffers()
+        out.extend(self._logs(False))
+        return found
+
+    def _buffers(self) -> dict[int, list[Record]]:
         _, bufs = _sources(self.path, self.name)
         found: dict[int, list[Record]] = {}
         for path in bufs:
@@ -289,9 +297,6 @@ class _Reader:
                 self.damage(path, d)
             if recs:
                 found.setdefault(stream, []).extend(recs)
-        # Not final: a frame still being appended after the buffers were read holds records
-        # newer than this look; it is read whole next time, never reported.
-        out.extend(self._logs(False))
         return found
 
     def poll(self, final: bool) -> list[Record]:
@@ -299,9 +304,9 @@ class _Reader:
         out = self._logs(final)
         if _PAUSE:
             _pause("log.files-read")
-        bufs = self._buffers(out)
+        bufs = self._look(out)
         if self._gaps(bufs):
-            bufs = self._buffers(out)  # a flush moved records meanwhile
+            bufs = self._look(out)  # a flush moved records meanwhile
         gaps = self._gaps(bufs)
         now = time.monotonic()
         live: list[list[Record]] = []
