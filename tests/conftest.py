@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -80,6 +81,18 @@ def fork_child(fn: Callable[[], object]) -> int:
         finally:
             os._exit(code)
     return pid
+
+
+def wait_reached(p: subprocess.Popen[str], where: Path, point: str,
+                 timeout: float = 30) -> None:
+    """Wait until child ``p`` stops at pause point ``point`` (``mmapkit._testhooks``: it
+    creates ``<where>/<point>.reached``); fail if it ends first or never gets there."""
+    reached = where / f"{point}.reached"
+    deadline = time.monotonic() + timeout
+    while not reached.exists():
+        assert p.poll() is None, p.communicate()
+        assert time.monotonic() < deadline, f"the child never reached {point}"
+        time.sleep(0.005)
 
 
 def exit_code(pid: int) -> int:

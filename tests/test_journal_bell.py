@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import child_env, run_py, spawn
+from conftest import child_env, run_py, spawn, wait_reached
 
 from mmapkit import Journal
 from mmapkit.errors import ClosedError
@@ -85,12 +85,7 @@ def test_registration_while_a_writer_is_between_publish_and_ring(
         monkeypatch.setenv("MMAPKIT_PAUSE", "journal.append.published")
         monkeypatch.setenv("MMAPKIT_PAUSE_DIR", str(pauses))
         p = spawn(APPEND, d, "paused", "next")
-        reached = pauses / "journal.append.published.reached"
-        deadline = time.monotonic() + 30
-        while not reached.exists():
-            assert p.poll() is None, p.communicate()
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
+        wait_reached(p, pauses, "journal.append.published")
         r.fileno()
         assert [x.value for x in r.poll(timeout=0)] == [b"paused"]
         (pauses / "journal.append.published.go").touch()
@@ -283,12 +278,7 @@ def test_a_reader_killed_between_its_slot_and_the_count(
         monkeypatch.setenv("MMAPKIT_PAUSE", "journal.bell.slot")
         monkeypatch.setenv("MMAPKIT_PAUSE_DIR", str(pauses))
         p = spawn(REGISTERING_READER, d)
-        reached = pauses / "journal.bell.slot.reached"
-        deadline = time.monotonic() + 30
-        while not reached.exists():
-            assert p.poll() is None, p.communicate()
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
+        wait_reached(p, pauses, "journal.bell.slot")
         count, slots = _bells(j)
         assert len(slots) == 2 and count == 1  # the slot is there, the count not yet
         p.send_signal(signal.SIGKILL)

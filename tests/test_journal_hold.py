@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import spawn
+from conftest import spawn, wait_reached
 
 from mmapkit import Journal
 
@@ -257,12 +257,7 @@ def test_a_writer_paused_after_publishing_hands_the_held_lock_over(
     monkeypatch.setenv("MMAPKIT_PAUSE", "journal.append.published")
     monkeypatch.setenv("MMAPKIT_PAUSE_DIR", str(pauses))
     p = spawn(PAUSED_HOLDER, d)
-    reached = pauses / "journal.append.published.reached"
-    deadline = time.monotonic() + 30
-    while not reached.exists():
-        assert p.poll() is None, p.communicate()
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
+    wait_reached(p, pauses, "journal.append.published")
     monkeypatch.delenv("MMAPKIT_PAUSE")
     assert not _flock_free(meta)  # H1: held across the pause
     with Journal(d) as j:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import exit_code, fork_child, spawn
+from conftest import exit_code, fork_child, spawn, wait_reached
 
 from mmapkit import Journal
 
@@ -229,12 +229,7 @@ def test_kill_at_a_protocol_step(tmp_path: Path, point: str,
         monkeypatch.setenv("MMAPKIT_PAUSE", point)
         monkeypatch.setenv("MMAPKIT_PAUSE_DIR", str(pauses))
         p = spawn(PAUSED_WRITER, d, "200")
-        reached = pauses / f"{point}.reached"
-        deadline = time.monotonic() + 30
-        while not reached.exists():
-            assert p.poll() is None, p.communicate()
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
+        wait_reached(p, pauses, point)
         if point == "journal.append.grown":  # A5g: allocated past W, nothing stored yet
             active = os.path.join(d, max(n for n in os.listdir(d) if n.endswith(".log")))
             with open(active, "rb") as f:
