@@ -173,6 +173,7 @@ from . import _attach, _files, _follow, _index, _load, codec
 from ._crypto import OVERHEAD, Cipher
 from ._files import fd_path
 from ._index import PLAIN, SPECIAL, Expiring, Packed
+from ._index import held_set as _held_set
 from ._writelock import WriterLock
 from .codec import (
     DATA_START,
@@ -797,8 +798,16 @@ class KV(MutableMapping[str, Any], WriterLock):
                 if w == self._seen or (not w & SUPERSEDED and self._read_appended(w)):
                     self._depth = 1
                     try:
-                        value = fn(self.get(key, default))
-                        self[key] = value
+                        # get() and __setitem__ folded in: the index is current (just
+                        # checked), this thread holds _tlock and the writer lock.
+                        v = self._index.get(key, _MISSING)
+                        if v is _MISSING:
+                            v = default
+                        elif type(v) in SPECIAL:
+                            v = self.get(key, default)
+                        value = fn(v)
+                        if not _held_set(self, key, value):
+                            self[key] = value
                         return value
                     finally:
                         self._depth = 0
