@@ -320,6 +320,42 @@ def test_a_waiter_asking_during_a_hand_over_stays_wanted(tmp_path: Path) -> None
     assert KV.check(path).ok
 
 
+def test_letting_go_leaves_a_claimed_turn_to_its_claimer(tmp_path: Path) -> None:
+    """A holder that lets go (idle, closing, exiting) while a woken waiter has claimed
+    the next turn (L3: replaying, then it tries the flock) wakes nobody and leaves the
+    claim: clearing it to wake another sleeper made two processes replay for one turn."""
+    from conftest import Child, child_env
+
+    from mmapkit.kv import codec
+
+    path = tmp_path / "claim.kv"
+    KV(path, multiprocess=True).close()
+    holder = Child([sys.executable, "-c", textwrap.dedent(HOLD_THEN_CLOSE), str(path)],
+                   env=child_env(), text=True, stdin=subprocess.PIPE,
+                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        assert holder.stdout.readline().strip() == "held"
+        with open(path, "r+b") as f, mmap.mmap(f.fileno(), 4096) as head:
+            want = slice(codec.OFF_LOCK_WANT, codec.OFF_LOCK_WANT + 4)
+            seq = slice(codec.OFF_LOCK_SEQ, codec.OFF_LOCK_SEQ + 4)
+            ready = slice(codec.OFF_LOCK_READY, codec.OFF_LOCK_READY + 4)
+            head[want] = (1).to_bytes(4, "little")  # others sleep for the lock (L2) ...
+            head[ready] = codec.LOCK_CLAIMED.to_bytes(4, "little")  # ... one was woken
+            before = head[seq]
+            holder.stdin.write("close\n")
+            holder.stdin.flush()
+            assert holder.wait(timeout=60) == 0, holder.communicate()
+            assert head[seq] == before  # nobody else woken
+            assert int.from_bytes(head[ready], "little") == codec.LOCK_CLAIMED
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        holder.communicate()
+    assert probe(path) == "free"
+    assert KV.check(path).ok
+
+
 def test_a_second_handle_in_the_same_process_gets_the_lock(tmp_path: Path) -> None:
     path = tmp_path / "two.kv"
     with KV(path, multiprocess=True, lock_hold=60.0) as one, \

@@ -399,8 +399,14 @@ class WriterLock:
         ``now`` (the handle is idle or closing: no run of ours to go on with)."""
         self._held = False
         _flock(self._fd, _LOCK_UN)
-        if self._waitw[3] == LOCK_READY:
-            return  # a waiter spins on the flock: it takes it, nobody needs waking
+        if self._waitw[3]:
+            # A woken waiter is on its way (READY: it spins on the flock; CLAIMED: it
+            # replays, then tries): it takes the lock, nobody needs waking.  (Clearing
+            # its claim to wake another, as a hand-over that keeps the lock does after a
+            # slice, made two processes replay at once for one turn, on two cores
+            # shared with the next holder: traced.)  A claimer killed meanwhile costs
+            # the sleepers a slice: they find the lock free when they next look.
+            return
         if self._waitw[1] and not self._readonly:
             # (A read-only follower that took the lock to re-verify writes nothing: the
             # waiters see the lock free at their next look, within _LOCK_SLICE.)

@@ -124,20 +124,23 @@ above changes for other processes: a held lock is a writer that has not finished
          lock_hold, or a woken waiter is READY, or          waiter's L2 wakes the thread
          someone waits and H3's time has come (the          (futex on the wanted word)
          run may have ended: its process is
-         finishing): unlock and wake
+         finishing): unlock and wake (no wake-up
+         while a woken waiter has claimed the turn
+         or is READY: it takes F)
     H5   fork: the child is not "held" (the flock   -      the parent's hold goes on;
          is the parent's, via the shared OFD)              the child takes its own (W1)
     H6   close(), the handle dropped, or the          F->-   a sleeping waiter is woken
          interpreter exiting while held: unlock and         at once (dropping the flock
-         wake a waiter, then close the descriptor           alone woke nobody: waiters
-                                                            slept out their 10 ms slices)
+         wake a waiter (as H4), then close the              alone woke nobody: waiters
+         descriptor                                         slept out their 10 ms slices)
     ===  ==========================================  =====  =============================
 
 A lock taken to re-verify suspected damage (O4) is released explicitly, never held: the
 releaser acts only under the thread lock, which opening also holds.
 
 Test pause points (``mmapkit._testhooks``): kv.attach.mapped (between O1 and O2),
-kv.compact.written (C1 done), kv.compact.marked (C2 done), kv.compact.renamed (C3 done).
+kv.compact.written (C1 done), kv.compact.marked (C2 done), kv.compact.renamed (C3 done),
+kv.handover.counted (H3/H4/H6: the hand-over count moved, the wake-up not yet made).
 """
 
 from __future__ import annotations
