@@ -284,9 +284,7 @@ def test_a_version_1_file_claims_by_flock(tmp_path: Path) -> None:
     every claim, so ours do too; a held flock keeps our producer out."""
     path = tmp_path / "ch"
     cap = 1 << 12
-    with open(path, "wb") as f:
-        f.write(fmt.encode_header_v1(cap, fmt.FLAG_MULTI_PRODUCER).ljust(fmt.HEADER_SIZE
-                                                                         + cap, b"\0"))
+    _file_of_version(path, cap, fmt.FLAG_MULTI_PRODUCER, 1)
     ch = Channel.open(path)
     assert ch._header.version == 1 and not ch._please
     ch.send(b"a")
@@ -304,9 +302,18 @@ def test_a_version_1_file_claims_by_flock(tmp_path: Path) -> None:
     ch.close()
 
 
+def _file_of_version(path: Path, cap: int, flags: int, version: int) -> None:
+    """A channel file of an earlier format version, written the way its mmapkit did."""
+    header = (fmt.encode_header_v1(cap, flags) if version == 1
+              else fmt.encode_header(cap, flags, version))
+    with open(path, "wb") as f:
+        f.write(header.ljust(fmt.HEADER_SIZE + cap, b"\0"))
+
+
 def test_an_interrupt_while_entering_leaves_no_busy_word(tmp_path: Path) -> None:
-    """L1-L3 interrupted (KeyboardInterrupt at the barrier): the busy word goes back to 0,
-    so a thief is not held up by a participant that is not inside a claim."""
+    """L1-L3 interrupted (KeyboardInterrupt at the barrier of a version 2 file): the busy
+    word goes back to 0, so a thief is not held up by a participant that is not inside a
+    claim."""
 
     class Interrupting:
         def acquire(self) -> None:
@@ -316,12 +323,39 @@ def test_an_interrupt_while_entering_leaves_no_busy_word(tmp_path: Path) -> None
             pass
 
     path = tmp_path / "ch"
-    ch = Channel.create(path, capacity=1 << 16, multi_producer=True)
+    _file_of_version(path, 1 << 16, fmt.FLAG_MULTI_PRODUCER, fmt.LEASE_VERSION)
+    ch = Channel.open(path)
+    assert ch._header.version == 2 and ch._please and ch._fenced
     ch.send(b"a")
     real, ch._fence = ch._fence, Interrupting()  # type: ignore[assignment]
     with pytest.raises(KeyboardInterrupt):
         ch.send(b"b")
     ch._fence = real
+    assert ch._hdr32[ch._pbusy] == 0
+    other = Channel.open(path)
+    other.send(b"c", timeout=1)  # steals at once: nobody is busy
+    assert [ch.recv(), ch.recv()] == [b"a", b"c"]
+    ch.check()
+    other.close()
+    ch.close()
+
+
+def test_an_interrupt_inside_the_claim_leaves_no_busy_word(tmp_path: Path) -> None:
+    """Version 3 (no barrier on entry): KeyboardInterrupt past L3, while the frame is
+    written, lowers the busy word and publishes nothing; a thief gets in at once."""
+
+    class Interrupting(dict):  # type: ignore[type-arg]
+        def get(self, *args: object) -> None:
+            raise KeyboardInterrupt
+
+    path = tmp_path / "ch"
+    ch = Channel.create(path, capacity=1 << 16, multi_producer=True)
+    assert ch._header.version == 3 and ch._please and not ch._fenced
+    ch.send(b"a")
+    real, ch._framers = ch._framers, Interrupting()
+    with pytest.raises(KeyboardInterrupt):
+        ch.send(b"b")
+    ch._framers = real
     assert ch._hdr32[ch._pbusy] == 0
     other = Channel.open(path)
     other.send(b"c", timeout=1)  # steals at once: nobody is busy

@@ -71,9 +71,10 @@ class Sequenced(State):
         h32, busy = self._hdr32, self._pbusy
         try:
             h32[busy] = 1  # L1
-            fence = self._fence
-            fence.acquire()  # L2
-            fence.release()
+            if self._fenced:  # L2 (version 3: no barrier here, see _claims.py)
+                fence = self._fence
+                fence.acquire()
+                fence.release()
             if h32[_PLEASE_I] == self._ptoken:  # L3
                 hdr, cap = self._hdr, self._cap
                 head = hdr[8]  # _HEAD_Q
@@ -113,9 +114,10 @@ class Sequenced(State):
         h32, busy = self._hdr32, self._cbusy
         try:
             h32[busy] = 1  # L1
-            fence = self._fence
-            fence.acquire()  # L2
-            fence.release()
+            if self._fenced:  # L2 (version 3: no barrier here, see _claims.py)
+                fence = self._fence
+                fence.acquire()
+                fence.release()
             if h32[_CLEASE_I] == self._ctoken:  # L3
                 hdr, cap = self._hdr, self._cap
                 tail = hdr[16]  # _TAIL_Q
