@@ -124,14 +124,21 @@ class Sequenced(State):
                 tail = hdr[16]  # _TAIL_Q
                 head = hdr[8]  # before the frame's words: they are whole below it
                 pos = tail % cap
-                n = self._dq[pos >> 3]  # a PAD or damage has high bits: runs past head
+                dq = self._dq
+                i = pos >> 3
+                n = dq[i]  # a PAD or damage has high bits: runs past head
                 if tail + 8 + n <= head and pos + 8 + n <= cap and n >= 24:
-                    seq, count, _, blen = _MSG.unpack_from(self._data, pos + 8)
-                    if count == 0 and blen + 24 <= n:
+                    # The message's words (_HEAD after the length word): seq at i + 1,
+                    # buffer count and reserved at i + 2 (0: no out-of-band buffer), the
+                    # pickle's length at i + 3; two word reads cost less than an unpack.
+                    blen = dq[i + 3]
+                    if dq[i + 2] == 0 and blen + 24 <= n:
                         at = self._base + pos + _HEAD_SIZE
                         out = self._mm[at : at + blen]
-                        if gets and seq >= counters[gets]:  # (gets 0: not kept)
-                            counters[gets] = seq + 1  # G2
+                        if gets:  # (0: GETS not kept)
+                            seq = dq[i + 1]
+                            if seq >= counters[gets]:
+                                counters[gets] = seq + 1  # G2
                         hdr[16] = tail + ((n + 15) & ~7)  # R3
                         h32[busy] = 0  # L9
                         if h32[34]:  # _PW_I
