@@ -409,3 +409,56 @@ def test_a_thief_yields_for_the_flock_then_waits_in_it(tmp_path: Path) -> None:
     ch.check()
     other.close()
     ch.close()
+
+
+# A child whose kernel refuses membarrier (a seccomp filter answering EPERM, as a
+# container's may): it must not enter a version 3 lease (the thieves' barrier would not
+# reach it), so it refuses to attach there, and what it creates is version 2.
+NO_MEMBARRIER = """
+    import ctypes, struct, sys
+    libc = ctypes.CDLL(None, use_errno=True)
+    insns = [(0x20, 0, 0, 0),            # A = seccomp_data.nr
+             (0x15, 0, 1, 324),          # membarrier (x86-64)?
+             (0x06, 0, 0, 0x00050001),   # return ERRNO(EPERM)
+             (0x06, 0, 0, 0x7FFF0000)]   # return ALLOW
+    raw = b"".join(struct.pack("<HBBI", *i) for i in insns)
+    buf = ctypes.create_string_buffer(raw, len(raw))
+    prog = struct.pack("<HxxxxxxQ", len(insns), ctypes.addressof(buf))
+    pbuf = ctypes.create_string_buffer(prog, len(prog))
+    ul = ctypes.c_ulong
+    assert libc.prctl(38, ul(1), ul(0), ul(0), ul(0)) == 0  # PR_SET_NO_NEW_PRIVS
+    assert libc.prctl(22, ul(2), ul(ctypes.addressof(pbuf)), ul(0), ul(0)) == 0, \
+        ctypes.get_errno()  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
+    from mmapkit.errors import UnsupportedPlatformError
+    from mmapkit.ipc import Channel
+    ch = Channel.open(sys.argv[1])
+    try:
+        ch.send(b"refused")
+    except UnsupportedPlatformError as exc:
+        print("refused:", exc, flush=True)
+    older = Channel.create(sys.argv[2], multi_producer=True, multi_consumer=True)
+    older.send(b"v2")
+    print("created version", older._header.version, older.recv().decode(), flush=True)
+    older.check()
+    older.close()
+    ch.close()
+"""
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the filter names x86-64's number")
+def test_a_process_without_membarrier_stays_out_of_a_version_3_lease(tmp_path: Path) -> None:
+    path = tmp_path / "ch"
+    ch = Channel.create(path, capacity=1 << 16, multi_producer=True)
+    assert ch._header.version == fmt.FENCELESS_VERSION
+    ch.send(b"ours")
+    child = spawn(NO_MEMBARRIER, str(path), str(tmp_path / "older"))
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("refused:") and "membarrier" in lines[0]
+    assert lines[1] == "created version 2 v2"
+    assert ch._hdr32[P_LEASE] == ch._ptoken  # the refused child never took the lease
+    ch.send(b"still ours")
+    assert [ch.recv(), ch.recv()] == [b"ours", b"still ours"]
+    ch.check()
+    ch.close()
