@@ -5,15 +5,16 @@ Design rules:
 - A channel with several producers (``multi_producer=True``) makes them claim the head
   before S2-S5 of channel.py's state table; several consumers claim the tail before
   R2-R3.  A claim is never held while waiting (for room, for data).
-- A claim is a *lease* (format version 2, TSO CPUs): the lease word of the role names the
-  participant that may enter; it enters with no syscall (raise its busy word, a full
-  barrier, read the lease word: L1-L3) and leaves by lowering its busy word (L9).  Anyone
-  else *steals* the lease: under the role's flock (the channel file for producers, the
-  ``.lock`` file for consumers; thieves one at a time) it writes its own name into the
-  lease word, a barrier, then waits until every other busy word has read 0 once,
-  skipping dead participants (L5-L8).  This is Dekker's handshake: each side stores,
-  fences, then loads the other's word, so at least one sees the other; the entrant that
-  sees a foreign name backs off, the thief that sees a busy word waits.
+- A claim is a *lease* (format versions 2 and 3, TSO CPUs): the lease word of the role
+  names the participant that may enter; it enters with no syscall (raise its busy word, a
+  full barrier (version 2; none in version 3, below), read the lease word: L1-L3) and
+  leaves by lowering its busy word (L9).  Anyone else *steals* the lease: under the
+  role's flock (the channel file for producers, the ``.lock`` file for consumers;
+  thieves one at a time) it writes its own name into the lease word, a barrier, then
+  waits until every other busy word has read 0 once, skipping dead participants
+  (L5-L8).  This is Dekker's handshake: each side stores, fences, then loads the other's
+  word, so at least one sees the other; the entrant that sees a foreign name backs off,
+  the thief that sees a busy word waits.
 - Version 2: the barrier is the acquisition of a ``threading.Lock`` (on x86-64 every lock
   acquisition is a ``lock``-prefixed instruction, a full barrier), 0.2-0.4 us against
   5-7 us for a flock pair on the loaded test VM, so a lone producer or consumer, or one

@@ -9,7 +9,7 @@ Design rules:
   much again as the Channel's own multi-producer send (callgrind: 47k instructions a
   put+get against 26k), so these two write and read the whole frame in one place, under
   the lease, with one cached Struct per pickle length.
-- They run only in the lease's common case (multi-producer/consumer, format version 2,
+- They run only in the lease's common case (multi-producer/consumer, format version 2-3,
   TSO; we hold the lease; the frame fits below the room we saw last, or a whole message
   is there): steps L1-L3 then S4-S5 (``_send_seq``) or R2-R3 (``_recv_seq``) then L9 of
   channel.py's and _claims.py's tables, and the Queue's P4 or G2 between them.  In every

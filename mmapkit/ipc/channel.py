@@ -217,8 +217,9 @@ class Channel(Claims, Wake, Broadcast, InPlace, Sequenced):
         one_lock = strict()
         self._plocked = self._mp or one_lock
         self._clocked = self._mc or one_lock
-        # Claims by lease (see the top comment): TSO only, version 2 files only (processes
-        # of an older mmapkit on a version 1 file flock every claim), never broadcast.
+        # Claims by lease (see the top comment): TSO only, version 2 and 3 files only
+        # (processes of an older mmapkit on a version 1 file flock every claim), never
+        # broadcast.
         leases = not one_lock and header.version >= fmt.LEASE_VERSION
         self._please = self._mp and leases and not self._bc
         self._clease = self._mc and leases
