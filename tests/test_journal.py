@@ -184,6 +184,40 @@ def test_follow_reader_sees_records_across_rolls(tmp_path: Path) -> None:
         assert list(r) == []  # timeout=0.2 of silence ends iteration
 
 
+def test_a_poll_reading_a_sealed_segments_last_records_goes_on_to_the_next(
+        tmp_path: Path) -> None:
+    """A poll that reads through W arms the notify-word shortcut only when W's segment is
+    still the active one: here the last record(s) of a segment and the roll past it were
+    published before the poll looked (one plain record: the follower's one-record look;
+    a batch of two: the general look), and the next poll must find the new segment's
+    record, not answer "nothing new" from an unchanged N."""
+    d = tmp_path / "j"
+    with Journal(d, create=True, segment_bytes=4096) as j, Journal(d) as other:
+        r = other.reader("earliest")
+        j.append(b"f" * 100)
+        for last, size in (([b"a" * 100], 160), ([b"b" * 100, b"c" * 100], 280)):
+            while True:  # fill the active segment until `last` is the last that fits
+                seg = j._active
+                assert seg is not None and seg._w is not None
+                if (seg._w[0] & 0xFFFFFFFF) + size + 160 > 4096:
+                    break
+                j.append(b"f" * 100)
+            assert r.poll(1000, timeout=0)
+            assert r.poll(1000, timeout=0) == []  # caught up: the shortcut is armed
+            j.append_many(last) if len(last) > 1 else j.append(last[0])
+            base = j._active.base
+            j.append(b"next")  # does not fit: a roll, then the new segment's record
+            assert j._active.base > base
+            got = r.poll(1000, timeout=0)  # the sealed segment's last record(s), maybe
+            while len(got) < len(last) + 1:
+                more = r.poll(1000, timeout=0)
+                assert more, f"the record past the roll was not seen after {got}"
+                got += more
+            assert [x.value for x in got] == [*last, b"next"]
+    report = Journal.check(d)
+    assert report.ok, report.problems
+
+
 def test_consumer_position_commit_seek_lag(tmp_path: Path) -> None:
     d = tmp_path / "j"
     with Journal(d, create=True) as j:

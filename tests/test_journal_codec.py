@@ -209,3 +209,21 @@ def test_a_crafted_batch_that_looks_uniform_at_every_stride_is_not() -> None:
     assert F._decode_uniform(batch, 0, info) is None
     got = F.decode_records(batch, 0, info)
     assert got[2].headers == (("", b"hv"),) and got[3].value == b"c" * 92
+
+
+def test_decode_one_takes_exactly_one_plain_record_and_nothing_else() -> None:
+    one = F.encode_batch(41, [(9, None, b"v" * 30, None)])
+    buf = b"\0" * 8 + one + b"\0" * 8  # (a position inside a larger buffer)
+    info = F.read_batch_header(one, 0, len(one))
+    assert F.decode_one(buf, 8, 8 + len(one), 41) == F.decode_records(one, 0, info)[0]
+    bad = bytearray(buf)
+    bad[8 + len(one) - 1] ^= 1
+    for data, pos, end, offset in ((buf, 8, 8 + len(one), 40),  # another offset
+                                   (buf, 8, 8 + len(one) + 8, 41),  # more bytes than it
+                                   (buf, 8, 8 + len(one) - 1, 41),  # cut
+                                   (bytes(bad), 8, 8 + len(one), 41)):  # fails its CRC
+        assert F.decode_one(data, pos, end, offset) is None
+    for recs in ([(9, b"k", b"v", None)], [(9, None, b"v", [("h", b"x")])],
+                 [(9, None, b"v", None), (9, None, b"w", None)]):
+        other = F.encode_batch(41, recs)
+        assert F.decode_one(other, 0, len(other), 41) is None

@@ -395,6 +395,26 @@ def _decode_uniform(buf: bytes | mmap.mmap, pos: int, info: BatchInfo) -> list[R
                     zip(range(first, first + count), ts, repeat(None), values, repeat(()))))
 
 
+_ONE = struct.Struct("<IIQIBBHqqqiiI")  # a one-record batch's 60 fixed bytes (PREFIX + ONE_TAIL)
+_ONE_FIXED = _ONE.size
+
+
+def decode_one(buf: mmap.mmap | bytes, pos: int, end: int, offset: int) -> Record | None:
+    """The record when the bytes [pos, end) are exactly one whole, valid batch of one
+    record at ``offset`` without key or headers (what a plain append writes: the new
+    bytes a follower finds); None for anything else (the caller reads them the general
+    way, which also reports damage)."""
+    if end - pos < _ONE_FIXED:
+        return None
+    crc, length, first, count, version, _, _, _, _, ts, klen, vlen, hlen = _ONE.unpack_from(
+        buf, pos)
+    if length != end - pos or first != offset or count != 1 or klen != -1 or hlen or \
+            vlen != length - _ONE_FIXED or version != BATCH_VERSION or \
+            crc32(buf[pos + CRC_FROM : end]) != crc:
+        return None
+    return _new_tuple(Record, (offset, ts, None, buf[pos + _ONE_FIXED : end], ()))
+
+
 def decode_records(buf: bytes | mmap.mmap, pos: int, info: BatchInfo) -> list[Record]:
     """The records of a verified batch at ``pos`` of ``buf`` (bytes, or a mapping: its
     slices are bytes, made in one step).  BatchError if the records do not fill the batch
