@@ -362,3 +362,32 @@ def test_interleaved_writers_index_what_the_others_appended(tmp_path: Path) -> N
             assert [r.offset for r in b.reader(probe)][:1] == [probe]
     report = Journal.check(d)
     assert report.ok and report.records == 3000, report.problems
+
+
+def test_a_writer_catching_up_learns_the_newest_timestamp_from_the_others_entries(
+        tmp_path: Path) -> None:
+    # A3b: writer b appends a long run (many index entries) while a waits; a's catch-up
+    # reads only the batches from b's last entry on and takes the newest timestamp
+    # before it from b's time entry.  The spike (the newest timestamp) sits before b's
+    # last entry in one round and after it in the other: a's next time entries must
+    # carry it either way (check() finds a time index going backwards, offset_for_time
+    # the record).
+    d = str(tmp_path / "j")
+    t0 = time.time_ns() // 1_000_000 - 100_000
+    with Journal(d, create=True, index_interval=256) as a, Journal(d) as b:
+        a.append(b"first", timestamp_ms=t0)
+        spikes = []
+        for spike_at in (100, 299):
+            base = b.end_offset
+            for i in range(300):
+                ts = t0 + 50_000 + len(spikes) if i == spike_at else t0 + base + i
+                b.append(b"b" * 30, timestamp_ms=ts)
+            spikes.append((base + spike_at, t0 + 50_000 + len(spikes)))
+            for i in range(60):  # a appends on, older timestamps: its entries carry the spike
+                a.append(b"a" * 30, timestamp_ms=t0 + 1 + i)
+            report = Journal.check(d)
+            assert report.ok and not report.stale_indexes, report.problems
+        for offset, ts in spikes:
+            assert a.offset_for_time(ts) == offset
+    report = Journal.check(d)
+    assert report.ok, report.problems
