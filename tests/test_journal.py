@@ -184,6 +184,40 @@ def test_follow_reader_sees_records_across_rolls(tmp_path: Path) -> None:
         assert list(r) == []  # timeout=0.2 of silence ends iteration
 
 
+def test_a_poll_reading_a_sealed_segments_last_records_goes_on_to_the_next(
+        tmp_path: Path) -> None:
+    """A poll that reads through W arms the notify-word shortcut only when W's segment is
+    still the active one: here the last record(s) of a segment and the roll past it were
+    published before the poll looked (one plain record: the follower's one-record look;
+    a batch of two: the general look), and the next poll must find the new segment's
+    record, not answer "nothing new" from an unchanged N."""
+    d = tmp_path / "j"
+    with Journal(d, create=True, segment_bytes=4096) as j, Journal(d) as other:
+        r = other.reader("earliest")
+        j.append(b"f" * 100)
+        for last, size in (([b"a" * 100], 160), ([b"b" * 100, b"c" * 100], 280)):
+            while True:  # fill the active segment until `last` is the last that fits
+                seg = j._active
+                assert seg is not None and seg._w is not None
+                if (seg._w[0] & 0xFFFFFFFF) + size + 160 > 4096:
+                    break
+                j.append(b"f" * 100)
+            assert r.poll(1000, timeout=0)
+            assert r.poll(1000, timeout=0) == []  # caught up: the shortcut is armed
+            j.append_many(last) if len(last) > 1 else j.append(last[0])
+            base = j._active.base
+            j.append(b"next")  # does not fit: a roll, then the new segment's record
+            assert j._active.base > base
+            got = r.poll(1000, timeout=0)  # the sealed segment's last record(s), maybe
+            while len(got) < len(last) + 1:
+                more = r.poll(1000, timeout=0)
+                assert more, f"the record past the roll was not seen after {got}"
+                got += more
+            assert [x.value for x in got] == [*last, b"next"]
+    report = Journal.check(d)
+    assert report.ok, report.problems
+
+
 def test_consumer_position_commit_seek_lag(tmp_path: Path) -> None:
     d = tmp_path / "j"
     with Journal(d, create=True) as j:
@@ -328,3 +362,32 @@ def test_interleaved_writers_index_what_the_others_appended(tmp_path: Path) -> N
             assert [r.offset for r in b.reader(probe)][:1] == [probe]
     report = Journal.check(d)
     assert report.ok and report.records == 3000, report.problems
+
+
+def test_a_writer_catching_up_learns_the_newest_timestamp_from_the_others_entries(
+        tmp_path: Path) -> None:
+    # A3b: writer b appends a long run (many index entries) while a waits; a's catch-up
+    # reads only the batches from b's last entry on and takes the newest timestamp
+    # before it from b's time entry.  The spike (the newest timestamp) sits before b's
+    # last entry in one round and after it in the other: a's next time entries must
+    # carry it either way (check() finds a time index going backwards, offset_for_time
+    # the record).
+    d = str(tmp_path / "j")
+    t0 = time.time_ns() // 1_000_000 - 100_000
+    with Journal(d, create=True, index_interval=256) as a, Journal(d) as b:
+        a.append(b"first", timestamp_ms=t0)
+        spikes = []
+        for spike_at in (100, 299):
+            base = b.end_offset
+            for i in range(300):
+                ts = t0 + 50_000 + len(spikes) if i == spike_at else t0 + base + i
+                b.append(b"b" * 30, timestamp_ms=ts)
+            spikes.append((base + spike_at, t0 + 50_000 + len(spikes)))
+            for i in range(60):  # a appends on, older timestamps: its entries carry the spike
+                a.append(b"a" * 30, timestamp_ms=t0 + 1 + i)
+            report = Journal.check(d)
+            assert report.ok and not report.stale_indexes, report.problems
+        for offset, ts in spikes:
+            assert a.offset_for_time(ts) == offset
+    report = Journal.check(d)
+    assert report.ok, report.problems

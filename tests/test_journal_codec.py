@@ -4,6 +4,7 @@ decoding returns what was encoded (from bytes and from a mapping)."""
 from __future__ import annotations
 
 import mmap
+import struct
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -154,3 +155,75 @@ def test_a_follower_reads_new_tail_bytes_without_remapping(tmp_path: object) -> 
             assert exc.offset == 5
         else:
             raise AssertionError("a damaged tail batch was returned")
+
+
+def test_uniform_batches_of_every_layout_and_length() -> None:
+    # strides that are a multiple of 8 (strided word views: 4 and 100-byte values) and
+    # that are not (3, 13), batches of one compiled run (<= 256 records) and of several,
+    # one shared timestamp and one per record; a stray key, header or length anywhere
+    # (also past the first run) sends the batch to the general loop
+    for vlen in (3, 4, 13, 100):
+        for count in (5, 256, 257, 600):
+            vals = [(b"%08d" % i * 13)[:vlen] for i in range(count)]
+            for stamps in ([77] * count, [77 + i % 3 for i in range(count)]):
+                recs = [(t, None, v, None) for t, v in zip(stamps, vals, strict=True)]
+                batch = F.encode_batch(1 << 40, recs)
+                info = F.read_batch_header(batch, 0, len(batch))
+                fast = F._decode_uniform(batch, 0, info)
+                assert fast is not None and fast == F._decode_general(batch, 0, info)
+                assert [(r.offset, r.timestamp_ms, r.value) for r in fast] == [
+                    ((1 << 40) + i, t, v) for i, (t, v) in enumerate(zip(stamps, vals,
+                                                                         strict=True))]
+                assert all(type(r) is F.Record and type(r.value) is bytes for r in fast)
+                odd = count - 2
+                longer, shorter = (77, None, vals[odd] + b"!", None), (77, None, vals[-1][1:],
+                                                                       None)
+                for changed in ([(77, b"k", vals[odd], None), recs[-1]], [longer, recs[-1]],
+                                [(77, None, vals[odd], [("h", b"")]), recs[-1]],
+                                [longer, shorter]):  # (the same total length)
+                    other = [*recs[:odd], changed[0], recs[odd + 1], changed[1]]
+                    bad = F.encode_batch(0, other)
+                    info = F.read_batch_header(bad, 0, len(bad))
+                    assert F._decode_uniform(bad, 0, info) is None
+                    assert [r.value for r in F.decode_records(bad, 0, info)] == [
+                        r[2] for r in other]
+
+
+def test_a_crafted_batch_that_looks_uniform_at_every_stride_is_not() -> None:
+    # record 2 carries 8 header bytes, record 3 is 8 bytes shorter: every record still
+    # starts on a 120-byte stride except record 3, whose timestamp sits where a uniform
+    # record's key and value lengths would be (and says -1, 100).  Only the headers'
+    # length at that stride (record 3's key length, -1) tells: the general loop decodes it
+    import zlib
+
+    ts_like_lengths = struct.unpack("<q", struct.pack("<ii", -1, 100))[0]
+    heads = b"\0\0" + struct.pack("<I", 2) + b"hv"  # one header: name "", value b"hv"
+    body = b"".join([F.REC.pack(5, -1, 100, 0) + b"a" * 100] * 2
+                    + [F.REC.pack(5, -1, 100, 8) + b"b" * 100 + heads,
+                       F.REC.pack(ts_like_lengths, -1, 92, 0) + b"c" * 92]
+                    + [F.REC.pack(5, -1, 100, 0) + b"d" * 100] * 2)
+    tail = F._BODY_HEAD.pack(6, F.BATCH_VERSION, 0, 0, 5, ts_like_lengths) + body
+    batch = F.batch_prefix(zlib.crc32(tail), len(tail), 0) + tail
+    info = F.read_batch_header(batch, 0, len(batch))
+    assert info.length == F.BATCH_HEADER + 6 * 120
+    assert F._decode_uniform(batch, 0, info) is None
+    got = F.decode_records(batch, 0, info)
+    assert got[2].headers == (("", b"hv"),) and got[3].value == b"c" * 92
+
+
+def test_decode_one_takes_exactly_one_plain_record_and_nothing_else() -> None:
+    one = F.encode_batch(41, [(9, None, b"v" * 30, None)])
+    buf = b"\0" * 8 + one + b"\0" * 8  # (a position inside a larger buffer)
+    info = F.read_batch_header(one, 0, len(one))
+    assert F.decode_one(buf, 8, 8 + len(one), 41) == F.decode_records(one, 0, info)[0]
+    bad = bytearray(buf)
+    bad[8 + len(one) - 1] ^= 1
+    for data, pos, end, offset in ((buf, 8, 8 + len(one), 40),  # another offset
+                                   (buf, 8, 8 + len(one) + 8, 41),  # more bytes than it
+                                   (buf, 8, 8 + len(one) - 1, 41),  # cut
+                                   (bytes(bad), 8, 8 + len(one), 41)):  # fails its CRC
+        assert F.decode_one(data, pos, end, offset) is None
+    for recs in ([(9, b"k", b"v", None)], [(9, None, b"v", [("h", b"x")])],
+                 [(9, None, b"v", None), (9, None, b"w", None)]):
+        other = F.encode_batch(41, recs)
+        assert F.decode_one(other, 0, len(other), 41) is None

@@ -27,9 +27,10 @@ import mmap
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import repeat
-from operator import itemgetter
 from typing import NamedTuple
 from zlib import crc32
+
+from .._crc import crc32 as _checker
 
 __all__ = [
     "BATCH_HEADER",
@@ -222,7 +223,7 @@ def encode_batch_tail(records: Iterable[tuple[int, bytes | None, bytes, Headers 
             append(value)
     parts[0] = _BODY_HEAD.pack(count, BATCH_VERSION, 0, 0, first_ts, max_ts)
     tail = b"".join(parts)
-    return tail, crc32(tail), count, first_ts, max_ts
+    return tail, _checker()(tail), count, first_ts, max_ts
 
 
 def encode_values_tail(ts: int, values: Sequence[bytes]) -> tuple[bytes, int]:
@@ -240,7 +241,7 @@ def encode_values_tail(ts: int, values: Sequence[bytes]) -> tuple[bytes, int]:
         add(h)
         add(v)
     tail = b"".join(parts)
-    return tail, crc32(tail)
+    return tail, _checker()(tail)  # (ISA-L's where installed: 7x zlib's on 12 KiB)
 
 
 _BODY_HEAD = struct.Struct("<IBBHqq")  # a batch header from byte 16 (count ... max ts)
@@ -300,7 +301,9 @@ def read_batch_header(view: memoryview | bytes, pos: int, limit: int, *,
                          f"{BATCH_VERSION})")
     if count == 0:
         raise BatchError(f"the batch at {pos} holds no records")
-    if verify and crc32(view[pos + CRC_FROM : pos + length]) != crc:
+    # (the check a reader pays per batch: ISA-L's CRC where installed, 7x zlib's on a
+    # 12 KiB batch, 4x on a one-record one; the same values)
+    if verify and _checker()(view[pos + CRC_FROM : pos + length]) != crc:
         raise BatchError(f"the batch at {pos} fails its checksum")
     # (tuple.__new__: a NamedTuple's own __new__ is a Python call, once per batch read)
     return _new_tuple(BatchInfo, (first, count, length, first_ts, max_ts))
@@ -314,55 +317,106 @@ def decode_batch(view: memoryview | bytes, pos: int, info: BatchInfo) -> Iterato
 
 
 _new_tuple = tuple.__new__
-_UNIFORM: dict[int, tuple[struct.Struct, struct.Struct]] = {}  # value length -> layouts
-_first = itemgetter(0)
+# compiled layouts of runs of uniform records: (value length, records, with the fixed
+# fields?) -> Struct (a bounded cache of immutable parsers, as struct keeps its own)
+_RUNS: dict[tuple[int, int, bool], struct.Struct] = {}
+_RUN = 256  # records per compiled run (a longer batch is unpacked run by run)
 _I32 = struct.Struct("<i").pack
 _NO_KEY = _I32(-1)
 _NO_HEADERS = _I32(0)
+_KEY_AND_VALUE = struct.Struct("<ii").pack  # a record's key and value lengths: one word
+
+
+def _run(vlen: int, n: int, fixed: bool) -> struct.Struct:
+    """The Struct that unpacks ``n`` uniform records of ``vlen``-byte values in one call:
+    the values alone (``20x{vlen}s`` each), or each record's timestamp, its other fixed
+    fields as 12 raw bytes, and its value (``q12s{vlen}s``)."""
+    key = (vlen, n, fixed)
+    s = _RUNS.get(key)
+    if s is None:
+        if len(_RUNS) >= 64:
+            _RUNS.clear()
+        s = _RUNS[key] = struct.Struct("<" + (f"q12s{vlen}s" if fixed else f"20x{vlen}s") * n)
+    return s
+
+
+def _unpack_runs(body: bytes, count: int, stride: int, vlen: int,
+                 fixed: bool) -> tuple[bytes | int, ...]:
+    """What :func:`_run` unpacks, for ``count`` uniform records in ``body``: one call per
+    256 records, no tuple per record."""
+    if count <= _RUN:
+        return _run(vlen, count, fixed).unpack(body)
+    out: list[bytes | int] = []
+    full = _run(vlen, _RUN, fixed).unpack_from
+    step = _RUN * stride
+    p = 0
+    for _ in range(count // _RUN):
+        out += full(body, p)
+        p += step
+    if count % _RUN:
+        out += _run(vlen, count % _RUN, fixed).unpack_from(body, p)
+    return tuple(out)
 
 
 def _decode_uniform(buf: bytes | mmap.mmap, pos: int, info: BatchInfo) -> list[Record] | None:
     """decode_records of a batch whose records all have the same value length, no key
-    and no headers (what append_many of equal-sized values writes), with C loops only.
-    When a record's size is a multiple of 8 (100-byte values: 120), the fixed fields are
-    read as strided slices of one word view (counts prove the layout), and the values
-    come from one iter_unpack that skips the fixed fields: no per-record 5-tuple and no
-    transpose.  None when the batch is not laid out so."""
+    and no headers (what append_many of equal-sized values writes), with C loops only:
+    the values of up to 256 records come from one precompiled unpack (no tuple per
+    record), the Records from one map.  When a record's size is a multiple of 8
+    (100-byte values: 120), every record's fixed fields are checked as strided slices of
+    one word view (compared as bytes: no int object per record) and the timestamps read
+    from one (one int shared when the batch has one timestamp, as append_many writes);
+    otherwise the unpack returns each record's timestamp and fixed bytes as well.  None
+    when the batch is not laid out so."""
     count = info.records
     _, klen, vlen, hlen = REC.unpack_from(buf, pos + BATCH_HEADER)
     stride = 20 + vlen
     if klen != -1 or hlen or vlen < 0 or info.length != BATCH_HEADER + count * stride:
         return None
-    structs = _UNIFORM.get(vlen)
-    if structs is None:
-        if len(_UNIFORM) > 64:
-            _UNIFORM.clear()
-        structs = _UNIFORM[vlen] = (struct.Struct(f"<qiiI{vlen}s"),
-                                    struct.Struct(f"<20x{vlen}s"))
     body = buf[pos + BATCH_HEADER : pos + info.length]
     first = info.first_offset
+    ts: Iterable[int]
+    values: Iterable[bytes | int]
     if not stride & 7:
         with memoryview(body) as mv, mv.cast("i") as words, mv.cast("q") as quads:
-            k = stride >> 2
-            # (compared as bytes: no int object per record)
-            if (words[2::k].tobytes() != _NO_KEY * count
-                    or words[3::k].tobytes() != _I32(vlen) * count
-                    or words[4::k].tobytes() != _NO_HEADERS * count):
+            k = stride >> 3
+            # key and value length as one word, the headers' length as another
+            if (quads[1::k].tobytes() != _KEY_AND_VALUE(-1, vlen) * count
+                    or words[4 :: k << 1].tobytes() != _NO_HEADERS * count):
                 return None
-            tsv = quads[:: stride >> 3]
+            tsv = quads[::k]
             raw = tsv.tobytes()
-            # one timestamp (append_many): one int object
-            ts: Iterable[int] = repeat(tsv[0], count) if raw == raw[:8] * count \
-                else tsv.tolist()
-        values: Iterable[bytes] = map(_first, structs[1].iter_unpack(body))
+            ts = repeat(tsv[0], count) if raw == raw[:8] * count else tsv.tolist()
+        values = _unpack_runs(body, count, stride, vlen, False)
     else:
-        ts, klens, vlens, hlens, values = zip(*structs[0].iter_unpack(body), strict=True)
-        if klens.count(-1) != count or vlens.count(vlen) != count or hlens.count(0) != count:
+        fields = _unpack_runs(body, count, stride, vlen, True)
+        if fields[1::3].count(_NO_KEY + _I32(vlen) + _NO_HEADERS) != count:
             return None
+        ts, values = fields[0::3], fields[2::3]  # type: ignore[assignment]
     # map with two iterables calls tuple.__new__(Record, fields) straight (a partial in
     # front cost a third more per record)
     return list(map(_new_tuple, repeat(Record, count),
                     zip(range(first, first + count), ts, repeat(None), values, repeat(()))))
+
+
+_ONE = struct.Struct("<IIQIBBHqqqiiI")  # a one-record batch's 60 fixed bytes (PREFIX + ONE_TAIL)
+_ONE_FIXED = _ONE.size
+
+
+def decode_one(buf: mmap.mmap | bytes, pos: int, end: int, offset: int) -> Record | None:
+    """The record when the bytes [pos, end) are exactly one whole, valid batch of one
+    record at ``offset`` without key or headers (what a plain append writes: the new
+    bytes a follower finds); None for anything else (the caller reads them the general
+    way, which also reports damage)."""
+    if end - pos < _ONE_FIXED:
+        return None
+    crc, length, first, count, version, _, _, _, _, ts, klen, vlen, hlen = _ONE.unpack_from(
+        buf, pos)
+    if length != end - pos or first != offset or count != 1 or klen != -1 or hlen or \
+            vlen != length - _ONE_FIXED or version != BATCH_VERSION or \
+            _checker()(buf[pos + CRC_FROM : end]) != crc:
+        return None
+    return _new_tuple(Record, (offset, ts, None, buf[pos + _ONE_FIXED : end], ()))
 
 
 def decode_records(buf: bytes | mmap.mmap, pos: int, info: BatchInfo) -> list[Record]:

@@ -13,9 +13,16 @@ Design rules:
   on with the rest.  An offset retention removed raises OffsetOutOfRangeError.
 - Tailing sleeps on the meta page's notify word (futex), never on the directory.  A
   ``poll(timeout=0)`` spin loads only that word N while it holds the value read before
-  the last look that found nothing: a writer stores W (A6) before it bumps N (A7), so an
-  unchanged N means nothing was published since (a roll and retention bump N too).
-  Not with a doorbell: then every empty look must empty the FIFO first (B2).
+  the last look that reached the end: found nothing, or read through the W it loaded
+  (after N) of a segment that A still names.  A writer stores W (A6) before it bumps N
+  (A7), so an unchanged N means nothing was published since (a roll and retention bump
+  N too; a look that read a sealed segment's last records does not arm it: the next
+  segment's may be published already).  Not with a doorbell: then every empty look must
+  empty the FIFO first (B2).
+- A follower's look, when nothing is buffered: if the bytes between its position and W
+  are exactly one plain one-record batch (an ``append``), in the mapping, it reads them
+  with one unpack, one CRC and one slice (``_format.decode_one``); anything else --
+  several batches, keys, headers, damage, a roll -- goes the general way.
 - ``fileno()`` (selectors, asyncio): the reader's own doorbell, a FIFO
   ``journal.bell-<pid>-<token>`` in the journal directory, registered in a slot of the
   meta page (B1, under the writer lock).  Every append rings each registered doorbell
@@ -47,6 +54,7 @@ _WAIT_SLICE = 0.1
 _I_NOTIFY = F.OFF_NOTIFY // 4
 _I_ACTIVE = F.OFF_ACTIVE // 8
 _TAIL_PREAD = 1 << 16  # unread bytes past the mapping that a pread fetches (no remap)
+_decode_one = F.decode_one
 _SPAN_HEAD = struct.Struct("<IQIB")  # a batch header's length, first offset, count, version
 
 
@@ -65,6 +73,7 @@ class Reader:
         self._next = 0         # next offset to return
         self._buf: list[Record] = []
         self._bi = 0
+        self._drained = False  # the last _fill read through W of the active segment
         self._closed = False
         self._bell = -1        # doorbell FIFO (read end), made by fileno()
         self._bell_slot = 0
@@ -186,6 +195,9 @@ class Reader:
                 self._pos += info.length
                 k = self._next - info.first_offset
                 self._buf, self._bi = recs, k
+                # read through the W just read, in the active segment: nothing more to
+                # look for in this _take (and an unchanged N says so from here on)
+                self._drained = self._pos == pos_end and meta.u64[_I_ACTIVE] <= seg.base
                 return True
             # At W: has the writer moved on to a newer segment?
             if meta.u64[_I_ACTIVE] <= seg.base:
@@ -229,6 +241,7 @@ class Reader:
             return False
         self._pos += p
         self._buf, self._bi = recs, 0
+        self._drained = False
         return True
 
     def next_span(self, max_bytes: int) -> tuple[Segment, int, int, int] | None:
@@ -330,10 +343,32 @@ class Reader:
             f"goes on at offset {resume_off}; run Journal.check() for a report",
             path=seg.path, offset=first, lost=resume_off - first)
 
+    def _look_one(self) -> Record | None:
+        """A follower's look (nothing buffered, no doorbell): when the new bytes of its
+        segment are one plain record -- what an append writes -- in the mapping, read it
+        with one unpack, one CRC and one slice, and move the position past it (not the
+        offset: the caller returns or buffers the record); None: look the general way."""
+        seg = self._seg
+        if seg is None:
+            return None
+        n = self._notify[_I_NOTIFY]
+        end = seg._w[0] & 0xFFFFFFFF  # type: ignore[index]
+        mm = seg._map
+        if self._pos >= end or mm is None or end > len(mm):
+            return None
+        rec = _decode_one(mm, self._pos, end, self._next)
+        if rec is not None:
+            self._pos = end
+            # read through W of the active segment, W read after N: as an empty look
+            # (poll(timeout=0) then spins on N alone until the next publish)
+            self._idle_n = n if self._meta.u64[_I_ACTIVE] <= seg.base else -1
+        return rec
+
     def _take(self, max_records: int) -> list[Record]:
         out: list[Record] = []
+        self._drained = False
         while len(out) < max_records:
-            if self._bi >= len(self._buf) and not self._fill():
+            if self._bi >= len(self._buf) and (self._drained or not self._fill()):
                 break
             take = self._buf[self._bi : self._bi + max_records - len(out)]
             self._bi += len(take)
@@ -349,7 +384,14 @@ class Reader:
         waiter = self._j._get_waiter()
         while True:
             seen = waiter.load()
-            if self._bi < len(self._buf) or self._fill():
+            if self._bi < len(self._buf):
+                return True
+            if self._bell < 0:
+                rec = self._look_one()
+                if rec is not None:
+                    self._buf, self._bi = [rec], 0
+                    return True
+            if self._fill():
                 return True
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
@@ -367,8 +409,14 @@ class Reader:
             raise ValueError(f"max_records must be positive, got {max_records}")
         if timeout == 0 and self._idle_n >= 0 and not self._j._closed and \
                 self._notify[_I_NOTIFY] == self._idle_n and self._bi >= len(self._buf):
-            return []  # nothing published since the last look found nothing
-        self._check_open()
+            return []  # nothing published since the last look reached the end
+        if self._closed or self._j._closed:
+            self._check_open()  # raises
+        if self._bi >= len(self._buf) and self._bell < 0:
+            rec = self._look_one()
+            if rec is not None:
+                self._next += 1
+                return [rec]
         out = self._take_or_arm(max_records)
         if out or timeout == 0:
             return out
@@ -382,8 +430,11 @@ class Reader:
         if not out and self._bell >= 0:
             self._drain_bell()  # B2: empty the doorbell, then look once more
             out = self._take(max_records)
-        # (with a doorbell every empty look must empty it: no shortcut then)
-        self._idle_n = -1 if out else n
+        # (with a doorbell every empty look must empty it: no shortcut then).  A look
+        # that returned records arms it too when it read through W of the active
+        # segment (W was read after N: a later publish moves N)
+        self._idle_n = n if not out or (self._drained and self._bi >= len(self._buf)) \
+            else -1
         return out
 
     # --- doorbell (selectors, asyncio) --------------------------------------------------
