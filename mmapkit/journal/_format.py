@@ -33,6 +33,7 @@ from zlib import crc32
 from .._crc import crc32 as _checker
 
 __all__ = [
+    "BATCH_HEAD",
     "BATCH_HEADER",
     "META_SIZE",
     "SEGMENT_HEADER",
@@ -95,6 +96,10 @@ MAX_RECORDS_PER_SEGMENT = 0xFFFFFFFF
 BATCH = struct.Struct("<IIQIBBHqq")  # crc, length, first offset, count, version, flags,
 #                                      reserved, first timestamp, max timestamp
 BATCH_HEADER = BATCH.size  # 40
+# The fields a walk over batches needs (crc, length, first offset, count, version): the
+# head of BATCH, for the loops that check many batches without building a BatchInfo.
+BATCH_HEAD = struct.Struct(BATCH.format[:6])
+assert BATCH_HEAD.format == "<IIQIB" and BATCH.format.startswith(BATCH_HEAD.format)
 CRC_FROM = 16  # the CRC covers [16, length): not the crc, length or first offset fields
 BATCH_VERSION = 1
 REC = struct.Struct("<qiiI")  # timestamp_ms, key length (-1: None), value length, headers len

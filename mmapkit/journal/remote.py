@@ -105,7 +105,6 @@ MAX_FETCH_BYTES = 64 << 20
 MAX_WAIT_MS = 60_000
 _SLICE = 0.1
 _MSG_MORE = getattr(socket, "MSG_MORE", 0)
-_BATCH_HEAD = struct.Struct("<IIQIB")  # crc, length, first offset, count, version
 
 Address = Union[str, tuple[str, int]]  # noqa: UP007
 
@@ -219,7 +218,7 @@ class _Verifier:
     def __call__(self, data: memoryview, got: int) -> None:
         """Check the batches wholly within ``data[:got]`` not checked yet."""
         p, nxt, n = self.pos, self.next, self.length
-        unpack = _BATCH_HEAD.unpack_from
+        unpack = F.BATCH_HEAD.unpack_from
         crc32 = self.crc32
         head, crc_from, batch_version = F.BATCH_HEADER, F.CRC_FROM, F.BATCH_VERSION
         while p + head <= got:
