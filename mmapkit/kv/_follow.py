@@ -257,10 +257,12 @@ def read_appended(self: KV, w: int) -> bool:
     if end < self._pos or end > self._size:
         return False  # a commit word never goes back, a file never shrinks: damage?
     if end > self._pos and self._changes is None and self._cipher is None:
-        done = _load.replay_range(self._view, self._pos, end, self._index, self._ser,
-                                  self._lazy)
+        lazy = self._lazy
+        if lazy is not None:
+            lazy.dirty = None  # (keys of any part may be written now)
+        done = _load.replay_range(self._view, self._pos, end, self._index, self._ser, lazy)
         if done is not None:
-            if self._lazy is not None:
+            if lazy is not None:
                 self._settle()
             self._nops += done[0]
             if done[1]:
@@ -280,6 +282,8 @@ def read_appended(self: KV, w: int) -> bool:
         if found.tail or found.damaged:
             return False
         index, changes, replay = self._index, self._changes, self._replay
+        if self._lazy is not None:
+            self._lazy.dirty = None  # (keys of any part may be written now)
         for rec in found.records:
             try:
                 replay(rec, index, changes)

@@ -117,6 +117,12 @@ def _undecodable(self: KV) -> None:
                                "the batch was undone. Run KV.repair(path)", path=self._path)
     lazy, self._lazy = self._lazy, None
     self._refresh_inline()
-    if lazy is not None:
-        lazy.release()
-    self._reload(self._depth > 0 or not self._shared, eager=True)
+    try:
+        self._reload(self._depth > 0 or not self._shared, eager=True)
+    except BaseException:
+        # (recover=False: CorruptFileError.)  Nothing new was installed: the handle stays
+        # as it was, that part still unloaded, so its keys raise again and no others do.
+        if self._lazy is None and lazy is not None and lazy.left:
+            self._lazy = lazy
+            self._refresh_inline()
+        raise

@@ -364,7 +364,7 @@ class Lazy:
     present in the index: what is there was written after the image.
     """
 
-    __slots__ = ("counts", "gone", "left", "mask", "spans", "view")
+    __slots__ = ("counts", "dirty", "gone", "left", "mask", "spans", "view")
 
     def __init__(self, view: memoryview, spans: list[list[tuple[int, int]]],
                  counts: list[int]) -> None:
@@ -374,6 +374,16 @@ class Lazy:
         self.counts = counts
         self.left = sum(s is not None for s in self.spans)
         self.gone: set[str] = set()
+        # The parts some key of which may be in the index already (or gone): only those
+        # must be merged key by key; None: any part may (see note()).
+        self.dirty: set[int] | None = None
+
+    def note(self, index: dict[str, Any]) -> None:
+        """Name the parts of the keys written so far (``index`` and ``gone``); a part
+        outside them loads with one dict.update.  Replays after this must set ``dirty``
+        to None (kv/_follow.py's catch-up does)."""
+        part = self.part
+        self.dirty = {*map(part, index), *map(part, self.gone)}
 
     @property
     def pending(self) -> int:
@@ -396,8 +406,12 @@ class Lazy:
         self.left -= 1
         total = 0
         gone = self.gone
+        clean = self.dirty is not None and part not in self.dirty
         for keys, values in cols:
             total += len(keys)
+            if clean:  # (no key of this part was written since the image)
+                index.update(zip(keys, values, strict=True))
+                continue
             clash = index.keys() & keys
             if gone:
                 clash |= gone.intersection(keys)
@@ -488,4 +502,6 @@ def read(view: memoryview, hdr: codec.Header, *, committed_only: bool,
         has_ttl = has_ttl or t
     if lazy is not None and not lazy.left:
         lazy = None  # (a clear after the image dropped every part)
+    elif lazy is not None:
+        lazy.note(index)
     return Loaded(analysis, index, bad, nops + plain, has_ttl, lazy)
