@@ -540,6 +540,56 @@ def test_a_lazy_reader_follows_another_process_on_unloaded_keys(tmp_path: Path,
     assert KV.check(path).ok
 
 
+def _race(kv: KV, model: dict[str, Any]) -> list[str]:
+    """Four reader threads and a writer on one handle, started at once: the mismatches."""
+    import threading
+
+    errors: list[str] = []
+    start = threading.Barrier(5)
+
+    def read(offset: int) -> None:
+        start.wait()
+        for i in range(offset, N, 4):
+            k = key(i)
+            if i % 7 == 3:
+                continue  # (the writer's keys)
+            got = kv.get(k, "MISSING") if i % 2 else (k in kv, kv[k])
+            want = model[k] if i % 2 else (True, model[k])
+            if got != want:
+                errors.append(f"{k}: {got!r} != {want!r}")
+
+    def write() -> None:
+        start.wait()
+        for i in range(3, N, 7):
+            kv[key(i)] = -i
+
+    threads = [threading.Thread(target=read, args=(o,)) for o in range(4)]
+    threads.append(threading.Thread(target=write))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
+def test_threads_racing_for_one_part_all_see_its_keys(tmp_path: Path) -> None:
+    """Threads miss keys of the same unloaded parts at once: the one that loads a part
+    holds the thread lock; the others wait for it and then find their keys (never a
+    spurious miss), while another thread writes."""
+    path = tmp_path / "t.kv"
+    model = make(path)
+    for _ in range(8):
+        with KV(path) as kv:
+            assert kv._lazy is not None
+            errors = _race(kv, model)
+            assert not errors, errors[:5]
+            assert all(kv[key(i)] == -i for i in range(3, N, 7))
+        with KV(path) as kv:
+            assert all(kv[key(i)] == -i for i in range(3, N, 7))
+            kv.update({key(i): model[key(i)] for i in range(3, N, 7)})
+            kv.compact()
+
+
 def test_a_fork_child_reads_its_own_copy_of_the_parts(tmp_path: Path) -> None:
     path = tmp_path / "fk.kv"
     model = make(path, multiprocess=True)

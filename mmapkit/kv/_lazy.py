@@ -64,17 +64,18 @@ __all__ = ["load_all", "load_key", "settle"]
 
 
 def load_key(self: KV, key: object) -> bool:
-    """Load the part of ``key`` if it is not loaded: True if something was loaded (the
-    caller looks again)."""
+    """Load the part of ``key`` if it is not loaded: True if the caller should look in
+    the index again (always, for a str key: another thread may have loaded the part
+    while this one waited for the lock; its missing key is in the index now)."""
+    if type(key) is not str:
+        return False  # (no such key: ``5 in kv`` is False, as before)
     with self._tlock:
         lazy = self._lazy
         if lazy is None:
-            return False
-        if type(key) is not str:
-            return False  # (no such key: ``5 in kv`` is False, as before)
+            return True
         part = lazy.part(key)
         if lazy.spans[part] is None:
-            return False
+            return True
         try:
             lazy.load(part, self._index)
         except CorruptFileError:
