@@ -238,9 +238,10 @@ def test_writes_while_lazy_take_the_general_path_then_the_inline_one(tmp_path: P
         kv[key(5)] = "x"  # loads the part of key(5), then writes
         model[key(5)] = "x"
         assert kv._lazy is not None and kv._lazy.spans[part(kv, key(5))] is None
-        assert not kv._inline_sp
+        assert not kv._inline_sp and type(kv._index) is not dict  # (a LazyIndex)
         len(kv)
         assert kv._lazy is None and kv._inline_sp
+        assert type(kv._index) is dict  # (the exact dict again: kv[key]'s fast path)
         kv[key(6)] = "y"
         model[key(6)] = "y"
         assert dict(kv.items()) == model

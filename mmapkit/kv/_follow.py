@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _platform
 from ..errors import CorruptFileError, DecryptionError, DiskFullError
-from . import _files, _load, codec
+from . import _files, _lazy, _load, codec
 from ._load import Analysis, Lazy
 from .codec import DATA_START, END_MASK, SUPERSEDED
 
@@ -175,7 +175,7 @@ def install(self: KV, analysis: Analysis, index: dict[str, Any], lazy: Lazy | No
             assert self._region is not None
             self._region.advise("dontneed", 0, scanned)
     old = self._index
-    self._index = index
+    self._index = index if lazy is None else _lazy.lazy_index(self, index)
     self._lazy = lazy
     self._refresh_inline()
     if self._changes is not None:

@@ -25,7 +25,9 @@ part.  Our own operations load first, so batch undo records and KeyErrors are ex
     operation (this process)                what it does first while ``_lazy`` is set
     ======================================  =============================================
     get / ``[]`` / ``in`` hit               nothing: one dict lookup, as when loaded
-    get / ``[]`` / ``in`` miss              load the key's part, look again (load_key)
+    ``[]`` miss                             the index is a LazyIndex (a dict whose
+                                            __missing__ loads the key's part, looks again)
+    get / ``in`` miss                       one test of ``_lazy``, then as ``[]``
     set / ``[]=`` / set(ttl=) / delete /    the inline paths are off (_refresh_inline
     update_with / a batch's writes          tests ``_lazy``): set() -> _write loads the
                                             key's part after _enter_write (whose catch-
@@ -37,7 +39,8 @@ part.  Our own operations load first, so batch undo records and KeyErrors are ex
                                             to ``gone``; a clear: drop every part
     another process compacted (F1)          the new file's image is lazy again: a new
                                             index and ``_lazy`` replace both (reopen)
-    last part loaded, or a clear            ``_lazy`` = None: the hot paths are today's
+    last part loaded, or a clear            ``_lazy`` = None, the index a plain dict
+                                            again (one copy): the hot paths are today's
     ======================================  =============================================
 
 Loads run under the handle's thread lock (the hit path takes none: a reader racing a load
@@ -53,14 +56,42 @@ CorruptFileError instead (the batch is undone).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import weakref
+from typing import TYPE_CHECKING, Any
 
 from ..errors import CorruptFileError
 
 if TYPE_CHECKING:
     from .store import KV
 
-__all__ = ["load_all", "load_key", "settle"]
+__all__ = ["LazyIndex", "lazy_index", "load_all", "load_key", "settle"]
+
+_MISSING: Any = object()
+
+
+class LazyIndex(dict[str, Any]):
+    """The index while image parts are unloaded: ``kv[key]`` is one dict lookup on a hit
+    (as with the plain dict that replaces this one once every part is loaded); a miss
+    loads the key's part and looks again, so KV.__getitem__ needs no lazy test."""
+
+    __slots__ = ("owner",)
+    owner: weakref.ref[KV]  # (no strong cycle: a dropped handle is freed at once)
+
+    def __missing__(self, key: str) -> Any:
+        kv = self.owner()
+        if kv is None or not kv._load_key(key):
+            raise KeyError(key)
+        v = kv._index.get(key, _MISSING)  # (a plain dict now if that was the last part)
+        if v is _MISSING:
+            raise KeyError(key)
+        return v
+
+
+def lazy_index(self: KV, index: dict[str, Any]) -> LazyIndex:
+    """``index`` as the LazyIndex of this handle (a copy: the records after the image)."""
+    out = LazyIndex(index)
+    out.owner = weakref.ref(self)
+    return out
 
 
 def load_key(self: KV, key: object) -> bool:
@@ -108,6 +139,8 @@ def settle(self: KV) -> None:
         self._lazy = None
         lazy.release()
         self._refresh_inline()
+        if type(self._index) is LazyIndex:
+            self._index = dict(self._index)  # (kv[key] on an exact dict: the fast path)
 
 
 def _undecodable(self: KV) -> None:

@@ -14,6 +14,8 @@ Design rules:
   whole (the mark is cleared by the next writer that finds the path still names it).
 - In memory: key -> value for immutable values; containers stay encoded (``Packed``) and
   are decoded per read so a caller never mutates the cache; ``Expiring`` wraps ttl values.
+  A compacted file's image parts are verified at open but decoded into the index only when
+  one of their keys is first used (_lazy.py: the invariant, and which operations load).
 - Modes, enforced with a flock on ``<path>.lock``: single-process holds it exclusive,
   multiprocess and readonly hold it shared; a mix is refused with ModeConflictError.
 - Change notification: the low 32 bits of the commit word change on every commit; waiters
@@ -646,22 +648,9 @@ class KV(MutableMapping[str, Any], WriterLock):
     def __getitem__(self, key: str) -> Any:
         if self._shared and self._commit[0] != self._seen:  # the seqlock check
             self._poll()
-        try:
-            v = self._index[key]
-            if type(v) in SPECIAL:
-                return self._special(key, v)
-            return v
-        except KeyError:
-            if self._lazy is None:
-                raise
-        return self._lazy_item(key)  # (outside the handler: no chained KeyError)
-
-    def _lazy_item(self, key: str) -> Any:
-        """``kv[key]`` for a key not in the index while image parts are unloaded."""
-        self._load_key(key)
-        v = self._index.get(key, _MISSING)
-        if v is _MISSING:
-            raise KeyError(key)
+        # (While image parts are unloaded the index is a _lazy.LazyIndex, whose
+        # __missing__ loads the key's part: this path has no test of its own.)
+        v = self._index[key]
         if type(v) in SPECIAL:
             return self._special(key, v)
         return v
