@@ -122,13 +122,18 @@ def load_all(self: KV) -> None:
         lazy = self._lazy
         if lazy is None:
             return
-        index = self._index
+        # Into an exact dict from the start (the small index of the records after the
+        # image is copied, not the whole store at the end).  Other threads' reads miss
+        # on the old LazyIndex meanwhile, wait for the lock and look in this one.
+        index = dict(self._index)
         try:
             for part in range(len(lazy.spans)):
                 lazy.load(part, index)
         except CorruptFileError:
+            self._index = lazy_index(self, index)  # (the parts loaded stay loaded)
             _undecodable(self)
             return
+        self._index = index
         settle(self)
 
 
