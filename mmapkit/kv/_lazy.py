@@ -24,10 +24,12 @@ part.  Our own operations load first, so batch undo records and KeyErrors are ex
     ======================================  =============================================
     operation (this process)                what it does first while ``_lazy`` is set
     ======================================  =============================================
-    get / ``[]`` / ``in`` hit               nothing: one dict lookup, as when loaded
+    ``[]`` hit                              nothing: one dict lookup, as when loaded
     ``[]`` miss                             the index is a LazyIndex (a dict whose
                                             __missing__ loads the key's part, looks again)
-    get / ``in`` miss                       one test of ``_lazy``, then as ``[]``
+    get / ``in``                            LazyIndex.get: dict.get, and on a miss as
+                                            ``[]`` (a Python call while lazy; once loaded
+                                            the index is an exact dict: main's paths)
     set / ``[]=`` / set(ttl=) / delete /    the inline paths are off (_refresh_inline
     update_with / a batch's writes          tests ``_lazy``): set() -> _write loads the
                                             key's part after _enter_write (whose catch-
@@ -81,11 +83,25 @@ class LazyIndex(dict[str, Any]):
         kv = self.owner()
         if kv is None or not kv._load_key(key):
             raise KeyError(key)
-        v = kv._index.get(key, _MISSING)  # (a plain dict now if that was the last part)
+        # (kv._index: a plain dict now if that was the last part; dict.get either way)
+        v = _get(kv._index, key, _MISSING)
         if v is _MISSING:
             raise KeyError(key)
         return v
 
+    def get(self, key: str, default: Any = None) -> Any:
+        """dict.get, but a miss loads the key's part and looks again (KV.get and ``in``
+        call this: a Python call on every lookup while lazy, none once loaded)."""
+        v = _get(self, key, _MISSING)
+        if v is not _MISSING:
+            return v
+        kv = self.owner()
+        if kv is None or not kv._load_key(key):
+            return default
+        return _get(kv._index, key, default)
+
+
+_get = dict.get
 
 def lazy_index(self: KV, index: dict[str, Any]) -> LazyIndex:
     """``index`` as the LazyIndex of this handle (a copy: the records after the image)."""

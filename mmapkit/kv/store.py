@@ -649,7 +649,8 @@ class KV(MutableMapping[str, Any], WriterLock):
         if self._shared and self._commit[0] != self._seen:  # the seqlock check
             self._poll()
         # (While image parts are unloaded the index is a _lazy.LazyIndex, whose
-        # __missing__ loads the key's part: this path has no test of its own.)
+        # __missing__ and get() load the key's part on a miss: no test of our own here,
+        # nor in get() and ``in``.)
         v = self._index[key]
         if type(v) in SPECIAL:
             return self._special(key, v)
@@ -659,13 +660,9 @@ class KV(MutableMapping[str, Any], WriterLock):
         """``kv[key]``, or ``default`` when the key is missing or expired."""
         if self._shared and self._commit[0] != self._seen:  # the seqlock check
             self._poll()
-        v = self._index.get(key, _MISSING)
+        v = self._index.get(key, _MISSING)  # (a LazyIndex loads the key's part on a miss)
         if v is _MISSING:
-            if self._lazy is None or not self._load_key(key):
-                return default
-            v = self._index.get(key, _MISSING)
-            if v is _MISSING:
-                return default
+            return default
         if type(v) in SPECIAL:
             try:
                 return self._special(key, v)
@@ -733,11 +730,7 @@ class KV(MutableMapping[str, Any], WriterLock):
             self._poll()
         v = self._index.get(key, _MISSING)  # type: ignore[call-overload]
         if v is _MISSING:
-            if self._lazy is None or not self._load_key(key):
-                return False
-            v = self._index.get(key, _MISSING)  # type: ignore[call-overload]
-            if v is _MISSING:
-                return False
+            return False
         return type(v) is not Expiring or v.expiry > time.time()
 
     def _live_keys(self) -> list[str]:
