@@ -341,6 +341,53 @@ def futex_waiter(address: int) -> Callable[[int, float | None], bool]:
     return wait
 
 
+# --- membarrier (Linux 4.16+), used by the Channel's claim leases ---------------------
+# The asymmetric barrier: a process that registered (REGISTER_GLOBAL_EXPEDITED) may order
+# its store-then-load with no barrier instruction of its own, because a process that calls
+# GLOBAL_EXPEDITED makes every CPU running a registered process execute a full barrier
+# before the call returns (an IPI; a CPU that is not running one has passed a context
+# switch, itself a full barrier).  The rare side pays ~1 us, the common side nothing.
+# Older kernels answer ENOSYS, seccomp filters may answer EPERM: both mean "not here".
+
+__all__ += ["membarrier_global", "membarrier_ready", "membarrier_register"]
+
+_MEMBARRIER_SYSCALL = {"x86_64": 324, "aarch64": 283, "arm64": 283, "riscv64": 283,
+                       "ppc64le": 365, "s390x": 356, "i686": 375}
+_MB_QUERY, _MB_GLOBAL_EXPEDITED, _MB_REGISTER_GLOBAL_EXPEDITED = 0, 2, 4
+
+
+def _membarrier(cmd: int) -> int:
+    """membarrier(cmd, 0): its result, or -1 (errno set) where the call is refused."""
+    import ctypes
+
+    nr = _MEMBARRIER_SYSCALL.get(_MACHINE, -1)
+    if not IS_LINUX or nr < 0:
+        return -1
+    rc: int = _syscall()(ctypes.c_long(nr), ctypes.c_int(cmd), ctypes.c_uint(0))
+    return rc
+
+
+@functools.cache
+def membarrier_ready() -> bool:
+    """True where this process can register for, and issue, global expedited barriers."""
+    rc = _membarrier(_MB_QUERY)
+    want = _MB_GLOBAL_EXPEDITED | _MB_REGISTER_GLOBAL_EXPEDITED
+    return rc >= 0 and rc & want == want
+
+
+def membarrier_register() -> None:
+    """Enrol this process: from now on membarrier_global() of any process orders this
+    one's memory accesses (idempotent; a fork child enrols again itself)."""
+    if _membarrier(_MB_REGISTER_GLOBAL_EXPEDITED) < 0:
+        _raise_errno("membarrier(REGISTER_GLOBAL_EXPEDITED)")
+
+
+def membarrier_global() -> None:
+    """A full barrier on every CPU now running an enrolled process, and on ours."""
+    if _membarrier(_MB_GLOBAL_EXPEDITED) < 0:
+        _raise_errno("membarrier(GLOBAL_EXPEDITED)")
+
+
 # --- cachestat (Linux 6.5+), used by mmapkit.inspect ------------------------------------
 # Page-cache totals of a file range in one syscall: a cheap cross-check of the per-page
 # mincore map, and the only way to see dirty / writeback / recently evicted counts.

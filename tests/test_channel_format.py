@@ -27,15 +27,21 @@ def test_header_round_trip_and_layout() -> None:
     raw = fmt.encode_header(4096, fmt.FLAG_MULTI_PRODUCER)
     assert len(raw) == 64
     assert raw[:8] == b"MMKCHAN\0"
-    assert struct.unpack_from("<I", raw, 8)[0] == 2  # version
+    assert struct.unpack_from("<I", raw, 8)[0] == 3  # version
     assert struct.unpack_from("<I", raw, 12)[0] == 1  # flags
     assert struct.unpack_from("<Q", raw, 16)[0] == 4096
     assert struct.unpack_from("<III", raw, 24) == (8192, 64, 64)
     assert struct.unpack_from("<I", raw, 36)[0] == zlib.crc32(raw[:36])
     assert raw[40:] == bytes(24)
     h = fmt.decode_header(raw + b"trailing bytes are ignored")
-    assert (h.version, h.capacity, h.multi_producer, h.multi_consumer) == (2, 4096, True, False)
+    assert (h.version, h.capacity, h.multi_producer, h.multi_consumer) == (3, 4096, True, False)
     assert h.file_size == 8192 + 4096
+    # version 2 (where membarrier is not there): the same layout, another version word
+    v2 = fmt.encode_header(4096, fmt.FLAG_MULTI_PRODUCER, fmt.LEASE_VERSION)
+    assert v2[:8] + v2[12:36] == raw[:8] + raw[12:36]
+    assert fmt.decode_header(v2).version == 2
+    with pytest.raises(ValueError):
+        fmt.encode_header(4096, 0, 1)
 
 
 def test_header_every_flipped_byte_is_refused() -> None:
@@ -64,10 +70,10 @@ def test_header_foreign_and_newer() -> None:
     with pytest.raises(ForeignFileError):
         fmt.decode_header(b"")
     newer = bytearray(fmt.encode_header(4096))
-    struct.pack_into("<I", newer, 8, 3)
+    struct.pack_into("<I", newer, 8, 4)
     with pytest.raises(FormatVersionError, match="upgrade mmapkit") as info:
         fmt.decode_header(bytes(newer))
-    assert (info.value.found, info.value.supported) == (3, 2)
+    assert (info.value.found, info.value.supported) == (4, 3)
     older = bytearray(fmt.encode_header(4096))
     struct.pack_into("<I", older, 8, 0)
     with pytest.raises(FormatVersionError):

@@ -284,9 +284,7 @@ def test_a_version_1_file_claims_by_flock(tmp_path: Path) -> None:
     every claim, so ours do too; a held flock keeps our producer out."""
     path = tmp_path / "ch"
     cap = 1 << 12
-    with open(path, "wb") as f:
-        f.write(fmt.encode_header_v1(cap, fmt.FLAG_MULTI_PRODUCER).ljust(fmt.HEADER_SIZE
-                                                                         + cap, b"\0"))
+    _file_of_version(path, cap, fmt.FLAG_MULTI_PRODUCER, 1)
     ch = Channel.open(path)
     assert ch._header.version == 1 and not ch._please
     ch.send(b"a")
@@ -304,9 +302,18 @@ def test_a_version_1_file_claims_by_flock(tmp_path: Path) -> None:
     ch.close()
 
 
+def _file_of_version(path: Path, cap: int, flags: int, version: int) -> None:
+    """A channel file of an earlier format version, written the way its mmapkit did."""
+    header = (fmt.encode_header_v1(cap, flags) if version == 1
+              else fmt.encode_header(cap, flags, version))
+    with open(path, "wb") as f:
+        f.write(header.ljust(fmt.HEADER_SIZE + cap, b"\0"))
+
+
 def test_an_interrupt_while_entering_leaves_no_busy_word(tmp_path: Path) -> None:
-    """L1-L3 interrupted (KeyboardInterrupt at the barrier): the busy word goes back to 0,
-    so a thief is not held up by a participant that is not inside a claim."""
+    """L1-L3 interrupted (KeyboardInterrupt at the barrier of a version 2 file): the busy
+    word goes back to 0, so a thief is not held up by a participant that is not inside a
+    claim."""
 
     class Interrupting:
         def acquire(self) -> None:
@@ -316,12 +323,39 @@ def test_an_interrupt_while_entering_leaves_no_busy_word(tmp_path: Path) -> None
             pass
 
     path = tmp_path / "ch"
-    ch = Channel.create(path, capacity=1 << 16, multi_producer=True)
+    _file_of_version(path, 1 << 16, fmt.FLAG_MULTI_PRODUCER, fmt.LEASE_VERSION)
+    ch = Channel.open(path)
+    assert ch._header.version == 2 and ch._please and ch._fenced
     ch.send(b"a")
     real, ch._fence = ch._fence, Interrupting()  # type: ignore[assignment]
     with pytest.raises(KeyboardInterrupt):
         ch.send(b"b")
     ch._fence = real
+    assert ch._hdr32[ch._pbusy] == 0
+    other = Channel.open(path)
+    other.send(b"c", timeout=1)  # steals at once: nobody is busy
+    assert [ch.recv(), ch.recv()] == [b"a", b"c"]
+    ch.check()
+    other.close()
+    ch.close()
+
+
+def test_an_interrupt_inside_the_claim_leaves_no_busy_word(tmp_path: Path) -> None:
+    """Version 3 (no barrier on entry): KeyboardInterrupt past L3, while the frame is
+    written, lowers the busy word and publishes nothing; a thief gets in at once."""
+
+    class Interrupting(dict):  # type: ignore[type-arg]
+        def get(self, *args: object) -> None:
+            raise KeyboardInterrupt
+
+    path = tmp_path / "ch"
+    ch = Channel.create(path, capacity=1 << 16, multi_producer=True)
+    assert ch._header.version == 3 and ch._please and not ch._fenced
+    ch.send(b"a")
+    real, ch._framers = ch._framers, Interrupting()
+    with pytest.raises(KeyboardInterrupt):
+        ch.send(b"b")
+    ch._framers = real
     assert ch._hdr32[ch._pbusy] == 0
     other = Channel.open(path)
     other.send(b"c", timeout=1)  # steals at once: nobody is busy
@@ -374,4 +408,57 @@ def test_a_thief_yields_for_the_flock_then_waits_in_it(tmp_path: Path) -> None:
     assert ch.recv() == b"back"
     ch.check()
     other.close()
+    ch.close()
+
+
+# A child whose kernel refuses membarrier (a seccomp filter answering EPERM, as a
+# container's may): it must not enter a version 3 lease (the thieves' barrier would not
+# reach it), so it refuses to attach there, and what it creates is version 2.
+NO_MEMBARRIER = """
+    import ctypes, struct, sys
+    libc = ctypes.CDLL(None, use_errno=True)
+    insns = [(0x20, 0, 0, 0),            # A = seccomp_data.nr
+             (0x15, 0, 1, 324),          # membarrier (x86-64)?
+             (0x06, 0, 0, 0x00050001),   # return ERRNO(EPERM)
+             (0x06, 0, 0, 0x7FFF0000)]   # return ALLOW
+    raw = b"".join(struct.pack("<HBBI", *i) for i in insns)
+    buf = ctypes.create_string_buffer(raw, len(raw))
+    prog = struct.pack("<HxxxxxxQ", len(insns), ctypes.addressof(buf))
+    pbuf = ctypes.create_string_buffer(prog, len(prog))
+    ul = ctypes.c_ulong
+    assert libc.prctl(38, ul(1), ul(0), ul(0), ul(0)) == 0  # PR_SET_NO_NEW_PRIVS
+    assert libc.prctl(22, ul(2), ul(ctypes.addressof(pbuf)), ul(0), ul(0)) == 0, \
+        ctypes.get_errno()  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
+    from mmapkit.errors import UnsupportedPlatformError
+    from mmapkit.ipc import Channel
+    ch = Channel.open(sys.argv[1])
+    try:
+        ch.send(b"refused")
+    except UnsupportedPlatformError as exc:
+        print("refused:", exc, flush=True)
+    older = Channel.create(sys.argv[2], multi_producer=True, multi_consumer=True)
+    older.send(b"v2")
+    print("created version", older._header.version, older.recv().decode(), flush=True)
+    older.check()
+    older.close()
+    ch.close()
+"""
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the filter names x86-64's number")
+def test_a_process_without_membarrier_stays_out_of_a_version_3_lease(tmp_path: Path) -> None:
+    path = tmp_path / "ch"
+    ch = Channel.create(path, capacity=1 << 16, multi_producer=True)
+    assert ch._header.version == fmt.FENCELESS_VERSION
+    ch.send(b"ours")
+    child = spawn(NO_MEMBARRIER, str(path), str(tmp_path / "older"))
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("refused:") and "membarrier" in lines[0]
+    assert lines[1] == "created version 2 v2"
+    assert ch._hdr32[P_LEASE] == ch._ptoken  # the refused child never took the lease
+    ch.send(b"still ours")
+    assert [ch.recv(), ch.recv()] == [b"ours", b"still ours"]
+    ch.check()
     ch.close()

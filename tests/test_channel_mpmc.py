@@ -17,6 +17,7 @@ from conftest import fork_child
 
 from mmapkit.errors import BrokenError, EndOfChannel
 from mmapkit.ipc import Channel
+from mmapkit.ipc import _format as fmt
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -83,13 +84,24 @@ def _read(out: Path) -> tuple[list[int], str]:
     return list(got), raw[-1:].decode()
 
 
-@pytest.mark.parametrize("total,batch", [
-    pytest.param(200_000, False, id="200k-send-recv"),
-    pytest.param(200_000, True, id="200k-recv-many"),
-    pytest.param(2_000_000, False, id="2M", marks=pytest.mark.slow),
+@pytest.mark.parametrize("total,batch,version", [
+    pytest.param(200_000, False, fmt.VERSION, id="200k-send-recv"),
+    pytest.param(200_000, True, fmt.VERSION, id="200k-recv-many"),
+    # version 2: lease entries with their own barrier (where membarrier is not there)
+    pytest.param(200_000, False, fmt.LEASE_VERSION, id="200k-version-2"),
+    pytest.param(2_000_000, False, fmt.VERSION, id="2M", marks=pytest.mark.slow),
 ])
-def test_four_by_four_no_loss_no_duplicate(tmp_path: Path, total: int, batch: bool) -> None:
-    ch = Channel.anonymous(1 << 16, multi_producer=True, multi_consumer=True)
+def test_four_by_four_no_loss_no_duplicate(tmp_path: Path, total: int, batch: bool,
+                                           version: int) -> None:
+    if version == fmt.VERSION:
+        ch = Channel.anonymous(1 << 16, multi_producer=True, multi_consumer=True)
+    else:
+        cap = 1 << 16
+        flags = fmt.FLAG_MULTI_PRODUCER | fmt.FLAG_MULTI_CONSUMER
+        (tmp_path / "ch").write_bytes(fmt.encode_header(cap, flags, version).ljust(
+            fmt.HEADER_SIZE + cap, b"\0"))
+        ch = Channel.open(tmp_path / "ch")
+    assert ch._header.version == version and ch._fenced == (version < fmt.FENCELESS_VERSION)
     producers = 4
 
     gate = _Gate(producers)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -237,7 +238,11 @@ def test_damaged_bytes_on_the_wire_are_detected(tmp_path: Path) -> None:
                     r.poll(100)
 
 
-def test_flips_are_caught_by_the_right_check(tmp_path: Path) -> None:
+@pytest.mark.parametrize("crc", ["fastest", "zlib"])
+def test_flips_are_caught_by_the_right_check(tmp_path: Path, crc: str,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    if crc == "zlib":  # (the client without the isal extra)
+        monkeypatch.setattr(R, "_fast_crc32", lambda: zlib.crc32)
     d = tmp_path / "j"
     with Journal(d, create=True) as j:
         j.append_many([b"v%d" % i for i in range(10)])
@@ -255,6 +260,29 @@ def test_flips_are_caught_by_the_right_check(tmp_path: Path) -> None:
             with RemoteReader(proxy.address, io_timeout=5) as r, \
                     pytest.raises(ProtocolError, match="header CRC"):
                 r.poll(100)
+
+
+def test_a_reply_of_many_chunks_is_checked_whole(tmp_path: Path) -> None:
+    """A fetch reply larger than the client's receive chunk (R._CHUNK: its batches are
+    checked chunk by chunk as they arrive, batches spanning two chunks included): clean,
+    it ends at the journal's end; a byte flipped in a later chunk fails the whole reply,
+    and the reader's position does not move."""
+    d = tmp_path / "j"
+    values = [bytes([i % 251]) * 1000 for i in range(100)]
+    with Journal(d, create=True) as j:
+        for _ in range(40):  # ~4 MB in batches of ~100 KB
+            j.append_many(values)
+        end = j.end_offset
+        with j.serve("127.0.0.1:0") as server:
+            with RemoteReader(server.address, max_bytes=8 << 20) as clean:
+                got = clean.fetch_raw()
+                assert len(got) > 2 * R._CHUNK and clean.position == end
+            proxy = FlippingProxy(server.address, "down", 2 * R.RESPONSE.size + 3 * R._CHUNK
+                                  + 12345)
+            with RemoteReader(proxy.address, max_bytes=8 << 20, io_timeout=5) as r:
+                with pytest.raises(ProtocolError, match="damaged bytes"):
+                    r.fetch_raw()
+                assert r.position == 0
 
 
 def test_damage_on_the_servers_disk_is_reported_and_skipped(tmp_path: Path) -> None:

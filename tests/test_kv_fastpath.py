@@ -1,7 +1,8 @@
 """The KV's hand-inlined write paths spell the record format again (for speed): every byte
 they write must equal the codec's encoding.  Each value kind at the edges of the
 precomputed tables, through each path: the single-process hot path, the multiprocess
-path (lock taken inline, and inside lock()), the general set(), and a compaction image.
+path (lock taken inline, inside lock(), and update_with()'s own write), the general set(),
+and a compaction image.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def expected(key: str, value: Any, offset: int) -> bytes:
     return codec.encode_record(codec.KIND_SET, body, offset)
 
 
-@pytest.mark.parametrize("mode", ["single", "multiprocess", "multiprocess-locked", "set"])
+@pytest.mark.parametrize("mode", ["single", "multiprocess", "multiprocess-locked",
+                                  "multiprocess-update-with", "set"])
 def test_every_write_path_writes_the_codecs_bytes(tmp_path: Path, mode: str) -> None:
     path = tmp_path / "fp.kv"
     written: list[tuple[str, Any]] = []
@@ -49,6 +51,8 @@ def test_every_write_path_writes_the_codecs_bytes(tmp_path: Path, mode: str) -> 
                 elif mode == "multiprocess-locked":
                     with kv.lock():
                         kv[key] = value
+                elif mode == "multiprocess-update-with":
+                    assert kv.update_with(key, lambda old, v=value: v) is value
                 else:
                     kv[key] = value
                 written.append((key, value))

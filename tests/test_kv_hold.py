@@ -7,7 +7,10 @@ child by inheritance.  Each transition is tested with unrelated processes.
 from __future__ import annotations
 
 import gc
+import mmap
 import subprocess
+import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -262,6 +265,94 @@ def test_h6_a_process_exiting_while_holding_wakes_the_waiter(tmp_path: Path) -> 
     assert lock_words(path)[1] != before  # handed over at exit, not just dropped
     with KV(path, multiprocess=True) as kv:
         assert dict(kv) == {"a": 1, "b": 2}
+    assert KV.check(path).ok
+
+
+HOLD_THEN_CLOSE = """
+    import sys
+    from mmapkit.kv import KV
+    kv = KV(sys.argv[1], multiprocess=True, lock_hold=60.0)
+    kv["a"] = 1  # held from here (H1)
+    print("held", flush=True)
+    sys.stdin.readline()
+    kv.close()  # H6: lets go with a hand-over, "wanted" being set
+"""
+
+
+def test_a_waiter_asking_during_a_hand_over_stays_wanted(tmp_path: Path) -> None:
+    """A waiter that reads the moved hand-over count while the holder's wake-up is under
+    way (and so is not asleep yet: the wake-up finds nobody) sets "wanted" for the next
+    hand-over.  The holder must not clear it after its wake-up: that waiter would sleep
+    out its slice while the next holder, seeing nobody wanted the lock, wrote on."""
+    from conftest import Child, child_env, wait_reached
+
+    from mmapkit.kv import codec
+
+    path = tmp_path / "want.kv"
+    KV(path, multiprocess=True).close()
+    env = {**child_env(), "MMAPKIT_PAUSE": "kv.handover.counted",
+           "MMAPKIT_PAUSE_DIR": str(tmp_path)}
+    holder = Child([sys.executable, "-c", textwrap.dedent(HOLD_THEN_CLOSE), str(path)],
+                   env=env, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                   stderr=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        assert holder.stdout.readline().strip() == "held"
+        with open(path, "r+b") as f, mmap.mmap(f.fileno(), 4096) as head:
+            want = slice(codec.OFF_LOCK_WANT, codec.OFF_LOCK_WANT + 4)
+            seq = slice(codec.OFF_LOCK_SEQ, codec.OFF_LOCK_SEQ + 4)
+            head[want] = (1).to_bytes(4, "little")  # a first waiter asked (L2)
+            before = head[seq]
+            holder.stdin.write("close\n")
+            holder.stdin.flush()
+            wait_reached(holder, tmp_path, "kv.handover.counted")
+            assert head[seq] != before  # the count moved; the wake-up comes next
+            # Another waiter reads the new count and says it wants the lock (L2); it is
+            # not asleep yet, so the wake-up finds nobody.
+            head[want] = (1).to_bytes(4, "little")
+            (tmp_path / "kv.handover.counted.go").touch()
+            assert holder.wait(timeout=60) == 0, holder.communicate()
+            assert int.from_bytes(head[want], "little") == 1
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        holder.communicate()
+    assert KV.check(path).ok
+
+
+def test_letting_go_leaves_a_claimed_turn_to_its_claimer(tmp_path: Path) -> None:
+    """A holder that lets go (idle, closing, exiting) while a woken waiter has claimed
+    the next turn (L3: replaying, then it tries the flock) wakes nobody and leaves the
+    claim: clearing it to wake another sleeper made two processes replay for one turn."""
+    from conftest import Child, child_env
+
+    from mmapkit.kv import codec
+
+    path = tmp_path / "claim.kv"
+    KV(path, multiprocess=True).close()
+    holder = Child([sys.executable, "-c", textwrap.dedent(HOLD_THEN_CLOSE), str(path)],
+                   env=child_env(), text=True, stdin=subprocess.PIPE,
+                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        assert holder.stdout.readline().strip() == "held"
+        with open(path, "r+b") as f, mmap.mmap(f.fileno(), 4096) as head:
+            want = slice(codec.OFF_LOCK_WANT, codec.OFF_LOCK_WANT + 4)
+            seq = slice(codec.OFF_LOCK_SEQ, codec.OFF_LOCK_SEQ + 4)
+            ready = slice(codec.OFF_LOCK_READY, codec.OFF_LOCK_READY + 4)
+            head[want] = (1).to_bytes(4, "little")  # others sleep for the lock (L2) ...
+            head[ready] = codec.LOCK_CLAIMED.to_bytes(4, "little")  # ... one was woken
+            before = head[seq]
+            holder.stdin.write("close\n")
+            holder.stdin.flush()
+            assert holder.wait(timeout=60) == 0, holder.communicate()
+            assert head[seq] == before  # nobody else woken
+            assert int.from_bytes(head[ready], "little") == codec.LOCK_CLAIMED
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        holder.communicate()
+    assert probe(path) == "free"
     assert KV.check(path).ok
 
 

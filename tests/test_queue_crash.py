@@ -212,7 +212,35 @@ def test_a_gap_before_the_wrap_around_does_not_make_an_empty_queue_full() -> Non
 
     assert exit_code(fork_child(die_mid_put)) == -signal.SIGKILL
     q.put_nowait(b"y" * 1000)  # cannot fit before the end: PAD, then the frame
-    assert q.qsize() == 2  # the gap counts until this message is taken...
+    # qsize() counts from the oldest message's number (past the PAD): the gap below it
+    # does not count, nor does it make the queue full for P3 (GETS is below the gap)
+    assert q.qsize() == 1 and q.full()
     assert q.get_nowait() == b"y" * 1000
-    assert q.qsize() == 0 and q.empty()  # ...and heals with it
+    assert q.qsize() == 0 and q.empty()
+    shared.channel.check()
+
+
+def test_a_gap_above_the_oldest_message_counts_until_the_ones_below_it_are_taken() -> None:
+    """Counting without GETS (a queue without maxsize: get() does not store it): qsize()
+    is PUTS less the oldest queued message's number, so a gap left at P4 above it counts
+    one too many until the messages queued before the gap are consumed, then none."""
+    q = Queue(capacity=1 << 16)
+    shared = q._shared
+    for i in range(3):
+        q.put(i)
+    assert q.get() == 0  # the general path (it takes the lease) stores GETS = 1...
+    assert q.get() == 1  # ...the one-call get() leaves it alone without a maxsize
+    assert shared.q[_GETS_Q] == 1 and q.qsize() == 1
+
+    def die_mid_put() -> None:
+        with shared.channel.reserve(40):
+            shared.q[_PUTS_Q] += 1  # P4's count, then killed before the publish
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    assert exit_code(fork_child(die_mid_put)) == -signal.SIGKILL
+    q.put(3)
+    assert q.qsize() == 3  # 2, the gap, 3
+    assert q.get() == 2
+    assert q.qsize() == 1  # the gap is below the oldest message now: healed
+    assert q.get() == 3 and q.qsize() == 0 and q.empty()
     shared.channel.check()

@@ -27,6 +27,11 @@ Design rules:
   slot; _claims.py says how they are used.  Version 1 files (no leases: every claim is a
   flock) are still read and used the version 1 way, so older processes on them stay
   correct.
+- Version 3 has the layout of version 2; only the lease entry differs: its holder enters
+  with no barrier of its own, and a thief makes every participant's CPU run one
+  (membarrier(2), _claims.py).  A process of an older mmapkit would enter with its own
+  barrier and steal without the thief's: no exclusion between the two, so the version
+  keeps it out (FormatVersionError).  Created where membarrier works, else version 2.
 - A frame of kind PAD means "the rest of the ring up to its end is unused": a message is
   never split across the wrap-around, so a reader always gets one contiguous view.
 """
@@ -46,6 +51,7 @@ __all__ = [
     "CONSUMERS_WAITING",
     "CONSUMER_LEASE",
     "DOORBELL",
+    "FENCELESS_VERSION",
     "FIXED",
     "FLAG_BROADCAST",
     "FLAG_MULTI_CONSUMER",
@@ -106,9 +112,10 @@ __all__ = [
 ]
 
 MAGIC = b"MMKCHAN\x00"
-VERSION = 2
+VERSION = 3
 MIN_VERSION = 1  # still read, and used without leases
 LEASE_VERSION = 2  # the first version with claim leases
+FENCELESS_VERSION = 3  # leases entered with no barrier: thieves call membarrier(2)
 FIXED = struct.Struct("<8sIIQIII")  # magic, version, flags, capacity, header, slots, slot size
 _CRC = struct.Struct("<I")
 FIXED_SIZE = 64
@@ -196,13 +203,16 @@ def round_capacity(capacity: int) -> int:
     return (capacity + 7) & ~7
 
 
-def encode_header(capacity: int, flags: int = 0) -> bytes:
-    """The 64 fixed header bytes of a new channel with a ring of ``capacity`` bytes."""
+def encode_header(capacity: int, flags: int = 0, version: int = VERSION) -> bytes:
+    """The 64 fixed header bytes of a new channel with a ring of ``capacity`` bytes
+    (``version``: LEASE_VERSION where the lease entry needs its own barrier)."""
+    if version not in (LEASE_VERSION, VERSION):
+        raise ValueError(f"a new channel is version {LEASE_VERSION} or {VERSION}")
     if capacity % 8 or capacity < MIN_CAPACITY:
         raise ValueError(f"capacity must be a multiple of 8 and >= {MIN_CAPACITY}")
     if flags & ~_KNOWN_FLAGS:
         raise ValueError(f"unknown flags {flags:#x}")
-    fixed = FIXED.pack(MAGIC, VERSION, flags, capacity, HEADER_SIZE, SLOT_COUNT, SLOT_SIZE)
+    fixed = FIXED.pack(MAGIC, version, flags, capacity, HEADER_SIZE, SLOT_COUNT, SLOT_SIZE)
     body = fixed + _CRC.pack(zlib.crc32(fixed))
     return body + b"\0" * (FIXED_SIZE - len(body))
 

@@ -9,12 +9,14 @@ Design rules:
   much again as the Channel's own multi-producer send (callgrind: 47k instructions a
   put+get against 26k), so these two write and read the whole frame in one place, under
   the lease, with one cached Struct per pickle length.
-- They run only in the lease's common case (multi-producer/consumer, format version 2,
+- They run only in the lease's common case (multi-producer/consumer, format version 2-3,
   TSO; we hold the lease; the frame fits below the room we saw last, or a whole message
   is there): steps L1-L3 then S4-S5 (``_send_seq``) or R2-R3 (``_recv_seq``) then L9 of
   channel.py's and _claims.py's tables, and the Queue's P4 or G2 between them.  In every
   other case they leave nothing changed (busy word lowered, nothing written or consumed)
   and return a miss: the caller takes the general path, which claims, waits, steals.
+- They count nothing in the handle's statistics (the Queue's channel handle is private to
+  it, and has none to show): four attribute updates were ~3% of a put+get.
 - The counters are the Queue's state page (``counters`` cast 'Q'): PUTS is read and
   advanced under the producer claim, so ring order is sequence order; GETS is raised
   under the consumer claim.  A process killed between the two stores of either side
@@ -71,9 +73,10 @@ class Sequenced(State):
         h32, busy = self._hdr32, self._pbusy
         try:
             h32[busy] = 1  # L1
-            fence = self._fence
-            fence.acquire()  # L2
-            fence.release()
+            if self._fenced:  # L2 (version 3: no barrier here, see _claims.py)
+                fence = self._fence
+                fence.acquire()
+                fence.release()
             if h32[_PLEASE_I] == self._ptoken:  # L3
                 hdr, cap = self._hdr, self._cap
                 head = hdr[8]  # _HEAD_Q
@@ -91,8 +94,6 @@ class Sequenced(State):
                     h32[busy] = 0  # L9
                     if h32[18]:  # _CW_I
                         self._wake_consumers()
-                    self._sent += 1
-                    self._sent_bytes += n
                     return True
             h32[busy] = 0  # L4: the caller's general path claims (or steals)
             return False
@@ -104,8 +105,9 @@ class Sequenced(State):
 
     def _recv_seq(self, counters: memoryview, gets: int) -> Any:
         """Get the next Queue message if it has no out-of-band buffer: its pickle (bytes),
-        raising ``counters[gets]`` past its sequence number.  None (nothing changed) when
-        this is not the lease's common case, or the message is another kind."""
+        raising ``counters[gets]`` past its sequence number (``gets`` 0: no counter).  None
+        (nothing changed) when this is not the lease's common case, or the message is
+        another kind."""
         if not self._lease_recv:  # attached, with the consumers' lease
             return None
         mutex = self._recv_mutex
@@ -113,28 +115,34 @@ class Sequenced(State):
         h32, busy = self._hdr32, self._cbusy
         try:
             h32[busy] = 1  # L1
-            fence = self._fence
-            fence.acquire()  # L2
-            fence.release()
+            if self._fenced:  # L2 (version 3: no barrier here, see _claims.py)
+                fence = self._fence
+                fence.acquire()
+                fence.release()
             if h32[_CLEASE_I] == self._ctoken:  # L3
                 hdr, cap = self._hdr, self._cap
                 tail = hdr[16]  # _TAIL_Q
                 head = hdr[8]  # before the frame's words: they are whole below it
                 pos = tail % cap
-                n = self._dq[pos >> 3]  # a PAD or damage has high bits: runs past head
+                dq = self._dq
+                i = pos >> 3
+                n = dq[i]  # a PAD or damage has high bits: runs past head
                 if tail + 8 + n <= head and pos + 8 + n <= cap and n >= 24:
-                    seq, count, _, blen = _MSG.unpack_from(self._data, pos + 8)
-                    if count == 0 and blen + 24 <= n:
+                    # The message's words (_HEAD after the length word): seq at i + 1,
+                    # buffer count and reserved at i + 2 (0: no out-of-band buffer), the
+                    # pickle's length at i + 3; two word reads cost less than an unpack.
+                    blen = dq[i + 3]
+                    if dq[i + 2] == 0 and blen + 24 <= n:
                         at = self._base + pos + _HEAD_SIZE
                         out = self._mm[at : at + blen]
-                        if seq >= counters[gets]:
-                            counters[gets] = seq + 1  # G2
+                        if gets:  # (0: GETS not kept)
+                            seq = dq[i + 1]
+                            if seq >= counters[gets]:
+                                counters[gets] = seq + 1  # G2
                         hdr[16] = tail + ((n + 15) & ~7)  # R3
                         h32[busy] = 0  # L9
                         if h32[34]:  # _PW_I
                             self._wake_producers()
-                        self._received += 1
-                        self._received_bytes += n
                         return out
             h32[busy] = 0
             return None

@@ -53,6 +53,7 @@ class State:
         "_empty_waits",
         "_fdbox",
         "_fence",
+        "_fenced",
         "_finished",
         "_framers",
         "_full_waits",
@@ -133,6 +134,7 @@ class State:
     _bell: int
     _fdbox: list[int]
     _fence: threading.Lock
+    _fenced: bool  # a lease entry takes _fence (version 2), else thieves call membarrier
     _send_mutex: threading.Lock
     _recv_mutex: threading.Lock
     _attach_mutex: threading.Lock

@@ -113,6 +113,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+from .. import _platform
 from .._testhooks import PAUSES as _PAUSES
 from .._testhooks import pause as _pause
 from ..errors import (
@@ -123,6 +124,7 @@ from ..errors import (
     MessageTooLargeError,
     ModeConflictError,
     OverrunError,
+    UnsupportedPlatformError,
 )
 from ..region import Region
 from ..wait import Waiter
@@ -215,12 +217,15 @@ class Channel(Claims, Wake, Broadcast, InPlace, Sequenced):
         one_lock = strict()
         self._plocked = self._mp or one_lock
         self._clocked = self._mc or one_lock
-        # Claims by lease (see the top comment): TSO only, version 2 files only (processes
-        # of an older mmapkit on a version 1 file flock every claim), never broadcast.
+        # Claims by lease (see the top comment): TSO only, version 2 and 3 files only
+        # (processes of an older mmapkit on a version 1 file flock every claim), never
+        # broadcast.
         leases = not one_lock and header.version >= fmt.LEASE_VERSION
         self._please = self._mp and leases and not self._bc
         self._clease = self._mc and leases
         self._fence = threading.Lock()  # acquiring it is a full barrier (a locked insn)
+        # Version 3: the holder enters with no barrier, the thief calls membarrier().
+        self._fenced = header.version < fmt.FENCELESS_VERSION
         self._pbusy = self._cbusy = self._ptoken = self._ctoken = -1  # set by _attach()
         self._identity = identity  # (st_dev, st_ino) of the channel file
         self._lock_identity: tuple[int, int] | None = None
@@ -292,7 +297,8 @@ class Channel(Claims, Wake, Broadcast, InPlace, Sequenced):
         """
         path = os.fspath(path)
         cap = fmt.round_capacity(capacity)
-        header = fmt.encode_header(cap, _flags(multi_producer, multi_consumer, broadcast))
+        header = fmt.encode_header(cap, _flags(multi_producer, multi_consumer, broadcast),
+                                   _new_version())
         _files.create_file(path, header, fmt.HEADER_SIZE + cap)
         return cls.open(path, spin=spin)
 
@@ -324,7 +330,7 @@ class Channel(Claims, Wake, Broadcast, InPlace, Sequenced):
         inherit it.  It has no name, cannot be pickled, and vanishes with its last user."""
         cap = fmt.round_capacity(capacity)
         header_bytes = fmt.encode_header(cap, _flags(multi_producer, multi_consumer,
-                                                     broadcast))
+                                                     broadcast), _new_version())
         region = Region.anonymous(fmt.HEADER_SIZE + cap)
         region.view[: len(header_bytes)] = header_bytes
         lock_fd, bell_fd = _files.anonymous_files()
@@ -448,6 +454,8 @@ class Channel(Claims, Wake, Broadcast, InPlace, Sequenced):
         with contextlib.suppress(OSError, ValueError):
             self._region.advise("populate", fmt.HEADER_SIZE, self._cap)
         multi = self._mp if role == _PRODUCER else self._mc
+        if (self._please if role == _PRODUCER else self._clease) and not self._fenced:
+            _enrol(self._where())  # before our first lease entry without a barrier
         slot, token = _slots.take(self._hdr32, self._lock_fd, role, multi,
                                   (self._pslot, self._cslot))
         if role == _PRODUCER:
@@ -585,9 +593,10 @@ class Channel(Claims, Wake, Broadcast, InPlace, Sequenced):
                 h32, busy = self._hdr32, self._pbusy
                 try:
                     h32[busy] = 1  # L1
-                    fence = self._fence
-                    fence.acquire()  # L2
-                    fence.release()
+                    if self._fenced:  # L2 (version 3: no barrier here, see _claims.py)
+                        fence = self._fence
+                        fence.acquire()
+                        fence.release()
                     if h32[_PLEASE_I] == self._ptoken:  # L3
                         hdr, cap = self._hdr, self._cap
                         head = hdr[8]  # _HEAD_Q
@@ -830,9 +839,10 @@ class Channel(Claims, Wake, Broadcast, InPlace, Sequenced):
                 h32, busy = self._hdr32, self._cbusy
                 try:
                     h32[busy] = 1  # L1
-                    fence = self._fence
-                    fence.acquire()  # L2
-                    fence.release()
+                    if self._fenced:  # L2 (version 3: no barrier here, see _claims.py)
+                        fence = self._fence
+                        fence.acquire()
+                        fence.release()
                     if h32[_CLEASE_I] == self._ctoken:  # L3
                         hdr, cap = self._hdr, self._cap
                         tail = hdr[16]  # _TAIL_Q
@@ -1084,6 +1094,24 @@ def _payload(data: bytes | bytearray | memoryview) -> bytes | memoryview:
     Struct packs; a copy that short is cheap), else a byte view (no copy of a long one)."""
     view = memoryview(data).cast("B")
     return view.tobytes() if len(view) <= _FRAMED_MAX else view
+
+
+def _new_version() -> int:
+    """The format version of a new channel: 3 (lease entries with no barrier) where this
+    process can call membarrier(2) and claims are leases at all, else 2."""
+    if not strict() and _platform.membarrier_ready():
+        return fmt.VERSION
+    return fmt.LEASE_VERSION
+
+
+def _enrol(where: str) -> None:
+    """Enrol this process for the thieves' barrier (membarrier(2)) of a version 3 file."""
+    if not _platform.membarrier_ready():
+        raise UnsupportedPlatformError(
+            f"{where} is a version 3 channel, whose lease holders rely on membarrier(2), "
+            "which this process cannot call (an old kernel, or a seccomp filter): allow "
+            "membarrier, or have every process use a channel created here (version 2)")
+    _platform.membarrier_register()
 
 
 # Every open handle, for the one at-fork hook of this module (a hook per handle could

@@ -61,19 +61,22 @@ what a process killed after that step (before the next) leaves behind:
           count, futex-wait on GETS (50 ms slices)                 spare wake-up later
     G1    Channel._recv_with: its R1-R2                 cclaim     nothing
     G2    copy the message out; GETS = max(GETS, seq+1) cclaim     the message stays for
-                                                                   the next consumer, who
-                                                                   stores the same GETS
+          (skipped by Queue.get() without maxsize:                 the next consumer, who
+          see Counting)                                            stores the same GETS
     G3    _recv_with returns: the Channel's R3          -          consumed
     G4    GWAIT: clear it, wake the futex on GETS       -          a sleeper re-checks
           (skipped by a Queue without maxsize: only               within one slice
           a put() with one sleeps on GETS)
     ====  ============================================  =========  ======================
 
-Counting.  ``qsize()`` is PUTS - GETS, 0 when the ring holds no message (empty, or only
-a PAD frame up to its end: the Channel's S2 publishes one before the frame that follows).
-Ring order is sequence order (P2-P5 run under the one producer claim), so a gap left at P4
-by a killed producer is healed by the next message consumed (GETS jumps past it); until
-then it counts one message too many, and an empty ring counts 0.  Nothing a killed process
+Counting.  ``qsize()`` is PUTS - the sequence number of the message at tail (the oldest
+in the ring), 0 when the ring holds no message (empty, or only a PAD frame up to its end:
+the Channel's S2 publishes one before the frame that follows).  Ring order is sequence
+order (P2-P5 run under the one producer claim), so a gap left at P4 by a killed producer
+counts one message too many until the messages before it are consumed; an empty ring
+counts 0.  GETS is kept (G2) only where something reads it: a queue with a ``maxsize``
+(P3, and the futex of P6) and get_many; the common get() of a queue without one skips
+that store (two memoryview operations, ~2.5% of a put+get).  Nothing a killed process
 leaves can make a put() wait for ever.  JoinableQueue counts unfinished tasks as
 PUTS - DONE: a gap there is a task that never arrives (join() waits for it, as
 ``multiprocessing.JoinableQueue`` waits for the messages a killed process had buffered).
@@ -220,20 +223,40 @@ class _Shared:
         return not (head == tail + ch._cap - pos and ch._dq[pos >> 3] == _PAD_WORD)
 
     def count(self) -> int:
-        if not self.pending():  # an empty ring counts 0, whatever gap PUTS has
+        """PUTS less the sequence number of the oldest message in the ring (0 when it holds
+        none).  That message may be consumed, and its bytes reused, while we read it: the
+        count is approximate then, as qsize() is documented to be, and never negative."""
+        ch = self.channel
+        hdr, cap, dq = ch._hdr, ch._cap, ch._dq
+        tail = hdr[_TAIL_Q]
+        head = hdr[_HEAD_Q]
+        if head == tail:  # an empty ring counts 0, whatever gap PUTS has
             return 0
-        return max(0, int(self.q[_PUTS_Q]) - int(self.q[_GETS_Q]))
+        pos = tail % cap
+        if dq[pos >> 3] == _PAD_WORD:  # S2's PAD up to the end: the message is at 0
+            if head == tail + cap - pos:
+                return 0
+            pos = 0
+        puts = int(self.q[_PUTS_Q])
+        if pos + 16 > cap:  # damage (a frame never starts in the ring's last 8 bytes)
+            return max(0, puts - int(self.q[_GETS_Q]))
+        return max(0, puts - int(dq[(pos + 8) >> 3]))
 
     # --- putting and getting ----------------------------------------------------------
 
     def put(self, obj: Any, maxsize: int, deadline: float | None) -> None:
         """Steps P1-P5.  ``deadline``: a time.monotonic() value, None to wait for ever."""
-        buffers: list[pickle.PickleBuffer] = []
-        body = _dumps(obj, 5, buffer_callback=buffers.append)  # P1
+        try:
+            body = _dumps(obj, 5, buffer_callback=_no_buffers)  # P1 (see _no_buffers)
+        except _HasBuffers:
+            buffers: list[pickle.PickleBuffer] = []
+            body = _dumps(obj, 5, buffer_callback=buffers.append)
+            self.put_pickled(body, buffers, maxsize, deadline)
+            return
         # P2-P5 in one call when the lease is ours and there is room (no maxsize: P3 has
         # nothing to check); else the general path, which claims and waits.
-        if buffers or maxsize or not self.channel._send_seq(body, self.q, _PUTS_Q):
-            self.put_pickled(body, buffers, maxsize, deadline)
+        if maxsize or not self.channel._send_seq(body, self.q, _PUTS_Q):
+            self.put_pickled(body, [], maxsize, deadline)
 
     def put_pickled(self, body: bytes, buffers: list[pickle.PickleBuffer], maxsize: int,
                     deadline: float | None) -> None:
@@ -371,6 +394,19 @@ class _Shared:
         _close_all(self._box)
 
 
+class _HasBuffers(Exception):
+    """Step P1 met an out-of-band buffer: pickle the object again, collecting them."""
+
+
+def _no_buffers(buffer: pickle.PickleBuffer) -> None:
+    """The buffer_callback of the common P1.  Most objects have no out-of-band buffer, and a
+    fixed callback costs a third of what a new list and its bound append cost per put (~650
+    of ~28k instructions a put+get); an object that has one (a numpy array) stops the
+    pickler at its first buffer, and is pickled again with a list that collects them.
+    (Its __reduce__ methods up to that buffer run twice.)"""
+    raise _HasBuffers
+
+
 class _FullNow(Exception):
     """Step P3: the queue filled up between the wait and the claim."""
 
@@ -423,6 +459,7 @@ class Queue:
     _shared: _Shared
     _chan: Channel  # _shared.channel
     _counters: memoryview  # _shared.q
+    _gets: int  # the index of GETS in _counters, or 0: get() leaves GETS alone
 
     def __init__(self, maxsize: int = 0, *, capacity: int = DEFAULT_CAPACITY,
                  ctx: Any = None, spin: float = 50e-6) -> None:
@@ -438,6 +475,8 @@ class Queue:
         """The parts put() and get() use on every call, one attribute each."""
         self._chan = self._shared.channel
         self._counters = self._shared.q
+        # G2's store of GETS: only a queue with a maxsize reads it (0: no store, see Counting)
+        self._gets = _GETS_Q if self._maxsize else 0
 
     # --- passing to children ------------------------------------------------------------
 
@@ -469,10 +508,16 @@ class Queue:
             self._check_closed()
         # Steps P1-P5 with no call between (the common put: no out-of-band buffer, no
         # maxsize, the lease ours, room in the ring); _Shared.put_pickled for the rest.
-        buffers: list[pickle.PickleBuffer] = []
-        body = _dumps(obj, 5, buffer_callback=buffers.append)  # P1
-        if buffers or self._maxsize or not self._chan._send_seq(body, self._counters, _PUTS_Q):
-            self._shared.put_pickled(body, buffers, self._maxsize, None if block and
+        try:
+            body = _dumps(obj, 5, buffer_callback=_no_buffers)  # P1 (see _no_buffers)
+        except _HasBuffers:
+            buffers: list[pickle.PickleBuffer] = []
+            body = _dumps(obj, 5, buffer_callback=buffers.append)
+            self._shared.put_pickled(body, buffers, self._maxsize,
+                                     _deadline(block, timeout))
+            return
+        if self._maxsize or not self._chan._send_seq(body, self._counters, _PUTS_Q):
+            self._shared.put_pickled(body, [], self._maxsize, None if block and
                                      timeout is None else _deadline(block, timeout))
 
     def put_nowait(self, obj: Any) -> None:
@@ -485,7 +530,7 @@ class Queue:
             self._check_closed()
         # Steps G1-G3 in one call (the lease ours, a message without out-of-band buffers
         # there).  Only a put() with a maxsize sleeps on GETS (G4): none without one.
-        blob = self._chan._recv_seq(self._counters, _GETS_Q)
+        blob = self._chan._recv_seq(self._counters, self._gets)
         if blob is None:
             return self._shared.get_general(None if block and timeout is None
                                             else _deadline(block, timeout))

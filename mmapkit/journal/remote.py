@@ -8,7 +8,11 @@ Design rules:
 - The client verifies every batch (CRC, structure, offset continuity from the offset it
   asked for) before it returns a record, so damage on the wire, or on the server's disk,
   is :class:`ProtocolError`, never a wrong record.  After a ProtocolError the connection is
-  closed (the framing can no longer be trusted); the next call reconnects.
+  closed (the framing can no longer be trusted); the next call reconnects.  It checks the
+  batches of a reply as its bytes arrive (what the socket holds, up to 1 MiB at a time),
+  so the checking overlaps the server's sending; the CRC is ISA-L's where the ``isal``
+  extra is installed (mmapkit._crc: zlib's values, 10x its speed).  Over a Unix socket
+  these took a fetch from 0.31x to ~0.66x of a raw send of the same bytes.
 - At the end of the journal the server long-polls: it sleeps on the journal's notify word
   (futex) up to the wait the client asked for, in slices that notice a closing server.
 - Nothing waits forever: the client bounds each reply by ``wait + io_timeout``, the server
@@ -69,10 +73,11 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Union
 
+from .._crc import crc32 as _fast_crc32
 from ..errors import (
     BrokenError,
     CorruptFileError,
@@ -178,6 +183,67 @@ def _recv_all(sock: socket.socket, view: memoryview, n: int) -> None:
             raise BrokenError(f"the peer closed the connection ({got} of {n} bytes of a "
                               "frame received)")
         got += k
+
+
+_CHUNK = 1 << 20  # a fetch reply is received (and its batches checked) this much at a time
+
+
+def _recv_some(sock: socket.socket, view: memoryview, got: int, n: int) -> int:
+    """What the socket holds of bytes ``got``..``n`` of a reply (at least one byte): as
+    _recv_all, without MSG_WAITALL."""
+    try:
+        k = sock.recv_into(view[got:n], min(n - got, _CHUNK))
+    except BlockingIOError:  # EAGAIN: SO_RCVTIMEO passed with nothing received
+        raise TimeoutError("timed out") from None
+    if k == 0:
+        raise BrokenError(f"the peer closed the connection ({got} of {n} bytes of a frame "
+                          "received)")
+    return k
+
+
+class _Verifier:
+    """The client's check of a FETCH reply (``length`` bytes asked from ``offset``, the
+    first batch at ``first``), fed the bytes as they arrive: every batch whole, in offset
+    order from ``first``, its CRC right; the reply ends on a batch boundary past
+    ``offset``.  BatchError otherwise.  ``next``: the offset after the last batch."""
+
+    __slots__ = ("crc32", "length", "next", "offset", "pos")
+
+    def __init__(self, offset: int, first: int, length: int) -> None:
+        if not first <= offset:
+            raise F.BatchError(f"the reply starts at offset {first}, after the {offset} "
+                               "asked for")
+        self.offset, self.next, self.length, self.pos = offset, first, length, 0
+        self.crc32 = _fast_crc32()  # (a fetch's bound over a Unix socket: ISA-L's if there)
+
+    def __call__(self, data: memoryview, got: int) -> None:
+        """Check the batches wholly within ``data[:got]`` not checked yet."""
+        p, nxt, n = self.pos, self.next, self.length
+        unpack = _BATCH_HEAD.unpack_from
+        crc32 = self.crc32
+        head, crc_from, batch_version = F.BATCH_HEADER, F.CRC_FROM, F.BATCH_VERSION
+        while p + head <= got:
+            crc, length, boff, count, version = unpack(data, p)
+            if boff != nxt or version != batch_version or count == 0 or length < head or \
+                    p + length > n:
+                F.read_batch_header(data, p, n, verify=False)  # says what is wrong, or:
+                raise F.BatchError(f"a batch claims offset {boff}, expected {nxt}")
+            if p + length > got:
+                break  # (the rest of it is on its way)
+            if crc32(data[p + crc_from : p + length]) != crc:
+                F.read_batch_header(data, p, n)  # says what is wrong
+                raise F.BatchError(f"a batch at offset {boff} fails its checksum")
+            nxt += count
+            p += length
+        self.pos, self.next = p, nxt
+
+    def done(self) -> None:
+        if self.pos != self.length:
+            raise F.BatchError(f"the reply ends inside a batch ({self.length - self.pos} "
+                               "bytes left)")
+        if self.next <= self.offset:
+            raise F.BatchError(f"the reply ends at offset {self.next}, before the "
+                               f"{self.offset} asked for")
 
 
 # --- server --------------------------------------------------------------------------------
@@ -506,14 +572,25 @@ class RemoteReader:
         self.start_offset, self.end_offset = start, end
         return status, length, start, end, aux
 
-    def _payload(self, length: int) -> memoryview:
+    def _payload(self, length: int, check: Callable[[memoryview, int], None] | None = None
+                 ) -> memoryview:
+        """Receive a reply's ``length`` bytes.  ``check(view, got)``: called as bytes arrive
+        (a chunk at a time, what the socket holds): the whole batches among them are
+        verified while the server sends the rest, instead of after the last byte."""
         if length > len(self._buf):
             self._buf = bytearray(length)
         sock = self._sock
         assert sock is not None
+        view = memoryview(self._buf)
         try:
             self._timeout(sock, self.io_timeout)
-            _recv_all(sock, memoryview(self._buf), length)
+            if check is None:
+                _recv_all(sock, view, length)
+            else:
+                got = 0
+                while got < length:
+                    got += _recv_some(sock, view, got, length)
+                    check(view, got)
         except TimeoutError:
             self._disconnect()
             raise TimeoutError(f"the journal server at {self._addr!r} stalled mid-reply") from None
@@ -521,7 +598,7 @@ class RemoteReader:
             self._disconnect()
             raise BrokenError(f"the journal server at {self._addr!r} closed the connection "
                               f"mid-reply ({exc})") from exc
-        return memoryview(self._buf)[:length]
+        return view[:length]
 
     # --- fetching ---------------------------------------------------------------------
 
@@ -557,9 +634,18 @@ class RemoteReader:
         wait_ms = max(0, min(MAX_WAIT_MS, int(wait * 1000)))
         status, length, start, end, aux = self._call(FETCH, offset, wait_ms)
         if status == OK:
-            data = self._payload(length)
-            if length:
-                self._next = self._verify(data, offset, aux)
+            if not length:
+                return self._payload(0)
+            check = _Verifier(offset, aux, length)
+            try:
+                data = self._payload(length, check)
+                check.done()
+            except F.BatchError as exc:
+                self._disconnect()
+                raise ProtocolError(f"damaged bytes from the journal server at "
+                                    f"{self._addr!r}: {exc}; nothing of this reply was "
+                                    "used") from None
+            self._next = check.next
             return data
         body = bytes(self._payload(length)) if length else b""
         if status == OUT_OF_RANGE:
@@ -577,39 +663,6 @@ class RemoteReader:
         if status == BAD_REQUEST:
             raise ProtocolError(f"the journal server refused the request: {body.decode()}")
         raise BrokenError(f"the journal server failed: {body.decode()}")
-
-    def _verify(self, data: memoryview, offset: int, first: int) -> int:
-        """Check every batch; returns the offset after the last one."""
-        n = len(data)
-        p = 0
-        nxt = first
-        try:
-            if not first <= offset:
-                raise F.BatchError(f"the reply starts at offset {first}, after the "
-                                   f"{offset} asked for")
-            unpack = _BATCH_HEAD.unpack_from
-            crc32 = zlib.crc32
-            head, crc_from, batch_version = F.BATCH_HEADER, F.CRC_FROM, F.BATCH_VERSION
-            while p + head <= n:
-                crc, length, boff, count, version = unpack(data, p)
-                if boff != nxt or version != batch_version or count == 0 or \
-                        length < head or p + length > n or \
-                        crc32(data[p + crc_from : p + length]) != crc:
-                    info = F.read_batch_header(data, p, n)  # says what is wrong
-                    raise F.BatchError(f"a batch claims offset {info.first_offset}, "
-                                       f"expected {nxt}")
-                nxt += count
-                p += length
-            if p != n:
-                raise F.BatchError(f"the reply ends inside a batch ({n - p} bytes left)")
-            if nxt <= offset:
-                raise F.BatchError(f"the reply ends at offset {nxt}, before the {offset} "
-                                   "asked for")
-        except F.BatchError as exc:
-            self._disconnect()
-            raise ProtocolError(f"damaged bytes from the journal server at {self._addr!r}: "
-                                f"{exc}; nothing of this reply was used") from None
-        return nxt
 
     def _decode(self, data: memoryview, offset: int) -> list[Record]:
         out: list[Record] = []

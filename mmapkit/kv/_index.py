@@ -6,7 +6,8 @@ calls, so they spell the format inline.  They all live here, beside the codec:
 
 - the precomputed tables (key-length fields, value heads by length, per-length framers),
 - the in-memory value forms (``_Packed``, ``_Expiring``),
-- the inline set (``setitem``/``put``, bound into ``KV``), the load decoder
+- the inline set (``setitem``/``put``, bound into ``KV``; ``held_set``, update_with()'s
+  write under the writer lock), the load decoder
   (``fast_set``, used by _load.py) and the compaction-image framer (``image``: the
   ordinary set records that follow _files.image's columnar image records).
 
@@ -50,6 +51,7 @@ __all__ = [
     "entry",
     "fast_set",
     "frame_all",
+    "held_set",
     "image",
     "live_entries",
     "packer",
@@ -300,6 +302,53 @@ def put(self: KV, body: bytes, n: int) -> bool:
     self._commit[0] = end  # the commit point
     self._pos = self._seen = end
     self._nops += 1
+    if self._waitw[0]:
+        self._waitw[0] = 0
+        self._wake()
+    return True
+
+
+def held_set(self: KV, key: str, value: Any) -> bool:
+    """update_with()'s write of an int, str or bytes value: multiprocess, unencrypted, not
+    in a batch, this thread inside ``_tlock`` and the writer lock held with nothing
+    unread (W1-W3).  setitem's bytes and put() folded into one call without their
+    re-checks of what update_with() has just checked.  False: nothing written (another
+    value type, a key that does not encode, or no room): the caller sets it the general
+    way."""
+    t = type(value)
+    try:
+        kb = str.encode(key)
+        if t is int:
+            body = KEY_LEN[len(kb)] + kb + _TI.pack(3, value)
+        elif t is str:
+            raw = value.encode()
+            nv = len(raw)
+            body = b"".join((KEY_LEN[len(kb)], kb,
+                             _STR_HEAD[nv] if nv < PACKED_BODY_MAX else _TL.pack(6, nv),
+                             raw))
+        elif t is bytes:
+            nv = len(value)
+            body = b"".join((KEY_LEN[len(kb)], kb,
+                             _BYTES_HEAD[nv] if nv < PACKED_BODY_MAX else _TL.pack(7, nv),
+                             value))
+        else:
+            return False
+    except (UnicodeEncodeError, struct.error, IndexError, TypeError):
+        return False
+    n = len(body)
+    pos = self._pos
+    end = pos + ((19 + n) & ~7)
+    if end > self._size:
+        return False
+    try:
+        pack, seed = self._packers[n]
+    except KeyError:
+        pack, seed = packer(self, n)
+    pack(self._view, pos, 0x4B56, 1, 0, n, crc32(body, (pos * 0x9E3779B1) ^ seed), body)
+    self._commit[0] = end  # the commit point
+    self._pos = self._seen = end
+    self._nops += 1
+    self._index[key] = value
     if self._waitw[0]:
         self._waitw[0] = 0
         self._wake()

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .. import _platform
+from .._testhooks import PAUSES, pause
 from ..errors import LockTimeout
 from ..lock import FileLock
 from ..region import Region
@@ -44,6 +45,7 @@ _LOCK_SLICE = 0.01  # a lock waiter looks again at least this often (a killed ho
 _LOCK_EX_NB = fcntl.LOCK_EX | fcntl.LOCK_NB
 _LOCK_UN = fcntl.LOCK_UN
 _flock = fcntl.flock
+_sched_yield = os.sched_yield
 _LOCK_SPINS = 20
 # _waitw[1], [2], [3]
 assert OFF_LOCK_WANT == OFF_WAITERS + 4 and OFF_LOCK_SEQ == OFF_WAITERS + 8
@@ -134,14 +136,25 @@ class WriterLock:
             self._wait_for_lock(follow=follow)
         else:
             if self._waitw[3] == LOCK_READY:
-                self._maybe_yield()
+                self._maybe_yield(follow=follow)
         self._held = True
         if self._hold and not self._readonly:
             self._begin_hold()
 
     def _begin_hold(self) -> None:
         """H1: this handle may keep the lock between writes; make sure its releaser thread
-        watches the hold (started with the first one; parked between holds)."""
+        watches the hold (parked between holds)."""
+        evt = self._hold_evt
+        if evt is None:
+            evt = self._start_releaser()
+        if not evt.is_set():
+            evt.set()
+
+    def _start_releaser(self) -> threading.Event:
+        """Start the handle's releaser thread, parked.  Done while the first wait for the
+        lock sleeps, if there is one (starting a thread takes a few hundred microseconds,
+        which would otherwise be spent holding the lock others wait for), else with the
+        first hold."""
         evt = self._hold_evt
         if evt is None:
             evt = self._hold_evt = threading.Event()
@@ -152,8 +165,7 @@ class WriterLock:
             name = f"mmapkit {self._KIND} lock releaser ({os.path.basename(self._path)})"
             threading.Thread(target=_releaser, args=(weakref.ref(self), evt), daemon=True,
                              name=name).start()
-        if not evt.is_set():
-            evt.set()
+        return evt
 
     def _end_hold(self) -> None:
         """A write (or a lock()/batch() block) ended, holding the lock: keep it (H1) unless
@@ -226,11 +238,13 @@ class WriterLock:
                 except OSError:
                     time.sleep(hold)  # unmapped meanwhile (closed, or grown): look again
 
-    def _maybe_yield(self) -> None:
+    def _maybe_yield(self, *, follow: bool = False) -> None:
         """We took the lock while a woken waiter is ready and trying (L3): if our run
         has lasted its quantum (or we woke it), let go and queue behind it (a running
         writer retakes the lock within microseconds, so without this the waiter would
-        never get in)."""
+        never get in).  ``follow``: as _acquire_flock's -- when our turn comes, replay
+        the others' writes before saying we are ready (without it the whole catch-up,
+        a milliseconds-long replay of three runs, fell under the lock: traced)."""
         if self._readonly or self._waitw[3] != LOCK_READY or not self._owes_turn():
             return
         # Cleared first: a live waiter spins on the flock, not on the word, and a stale
@@ -238,7 +252,7 @@ class WriterLock:
         # nobody; the sleepers' slices find the lock free if nobody takes it.
         self._waitw[3] = 0
         _flock(self._fd, _LOCK_UN)
-        self._wait_for_lock(spin=False, first_try=False)
+        self._wait_for_lock(spin=False, follow=follow, first_try=False)
 
     def _wait_for_lock(self, *, spin: bool = True, follow: bool = False,
                        first_try: bool = True) -> None:
@@ -258,11 +272,11 @@ class WriterLock:
              set (another waiter has the next turn):
              L2 again
         L3   woken (the count moved): ready word =        the other woken waiters see it
-             CLAIMED; replay what is committed (R2,       and sleep again; the holder
-             lock-free; write paths only); ready word     writes on meanwhile (the replay
-             = READY; try for up to _READY_SPIN; not      runs beside it, not after it
-             got: clear the word, L2                      under the lock); READY: it lets
-                                                          go at its next write's end (H3b)
+             CLAIMED; yield the core once; replay what    and sleep again; the holder
+             is committed (R2, lock-free; write paths     writes on meanwhile (the replay
+             only); ready word = READY; try for up to     runs beside it, not after it
+             _READY_SPIN, yielding the core between       under the lock); READY: it lets
+             tries; not got: clear the word, L2           go at its next write's end (H3b)
         L4   got it: clear the ready word, start our run  (quantum counts from here)
         ===  ===========================================  ===============================
 
@@ -270,11 +284,16 @@ class WriterLock:
         per release: a woken sleeper needs a millisecond or more to run here, and a holder
         that waited for it would leave the lock idle meanwhile; it goes on writing until
         one is ready, then lets go (H3b), and wakes another after a slice if none became
-        ready (a claim whose process died is cleared then).  It wakes one sleeper and
-        leaves "wanted" set unless the wake-up found nobody, so the next hand-over wakes
-        the next sleeper.  A holder that takes the lock again while a waiter is READY
-        (its retake beat the waiter's next try) lets go at once and sleeps before trying
-        (_maybe_yield).
+        ready (a claim whose process died is cleared then).  It clears "wanted", moves
+        the count, wakes one sleeper and sets "wanted" again if the wake-up found one, so
+        the next hand-over wakes the next sleeper, and a waiter that read the new count
+        before sleeping keeps the "wanted" it set.  A holder that takes the lock again
+        while a waiter is READY (its retake beat the waiter's next try) lets go at once,
+        and sleeps (and on a write path replays, as L3) before trying (_maybe_yield).
+
+        The yields are for two cores shared by more writers: a woken process often
+        runs on its waker's core, and replaying or spinning there kept the holder off
+        its core for milliseconds (traced) while the other core idled.
         """
         fd = self._fd
         words = self._waitw
@@ -316,6 +335,8 @@ class WriterLock:
             if self._lock_waiter is None:
                 assert self._region is not None
                 self._lock_waiter = Waiter(self._region, self._SEQ_AT)
+                if self._hold and self._hold_evt is None:
+                    self._start_releaser()
             self._lock_waiter.wait(seq, min(remaining, _LOCK_SLICE))
             if words[2] == seq or words[3]:
                 # The slice ended and nobody handed over (try once more above: a killed
@@ -324,6 +345,10 @@ class WriterLock:
                 # take a core from the holder for nothing (2 cores, 4 writers).
                 continue
             words[3] = LOCK_CLAIMED  # L3: the next turn is ours; the other woken ones sleep
+            # Woken, we often run on the waker's core, the holder off it: let it back on
+            # (an idle core, if any, takes us meanwhile) rather than replay beside it on
+            # the same core for milliseconds.
+            _sched_yield()
             if follow:
                 # L3: read the others' writes now, before saying we are ready, so the
                 # catch-up under the lock (W2) finds little left.  Twice: the holder
@@ -343,6 +368,10 @@ class WriterLock:
                 except BlockingIOError:
                     if time.monotonic() > until:
                         break
+                    # A woken process often runs on its waker's core: spinning there
+                    # would keep the holder, who must reach a write's end to let go,
+                    # off its core for the whole spin (traced: 2-3 ms).
+                    _sched_yield()
             if got:
                 words[3] = 0
                 break
@@ -370,8 +399,14 @@ class WriterLock:
         ``now`` (the handle is idle or closing: no run of ours to go on with)."""
         self._held = False
         _flock(self._fd, _LOCK_UN)
-        if self._waitw[3] == LOCK_READY:
-            return  # a waiter spins on the flock: it takes it, nobody needs waking
+        if self._waitw[3]:
+            # A woken waiter is on its way (READY: it spins on the flock; CLAIMED: it
+            # replays, then tries): it takes the lock, nobody needs waking.  (Clearing
+            # its claim to wake another, as a hand-over that keeps the lock does after a
+            # slice, made two processes replay at once for one turn, on two cores
+            # shared with the next holder: traced.)  A claimer killed meanwhile costs
+            # the sleepers a slice: they find the lock free when they next look.
+            return
         if self._waitw[1] and not self._readonly:
             # (A read-only follower that took the lock to re-verify writes nothing: the
             # waiters see the lock free at their next look, within _LOCK_SLICE.)
@@ -397,15 +432,22 @@ class WriterLock:
         words = self._waitw
         if words[3] == LOCK_CLAIMED:
             words[3] = 0  # a claim that never became ready (slow, or its process died)
+        # "wanted" is cleared before the count moves, not after the wake-up: a waiter
+        # that reads the new count sets "wanted" after our clear, so it stays set and
+        # the next hand-over wakes it.  (Cleared after a wake that found nobody, it
+        # erased the "wanted" of a waiter that read the new count meanwhile: that one
+        # slept out its slice, 10 ms, while the holder wrote on.)
+        words[1] = 0
         words[2] = (words[2] + 1) & 0xFFFFFFFF
+        if PAUSES:
+            pause("kv.handover.counted")
         if not _platform.HAVE_FUTEX:
-            words[1] = 0
             return
         if self._lock_waiter is None:
             assert self._region is not None
             self._lock_waiter = Waiter(self._region, self._SEQ_AT)
-        if not self._lock_waiter.wake(1):
-            words[1] = 0  # nobody asleep (one about to sleep sees the count move)
+        if self._lock_waiter.wake(1):
+            words[1] = 1  # others may sleep on: the next hand-over wakes the next one
 
 
 def _at_exit(ref: weakref.ref[WriterLock], evt: threading.Event) -> None:

@@ -126,20 +126,23 @@ above changes for other processes: a held lock is a writer that has not finished
          lock_hold, or a woken waiter is READY, or          waiter's L2 wakes the thread
          someone waits and H3's time has come (the          (futex on the wanted word)
          run may have ended: its process is
-         finishing): unlock and wake
+         finishing): unlock and wake (no wake-up
+         while a woken waiter has claimed the turn
+         or is READY: it takes F)
     H5   fork: the child is not "held" (the flock   -      the parent's hold goes on;
          is the parent's, via the shared OFD)              the child takes its own (W1)
     H6   close(), the handle dropped, or the          F->-   a sleeping waiter is woken
          interpreter exiting while held: unlock and         at once (dropping the flock
-         wake a waiter, then close the descriptor           alone woke nobody: waiters
-                                                            slept out their 10 ms slices)
+         wake a waiter (as H4), then close the              alone woke nobody: waiters
+         descriptor                                         slept out their 10 ms slices)
     ===  ==========================================  =====  =============================
 
 A lock taken to re-verify suspected damage (O4) is released explicitly, never held: the
 releaser acts only under the thread lock, which opening also holds.
 
 Test pause points (``mmapkit._testhooks``): kv.attach.mapped (between O1 and O2),
-kv.compact.written (C1 done), kv.compact.marked (C2 done), kv.compact.renamed (C3 done).
+kv.compact.written (C1 done), kv.compact.marked (C2 done), kv.compact.renamed (C3 done),
+kv.handover.counted (H3/H4/H6: the hand-over count moved, the wake-up not yet made).
 """
 
 from __future__ import annotations
@@ -176,6 +179,7 @@ from . import _lazy as _lazily
 from ._crypto import OVERHEAD, Cipher
 from ._files import fd_path
 from ._index import PLAIN, SPECIAL, Expiring, Packed
+from ._index import held_set as _held_set
 from ._writelock import WriterLock
 from .codec import (
     DATA_START,
@@ -830,8 +834,16 @@ class KV(MutableMapping[str, Any], WriterLock):
                 if w == self._seen or (not w & SUPERSEDED and self._read_appended(w)):
                     self._depth = 1
                     try:
-                        value = fn(self.get(key, default))
-                        self[key] = value
+                        # get() and __setitem__ folded in: the index is current (just
+                        # checked), this thread holds _tlock and the writer lock.
+                        v = self._index.get(key, _MISSING)
+                        if v is _MISSING:
+                            v = default
+                        elif type(v) in SPECIAL:
+                            v = self.get(key, default)
+                        value = fn(v)
+                        if not _held_set(self, key, value):
+                            self[key] = value
                         return value
                     finally:
                         self._depth = 0

@@ -122,6 +122,9 @@ class Mirror(Runner):
         finds nothing new).  Returns the records sent.  Reconnects by itself when the
         target is unavailable; any other error stops it and is raised."""
         from ..journal import Journal
+        # A handle of its own: run() is usually the runner's thread (start()), and a
+        # Journal's tail view is not shared between threads (as the journal server's
+        # connections each open theirs); the caller's handle stays the caller's.
         j = Journal(self._journal.path)
         consumer = j.consumer(self.name, reset="none")
         opened = False
