@@ -3,7 +3,14 @@ and ready for its first get (issue 16), against lmdb and rocksdict.
 
 Stores (keys ``key%09d``; int values, or 100-byte bytes values):
 
-- ``mmapkit``: the keys written, then ``compact()``: image records (format version 2).
+- ``mmapkit``: the keys written, then ``compact()``: image records partitioned by key hash
+  (format version 3).  The open verifies every record and leaves the image parts encoded;
+  the first get decodes its key's part (kv/_lazy.py).
+- ``mmapkit (+ load all)``: the same file, opened, the same get, then ``len()``, which
+  decodes every part: the whole cost, paid by an application that touches every key.
+- ``mmapkit (eager)``: the same file with every part decoded at open (the child sets
+  codec.VERSION_PART past the file's version, so the opener treats it as an older image):
+  what the open cost before the parts were left encoded, measured in the same run.
 - ``mmapkit (records)``: the same keys as one set record each: what every compaction
   wrote before image records (and what a store holds before its first compaction), so
   the two mmapkit rows are the before and after of the columnar image, measured by the
@@ -76,6 +83,32 @@ _OPEN = {
         print(t)
         """,
 }
+ALL = f"{OURS} (+ load all)"
+EAGER = f"{OURS} (eager)"
+_OPEN[ALL] = """
+    import sys, time
+    from mmapkit import KV
+    t0 = time.perf_counter()
+    kv = KV(sys.argv[1])
+    kv[sys.argv[2]]
+    len(kv)  # (decodes every image part)
+    t = time.perf_counter() - t0
+    kv.close()
+    print(t)
+    """
+_OPEN[EAGER] = """
+    import sys, time
+    from mmapkit import KV
+    from mmapkit.kv import codec
+    codec.VERSION_PART = codec.VERSION + 1  # (this file's parts: all decoded at open)
+    t0 = time.perf_counter()
+    kv = KV(sys.argv[1])
+    kv[sys.argv[2]]
+    t = time.perf_counter() - t0
+    assert kv._lazy is None
+    kv.close()
+    print(t)
+    """
 _OPEN[RECORDS] = _OPEN[OURS]
 _OPEN[FLOOR] = """
     import gc, mmap, sys, time
@@ -114,7 +147,7 @@ def _make(impl: str, path: str, n: int, form: str) -> None:
         with open(path, "rb") as f:
             version = codec.parse_header(f.read(codec.HEADER_SIZE)).version
         # (distinct keys written to a new store: no compaction ran, one record per key)
-        assert version == (codec.VERSION_IMAGE if impl == OURS else codec.VERSION_PLAIN)
+        assert version == (codec.VERSION_PART if impl == OURS else codec.VERSION_PLAIN)
     elif impl == "lmdb":
         import lmdb
 
@@ -148,7 +181,7 @@ def _open_time(impl: str, path: str, probe: str) -> float:
 def run(report: _harness.Report, args: argparse.Namespace) -> None:
     sizes = [20_000] if args.quick else [100_000, 1_000_000]
     rounds = args.repeat or (3 if args.quick else 7)
-    impls = [OURS, RECORDS, FLOOR]
+    impls = [OURS, ALL, EAGER, RECORDS, FLOOR]
     for name in ("lmdb", "rocksdict"):
         if not _harness.wanted(args, name):
             continue
@@ -162,8 +195,8 @@ def run(report: _harness.Report, args: argparse.Namespace) -> None:
                 case = f"open + first get, {n // 1000}k keys, {form} values"
                 paths: dict[str, str] = {}
                 for impl in impls:
-                    if impl == FLOOR:
-                        paths[impl] = paths[OURS]  # (reads the compacted store's image)
+                    if impl in (FLOOR, ALL, EAGER):
+                        paths[impl] = paths[OURS]  # (the compacted store's image)
                         continue
                     paths[impl] = os.path.join(tmp, f"{impl.split()[-1].strip('()')}-{n}")
                     _make(impl, paths[impl], n, "int" if form == "int" else "bytes")
@@ -177,7 +210,8 @@ def run(report: _harness.Report, args: argparse.Namespace) -> None:
                 for impl in impls:
                     report.add(case, impl, samples[impl], "s", higher_is_better=False)
                 for impl in impls:
-                    _remove(paths[impl])
+                    if paths[impl] != paths[OURS] or impl == OURS:
+                        _remove(paths[impl])
 
 
 def _remove(path: str) -> None:

@@ -86,7 +86,7 @@ def test_the_compaction_image_writes_the_codecs_bytes(tmp_path: Path) -> None:
         kv.compact()
         live = {k: kv[k] for k in kv}
     data = path.read_bytes()
-    assert codec.parse_header(data).version == codec.VERSION_IMAGE
+    assert codec.parse_header(data).version == codec.VERSION_PART
     seen: list[str] = []
     ordinary = False
     for offset, raw in records(path):

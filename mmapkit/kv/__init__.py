@@ -3,7 +3,9 @@
 ``KV`` is the store (store.py: the mapped file and the multiprocess protocol); ``codec``
 holds the file format as pure functions.  Beside them: _index.py (the format as the hot
 paths spell it inline, the in-memory value forms), _load.py (a mapped file in, an index
-out), _files.py (whole-file writes: create, compact, backup, restore), _writelock.py (the
+out), _lazy.py (a compacted file's image parts decoded on first use, and the invariant
+that keeps the index exact meanwhile), _files.py (whole-file writes: create, compact,
+backup, restore), _writelock.py (the
 multiprocess writer lock: turns and holds), _check.py (the offline report), _reports.py
 (the report types), _crypto.py (AES-GCM records).
 """

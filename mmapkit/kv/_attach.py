@@ -52,8 +52,8 @@ __all__ = [
 
 # What attaching to a file sets: reopen() keeps the old values until the new file loads.
 ATTACHED = ("_fd", "_ident", "_region", "_view", "_size", "_commit", "_waitw", "_waiter",
-            "_lock_waiter", "_want_waiter", "_index", "_nops", "_seq_base", "_pos", "_seen",
-            "_held")
+            "_lock_waiter", "_want_waiter", "_index", "_lazy", "_nops", "_seq_base", "_pos",
+            "_seen", "_held")
 MODE_GRACE = 0.25  # a just-killed holder's mode lock may outlive its reaping a moment
 
 
@@ -198,6 +198,11 @@ def unbind_views(self: KV) -> None:
 
 def detach(self: KV) -> None:
     self._held = False  # closing the descriptor drops its flock
+    lazy = self._lazy
+    if lazy is not None:  # (its view of the mapping would keep the region from closing)
+        self._lazy = None
+        lazy.release()
+        self._refresh_inline()
     self._unbind_views()
     if self._region is not None:
         self._region.close()
@@ -234,12 +239,13 @@ def reopen(self: KV) -> None:
         # the lock) until the new file's replace them; with _region None, a failed
         # attach releases only what it bound itself.
         self._fd, self._region, self._waiter, self._lock_waiter = -1, None, None, None
-        self._want_waiter, self._held = None, False
+        self._want_waiter, self._held, self._lazy = None, False, None
         try:
             self._attach_path(create=False)
         except BaseException:
             for n, v in old.items():
                 setattr(self, n, v)
+            self._refresh_inline()  # (_lazy is back)
             raise
         retire(old)
 

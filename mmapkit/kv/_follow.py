@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _platform
 from ..errors import CorruptFileError, DecryptionError, DiskFullError
-from . import _files, _load, codec
-from ._load import Analysis
+from . import _files, _lazy, _load, codec
+from ._load import Analysis, Lazy
 from .codec import DATA_START, END_MASK, SUPERSEDED
 
 if TYPE_CHECKING:
@@ -49,32 +49,36 @@ __all__ = [
 UNSETTLED = -1
 
 
-def load(self: KV, *, held: bool = False) -> bool:
+def load(self: KV, *, held: bool = False, eager: bool = False) -> bool:
     """Read the mapped file into a fresh index; False if it was replaced meanwhile.
 
     ``held``: this process holds the writer lock.  Without it (multiprocess and
     read-only handles) the file is read lock-free up to one reading of the commit word
     and nothing is written; what looks damaged is read again under the writer lock on
     a fresh mapping before anything is concluded (see the protocol table).
+    ``eager``: decode every image part now (kv/_lazy.py: a part that did not decode).
     """
     if held or not self._shared:
-        return self._load_locked()
-    found = self._read(committed_only=True)
+        return self._load_locked(eager)
+    found = self._read(committed_only=True, eager=eager)
     if found is not None:
-        analysis, index, bad = found
+        analysis, index, bad, lazy = found
         if not bad and not analysis.problems:
-            self._install(analysis, index, seen=analysis.header.commit)
+            self._install(analysis, index, lazy, seen=analysis.header.commit)
             return True
+        if lazy is not None:
+            lazy.release()
     self._take_own_lock()
     try:
-        return self._load_locked()
+        return self._load_locked(eager)
     finally:
         self._release_flock()
 
 
-def read(self: KV, *, committed_only: bool
-          ) -> tuple[Analysis, dict[str, Any], list[tuple[int, int]]] | None:
-    """Scan and replay the mapped file: (analysis, index, ranges that do not verify).
+def read(self: KV, *, committed_only: bool, eager: bool = False
+         ) -> tuple[Analysis, dict[str, Any], list[tuple[int, int]], Lazy | None] | None:
+    """Scan and replay the mapped file: (analysis, index, ranges that do not verify, the
+    image parts left encoded: kv/_lazy.py; none with ``eager``).
 
     ``committed_only`` (no lock held) reads nothing at or past the commit word's end
     (those bytes belong to the lock holder and may be mid-write); a committed end past
@@ -92,13 +96,13 @@ def read(self: KV, *, committed_only: bool
     self._check_key(hdr)
     self._seq_base = hdr.seq
     loaded = _load.read(self._view, hdr, committed_only=committed_only,
-                        cipher=self._cipher, ser=self._ser)
+                        cipher=self._cipher, ser=self._ser, lazy_ok=not eager)
     self._nops = loaded.nops
     self._has_ttl = self._has_ttl or loaded.has_ttl
-    return loaded.analysis, loaded.mapping, loaded.bad
+    return loaded.analysis, loaded.mapping, loaded.bad, loaded.lazy
 
 
-def load_locked(self: KV) -> bool:
+def load_locked(self: KV, eager: bool = False) -> bool:
     """_load() for the writer-lock holder (or a single-process handle).
 
     Only here is damage concluded: it is reported, the file copied aside, and (when
@@ -110,9 +114,9 @@ def load_locked(self: KV) -> bool:
         self._remap()  # the file may have grown since it was mapped
         if self._commit[0] & SUPERSEDED and not self._path_is_mine():
             return False  # replaced between our look and the lock
-    found = self._read(committed_only=False)
+    found = self._read(committed_only=False, eager=eager)
     assert found is not None
-    analysis, index, bad = found
+    analysis, index, bad, lazy = found
     hdr = analysis.header
     problems = list(analysis.problems)
     if len(bad) > len(analysis.damaged):
@@ -125,7 +129,7 @@ def load_locked(self: KV) -> bool:
     # nobody can have read: appending continues after what verifies.
     end_ok = DATA_START <= hdr.end <= self._size and hdr.end % 8 == 0
     pos = max(analysis.pos, hdr.end) if end_ok else analysis.pos
-    self._install(analysis, index, seen=hdr.commit)
+    self._install(analysis, index, lazy, seen=hdr.commit)
     self._pos = pos
     if self._readonly:
         return True
@@ -155,8 +159,10 @@ def load_locked(self: KV) -> bool:
     return True
 
 
-def install(self: KV, analysis: Analysis, index: dict[str, Any], *, seen: int) -> None:
-    """Make a loaded index current; ``seen`` is the commit word it reflects."""
+def install(self: KV, analysis: Analysis, index: dict[str, Any], lazy: Lazy | None, *,
+            seen: int) -> None:
+    """Make a loaded index (and the image parts it leaves encoded) current; ``seen`` is
+    the commit word it reflects."""
     self._pos = analysis.pos
     # A file marked superseded with the path still naming it (a rename pending, or its
     # compactor died): look at the path again on every read until that settles.
@@ -169,9 +175,12 @@ def install(self: KV, analysis: Analysis, index: dict[str, Any], *, seen: int) -
             assert self._region is not None
             self._region.advise("dontneed", 0, scanned)
     old = self._index
-    self._index = index
+    self._index = index if lazy is None else _lazy.lazy_index(self, index)
+    self._lazy = lazy
+    self._refresh_inline()
     if self._changes is not None:
-        self._note_diff(old, index)
+        self._load_all()  # (a diff needs every key)
+        self._note_diff(old, self._index)
 
 
 def check_key(self: KV, hdr: codec.Header) -> None:
@@ -248,8 +257,13 @@ def read_appended(self: KV, w: int) -> bool:
     if end < self._pos or end > self._size:
         return False  # a commit word never goes back, a file never shrinks: damage?
     if end > self._pos and self._changes is None and self._cipher is None:
-        done = _load.replay_range(self._view, self._pos, end, self._index, self._ser)
+        lazy = self._lazy
+        if lazy is not None:
+            lazy.dirty = None  # (keys of any part may be written now)
+        done = _load.replay_range(self._view, self._pos, end, self._index, self._ser, lazy)
         if done is not None:
+            if lazy is not None:
+                self._settle()
             self._nops += done[0]
             if done[1]:
                 self._has_ttl = True
@@ -268,16 +282,20 @@ def read_appended(self: KV, w: int) -> bool:
         if found.tail or found.damaged:
             return False
         index, changes, replay = self._index, self._changes, self._replay
+        if self._lazy is not None:
+            self._lazy.dirty = None  # (keys of any part may be written now)
         for rec in found.records:
             try:
                 replay(rec, index, changes)
             except (CorruptFileError, DecryptionError):
                 return False  # (what replayed is replayed again by the reload)
+        if self._lazy is not None:
+            self._settle()
     self._pos = end
     self._seen = UNSETTLED if w & SUPERSEDED else w
     return True
 
 
-def reload(self: KV, held: bool) -> None:
-    if not self._load(held=held):
+def reload(self: KV, held: bool, eager: bool = False) -> None:
+    if not self._load(held=held, eager=eager):
         self._reopen()

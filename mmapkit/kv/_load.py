@@ -38,8 +38,10 @@ from .codec import (
 
 __all__ = [
     "Analysis",
+    "Lazy",
     "Loaded",
     "analyse",
+    "image_prefix",
     "read",
     "replay",
     "replay_range",
@@ -64,6 +66,7 @@ class Loaded(NamedTuple):
     bad: list[tuple[int, int]]  # byte ranges that do not verify, decode or authenticate
     nops: int  # operations replayed (with len(index): the live share of the file)
     has_ttl: bool  # some value was set with a ttl
+    lazy: Lazy | None  # image parts left encoded (a clean version 3 file)
 
 
 def analyse(buf: memoryview, hdr: codec.Header, *, committed_only: bool = False) -> Analysis:
@@ -119,9 +122,12 @@ def stored(vb: bytes, ser: Serializer | None) -> Any:
 
 
 def replay(rec: Record, index: dict[str, Any], changes: _Keys | None,
-           cipher: Cipher | None, ser: Serializer | None) -> tuple[int, bool]:
+           cipher: Cipher | None, ser: Serializer | None, lazy: Lazy | None = None
+           ) -> tuple[int, bool]:
     """Apply one verified record to ``index`` (and note changed keys): (operations, ttl
-    seen).  CorruptFileError/DecryptionError when it does not decode or authenticate."""
+    seen).  CorruptFileError/DecryptionError when it does not decode or authenticate.
+    ``lazy``: the image parts not loaded yet (a delete keeps the key out of its part, a
+    clear drops them all; a set needs nothing: a part never replaces a present key)."""
     body = rec.body
     if rec.kind == KIND_IMAGE:
         if rec.flags:
@@ -151,10 +157,14 @@ def replay(rec: Record, index: dict[str, Any], changes: _Keys | None,
             ttl = True
         elif kind == KIND_DEL:
             index.pop(key, None)
+            if lazy is not None:
+                lazy.gone.add(key)
         else:
             if changes is not None:
                 changes.update(index)
             index.clear()
+            if lazy is not None:
+                lazy.drop()
         if changes is not None and kind != KIND_CLEAR:
             changes.add(key)
     return len(ops), ttl
@@ -232,7 +242,8 @@ def _bulk_sets(view: memoryview, pos: int, end: int, n: int, limit: int,
 
 
 def replay_range(view: memoryview, pos: int, end: int, index: dict[str, Any],
-                 ser: Serializer | None) -> tuple[int, bool] | None:
+                 ser: Serializer | None, lazy: Lazy | None = None
+                 ) -> tuple[int, bool] | None:
     """Replay the clean, unencrypted records of ``[pos, end)`` into ``index`` in one pass:
     (operations, ttl seen), or None at anything unusual (damage, odd values): the caller
     then takes the careful path over the same range (replaying a range again is
@@ -294,7 +305,7 @@ def replay_range(view: memoryview, pos: int, end: int, index: dict[str, Any],
                         continue
                     except UnicodeDecodeError:
                         pass
-            ops, t = replay(Record(pos, kind, flags, body), index, None, None, ser)
+            ops, t = replay(Record(pos, kind, flags, body), index, None, None, ser, lazy)
             nops += ops
             ttl = ttl or t
             pos = nxt
@@ -303,16 +314,140 @@ def replay_range(view: memoryview, pos: int, end: int, index: dict[str, Any],
     return nops, ttl
 
 
+def image_prefix(view: memoryview, pos: int, end: int) -> tuple[Lazy | None, int, int] | None:
+    """Verify the image records at the start of a version 3 file without decoding them:
+    (their parts, where the records after them start, keys they hold), or None at
+    anything unusual (the caller reads the file the careful, eager way).  Each record's
+    crc is checked over its body in place, and its head against its size (codec.image_head).
+    """
+    unpack = REC_UNPACK
+    spans: list[list[tuple[int, int]]] = []
+    counts: list[int] = []
+    nops = 0
+    start = pos
+    try:
+        while pos + 12 <= end:
+            magic, kind, flags, n, crc = unpack(view, pos)
+            if kind != KIND_IMAGE:
+                break
+            nxt = pos + ((19 + n) & ~7)
+            if magic != 0x4B56 or flags or nxt > end:
+                return None
+            body = view[pos + 12 : pos + 12 + n]
+            ok = crc32(body, (pos * 0x9E3779B1) ^ (n << 16) ^ kind) == crc
+            del body
+            if not ok:
+                return None
+            nparts, part, count = codec.image_head(view, pos + 12, n)
+            if not spans:
+                spans = [[] for _ in range(nparts)]
+                counts = [0] * nparts
+            elif len(spans) != nparts:
+                return None  # (a file's image has one count of parts)
+            spans[part].append((pos + 12, n))
+            counts[part] += count
+            nops += count
+            pos = nxt
+    except (CorruptFileError, struct.error):
+        return None
+    if pos == start:
+        return None, pos, 0
+    return Lazy(view[:pos], spans, counts), pos, nops
+
+
+class Lazy:
+    """The parts of a version 3 image not decoded yet (kv/_lazy.py has the rules).
+
+    ``spans[p]``: (offset, length) of the bodies of part p's image records, None once p
+    is loaded (or dropped by a clear).  ``gone``: keys deleted since the image was
+    written, which a part loaded later must not bring back.  A part never replaces a key
+    present in the index: what is there was written after the image.
+    """
+
+    __slots__ = ("counts", "dirty", "gone", "left", "mask", "spans", "view")
+
+    def __init__(self, view: memoryview, spans: list[list[tuple[int, int]]],
+                 counts: list[int]) -> None:
+        self.view = view  # a slice of our own: keeps the mapping while parts are unread
+        self.mask = len(spans) - 1
+        self.spans: list[list[tuple[int, int]] | None] = [s or None for s in spans]
+        self.counts = counts
+        self.left = sum(s is not None for s in self.spans)
+        self.gone: set[str] = set()
+        # The parts some key of which may be in the index already (or gone): only those
+        # must be merged key by key; None: any part may (see note()).
+        self.dirty: set[int] | None = None
+
+    def note(self, index: dict[str, Any]) -> None:
+        """Name the parts of the keys written so far (``index`` and ``gone``); a part
+        outside them loads with one dict.update.  Replays after this must set ``dirty``
+        to None (kv/_follow.py's catch-up does)."""
+        part = self.part
+        self.dirty = {*map(part, index), *map(part, self.gone)}
+
+    @property
+    def pending(self) -> int:
+        """Keys in the parts not loaded (an estimate: some may be overwritten or gone)."""
+        return sum(c for c, s in zip(self.counts, self.spans, strict=True) if s is not None)
+
+    def part(self, key: str) -> int:
+        return crc32(key.encode("utf-8", "surrogatepass")) & self.mask
+
+    def load(self, part: int, index: dict[str, Any]) -> int:
+        """Decode part ``part`` into ``index`` (keys present or gone stay as they are):
+        how many keys it held.  CorruptFileError when a record does not decode (nothing
+        is inserted then, and the part stays unloaded)."""
+        spans = self.spans[part]
+        if spans is None:
+            return 0
+        view = self.view
+        cols = [decode_image(view[off : off + n]) for off, n in spans]
+        self.spans[part] = None
+        self.left -= 1
+        total = 0
+        gone = self.gone
+        clean = self.dirty is not None and part not in self.dirty
+        for keys, values in cols:
+            total += len(keys)
+            if clean:  # (no key of this part was written since the image)
+                index.update(zip(keys, values, strict=True))
+                continue
+            clash = index.keys() & keys
+            if gone:
+                clash |= gone.intersection(keys)
+            if not clash:
+                index.update(zip(keys, values, strict=True))
+            else:
+                index.update((k, v) for k, v in zip(keys, values, strict=True)
+                             if k not in clash)
+        if not self.left:
+            self.release()
+        return total
+
+    def drop(self) -> None:
+        """A clear: every part's keys are gone."""
+        self.spans = [None] * len(self.spans)
+        self.left = 0
+        self.gone = set()
+        self.release()
+
+    def release(self) -> None:
+        self.view.release()
+
+
 def read(view: memoryview, hdr: codec.Header, *, committed_only: bool,
-         cipher: Cipher | None, ser: Serializer | None) -> Loaded:
+         cipher: Cipher | None, ser: Serializer | None, lazy_ok: bool = True) -> Loaded:
     """Scan and replay a mapped file (``hdr`` parsed from it) into a fresh index.
 
     ``committed_only``: read nothing at or past the commit word's end (those bytes belong
-    to the writer-lock holder and may be mid-write).
+    to the writer-lock holder and may be mid-write).  ``lazy_ok``: a clean version 3
+    file's image parts are verified but left encoded (Loaded.lazy); without it, or on a
+    file that does not verify, everything is decoded now.
     """
     nops = 0
     has_ttl = False
     fast = None
+    lazy = None
     end = hdr.end
     if not hdr.encrypted and hdr.crc_ok and DATA_START <= end <= view.nbytes and not end % 8:
         index: dict[str, Any] = {}
@@ -322,7 +457,17 @@ def read(view: memoryview, hdr: codec.Header, *, committed_only: bool,
         if pause_gc:
             gc.disable()
         try:
-            fast = replay_range(view, DATA_START, end, index, ser)
+            start, image_ops = DATA_START, 0
+            if lazy_ok and hdr.version >= codec.VERSION_PART:
+                found = image_prefix(view, DATA_START, end)
+                if found is not None:
+                    lazy, start, image_ops = found
+            fast = replay_range(view, start, end, index, ser, lazy)
+            if fast is not None:
+                fast = (fast[0] + image_ops, fast[1])
+            elif lazy is not None:
+                lazy.release()
+                lazy = None
         finally:
             if pause_gc:
                 gc.enable()
@@ -349,10 +494,14 @@ def read(view: memoryview, hdr: codec.Header, *, committed_only: bool,
                 plain += 1
                 continue
         try:
-            ops, t = replay(rec, index, None, cipher, ser)
+            ops, t = replay(rec, index, None, cipher, ser, lazy)
         except (CorruptFileError, DecryptionError):
             bad.append((rec.offset, rec.offset + rec.size))
             continue
         nops += ops
         has_ttl = has_ttl or t
-    return Loaded(analysis, index, bad, nops + plain, has_ttl)
+    if lazy is not None and not lazy.left:
+        lazy = None  # (a clear after the image dropped every part)
+    elif lazy is not None:
+        lazy.note(index)
+    return Loaded(analysis, index, bad, nops + plain, has_ttl, lazy)

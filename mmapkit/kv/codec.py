@@ -19,8 +19,13 @@ Design rules:
   NUL-joined or length-prefixed str column), so opening a store builds its index with a
   handful of C-level calls per chunk instead of one Python step per key.  An image record
   is framed and checksummed like every record: a damaged one costs its own chunk only.
-  Files holding images carry version 2, which older readers refuse (FormatVersionError);
-  files without them stay version 1.
+  Files holding images carry version 2 or 3, which older readers refuse
+  (FormatVersionError); files without them stay version 1.
+- Version 3 (``VERSION_PART``) partitions the image by a stable hash of the key
+  (``image_part``: CRC-32 of its UTF-8, masked to a power-of-two count of parts); each
+  image record's head names its part, so an opener can verify every record and leave
+  each part encoded until a key of it is first used (kv/_lazy.py).  Version 2 images
+  (one part) are still read, and decoded at open as before.
 - All integers little-endian.  The layout is documented byte by byte in docs/formats.md.
 """
 
@@ -43,6 +48,7 @@ __all__ = [
     "HEADER_SIZE",
     "IMAGE_BYTES",
     "IMAGE_KEYS",
+    "IMAGE_PART_KEYS",
     "KEY_MAX",
     "KIND_BATCH",
     "KIND_CLEAR",
@@ -61,6 +67,7 @@ __all__ = [
     "OFF_LOCK_WANT",
     "OFF_SEQ",
     "OFF_WAITERS",
+    "PART_BITS_MAX",
     "REC_FLAG_ENCRYPTED",
     "REC_HEADER",
     "REC_MAGIC",
@@ -80,6 +87,7 @@ __all__ = [
     "T_TUPLE",
     "VERSION",
     "VERSION_IMAGE",
+    "VERSION_PART",
     "VERSION_PLAIN",
     "Header",
     "Record",
@@ -93,6 +101,9 @@ __all__ = [
     "encode_record",
     "encode_value",
     "from_json_value",
+    "image_head",
+    "image_part",
+    "image_parts",
     "iter_ops",
     "parse_header",
     "record_size",
@@ -103,8 +114,9 @@ __all__ = [
 # --- file header (128 bytes) ------------------------------------------------------------
 MAGIC = b"MMKITKV\x00"
 VERSION_PLAIN = 1  # records of kinds 1..5 only
-VERSION_IMAGE = 2  # may also hold image records (kind 6)
-VERSION = VERSION_IMAGE  # the newest this code reads
+VERSION_IMAGE = 2  # may also hold image records (kind 6), one part
+VERSION_PART = 3  # image records partitioned by key hash (their head's part field)
+VERSION = VERSION_PART  # the newest this code reads
 HEADER_SIZE = 128
 DATA_START = HEADER_SIZE
 FLAG_ENCRYPTED = 1
@@ -370,7 +382,7 @@ def batch_body(entries: list[tuple[int, bytes]]) -> bytes:
 # Body: a 16-byte head, then the columns back to back (no padding, no alignment needed: the
 # readers copy or cast without assuming any).
 #
-#   value form (u8), key form (u8), reserved (u16, 0), count n (u32, >= 1),
+#   value form (u8), key form (u8), part (u16), count n (u32, >= 1),
 #   key bytes K (u32), value bytes V (u32),
 #   [n x u32 key lengths, key form 1], K bytes of keys,
 #   [n x u32 value lengths, value forms 3 and 5], V bytes of values.
@@ -380,9 +392,30 @@ def batch_body(entries: list[tuple[int, bytes]]) -> bytes:
 # column (V = 8n); 2 bytes of one width (V = width * n); 3 bytes with lengths; 4 str (strict
 # UTF-8) joined with NUL (none holds one); 5 str with lengths.  Every value is a plain set:
 # the index form is the value itself.
+#
+# The part field (version 3 files; 0 in version 2 files, meaning one part): bits 12..15
+# are b, the file's image has 2**b parts (b <= PART_BITS_MAX, the same in every image
+# record of a file), bits 0..11 the part p < 2**b that holds every key of this record:
+# p = crc32(key's UTF-8) & (2**b - 1) (image_part).  Python's hash() is randomised per
+# process: never used for this.
 IMAGE_KEYS = 1 << 16  # keys per image record at most (what one damaged chunk can cost)
 IMAGE_BYTES = 1 << 22  # a writer closes a chunk once its columns pass this many bytes
 IM_INT, IM_BYTES_FIXED, IM_BYTES, IM_STR_NUL, IM_STR = 1, 2, 3, 4, 5
+IMAGE_PART_KEYS = 1 << 14  # a compaction aims at about this many image keys per part
+PART_BITS_MAX = 12  # at most 4096 parts (bigger stores: bigger parts)
+
+
+def image_parts(nkeys: int) -> int:
+    """How many parts (a power of two) an image of ``nkeys`` keys is cut into."""
+    b = 0
+    while (IMAGE_PART_KEYS << b) < nkeys and b < PART_BITS_MAX:
+        b += 1
+    return 1 << b
+
+
+def image_part(key: str, nparts: int) -> int:
+    """The part of a key in an image of ``nparts`` parts (stable across processes)."""
+    return zlib.crc32(key.encode("utf-8", "surrogatepass")) & (nparts - 1)
 _IMAGE_HEAD = struct.Struct("<BBHIII")
 _LITTLE = sys.byteorder == "little"
 assert array("q").itemsize == 8 and array("I").itemsize == 4
@@ -395,8 +428,10 @@ def _u32s(values: Sequence[int]) -> bytes:
     return a.tobytes()
 
 
-def encode_image(keys: Sequence[str], values: Sequence[Any]) -> bytes:
-    """The body of an image record setting ``keys[i]`` to ``values[i]``.
+def encode_image(keys: Sequence[str], values: Sequence[Any], part: int = 0,
+                 nparts: int = 1) -> bytes:
+    """The body of an image record setting ``keys[i]`` to ``values[i]``, all of them of
+    part ``part`` of ``nparts`` (a power of two; 1: a version 2 image).
 
     All values share one type: int (each in the int64 range), bytes or str; keys and str
     values must encode as strict UTF-8.  ValueError/TypeError otherwise (the caller keeps
@@ -440,7 +475,10 @@ def encode_image(keys: Sequence[str], values: Sequence[Any]) -> bytes:
         raise ValueError(f"not an image value: {exc}") from None
     if len(kjoined) > BODY_MAX or len(vblob) > BODY_MAX:
         raise ValueError("image columns exceed the 4 GiB format limit")
-    head = _IMAGE_HEAD.pack(vform, kform, 0, n, len(kjoined), len(vblob))
+    bits = nparts.bit_length() - 1
+    if nparts != 1 << bits or bits > PART_BITS_MAX or not 0 <= part < nparts:
+        raise ValueError(f"no part {part} of {nparts}")
+    head = _IMAGE_HEAD.pack(vform, kform, bits << 12 | part, n, len(kjoined), len(vblob))
     return b"".join((head, klens, kjoined, vlens, vblob))
 
 
@@ -481,16 +519,31 @@ def _fixed(blob: memoryview, width: int, n: int) -> list[bytes]:
     return out
 
 
+def image_head(body: Any, pos: int = 0, size: int | None = None) -> tuple[int, int, int]:
+    """(parts, part, count) of the image record body at ``body[pos:pos + size]``, its head
+    checked against the body's size; CorruptFileError if it does not fit."""
+    try:
+        vform, kform, bits, n, nk, nv = _IMAGE_HEAD.unpack_from(body, pos)
+        if size is None:
+            size = memoryview(body).nbytes - pos
+        if n == 0 or kform > 1 or not IM_INT <= vform <= IM_STR or \
+                bits >> 12 > PART_BITS_MAX or (bits & 0xFFF) >> (bits >> 12):
+            raise ValueError("unknown image head")
+        vlen = vform in (IM_BYTES, IM_STR)
+        if size != 16 + 4 * n * (kform + vlen) + nk + nv:
+            raise ValueError("image columns do not fill the body")
+    except (struct.error, ValueError, TypeError) as exc:
+        raise CorruptFileError(f"image record does not decode: {exc}") from None
+    return 1 << (bits >> 12), bits & 0xFFF, n
+
+
 def decode_image(body: Any) -> tuple[list[str], list[Any]]:
     """(keys, values) of an image record body (bytes-like); CorruptFileError if bad."""
     view = memoryview(body)
+    image_head(view)
     try:
-        vform, kform, reserved, n, nk, nv = _IMAGE_HEAD.unpack_from(view, 0)
-        if reserved or n == 0 or kform > 1 or not IM_INT <= vform <= IM_STR:
-            raise ValueError("unknown image head")
+        vform, kform, _bits, n, nk, nv = _IMAGE_HEAD.unpack_from(view, 0)
         vlen = vform in (IM_BYTES, IM_STR)
-        if view.nbytes != 16 + 4 * n * (kform + vlen) + nk + nv:
-            raise ValueError("image columns do not fill the body")
         pos = 16 + 4 * n * kform
         kblob = view[pos : pos + nk]
         if kform:
@@ -708,8 +761,9 @@ def _header_crc(fixed: bytes) -> int:
 
 def build_header(*, flags: int, salt: int, created_ns: int, keycheck: bytes, end: int,
                  seq: int = 0, compactions: int = 0, version: int = VERSION_PLAIN) -> bytes:
-    """A header; ``version`` 2 (VERSION_IMAGE) only for a file that holds image records,
-    so that older readers refuse it and every other file stays readable by them."""
+    """A header; ``version`` 2 or 3 (VERSION_IMAGE, VERSION_PART) only for a file that
+    holds image records, so that older readers refuse it and every other file stays
+    readable by them."""
     if not VERSION_PLAIN <= version <= VERSION:
         raise ValueError(f"no KV format version {version}")
     fixed = bytearray(_FIXED.pack(MAGIC, version, flags, 0, salt, created_ns,

@@ -14,6 +14,8 @@ Design rules:
   whole (the mark is cleared by the next writer that finds the path still names it).
 - In memory: key -> value for immutable values; containers stay encoded (``Packed``) and
   are decoded per read so a caller never mutates the cache; ``Expiring`` wraps ttl values.
+  A compacted file's image parts are verified at open but decoded into the index only when
+  one of their keys is first used (_lazy.py: the invariant, and which operations load).
 - Modes, enforced with a flock on ``<path>.lock``: single-process holds it exclusive,
   multiprocess and readonly hold it shared; a mix is refused with ModeConflictError.
 - Change notification: the low 32 bits of the commit word change on every commit; waiters
@@ -173,6 +175,7 @@ from ..lock import FileLock
 from ..region import Region
 from ..wait import Waiter
 from . import _attach, _files, _follow, _index, _load, codec
+from . import _lazy as _lazily
 from ._crypto import OVERHEAD, Cipher
 from ._files import fd_path
 from ._index import PLAIN, SPECIAL, Expiring, Packed
@@ -261,7 +264,8 @@ class KV(MutableMapping[str, Any], WriterLock):
     __slots__ = (
         "__weakref__", "_batch", "_changes", "_cipher", "_commit", "_depth", "_fd",
         "_forked", "_handed", "_has_ttl", "_held", "_hold", "_hold_evt", "_ident",
-        "_index", "_inline_mp", "_inline_sp", "_lock_timeout", "_lock_waiter", "_min_cap",
+        "_index", "_inline_mp", "_inline_sp", "_lazy", "_lock_timeout", "_lock_waiter",
+        "_min_cap",
         "_mode", "_multiprocess", "_nops", "_packers", "_path", "_plain_writes", "_pos",
         "_readonly", "_recover", "_region", "_seen", "_seq_base", "_ser",
         "_shared", "_size", "_tlock", "_turn_at", "_undo", "_undo_all", "_view", "_waiter",
@@ -297,6 +301,7 @@ class KV(MutableMapping[str, Any], WriterLock):
         self._min_cap = _platform.align_up(capacity or DEFAULT_CAPACITY)
         self._cipher = Cipher(key) if key is not None else None
         self._index: dict[str, Any] = {}
+        self._lazy: _load.Lazy | None = None  # image parts not decoded yet (_lazy.py)
         self._tlock = threading.RLock()
         self._depth = 0
         self._batch: list[tuple[int, bytes]] | None = None
@@ -377,6 +382,10 @@ class KV(MutableMapping[str, Any], WriterLock):
     _catch_up = _follow.catch_up
     _read_appended = _follow.read_appended
     _reload = _follow.reload
+    # Image parts left encoded at open, loaded on first use (_lazy.py: the invariant).
+    _load_key = _lazily.load_key
+    _load_all = _lazily.load_all
+    _settle = _lazily.settle
 
     def _follow_committed(self) -> None:
         """Replay what other processes committed, lock-free (R2, what every reader does);
@@ -392,7 +401,7 @@ class KV(MutableMapping[str, Any], WriterLock):
         return _load.stored(vb, self._ser)
 
     def _replay(self, rec: Record, index: dict[str, Any], changes: _Keys | None) -> None:
-        ops, ttl = _load.replay(rec, index, changes, self._cipher, self._ser)
+        ops, ttl = _load.replay(rec, index, changes, self._cipher, self._ser, self._lazy)
         self._nops += ops
         if ttl:
             self._has_ttl = True
@@ -495,7 +504,8 @@ class KV(MutableMapping[str, Any], WriterLock):
         # compaction, and the file stays within three times its live data.
         used = self._pos - DATA_START
         # The share of live operations estimates the live bytes without encoding them.
-        live = used * min(1.0, len(self._index) / max(self._nops, 1))
+        keys = len(self._index) + (self._lazy.pending if self._lazy is not None else 0)
+        live = used * min(1.0, keys / max(self._nops, 1))
         size = self._size
         if size < _CHURN_MAX and \
                 time.time_ns() - _U64.unpack_from(self._view, OFF_CREATED)[0] < _CHURN_NS:
@@ -530,6 +540,7 @@ class KV(MutableMapping[str, Any], WriterLock):
 
     def _image(self, cipher: Cipher | None) -> _files.Image:
         """Records of every live key laid out from DATA_START (_files.image)."""
+        self._load_all()
         return _files.image(self._index, cipher)
 
     def _rewrite(self, image: _files.Image, cipher: Cipher | None, *,
@@ -599,16 +610,27 @@ class KV(MutableMapping[str, Any], WriterLock):
     def _write(self, kind: int, body: bytes, key: str, stored: Any) -> None:
         with self._tlock:
             if self._batch is not None:
+                if self._lazy is not None:
+                    self._unlazy(kind, key)
                 self._remember(kind, key)
                 self._batch.append((kind, body))
                 self._apply(kind, key, stored)
                 return
             self._enter_write()
             try:
+                if self._lazy is not None:
+                    self._unlazy(kind, key)  # (after _enter_write: it may move files)
                 self._append(kind, body)
                 self._apply(kind, key, stored)
             finally:
                 self._exit_write()
+
+    def _unlazy(self, kind: int, key: str) -> None:
+        """Before writing ``key``: load its image part (a clear: every part)."""
+        if kind == KIND_CLEAR:
+            self._load_all()
+        else:
+            self._load_key(key)
 
     def _apply(self, kind: int, key: str, stored: Any) -> None:
         if kind == KIND_DEL:
@@ -630,6 +652,9 @@ class KV(MutableMapping[str, Any], WriterLock):
     def __getitem__(self, key: str) -> Any:
         if self._shared and self._commit[0] != self._seen:  # the seqlock check
             self._poll()
+        # (While image parts are unloaded the index is a _lazy.LazyIndex, whose
+        # __missing__ and get() load the key's part on a miss: no test of our own here,
+        # nor in get() and ``in``.)
         v = self._index[key]
         if type(v) in SPECIAL:
             return self._special(key, v)
@@ -639,7 +664,7 @@ class KV(MutableMapping[str, Any], WriterLock):
         """``kv[key]``, or ``default`` when the key is missing or expired."""
         if self._shared and self._commit[0] != self._seen:  # the seqlock check
             self._poll()
-        v = self._index.get(key, _MISSING)
+        v = self._index.get(key, _MISSING)  # (a LazyIndex loads the key's part on a miss)
         if v is _MISSING:
             return default
         if type(v) in SPECIAL:
@@ -665,9 +690,11 @@ class KV(MutableMapping[str, Any], WriterLock):
     def _refresh_inline(self) -> None:
         """Derive the flags __setitem__ tests for its single- and multiprocess hot paths
         (call it whenever _plain_writes, _shared, _batch or _forked change)."""
-        self._inline_sp = self._plain_writes and not self._shared and self._batch is None
-        self._inline_mp = (self._plain_writes and self._shared and self._batch is None
-                           and not self._forked)
+        # (While image parts are unloaded, _lazy.py: writes go through set(), which loads
+        # the key's part first, so the hot path needs no test of its own.)
+        plain = self._plain_writes and self._batch is None and self._lazy is None
+        self._inline_sp = plain and not self._shared
+        self._inline_mp = plain and self._shared and not self._forked
 
     def set(self, key: str, value: Any, ttl: float | None = None) -> None:
         """Store ``value`` under ``key``; with ``ttl`` (seconds) it vanishes after that long.
@@ -693,6 +720,8 @@ class KV(MutableMapping[str, Any], WriterLock):
         with self._tlock:
             self._enter_write()
             try:
+                if self._lazy is not None:
+                    self._load_key(key)
                 v = self._index.get(key, _MISSING)
                 if v is _MISSING or (type(v) is Expiring and v.expiry <= time.time()):
                     raise KeyError(key)
@@ -711,6 +740,8 @@ class KV(MutableMapping[str, Any], WriterLock):
     def _live_keys(self) -> list[str]:
         if self._shared:
             self._poll()
+        if self._lazy is not None:
+            self._load_all()
         now = time.time()
         return [k for k, v in self._index.items()
                 if type(v) is not Expiring or v.expiry > now]
@@ -721,6 +752,8 @@ class KV(MutableMapping[str, Any], WriterLock):
     def __len__(self) -> int:
         if self._shared:
             self._poll()
+        if self._lazy is not None:
+            self._load_all()
         if not self._has_ttl:  # no key ever had a ttl: no need to look at every value
             return len(self._index)
         return len(self._live_keys())
@@ -865,6 +898,7 @@ class KV(MutableMapping[str, Any], WriterLock):
             self._check_open()
             if self._shared:
                 self._poll()
+            self._load_all()
             overhead = OVERHEAD if self._cipher else 0
             live = sum(codec.record_size(len(b) + overhead)
                        for _, b in _index.live_entries(self._index))
@@ -894,6 +928,7 @@ class KV(MutableMapping[str, Any], WriterLock):
                              "multiprocess=True (or readonly=True)")
         with self._tlock:
             self._poll()
+            self._load_all()  # (every change must be seen: no key may hide in a part)
             self._watch_keys = None if keys is None else frozenset(keys)
             self._changes = set()
 
@@ -944,7 +979,7 @@ class KV(MutableMapping[str, Any], WriterLock):
             self._check_open()
             if self._shared:
                 self._poll()
-            _files.write_store(os.fspath(dst), _files.image(self._index, self._cipher),
+            _files.write_store(os.fspath(dst), self._image(self._cipher),
                                self._cipher, self._min_cap)
 
     @classmethod
@@ -1067,7 +1102,9 @@ class KV(MutableMapping[str, Any], WriterLock):
     def __repr__(self) -> str:
         mode = "multiprocess" if self._multiprocess else "readonly" if self._readonly else \
             "single-process"
-        state = "closed" if self._region is None else f"{len(self._index)} keys"
+        lazy = self._lazy
+        state = "closed" if self._region is None else f"{len(self._index)} keys" + (
+            f" (and about {lazy.pending} in image parts not loaded yet)" if lazy else "")
         return f"<KV {self._path} {mode} {state}>"
 
 
