@@ -32,9 +32,9 @@ from collections.abc import Sequence
 from itertools import accumulate, compress, repeat
 from operator import add, is_, not_
 from typing import Any, NamedTuple
-from zlib import crc32
 
 from .. import _platform
+from .._crc import crc32 as _fast_crc32
 from .._fileio import atomic_file, raise_if_disk_full, write_all
 from ..errors import DiskFullError
 from . import _index, codec
@@ -66,6 +66,9 @@ __all__ = [
     "write_parts",
     "write_store",
 ]
+
+# zlib's CRC-32, or ISA-L's (the isal extra: the same values, faster; mmapkit._crc)
+crc32 = _fast_crc32()
 
 _COLUMNS = frozenset((int, bytes, str))  # value types an image record can hold
 _JOIN_MAX = 8 << 20  # write_parts joins a batch of records up to this size

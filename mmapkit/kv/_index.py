@@ -23,8 +23,8 @@ import time
 from collections.abc import Callable
 from time import monotonic as _monotonic
 from typing import TYPE_CHECKING, Any
-from zlib import crc32
 
+from .._crc import crc32 as _fast_crc32
 from . import codec
 from ._crypto import Cipher
 from .codec import (
@@ -58,6 +58,9 @@ __all__ = [
     "put",
     "setitem",
 ]
+
+# zlib's CRC-32, or ISA-L's (the isal extra: the same values, faster; mmapkit._crc)
+crc32 = _fast_crc32()
 
 _F64 = struct.Struct("<d")
 _U16 = struct.Struct("<H")

@@ -17,8 +17,8 @@ from __future__ import annotations
 import gc
 import struct
 from typing import Any, NamedTuple
-from zlib import crc32
 
+from .._crc import crc32 as _fast_crc32
 from ..errors import CorruptFileError, DecryptionError
 from . import codec
 from ._crypto import Cipher
@@ -47,6 +47,9 @@ __all__ = [
     "replay_range",
     "stored",
 ]
+
+# zlib's CRC-32, or ISA-L's (the isal extra: the same values, faster; mmapkit._crc)
+crc32 = _fast_crc32()
 
 _Keys = set[str]
 
