@@ -310,6 +310,18 @@ def _file_of_version(path: Path, cap: int, flags: int, version: int) -> None:
         f.write(header.ljust(fmt.HEADER_SIZE + cap, b"\0"))
 
 
+def _no_busy_word_left(ch: Channel, path: Path) -> None:
+    """After an interrupted send of b"b" (b"a" sent before): the busy word is down, so
+    another producer steals the lease at once, and only b"a" and its b"c" arrive."""
+    assert ch._hdr32[ch._pbusy] == 0
+    other = Channel.open(path)
+    other.send(b"c", timeout=1)  # steals at once: nobody is busy
+    assert [ch.recv(), ch.recv()] == [b"a", b"c"]
+    ch.check()
+    other.close()
+    ch.close()
+
+
 def test_an_interrupt_while_entering_leaves_no_busy_word(tmp_path: Path) -> None:
     """L1-L3 interrupted (KeyboardInterrupt at the barrier of a version 2 file): the busy
     word goes back to 0, so a thief is not held up by a participant that is not inside a
@@ -331,13 +343,7 @@ def test_an_interrupt_while_entering_leaves_no_busy_word(tmp_path: Path) -> None
     with pytest.raises(KeyboardInterrupt):
         ch.send(b"b")
     ch._fence = real
-    assert ch._hdr32[ch._pbusy] == 0
-    other = Channel.open(path)
-    other.send(b"c", timeout=1)  # steals at once: nobody is busy
-    assert [ch.recv(), ch.recv()] == [b"a", b"c"]
-    ch.check()
-    other.close()
-    ch.close()
+    _no_busy_word_left(ch, path)
 
 
 def test_an_interrupt_inside_the_claim_leaves_no_busy_word(tmp_path: Path) -> None:
@@ -356,13 +362,7 @@ def test_an_interrupt_inside_the_claim_leaves_no_busy_word(tmp_path: Path) -> No
     with pytest.raises(KeyboardInterrupt):
         ch.send(b"b")
     ch._framers = real
-    assert ch._hdr32[ch._pbusy] == 0
-    other = Channel.open(path)
-    other.send(b"c", timeout=1)  # steals at once: nobody is busy
-    assert [ch.recv(), ch.recv()] == [b"a", b"c"]
-    ch.check()
-    other.close()
-    ch.close()
+    _no_busy_word_left(ch, path)
 
 
 def test_a_thief_yields_for_the_flock_then_waits_in_it(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ child by inheritance.  Each transition is tested with unrelated processes.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import mmap
 import subprocess
@@ -13,10 +14,11 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import exit_code, fork_child, run_py, spawn
+from conftest import Child, child_env, exit_code, fork_child, run_py, spawn, wait_reached
 
 from mmapkit.kv import KV
 
@@ -279,44 +281,70 @@ HOLD_THEN_CLOSE = """
 """
 
 
+class LockWords:
+    """The lock words of a store's mapped header (codec.OFF_LOCK_*), read and written as
+    another process would: "wanted", the hand-over count, the ready word."""
+
+    def __init__(self, head: mmap.mmap) -> None:
+        from mmapkit.kv import codec
+
+        self.head = head
+        self.at = {"want": codec.OFF_LOCK_WANT, "seq": codec.OFF_LOCK_SEQ,
+                   "ready": codec.OFF_LOCK_READY}
+
+    def __getitem__(self, word: str) -> int:
+        at = self.at[word]
+        return int.from_bytes(self.head[at : at + 4], "little")
+
+    def __setitem__(self, word: str, value: int) -> None:
+        at = self.at[word]
+        self.head[at : at + 4] = value.to_bytes(4, "little")
+
+
+@contextlib.contextmanager
+def holder_then_close(path: Path, **env: str) -> Iterator[tuple[Child, LockWords]]:
+    """A process holding the store's writer lock between writes (H1), which closes the
+    handle (H6) when told ``close()``; and the store's lock words, mapped."""
+    KV(path, multiprocess=True).close()
+    holder = Child([sys.executable, "-c", textwrap.dedent(HOLD_THEN_CLOSE), str(path)],
+                   env={**child_env(), **env}, text=True, stdin=subprocess.PIPE,
+                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        assert holder.stdout.readline().strip() == "held"
+        with open(path, "r+b") as f, mmap.mmap(f.fileno(), 4096) as head:
+            yield holder, LockWords(head)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        holder.communicate()
+
+
+def close(holder: Child) -> None:
+    assert holder.stdin is not None
+    holder.stdin.write("close\n")
+    holder.stdin.flush()
+
+
 def test_a_waiter_asking_during_a_hand_over_stays_wanted(tmp_path: Path) -> None:
     """A waiter that reads the moved hand-over count while the holder's wake-up is under
     way (and so is not asleep yet: the wake-up finds nobody) sets "wanted" for the next
     hand-over.  The holder must not clear it after its wake-up: that waiter would sleep
     out its slice while the next holder, seeing nobody wanted the lock, wrote on."""
-    from conftest import Child, child_env, wait_reached
-
-    from mmapkit.kv import codec
-
     path = tmp_path / "want.kv"
-    KV(path, multiprocess=True).close()
-    env = {**child_env(), "MMAPKIT_PAUSE": "kv.handover.counted",
-           "MMAPKIT_PAUSE_DIR": str(tmp_path)}
-    holder = Child([sys.executable, "-c", textwrap.dedent(HOLD_THEN_CLOSE), str(path)],
-                   env=env, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                   stderr=subprocess.PIPE)
-    try:
-        assert holder.stdout is not None and holder.stdin is not None
-        assert holder.stdout.readline().strip() == "held"
-        with open(path, "r+b") as f, mmap.mmap(f.fileno(), 4096) as head:
-            want = slice(codec.OFF_LOCK_WANT, codec.OFF_LOCK_WANT + 4)
-            seq = slice(codec.OFF_LOCK_SEQ, codec.OFF_LOCK_SEQ + 4)
-            head[want] = (1).to_bytes(4, "little")  # a first waiter asked (L2)
-            before = head[seq]
-            holder.stdin.write("close\n")
-            holder.stdin.flush()
-            wait_reached(holder, tmp_path, "kv.handover.counted")
-            assert head[seq] != before  # the count moved; the wake-up comes next
-            # Another waiter reads the new count and says it wants the lock (L2); it is
-            # not asleep yet, so the wake-up finds nobody.
-            head[want] = (1).to_bytes(4, "little")
-            (tmp_path / "kv.handover.counted.go").touch()
-            assert holder.wait(timeout=60) == 0, holder.communicate()
-            assert int.from_bytes(head[want], "little") == 1
-    finally:
-        if holder.poll() is None:
-            holder.kill()
-        holder.communicate()
+    with holder_then_close(path, MMAPKIT_PAUSE="kv.handover.counted",
+                           MMAPKIT_PAUSE_DIR=str(tmp_path)) as (holder, words):
+        words["want"] = 1  # a first waiter asked (L2)
+        before = words["seq"]
+        close(holder)
+        wait_reached(holder, tmp_path, "kv.handover.counted")
+        assert words["seq"] != before  # the count moved; the wake-up comes next
+        # Another waiter reads the new count and says it wants the lock (L2); it is not
+        # asleep yet, so the wake-up finds nobody.
+        words["want"] = 1
+        (tmp_path / "kv.handover.counted.go").touch()
+        assert holder.wait(timeout=60) == 0, holder.communicate()
+        assert words["want"] == 1
     assert KV.check(path).ok
 
 
@@ -324,34 +352,17 @@ def test_letting_go_leaves_a_claimed_turn_to_its_claimer(tmp_path: Path) -> None
     """A holder that lets go (idle, closing, exiting) while a woken waiter has claimed
     the next turn (L3: replaying, then it tries the flock) wakes nobody and leaves the
     claim: clearing it to wake another sleeper made two processes replay for one turn."""
-    from conftest import Child, child_env
-
     from mmapkit.kv import codec
 
     path = tmp_path / "claim.kv"
-    KV(path, multiprocess=True).close()
-    holder = Child([sys.executable, "-c", textwrap.dedent(HOLD_THEN_CLOSE), str(path)],
-                   env=child_env(), text=True, stdin=subprocess.PIPE,
-                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        assert holder.stdout is not None and holder.stdin is not None
-        assert holder.stdout.readline().strip() == "held"
-        with open(path, "r+b") as f, mmap.mmap(f.fileno(), 4096) as head:
-            want = slice(codec.OFF_LOCK_WANT, codec.OFF_LOCK_WANT + 4)
-            seq = slice(codec.OFF_LOCK_SEQ, codec.OFF_LOCK_SEQ + 4)
-            ready = slice(codec.OFF_LOCK_READY, codec.OFF_LOCK_READY + 4)
-            head[want] = (1).to_bytes(4, "little")  # others sleep for the lock (L2) ...
-            head[ready] = codec.LOCK_CLAIMED.to_bytes(4, "little")  # ... one was woken
-            before = head[seq]
-            holder.stdin.write("close\n")
-            holder.stdin.flush()
-            assert holder.wait(timeout=60) == 0, holder.communicate()
-            assert head[seq] == before  # nobody else woken
-            assert int.from_bytes(head[ready], "little") == codec.LOCK_CLAIMED
-    finally:
-        if holder.poll() is None:
-            holder.kill()
-        holder.communicate()
+    with holder_then_close(path) as (holder, words):
+        words["want"] = 1  # others sleep for the lock (L2) ...
+        words["ready"] = codec.LOCK_CLAIMED  # ... and one of them was woken
+        before = words["seq"]
+        close(holder)
+        assert holder.wait(timeout=60) == 0, holder.communicate()
+        assert words["seq"] == before  # nobody else woken
+        assert words["ready"] == codec.LOCK_CLAIMED
     assert probe(path) == "free"
     assert KV.check(path).ok
 
