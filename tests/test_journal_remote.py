@@ -21,6 +21,7 @@ from conftest import child_env, spawn
 from mmapkit import Journal
 from mmapkit.errors import BrokenError, CorruptFileError, FormatVersionError, OffsetOutOfRangeError
 from mmapkit.journal import ProtocolError, RemoteReader
+from mmapkit.journal import _format as F
 from mmapkit.journal import remote as R
 
 # These tests SIGKILL children (or servers) whose pipes and sockets the test leaves to
@@ -203,13 +204,17 @@ class FlippingProxy:
             b.shutdown(socket.SHUT_WR)
 
     def _run(self) -> None:
-        client, _ = self.listener.accept()
+        with self.listener:  # (one connection: every socket closed when its pipes end)
+            client, _ = self.listener.accept()
         fam = socket.AF_UNIX if isinstance(self.target, str) else socket.AF_INET
         server = socket.create_connection(self.target) if fam == socket.AF_INET else None
         assert server is not None
-        threading.Thread(target=self._pipe, args=(server, client, self.direction == "down"),
-                         daemon=True).start()
-        self._pipe(client, server, self.direction == "up")
+        with client, server:
+            down = threading.Thread(target=self._pipe, daemon=True,
+                                    args=(server, client, self.direction == "down"))
+            down.start()
+            self._pipe(client, server, self.direction == "up")
+            down.join()  # (the client's EOF, passed on, makes the server close its side)
 
 
 def test_damaged_bytes_on_the_wire_are_detected(tmp_path: Path) -> None:
@@ -242,7 +247,7 @@ def test_damaged_bytes_on_the_wire_are_detected(tmp_path: Path) -> None:
 def test_flips_are_caught_by_the_right_check(tmp_path: Path, crc: str,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     if crc == "zlib":  # (the client without the isal extra)
-        monkeypatch.setattr(R, "_fast_crc32", lambda: zlib.crc32)
+        monkeypatch.setattr(F, "crc32", zlib.crc32)
     d = tmp_path / "j"
     with Journal(d, create=True) as j:
         j.append_many([b"v%d" % i for i in range(10)])

@@ -28,7 +28,6 @@ import struct
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import repeat
 from typing import NamedTuple
-from zlib import crc32
 
 from .._crc import crc32 as _checker
 
@@ -42,6 +41,7 @@ __all__ = [
     "Record",
     "batch_prefix",
     "bell_name",
+    "check_batches",
     "decode_batch",
     "decode_records",
     "encode_batch",
@@ -52,6 +52,10 @@ __all__ = [
     "segment_name",
     "set_first_offset",
 ]
+
+# zlib's CRC-32, or ISA-L's (the isal extra: the same values, 4-7x faster on a record or a
+# batch; mmapkit._crc)
+crc32 = _checker()
 
 VERSION = 1
 
@@ -228,7 +232,7 @@ def encode_batch_tail(records: Iterable[tuple[int, bytes | None, bytes, Headers 
             append(value)
     parts[0] = _BODY_HEAD.pack(count, BATCH_VERSION, 0, 0, first_ts, max_ts)
     tail = b"".join(parts)
-    return tail, _checker()(tail), count, first_ts, max_ts
+    return tail, crc32(tail), count, first_ts, max_ts
 
 
 def encode_values_tail(ts: int, values: Sequence[bytes]) -> tuple[bytes, int]:
@@ -246,7 +250,7 @@ def encode_values_tail(ts: int, values: Sequence[bytes]) -> tuple[bytes, int]:
         add(h)
         add(v)
     tail = b"".join(parts)
-    return tail, _checker()(tail)  # (ISA-L's where installed: 7x zlib's on 12 KiB)
+    return tail, crc32(tail)
 
 
 _BODY_HEAD = struct.Struct("<IBBHqq")  # a batch header from byte 16 (count ... max ts)
@@ -306,12 +310,45 @@ def read_batch_header(view: memoryview | bytes, pos: int, limit: int, *,
                          f"{BATCH_VERSION})")
     if count == 0:
         raise BatchError(f"the batch at {pos} holds no records")
-    # (the check a reader pays per batch: ISA-L's CRC where installed, 7x zlib's on a
-    # 12 KiB batch, 4x on a one-record one; the same values)
-    if verify and _checker()(view[pos + CRC_FROM : pos + length]) != crc:
+    if verify and crc32(view[pos + CRC_FROM : pos + length]) != crc:
         raise BatchError(f"the batch at {pos} fails its checksum")
     # (tuple.__new__: a NamedTuple's own __new__ is a Python call, once per batch read)
     return _new_tuple(BatchInfo, (first, count, length, first_ts, max_ts))
+
+
+def check_batches(view: memoryview | bytes, pos: int, got: int, limit: int, first: int
+                  ) -> tuple[int, int, BatchError | None]:
+    """Check the batches from ``pos`` one after another, the first at offset ``first``
+    and each at the offset after the one before: whole within ``limit``, valid, CRC
+    right (read_batch_header's checks, with no BatchInfo per batch: the walks over many
+    batches -- a fetch reply, the bytes since the last sync -- run at its pace).  Only
+    bytes before ``got`` are read: a batch running past it but not past ``limit`` ends
+    the walk (a reply still arriving).  Returns (the position after the last batch that
+    checked out, the offset after it, the BatchError of the first that did not, or None).
+    """
+    p, nxt = pos, first
+    unpack = BATCH_HEAD.unpack_from
+    try:
+        while p < got:
+            if p + BATCH_HEADER > got:
+                if p + BATCH_HEADER > limit:
+                    read_batch_header(view, p, limit)  # (raises: says what is wrong)
+                break
+            crc, length, boff, count, version = unpack(view, p)
+            if length < BATCH_HEADER or p + length > limit or version != BATCH_VERSION or \
+                    not count:
+                read_batch_header(view, p, limit, verify=False)  # (raises, as above)
+            if boff != nxt:
+                raise BatchError(f"the batch at {p} has offset {boff}, expected {nxt}")
+            if p + length > got:
+                break  # (the rest of it is on its way)
+            if crc32(view[p + CRC_FROM : p + length]) != crc:
+                raise BatchError(f"the batch at {p} fails its checksum")
+            nxt += count
+            p += length
+    except BatchError as exc:
+        return p, nxt, exc
+    return p, nxt, None
 
 
 def decode_batch(view: memoryview | bytes, pos: int, info: BatchInfo) -> Iterator[Record]:
@@ -419,7 +456,7 @@ def decode_one(buf: mmap.mmap | bytes, pos: int, end: int, offset: int) -> Recor
         buf, pos)
     if length != end - pos or first != offset or count != 1 or klen != -1 or hlen or \
             vlen != length - _ONE_FIXED or version != BATCH_VERSION or \
-            _checker()(buf[pos + CRC_FROM : end]) != crc:
+            crc32(buf[pos + CRC_FROM : end]) != crc:
         return None
     return _new_tuple(Record, (offset, ts, None, buf[pos + _ONE_FIXED : end], ()))
 

@@ -196,14 +196,12 @@ import threading
 import time
 import warnings
 import weakref
-import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Union
 
 from .. import _platform
-from .._crc import crc32 as _checker
 from .._fileio import atomic_file, fsync_dir, raise_if_disk_full, temp_name, write_all
 from .._testhooks import PAUSES, pause
 from ..errors import (
@@ -280,7 +278,7 @@ _ONE_STEP = 1 << 32  # one record more in W
 _I_BELLS2 = F.OFF_BELLS // 8  # u64: the bells count and the lock's wanted word
 _I_READY = F.OFF_LOCK_READY // 4
 _BATCH_VERSION = F.BATCH_VERSION
-_crc32 = zlib.crc32
+_crc32 = F.crc32  # (zlib's values; ISA-L's speed where the isal extra is installed)
 _I_INTERVAL = F.OFF_INDEX_INTERVAL // 4
 _I_NOTIFY = F.OFF_NOTIFY // 4
 _I_WAITERS = F.OFF_WAITERS // 4
@@ -480,9 +478,6 @@ class Journal:
         # the lean append's bounds (_make_hot; valid while self._lock._hot is set)
         self._hot_end = self._hot_index_at = self._hot_deadline = 0
         self._head, self._head_crc, self._head_ts, self._head_n = b"", 0, -1, -1
-        # the lean append's CRC of the value (ISA-L's where installed: ~4x zlib's on 100
-        # bytes; the same values)
-        self._crc = _checker()
         self._u32 = self._meta.u32
         self._u64 = self._meta.u64
         updates = {F.OFF_SEGMENT_BYTES: segment_bytes, F.OFF_SEGMENT_MS: segment_ms,
@@ -613,7 +608,7 @@ class Journal:
                         self._head, self._head_crc = head, _crc32(head)
                         self._head_ts, self._head_n = now, n
                     mm: Any = seg.mm  # (never None while lock._hot is seg)
-                    _prefix_into(mm, pos, self._crc(value, self._head_crc), n, first)
+                    _prefix_into(mm, pos, _crc32(value, self._head_crc), n, first)
                     mm[pos + 16 : pos + _ONE_SIZE] = self._head  # A5
                     mm[pos + _ONE_SIZE : end] = value
                     seg.seen = word = word + _ONE_STEP + n
@@ -1424,35 +1419,15 @@ class Journal:
                     r0, p0 = F.unpack_commit(rp_word)
                     if F.SEGMENT_HEADER <= p0 <= min(pos, size):
                         start_rel, start_pos = r0, p0
-                good_rel, good_pos = start_rel, start_pos
                 limit = min(pos, size)
                 with _ReadMap(seg.fd, max(limit, F.SEGMENT_HEADER)) as view:
-                    # read_batch_header's checks inlined (no BatchInfo per batch): a
-                    # journal of one-record appends is mostly batch headers, and this
-                    # walk verifies every byte written since the last sync.
-                    p = start_pos
-                    unpack, crc32 = F.BATCH_HEAD.unpack_from, self._crc
-                    head, crc_from, version_ok = F.BATCH_HEADER, F.CRC_FROM, F.BATCH_VERSION
-                    while p < pos:
-                        if p + head <= limit:
-                            crc, length, first, count, version = unpack(view, p)
-                            whole = (head <= length and p + length <= limit
-                                     and version == version_ok and count)
-                        else:
-                            whole = False
-                        if not whole or crc32(view[p + crc_from : p + length]) != crc:
-                            try:
-                                F.read_batch_header(view, p, limit)  # says what is wrong
-                                reason = f"segment {b}: the batch at {p} is damaged"
-                            except F.BatchError as exc:
-                                reason = f"segment {b}: {exc}"
-                            break
-                        if first != b + good_rel:
-                            reason = f"segment {b}: batch at {p} has offset {first}"
-                            break
-                        good_rel += count
-                        good_pos = p + length
-                        p = good_pos
+                    good_pos, nxt, problem = F.check_batches(view, start_pos, limit, limit,
+                                                             b + start_rel)
+                good_rel = nxt - b
+                if problem is not None:
+                    reason = f"segment {b}: {problem}"
+                elif good_pos < pos:
+                    reason = f"segment {b}: its data ends at {limit}, before W at {pos}"
                 if (good_rel, good_pos) != (rel, pos):
                     cut_records += rel - good_rel
                     cut_bytes += pos - good_pos

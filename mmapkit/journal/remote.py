@@ -77,7 +77,6 @@ from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Union
 
-from .._crc import crc32 as _fast_crc32
 from ..errors import (
     BrokenError,
     CorruptFileError,
@@ -203,38 +202,24 @@ def _recv_some(sock: socket.socket, view: memoryview, got: int, n: int) -> int:
 class _Verifier:
     """The client's check of a FETCH reply (``length`` bytes asked from ``offset``, the
     first batch at ``first``), fed the bytes as they arrive: every batch whole, in offset
-    order from ``first``, its CRC right; the reply ends on a batch boundary past
-    ``offset``.  BatchError otherwise.  ``next``: the offset after the last batch."""
+    order from ``first``, its CRC right (_format.check_batches); the reply ends on a
+    batch boundary past ``offset``.  BatchError otherwise.  ``next``: the offset after
+    the last batch."""
 
-    __slots__ = ("crc32", "length", "next", "offset", "pos")
+    __slots__ = ("length", "next", "offset", "pos")
 
     def __init__(self, offset: int, first: int, length: int) -> None:
         if not first <= offset:
             raise F.BatchError(f"the reply starts at offset {first}, after the {offset} "
                                "asked for")
         self.offset, self.next, self.length, self.pos = offset, first, length, 0
-        self.crc32 = _fast_crc32()  # (a fetch's bound over a Unix socket: ISA-L's if there)
 
     def __call__(self, data: memoryview, got: int) -> None:
         """Check the batches wholly within ``data[:got]`` not checked yet."""
-        p, nxt, n = self.pos, self.next, self.length
-        unpack = F.BATCH_HEAD.unpack_from
-        crc32 = self.crc32
-        head, crc_from, batch_version = F.BATCH_HEADER, F.CRC_FROM, F.BATCH_VERSION
-        while p + head <= got:
-            crc, length, boff, count, version = unpack(data, p)
-            if boff != nxt or version != batch_version or count == 0 or length < head or \
-                    p + length > n:
-                F.read_batch_header(data, p, n, verify=False)  # says what is wrong, or:
-                raise F.BatchError(f"a batch claims offset {boff}, expected {nxt}")
-            if p + length > got:
-                break  # (the rest of it is on its way)
-            if crc32(data[p + crc_from : p + length]) != crc:
-                F.read_batch_header(data, p, n)  # says what is wrong
-                raise F.BatchError(f"a batch at offset {boff} fails its checksum")
-            nxt += count
-            p += length
-        self.pos, self.next = p, nxt
+        self.pos, self.next, problem = F.check_batches(data, self.pos, got, self.length,
+                                                       self.next)
+        if problem is not None:
+            raise problem
 
     def done(self) -> None:
         if self.pos != self.length:
