@@ -394,7 +394,7 @@ class Lazy:
         return sum(c for c, s in zip(self.counts, self.spans, strict=True) if s is not None)
 
     def part(self, key: str) -> int:
-        return crc32(key.encode("utf-8", "surrogatepass")) & self.mask
+        return codec.image_part(key, self.mask + 1)
 
     def load(self, part: int, index: dict[str, Any]) -> int:
         """Decode part ``part`` into ``index`` (keys present or gone stay as they are):

@@ -420,10 +420,9 @@ class WriterLock:
 
     def _hand_over(self, *, now: bool = False) -> None:
         """Someone sleeps for the lock: once our turn's time has come (or ``now``),
-        wake the first sleeper.  "wanted" stays set while a wake-up found someone: the
-        others sleep on, and the next hand-over must wake them (cleared with the wake,
-        the next holder's release woke nobody and they slept out their slices; woken
-        all at once, on 2 cores they took the holder's core from it)."""
+        wake the first sleeper (one: woken all at once, on 2 cores they took the
+        holder's core from it).  "wanted" is set again when the wake-up found someone,
+        so the next hand-over wakes the next sleeper."""
         t = time.monotonic()
         if not now and t < self._turn_at:
             return

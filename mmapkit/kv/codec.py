@@ -416,6 +416,8 @@ def image_parts(nkeys: int) -> int:
 def image_part(key: str, nparts: int) -> int:
     """The part of a key in an image of ``nparts`` parts (stable across processes)."""
     return zlib.crc32(key.encode("utf-8", "surrogatepass")) & (nparts - 1)
+
+
 _IMAGE_HEAD = struct.Struct("<BBHIII")
 _LITTLE = sys.byteorder == "little"
 assert array("q").itemsize == 8 and array("I").itemsize == 4
