@@ -327,22 +327,22 @@ def check_batches(view: memoryview | bytes, pos: int, got: int, limit: int, firs
     checked out, the offset after it, the BatchError of the first that did not, or None).
     """
     p, nxt = pos, first
-    unpack = BATCH_HEAD.unpack_from
+    unpack, check = BATCH_HEAD.unpack_from, crc32  # (locals: one step per batch)
+    head, crc_from, version_ok = BATCH_HEADER, CRC_FROM, BATCH_VERSION
     try:
         while p < got:
-            if p + BATCH_HEADER > got:
-                if p + BATCH_HEADER > limit:
+            if p + head > got:
+                if p + head > limit:
                     read_batch_header(view, p, limit)  # (raises: says what is wrong)
                 break
             crc, length, boff, count, version = unpack(view, p)
-            if length < BATCH_HEADER or p + length > limit or version != BATCH_VERSION or \
-                    not count:
+            if length < head or p + length > limit or version != version_ok or not count:
                 read_batch_header(view, p, limit, verify=False)  # (raises, as above)
             if boff != nxt:
                 raise BatchError(f"the batch at {p} has offset {boff}, expected {nxt}")
             if p + length > got:
                 break  # (the rest of it is on its way)
-            if crc32(view[p + CRC_FROM : p + length]) != crc:
+            if check(view[p + crc_from : p + length]) != crc:
                 raise BatchError(f"the batch at {p} fails its checksum")
             nxt += count
             p += length
