@@ -196,7 +196,7 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Union
@@ -284,6 +284,12 @@ _I_NOTIFY = F.OFF_NOTIFY // 4
 _I_WAITERS = F.OFF_WAITERS // 4
 _I_BELLS = F.OFF_BELLS // 4
 _I_BELL0 = F.OFF_BELL_SLOTS // 8
+
+
+def _one_struct(value_len: int) -> struct.Struct:
+    """The whole one-record batch of a plain value of ``value_len`` bytes: the prefix's
+    three fields, the packed 44 bytes after it, the value."""
+    return struct.Struct(f"<IIQ{F.ONE_TAIL.size}s{value_len}s")
 
 
 def _boot_id() -> bytes:
@@ -478,6 +484,9 @@ class Journal:
         # the lean append's bounds (_make_hot; valid while self._lock._hot is set)
         self._hot_end = self._hot_index_at = self._hot_deadline = 0
         self._head, self._head_crc, self._head_ts, self._head_n = b"", 0, -1, -1
+        # pack_into of the whole lean batch, by batch length (the lengths seen lately)
+        self._one_intos: dict[int, Callable[..., None]] = {}
+        self._one_into = self._one_into_for(_ONE_SIZE)
         self._u32 = self._meta.u32
         self._u64 = self._meta.u64
         updates = {F.OFF_SEGMENT_BYTES: segment_bytes, F.OFF_SEGMENT_MS: segment_ms,
@@ -601,16 +610,22 @@ class Journal:
                 try:
                     first = seg.base + (word >> 32)
                     # the 44 bytes after the prefix change with the millisecond and
-                    # the value's length only: packed (and their CRC) once for a run
+                    # the value's length only: packed (and their CRC) once for a run,
+                    # with the Struct that writes the whole batch in one pack_into
                     if now != self._head_ts or n != self._head_n:
                         head = _one_pack(1, _BATCH_VERSION, 0, 0, now, now, now, -1,
                                          n - _ONE_SIZE, 0)
                         self._head, self._head_crc = head, _crc32(head)
+                        if n != self._head_n:
+                            into = self._one_intos.get(n)
+                            if into is None:
+                                into = self._one_into_for(n)
+                            self._one_into = into
                         self._head_ts, self._head_n = now, n
-                    mm: Any = seg.mm  # (never None while lock._hot is seg)
-                    _prefix_into(mm, pos, _crc32(value, self._head_crc), n, first)
-                    mm[pos + 16 : pos + _ONE_SIZE] = self._head  # A5
-                    mm[pos + _ONE_SIZE : end] = value
+                    # A5: prefix, head and value straight into the mapping (never None
+                    # while lock._hot is seg)
+                    self._one_into(seg.mm, pos, _crc32(value, self._head_crc), n, first,
+                                   self._head, value)
                     seg.seen = word = word + _ONE_STEP + n
                     seg._w[0] = word  # type: ignore[index]  # A6: acknowledged
                     if now > seg.max_ts:
@@ -772,6 +787,14 @@ class Journal:
         if self._sync_every is not None:
             self._sync_due()
         return first
+
+    def _one_into_for(self, n: int) -> Callable[..., None]:
+        """pack_into for the lean append's batch of ``n`` bytes (kept for the 64 lengths
+        seen last: values of many lengths build a Struct per new length)."""
+        if len(self._one_intos) >= 64:
+            self._one_intos.clear()
+        into = self._one_intos[n] = _one_struct(n - _ONE_SIZE).pack_into
+        return into
 
     def _lean_rare(self, lock: _WriterLock) -> int:
         """The lean append's A7 and H3 steps when a word asked for something (under L and
