@@ -441,8 +441,11 @@ def _decode_uniform(buf: bytes | mmap.mmap, pos: int, info: BatchInfo) -> list[R
                     zip(range(first, first + count), ts, repeat(None), values, repeat(()))))
 
 
-_ONE = struct.Struct("<IIQIBBHqqqiiI")  # a one-record batch's 60 fixed bytes (PREFIX + ONE_TAIL)
+# a one-record batch's 60 fixed bytes (PREFIX + ONE_TAIL), without the fields decode_one
+# does not look at (flags, attributes, the batch's first and newest timestamps)
+_ONE = struct.Struct("<IIQIB3x16xqiiI")
 _ONE_FIXED = _ONE.size
+assert PREFIX.size + ONE_TAIL.size == _ONE_FIXED
 
 
 def decode_one(buf: mmap.mmap | bytes, pos: int, end: int, offset: int) -> Record | None:
@@ -452,8 +455,7 @@ def decode_one(buf: mmap.mmap | bytes, pos: int, end: int, offset: int) -> Recor
     way, which also reports damage)."""
     if end - pos < _ONE_FIXED:
         return None
-    crc, length, first, count, version, _, _, _, _, ts, klen, vlen, hlen = _ONE.unpack_from(
-        buf, pos)
+    crc, length, first, count, version, ts, klen, vlen, hlen = _ONE.unpack_from(buf, pos)
     if length != end - pos or first != offset or count != 1 or klen != -1 or hlen or \
             vlen != length - _ONE_FIXED or version != BATCH_VERSION or \
             crc32(buf[pos + CRC_FROM : end]) != crc:

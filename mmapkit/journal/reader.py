@@ -407,16 +407,17 @@ class Reader:
         for the first one when none is there yet."""
         if max_records <= 0:
             raise ValueError(f"max_records must be positive, got {max_records}")
-        if timeout == 0 and self._idle_n >= 0 and not self._j._closed and \
-                self._notify[_I_NOTIFY] == self._idle_n and self._bi >= len(self._buf):
-            return []  # nothing published since the last look reached the end
         if self._closed or self._j._closed:
             self._check_open()  # raises
-        if self._bi >= len(self._buf) and self._bell < 0:
-            rec = self._look_one()
-            if rec is not None:
-                self._next += 1
-                return [rec]
+        if self._bi >= len(self._buf):
+            # (an unarmed reader's _idle_n is -1: never a value of the u32 N)
+            if timeout == 0 and self._notify[_I_NOTIFY] == self._idle_n:
+                return []  # nothing published since the last look reached the end
+            if self._bell < 0:
+                rec = self._look_one()
+                if rec is not None:
+                    self._next += 1
+                    return [rec]
         out = self._take_or_arm(max_records)
         if out or timeout == 0:
             return out
