@@ -352,3 +352,58 @@ with Journal(sys.argv[1]) as j:
     assert [bytes.fromhex(line) for line in out.splitlines()] == values
     report = Journal.check(d)
     assert report.ok, report.problems
+
+
+def test_lean_appends_write_the_index_entries_the_general_way_writes(tmp_path: Path) -> None:
+    """The lean append writes an index entry when one is due (A5), as the general append
+    does: a run of lean appends (lock held) across many index intervals leaves the same
+    offset index, slot for slot, as the same appends made the general way (lock_hold=0:
+    the flock goes after each append), a time index whose entries name increasing
+    records, and positions that a reader in another process finds records at."""
+    from mmapkit.journal import _format as F
+    from mmapkit.journal.index import SparseIndex, index_paths
+
+    values = [bytes([i % 251]) * (40 + i % 90) for i in range(3000)]
+    dirs = {}
+    for name, hold in (("lean", 30.0), ("general", 0.0)):
+        d = dirs[name] = str(tmp_path / name)
+        with Journal(d, create=True, lock_hold=hold, index_interval=1024) as j:
+            j.append(b"first")
+            for v in values:
+                j.append(v)
+            if hold:
+                assert j._lock._hot is not None, "the appends left the lean path"
+        report = Journal.check(d)
+        assert report.ok and not report.stale_indexes, (report.problems,
+                                                       report.stale_indexes)
+
+    def entries(d: str, kind: str) -> list[tuple[int, int]]:
+        log = os.path.join(d, F.segment_name(0))
+        path = index_paths(log)[0 if kind == "offset" else 1]
+        idx = SparseIndex(path, kind, 0, writable=False)
+        try:
+            n = idx.count(len(values) + 1, 1 << 40)
+            return [idx.entry(i) for i in range(n)]
+        finally:
+            idx.close()
+
+    lean = entries(dirs["lean"], "offset")
+    assert len(lean) > 100  # (~190 entries: one per 1 KiB of ~150-byte batches)
+    assert lean == entries(dirs["general"], "offset")
+    times = entries(dirs["lean"], "time")
+    assert len(times) == len(lean)
+    assert [rel for _, rel in times] == sorted({rel for _, rel in times})
+    reader = spawn("""
+import sys
+from mmapkit import Journal
+with Journal(sys.argv[1]) as j:
+    for off in map(int, sys.argv[2:]):
+        r = j.reader(off)
+        print(next(r).value.hex())
+""", dirs["lean"], *[str(rel) for rel, _ in lean[::20]])
+    out, err = reader.communicate(timeout=60)
+    assert reader.returncode == 0, err
+    assert out.split() == [values[rel - 1].hex() for rel, _ in lean[::20]]
+    for d in dirs.values():
+        report = Journal.check(d)
+        assert report.ok, report.problems

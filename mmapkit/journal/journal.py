@@ -174,9 +174,10 @@ batches after the last index entry, never the journal.
 
 The lean append: while P's flock is held without a break since its last append, nobody
 else can append, roll or change a setting, so an append of a plain value whose batch fits
-the mapped room before the next index entry, in a segment not due to roll by age, does
-A5 (store), A6 (W) and A7 (N, waiters, bells, the lock's wanted/ready words) with no
-other decision: the same steps, decided when the general append that kept the flock ended
+the mapped room, in a segment not due to roll by age, does A5 (store, and the index
+entries when due, as the general append: W is what P stored, nothing to catch up), A6 (W)
+and A7 (N, waiters, bells, the lock's wanted/ready words) with no other decision: the
+same steps, decided when the general append that kept the flock ended
 (``Journal._make_hot``, under P's thread lock).  Letting the flock go (H3, H4, H6) or a
 fork (H5) clears that state; W moved by another writer (seen != W, A3b) never sets it.
 
@@ -483,7 +484,7 @@ class Journal:
         self._synced_shape: tuple[int, int] | None = None  # (A, S) this handle msynced
         self._bell_fds: dict[int, int] = {}  # doorbell slot -> FIFO write end (-1: dead)
         # the lean append's bounds (_make_hot; valid while self._lock._hot is set)
-        self._hot_end = self._hot_index_at = self._hot_deadline = 0
+        self._hot_end = self._hot_index_at = self._hot_deadline = self._hot_interval = 0
         self._head, self._head_crc, self._head_ts, self._head_n = b"", 0, -1, -1
         # pack_into of the whole lean batch, by batch length (the lengths seen lately)
         self._one_intos: dict[int, Callable[..., None]] = {}
@@ -590,9 +591,10 @@ class Journal:
         # The lean path (A5-A7 with everything decided before, _make_hot): a plain value;
         # this handle's flock held without a break since its last append (letting it go
         # clears lock._hot), so nobody else appended, rolled or changed a setting and W
-        # is what we stored (seg.seen); the batch fits the allocated, mapped room before
-        # the next index entry is due; the segment is not due to roll by age.  Anything
-        # else goes the general way (which sets the state again).
+        # is what we stored (seg.seen); the batch fits the allocated, mapped room; the
+        # segment is not due to roll by age (an index entry due is written here, as the
+        # general way does).  Anything else goes the general way (which sets the state
+        # again).
         if seg is not None and type(value) is bytes and key is None and headers is None \
                 and timestamp_ms is None:
             tlock = lock._tlock
@@ -605,7 +607,7 @@ class Journal:
             n = len(value) + _ONE_SIZE
             end = pos + n
             if lock._hot is not seg or lock._depth or end > self._hot_end or \
-                    pos >= self._hot_index_at or now >= self._hot_deadline:
+                    now >= self._hot_deadline:
                 tlock.release()  # the general way
             else:
                 try:
@@ -627,6 +629,9 @@ class Journal:
                     # while lock._hot is seg)
                     self._one_into(seg.mm, pos, _crc32(value, self._head_crc), n, first,
                                    self._head, value)
+                    if pos >= self._hot_index_at:  # A5: the index entries due, as the
+                        self._index(seg, word >> 32, pos)  # general way (W == seen: no
+                        self._hot_index_at = pos + self._hot_interval  # catch-up, A3b)
                     seg.seen = word = word + _ONE_STEP + n
                     seg._w[0] = word  # type: ignore[index]  # A6: acknowledged
                     if now > seg.max_ts:
@@ -838,8 +843,8 @@ class Journal:
             lock._hot = None  # (seen != W: others appended, not yet learned, A3b)
             return
         u64 = self._meta.u64
-        self._hot_index_at = (seg.last_indexed or _SEGMENT_HEADER) + \
-            self._meta.u32[_I_INTERVAL]
+        self._hot_interval = self._meta.u32[_I_INTERVAL]
+        self._hot_index_at = (seg.last_indexed or _SEGMENT_HEADER) + self._hot_interval
         self._hot_end = min(seg.alloc, u64[_I_SEGMENT_BYTES])
         self._hot_deadline = seg.created_ms + u64[_I_SEGMENT_MS]
         lock._hot = seg
