@@ -24,14 +24,17 @@ import mmap
 import os
 import struct
 import sys
-from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING, Any
 
 from ._fileio import DISK_FULL_ERRNOS, raise_if_disk_full, write_all
 from .errors import UnsupportedPlatformError
 
+# ``typing`` is for type checkers only (importing it costs milliseconds); type
+# checkers take any TYPE_CHECKING as true.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import ctypes
+    from collections.abc import Callable, Generator
+    from typing import Any
 
 if sys.platform == "win32":  # pragma: no cover - refused by design
     raise UnsupportedPlatformError(

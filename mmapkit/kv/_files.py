@@ -28,10 +28,8 @@ import struct
 import time
 from bisect import bisect_right
 from collections import deque
-from collections.abc import Sequence
 from itertools import accumulate, compress, repeat
 from operator import add, is_, not_
-from typing import Any, NamedTuple
 
 from .. import _platform
 from .._crc import crc32 as _fast_crc32
@@ -50,6 +48,15 @@ from .codec import (
     VERSION_PART,
     VERSION_PLAIN,
 )
+
+# ``typing`` is for type checkers only (importing it costs milliseconds); type
+# checkers take any TYPE_CHECKING as true.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any, NamedTuple
+else:
+    from .._light_typing import NamedTuple
 
 __all__ = [
     "Image",

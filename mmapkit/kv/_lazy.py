@@ -59,11 +59,15 @@ CorruptFileError instead (the batch is undone).
 from __future__ import annotations
 
 import weakref
-from typing import TYPE_CHECKING, Any
 
 from ..errors import CorruptFileError
 
+# ``typing`` is for type checkers only (importing it costs milliseconds); type
+# checkers take any TYPE_CHECKING as true.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from .store import KV
 
 __all__ = ["LazyIndex", "lazy_index", "load_all", "load_key", "settle"]
@@ -71,7 +75,7 @@ __all__ = ["LazyIndex", "lazy_index", "load_all", "load_key", "settle"]
 _MISSING: Any = object()
 
 
-class LazyIndex(dict[str, Any]):
+class LazyIndex(dict[str, "Any"]):
     """The index while image parts are unloaded: ``kv[key]`` is one dict lookup on a hit
     (as with the plain dict that replaces this one once every part is loaded); a miss
     loads the key's part and looks again, so KV.__getitem__ needs no lazy test."""

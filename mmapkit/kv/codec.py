@@ -35,11 +35,18 @@ import struct
 import sys
 import zlib
 from array import array
-from collections.abc import Iterator, Sequence
 from itertools import accumulate
-from typing import Any, NamedTuple, Protocol
 
 from ..errors import CorruptFileError, ForeignFileError, FormatVersionError
+
+# ``typing`` is for type checkers only: importing it (with re, enum, functools) cost a
+# third of ``import mmapkit; mmapkit.KV(path)``.  Type checkers take this as true.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+    from typing import Any, NamedTuple, Protocol
+else:
+    from .._light_typing import NamedTuple, Protocol
 
 __all__ = [
     "DATA_START",
