@@ -39,8 +39,9 @@ from itertools import accumulate
 
 from ..errors import CorruptFileError, ForeignFileError, FormatVersionError
 
-# ``typing`` is for type checkers only: importing it (with re, enum, functools) cost a
-# third of ``import mmapkit; mmapkit.KV(path)``.  Type checkers take this as true.
+# ``typing`` is for type checkers only: with re, enum and contextlib it was 40% of what
+# ``import mmapkit; mmapkit.KV(path)`` ran (mmapkit/_light_typing.py).  Type checkers
+# take any TYPE_CHECKING as true.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
