@@ -683,7 +683,7 @@ def reopen_fd(fd: int) -> int:
 
 # --- processes -------------------------------------------------------------------------
 
-__all__ += ["pid_alive"]
+__all__ += ["boot_id", "pid_alive"]
 
 
 def pid_alive(pid: int) -> bool:
@@ -696,3 +696,15 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def boot_id() -> bytes:
+    """This boot's identity, 16 bytes (Linux's random boot id); 16 zero bytes where the
+    system does not say.  A pid or an unsynced byte is only meaningful within one boot:
+    the journal's power-loss check and the mirror's owner token compare it."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+            raw = bytes.fromhex(f.read().strip().decode("ascii").replace("-", ""))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return bytes(16)
+    return raw[:16] if len(raw) >= 16 else bytes(16)

@@ -371,3 +371,18 @@ def test_every_name_a_sibling_uses_is_in_all(module: str) -> None:
     assert used, module  # the scan found the users
     assert sorted(used - set(mod.__all__)) == []
     assert all(hasattr(mod, name) for name in mod.__all__)
+
+
+def test_boot_id_is_this_boots_identity_as_linux_spells_it():
+    from mmapkit import _platform
+    from mmapkit.mirror.redis import _boot_id
+
+    raw = _platform.boot_id()
+    assert len(raw) == 16
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            linux = f.read().strip()
+    except OSError:
+        assert raw == bytes(16) and _boot_id() == "-"
+        return
+    assert raw.hex() == linux.replace("-", "") and _boot_id() == linux

@@ -286,14 +286,6 @@ _I_BELLS = F.OFF_BELLS // 4
 _I_BELL0 = F.OFF_BELL_SLOTS // 8
 
 
-def _boot_id() -> bytes:
-    try:
-        with open("/proc/sys/kernel/random/boot_id", "rb") as f:
-            return bytes.fromhex(f.read().strip().decode().replace("-", ""))[:16]
-    except (OSError, ValueError):
-        return b"\0" * 16  # unknown: power-loss detection is off
-
-
 def _norm_headers(headers: HeadersArg) -> tuple[tuple[str, bytes], ...] | None:
     if not headers:
         return None
@@ -484,7 +476,7 @@ class Journal:
                    F.OFF_RETENTION_MS: retention_ms, F.OFF_RETENTION_BYTES: retention_bytes,
                    F.OFF_INDEX_INTERVAL: index_interval, F.OFF_DELETE_DELAY: delete_delay_ms}
         try:
-            boot = _boot_id()
+            boot = _platform.boot_id()
             stale_boot = bytes(self._meta.region.view[F.OFF_BOOT : F.OFF_BOOT + 16]) != boot
             changes = {k: v for k, v in updates.items() if v is not None and (
                 self._meta.get(k) != v or k == F.OFF_INDEX_INTERVAL)}
@@ -537,7 +529,7 @@ class Journal:
                     delete_delay_ms=delete_delay_ms if delete_delay_ms is not None
                     else DEFAULT_DELETE_DELAY_MS)
                 buf = bytearray(data)
-                buf[F.OFF_BOOT : F.OFF_BOOT + 16] = _boot_id()
+                buf[F.OFF_BOOT : F.OFF_BOOT + 16] = _platform.boot_id()
                 with atomic_file(meta_path) as fd:  # (fsynced, and its directory)
                     write_all(fd, buf, 0)
             except OSError as exc:
