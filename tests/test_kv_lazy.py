@@ -228,23 +228,38 @@ def test_whole_store_operations_load_every_part(tmp_path: Path) -> None:
                 assert dict(kv.items()) == model
 
 
-def test_writes_while_lazy_take_the_general_path_then_the_inline_one(tmp_path: Path) -> None:
-    """The inline set is off while parts are unloaded (a write loads its key's part first)
-    and back on once the last part loads."""
+@pytest.mark.parametrize("multiprocess", [False, True])
+def test_inline_writes_while_lazy_leave_the_part_encoded_and_win_its_load(
+        tmp_path: Path, multiprocess: bool) -> None:
+    """``kv[k] = v`` and update_with take the inline paths while parts are unloaded: the
+    key's part stays encoded, is marked to merge key by key (a clean part would load with
+    one dict.update, over the new value), and its later load keeps what was written.
+    set() still loads the part first; so do deletes."""
     path = tmp_path / "s.kv"
     model = make(path)
-    with KV(path) as kv:
-        assert not kv._inline_sp
-        kv[key(5)] = "x"  # loads the part of key(5), then writes
-        model[key(5)] = "x"
-        assert kv._lazy is not None and kv._lazy.spans[part(kv, key(5))] is None
-        assert not kv._inline_sp and type(kv._index) is not dict  # (a LazyIndex)
-        len(kv)
-        assert kv._lazy is None and kv._inline_sp
-        assert type(kv._index) is dict  # (the exact dict again: kv[key]'s fast path)
-        kv[key(6)] = "y"
-        model[key(6)] = "y"
+    with KV(path, multiprocess=multiprocess) as kv:
+        lazy = kv._lazy
+        assert lazy is not None and lazy.dirty is not None
+        assert kv._inline_mp if multiprocess else kv._inline_sp
+        k = next(key(i) for i in range(N) if part(kv, key(i)) not in lazy.dirty)
+        p = part(kv, k)
+        neighbour = next(key(i) for i in range(N) if key(i) != k and part(kv, key(i)) == p)
+        kv[k] = model[k] = "written inline"
+        assert lazy.spans[p] is not None and p in lazy.dirty  # not loaded, marked
+        assert kv.update_with(k, lambda old: old + "!") == "written inline!"
+        model[k] = "written inline!"
+        assert lazy.spans[p] is not None
+        assert kv[neighbour] == model[neighbour]  # loads the part: k keeps its value
+        assert lazy.spans[p] is None and kv[k] == "written inline!"
+        other = next(key(i) for i in range(N) if lazy.spans[part(kv, key(i))] is not None)
+        kv.set(other, "via set()")
+        model[other] = "via set()"
+        assert lazy.spans[part(kv, other)] is None  # set() loads first
         assert dict(kv.items()) == model
+        assert kv._lazy is None and type(kv._index) is dict
+    with KV(path, multiprocess=multiprocess) as kv:
+        assert dict(kv.items()) == model
+    assert KV.check(path).ok
 
 
 def test_a_batch_that_rolls_back_across_a_part_load(tmp_path: Path) -> None:
@@ -695,7 +710,8 @@ class LazyModel(RuleBasedStateMachine):
     @invariant()
     def lazy_means_a_part_is_left(self) -> None:
         lazy = self.kv._lazy
-        assert lazy is None or (lazy.left > 0 and not self.kv._inline_sp)
+        assert lazy is None or lazy.left > 0
+        assert self.kv._inline_sp  # (lazy or not: the inline set's path)
 
     def teardown(self) -> None:
         assert dict(self.kv.items()) == self.model

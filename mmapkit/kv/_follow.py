@@ -180,7 +180,7 @@ def install(self: KV, analysis: Analysis, index: dict[str, Any], lazy: Lazy | No
         except (OSError, ValueError):
             pass
     old = self._index
-    self._index = index if lazy is None else _lazy.lazy_index(self, index)
+    self._index = index if lazy is None else _lazy.lazy_index(self, index, lazy)
     self._lazy = lazy
     self._refresh_inline()
     if self._changes is not None:

@@ -703,9 +703,10 @@ class KV(MutableMapping[str, "Any"], WriterLock):
     def _refresh_inline(self) -> None:
         """Derive the flags __setitem__ tests for its single- and multiprocess hot paths
         (call it whenever _plain_writes, _shared, _batch or _forked change)."""
-        # (While image parts are unloaded, _lazy.py: writes go through set(), which loads
-        # the key's part first, so the hot path needs no test of its own.)
-        plain = self._plain_writes and self._batch is None and self._lazy is None
+        # (While image parts are unloaded, _lazy.py, the inline paths write without
+        # loading the key's part: the index, a LazyIndex, marks the part to merge key by
+        # key when it loads, so the hot path needs no test of its own.)
+        plain = self._plain_writes and self._batch is None
         self._inline_sp = plain and not self._shared
         self._inline_mp = plain and self._shared and not self._forked
 
