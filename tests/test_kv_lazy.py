@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import io
 import os
+import random
 import struct
 import subprocess
 import sys
@@ -744,3 +745,53 @@ def test_files_helpers_agree_with_the_codec() -> None:
         assert all(codec.image_part(k, n) == p for k in keys)
         got.update(zip(keys, values, strict=True))
     assert got == index
+
+
+def _mixed_index(seed: int, n: int) -> dict[str, Any]:
+    rnd = random.Random(seed)
+    out: dict[str, Any] = {}
+    for i in range(n):
+        r = rnd.random()
+        k = f"k{i}" + ("\0nul" if r < 0.02 else "é" if r < 0.1 else "")
+        c = rnd.randrange(9)
+        out[k] = (i, -i, b"%08d" % i, os.urandom(rnd.randrange(40)), f"s{i}", f"ü{i}\0",
+                  1 << 70, "\ud800", 0.5)[c]
+    return out
+
+
+@pytest.mark.parametrize("shape", ["mixed", "ints", "fixed bytes", "varied bytes", "str",
+                                   "str with NUL", "keys with NUL", "one big int",
+                                   "a lone surrogate key", "past IMAGE_BYTES"])
+def test_compaction_columns_built_in_one_pass_are_the_codecs_bytes(
+        shape: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """_files.image builds each part's columns in one pass over the keys (_part_bodies):
+    the records are byte for byte those the general way (per part, _chunks and
+    codec.encode_image) makes, whatever the values hold."""
+    n = 2000
+    if shape == "mixed":
+        index = _mixed_index(7, n)
+    elif shape == "ints":
+        index = {key(i): i * 7919 - 10**12 for i in range(n)}
+    elif shape == "fixed bytes":
+        index = {key(i): b"%016d" % i for i in range(n)}
+    elif shape == "varied bytes":
+        index = {key(i): b"v" * (i % 37) for i in range(n)}
+    elif shape == "str":
+        index = {key(i): f"välue {i}" for i in range(n)}
+    elif shape == "str with NUL":
+        index = {key(i): f"v\0{i}" if i % 50 == 0 else f"v{i}" for i in range(n)}
+    elif shape == "keys with NUL":
+        index = {(key(i) + "\0" if i % 50 == 0 else key(i)): i for i in range(n)}
+    elif shape == "one big int":
+        index = {key(i): (1 << 64) if i == 77 else i for i in range(n)}
+    elif shape == "a lone surrogate key":
+        index = {(key(i) + "\udc80" if i == 5 else key(i)): i for i in range(n)}
+    else:  # "past IMAGE_BYTES"
+        monkeypatch.setattr(_files, "IMAGE_BYTES", 2000)
+        index = {key(i): b"x" * 100 for i in range(n)}
+    fast = _files.image(index, None)
+    with monkeypatch.context() as m:
+        m.setattr(_files, "_part_bodies", lambda values, nparts, parted: ({}, None))
+        general = _files.image(index, None)
+    assert fast == general
+    assert fast.version == codec.VERSION_PART
