@@ -168,10 +168,15 @@ def _buffer_api() -> tuple[Callable[..., int], Callable[..., None]]:
     import ctypes
 
     _PyBuffer = _structs()[1]
-    get = ctypes.pythonapi.PyObject_GetBuffer
+    # Our own handle on the interpreter's symbols, not ctypes.pythonapi: its function
+    # objects are process-wide, and another library (or a second copy of this one)
+    # setting their argtypes differently would break our calls (seen: ArgumentError in
+    # the lock-releaser threads).
+    api = ctypes.PyDLL(None)
+    get = api.PyObject_GetBuffer
     get.argtypes = [ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int]
     get.restype = ctypes.c_int
-    release = ctypes.pythonapi.PyBuffer_Release
+    release = api.PyBuffer_Release
     release.argtypes = [ctypes.POINTER(_PyBuffer)]
     release.restype = None
     return get, release
