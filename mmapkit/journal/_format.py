@@ -425,9 +425,13 @@ def _check_run(view: memoryview | bytes, p: int, k: int, length: int, count: int
         # all of them share
         fmt = f"IIQIB{length - 21}s"
         flat: tuple[Any, ...] = ()
-        for at in range(p, end, _GROUP * length):
-            flat += struct.unpack_from("<" + fmt * min(_GROUP, (end - at) // length), view,
-                                       at)
+        at, left = p, k
+        while left:  # (groups of a power of two: a few formats per length, each compiled
+            #          once and kept by struct's cache, whatever lengths the runs have)
+            g = min(_GROUP, 1 << (left.bit_length() - 1))
+            flat += struct.unpack_from("<" + fmt * g, view, at)
+            at += g * length
+            left -= g
         crcs, lengths, offsets = flat[0::6], flat[1::6], flat[2::6]
         counts, versions, rests = flat[3::6], flat[4::6], flat[5::6]
         if (lengths.count(length) != k or counts.count(count) != k
@@ -457,7 +461,7 @@ def _check_run(view: memoryview | bytes, p: int, k: int, length: int, count: int
 
 
 _SMALL_BATCH = 1024  # batches up to this size are unpacked as bytes in a run
-_GROUP = 64  # batches per unpack (a format of up to 64 batches: compiled once, cached)
+_GROUP = 64  # most batches per unpack
 _COUNT_VERSION = struct.Struct("<IB").pack  # a batch's bytes from CRC_FROM: count, version
 
 
