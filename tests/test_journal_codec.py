@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import mmap
 import struct
+import zlib
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -262,13 +264,23 @@ shapes = st.lists(st.tuples(st.sampled_from([(1, 10), (1, 40), (2, 10), (1, 1100
 
 
 @settings(max_examples=300, deadline=None)
-@given(shapes, st.integers(0, 1 << 40), st.data())
+@given(shapes, st.integers(0, 1 << 40), st.data(), st.booleans())
 def test_check_batches_runs_agree_with_one_batch_at_a_time(
-        runs: list[tuple[tuple[int, int], int]], first: int, data: st.DataObject) -> None:
+        runs: list[tuple[tuple[int, int], int]], first: int, data: st.DataObject,
+        with_zlib: bool) -> None:
     """Runs of equal batches are checked in C loops (_format._check_run); whatever the
     damage -- a flipped byte anywhere (a CRC, a length, an offset, a count, a version, a
     value), a batch of the same length but another record count, bytes still arriving --
-    the walk stops where the batch-by-batch reference stops and says the same."""
+    the walk stops where the batch-by-batch reference stops and says the same, with
+    ISA-L's CRC and with zlib's (a client without the isal extra)."""
+    with pytest.MonkeyPatch.context() as mp:
+        if with_zlib:
+            mp.setattr(F, "crc32", zlib.crc32)
+        _runs_agree(runs, first, data)
+
+
+def _runs_agree(runs: list[tuple[tuple[int, int], int]], first: int,
+                data: st.DataObject) -> None:
     parts, off = [], first
     for (count, vlen), times in runs:
         for _ in range(times):
