@@ -351,7 +351,7 @@ def test_an_interrupt_inside_the_claim_leaves_no_busy_word(tmp_path: Path) -> No
     written, lowers the busy word and publishes nothing; a thief gets in at once."""
 
     class Interrupting(dict):  # type: ignore[type-arg]
-        def get(self, *args: object) -> None:
+        def __getitem__(self, key: object) -> None:  # the framer's lookup
             raise KeyboardInterrupt
 
     path = tmp_path / "ch"
@@ -362,6 +362,7 @@ def test_an_interrupt_inside_the_claim_leaves_no_busy_word(tmp_path: Path) -> No
     with pytest.raises(KeyboardInterrupt):
         ch.send(b"b")
     ch._framers = real
+    assert ch._send_free == [True]  # our process's turn to send is given back too
     _no_busy_word_left(ch, path)
 
 

@@ -169,6 +169,7 @@ class Claims(State):
     def _p_leave(self) -> None:
         """Step S6: let the producers' claim go."""
         if self._please:
+            self._head_mine = -1  # a general path wrote head: the one-call paths re-read it
             self._hdr32[self._pbusy] = 0  # L9
         else:
             fcntl.flock(self._pclaim, fcntl.LOCK_UN)
@@ -183,6 +184,7 @@ class Claims(State):
     def _c_leave(self) -> None:
         """Step R4: let the consumers' claim go."""
         if self._clease:
+            self._tail_mine = -1  # (as _p_leave: the one-call paths re-read tail)
             self._hdr32[self._cbusy] = 0
         else:
             fcntl.flock(self._cclaim, fcntl.LOCK_UN)
@@ -239,6 +241,9 @@ class Claims(State):
         attach generation of our slot << 8 | 1 + the slot."""
         h32 = self._hdr32
         slot = (token & 0xFF) - 1
+        # Whoever held the lease since our last claim may have moved the positions: the
+        # one-call paths' copies of them are stale from here, even if this steal fails.
+        self._head_mine = self._tail_mine = -1
         self._thief_turn(fd, deadline, full)  # L5: thieves one at a time
         try:
             h32[lease] = token  # L6
