@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pickle
 import struct
+import time
 
 import pytest
 from conftest import exit_code, fork_child
@@ -274,8 +275,8 @@ def test_threads_of_one_process_take_turns(kind: str) -> None:
     if q is not None:
         put, get = q.put, q.get
     else:
-        def put(x: tuple[int, int]) -> None:
-            ch.send(struct.pack("<II", *x))
+        def put(x: tuple[int, int], timeout: float) -> None:
+            ch.send(struct.pack("<II", *x), timeout=timeout)
 
         def get(timeout: float) -> tuple[int, ...]:
             return struct.unpack("<II", ch.recv(timeout=timeout))
@@ -283,21 +284,26 @@ def test_threads_of_one_process_take_turns(kind: str) -> None:
 
     def produce(k: int) -> None:
         for i in range(per):
-            put((k, i))
+            put((k, i), timeout=20)
 
     def consume(j: int) -> None:
         for _ in range(producers * per // len(got)):
             got[j].append(tuple(get(timeout=20)))
 
-    threads = [threading.Thread(target=produce, args=(k,)) for k in range(producers)]
-    threads += [threading.Thread(target=consume, args=(j,)) for j in range(len(got))]
+    # (daemons, every wait bounded: without the turn, two threads' frames at one head
+    # wedge the ring; the test then fails in seconds instead of hanging)
+    threads = [threading.Thread(target=produce, args=(k,), daemon=True)
+               for k in range(producers)]
+    threads += [threading.Thread(target=consume, args=(j,), daemon=True)
+                for j in range(len(got))]
     old = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)
     try:
         for t in threads:
             t.start()
+        end = time.monotonic() + 60
         for t in threads:
-            t.join(120)
+            t.join(max(0.0, end - time.monotonic()))
     finally:
         sys.setswitchinterval(old)
     assert not any(t.is_alive() for t in threads)
