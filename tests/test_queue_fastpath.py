@@ -13,7 +13,7 @@ from conftest import exit_code, fork_child
 
 from mmapkit.ipc import Channel
 from mmapkit.ipc import _format as fmt
-from mmapkit.ipc._sequenced import SEQ_FRAMED_MAX
+from mmapkit.ipc._sequenced import SEQ_FRAMED_MAX, SequencedChannel
 
 _SEQ = struct.Struct("<Q")
 
@@ -26,8 +26,8 @@ def _message(seq: int, body: bytes) -> bytes:
     return _SEQ.pack(seq) + bytes(payload)
 
 
-def _mpmc(capacity: int = 1 << 16) -> Channel:
-    return Channel.anonymous(capacity, multi_producer=True, multi_consumer=True)
+def _mpmc(capacity: int = 1 << 16) -> SequencedChannel:
+    return SequencedChannel.anonymous(capacity, multi_producer=True, multi_consumer=True)
 
 
 def _attach(ch: Channel) -> None:
@@ -44,7 +44,7 @@ class _Parts:
     """A Queue's parts on a bare channel (what queue.py's _Shared sets): the counters, and
     miss hooks that record what was handed to them."""
 
-    def __init__(self, ch: Channel, gets: int = 8) -> None:
+    def __init__(self, ch: SequencedChannel, gets: int = 8) -> None:
         self.counters = memoryview(bytearray(128)).cast("Q")
         self.puts: list[tuple[object, bytes | None, bool, float | None]] = []
         self.gets = 0

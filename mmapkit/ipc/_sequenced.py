@@ -17,6 +17,9 @@ Design rules:
   they hand to the queue's general path, ``_seq_put_miss(obj, pickle or None, block,
   timeout)`` / ``_seq_get_miss(block, timeout)`` (queue.py sets both, through a weak
   reference: no cycle between the channel handle and the queue's parts).
+- They are methods of ``SequencedChannel``, the Channel a Queue makes (queue.py), not of
+  every Channel: pickle's functions are this module's globals (an attribute holding them
+  cost ~0.35k instructions a put+get more), and importing mmapkit.ipc loads no pickle.
 - The one-call part runs only in the lease's common case (multi-producer/consumer, format
   version 2-3, TSO; we hold the lease; the frame fits below the room we saw last, or a
   whole message is there): steps L1-L3 then S4-S5 or R2-R3 then L9 of channel.py's and
@@ -43,12 +46,12 @@ from __future__ import annotations
 import pickle
 import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import _format as fmt
-from ._state import State
+from .channel import Channel
 
-__all__ = ["SEQ_FRAMED_MAX", "HasBuffers", "Sequenced", "no_buffers"]
+__all__ = ["SEQ_FRAMED_MAX", "HasBuffers", "SequencedChannel", "no_buffers"]
 
 _PLEASE_I = fmt.PRODUCER_LEASE // 4
 _CLEASE_I = fmt.CONSUMER_LEASE // 4
@@ -71,14 +74,10 @@ def no_buffers(buffer: pickle.PickleBuffer) -> None:
     raise HasBuffers
 
 
-class Sequenced(State):
-    """The Queue's one-call put and get (a base class of the Channel)."""
+class SequencedChannel(Channel):
+    """The Channel of a Queue: a Channel with the Queue's one-call put and get."""
 
     __slots__ = ()
-
-    if TYPE_CHECKING:  # provided by the Channel
-        def _wake_consumers(self) -> None: ...
-        def _wake_producers(self) -> None: ...
 
     def _seq_framer(self, blen: int) -> Callable[..., None]:
         pack: Callable[..., None] = struct.Struct(f"<QQIIQ{blen}s").pack_into

@@ -3,8 +3,8 @@
 Design rules:
 
 - The Channel is one handle whose concerns live in sibling modules as base classes
-  (``_claims.Claims``, ``_wake.Wake``, ``_broadcast.Broadcast``, ``_inplace.InPlace``,
-  ``_sequenced.Sequenced``).
+  (``_claims.Claims``, ``_wake.Wake``, ``_broadcast.Broadcast``, ``_inplace.InPlace``);
+  ``_sequenced.SequencedChannel`` (a Queue's Channel) is a subclass.
   They all work on the state declared here, so each concern reads its attributes by the
   same names and types, and the handle has no instance dict: send() and recv() touch a
   dozen attributes per message, and a dict of this size is past CPython's shared-key

@@ -111,7 +111,7 @@ import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from .. import _platform
 from .._testhooks import PAUSES as _PAUSES
@@ -136,7 +136,6 @@ from ._files import close_fds as _close_fds
 from ._files import positions as _positions
 from ._files import reopen_fd as _reopen_fd
 from ._inplace import InPlace
-from ._sequenced import Sequenced
 from ._slots import slot_byte as _slot_byte
 from ._slots import slot_word as _slot_word
 from ._state import Turn
@@ -169,6 +168,7 @@ _PAD_WORD = fmt.PAD_WORD
 assert all((n + 15) & ~7 == fmt.frame_size(n) for n in range(64))
 _FRAMED_MAX = 256  # payloads up to this long are framed by one cached Struct per length
 _write_frame = fmt.write_frame
+_C = TypeVar("_C", bound="Channel")  # (a Queue's channel is a subclass: _sequenced.py)
 
 
 @dataclass(frozen=True)
@@ -187,7 +187,7 @@ class ChannelStatistics:
     consumers_alive: int
 
 
-class Channel(Claims, Wake, Broadcast, InPlace, Sequenced):
+class Channel(Claims, Wake, Broadcast, InPlace):
     """A message channel between processes over shared memory.
 
     Make one with :meth:`create` (a file other processes :meth:`open`) or
@@ -253,7 +253,7 @@ class Channel(Claims, Wake, Broadcast, InPlace, Sequenced):
         self._base8 = self._base + 8  # where the payload of a frame at ring offset 0 goes
         self._dq = self._data.cast("Q")
         self._framers = {}  # _framer()
-        self._seq_framers = {}  # _sequenced.py's, and a Queue's parts (queue.py sets them)
+        self._seq_framers = {}  # a Queue's (_sequenced.py), and its parts (queue.py sets)
         self._seq_counters = memoryview(bytearray(64)).cast("Q")
         self._seq_gets = 0
         self._seq_put_miss = _not_a_queue
@@ -293,9 +293,9 @@ class Channel(Claims, Wake, Broadcast, InPlace, Sequenced):
     # --- construction -----------------------------------------------------------------
 
     @classmethod
-    def create(cls, path: str | os.PathLike[str], capacity: int = 1 << 20, *,
+    def create(cls: type[_C], path: str | os.PathLike[str], capacity: int = 1 << 20, *,
                multi_producer: bool = False, multi_consumer: bool = False,
-               broadcast: bool = False, spin: float = _DEFAULT_SPIN) -> Channel:
+               broadcast: bool = False, spin: float = _DEFAULT_SPIN) -> _C:
         """Create a channel file at ``path`` with a ring of ``capacity`` bytes.
 
         Raises FileExistsError if ``path`` exists (open it, or unlink it first).  The file
@@ -309,7 +309,8 @@ class Channel(Claims, Wake, Broadcast, InPlace, Sequenced):
         return cls.open(path, spin=spin)
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, spin: float = _DEFAULT_SPIN) -> Channel:
+    def open(cls: type[_C], path: str | os.PathLike[str], *,
+             spin: float = _DEFAULT_SPIN) -> _C:
         """Attach to the channel file at ``path`` (made by :meth:`create`).
 
         Safe against a concurrent :meth:`unlink` and re-create of the same path: the
@@ -329,9 +330,9 @@ class Channel(Claims, Wake, Broadcast, InPlace, Sequenced):
                           "retry when it is stable")
 
     @classmethod
-    def anonymous(cls, capacity: int = 1 << 20, *, multi_producer: bool = False,
+    def anonymous(cls: type[_C], capacity: int = 1 << 20, *, multi_producer: bool = False,
                   multi_consumer: bool = False, broadcast: bool = False,
-                  spin: float = _DEFAULT_SPIN) -> Channel:
+                  spin: float = _DEFAULT_SPIN) -> _C:
         """A channel in anonymous shared memory: create it before ``fork()``; the children
         inherit it.  It has no name, cannot be pickled, and vanishes with its last user."""
         cap = fmt.round_capacity(capacity)

@@ -106,8 +106,8 @@ from ._claims import strict as _strict
 from ._files import check_ring, map_checked
 from ._files import close_fds as _close_all
 from ._sequenced import HasBuffers as _HasBuffers
+from ._sequenced import SequencedChannel
 from ._sequenced import no_buffers as _no_buffers
-from .channel import Channel
 
 __all__ = ["JoinableQueue", "Queue", "SimpleQueue"]
 
@@ -131,7 +131,7 @@ def _shm_dir() -> str:
     return tempfile.gettempdir()
 
 
-def _channel_from_fds(fd: int, lock_fd: int, spin: float) -> Channel:
+def _channel_from_fds(fd: int, lock_fd: int, spin: float) -> SequencedChannel:
     """A Channel handle over the (unlinked) channel file ``fd`` and its lock file
     ``lock_fd``, with descriptions of its own for every lock (``fd`` and ``lock_fd`` are
     left open and untouched: they may be shared with the parent that passed them)."""
@@ -144,7 +144,7 @@ def _channel_from_fds(fd: int, lock_fd: int, spin: float) -> Channel:
         strict = _strict()
         if not strict:
             fds.append(_platform.reopen_fd(lock_fd))
-        return Channel(region, header, fds[0], lock_path=None, spin=spin,
+        return SequencedChannel(region, header, fds[0], lock_path=None, spin=spin,
                        claims=(fds[1], fds[1] if strict else fds[2]))
     except BaseException:
         _close_all(fds)
@@ -155,7 +155,8 @@ def _channel_from_fds(fd: int, lock_fd: int, spin: float) -> Channel:
 class _Shared:
     """One process's handle on a queue's shared parts: the Channel and the state page."""
 
-    def __init__(self, channel: Channel, chan_fd: int, lock_fd: int, state_fd: int) -> None:
+    def __init__(self, channel: SequencedChannel, chan_fd: int, lock_fd: int,
+                 state_fd: int) -> None:
         self.channel = channel
         self.fds = [chan_fd, lock_fd, state_fd]  # kept to pass on to spawned children
         self._box = list(self.fds)
@@ -187,9 +188,9 @@ class _Shared:
         state = os.path.join(directory, "state")
         cloexec = getattr(os, "O_CLOEXEC", 0)
         fds: list[int] = []
-        channel: Channel | None = None
+        channel: SequencedChannel | None = None
         try:
-            channel = Channel.create(path, capacity, multi_producer=True,
+            channel = SequencedChannel.create(path, capacity, multi_producer=True,
                                      multi_consumer=True, spin=spin)
             fds.append(os.open(path, os.O_RDWR | cloexec))
             fds.append(os.open(path + ".lock", os.O_RDWR | cloexec))
@@ -488,7 +489,7 @@ class Queue:
     """
 
     _shared: _Shared
-    _chan: Channel  # _shared.channel
+    _chan: SequencedChannel  # _shared.channel
     _counters: memoryview  # _shared.q
     _gets: int  # the index of GETS in _counters, or 0: get() leaves GETS alone
 
