@@ -91,7 +91,7 @@ memoryview load is ~250 instructions from Python, and the lease's one-call paths
 the position they move on every message.  They need not while the lease stayed ours
 (callgrind, an MPMC 64 B send+recv: one message at a time 16.4k -> 16.3k instructions,
 the consumer's head looked at each time; a hundred queued, with the turn below, 17.9k ->
-16.1k):
+16.2k):
 
     ====  =====================================  ==========  ===============================
     step  what                                   holds       another process may see
