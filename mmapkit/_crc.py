@@ -13,7 +13,12 @@ from __future__ import annotations
 
 import functools
 import zlib
-from collections.abc import Callable
+
+# ``typing`` is for type checkers only (importing it costs milliseconds); type
+# checkers take any TYPE_CHECKING as true.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = ["crc32"]
 

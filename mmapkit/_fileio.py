@@ -6,8 +6,8 @@ Design rules:
   again.  _platform.py stays the seam for what differs between kernels (ctypes, futex,
   mincore); this module holds the plain POSIX steps built on ``os`` and ``fcntl``.
 - Nothing here keeps state between calls.  Imports are what ``import mmapkit.lock``
-  already loads (os, fcntl, time, stat, errno, contextlib): using a primitive costs no
-  start-up time.
+  already loads (os, fcntl, time, stat, errno): using a primitive costs no start-up
+  time.
 - Errors: a full file system is :class:`DiskFullError` (an OSError with ENOSPC or EDQUOT)
   with a message that says what to do; everything else is the OSError the kernel gave.
 
@@ -37,15 +37,20 @@ The primitives:
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import os
 import stat
 import time
-from collections.abc import Callable, Iterator
 
 from .errors import DiskFullError
+
+# ``typing`` is for type checkers only (importing it costs milliseconds); type
+# checkers take any TYPE_CHECKING as true.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import TracebackType
 
 __all__ = [
     "DISK_FULL_ERRNOS",
@@ -136,10 +141,7 @@ def temp_name(final: str | os.PathLike[str]) -> str:
     return os.path.join(head, f".{tail}.{os.urandom(4).hex()}{TEMP_SUFFIX}")
 
 
-@contextlib.contextmanager
-def atomic_file(final: str | os.PathLike[str], *, mode: int = 0o644, overwrite: bool = True,
-                durable: bool = True,
-                exists: Callable[[str], BaseException] | None = None) -> Iterator[int]:
+class atomic_file:
     """``with atomic_file(path) as fd:`` write the new file through ``fd`` (open for
     reading and writing); on a normal exit it replaces ``path`` whole.
 
@@ -149,27 +151,51 @@ def atomic_file(final: str | os.PathLike[str], *, mode: int = 0o644, overwrite: 
     file before and its directory after the rename.  On any error, or an exception in the
     body, the temporary file is removed and ``path`` is left as it was.
     """
-    final_s = os.path.abspath(final)
-    tmp = temp_name(final_s)
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | _O_CLOEXEC, mode)
+
+    # (a class, not a @contextmanager generator: a KV's create path would import
+    # contextlib for it, a millisecond of start-up)
+
+    def __init__(self, final: str | os.PathLike[str], *, mode: int = 0o644,
+                 overwrite: bool = True, durable: bool = True,
+                 exists: Callable[[str], BaseException] | None = None) -> None:
+        self._final = os.path.abspath(final)
+        self._mode, self._overwrite, self._durable = mode, overwrite, durable
+        self._exists = exists
+        self._tmp, self._fd = "", -1
+
+    def __enter__(self) -> int:
+        self._tmp = temp_name(self._final)
+        self._fd = os.open(self._tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | _O_CLOEXEC,
+                           self._mode)
+        return self._fd
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        fd, tmp = self._fd, self._tmp
+        if exc_type is not None:  # the body failed: ``final`` stays as it was
+            os.close(fd)
+            _unlink_quietly(tmp)
+            return  # (and its exception goes on)
+        try:
+            if self._durable:
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            _unlink_quietly(tmp)
+            raise
+        try:
+            os.close(fd)  # (NFS reports a full disk as late as here)
+            _install(tmp, self._final, self._overwrite, self._exists)
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+
+
+def _unlink_quietly(path: str) -> None:
     try:
-        yield fd
-        if durable:
-            os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    try:
-        os.close(fd)  # (NFS reports a full disk as late as here)
-        _install(tmp, final_s, overwrite, exists)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    if durable:
-        fsync_dir(os.path.dirname(final_s))
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _install(tmp: str, final: str, overwrite: bool,

@@ -24,14 +24,17 @@ import mmap
 import os
 import struct
 import sys
-from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING, Any
 
 from ._fileio import DISK_FULL_ERRNOS, raise_if_disk_full, write_all
 from .errors import UnsupportedPlatformError
 
+# ``typing`` is for type checkers only (importing it costs milliseconds); type
+# checkers take any TYPE_CHECKING as true.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import ctypes
+    from collections.abc import Callable, Generator
+    from typing import Any
 
 if sys.platform == "win32":  # pragma: no cover - refused by design
     raise UnsupportedPlatformError(
@@ -165,10 +168,15 @@ def _buffer_api() -> tuple[Callable[..., int], Callable[..., None]]:
     import ctypes
 
     _PyBuffer = _structs()[1]
-    get = ctypes.pythonapi.PyObject_GetBuffer
+    # Our own handle on the interpreter's symbols, not ctypes.pythonapi: its function
+    # objects are process-wide, and another library (or a second copy of this one)
+    # setting their argtypes differently would break our calls (seen: ArgumentError in
+    # the lock-releaser threads).
+    api = ctypes.PyDLL(None)
+    get = api.PyObject_GetBuffer
     get.argtypes = [ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int]
     get.restype = ctypes.c_int
-    release = ctypes.pythonapi.PyBuffer_Release
+    release = api.PyBuffer_Release
     release.argtypes = [ctypes.POINTER(_PyBuffer)]
     release.restype = None
     return get, release
@@ -680,7 +688,7 @@ def reopen_fd(fd: int) -> int:
 
 # --- processes -------------------------------------------------------------------------
 
-__all__ += ["pid_alive"]
+__all__ += ["boot_id", "pid_alive"]
 
 
 def pid_alive(pid: int) -> bool:
@@ -693,3 +701,15 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def boot_id() -> bytes:
+    """This boot's identity, 16 bytes (Linux's random boot id); 16 zero bytes where the
+    system does not say.  A pid or an unsynced byte is only meaningful within one boot:
+    the journal's power-loss check and the mirror's owner token compare it."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+            raw = bytes.fromhex(f.read().strip().decode("ascii").replace("-", ""))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return bytes(16)
+    return raw[:16] if len(raw) >= 16 else bytes(16)

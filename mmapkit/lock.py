@@ -58,17 +58,24 @@ process sees only what the kernel holds.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import threading
 import time
 import weakref
-from collections.abc import Iterator
-from types import TracebackType
 
 from . import _fileio, _platform
 from .errors import ClosedError, LockTimeout, UnsupportedPlatformError
+
+# ``typing`` is for type checkers only (importing it costs milliseconds); type
+# checkers take any TYPE_CHECKING as true.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from contextlib import contextmanager
+    from types import TracebackType
+else:
+    from ._light_typing import contextmanager
 
 __all__ = ["FileLock"]
 
@@ -186,8 +193,10 @@ class FileLock:
             except OSError as exc:
                 self._fork_error = exc
         if self._own_fd:
-            with contextlib.suppress(OSError):
+            try:
                 os.close(old)
+            except OSError:
+                pass
         elif new is not None:
             self._own_fd = True  # ours from now on; the caller's descriptor is left alone
         self._fd = new
@@ -252,9 +261,11 @@ class FileLock:
             if before == 1:
                 # A failed conversion has dropped our shared lock already: take it back
                 # (waiting if another process got in), the caller still holds it.
-                with contextlib.suppress(OSError):
+                try:
                     self._flock(fcntl.LOCK_SH, None, True, None)
                     after = 1
+                except OSError:
+                    pass
         with self._cond:
             self._busy = None
             self._kernel = after
@@ -332,7 +343,7 @@ class FileLock:
         if failure is not None:
             raise failure
 
-    @contextlib.contextmanager
+    @contextmanager
     def exclusive(self, timeout: float | None = None) -> Iterator[FileLock]:
         self.acquire(shared=False, timeout=timeout)
         try:
@@ -340,7 +351,7 @@ class FileLock:
         finally:
             self.release()
 
-    @contextlib.contextmanager
+    @contextmanager
     def shared(self, timeout: float | None = None) -> Iterator[FileLock]:
         self.acquire(shared=True, timeout=timeout)
         try:

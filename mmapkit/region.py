@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import mmap
 import os
-from types import TracebackType
 
 from . import _fileio, _platform
 from .errors import (
@@ -47,6 +46,12 @@ from .errors import (
     ReadOnlyError,
     RegionError,
 )
+
+# ``typing`` is for type checkers only (importing it costs milliseconds); type
+# checkers take any TYPE_CHECKING as true.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import TracebackType
 
 __all__ = ["Region"]
 

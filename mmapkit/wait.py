@@ -19,7 +19,6 @@ Design rules:
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import select
@@ -68,8 +67,10 @@ class Waiter:
             self._wait_word = _platform.futex_waiter(region.address + offset)
         if backend == "fifo":
             self._fifo = doorbell or self._default_doorbell(region, offset)
-            with contextlib.suppress(FileExistsError):
+            try:
                 os.mkfifo(self._fifo, 0o600)
+            except FileExistsError:
+                pass
             if not stat.S_ISFIFO(os.stat(self._fifo).st_mode):
                 raise ValueError(f"{self._fifo} exists and is not a FIFO; pass doorbell=")
 

@@ -351,7 +351,7 @@ def test_an_interrupt_inside_the_claim_leaves_no_busy_word(tmp_path: Path) -> No
     written, lowers the busy word and publishes nothing; a thief gets in at once."""
 
     class Interrupting(dict):  # type: ignore[type-arg]
-        def get(self, *args: object) -> None:
+        def __getitem__(self, key: object) -> None:  # the framer's lookup
             raise KeyboardInterrupt
 
     path = tmp_path / "ch"
@@ -362,6 +362,7 @@ def test_an_interrupt_inside_the_claim_leaves_no_busy_word(tmp_path: Path) -> No
     with pytest.raises(KeyboardInterrupt):
         ch.send(b"b")
     ch._framers = real
+    assert ch._send_free == [True]  # our process's turn to send is given back too
     _no_busy_word_left(ch, path)
 
 
@@ -462,3 +463,30 @@ def test_a_process_without_membarrier_stays_out_of_a_version_3_lease(tmp_path: P
     assert [ch.recv(), ch.recv()] == [b"ours", b"still ours"]
     ch.check()
     ch.close()
+
+
+def test_a_steal_that_gives_up_still_clears_the_copies_of_the_positions(
+        tmp_path: Path) -> None:
+    """M3 of _claims.py: a steal that gives up at its deadline (L7: an owner stays in its
+    claim) has already named us in the lease word, so our next entry passes L3; the copy
+    of head our one-call path kept from before the thief came must not be used then."""
+    path = tmp_path / "ch"
+    ch = Channel.create(path, capacity=1 << 16, multi_producer=True)
+    ch.send(b"a")  # the first send steals the lease (the general path)
+    ch.send(b"b")  # a one-call send: keeps its copy of head
+    assert ch._head_mine == ch._hdr[fmt.HEAD_Q]
+    other = Channel.open(path)
+    other.send(b"c")  # steals the lease and moves head past our copy
+    other._hdr32[other._pbusy] = 1  # as if inside its claim: our steal waits for it
+    with pytest.raises(queue.Full):
+        ch.send(b"d", timeout=0.05)
+    assert ch._hdr32[fmt.PRODUCER_LEASE // 4] == ch._ptoken  # L6 ran: the lease is ours
+    assert ch._head_mine == -1  # ...and the copy is gone
+    other._hdr32[other._pbusy] = 0
+    ch.send(b"e")  # passes L3 at once, reading head
+    assert ch._head_mine == ch._hdr[fmt.HEAD_Q]
+    reader = Channel.open(path)
+    assert [reader.recv(timeout=5) for _ in range(4)] == [b"a", b"b", b"c", b"e"]
+    reader.check()
+    for c in (reader, other, ch):
+        c.close()

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import spawn, tiny_tmpfs
+from conftest import run_py, spawn, tiny_tmpfs
 
 from mmapkit import _fileio
 from mmapkit.errors import DiskFullError, RegionError
@@ -371,3 +371,41 @@ def test_every_name_a_sibling_uses_is_in_all(module: str) -> None:
     assert used, module  # the scan found the users
     assert sorted(used - set(mod.__all__)) == []
     assert all(hasattr(mod, name) for name in mod.__all__)
+
+
+def test_boot_id_is_this_boots_identity_as_linux_spells_it():
+    from mmapkit import _platform
+    from mmapkit.mirror.redis import _boot_id
+
+    raw = _platform.boot_id()
+    assert len(raw) == 16
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            linux = f.read().strip()
+    except OSError:
+        assert raw == bytes(16) and _boot_id() == "-"
+        return
+    assert raw.hex() == linux.replace("-", "") and _boot_id() == linux
+
+
+def test_buffer_address_is_not_bound_to_ctypes_pythonapi_settings():
+    # Another library setting other argtypes on ctypes.pythonapi's function objects (they
+    # are process-wide) must not break ours.
+    res = run_py("""
+        import ctypes, mmap
+        from mmapkit import _platform
+        _platform.buffer_address(bytearray(1))  # (ours are set up first)
+        ctypes.pythonapi.PyObject_GetBuffer.argtypes = [ctypes.c_void_p, ctypes.c_void_p,
+                                                       ctypes.c_int]
+        ctypes.pythonapi.PyBuffer_Release.argtypes = [ctypes.c_char_p]
+        m = mmap.mmap(-1, 4096)
+        b = bytearray(16)
+        a = _platform.buffer_address(b)
+        ctypes.memmove(a, b"xyz", 3)
+        assert bytes(b[:3]) == b"xyz"
+        assert _platform.buffer_address(m) != 0
+        m.close()
+        print("ok")
+    """)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "ok"

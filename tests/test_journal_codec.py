@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import mmap
 import struct
+import zlib
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -227,3 +229,84 @@ def test_decode_one_takes_exactly_one_plain_record_and_nothing_else() -> None:
                  [(9, None, b"v", None), (9, None, b"w", None)]):
         other = F.encode_batch(41, recs)
         assert F.decode_one(other, 0, len(other), 41) is None
+
+
+def _walk_one_by_one(view: bytes, pos: int, got: int, limit: int,
+                     first: int) -> tuple[int, int, bool]:
+    """check_batches's contract spelled out batch by batch with read_batch_header: the
+    reference the run-at-a-time walk must agree with (position, next offset, damaged?)."""
+    p, nxt = pos, first
+    while p < got:
+        if p + F.BATCH_HEADER > got:
+            return p, nxt, p + F.BATCH_HEADER > limit
+        try:
+            info = F.read_batch_header(view, p, limit, verify=False)
+        except F.BatchError:
+            return p, nxt, True
+        if info.first_offset != nxt:
+            return p, nxt, True
+        if p + info.length > got:
+            break
+        try:
+            F.read_batch_header(view, p, limit)
+        except F.BatchError:
+            return p, nxt, True
+        nxt += info.records
+        p += info.length
+    return p, nxt, False
+
+
+# runs of one shape (what check_batches checks a run at a time) and shapes whose lengths
+# collide with another count (2 records of 10 bytes and 1 of 40: both 100-byte batches)
+shapes = st.lists(st.tuples(st.sampled_from([(1, 10), (1, 40), (2, 10), (1, 1100),
+                                               (3, 500)]), st.integers(1, 90)),
+                  min_size=1, max_size=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(shapes, st.integers(0, 1 << 40), st.data(), st.booleans())
+def test_check_batches_runs_agree_with_one_batch_at_a_time(
+        runs: list[tuple[tuple[int, int], int]], first: int, data: st.DataObject,
+        with_zlib: bool) -> None:
+    """Runs of equal batches are checked in C loops (_format._check_run); whatever the
+    damage -- a flipped byte anywhere (a CRC, a length, an offset, a count, a version, a
+    value), a batch of the same length but another record count, bytes still arriving --
+    the walk stops where the batch-by-batch reference stops and says the same, with
+    ISA-L's CRC and with zlib's (a client without the isal extra)."""
+    with pytest.MonkeyPatch.context() as mp:
+        if with_zlib:
+            mp.setattr(F, "crc32", zlib.crc32)
+        _runs_agree(runs, first, data)
+
+
+def _runs_agree(runs: list[tuple[tuple[int, int], int]], first: int,
+                data: st.DataObject) -> None:
+    parts, off = [], first
+    for (count, vlen), times in runs:
+        for _ in range(times):
+            parts.append(F.encode_batch(off, [(7, None, bytes([off % 251]) * vlen, None)
+                                              for _ in range(count)]))
+            off += count
+    raw = bytearray(b"".join(parts))
+    for _ in range(data.draw(st.integers(0, 2))):
+        at = data.draw(st.integers(0, len(raw) - 1))
+        raw[at] ^= 1 << data.draw(st.integers(0, 7))
+    view = bytes(raw)
+    limit = len(view)
+    for got in {limit, data.draw(st.integers(0, limit))}:
+        p, nxt, problem = F.check_batches(memoryview(view), 0, got, limit, first)
+        assert (p, nxt, problem is not None) == _walk_one_by_one(view, 0, got, limit, first)
+    if view == b"".join(parts):
+        assert F.check_batches(view, 0, limit, limit, first) == (limit, off, None)
+
+
+def test_check_batches_reports_damage_inside_a_long_run() -> None:
+    """A run of 3000 one-record batches (a writer's plain appends) with one byte flipped
+    in batch 2500's value: the walk keeps the 2500 before it and says which batch."""
+    batches = [F.encode_batch(i, [(7, None, b"v" * 100, None)]) for i in range(3000)]
+    size = len(batches[0])
+    raw = bytearray(b"".join(batches))
+    raw[2500 * size + 90] ^= 0x10
+    p, nxt, problem = F.check_batches(memoryview(raw), 0, len(raw), len(raw), 0)
+    assert (p, nxt) == (2500 * size, 2500)
+    assert problem is not None and "checksum" in str(problem) and str(p) in str(problem)

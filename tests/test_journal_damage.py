@@ -179,3 +179,55 @@ def test_power_loss_keeps_synced_records_and_cuts_at_the_first_bad_batch(
     assert Journal.check(c).ok
     with Journal(c) as j3:  # the stamp is the new boot's now: no second recovery
         assert j3.recovery is None
+
+
+@pytest.mark.parametrize("chunk", [4096, 1 << 20])
+def test_power_loss_walk_in_chunks_cuts_at_the_damaged_batch(
+        tmp_path: Path, chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """P1 reads the unsynced bytes a chunk at a time (journal._check_file): batches cut by
+    a chunk's end, a batch larger than a chunk and long runs of one-record batches are all
+    walked; a byte flipped in one late one-record batch cuts there -- every record before
+    it kept, the reason naming its position in the file -- whatever the chunk size."""
+    from mmapkit.journal import journal as J
+
+    monkeypatch.setattr(J, "_CHECK_CHUNK", chunk)
+    d = tmp_path / "j"
+    positions: list[tuple[int, int]] = []  # (offset, end position) of each batch
+    with Journal(d, create=True) as j:
+        j.append(b"synced")
+        j.sync()
+        for i in range(3):
+            j.append_many([b"%06d" % i + b"big" * 3000] * 40)  # ~360 KB batches
+            for k in range(2000):
+                j.append(b"%06d" % k + b"x" * 93)
+        end = j.end_offset
+    with Journal(d) as j:
+        r = j.reader(0)
+        span = r.next_span(1 << 30)
+        assert span is not None
+        _, pos, length, _ = span
+        r.close()
+    seg = d / F.segment_name(0)
+    raw = bytearray(seg.read_bytes())
+    p = pos
+    while p < pos + length:
+        info = F.read_batch_header(raw, p, pos + length)
+        positions.append((info.first_offset, p))
+        p += info.length
+    victim_offset, victim_pos = positions[-1500]  # a one-record batch past 1 MiB
+    assert victim_pos > (1 << 20)
+    raw[victim_pos + 70] ^= 0x04  # a value byte: only its CRC tells
+    seg.write_bytes(raw)
+    meta = bytearray((d / "journal.meta").read_bytes())
+    meta[F.OFF_BOOT : F.OFF_BOOT + 16] = b"\x02" * 16
+    (d / "journal.meta").write_bytes(meta)
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        j2 = Journal(d)
+    with j2:
+        rec = j2.recovery
+        assert rec is not None and rec.kept_end_offset == victim_offset
+        assert rec.cut_records == end - victim_offset
+        assert f"the batch at {victim_pos} fails its checksum" in rec.reason
+        assert [r.offset for r in j2.reader()] == list(range(victim_offset))
+    assert Journal.check(d).ok

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import io
 import os
+import random
 import struct
 import subprocess
 import sys
@@ -228,23 +229,38 @@ def test_whole_store_operations_load_every_part(tmp_path: Path) -> None:
                 assert dict(kv.items()) == model
 
 
-def test_writes_while_lazy_take_the_general_path_then_the_inline_one(tmp_path: Path) -> None:
-    """The inline set is off while parts are unloaded (a write loads its key's part first)
-    and back on once the last part loads."""
+@pytest.mark.parametrize("multiprocess", [False, True])
+def test_inline_writes_while_lazy_leave_the_part_encoded_and_win_its_load(
+        tmp_path: Path, multiprocess: bool) -> None:
+    """``kv[k] = v`` and update_with take the inline paths while parts are unloaded: the
+    key's part stays encoded, is marked to merge key by key (a clean part would load with
+    one dict.update, over the new value), and its later load keeps what was written.
+    set() still loads the part first; so do deletes."""
     path = tmp_path / "s.kv"
     model = make(path)
-    with KV(path) as kv:
-        assert not kv._inline_sp
-        kv[key(5)] = "x"  # loads the part of key(5), then writes
-        model[key(5)] = "x"
-        assert kv._lazy is not None and kv._lazy.spans[part(kv, key(5))] is None
-        assert not kv._inline_sp and type(kv._index) is not dict  # (a LazyIndex)
-        len(kv)
-        assert kv._lazy is None and kv._inline_sp
-        assert type(kv._index) is dict  # (the exact dict again: kv[key]'s fast path)
-        kv[key(6)] = "y"
-        model[key(6)] = "y"
+    with KV(path, multiprocess=multiprocess) as kv:
+        lazy = kv._lazy
+        assert lazy is not None and lazy.dirty is not None
+        assert kv._inline_mp if multiprocess else kv._inline_sp
+        k = next(key(i) for i in range(N) if part(kv, key(i)) not in lazy.dirty)
+        p = part(kv, k)
+        neighbour = next(key(i) for i in range(N) if key(i) != k and part(kv, key(i)) == p)
+        kv[k] = model[k] = "written inline"
+        assert lazy.spans[p] is not None and p in lazy.dirty  # not loaded, marked
+        assert kv.update_with(k, lambda old: old + "!") == "written inline!"
+        model[k] = "written inline!"
+        assert lazy.spans[p] is not None
+        assert kv[neighbour] == model[neighbour]  # loads the part: k keeps its value
+        assert lazy.spans[p] is None and kv[k] == "written inline!"
+        other = next(key(i) for i in range(N) if lazy.spans[part(kv, key(i))] is not None)
+        kv.set(other, "via set()")
+        model[other] = "via set()"
+        assert lazy.spans[part(kv, other)] is None  # set() loads first
         assert dict(kv.items()) == model
+        assert kv._lazy is None and type(kv._index) is dict
+    with KV(path, multiprocess=multiprocess) as kv:
+        assert dict(kv.items()) == model
+    assert KV.check(path).ok
 
 
 def test_a_batch_that_rolls_back_across_a_part_load(tmp_path: Path) -> None:
@@ -695,7 +711,8 @@ class LazyModel(RuleBasedStateMachine):
     @invariant()
     def lazy_means_a_part_is_left(self) -> None:
         lazy = self.kv._lazy
-        assert lazy is None or (lazy.left > 0 and not self.kv._inline_sp)
+        assert lazy is None or lazy.left > 0
+        assert self.kv._inline_sp  # (lazy or not: the inline set's path)
 
     def teardown(self) -> None:
         assert dict(self.kv.items()) == self.model
@@ -728,3 +745,53 @@ def test_files_helpers_agree_with_the_codec() -> None:
         assert all(codec.image_part(k, n) == p for k in keys)
         got.update(zip(keys, values, strict=True))
     assert got == index
+
+
+def _mixed_index(seed: int, n: int) -> dict[str, Any]:
+    rnd = random.Random(seed)
+    out: dict[str, Any] = {}
+    for i in range(n):
+        r = rnd.random()
+        k = f"k{i}" + ("\0nul" if r < 0.02 else "é" if r < 0.1 else "")
+        c = rnd.randrange(9)
+        out[k] = (i, -i, b"%08d" % i, os.urandom(rnd.randrange(40)), f"s{i}", f"ü{i}\0",
+                  1 << 70, "\ud800", 0.5)[c]
+    return out
+
+
+@pytest.mark.parametrize("shape", ["mixed", "ints", "fixed bytes", "varied bytes", "str",
+                                   "str with NUL", "keys with NUL", "one big int",
+                                   "a lone surrogate key", "past IMAGE_BYTES"])
+def test_compaction_columns_built_in_one_pass_are_the_codecs_bytes(
+        shape: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """_files.image builds each part's columns in one pass over the keys (_part_bodies):
+    the records are byte for byte those the general way (per part, _chunks and
+    codec.encode_image) makes, whatever the values hold."""
+    n = 2000
+    if shape == "mixed":
+        index = _mixed_index(7, n)
+    elif shape == "ints":
+        index = {key(i): i * 7919 - 10**12 for i in range(n)}
+    elif shape == "fixed bytes":
+        index = {key(i): b"%016d" % i for i in range(n)}
+    elif shape == "varied bytes":
+        index = {key(i): b"v" * (i % 37) for i in range(n)}
+    elif shape == "str":
+        index = {key(i): f"välue {i}" for i in range(n)}
+    elif shape == "str with NUL":
+        index = {key(i): f"v\0{i}" if i % 50 == 0 else f"v{i}" for i in range(n)}
+    elif shape == "keys with NUL":
+        index = {(key(i) + "\0" if i % 50 == 0 else key(i)): i for i in range(n)}
+    elif shape == "one big int":
+        index = {key(i): (1 << 64) if i == 77 else i for i in range(n)}
+    elif shape == "a lone surrogate key":
+        index = {(key(i) + "\udc80" if i == 5 else key(i)): i for i in range(n)}
+    else:  # "past IMAGE_BYTES"
+        monkeypatch.setattr(_files, "IMAGE_BYTES", 2000)
+        index = {key(i): b"x" * 100 for i in range(n)}
+    fast = _files.image(index, None)
+    with monkeypatch.context() as m:
+        m.setattr(_files, "_part_bodies", lambda values, nparts, parted: ({}, None))
+        general = _files.image(index, None)
+    assert fast == general
+    assert fast.version == codec.VERSION_PART

@@ -496,3 +496,35 @@ def test_ctx_is_accepted_and_closing_releases_every_descriptor() -> None:
             if "mmapkit-queue-" in os.readlink(f"/proc/self/fd/{fd}"):
                 ours.append(fd)
     assert ours == []
+
+
+def test_put_and_get_without_maxsize_are_the_channels_one_call_methods() -> None:
+    """docs/queue.md, item 14: bound on the queue object when it has no maxsize; an
+    overriding subclass keeps its own; after close() the class's methods answer again, and
+    a bound method kept from before raises ValueError like them."""
+    q = Queue(capacity=SMALL)
+    assert q.put.__self__ is q._chan and q.get.__self__ is q._chan
+    put, get = q.put, q.get
+    put(("x", 1))
+    Queue.put(q, "class")
+    assert get() == ("x", 1) and Queue.get(q) == "class"
+    q.close()
+    assert "put" not in vars(q) and "get" not in vars(q)
+    for call in (lambda: put(1), lambda: get(), lambda: q.put(1), lambda: q.get()):
+        with pytest.raises(ValueError, match="closed"):
+            call()
+    bounded = Queue(maxsize=3, capacity=SMALL)
+    assert "put" not in vars(bounded) and "get" not in vars(bounded)
+    bounded.close()
+
+    class Counting(Queue):
+        puts = 0
+
+        def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
+            Counting.puts += 1
+            super().put(obj, block, timeout)
+
+    c = Counting(capacity=SMALL)
+    c.put("a")
+    assert Counting.puts == 1 and "put" not in vars(c) and c.get() == "a"
+    c.close()

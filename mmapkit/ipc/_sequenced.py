@@ -1,4 +1,4 @@
-"""The Queue's messages on the Channel's lease fast paths: one call a put, one a get.
+"""The Queue's put and get on the Channel's lease fast paths: one call a put, one a get.
 
 Design rules:
 
@@ -9,30 +9,49 @@ Design rules:
   much again as the Channel's own multi-producer send (callgrind: 47k instructions a
   put+get against 26k), so these two write and read the whole frame in one place, under
   the lease, with one cached Struct per pickle length.
-- They run only in the lease's common case (multi-producer/consumer, format version 2-3,
-  TSO; we hold the lease; the frame fits below the room we saw last, or a whole message
-  is there): steps L1-L3 then S4-S5 (``_send_seq``) or R2-R3 (``_recv_seq``) then L9 of
-  channel.py's and _claims.py's tables, and the Queue's P4 or G2 between them.  In every
-  other case they leave nothing changed (busy word lowered, nothing written or consumed)
-  and return a miss: the caller takes the general path, which claims, waits, steals.
+- ``_send_seq(obj, block, timeout)`` and ``_recv_seq(block, timeout)`` are the whole of
+  ``Queue.put`` / ``Queue.get`` of a queue without ``maxsize``: pickling (P1) and
+  unpickling included, so that queue.py can make them the Queue's own ``put`` and
+  ``get`` (instance attributes): a call layer between the user and this frame was ~0.5k
+  instructions a side (callgrind, ~4% of a put+get).  What they cannot do in one call
+  they hand to the queue's general path, ``_seq_put_miss(obj, pickle or None, block,
+  timeout)`` / ``_seq_get_miss(block, timeout)`` (queue.py sets both, through a weak
+  reference: no cycle between the channel handle and the queue's parts).
+- They are methods of ``SequencedChannel``, the Channel a Queue makes (queue.py), not of
+  every Channel: pickle's functions are this module's globals (an attribute holding them
+  cost ~0.35k instructions a put+get more), and importing mmapkit.ipc loads no pickle.
+- The one-call part runs only in the lease's common case (multi-producer/consumer, format
+  version 2-3, TSO; we hold the lease; the frame fits below the room we saw last, or a
+  whole message is there): steps L1-L3 then S4-S5 or R2-R3 then L9 of channel.py's and
+  _claims.py's tables, and the Queue's P4 or G2 between them.  In every other case it
+  leaves nothing changed (busy word lowered, nothing written or consumed) and the miss
+  hook takes over: it claims, waits, steals.  Our process's turn (_state.Turn) is taken
+  around it: another thread of ours in it is a miss too.
 - They count nothing in the handle's statistics (the Queue's channel handle is private to
   it, and has none to show): four attribute updates were ~3% of a put+get.
-- The counters are the Queue's state page (``counters`` cast 'Q'): PUTS is read and
+- The counters are the Queue's state page (``_seq_counters``, cast 'Q'): PUTS is read and
   advanced under the producer claim, so ring order is sequence order; GETS is raised
-  under the consumer claim.  A process killed between the two stores of either side
-  leaves what queue.py's table says it may (a PUTS gap; a message consumed again).
+  under the consumer claim (index ``_seq_gets``; 0: not kept).  A process killed between
+  the two stores of either side leaves what queue.py's table says it may (a PUTS gap; a
+  message consumed again).
+- Pickling (P1) passes a ``buffer_callback`` that raises at the first out-of-band buffer
+  (``_no_buffers``): most objects have none, and a fixed callback costs a third of what
+  a new list and its bound append cost per put (~650 of ~28k instructions a put+get); an
+  object that has one (a numpy array) stops the pickler there, and the miss hook pickles
+  it again, collecting them (its __reduce__ methods up to that buffer run twice).
 """
 
 from __future__ import annotations
 
+import pickle
 import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import _format as fmt
-from ._state import State
+from .channel import Channel
 
-__all__ = ["SEQ_FRAMED_MAX", "Sequenced"]
+__all__ = ["SEQ_FRAMED_MAX", "HasBuffers", "SequencedChannel", "no_buffers"]
 
 _PLEASE_I = fmt.PRODUCER_LEASE // 4
 _CLEASE_I = fmt.CONSUMER_LEASE // 4
@@ -43,111 +62,144 @@ _MSG = fmt.QUEUE_MSG  # the message without its length word
 assert _HEAD.format[2:] == _MSG.format[1:]  # (the length word, then the message)
 assert _MSG.size + 8 == _HEAD_SIZE == 32
 SEQ_FRAMED_MAX = 1024  # pickles up to this long are framed by one cached Struct per length
+_dumps, _loads = pickle.dumps, pickle.loads
 
 
-class Sequenced(State):
-    """The Queue's one-call put and get (a base class of the Channel)."""
+class HasBuffers(Exception):
+    """Step P1 met an out-of-band buffer: pickle the object again, collecting them."""
+
+
+def no_buffers(buffer: pickle.PickleBuffer) -> None:
+    """The buffer_callback of the common P1 (see the top comment)."""
+    raise HasBuffers
+
+
+class SequencedChannel(Channel):
+    """The Channel of a Queue: a Channel with the Queue's one-call put and get."""
 
     __slots__ = ()
-
-    if TYPE_CHECKING:  # provided by the Channel
-        def _wake_consumers(self) -> None: ...
-        def _wake_producers(self) -> None: ...
 
     def _seq_framer(self, blen: int) -> Callable[..., None]:
         pack: Callable[..., None] = struct.Struct(f"<QQIIQ{blen}s").pack_into
         self._seq_framers[blen] = pack
         return pack
 
-    def _send_seq(self, body: bytes, counters: memoryview, puts: int) -> bool:
-        """Put the Queue message of pickle ``body`` (no out-of-band buffer) with sequence
-        number ``counters[puts]``, advancing it; True when done, False (nothing changed)
-        when this is not the lease's common case."""
+    def _send_seq(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
+        """Queue.put(obj, block, timeout) of a queue without maxsize: pickle ``obj`` (P1)
+        and put it as the Queue message with sequence number PUTS, advancing PUTS, in one
+        call when this is the lease's common case; else (nothing changed) through
+        ``_seq_put_miss``."""
+        try:
+            body = _dumps(obj, 5, buffer_callback=no_buffers)  # P1
+        except HasBuffers:
+            self._seq_put_miss(obj, None, block, timeout)
+            return
         blen = len(body)
         n = blen + 24
-        need = (n + 15) & ~7
-        if n > self._lease_send_limit:  # -1 unless attached, leased and not finished
-            return False
-        mutex = self._send_mutex
-        mutex.acquire()
-        h32, busy = self._hdr32, self._pbusy
-        try:
-            h32[busy] = 1  # L1
-            if self._fenced:  # L2 (version 3: no barrier here, see _claims.py)
-                fence = self._fence
-                fence.acquire()
-                fence.release()
-            if h32[_PLEASE_I] == self._ptoken:  # L3
-                hdr, cap = self._hdr, self._cap
-                head = hdr[8]  # _HEAD_Q
-                pos = head % cap
-                if pos + need <= cap and head + need <= self._room_end:
-                    seq = counters[puts]
-                    if blen <= SEQ_FRAMED_MAX:
-                        pack = self._seq_framers.get(blen) or self._seq_framer(blen)
-                        pack(self._data, pos, n, seq, 0, 0, blen, body)  # S4
-                    else:
-                        _HEAD.pack_into(self._data, pos, n, seq, 0, 0, blen)
-                        self._data[pos + _HEAD_SIZE : pos + _HEAD_SIZE + blen] = body
-                    counters[puts] = seq + 1  # P4
-                    hdr[8] = head + need  # S5: publish
-                    h32[busy] = 0  # L9
-                    if h32[18]:  # _CW_I
-                        self._wake_consumers()
-                    return True
-            h32[busy] = 0  # L4: the caller's general path claims (or steals)
-            return False
-        except BaseException:  # a busy word left up would stall thieves
-            h32[busy] = 0
-            raise
-        finally:
-            mutex.release()
+        if n <= self._lease_send_limit:  # -1 unless attached, leased and not finished
+            free = self._send_free  # our process's turn (_state.Turn)
+            try:
+                free.pop()
+            except IndexError:  # another thread of ours has it: the miss hook waits for it
+                pass
+            else:
+                h32, busy = self._hdr32, self._pbusy
+                try:
+                    h32[busy] = 1  # L1
+                    if self._fenced:  # L2 (version 3: no barrier here, see _claims.py)
+                        fence = self._fence
+                        fence.acquire()
+                        fence.release()
+                    if h32[_PLEASE_I] == self._ptoken:  # L3
+                        hdr, cap = self._hdr, self._cap
+                        head = self._head_mine  # (see _head_mine in _state.py)
+                        if head < 0:
+                            head = hdr[8]  # _HEAD_Q
+                        pos = head % cap
+                        need = (n + 15) & ~7
+                        if pos + need <= cap and head + need <= self._room_end:
+                            counters = self._seq_counters
+                            seq = counters[0]  # PUTS
+                            if blen <= SEQ_FRAMED_MAX:
+                                try:
+                                    pack = self._seq_framers[blen]
+                                except KeyError:
+                                    pack = self._seq_framer(blen)
+                                pack(self._data, pos, n, seq, 0, 0, blen, body)  # S4
+                            else:
+                                _HEAD.pack_into(self._data, pos, n, seq, 0, 0, blen)
+                                self._data[pos + _HEAD_SIZE : pos + _HEAD_SIZE + blen] = body
+                            counters[0] = seq + 1  # P4
+                            hdr[8] = self._head_mine = head + need  # S5: publish
+                            h32[busy] = 0  # L9
+                            if h32[18]:  # _CW_I
+                                self._wake_consumers()
+                            return
+                    h32[busy] = 0  # L4: the miss hook claims (or steals)
+                except BaseException:  # a busy word left up would stall thieves
+                    h32[busy] = 0
+                    raise
+                finally:
+                    free.append(True)
+        self._seq_put_miss(obj, body, block, timeout)
 
-    def _recv_seq(self, counters: memoryview, gets: int) -> Any:
-        """Get the next Queue message if it has no out-of-band buffer: its pickle (bytes),
-        raising ``counters[gets]`` past its sequence number (``gets`` 0: no counter).  None
-        (nothing changed) when this is not the lease's common case, or the message is
-        another kind."""
-        if not self._lease_recv:  # attached, with the consumers' lease
-            return None
-        mutex = self._recv_mutex
-        mutex.acquire()
-        h32, busy = self._hdr32, self._cbusy
-        try:
-            h32[busy] = 1  # L1
-            if self._fenced:  # L2 (version 3: no barrier here, see _claims.py)
-                fence = self._fence
-                fence.acquire()
-                fence.release()
-            if h32[_CLEASE_I] == self._ctoken:  # L3
-                hdr, cap = self._hdr, self._cap
-                tail = hdr[16]  # _TAIL_Q
-                head = hdr[8]  # before the frame's words: they are whole below it
-                pos = tail % cap
-                dq = self._dq
-                i = pos >> 3
-                n = dq[i]  # a PAD or damage has high bits: runs past head
-                if tail + 8 + n <= head and pos + 8 + n <= cap and n >= 24:
-                    # The message's words (_HEAD after the length word): seq at i + 1,
-                    # buffer count and reserved at i + 2 (0: no out-of-band buffer), the
-                    # pickle's length at i + 3; two word reads cost less than an unpack.
-                    blen = dq[i + 3]
-                    if dq[i + 2] == 0 and blen + 24 <= n:
-                        at = self._base + pos + _HEAD_SIZE
-                        out = self._mm[at : at + blen]
-                        if gets:  # (0: GETS not kept)
-                            seq = dq[i + 1]
-                            if seq >= counters[gets]:
-                                counters[gets] = seq + 1  # G2
-                        hdr[16] = tail + ((n + 15) & ~7)  # R3
-                        h32[busy] = 0  # L9
-                        if h32[34]:  # _PW_I
-                            self._wake_producers()
-                        return out
-            h32[busy] = 0
-            return None
-        except BaseException:
-            h32[busy] = 0
-            raise
-        finally:
-            mutex.release()
+    def _recv_seq(self, block: bool = True, timeout: float | None = None) -> Any:
+        """Queue.get(block, timeout): the next Queue message's object, in one call when
+        this is the lease's common case and the message has no out-of-band buffer
+        (raising GETS past its sequence number when ``_seq_gets`` keeps it); else
+        (nothing changed) what ``_seq_get_miss`` returns."""
+        if self._lease_recv:  # attached, with the consumers' lease
+            free = self._recv_free  # our process's turn (_state.Turn)
+            try:
+                free.pop()
+            except IndexError:  # another thread of ours has it: the miss hook waits for it
+                pass
+            else:
+                out = None
+                h32, busy = self._hdr32, self._cbusy
+                try:
+                    h32[busy] = 1  # L1
+                    if self._fenced:  # L2 (version 3: no barrier here, see _claims.py)
+                        fence = self._fence
+                        fence.acquire()
+                        fence.release()
+                    if h32[_CLEASE_I] == self._ctoken:  # L3
+                        hdr, cap = self._hdr, self._cap
+                        tail = self._tail_mine  # (see _tail_mine in _state.py)
+                        if tail < 0:
+                            tail = hdr[16]  # _TAIL_Q
+                        head = self._head_seen
+                        if tail >= head:  # what we saw is consumed: look at head again,
+                            head = self._head_seen = hdr[8]  # before the frame's words
+                        pos = tail % cap
+                        dq = self._dq
+                        i = pos >> 3
+                        n = dq[i]  # a PAD or damage has high bits: runs past head
+                        if tail + 8 + n <= head and pos + 8 + n <= cap and n >= 24:
+                            # The message's words (_HEAD after the length word): seq at
+                            # i + 1, buffer count and reserved at i + 2 (0: no out-of-band
+                            # buffer), the pickle's length at i + 3; two word reads cost
+                            # less than an unpack.
+                            blen = dq[i + 3]
+                            if dq[i + 2] == 0 and blen + 24 <= n:
+                                at = self._base + pos + _HEAD_SIZE
+                                out = self._mm[at : at + blen]
+                                gets = self._seq_gets
+                                if gets:  # (0: GETS not kept)
+                                    counters = self._seq_counters
+                                    seq = dq[i + 1]
+                                    if seq >= counters[gets]:
+                                        counters[gets] = seq + 1  # G2
+                                hdr[16] = self._tail_mine = tail + ((n + 15) & ~7)  # R3
+                    h32[busy] = 0  # L9 (L4 when nothing was taken)
+                except BaseException:  # a busy word left up would stall thieves
+                    h32[busy] = 0
+                    raise
+                finally:
+                    free.append(True)
+                if out is not None:
+                    if h32[34]:  # _PW_I
+                        self._wake_producers()
+                    return _loads(out)  # (outside the claim and our turn: it may run
+                    #                     any code, even another get())
+        return self._seq_get_miss(block, timeout)

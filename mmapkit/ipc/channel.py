@@ -111,7 +111,7 @@ import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from .. import _platform
 from .._testhooks import PAUSES as _PAUSES
@@ -136,9 +136,9 @@ from ._files import close_fds as _close_fds
 from ._files import positions as _positions
 from ._files import reopen_fd as _reopen_fd
 from ._inplace import InPlace
-from ._sequenced import Sequenced
 from ._slots import slot_byte as _slot_byte
 from ._slots import slot_word as _slot_word
+from ._state import Turn
 from ._wake import Wake
 from ._wake import deadline as _deadline
 
@@ -168,6 +168,7 @@ _PAD_WORD = fmt.PAD_WORD
 assert all((n + 15) & ~7 == fmt.frame_size(n) for n in range(64))
 _FRAMED_MAX = 256  # payloads up to this long are framed by one cached Struct per length
 _write_frame = fmt.write_frame
+_C = TypeVar("_C", bound="Channel")  # (a Queue's channel is a subclass: _sequenced.py)
 
 
 @dataclass(frozen=True)
@@ -186,7 +187,7 @@ class ChannelStatistics:
     consumers_alive: int
 
 
-class Channel(Claims, Wake, Broadcast, InPlace, Sequenced):
+class Channel(Claims, Wake, Broadcast, InPlace):
     """A message channel between processes over shared memory.
 
     Make one with :meth:`create` (a file other processes :meth:`open`) or
@@ -252,7 +253,11 @@ class Channel(Claims, Wake, Broadcast, InPlace, Sequenced):
         self._base8 = self._base + 8  # where the payload of a frame at ring offset 0 goes
         self._dq = self._data.cast("Q")
         self._framers = {}  # _framer()
-        self._seq_framers = {}  # _sequenced.py
+        self._seq_framers = {}  # a Queue's (_sequenced.py), and its parts (queue.py sets)
+        self._seq_counters = memoryview(bytearray(64)).cast("Q")
+        self._seq_gets = 0
+        self._seq_put_miss = _not_a_queue
+        self._seq_get_miss = _not_a_queue
         self._head_w = Waiter(region, fmt.HEAD)
         self._tail_w = Waiter(region, fmt.TAIL)
         self._pslot: int | None = None
@@ -268,10 +273,11 @@ class Channel(Claims, Wake, Broadcast, InPlace, Sequenced):
         # Consumer: frames below this position are published (head at its last look) and
         # do not cross the end of the ring; one comparison checks a frame against both.
         self._readable_end = 0
+        self._head_mine = self._tail_mine = -1  # the lease's one-call paths' copies of
+        self._head_seen = 0  # head and tail (see _state.py and _claims.py)
         self._tail_seen = 0  # producer's last look at tail: room above it is free
         self._room_end = self._cap  # tail_seen + capacity: a frame must end below it
-        self._send_mutex = threading.Lock()
-        self._recv_mutex = threading.Lock()
+        self._new_turns()
         self._attach_mutex = threading.Lock()
         self._sent = self._sent_bytes = self._received = self._received_bytes = 0
         self._full_waits = self._empty_waits = 0
@@ -287,9 +293,9 @@ class Channel(Claims, Wake, Broadcast, InPlace, Sequenced):
     # --- construction -----------------------------------------------------------------
 
     @classmethod
-    def create(cls, path: str | os.PathLike[str], capacity: int = 1 << 20, *,
+    def create(cls: type[_C], path: str | os.PathLike[str], capacity: int = 1 << 20, *,
                multi_producer: bool = False, multi_consumer: bool = False,
-               broadcast: bool = False, spin: float = _DEFAULT_SPIN) -> Channel:
+               broadcast: bool = False, spin: float = _DEFAULT_SPIN) -> _C:
         """Create a channel file at ``path`` with a ring of ``capacity`` bytes.
 
         Raises FileExistsError if ``path`` exists (open it, or unlink it first).  The file
@@ -303,7 +309,8 @@ class Channel(Claims, Wake, Broadcast, InPlace, Sequenced):
         return cls.open(path, spin=spin)
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, spin: float = _DEFAULT_SPIN) -> Channel:
+    def open(cls: type[_C], path: str | os.PathLike[str], *,
+             spin: float = _DEFAULT_SPIN) -> _C:
         """Attach to the channel file at ``path`` (made by :meth:`create`).
 
         Safe against a concurrent :meth:`unlink` and re-create of the same path: the
@@ -323,9 +330,9 @@ class Channel(Claims, Wake, Broadcast, InPlace, Sequenced):
                           "retry when it is stable")
 
     @classmethod
-    def anonymous(cls, capacity: int = 1 << 20, *, multi_producer: bool = False,
+    def anonymous(cls: type[_C], capacity: int = 1 << 20, *, multi_producer: bool = False,
                   multi_consumer: bool = False, broadcast: bool = False,
-                  spin: float = _DEFAULT_SPIN) -> Channel:
+                  spin: float = _DEFAULT_SPIN) -> _C:
         """A channel in anonymous shared memory: create it before ``fork()``; the children
         inherit it.  It has no name, cannot be pickled, and vanishes with its last user."""
         cap = fmt.round_capacity(capacity)
@@ -372,15 +379,23 @@ class Channel(Claims, Wake, Broadcast, InPlace, Sequenced):
         self._forget_roles()
         self._pbusy = self._cbusy = self._ptoken = self._ctoken = -1  # the parent's
         self._finished = False
-        self._send_mutex = threading.Lock()
-        self._recv_mutex = threading.Lock()
+        self._new_turns()
         self._attach_mutex = threading.Lock()
         self._fence = threading.Lock()
         self._sent = self._sent_bytes = self._received = self._received_bytes = 0
         self._full_waits = self._empty_waits = 0
 
+    def _new_turns(self) -> None:
+        """This handle's turns to send and to receive among our threads (_state.Turn)."""
+        self._send_mutex = Turn()
+        self._recv_mutex = Turn()
+        self._send_free = self._send_mutex.free
+        self._recv_free = self._recv_mutex.free
+
     def _forget_roles(self) -> None:
         """No slot, no fast path: what a closed handle or a fork child starts from."""
+        self._head_mine = self._tail_mine = -1
+        self._head_seen = 0
         self._pslot = self._cslot = None
         self._recv_fast = False
         self._send_limit = -1
@@ -583,37 +598,53 @@ class Channel(Claims, Wake, Broadcast, InPlace, Sequenced):
     def _send_locked(self, data: bytes | memoryview, n: int, timeout: float | None) -> None:
         """send() with a producer claim (S1-S6).  The lease's common case (we hold it and
         the frame fits below the room we saw last) is written out here, without a call:
-        it is the multi-producer hot path (see _claims.py for steps L1-L9)."""
+        it is the multi-producer hot path (see _claims.py for steps L1-L9).  It takes our
+        process's turn to send by popping ``_send_free`` (_state.Turn); taken by another
+        thread of ours, or the case not common, the general path waits its turn."""
         need = (n + 15) & ~7
-        # acquire()/release(), not ``with``: a with-statement on a lock costs twice as much
+        if self._please:
+            free = self._send_free
+            try:
+                free.pop()
+            except IndexError:  # another thread of ours is sending: wait our turn below
+                pass
+            else:
+                try:
+                    h32, busy = self._hdr32, self._pbusy
+                    try:
+                        h32[busy] = 1  # L1
+                        if self._fenced:  # L2 (version 3: no barrier here, see _claims.py)
+                            fence = self._fence
+                            fence.acquire()
+                            fence.release()
+                        if h32[_PLEASE_I] == self._ptoken:  # L3
+                            hdr, cap = self._hdr, self._cap
+                            head = self._head_mine  # (see _head_mine in _state.py)
+                            if head < 0:
+                                head = hdr[8]  # _HEAD_Q
+                            pos = head % cap
+                            if pos + need <= cap and head + need <= self._room_end:
+                                try:
+                                    pack = self._framers[n]
+                                except KeyError:
+                                    pack = self._framer(n)
+                                pack(self._data, pos, n, data)
+                                hdr[8] = self._head_mine = head + need  # S5: publish
+                                h32[busy] = 0  # L9
+                                if h32[18]:  # _CW_I
+                                    self._wake_consumers()
+                                self._sent += 1
+                                self._sent_bytes += n
+                                return
+                    except BaseException:  # a busy word left up would stall thieves
+                        h32[busy] = 0
+                        raise
+                    h32[busy] = 0  # L4: the general path claims (or steals) again
+                finally:
+                    free.append(True)
         mutex = self._send_mutex
         mutex.acquire()
         try:
-            if self._please:
-                h32, busy = self._hdr32, self._pbusy
-                try:
-                    h32[busy] = 1  # L1
-                    if self._fenced:  # L2 (version 3: no barrier here, see _claims.py)
-                        fence = self._fence
-                        fence.acquire()
-                        fence.release()
-                    if h32[_PLEASE_I] == self._ptoken:  # L3
-                        hdr, cap = self._hdr, self._cap
-                        head = hdr[8]  # _HEAD_Q
-                        pos = head % cap
-                        if pos + need <= cap and head + need <= self._room_end:
-                            (self._framers.get(n) or self._framer(n))(self._data, pos, n, data)
-                            hdr[8] = head + need  # S5: publish
-                            h32[busy] = 0  # L9
-                            if h32[18]:  # _CW_I
-                                self._wake_consumers()
-                            self._sent += 1
-                            self._sent_bytes += n
-                            return
-                except BaseException:  # a busy word left up would stall thieves
-                    h32[busy] = 0
-                    raise
-                h32[busy] = 0  # L4: the general path claims (or steals) again
             head = self._acquire_space(need, _deadline(timeout))
             try:
                 _write_frame(self._data, head % self._cap, n, data)
@@ -831,38 +862,52 @@ class Channel(Claims, Wake, Broadcast, InPlace, Sequenced):
     def _recv_locked(self, timeout: float | None) -> bytes:
         """recv() with a consumer claim (R1-R4).  The lease's common case (we hold it and
         a data frame is there) is written out here, without a call: it is the
-        multi-consumer hot path (see _claims.py for steps L1-L9)."""
+        multi-consumer hot path (see _claims.py for steps L1-L9).  Our process's turn to
+        receive: as in _send_locked."""
+        if self._clease:
+            free = self._recv_free
+            try:
+                free.pop()
+            except IndexError:  # another thread of ours is receiving: wait our turn below
+                pass
+            else:
+                try:
+                    h32, busy = self._hdr32, self._cbusy
+                    try:
+                        h32[busy] = 1  # L1
+                        if self._fenced:  # L2 (version 3: no barrier here, see _claims.py)
+                            fence = self._fence
+                            fence.acquire()
+                            fence.release()
+                        if h32[_CLEASE_I] == self._ctoken:  # L3
+                            hdr, cap = self._hdr, self._cap
+                            tail = self._tail_mine  # (see _tail_mine in _state.py)
+                            if tail < 0:
+                                tail = hdr[16]  # _TAIL_Q
+                            head = self._head_seen
+                            if tail >= head:  # what we saw is consumed: look at head again
+                                head = self._head_seen = hdr[8]  # before the frame's words
+                            pos = tail % cap
+                            n = self._dq[pos >> 3]  # a PAD or damage has high bits
+                            if tail + 8 + n <= head and pos + 8 + n <= cap:
+                                at = self._base8 + pos
+                                out = self._mm[at : at + n]
+                                hdr[16] = self._tail_mine = tail + ((n + 15) & ~7)  # R3
+                                h32[busy] = 0  # L9
+                                if h32[34]:  # _PW_I
+                                    self._wake_producers()
+                                self._received += 1
+                                self._received_bytes += n
+                                return out
+                    except BaseException:  # a busy word left up would stall thieves
+                        h32[busy] = 0
+                        raise
+                    h32[busy] = 0  # L4: the general path claims (or steals) again
+                finally:
+                    free.append(True)
         mutex = self._recv_mutex
         mutex.acquire()
         try:
-            if self._clease:
-                h32, busy = self._hdr32, self._cbusy
-                try:
-                    h32[busy] = 1  # L1
-                    if self._fenced:  # L2 (version 3: no barrier here, see _claims.py)
-                        fence = self._fence
-                        fence.acquire()
-                        fence.release()
-                    if h32[_CLEASE_I] == self._ctoken:  # L3
-                        hdr, cap = self._hdr, self._cap
-                        tail = hdr[16]  # _TAIL_Q
-                        head = hdr[8]  # before the frame's words: they are whole below it
-                        pos = tail % cap
-                        n = self._dq[pos >> 3]  # a PAD or damage has high bits: too long
-                        if tail + 8 + n <= head and pos + 8 + n <= cap:
-                            at = self._base8 + pos
-                            out = self._mm[at : at + n]
-                            hdr[16] = tail + ((n + 15) & ~7)  # R3
-                            h32[busy] = 0  # L9
-                            if h32[34]:  # _PW_I
-                                self._wake_producers()
-                            self._received += 1
-                            self._received_bytes += n
-                            return out
-                except BaseException:  # a busy word left up would stall thieves
-                    h32[busy] = 0
-                    raise
-                h32[busy] = 0  # L4: the general path claims (or steals) again
             tail, start, n = self._take(_deadline(timeout))
             try:
                 out = self._mm[self._base + start : self._base + start + n]
@@ -1083,6 +1128,11 @@ def _flags(multi_producer: bool, multi_consumer: bool, broadcast: bool) -> int:
     return ((fmt.FLAG_MULTI_PRODUCER if multi_producer else 0)
             | (fmt.FLAG_MULTI_CONSUMER if multi_consumer else 0)
             | (fmt.FLAG_BROADCAST if broadcast else 0))
+
+
+def _not_a_queue(*args: Any) -> Any:
+    """The miss hooks of _sequenced.py on a channel that no Queue carries."""
+    raise ModeConflictError("this channel does not carry a mmapkit.Queue")
 
 
 def _reopen(path: str, spin: float) -> Channel:

@@ -85,6 +85,7 @@ PUTS - DONE: a gap there is a task that never arrives (join() waits for it, as
 from __future__ import annotations
 
 import contextlib
+import functools
 import mmap
 import os
 import pickle
@@ -104,7 +105,9 @@ from . import _format as fmt
 from ._claims import strict as _strict
 from ._files import check_ring, map_checked
 from ._files import close_fds as _close_all
-from .channel import Channel
+from ._sequenced import HasBuffers as _HasBuffers
+from ._sequenced import SequencedChannel
+from ._sequenced import no_buffers as _no_buffers
 
 __all__ = ["JoinableQueue", "Queue", "SimpleQueue"]
 
@@ -128,7 +131,7 @@ def _shm_dir() -> str:
     return tempfile.gettempdir()
 
 
-def _channel_from_fds(fd: int, lock_fd: int, spin: float) -> Channel:
+def _channel_from_fds(fd: int, lock_fd: int, spin: float) -> SequencedChannel:
     """A Channel handle over the (unlinked) channel file ``fd`` and its lock file
     ``lock_fd``, with descriptions of its own for every lock (``fd`` and ``lock_fd`` are
     left open and untouched: they may be shared with the parent that passed them)."""
@@ -141,7 +144,7 @@ def _channel_from_fds(fd: int, lock_fd: int, spin: float) -> Channel:
         strict = _strict()
         if not strict:
             fds.append(_platform.reopen_fd(lock_fd))
-        return Channel(region, header, fds[0], lock_path=None, spin=spin,
+        return SequencedChannel(region, header, fds[0], lock_path=None, spin=spin,
                        claims=(fds[1], fds[1] if strict else fds[2]))
     except BaseException:
         _close_all(fds)
@@ -152,7 +155,8 @@ def _channel_from_fds(fd: int, lock_fd: int, spin: float) -> Channel:
 class _Shared:
     """One process's handle on a queue's shared parts: the Channel and the state page."""
 
-    def __init__(self, channel: Channel, chan_fd: int, lock_fd: int, state_fd: int) -> None:
+    def __init__(self, channel: SequencedChannel, chan_fd: int, lock_fd: int,
+                 state_fd: int) -> None:
         self.channel = channel
         self.fds = [chan_fd, lock_fd, state_fd]  # kept to pass on to spawned children
         self._box = list(self.fds)
@@ -169,6 +173,13 @@ class _Shared:
         lock_fd = _platform.reopen_fd(state_fd)
         self._box.append(lock_fd)
         self.state_lock = FileLock(lock_fd)
+        self.closed = False
+        # The channel's one-call put and get (_sequenced.py) and where they hand over what
+        # they cannot do in one call: to us, through a weak reference (no cycle).
+        channel._seq_counters = self.q
+        me = weakref.ref(self)
+        channel._seq_put_miss = functools.partial(_put_missed, me)
+        channel._seq_get_miss = functools.partial(_get_missed, me)
 
     @classmethod
     def create(cls, capacity: int, spin: float) -> _Shared:
@@ -177,9 +188,9 @@ class _Shared:
         state = os.path.join(directory, "state")
         cloexec = getattr(os, "O_CLOEXEC", 0)
         fds: list[int] = []
-        channel: Channel | None = None
+        channel: SequencedChannel | None = None
         try:
-            channel = Channel.create(path, capacity, multi_producer=True,
+            channel = SequencedChannel.create(path, capacity, multi_producer=True,
                                      multi_consumer=True, spin=spin)
             fds.append(os.open(path, os.O_RDWR | cloexec))
             fds.append(os.open(path + ".lock", os.O_RDWR | cloexec))
@@ -246,17 +257,29 @@ class _Shared:
 
     def put(self, obj: Any, maxsize: int, deadline: float | None) -> None:
         """Steps P1-P5.  ``deadline``: a time.monotonic() value, None to wait for ever."""
+        if not maxsize:  # P1-P5 in one call when the lease is ours and there is room
+            self.channel._send_seq(obj, True, _remaining(deadline))
+            return
         try:
-            body = _dumps(obj, 5, buffer_callback=_no_buffers)  # P1 (see _no_buffers)
+            body = _dumps(obj, 5, buffer_callback=_no_buffers)  # P1 (see _sequenced.py)
         except _HasBuffers:
             buffers: list[pickle.PickleBuffer] = []
             body = _dumps(obj, 5, buffer_callback=buffers.append)
             self.put_pickled(body, buffers, maxsize, deadline)
             return
-        # P2-P5 in one call when the lease is ours and there is room (no maxsize: P3 has
-        # nothing to check); else the general path, which claims and waits.
-        if maxsize or not self.channel._send_seq(body, self.q, _PUTS_Q):
-            self.put_pickled(body, [], maxsize, deadline)
+        self.put_pickled(body, [], maxsize, deadline)
+
+    def put_missed(self, obj: Any, body: bytes | None, block: bool,
+                   timeout: float | None) -> None:
+        """The channel's one-call put (a queue without maxsize) could not put ``obj``
+        (its pickle ``body``, None when it has out-of-band buffers): the general way."""
+        deadline = None if block and timeout is None else _deadline(block, timeout)
+        if body is None:
+            buffers: list[pickle.PickleBuffer] = []
+            body = _dumps(obj, 5, buffer_callback=buffers.append)
+            self.put_pickled(body, buffers, 0, deadline)
+        else:
+            self.put_pickled(body, [], 0, deadline)
 
     def put_pickled(self, body: bytes, buffers: list[pickle.PickleBuffer], maxsize: int,
                     deadline: float | None) -> None:
@@ -354,11 +377,9 @@ class _Shared:
         """Steps G1-G4 and the unpickling (after the claim is let go)."""
         # G1-G3 in one call when the lease is ours and a message without out-of-band
         # buffers is there; else the general path, which claims and waits.
-        blob = self.channel._recv_seq(self.q, _GETS_Q)
-        if blob is None:
-            return self.get_general(deadline)
+        obj = self.channel._recv_seq(True, _remaining(deadline))
         self.wake_putters()
-        return _loads(blob)
+        return obj
 
     def wake_putters(self) -> None:
         """Step G4: a put() sleeps on a full queue: wake it."""
@@ -382,6 +403,7 @@ class _Shared:
         return _decode(blob)
 
     def close(self) -> None:
+        self.closed = True
         with contextlib.suppress(Exception):
             self.channel.close()
         for w in (self.gets_w, self.done_w, self.state_lock):
@@ -394,17 +416,22 @@ class _Shared:
         _close_all(self._box)
 
 
-class _HasBuffers(Exception):
-    """Step P1 met an out-of-band buffer: pickle the object again, collecting them."""
+def _put_missed(shared: weakref.ref[_Shared], obj: Any, body: bytes | None, block: bool,
+                timeout: float | None) -> None:
+    """The miss hook of the channel's one-call put (see _Shared.__init__)."""
+    owner = shared()
+    if owner is None or owner.closed:
+        raise ValueError("the Queue is closed")
+    owner.put_missed(obj, body, block, timeout)
 
 
-def _no_buffers(buffer: pickle.PickleBuffer) -> None:
-    """The buffer_callback of the common P1.  Most objects have no out-of-band buffer, and a
-    fixed callback costs a third of what a new list and its bound append cost per put (~650
-    of ~28k instructions a put+get); an object that has one (a numpy array) stops the
-    pickler at its first buffer, and is pickled again with a list that collects them.
-    (Its __reduce__ methods up to that buffer run twice.)"""
-    raise _HasBuffers
+def _get_missed(shared: weakref.ref[_Shared], block: bool, timeout: float | None) -> Any:
+    """The miss hook of the channel's one-call get: the general path."""
+    owner = shared()
+    if owner is None or owner.closed:
+        raise ValueError("the Queue is closed")
+    return owner.get_general(None if block and timeout is None
+                             else _deadline(block, timeout))
 
 
 class _FullNow(Exception):
@@ -424,6 +451,11 @@ def _decode(blob: bytes | bytearray) -> Any:
     except ValueError as exc:
         raise _damaged(f"a message in the queue is not one a Queue put ({exc})") from None
     return pickle.loads(body, buffers=bufs)
+
+
+def _remaining(deadline: float | None) -> float | None:
+    """The timeout left until ``deadline`` (a time.monotonic() value; None: none)."""
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 def _deadline(block: bool, timeout: float | None) -> float | None:
@@ -457,7 +489,7 @@ class Queue:
     """
 
     _shared: _Shared
-    _chan: Channel  # _shared.channel
+    _chan: SequencedChannel  # _shared.channel
     _counters: memoryview  # _shared.q
     _gets: int  # the index of GETS in _counters, or 0: get() leaves GETS alone
 
@@ -477,6 +509,17 @@ class Queue:
         self._counters = self._shared.q
         # G2's store of GETS: only a queue with a maxsize reads it (0: no store, see Counting)
         self._gets = _GETS_Q if self._maxsize else 0
+        self._chan._seq_gets = self._gets
+        # Without a maxsize, put() and get() are the channel's one-call put and get
+        # (_sequenced.py), made this queue's own attributes: no call layer between the
+        # caller and them (~0.5k instructions a side).  A subclass that overrides put or
+        # get keeps its own; close() takes both away again.
+        if not self._maxsize:
+            cls = type(self)
+            if cls.put is Queue.put:
+                self.put = self._chan._send_seq  # type: ignore[method-assign]
+            if cls.get is Queue.get:
+                self.get = self._chan._recv_seq  # type: ignore[method-assign]
 
     # --- passing to children ------------------------------------------------------------
 
@@ -506,19 +549,17 @@ class Queue:
         once when ``block`` is false)."""
         if self._closed:
             self._check_closed()
-        # Steps P1-P5 with no call between (the common put: no out-of-band buffer, no
-        # maxsize, the lease ours, room in the ring); _Shared.put_pickled for the rest.
+        if not self._maxsize:  # (what _bind() makes put() itself)
+            self._chan._send_seq(obj, block, timeout)
+            return
         try:
-            body = _dumps(obj, 5, buffer_callback=_no_buffers)  # P1 (see _no_buffers)
+            body = _dumps(obj, 5, buffer_callback=_no_buffers)  # P1 (see _sequenced.py)
         except _HasBuffers:
             buffers: list[pickle.PickleBuffer] = []
             body = _dumps(obj, 5, buffer_callback=buffers.append)
-            self._shared.put_pickled(body, buffers, self._maxsize,
-                                     _deadline(block, timeout))
+            self._shared.put_pickled(body, buffers, self._maxsize, _deadline(block, timeout))
             return
-        if self._maxsize or not self._chan._send_seq(body, self._counters, _PUTS_Q):
-            self._shared.put_pickled(body, [], self._maxsize, None if block and
-                                     timeout is None else _deadline(block, timeout))
+        self._shared.put_pickled(body, [], self._maxsize, _deadline(block, timeout))
 
     def put_nowait(self, obj: Any) -> None:
         self.put(obj, False)
@@ -529,14 +570,12 @@ class Queue:
         if self._closed:
             self._check_closed()
         # Steps G1-G3 in one call (the lease ours, a message without out-of-band buffers
-        # there).  Only a put() with a maxsize sleeps on GETS (G4): none without one.
-        blob = self._chan._recv_seq(self._counters, self._gets)
-        if blob is None:
-            return self._shared.get_general(None if block and timeout is None
-                                            else _deadline(block, timeout))
+        # there); else the general path, which claims and waits.  Only a put() with a
+        # maxsize sleeps on GETS (G4): none without one.
+        obj = self._chan._recv_seq(block, timeout)
         if self._maxsize:
             self._shared.wake_putters()
-        return _loads(blob)
+        return obj
 
     def get_nowait(self) -> Any:
         return self.get(False)
@@ -588,6 +627,8 @@ class Queue:
         if self._closed:
             return
         self._closed = True
+        self.__dict__.pop("put", None)  # (the one-call put and get of _bind())
+        self.__dict__.pop("get", None)
         self._shared.close()
 
     def join_thread(self) -> None:

@@ -26,8 +26,10 @@ from __future__ import annotations
 import mmap
 import struct
 from collections.abc import Iterable, Iterator, Sequence
-from itertools import repeat
-from typing import NamedTuple
+from itertools import compress, repeat
+from itertools import count as _naturals
+from operator import ne
+from typing import Any, NamedTuple
 
 from .._crc import crc32 as _checker
 
@@ -325,10 +327,18 @@ def check_batches(view: memoryview | bytes, pos: int, got: int, limit: int, firs
     bytes before ``got`` are read: a batch running past it but not past ``limit`` ends
     the walk (a reply still arriving).  Returns (the position after the last batch that
     checked out, the offset after it, the BatchError of the first that did not, or None).
+
+    A batch followed by batches of its own length and record count (what one writer's
+    appends of equal-sized values, or append_many of equal-sized runs, leave) is checked
+    a run at a time by :func:`_check_run`: the same checks, each over the whole run in C
+    loops, so a run of one-record batches costs about one CRC call each and no Python
+    step.  A run's length is guessed from a few heads first (_run_length), so a batch
+    of another shape after it costs a few unpacks, not a run's worth.
     """
     p, nxt = pos, first
     unpack, check = BATCH_HEAD.unpack_from, crc32  # (locals: one step per batch)
     head, crc_from, version_ok = BATCH_HEADER, CRC_FROM, BATCH_VERSION
+    hint = 0
     try:
         while p < got:
             if p + head > got:
@@ -346,9 +356,118 @@ def check_batches(view: memoryview | bytes, pos: int, got: int, limit: int, firs
                 raise BatchError(f"the batch at {p} fails its checksum")
             nxt += count
             p += length
+            k = min((got - p) // length, _RUN_MAX)
+            if k >= _RUN_MIN:
+                k = _run_length(view, p, k, length, count, nxt, hint)
+                if k >= _RUN_MIN:
+                    hint = k
+                    m = _check_run(view, p, k, length, count, nxt)
+                    p += m * length
+                    nxt += m * count
     except BatchError as exc:
         return p, nxt, exc
     return p, nxt, None
+
+
+_RUN_MIN = 4      # batches of one shape after a batch before a run is tried
+_RUN_MAX = 4096   # bounds the tuples a run unpacks
+
+
+def _run_length(view: memoryview | bytes, p: int, k: int, length: int, count: int,
+                first: int, hint: int) -> int:
+    """How many of the ``k`` places ``p``, ``p + length``, ... seem to hold the batches
+    of a run of that shape (see _check_run): the largest ``j`` whose ``j``-th place has
+    a head with that length and offset ``first + (j - 1) * count``, found from the
+    second place, then ``hint`` (the length of the run before: a writer's runs tend to
+    repeat) or the last place, then by bisection (a few unpacks, no bytes walked).  Only
+    a guess: _check_run checks every batch of it."""
+    unpack = BATCH_HEAD.unpack_from
+
+    def fits(j: int) -> bool:
+        _, n, boff, _, _ = unpack(view, p + (j - 1) * length)
+        return bool(n == length and boff == first + (j - 1) * count)
+
+    if not fits(2):
+        return 1 if fits(1) else 0
+    lo, hi = 2, k  # fits(lo); not fits(hi) unless hi == k
+    if 2 < hint < k:
+        if fits(hint):
+            if not fits(hint + 1):
+                return hint
+            lo = hint + 1
+        else:
+            hi = hint
+    if hi == k and fits(k):
+        return k
+    while hi - lo > 1:
+        mid = (lo + hi) >> 1
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def _check_run(view: memoryview | bytes, p: int, k: int, length: int, count: int,
+               first: int) -> int:
+    """How many of the ``k`` batches from ``p`` (whose bytes are all there) are, one after
+    another, ``length`` bytes of ``count`` records each, at offsets ``first``,
+    ``first + count``, ..., of this version, with the right CRC: check_batches's checks,
+    each a C loop over the whole run (one unpack of every batch, a count or a comparison
+    per field, one map of the CRC over the batches).  The batch after them (if any) is
+    left to the caller's one-batch step, which says what is wrong with it."""
+    end = p + k * length
+    want = range(first, first + k * count, count)
+    if length <= _SMALL_BATCH:
+        # each batch as (crc, length, first offset, count, version, the rest of the bytes
+        # its CRC covers), 5 ints and a bytes, flat in one tuple per _GROUP batches; the
+        # CRC of a run's batch is that of its rest from the CRC of the count and version
+        # all of them share
+        fmt = f"IIQIB{length - 21}s"
+        flat: tuple[Any, ...] = ()
+        at, left = p, k
+        while left:  # (groups of a power of two: a few formats per length, each compiled
+            #          once and kept by struct's cache, whatever lengths the runs have)
+            g = min(_GROUP, 1 << (left.bit_length() - 1))
+            flat += struct.unpack_from("<" + fmt * g, view, at)
+            at += g * length
+            left -= g
+        crcs, lengths, offsets = flat[0::6], flat[1::6], flat[2::6]
+        counts, versions, rests = flat[3::6], flat[4::6], flat[5::6]
+        if (lengths.count(length) != k or counts.count(count) != k
+                or versions.count(BATCH_VERSION) != k or offsets != tuple(want)):
+            k = min(_first_differing(lengths, repeat(length), k),
+                    _first_differing(counts, repeat(count), k),
+                    _first_differing(versions, repeat(BATCH_VERSION), k),
+                    _first_differing(offsets, want, k))
+            crcs, rests = crcs[:k], rests[:k]
+        sums = tuple(map(crc32, rests, repeat(crc32(_COUNT_VERSION(count, BATCH_VERSION)))))
+    else:  # (bytes of larger batches would be a copy each: slices of the view instead)
+        crcs, lengths, offsets, counts, versions = zip(
+            *struct.iter_unpack(f"<IIQIB{length - 21}x", view[p:end]), strict=True)
+        if (lengths.count(length) != k or counts.count(count) != k
+                or versions.count(BATCH_VERSION) != k or offsets != tuple(want)):
+            k = min(_first_differing(lengths, repeat(length), k),
+                    _first_differing(counts, repeat(count), k),
+                    _first_differing(versions, repeat(BATCH_VERSION), k),
+                    _first_differing(offsets, want, k))
+            crcs = crcs[:k]
+            end = p + k * length
+        sums = tuple(map(crc32, map(view.__getitem__, map(
+            slice, range(p + CRC_FROM, end, length), range(p + length, end + 1, length)))))
+    if sums != crcs:
+        k = _first_differing(sums, crcs, k)
+    return k
+
+
+_SMALL_BATCH = 1024  # batches up to this size are unpacked as bytes in a run
+_GROUP = 64  # most batches per unpack
+_COUNT_VERSION = struct.Struct("<IB").pack  # a batch's bytes from CRC_FROM: count, version
+
+
+def _first_differing(a: Iterable[int], b: Iterable[int], n: int) -> int:
+    """The index of the first place where ``a`` and ``b`` differ (``n`` if none), in C."""
+    return next(compress(_naturals(), map(ne, a, b)), n)
 
 
 def decode_batch(view: memoryview | bytes, pos: int, info: BatchInfo) -> Iterator[Record]:

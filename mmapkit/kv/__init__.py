@@ -12,11 +12,14 @@ multiprocess writer lock: turns and holds), _check.py (the offline report), _rep
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from .store import KV
 
+# ``typing`` is for type checkers only (importing it costs milliseconds); type
+# checkers take any TYPE_CHECKING as true.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from ._reports import CheckReport, KVStatistics
 
 __all__ = ["KV", "CheckReport", "KVStatistics"]

@@ -15,10 +15,8 @@ Rules:
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
-from typing import TYPE_CHECKING, Any
 
 from .._testhooks import PAUSES, pause
 from ..errors import ExportedViewsError, LockTimeout, ModeConflictError
@@ -28,7 +26,12 @@ from . import _files, codec
 from ._files import fd_path
 from .codec import HEADER_SIZE, OFF_COMMIT, OFF_LOCK_READY, OFF_WAITERS, SUPERSEDED
 
+# ``typing`` is for type checkers only (importing it costs milliseconds); type
+# checkers take any TYPE_CHECKING as true.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from .store import KV
 
 __all__ = [
@@ -262,6 +265,8 @@ def retire(old: dict[str, Any]) -> None:
     for w in waiters:
         if w is not None:
             w.close()
-    with contextlib.suppress(ExportedViewsError):
+    try:
         region.close()
+    except ExportedViewsError:
+        pass
     os.close(fd)

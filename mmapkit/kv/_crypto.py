@@ -15,9 +15,14 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import Any
 
 from ..errors import DecryptionError, MissingExtraError
+
+# ``typing`` is for type checkers only (importing it costs milliseconds); type
+# checkers take any TYPE_CHECKING as true.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["OVERHEAD", "Cipher"]
 

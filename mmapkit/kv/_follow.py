@@ -15,10 +15,8 @@ Rules:
 
 from __future__ import annotations
 
-import contextlib
 import time
 import warnings
-from typing import TYPE_CHECKING, Any
 
 from .. import _platform
 from ..errors import CorruptFileError, DecryptionError, DiskFullError
@@ -26,7 +24,12 @@ from . import _files, _lazy, _load, codec
 from ._load import Analysis, Lazy
 from .codec import DATA_START, END_MASK, SUPERSEDED
 
+# ``typing`` is for type checkers only (importing it costs milliseconds); type
+# checkers take any TYPE_CHECKING as true.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from .store import KV
 
 __all__ = [
@@ -171,11 +174,13 @@ def install(self: KV, analysis: Analysis, index: dict[str, Any], lazy: Lazy | No
     # the page cache and the file.  Safe for shared file mappings.
     scanned = _platform.align_down(min(analysis.pos, self._size))
     if scanned:
-        with contextlib.suppress(OSError, ValueError):
+        try:
             assert self._region is not None
             self._region.advise("dontneed", 0, scanned)
+        except (OSError, ValueError):
+            pass
     old = self._index
-    self._index = index if lazy is None else _lazy.lazy_index(self, index)
+    self._index = index if lazy is None else _lazy.lazy_index(self, index, lazy)
     self._lazy = lazy
     self._refresh_inline()
     if self._changes is not None:

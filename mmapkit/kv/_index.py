@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Callable
 from time import monotonic as _monotonic
-from typing import TYPE_CHECKING, Any
 
 from .._crc import crc32 as _fast_crc32
 from . import codec
@@ -37,7 +35,13 @@ from .codec import (
     SUPERSEDED,
 )
 
+# ``typing`` is for type checkers only (importing it costs milliseconds); type
+# checkers take any TYPE_CHECKING as true.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
     from .store import KV
 
 __all__ = [

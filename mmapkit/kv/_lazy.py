@@ -19,7 +19,10 @@ The invariant.  While ``_lazy`` is not None:
 A part loads by inserting each of its keys *only if not present and not gone* (what is
 present was written later; what is gone was deleted later).  A replayed set therefore
 needs no load; a replayed delete adds the key to ``gone``; a replayed clear drops every
-part.  Our own operations load first, so batch undo records and KeyErrors are exact:
+part.  Our own inline sets need none either (a set of a str, bytes, int, float or bool
+outside a batch: the common write); any write into the index adds the key's part to
+``dirty``, the parts that must merge key by key.  Our other operations load first, so
+batch undo records and KeyErrors are exact:
 
     ======================================  =============================================
     operation (this process)                what it does first while ``_lazy`` is set
@@ -30,10 +33,13 @@ part.  Our own operations load first, so batch undo records and KeyErrors are ex
     get / ``in``                            LazyIndex.get: dict.get, and on a miss as
                                             ``[]`` (a Python call while lazy; once loaded
                                             the index is an exact dict: main's paths)
-    set / ``[]=`` / set(ttl=) / delete /    the inline paths are off (_refresh_inline
-    update_with / a batch's writes          tests ``_lazy``): set() -> _write loads the
-                                            key's part after _enter_write (whose catch-
-                                            up may have moved us to a new file)
+    ``[]=`` and update_with of a plain      the inline paths: no load (update_with reads
+    value, outside a batch                  the old value first: LazyIndex.get); the
+                                            LazyIndex's __setitem__ marks the key's part
+                                            in ``dirty``
+    set() / set(ttl=) / delete / other      set() -> _write loads the key's part after
+    values / a batch's writes               _enter_write (whose catch-up may have moved
+                                            us to a new file)
     clear, len, iter, keys/items/values,    load every part (load_all), then as before
     compact, rekey, backup, export,
     statistics, repr, watch/changed
@@ -59,11 +65,16 @@ CorruptFileError instead (the batch is undone).
 from __future__ import annotations
 
 import weakref
-from typing import TYPE_CHECKING, Any
 
 from ..errors import CorruptFileError
 
+# ``typing`` is for type checkers only (importing it costs milliseconds); type
+# checkers take any TYPE_CHECKING as true.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
+    from ._load import Lazy
     from .store import KV
 
 __all__ = ["LazyIndex", "lazy_index", "load_all", "load_key", "settle"]
@@ -71,13 +82,25 @@ __all__ = ["LazyIndex", "lazy_index", "load_all", "load_key", "settle"]
 _MISSING: Any = object()
 
 
-class LazyIndex(dict[str, Any]):
+class LazyIndex(dict[str, "Any"]):
     """The index while image parts are unloaded: ``kv[key]`` is one dict lookup on a hit
     (as with the plain dict that replaces this one once every part is loaded); a miss
     loads the key's part and looks again, so KV.__getitem__ needs no lazy test."""
 
-    __slots__ = ("owner",)
+    __slots__ = ("lazy", "owner")
     owner: weakref.ref[KV]  # (no strong cycle: a dropped handle is freed at once)
+    lazy: Lazy  # the parts this index waits for
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        # A write need not load its key's part first (the inline sets do not): the part,
+        # loaded later, never replaces a key present in the index.  But it must then be
+        # merged key by key, not with one dict.update: say so in ``dirty`` (None already
+        # means every part merges key by key).
+        lazy = self.lazy
+        dirty = lazy.dirty
+        if dirty is not None:
+            dirty.add(lazy.part(key))
+        _setitem(self, key, value)
 
     def __missing__(self, key: str) -> Any:
         kv = self.owner()
@@ -102,11 +125,14 @@ class LazyIndex(dict[str, Any]):
 
 
 _get = dict.get
+_setitem = dict.__setitem__
 
-def lazy_index(self: KV, index: dict[str, Any]) -> LazyIndex:
-    """``index`` as the LazyIndex of this handle (a copy: the records after the image)."""
+def lazy_index(self: KV, index: dict[str, Any], lazy: Lazy) -> LazyIndex:
+    """``index`` as the LazyIndex of this handle waiting for ``lazy``'s parts (a copy: the
+    records after the image)."""
     out = LazyIndex(index)
     out.owner = weakref.ref(self)
+    out.lazy = lazy
     return out
 
 
@@ -146,7 +172,7 @@ def load_all(self: KV) -> None:
             for part in range(len(lazy.spans)):
                 lazy.load(part, index)
         except CorruptFileError:
-            self._index = lazy_index(self, index)  # (the parts loaded stay loaded)
+            self._index = lazy_index(self, index, lazy)  # (the parts loaded stay loaded)
             _undecodable(self)
             return
         self._index = index

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import gc
 import struct
-from typing import Any, NamedTuple
 
 from .._crc import crc32 as _fast_crc32
 from ..errors import CorruptFileError, DecryptionError
@@ -35,6 +34,14 @@ from .codec import (
     Serializer,
     decode_image,
 )
+
+# ``typing`` is for type checkers only (importing it costs milliseconds); type
+# checkers take any TYPE_CHECKING as true.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NamedTuple
+else:
+    from .._light_typing import NamedTuple
 
 __all__ = [
     "Analysis",

@@ -17,8 +17,6 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from .. import _platform
 from .._testhooks import PAUSES, pause
@@ -35,6 +33,12 @@ from .codec import (
     OFF_LOCK_WANT,
     OFF_WAITERS,
 )
+
+# ``typing`` is for type checkers only (importing it costs milliseconds); type
+# checkers take any TYPE_CHECKING as true.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = [
     "WriterLock",

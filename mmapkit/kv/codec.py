@@ -35,11 +35,19 @@ import struct
 import sys
 import zlib
 from array import array
-from collections.abc import Iterator, Sequence
 from itertools import accumulate
-from typing import Any, NamedTuple, Protocol
 
 from ..errors import CorruptFileError, ForeignFileError, FormatVersionError
+
+# ``typing`` is for type checkers only: with re, enum and contextlib it was 40% of what
+# ``import mmapkit; mmapkit.KV(path)`` ran (mmapkit/_light_typing.py).  Type checkers
+# take any TYPE_CHECKING as true.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+    from typing import Any, NamedTuple, Protocol
+else:
+    from .._light_typing import NamedTuple, Protocol
 
 __all__ = [
     "DATA_START",
@@ -49,6 +57,11 @@ __all__ = [
     "IMAGE_BYTES",
     "IMAGE_KEYS",
     "IMAGE_PART_KEYS",
+    "IM_BYTES",
+    "IM_BYTES_FIXED",
+    "IM_INT",
+    "IM_STR",
+    "IM_STR_NUL",
     "KEY_MAX",
     "KIND_BATCH",
     "KIND_CLEAR",
@@ -101,6 +114,7 @@ __all__ = [
     "encode_record",
     "encode_value",
     "from_json_value",
+    "image_body",
     "image_head",
     "image_part",
     "image_parts",
@@ -109,6 +123,7 @@ __all__ = [
     "record_size",
     "scan",
     "to_json_value",
+    "u32s",
 ]
 
 # --- file header (128 bytes) ------------------------------------------------------------
@@ -423,7 +438,8 @@ _LITTLE = sys.byteorder == "little"
 assert array("q").itemsize == 8 and array("I").itemsize == 4
 
 
-def _u32s(values: Sequence[int]) -> bytes:
+def u32s(values: Sequence[int]) -> bytes:
+    """An image column of lengths (u32, little-endian)."""
     a = array("I", values)
     if not _LITTLE:
         a.byteswap()
@@ -451,7 +467,7 @@ def encode_image(keys: Sequence[str], values: Sequence[Any], part: int = 0,
         kform, klens = 0, b""
         if kjoined.count(0) != n - 1:  # some key holds a NUL: lengths instead
             raw_keys = [k.encode() for k in keys]
-            kform, klens, kjoined = 1, _u32s(list(map(len, raw_keys))), b"".join(raw_keys)
+            kform, klens, kjoined = 1, u32s(list(map(len, raw_keys))), b"".join(raw_keys)
         if t is int:
             a = array("q", values)  # OverflowError past 64 bits
             if not _LITTLE:
@@ -463,18 +479,27 @@ def encode_image(keys: Sequence[str], values: Sequence[Any], part: int = 0,
             if min(lens) == max(lens):
                 vform, vlens = IM_BYTES_FIXED, b""
             else:
-                vform, vlens = IM_BYTES, _u32s(lens)
+                vform, vlens = IM_BYTES, u32s(lens)
         elif t is str:
             vblob = "\0".join(values).encode()
             if vblob.count(0) == n - 1:
                 vform, vlens = IM_STR_NUL, b""
             else:
                 raws = [v.encode() for v in values]
-                vform, vlens, vblob = IM_STR, _u32s(list(map(len, raws))), b"".join(raws)
+                vform, vlens, vblob = IM_STR, u32s(list(map(len, raws))), b"".join(raws)
         else:
             raise TypeError(f"an image cannot hold {t.__name__} values")
     except (UnicodeEncodeError, OverflowError) as exc:
         raise ValueError(f"not an image value: {exc}") from None
+    return image_body(vform, kform, part, nparts, n, klens, kjoined, vlens, vblob)
+
+
+def image_body(vform: int, kform: int, part: int, nparts: int, n: int, klens: Any,
+               kjoined: Any, vlens: Any, vblob: Any) -> bytes:
+    """An image record's body from its columns, already encoded (encode_image's last
+    step; a compaction that builds the columns of every part in one pass calls it
+    directly): ``kform`` 0 with NUL-joined keys, or 1 with ``klens`` (u32 lengths);
+    ``vform`` one of the IM_* forms, with ``vlens`` where it has lengths."""
     if len(kjoined) > BODY_MAX or len(vblob) > BODY_MAX:
         raise ValueError("image columns exceed the 4 GiB format limit")
     bits = nparts.bit_length() - 1

@@ -147,7 +147,6 @@ kv.handover.counted (H3/H4/H6: the hand-over count moved, the wake-up not yet ma
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import struct
@@ -156,10 +155,8 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from collections.abc import MutableMapping
 from time import monotonic as _monotonic
-from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any
 
 from .. import _fileio, _platform
 from .._testhooks import PAUSES, pause
@@ -203,8 +200,18 @@ from .codec import (
 
 __all__ = ["KV", "CheckReport", "KVStatistics"]
 
+# ``typing`` is for type checkers only (importing it costs milliseconds); type
+# checkers take any TYPE_CHECKING as true.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator
+    from contextlib import contextmanager
+    from types import TracebackType
+    from typing import IO, Any
+
     from ._reports import CheckReport, KVStatistics
+else:
+    from .._light_typing import contextmanager
 
 
 def __getattr__(name: str) -> Any:
@@ -231,7 +238,7 @@ _U64 = struct.Struct("<Q")
 
 
 
-class _Closed(dict[str, Any]):
+class _Closed(dict[str, "Any"]):
     """Stands in for the index after close(): every access raises ClosedError."""
 
     def _closed(self, *a: Any) -> Any:
@@ -241,7 +248,7 @@ class _Closed(dict[str, Any]):
     get = items = keys = values = _closed
 
 
-class KV(MutableMapping[str, Any], WriterLock):
+class KV(MutableMapping[str, "Any"], WriterLock):
     """A persistent ``dict`` of str keys backed by one memory-mapped file.
 
     ``multiprocess=True`` lets several processes read and write the file at once (all of
@@ -553,8 +560,10 @@ class KV(MutableMapping[str, Any], WriterLock):
             version=version)
         live = pos - DATA_START
         tmp = self._path + ".compact~"
-        with contextlib.suppress(FileNotFoundError):
+        try:
             os.unlink(tmp)  # a dead compactor's (only the lock holder writes this name)
+        except FileNotFoundError:
+            pass
         fd = _files.write_compacted(
             tmp, head, parts, mode=os.fstat(self._fd).st_mode,
             capacity=max(self._min_cap, _platform.align_up(DATA_START + headroom * (live + extra))),
@@ -579,14 +588,18 @@ class KV(MutableMapping[str, Any], WriterLock):
                 self._commit[0] = self._commit[0] & END_MASK
             if not renamed:
                 os.close(fd)
-                with contextlib.suppress(FileNotFoundError):
+                try:
                     os.unlink(tmp)
+                except FileNotFoundError:
+                    pass
             else:
                 os.close(fd)
             raise
         # Wake sleepers on the old file so they move to the new one.
-        with contextlib.suppress(OSError):
+        try:
             self._wake()
+        except OSError:
+            pass
         if self._shared:
             self._release_flock()  # waiters on the old file get it, see the mark, move over
         # Swap files with the old views bound until the new ones replace them (other
@@ -690,9 +703,10 @@ class KV(MutableMapping[str, Any], WriterLock):
     def _refresh_inline(self) -> None:
         """Derive the flags __setitem__ tests for its single- and multiprocess hot paths
         (call it whenever _plain_writes, _shared, _batch or _forked change)."""
-        # (While image parts are unloaded, _lazy.py: writes go through set(), which loads
-        # the key's part first, so the hot path needs no test of its own.)
-        plain = self._plain_writes and self._batch is None and self._lazy is None
+        # (While image parts are unloaded, _lazy.py, the inline paths write without
+        # loading the key's part: the index, a LazyIndex, marks the part to merge key by
+        # key when it loads, so the hot path needs no test of its own.)
+        plain = self._plain_writes and self._batch is None
         self._inline_sp = plain and not self._shared
         self._inline_mp = plain and self._shared and not self._forked
 
@@ -769,7 +783,7 @@ class KV(MutableMapping[str, Any], WriterLock):
 
     # --- groups and locking ---------------------------------------------------------------
 
-    @contextlib.contextmanager
+    @contextmanager
     def batch(self) -> Iterator[KV]:
         """Group writes: they become visible and durable together at the end, or not at all.
 
@@ -807,7 +821,7 @@ class KV(MutableMapping[str, Any], WriterLock):
                 self._refresh_inline()
                 self._exit_write()
 
-    @contextlib.contextmanager
+    @contextmanager
     def lock(self) -> Iterator[KV]:
         """Hold the write lock: no other process writes until the block ends.
 
@@ -1087,10 +1101,14 @@ class KV(MutableMapping[str, Any], WriterLock):
         # of the handle before its first watch, and then nobody would ever unlock).
         fd = getattr(self, "_fd", -1)
         if fd >= 0:
-            with contextlib.suppress(Exception):  # (interpreter shutdown: anything)
+            try:  # (interpreter shutdown: anything)
                 self._let_go()
-            with contextlib.suppress(OSError):
+            except Exception:
+                pass
+            try:
                 os.close(fd)
+            except OSError:
+                pass
 
     def __enter__(self) -> KV:
         return self

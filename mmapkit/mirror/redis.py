@@ -253,11 +253,12 @@ def _entries(reply: Any) -> list[Any]:
 
 
 def _boot_id() -> str:
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
-    except OSError:
+    """The boot id as Linux spells it (the owner token's field), "-" when unknown."""
+    raw = _platform.boot_id()
+    if not any(raw):
         return "-"
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 # Compare-and-set for the owner key: take it over from ARGV[1] (a dead holder) or drop ours.
