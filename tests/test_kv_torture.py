@@ -234,7 +234,9 @@ def test_torture_start_together_no_kills(tmp_path: Path) -> None:
 
 
 def test_torture_with_kills(tmp_path: Path) -> None:
-    out = torture(tmp_path, seconds=6, writers=3, readers=1, followers=1, kill_every=0.6,
+    # (kills every 0.2-0.8 s: with 0.2-1.2 s, a loaded machine's slow restarts left 2 kills
+    # in the 5 s window once)
+    out = torture(tmp_path, seconds=6, writers=3, readers=1, followers=1, kill_every=0.4,
                   seed=1)
     assert out.kills >= 3
     print(out)
