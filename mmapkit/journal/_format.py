@@ -434,23 +434,17 @@ def _check_run(view: memoryview | bytes, p: int, k: int, length: int, count: int
             left -= g
         crcs, lengths, offsets = flat[0::6], flat[1::6], flat[2::6]
         counts, versions, rests = flat[3::6], flat[4::6], flat[5::6]
-        if (lengths.count(length) != k or counts.count(count) != k
-                or versions.count(BATCH_VERSION) != k or offsets != tuple(want)):
-            k = min(_first_differing(lengths, repeat(length), k),
-                    _first_differing(counts, repeat(count), k),
-                    _first_differing(versions, repeat(BATCH_VERSION), k),
-                    _first_differing(offsets, want, k))
+        agree = _agreeing(k, length, count, want, lengths, counts, versions, offsets)
+        if agree != k:
+            k = agree
             crcs, rests = crcs[:k], rests[:k]
         sums = tuple(map(crc32, rests, repeat(crc32(_COUNT_VERSION(count, BATCH_VERSION)))))
     else:  # (bytes of larger batches would be a copy each: slices of the view instead)
         crcs, lengths, offsets, counts, versions = zip(
             *struct.iter_unpack(f"<IIQIB{length - 21}x", view[p:end]), strict=True)
-        if (lengths.count(length) != k or counts.count(count) != k
-                or versions.count(BATCH_VERSION) != k or offsets != tuple(want)):
-            k = min(_first_differing(lengths, repeat(length), k),
-                    _first_differing(counts, repeat(count), k),
-                    _first_differing(versions, repeat(BATCH_VERSION), k),
-                    _first_differing(offsets, want, k))
+        agree = _agreeing(k, length, count, want, lengths, counts, versions, offsets)
+        if agree != k:
+            k = agree
             crcs = crcs[:k]
             end = p + k * length
         sums = tuple(map(crc32, map(view.__getitem__, map(
@@ -463,6 +457,21 @@ def _check_run(view: memoryview | bytes, p: int, k: int, length: int, count: int
 _SMALL_BATCH = 1024  # batches up to this size are unpacked as bytes in a run
 _GROUP = 64  # most batches per unpack
 _COUNT_VERSION = struct.Struct("<IB").pack  # a batch's bytes from CRC_FROM: count, version
+
+
+def _agreeing(k: int, length: int, count: int, want: Iterable[int],
+              lengths: tuple[int, ...], counts: tuple[int, ...], versions: tuple[int, ...],
+              offsets: tuple[int, ...]) -> int:
+    """How many of a run's ``k`` batches, from its first, have its length, record count,
+    format version and the offsets ``want`` (counted in C; one pass each)."""
+    want = tuple(want)
+    if (lengths.count(length) == k and counts.count(count) == k
+            and versions.count(BATCH_VERSION) == k and offsets == want):
+        return k
+    return min(_first_differing(lengths, repeat(length), k),
+               _first_differing(counts, repeat(count), k),
+               _first_differing(versions, repeat(BATCH_VERSION), k),
+               _first_differing(offsets, want, k))
 
 
 def _first_differing(a: Iterable[int], b: Iterable[int], n: int) -> int:
