@@ -118,7 +118,7 @@ _GETS_OFF, _DONE_OFF = 64, 192
 _GWAIT_I, _DWAIT_I = 32, 64  # u32 indexes (offsets 128, 256)
 _SLICE = 0.05
 _HEAD_Q, _TAIL_Q, _PAD_WORD = fmt.HEAD_Q, fmt.TAIL_Q, fmt.PAD_WORD
-_dumps, _loads = pickle.dumps, pickle.loads
+_dumps = pickle.dumps
 _SEQ = struct.Struct("<Q")  # a message: its sequence number, then an object payload
 _MSG = fmt.QUEUE_MSG  # ...and the payload's head: the common case in one pack
 
@@ -261,25 +261,22 @@ class _Shared:
             self.channel._send_seq(obj, True, _remaining(deadline))
             return
         try:
-            body = _dumps(obj, 5, buffer_callback=_no_buffers)  # P1 (see _sequenced.py)
-        except _HasBuffers:
-            buffers: list[pickle.PickleBuffer] = []
-            body = _dumps(obj, 5, buffer_callback=buffers.append)
-            self.put_pickled(body, buffers, maxsize, deadline)
-            return
-        self.put_pickled(body, [], maxsize, deadline)
+            body: bytes | None = _dumps(obj, 5, buffer_callback=_no_buffers)  # P1
+        except _HasBuffers:  # (see _sequenced.py)
+            body = None
+        self.put_body(obj, body, maxsize, deadline)
 
-    def put_missed(self, obj: Any, body: bytes | None, block: bool,
-                   timeout: float | None) -> None:
-        """The channel's one-call put (a queue without maxsize) could not put ``obj``
-        (its pickle ``body``, None when it has out-of-band buffers): the general way."""
-        deadline = None if block and timeout is None else _deadline(block, timeout)
+    def put_body(self, obj: Any, body: bytes | None, maxsize: int,
+                 deadline: float | None) -> None:
+        """P2-P5 the general way for ``obj`` pickled as ``body`` (None: it has out-of-band
+        buffers; pickled again here, collecting them).  The one-call put's miss hook
+        comes here too, with maxsize 0."""
         if body is None:
             buffers: list[pickle.PickleBuffer] = []
-            body = _dumps(obj, 5, buffer_callback=buffers.append)
-            self.put_pickled(body, buffers, 0, deadline)
+            self.put_pickled(_dumps(obj, 5, buffer_callback=buffers.append), buffers,
+                             maxsize, deadline)
         else:
-            self.put_pickled(body, [], 0, deadline)
+            self.put_pickled(body, [], maxsize, deadline)
 
     def put_pickled(self, body: bytes, buffers: list[pickle.PickleBuffer], maxsize: int,
                     deadline: float | None) -> None:
@@ -422,7 +419,7 @@ def _put_missed(shared: weakref.ref[_Shared], obj: Any, body: bytes | None, bloc
     owner = shared()
     if owner is None or owner.closed:
         raise ValueError("the Queue is closed")
-    owner.put_missed(obj, body, block, timeout)
+    owner.put_body(obj, body, 0, _deadline(block, timeout))
 
 
 def _get_missed(shared: weakref.ref[_Shared], block: bool, timeout: float | None) -> Any:
@@ -430,8 +427,7 @@ def _get_missed(shared: weakref.ref[_Shared], block: bool, timeout: float | None
     owner = shared()
     if owner is None or owner.closed:
         raise ValueError("the Queue is closed")
-    return owner.get_general(None if block and timeout is None
-                             else _deadline(block, timeout))
+    return owner.get_general(_deadline(block, timeout))
 
 
 class _FullNow(Exception):
@@ -490,8 +486,6 @@ class Queue:
 
     _shared: _Shared
     _chan: SequencedChannel  # _shared.channel
-    _counters: memoryview  # _shared.q
-    _gets: int  # the index of GETS in _counters, or 0: get() leaves GETS alone
 
     def __init__(self, maxsize: int = 0, *, capacity: int = DEFAULT_CAPACITY,
                  ctx: Any = None, spin: float = 50e-6) -> None:
@@ -506,10 +500,8 @@ class Queue:
     def _bind(self) -> None:
         """The parts put() and get() use on every call, one attribute each."""
         self._chan = self._shared.channel
-        self._counters = self._shared.q
         # G2's store of GETS: only a queue with a maxsize reads it (0: no store, see Counting)
-        self._gets = _GETS_Q if self._maxsize else 0
-        self._chan._seq_gets = self._gets
+        self._chan._seq_gets = _GETS_Q if self._maxsize else 0
         # Without a maxsize, put() and get() are the channel's one-call put and get
         # (_sequenced.py), made this queue's own attributes: no call layer between the
         # caller and them (~0.5k instructions a side).  A subclass that overrides put or
@@ -552,14 +544,7 @@ class Queue:
         if not self._maxsize:  # (what _bind() makes put() itself)
             self._chan._send_seq(obj, block, timeout)
             return
-        try:
-            body = _dumps(obj, 5, buffer_callback=_no_buffers)  # P1 (see _sequenced.py)
-        except _HasBuffers:
-            buffers: list[pickle.PickleBuffer] = []
-            body = _dumps(obj, 5, buffer_callback=buffers.append)
-            self._shared.put_pickled(body, buffers, self._maxsize, _deadline(block, timeout))
-            return
-        self._shared.put_pickled(body, [], self._maxsize, _deadline(block, timeout))
+        self._shared.put(obj, self._maxsize, _deadline(block, timeout))
 
     def put_nowait(self, obj: Any) -> None:
         self.put(obj, False)
