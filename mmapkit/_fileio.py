@@ -189,6 +189,8 @@ class atomic_file:
         except BaseException:
             _unlink_quietly(tmp)
             raise
+        if self._durable:
+            fsync_dir(os.path.dirname(self._final))  # the rename persists
 
 
 def _unlink_quietly(path: str) -> None:

@@ -245,6 +245,27 @@ def _umask() -> int:
     return old
 
 
+@pytest.mark.parametrize("durable", [True, False])
+def test_atomic_file_durable_fsyncs_the_file_then_its_directory(
+        tmp_path: Path, durable: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every fsync goes on to the kernel; the test only notes what each was of (a lost
+    # directory fsync leaves the rename to the page cache: power loss can undo it).
+    seen: list[str] = []
+    real = os.fsync
+
+    def noting(fd: int) -> None:
+        st = os.fstat(fd)
+        seen.append("dir" if stat.S_ISDIR(st.st_mode) else "file")
+        if seen[-1] == "dir":
+            assert (st.st_dev, st.st_ino) == (tmp_path.stat().st_dev, tmp_path.stat().st_ino)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", noting)
+    with _fileio.atomic_file(tmp_path / "out", durable=durable) as fd:
+        _fileio.write_all(fd, b"x")
+    assert seen == (["file", "dir"] if durable else [])
+
+
 def test_atomic_file_error_in_the_body_keeps_the_old_file(tmp_path: Path) -> None:
     final = tmp_path / "out"
     final.write_bytes(b"old")
