@@ -205,7 +205,6 @@ def detach(self: KV) -> None:
     if lazy is not None:  # (its view of the mapping would keep the region from closing)
         self._lazy = None
         lazy.release()
-        self._refresh_inline()
     self._unbind_views()
     if self._region is not None:
         self._region.close()
@@ -248,7 +247,6 @@ def reopen(self: KV) -> None:
         except BaseException:
             for n, v in old.items():
                 setattr(self, n, v)
-            self._refresh_inline()  # (_lazy is back)
             raise
         retire(old)
 

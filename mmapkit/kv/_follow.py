@@ -182,7 +182,6 @@ def install(self: KV, analysis: Analysis, index: dict[str, Any], lazy: Lazy | No
     old = self._index
     self._index = index if lazy is None else _lazy.lazy_index(self, index, lazy)
     self._lazy = lazy
-    self._refresh_inline()
     if self._changes is not None:
         self._load_all()  # (a diff needs every key)
         self._note_diff(old, self._index)

@@ -185,7 +185,6 @@ def settle(self: KV) -> None:
     if lazy is not None and not lazy.left:
         self._lazy = None
         lazy.release()
-        self._refresh_inline()
         if type(self._index) is LazyIndex:
             self._index = dict(self._index)  # (kv[key] on an exact dict: the fast path)
 
@@ -197,7 +196,6 @@ def _undecodable(self: KV) -> None:
         raise CorruptFileError(f"{self._path}: an image record verifies but does not decode; "
                                "the batch was undone. Run KV.repair(path)", path=self._path)
     lazy, self._lazy = self._lazy, None
-    self._refresh_inline()
     try:
         self._reload(self._depth > 0 or not self._shared, eager=True)
     except BaseException:
@@ -205,5 +203,4 @@ def _undecodable(self: KV) -> None:
         # as it was, that part still unloaded, so its keys raise again and no others do.
         if self._lazy is None and lazy is not None and lazy.left:
             self._lazy = lazy
-            self._refresh_inline()
         raise
