@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import os
 import struct
-import sys
 import time
-from array import array
 from bisect import bisect_right
 from collections import deque
 from itertools import accumulate, compress, repeat
@@ -42,10 +40,6 @@ from ._crypto import Cipher
 from .codec import (
     DATA_START,
     FLAG_ENCRYPTED,
-    IM_BYTES,
-    IM_BYTES_FIXED,
-    IM_INT,
-    IM_STR_NUL,
     IMAGE_BYTES,
     IMAGE_KEYS,
     KIND_IMAGE,
@@ -83,8 +77,7 @@ __all__ = [
 # zlib's CRC-32, or ISA-L's (the isal extra: the same values, faster; mmapkit._crc)
 crc32 = _fast_crc32()
 
-_COLUMNS = frozenset((int, bytes, str))
-_LITTLE = sys.byteorder == "little"  # value types an image record can hold
+_COLUMNS = frozenset((int, bytes, str))  # value types an image record can hold
 _JOIN_MAX = 8 << 20  # write_parts joins a batch of records up to this size
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _FULL = ("no space left to write {}; free some disk space and retry (nothing already written "
@@ -229,10 +222,10 @@ def _part_bodies(values: list[Any], nparts: int,
 
     Byte for byte what codec.encode_image makes of each part's keys in order (tested);
     the parts' own lists, walked part after part, touch the key and value objects out of
-    their memory order: 3.6-4.5x slower compactions than one image, measured.  A part
-    goes the general way when its keys or str values hold a NUL (the length forms), or
-    its columns pass IMAGE_BYTES or IMAGE_KEYS (chunks); a group whose values do not all
-    encode (lone surrogates, ints past 64 bits) goes that way whole."""
+    their memory order: 3.6-4.5x slower compactions than one image, measured.  The
+    columns are the codec's (image_key_column, image_value_column).  A part goes the
+    general way when its columns pass IMAGE_BYTES or IMAGE_KEYS (chunks); a group whose
+    values do not all encode (lone surrogates, ints past 64 bits) goes that way whole."""
     if parted is None or not parted[2]:
         return {}, None
     raw, of, _ = parted
@@ -253,33 +246,15 @@ def _part_bodies(values: list[Any], nparts: int,
             n = len(pkeys)
             if not n:
                 continue
-            kjoined = b"\0".join(pkeys)
-            vlens = b""
-            if t is int:
-                col = array("q", pvalues)  # OverflowError past 64 bits
-                if not _LITTLE:
-                    col.byteswap()
-                vform, vblob = IM_INT, col.tobytes()
-            elif t is bytes:
-                vblob = b"".join(pvalues)
-                lens = list(map(len, pvalues))
-                if min(lens) == max(lens):
-                    vform = IM_BYTES_FIXED
-                else:
-                    vform, vlens = IM_BYTES, codec.u32s(lens)
-            else:
-                vform, vblob = IM_STR_NUL, "\0".join(pvalues).encode()
-                if vblob.count(0) != n - 1:
-                    slow.add(part)
-                    continue
+            kform, klens, kjoined = codec.image_key_column(pkeys)
+            vform, vlens, vblob = codec.image_value_column(pvalues, t)
             klists[part] = vlists[part] = []  # (free as we go: a compaction's peak memory)
-            if kjoined.count(0) != n - 1 or n > IMAGE_KEYS or \
-                    len(kjoined) + len(vblob) > IMAGE_BYTES:
-                slow.add(part)
-                continue
-            built[part] = (codec.image_body(vform, 0, part, nparts, n, b"", kjoined, vlens,
-                                            vblob), n)
-    except (UnicodeEncodeError, OverflowError):
+            if n > IMAGE_KEYS or len(kjoined) + len(vblob) > IMAGE_BYTES:
+                slow.add(part)  # (bytes >= the characters _chunks counts: one chunk here
+                continue  #       is one chunk there)
+            built[part] = (codec.image_body(vform, kform, part, nparts, n, klens, kjoined,
+                                            vlens, vblob), n)
+    except (ValueError, TypeError):
         return {}, None  # (lone surrogates, ints past 64 bits: the general way)
     return built, slow
 

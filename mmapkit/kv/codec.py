@@ -116,14 +116,15 @@ __all__ = [
     "from_json_value",
     "image_body",
     "image_head",
+    "image_key_column",
     "image_part",
     "image_parts",
+    "image_value_column",
     "iter_ops",
     "parse_header",
     "record_size",
     "scan",
     "to_json_value",
-    "u32s",
 ]
 
 # --- file header (128 bytes) ------------------------------------------------------------
@@ -438,7 +439,7 @@ _LITTLE = sys.byteorder == "little"
 assert array("q").itemsize == 8 and array("I").itemsize == 4
 
 
-def u32s(values: Sequence[int]) -> bytes:
+def _u32s(values: Sequence[int]) -> bytes:
     """An image column of lengths (u32, little-endian)."""
     a = array("I", values)
     if not _LITTLE:
@@ -461,37 +462,47 @@ def encode_image(keys: Sequence[str], values: Sequence[Any], part: int = 0,
     types = {*map(type, values)}
     if len(types) != 1:
         raise TypeError("an image holds values of one type")
-    t = types.pop()
     try:
-        kjoined = "\0".join(keys).encode()
-        kform, klens = 0, b""
-        if kjoined.count(0) != n - 1:  # some key holds a NUL: lengths instead
-            raw_keys = [k.encode() for k in keys]
-            kform, klens, kjoined = 1, u32s(list(map(len, raw_keys))), b"".join(raw_keys)
+        kform, klens, kjoined = image_key_column(list(map(str.encode, keys)))
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"not an image key: {exc}") from None
+    vform, vlens, vblob = image_value_column(values, types.pop())
+    return image_body(vform, kform, part, nparts, n, klens, kjoined, vlens, vblob)
+
+
+def image_key_column(raw_keys: Sequence[bytes]) -> tuple[int, bytes, bytes]:
+    """An image's key column from the keys as UTF-8: (form, lengths, bytes): form 0, the
+    keys NUL-joined, or form 1 (a key holds a NUL), u32 lengths and the keys joined."""
+    joined = b"\0".join(raw_keys)
+    if joined.count(0) == len(raw_keys) - 1:
+        return 0, b"", joined
+    return 1, _u32s(list(map(len, raw_keys))), b"".join(raw_keys)
+
+
+def image_value_column(values: Sequence[Any], t: type) -> tuple[int, bytes, bytes]:
+    """An image's value column of ``values``, all of type ``t`` (int in the int64 range,
+    bytes, or str of strict UTF-8): (IM_* form, u32 lengths where it has them, bytes).
+    ValueError/TypeError otherwise."""
+    try:
         if t is int:
             a = array("q", values)  # OverflowError past 64 bits
             if not _LITTLE:
                 a.byteswap()
-            vform, vlens, vblob = IM_INT, b"", a.tobytes()
-        elif t is bytes:
-            vblob = b"".join(values)
+            return IM_INT, b"", a.tobytes()
+        if t is bytes:
             lens = list(map(len, values))
             if min(lens) == max(lens):
-                vform, vlens = IM_BYTES_FIXED, b""
-            else:
-                vform, vlens = IM_BYTES, u32s(lens)
-        elif t is str:
-            vblob = "\0".join(values).encode()
-            if vblob.count(0) == n - 1:
-                vform, vlens = IM_STR_NUL, b""
-            else:
-                raws = [v.encode() for v in values]
-                vform, vlens, vblob = IM_STR, u32s(list(map(len, raws))), b"".join(raws)
-        else:
-            raise TypeError(f"an image cannot hold {t.__name__} values")
+                return IM_BYTES_FIXED, b"", b"".join(values)
+            return IM_BYTES, _u32s(lens), b"".join(values)
+        if t is str:
+            blob = "\0".join(values).encode()
+            if blob.count(0) == len(values) - 1:
+                return IM_STR_NUL, b"", blob
+            raws = [v.encode() for v in values]
+            return IM_STR, _u32s(list(map(len, raws))), b"".join(raws)
     except (UnicodeEncodeError, OverflowError) as exc:
         raise ValueError(f"not an image value: {exc}") from None
-    return image_body(vform, kform, part, nparts, n, klens, kjoined, vlens, vblob)
+    raise TypeError(f"an image cannot hold {t.__name__} values")
 
 
 def image_body(vform: int, kform: int, part: int, nparts: int, n: int, klens: Any,
