@@ -27,8 +27,8 @@ _tuple_type: Callable[..., type] = namedtuple
 __all__ = ["NamedTuple", "Protocol", "contextmanager"]
 
 # what the class body defines for Python itself, not for the tuple
-_NOT_COPIED = frozenset({"__module__", "__qualname__", "__annotations__",
-                                 "__dict__", "__weakref__", "__slots__"})
+_NOT_COPIED = frozenset({"__module__", "__qualname__", "__annotations__", "__dict__",
+                         "__weakref__", "__slots__"})
 
 
 class _Maker(type):

@@ -52,6 +52,7 @@ import os
 import secrets
 import socket
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -255,10 +256,7 @@ def _entries(reply: Any) -> list[Any]:
 def _boot_id() -> str:
     """The boot id as Linux spells it (the owner token's field), "-" when unknown."""
     raw = _platform.boot_id()
-    if not any(raw):
-        return "-"
-    h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return str(uuid.UUID(bytes=raw)) if any(raw) else "-"
 
 
 # Compare-and-set for the owner key: take it over from ARGV[1] (a dead holder) or drop ours.
