@@ -446,3 +446,25 @@ def test_the_releaser_thread_ends_with_its_handle(tmp_path: Path) -> None:
     with KV(tmp_path / "s.kv") as single:
         single["a"] = 1
         assert not releasers() - before - mine
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="futex: Linux only")
+def test_a_writable_multiprocess_open_prepares_the_hand_over_not_the_first_hand_over(
+        tmp_path: Path) -> None:
+    """The first futex call of a process imports ctypes and sets the syscall up (5-10 ms):
+    a writable multiprocess open pays it, so the first hand-over, made holding the lock
+    others wait for, does not.  Single-process and read-only opens do not pay it."""
+    path = tmp_path / "w.kv"
+    KV(path).close()
+    probe = """
+        import sys
+        from mmapkit.kv import KV
+        kv = KV(sys.argv[1], **{sys.argv[2]: True})
+        print("ctypes" in sys.modules)
+    """
+    seen = {}
+    for mode in ("multiprocess", "readonly", "recover"):  # (recover=True: the default mode)
+        res = run_py(probe, str(path), mode)
+        assert res.returncode == 0, res.stderr
+        seen[mode] = res.stdout.strip()
+    assert seen == {"multiprocess": "True", "readonly": "False", "recover": "False"}

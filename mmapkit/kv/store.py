@@ -339,6 +339,8 @@ class KV(MutableMapping[str, "Any"], WriterLock):
         try:
             with self._tlock:  # (a lock taken to verify damage is not a hold: see H4)
                 self._attach_path(create=not readonly)
+                if multiprocess and not readonly:
+                    self._prepare_waits()
         except BaseException:
             self._detach()
             if self._mode is not None:
