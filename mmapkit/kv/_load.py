@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import gc
 import struct
+import zlib
+from itertools import repeat
 
 from .._crc import crc32 as _fast_crc32
 from ..errors import CorruptFileError, DecryptionError
@@ -57,6 +59,10 @@ __all__ = [
 
 # zlib's CRC-32, or ISA-L's (the isal extra: the same values, faster; mmapkit._crc)
 crc32 = _fast_crc32()
+# Small bodies (a counter, a short string) one call each: zlib's call costs a third of
+# ISA-L's (whose argument parsing outweighs its speed below some 64 bytes; callgrind).
+_small_crc32 = zlib.crc32
+_SMALL_BODY = 64
 
 _Keys = set[str]
 
@@ -183,7 +189,9 @@ def replay(rec: Record, index: dict[str, Any], changes: _Keys | None,
 # A run of plain sets of one record size (fixed-size keys and values: counters, ids,
 # hashes) is decoded a window at a time by struct.iter_unpack and C-level maps instead
 # of one Python step per record (about half the instructions per record).  A window
-# opens after _RUN_MIN such records in a row and grows while the run lasts.
+# opens after _RUN_MIN such records in a row and grows while the run lasts.  A window
+# that sets one key throughout (a counter under contention) checks each record against
+# the first and decodes only the last (_one_key_sets: half the instructions again).
 _RUN_MIN = 16
 _GC_PAUSE_BYTES = 1 << 20
 _WINDOW_MIN, _WINDOW_MAX = 32, 1 << 15
@@ -196,6 +204,53 @@ def _agree(column: tuple[Any, ...], value: Any, j: int) -> int:
     return next(i for i, x in enumerate(column) if x != value)
 
 
+def _one_key_sets(view: memoryview, pos: int, n: int, sz: int, k: int,
+                  index: dict[str, Any], structs: dict[Any, Any]) -> int:
+    """``_bulk_sets`` for a window of ``k`` records that all set one key (a counter, a
+    status: what contended update_with() writes): each record's head and crc are
+    verified as one at a time, each body is checked to start with the same key, value
+    tag (and, for bytes or str, value length), and only the last value is decoded.  k,
+    or 0 when the window is not such a run (the caller goes the general way).
+
+    A catch-up under contention is mostly this (every hand-over of the writer lock
+    replays the others' runs of update_with): a replay costs half the instructions of the
+    general bulk path (callgrind, a counter's records: 6.7k -> 3.2k each)."""
+    chunk = view[pos : pos + k * sz]
+    # heads: the first 8 bytes of each record (magic, kind, flags, length), one strided
+    # copy compared at once; crcs: the u32 after them
+    head = structs.get(("head", n))
+    if head is None:
+        head = structs[("head", n)] = (struct.pack("<HBBI", 0x4B56, KIND_SET, 0, n),
+                                       struct.Struct(f"<12x{n}s{sz - 12 - n}x"))
+    if chunk.cast("Q")[:: sz // 8].tobytes() != head[0] * k:
+        return 0
+    bodies = [b for (b,) in head[1].iter_unpack(chunk)]  # (4x zip(*...)'s speed)
+    first = bodies[0]
+    v = 2 + (first[0] | first[1] << 8)
+    tag = first[v] if v < n else 0
+    if tag == 3 and n == v + 9:
+        prefix = first[: v + 1]
+    elif (tag == 6 or tag == 7) and n >= v + 5 and \
+            int.from_bytes(first[v + 1 : v + 5], "little") == n - v - 5:
+        prefix = first[: v + 5]
+    else:
+        return 0
+    if not all(map(bytes.startswith, bodies, repeat(prefix))):
+        return 0
+    m = 0x9E3779B1
+    seeds = map(((n << 16) ^ KIND_SET).__xor__, range(pos * m, (pos + k * sz) * m, sz * m))
+    if list(map(_small_crc32, bodies, seeds)) != chunk.cast("I")[2 :: sz // 4].tolist():
+        return 0  # (the general way finds the verified prefix)
+    last = bodies[-1]
+    try:
+        key = first[2:v].decode()  # strict UTF-8 equals surrogatepass
+        index[key] = (int.from_bytes(last[v + 1 :], "little", signed=True) if tag == 3
+                      else last[v + 5 :] if tag == 7 else last[v + 5 :].decode())
+    except UnicodeDecodeError:
+        return 0  # (lone surrogates: one at a time)
+    return k
+
+
 def _bulk_sets(view: memoryview, pos: int, end: int, n: int, limit: int,
                index: dict[str, Any], structs: dict[Any, struct.Struct]) -> int:
     """Replay up to ``limit`` records from ``pos`` that are plain sets with ``n``-byte
@@ -206,6 +261,10 @@ def _bulk_sets(view: memoryview, pos: int, end: int, n: int, limit: int,
     k = min((end - pos) // sz, limit)
     if k < 2:
         return 0
+    if n <= _SMALL_BODY:
+        done = _one_key_sets(view, pos, n, sz, k, index, structs)
+        if done:
+            return done
     frame = structs.get(n)
     if frame is None:
         frame = structs[n] = struct.Struct(f"<HBBII{n}s{sz - 12 - n}x")
@@ -217,7 +276,7 @@ def _bulk_sets(view: memoryview, pos: int, end: int, n: int, limit: int,
     # crc seeds (codec's _seed, masked by crc32): pos * M is an arithmetic progression
     m = 0x9E3779B1
     seeds = map(((n << 16) ^ KIND_SET).__xor__, range(pos * m, (pos + j * sz) * m, sz * m))
-    sums = list(map(crc32, bodies[:j], seeds))
+    sums = list(map(crc32 if n > _SMALL_BODY else _small_crc32, bodies[:j], seeds))
     if sums != list(crc[:j]):
         j = next(i for i in range(j) if sums[i] != crc[i])
         if j < 2:
