@@ -348,8 +348,8 @@ class WriterLock:
             if self._lock_waiter is None:
                 assert self._region is not None
                 self._lock_waiter = Waiter(self._region, self._SEQ_AT)
-                if self._hold and self._hold_evt is None:
-                    self._start_releaser()
+            if self._hold and self._hold_evt is None:
+                self._start_releaser()  # (now, not holding the lock: see its docstring)
             self._lock_waiter.wait(seq, min(remaining, _LOCK_SLICE))
             if words[2] == seq or words[3]:
                 # The slice ended and nobody handed over (try once more above: a killed
