@@ -426,6 +426,72 @@ def _read_case(report: _harness.Report, impls: list[type[Impl]], tmp: str, n: in
         report.add("sequential read (other process)", cls.name, samples, "rec/s")
 
 
+# The floor of the tail case on this machine: a C writer that sleeps 0.5 ms, stamps the
+# clock into a shared page, publishes a sequence word and wakes the futex on it; a C
+# reader in another process that sleeps on the word (block) or re-reads it (spin).  No
+# Python at all: how much of "append -> seen" is the kernel and the (virtual) CPUs.
+_C_TAIL = r"""
+#include <linux/futex.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+static int64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+int main(int argc, char **argv) {
+    uint32_t n = (uint32_t)atoi(argv[1]);
+    int spin = strcmp(argv[2], "spin") == 0;
+    volatile int64_t *page = mmap(0, 4096, PROT_READ | PROT_WRITE,
+                                  MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    volatile uint32_t *seq = (volatile uint32_t *)&page[1];
+    int64_t *lat = malloc(sizeof(int64_t) * n);
+    if (fork() == 0) {
+        for (uint32_t i = 0; i < n; i++) {
+            while (*seq == i)
+                if (!spin) syscall(SYS_futex, seq, FUTEX_WAIT, i, NULL, NULL, 0);
+            lat[i] = now_ns() - page[0];
+        }
+        for (uint32_t i = 0; i < n; i++) printf("%.3f\n", lat[i] / 1e3);
+        fflush(stdout);
+        _exit(0);
+    }
+    struct timespec gap = {0, 500000};
+    for (uint32_t i = 0; i < n; i++) {
+        nanosleep(&gap, NULL);
+        page[0] = now_ns();
+        __atomic_store_n(seq, i + 1, __ATOMIC_RELEASE);
+        if (!spin) syscall(SYS_futex, seq, FUTEX_WAKE, 1, NULL, NULL, 0);
+    }
+    wait(NULL);
+    return 0;
+}
+"""
+
+
+def c_tail_floor(n: int, mode: str) -> list[float] | None:
+    """Latencies (us) of the C tail, ``mode`` "block" or "spin"; None without a C compiler."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None or not sys.platform.startswith("linux"):
+        return None
+    with tempfile.TemporaryDirectory(prefix="mmapkit-bench-tail-") as tmp:
+        src, exe = os.path.join(tmp, "tail.c"), os.path.join(tmp, "tail")
+        with open(src, "w") as f:
+            f.write(_C_TAIL)
+        if subprocess.run([cc, "-O2", "-o", exe, src], capture_output=True).returncode:
+            return None
+        out = subprocess.run([exe, str(n), mode], capture_output=True, text=True,
+                             timeout=600, check=True).stdout
+    return [float(x) for x in out.split()]
+
+
 def _tail_case(report: _harness.Report, impls: list[type[Impl]], tmp: str, n: int) -> None:
     runs: list[tuple[type[Impl], str, str]] = [
         (Ours, "tail-block", f"{OURS} (blocking)"), (Ours, "tail-spin", f"{OURS} (spinning)")]
@@ -452,6 +518,14 @@ def _tail_case(report: _harness.Report, impls: list[type[Impl]], tmp: str, n: in
                    note=f"p50 {_harness.percentile(lat, 50):.1f} us, "
                    f"p99 {_harness.percentile(lat, 99):.1f} us; the append() call "
                    f"itself p50 {_harness.percentile(took, 50):.1f} us")
+    for mode in ("block", "spin"):
+        name = f"C {'futex' if mode == 'block' else 'spinning'} (floor)"
+        floor = c_tail_floor(n, mode)
+        if floor is None:
+            report.skip(name, "no C compiler (cc) here could build it")
+            continue
+        report.add("tail latency append -> seen", name, floor, "us", higher_is_better=False,
+                   note="a C writer and reader, the same 0.5 ms pauses: the machine's floor")
 
 
 def _commit_case(report: _harness.Report, impls: list[type[Impl]], tmp: str, n: int,
