@@ -8,11 +8,12 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import spawn, wait_reached
+from conftest import run_py, spawn, wait_reached
 
 from mmapkit import Journal
 
@@ -407,3 +408,30 @@ with Journal(sys.argv[1]) as j:
     for d in dirs.values():
         report = Journal.check(d)
         assert report.ok, report.problems
+
+
+PREPARE = """
+import sys
+from mmapkit import Journal
+j = Journal(sys.argv[1], lock_hold=float(sys.argv[2]))
+before = j._lock._lock_waiter is not None
+j.append(b"x")
+print(before, j._lock._lock_waiter is not None)
+j.close()
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="futex: Linux only")
+def test_a_holding_writer_prepares_the_hand_over_before_it_takes_the_lock(
+        tmp_path: Path) -> None:
+    """The first futex call of a process imports ctypes and sets the syscall up (5-10 ms):
+    a writer that will hold the lock between appends pays it before its first flock, not
+    at its first hand-over, made holding the lock the other producers wait for.  A writer
+    that never holds (lock_hold=0) does not pay it."""
+    d, _ = _journal(tmp_path)
+    seen = {}
+    for hold in ("0.05", "0"):
+        res = run_py(PREPARE, d, hold)
+        assert res.returncode == 0, res.stderr
+        seen[hold] = res.stdout.split()
+    assert seen == {"0.05": ["False", "True"], "0": ["False", "False"]}

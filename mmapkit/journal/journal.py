@@ -1567,7 +1567,9 @@ class _WriterLock(WriterLock):
             try:
                 if self._hold and self._hold_evt is None:
                     # H1's releaser thread, started before L is taken: a thread start
-                    # (0.3-2 ms on 2 busy cores) is not spent holding what others wait for
+                    # (0.3-2 ms on 2 busy cores) is not spent holding what others wait for;
+                    # the futex set-up likewise (the KV does it at open)
+                    self._prepare_waits()
                     self._start_releaser()
                 self._acquire_flock()  # L1-L4, then H1 (the hold begins)
             except BaseException:
