@@ -105,9 +105,9 @@ class SparseIndex:
 
     def count(self, rel_end: int, pos_end: int) -> int:
         """How many leading slots hold entries published under (rel_end, pos_end)."""
-        if not self.trusted:
-            return 0
-        lo, hi = 0, self.slots
+        if not self.trusted or not self.slots or not self.valid(0, rel_end, pos_end):
+            return 0  # (an empty index -- a new segment's -- touches one page, not log2)
+        lo, hi = 1, self.slots
         while lo < hi:  # entries are increasing; the first invalid slot ends them
             mid = (lo + hi) // 2
             if self.valid(mid, rel_end, pos_end):
