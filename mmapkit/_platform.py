@@ -61,6 +61,7 @@ __all__ = [
     "futex_waker",
     "mincore",
     "msync",
+    "populate_write",
     "range_held",
     "range_lock",
     "range_unlock",
@@ -228,6 +229,22 @@ def msync(address: int, length: int, *, wait: bool) -> None:
     size = align_up(address + length) - start
     if fn(ctypes.c_void_p(start), ctypes.c_size_t(size), _MS_SYNC if wait else _MS_ASYNC) != 0:
         _raise_errno("msync")
+
+
+def populate_write(address: int, length: int) -> bool:
+    """Prefault ``[address, address+length)`` of a writable shared mapping for writing
+    (madvise MADV_POPULATE_WRITE, Linux 5.14+): the page faults a writer's first stores
+    would take, taken now, without changing a byte.  The GIL is released during the call
+    (a background thread populates while the writer runs).  False where the kernel lacks
+    it or the range cannot be populated (unmapped, past the end of the file: EFAULT, not
+    SIGBUS); the caller then simply lets the stores fault."""
+    if not HAVE_POPULATE or length <= 0:
+        return False
+    import ctypes
+
+    start = align_down(address)
+    fn = _libc_fn("madvise", (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int))
+    return bool(fn(start, align_up(address + length) - start, MADV_POPULATE_WRITE) == 0)
 
 
 def ensure_allocated(fd: int, size: int) -> None:

@@ -17,6 +17,15 @@ Design rules:
   than W's position; the zeros past it are not part of the journal (as any bytes past W).
   Where the file system cannot allocate ahead, the writer falls back to pwrite.
 - A segment is never truncated and never rewritten in place while it may be mapped.
+- Prefault (segments of at least ``_PREFAULT_MIN`` bytes, Linux 5.14+): a daemon thread per
+  writing ActiveSegment keeps the pages of the writer's mapping ahead of W populated for
+  writing (``_platform.populate_write``, GIL released), so the appends' stores do not take
+  a page fault each on fresh pages.  It only populates: never stores a byte, never
+  allocates or extends the file (it works inside the mapping, which covers only allocated
+  bytes), and works on the mapping under the prefaulter's lock, which ``reserve`` (remap)
+  and ``close`` take before they unmap: the mapping it populates is never unmapped under
+  it, and close waits at most for one chunk.  Close and roll (which closes the old
+  segment) stop it; a fork child never waits on its lock (the thread is the parent's).
 """
 
 from __future__ import annotations
@@ -26,8 +35,11 @@ import errno
 import mmap
 import os
 import struct
+import threading
+import weakref
 from collections.abc import Iterator
 
+from .. import _platform
 from .._fileio import atomic_file, write_all
 from ..errors import CorruptFileError, ForeignFileError, FormatVersionError
 from . import _format as F
@@ -40,6 +52,13 @@ _HAVE_FALLOCATE = hasattr(os, "posix_fallocate")
 _GROW_MIN = 64 << 10  # the writer allocates ahead of W at least this much (capped by the
 _GROW_MAX = 4 << 20   # segment size), doubling with the segment up to this step
 _AHEAD = 16 << 10  # a file this much longer than W was allocated ahead: worth a remap
+# Prefault: only segments this big get a thread (a small one's few faults cost less than
+# starting it); pages kept populated ahead of W; bytes per madvise call (what close or a
+# remap may wait for); the thread's nap between looks at W.
+_PREFAULT_MIN = 8 << 20
+_PREFAULT_AHEAD = 4 << 20
+_PREFAULT_CHUNK = 1 << 20
+_PREFAULT_NAP = 0.01
 
 
 def list_segments(directory: str) -> list[int]:
@@ -239,8 +258,9 @@ class ActiveSegment:
     """The writer's side of the newest segment: its descriptor, a writable mapping of the
     header (for W), the writable indexes and what the writer tracks between appends."""
 
-    __slots__ = ("_hmap", "_hview", "_w", "alloc", "base", "created_ms", "fd", "idx",
-                 "idx_n", "last_indexed", "max_ts", "mm", "path", "seen", "tidx", "tidx_n")
+    __slots__ = ("__weakref__", "_hmap", "_hview", "_pf", "_w", "alloc", "base",
+                 "created_ms", "fd", "idx", "idx_n", "last_indexed", "max_ts", "mm", "path",
+                 "seen", "tidx", "tidx_n")
 
     @property
     def w(self) -> memoryview:
@@ -259,6 +279,7 @@ class ActiveSegment:
         self.tidx: SparseIndex | None = None
         self.mm: mmap.mmap | None = None  # the writer's mapping of [0, alloc)
         self.alloc = 0  # bytes allocated and mapped (-1: no fallocate here, pwrite)
+        self._pf: _Prefaulter | None = None
         try:
             if os.fstat(self.fd).st_size < F.SEGMENT_HEADER:
                 raise CorruptFileError(f"{path} is shorter than a segment header", path=path,
@@ -321,10 +342,21 @@ class ActiveSegment:
             want = max(end, size)
             os.posix_fallocate(self.fd, pos, want - pos)
         mm = mmap.mmap(self.fd, want, access=mmap.ACCESS_WRITE)
+        pf = self._pf
+        if pf is not None and pf.pid == os.getpid():
+            with pf.lock:  # (the thread never populates a mapping being unmapped)
+                self._swap_map(mm, want)
+            pf.wake.set()  # fresh room to populate
+        else:
+            self._swap_map(mm, want)
+            if cap >= _PREFAULT_MIN and _platform.HAVE_POPULATE:
+                self._pf = _Prefaulter(self)
+        return True
+
+    def _swap_map(self, mm: mmap.mmap, alloc: int) -> None:
         if self.mm is not None:
             self.mm.close()
-        self.mm, self.alloc = mm, want
-        return True
+        self.mm, self.alloc = mm, alloc
 
     def publish(self, records: int, pos: int) -> None:
         assert self._w is not None
@@ -336,6 +368,9 @@ class ActiveSegment:
         self.tidx = SparseIndex(tpath, "time", self.base, writable=True)
 
     def close(self) -> None:
+        pf, self._pf = self._pf, None
+        if pf is not None:
+            pf.stop()
         for ix in (self.idx, self.tidx):
             if ix is not None:
                 ix.close()
@@ -355,3 +390,59 @@ class ActiveSegment:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+class _Prefaulter:
+    """The prefault thread of one ActiveSegment (see the module's design rules)."""
+
+    __slots__ = ("lock", "pid", "stopped", "wake")
+
+    def __init__(self, seg: ActiveSegment) -> None:
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.stopped = False
+        self.pid = os.getpid()
+        # (a weak reference: a segment dropped without close() does not live on in it)
+        threading.Thread(target=_prefault, args=(weakref.ref(seg), self), daemon=True,
+                         name="mmapkit-journal-prefault").start()
+
+    def stop(self) -> None:
+        """Stop the thread (it exits at its next look); waits at most for the madvise
+        call in flight.  In a fork child only marks it: the thread is the parent's."""
+        if self.pid == os.getpid():
+            with self.lock:
+                self.stopped = True
+            self.wake.set()
+        else:
+            self.stopped = True
+
+
+def _prefault(ref: weakref.ref[ActiveSegment], pf: _Prefaulter) -> None:
+    """The prefault thread: populate the writer's mapping from W's position (or where it
+    stopped) up to ``_PREFAULT_AHEAD`` past it, a chunk per call, then nap; exits when
+    stopped, when the segment is gone, or when the kernel cannot populate."""
+    mapped: mmap.mmap | None = None
+    address = done = 0
+    while True:
+        seg = ref()
+        if seg is None:
+            return
+        with pf.lock:
+            mm, alloc, w = seg.mm, seg.alloc, seg._w
+            if pf.stopped or w is None:
+                return
+            todo = 0
+            if mm is not None and alloc > 0:
+                pos = int(w[0]) & F.POS_MASK
+                if mm is not mapped:  # a new mapping (remapped): its page tables are empty
+                    mapped, address, done = mm, _platform.buffer_address(mm), 0
+                start = max(done, pos)
+                todo = min(alloc, pos + _PREFAULT_AHEAD, start + _PREFAULT_CHUNK) - start
+                if todo > 0:
+                    if not _platform.populate_write(address + start, todo):
+                        return  # kernel without MADV_POPULATE_WRITE: the stores fault
+                    done = start + todo
+        del seg, mm, w
+        if todo <= 0:
+            pf.wake.wait(_PREFAULT_NAP)
+            pf.wake.clear()
