@@ -173,6 +173,43 @@ def test_offset_for_time(tmp_path: Path) -> None:
         assert j.offset_for_time(10**12) is None
 
 
+def test_a_for_loop_mixed_with_position_poll_next_and_seek(tmp_path: Path) -> None:
+    """``for rec in reader`` takes a batch's records through a list iterator: every
+    other entry takes the rest back first, so no record comes twice or is skipped."""
+    with Journal(tmp_path / "j", create=True) as j:
+        for i in range(10):
+            j.append_many([b"%d" % k for k in range(i * 10, i * 10 + 10)])
+        r = j.reader()
+        got = []
+        for rec in r:
+            got.append(rec.offset)
+            if rec.offset == 14:
+                break
+        assert r.position == 15  # a loop left mid-batch: the position is exact
+        assert [x.offset for x in r.poll(3)] == [15, 16, 17]
+        assert next(r).offset == 18
+        for rec in r:  # a new loop goes on from there
+            got.append(rec.offset)
+            assert r.position == rec.offset + 1
+            if rec.offset == 25:
+                assert [x.offset for x in r.poll(2)] == [26, 27]  # the loop skips them
+            if rec.offset == 30:
+                assert next(r).offset == 31
+            if rec.offset == 40:
+                r.seek(70)
+        assert got == [*range(15), *range(19, 26), *range(28, 31), *range(32, 41),
+                       *range(70, 100)]
+        assert r.position == 100 and list(r) == []
+        j.append(b"x")
+        it = iter(r)
+        inner = iter(r)  # two loops over one reader share its position
+        assert next(it).offset == 100
+        j.append_many([b"y", b"z"])
+        assert next(inner).offset == 101
+        assert next(it).offset == 102
+        assert list(it) == list(inner) == []
+
+
 def test_follow_reader_sees_records_across_rolls(tmp_path: Path) -> None:
     with Journal(tmp_path / "j", create=True, segment_bytes=512) as j:
         r = j.reader("latest", follow=True, timeout=0.2)

@@ -23,6 +23,15 @@ Design rules:
   are exactly one plain one-record batch (an ``append``), in the mapping, it reads them
   with one unpack, one CRC and one slice (``_format.decode_one``); anything else --
   several batches, keys, headers, damage, a roll -- goes the general way.
+- ``for rec in reader``: ``iter()`` returns a C iterator (``itertools.chain``) over list
+  iterators of the decoded batches, so a record costs no Python call; the generator
+  behind it runs once per batch (the same steps as ``__next__``).  The list iterator
+  handed out (``_it``) is the truth about how much of the buffer was consumed while it is
+  set: every other entry (position, poll, wait, next, seek, next_span) first reads its
+  progress back (``_detach``) and exhausts it, so the loop's next step goes on from the
+  reader's state (no record twice, none skipped).  The records of one batch die as the
+  loop drops them: a loop keeps ~one batch alive, so the collector's young generation
+  never fills (a poll of 4096 records keeps 4096 alive and pays for their collection).
 - ``fileno()`` (selectors, asyncio): the reader's own doorbell, a FIFO
   ``journal.bell-<pid>-<token>`` in the journal directory, registered in a slot of the
   meta page (B1, under the writer lock).  Every append rings each registered doorbell
@@ -38,6 +47,7 @@ import os
 import struct
 import time
 from collections.abc import AsyncIterator, Iterator
+from itertools import chain
 from typing import TYPE_CHECKING
 
 from ..errors import ClosedError, CorruptFileError, OffsetOutOfRangeError
@@ -73,6 +83,7 @@ class Reader:
         self._next = 0         # next offset to return
         self._buf: list[Record] = []
         self._bi = 0
+        self._it: Iterator[Record] | None = None  # the for-loop's iterator over _buf
         self._drained = False  # the last _fill read through W of the active segment
         self._closed = False
         self._bell = -1        # doorbell FIFO (read end), made by fileno()
@@ -89,6 +100,8 @@ class Reader:
     @property
     def position(self) -> int:
         """The offset of the next record this reader returns."""
+        if self._it is not None:
+            self._detach()
         return self._next
 
     def seek(self, offset: str | int) -> None:
@@ -109,7 +122,22 @@ class Reader:
             raise ValueError(f"from_offset must be 'earliest', 'latest' or an int, got "
                              f"{offset!r}")
 
+    def _detach(self) -> None:
+        """Take back the buffer from the for-loop's iterator: how far it got becomes the
+        position, and it is exhausted (the loop's next step resumes from the state)."""
+        it, self._it = self._it, None
+        if it is None:
+            return
+        buf = self._buf
+        bi = len(buf) - it.__length_hint__()  # type: ignore[attr-defined]
+        if bi > self._bi:
+            self._bi = bi
+            self._next = buf[bi - 1].offset + 1
+        it.__setstate__(len(buf))  # type: ignore[attr-defined]
+
     def _drop(self) -> None:
+        if self._it is not None:
+            self._detach()
         self._idle_n = -1
         if self._seg is not None:
             self._seg.close()
@@ -253,6 +281,8 @@ class Reader:
         before the position (the caller's peer skips those records).  Checks each batch's
         structure and offsets but not its CRC (the receiver does).  Moves the position
         past them.  Damage raises CorruptFileError as iteration does."""
+        if self._it is not None:
+            self._detach()
         self._buf, self._bi = [], 0
         meta = self._meta
         while True:
@@ -365,6 +395,8 @@ class Reader:
         return rec
 
     def _take(self, max_records: int) -> list[Record]:
+        if self._it is not None:
+            self._detach()
         out: list[Record] = []
         self._drained = False
         while len(out) < max_records:
@@ -382,6 +414,8 @@ class Reader:
         deadline = None if timeout is None else time.monotonic() + timeout
         meta = self._meta
         waiter = self._j._get_waiter()
+        if self._it is not None:
+            self._detach()
         while True:
             seen = waiter.load()
             if self._bi < len(self._buf):
@@ -409,6 +443,8 @@ class Reader:
             raise ValueError(f"max_records must be positive, got {max_records}")
         if self._closed or self._j._closed:
             self._check_open()  # raises
+        if self._it is not None:
+            self._detach()
         if self._bi >= len(self._buf):
             # (an unarmed reader's _idle_n is -1: never a value of the u32 N)
             if timeout == 0 and self._notify[_I_NOTIFY] == self._idle_n:
@@ -496,9 +532,33 @@ class Reader:
         self._j._check_open()
 
     def __iter__(self) -> Iterator[Record]:
-        return self
+        return chain.from_iterable(self._runs())
+
+    def _runs(self) -> Iterator[Iterator[Record]]:
+        """What ``for rec in reader`` iterates, a run of records at a time: the rest of
+        the buffer as a list iterator (the loop takes its records in C), or the one
+        record ``__next__``'s way found after the end of the buffer."""
+        while True:
+            if self._it is not None:
+                self._detach()  # (the loop exhausted it, or another entry took it back)
+            buf = self._buf
+            if self._bi < len(buf):
+                it = iter(buf)
+                if self._bi:
+                    it.__setstate__(self._bi)  # type: ignore[attr-defined]
+                self._it = it
+                yield it
+                continue
+            got = self._take_or_arm(1)
+            if not got and self.follow and self.wait(self.timeout):
+                got = self._take(1)
+            if not got:
+                return
+            yield iter(got)
 
     def __next__(self) -> Record:
+        if self._it is not None:
+            self._detach()
         bi = self._bi
         buf = self._buf
         if bi < len(buf):  # the common case: the next record of a decoded batch
@@ -527,6 +587,8 @@ class Reader:
         idle_since = time.monotonic()
         fd = self.fileno() if self.follow else -1
         while True:
+            if self._it is not None:
+                self._detach()
             got = self._take_or_arm(500) if fd >= 0 else self._take(500)
             for r in got:
                 yield r
