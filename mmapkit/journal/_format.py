@@ -510,22 +510,38 @@ def _run(vlen: int, n: int, fixed: bool) -> struct.Struct:
     return s
 
 
-def _unpack_runs(body: bytes, count: int, stride: int, vlen: int,
+def _unpack_runs(buf: bytes | mmap.mmap, p: int, count: int, stride: int, vlen: int,
                  fixed: bool) -> tuple[bytes | int, ...]:
-    """What :func:`_run` unpacks, for ``count`` uniform records in ``body``: one call per
-    256 records, no tuple per record."""
+    """What :func:`_run` unpacks, for ``count`` uniform records at ``p`` in ``buf``
+    (unpacked in place: no copy of the batch first): one call per 256 records, no tuple
+    per record."""
     if count <= _RUN:
-        return _run(vlen, count, fixed).unpack(body)
+        return _run(vlen, count, fixed).unpack_from(buf, p)
     out: list[bytes | int] = []
     full = _run(vlen, _RUN, fixed).unpack_from
     step = _RUN * stride
-    p = 0
     for _ in range(count // _RUN):
-        out += full(body, p)
+        out += full(buf, p)
         p += step
     if count % _RUN:
-        out += _run(vlen, count % _RUN, fixed).unpack_from(body, p)
+        out += _run(vlen, count % _RUN, fixed).unpack_from(buf, p)
     return tuple(out)
+
+
+def _uniform_words(vlen: int, count: int) -> tuple[bytes, bytes]:
+    """What a uniform batch's strided words read as bytes: every record's key and value
+    lengths (one word), every record's headers length (made once per shape: a bounded
+    cache of immutable bytes, as _RUNS)."""
+    key = (vlen, count)
+    got = _WORDS.get(key)
+    if got is None:
+        if len(_WORDS) >= 64:
+            _WORDS.clear()
+        got = _WORDS[key] = (_KEY_AND_VALUE(-1, vlen) * count, _NO_HEADERS * count)
+    return got
+
+
+_WORDS: dict[tuple[int, int], tuple[bytes, bytes]] = {}
 
 
 def _decode_uniform(buf: bytes | mmap.mmap, pos: int, info: BatchInfo) -> list[Record] | None:
@@ -543,23 +559,25 @@ def _decode_uniform(buf: bytes | mmap.mmap, pos: int, info: BatchInfo) -> list[R
     stride = 20 + vlen
     if klen != -1 or hlen or vlen < 0 or info.length != BATCH_HEADER + count * stride:
         return None
-    body = buf[pos + BATCH_HEADER : pos + info.length]
+    start = pos + BATCH_HEADER
     first = info.first_offset
     ts: Iterable[int]
     values: Iterable[bytes | int]
     if not stride & 7:
-        with memoryview(body) as mv, mv.cast("i") as words, mv.cast("q") as quads:
+        # (a view of the records in place, not a copy of them; released before return)
+        with memoryview(buf) as whole, whole[start : pos + info.length] as mv, \
+                mv.cast("i") as words, mv.cast("q") as quads:
             k = stride >> 3
+            lengths, no_headers = _uniform_words(vlen, count)
             # key and value length as one word, the headers' length as another
-            if (quads[1::k].tobytes() != _KEY_AND_VALUE(-1, vlen) * count
-                    or words[4 :: k << 1].tobytes() != _NO_HEADERS * count):
+            if quads[1::k].tobytes() != lengths or words[4 :: k << 1].tobytes() != no_headers:
                 return None
             tsv = quads[::k]
             raw = tsv.tobytes()
             ts = repeat(tsv[0], count) if raw == raw[:8] * count else tsv.tolist()
-        values = _unpack_runs(body, count, stride, vlen, False)
+        values = _unpack_runs(buf, start, count, stride, vlen, False)
     else:
-        fields = _unpack_runs(body, count, stride, vlen, True)
+        fields = _unpack_runs(buf, start, count, stride, vlen, True)
         if fields[1::3].count(_NO_KEY + _I32(vlen) + _NO_HEADERS) != count:
             return None
         ts, values = fields[0::3], fields[2::3]  # type: ignore[assignment]
