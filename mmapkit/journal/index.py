@@ -105,9 +105,10 @@ class SparseIndex:
 
     def count(self, rel_end: int, pos_end: int) -> int:
         """How many leading slots hold entries published under (rel_end, pos_end)."""
-        if not self.trusted or not self.slots or not self.valid(0, rel_end, pos_end):
-            return 0  # (an empty index -- a new segment's -- touches one page, not log2)
-        lo, hi = 1, self.slots
+        if not self.trusted or rel_end <= 0:
+            return 0  # (no record yet, no entry can be valid: a new segment's index is
+            #          not bisected, which touched a fresh page per probe)
+        lo, hi = 0, self.slots
         while lo < hi:  # entries are increasing; the first invalid slot ends them
             mid = (lo + hi) // 2
             if self.valid(mid, rel_end, pos_end):
