@@ -149,3 +149,11 @@ def test_a_fork_child_appends_and_closes_with_the_parents_thread_running(
     assert j.end_offset == 9000
     j.close()
     assert Journal.check(tmp_path / "j").ok
+
+
+def test_a_writer_that_syncs_starts_no_thread(tmp_path: Path, small_min: None) -> None:
+    """A populated page is dirty: a sync would write its zeros first, then its data."""
+    with Journal(tmp_path / "j", create=True, segment_bytes=4 << 20, sync=60) as j:
+        for _ in range(100):
+            j.append(b"x" * 100)
+        assert j._active is not None and j._active._pf is None

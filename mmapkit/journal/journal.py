@@ -849,7 +849,8 @@ class Journal:
         system cannot allocate ahead.  A full disk is DiskFullError, nothing stored."""
         try:
             grow = pos + n > seg.alloc
-            if seg.reserve(pos, pos + n, seg_bytes):
+            # (no prefault thread for a writer that syncs: see segment.py)
+            if seg.reserve(pos, pos + n, seg_bytes, self._sync_every is None):
                 if grow and PAUSES:
                     pause("journal.append.grown")
                 mm = seg.mm

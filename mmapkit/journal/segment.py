@@ -17,15 +17,17 @@ Design rules:
   than W's position; the zeros past it are not part of the journal (as any bytes past W).
   Where the file system cannot allocate ahead, the writer falls back to pwrite.
 - A segment is never truncated and never rewritten in place while it may be mapped.
-- Prefault (segments of at least ``_PREFAULT_MIN`` bytes, Linux 5.14+): a daemon thread per
-  writing ActiveSegment keeps the pages of the writer's mapping ahead of W populated for
-  writing (``_platform.populate_write``, GIL released), so the appends' stores do not take
-  a page fault each on fresh pages.  It only populates: never stores a byte, never
-  allocates or extends the file (it works inside the mapping, which covers only allocated
-  bytes), and works on the mapping under the prefaulter's lock, which ``reserve`` (remap)
-  and ``close`` take before they unmap: the mapping it populates is never unmapped under
-  it, and close waits at most for one chunk.  Close and roll (which closes the old
-  segment) stop it; a fork child never waits on its lock (the thread is the parent's).
+- Prefault (segments of at least ``_PREFAULT_MIN`` bytes, Linux 5.14+, writers that do not
+  sync: a populated page is dirty, so a sync would write its zeros, then its data): a
+  daemon thread per writing ActiveSegment keeps the pages of the writer's mapping ahead of
+  W populated for writing (``_platform.populate_write``, GIL released), so the appends'
+  stores do not take a page fault each on fresh pages.  It only populates: never stores a
+  byte, never allocates or extends the file (it works inside the mapping, which covers
+  only allocated bytes), and works on the mapping under the prefaulter's lock, which
+  ``reserve`` (remap) and ``close`` take before they unmap: the mapping it populates is
+  never unmapped under it, and close waits at most for one chunk.  Close and roll (which
+  closes the old segment) stop it; a fork child never waits on its lock (the thread is the
+  parent's).
 """
 
 from __future__ import annotations
@@ -315,12 +317,13 @@ class ActiveSegment:
         word = int(self._w[0])
         return word >> 32, word & 0xFFFFFFFF
 
-    def reserve(self, pos: int, end: int, cap: int) -> bool:
+    def reserve(self, pos: int, end: int, cap: int, prefault: bool = True) -> bool:
         """Make [pos, end) storable through ``mm`` (under L; ``pos`` is W's position):
         allocate the file up to ``end`` or a step further (at most ``cap``, the segment
         size, unless ``end`` is past it) and map it.  False where the file system cannot
         allocate ahead (the caller writes with pwrite); OSError (ENOSPC) when the disk
-        is full: nothing was stored or published.  The file only grows."""
+        is full: nothing was stored or published.  The file only grows.  ``prefault``:
+        a segment of ``_PREFAULT_MIN`` bytes or more gets the prefault thread."""
         if end <= self.alloc:
             return True
         if self.alloc < 0 or not _HAVE_FALLOCATE:
@@ -349,7 +352,7 @@ class ActiveSegment:
             pf.wake.set()  # fresh room to populate
         else:
             self._swap_map(mm, want)
-            if cap >= _PREFAULT_MIN and _platform.HAVE_POPULATE:
+            if prefault and cap >= _PREFAULT_MIN and _platform.HAVE_POPULATE:
                 self._pf = _Prefaulter(self)
         return True
 
