@@ -6,11 +6,15 @@ from __future__ import annotations
 import gc
 import mmap
 import os
+import random
+import signal
 import threading
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
+from conftest import spawn
 
 from mmapkit import Journal, _platform
 from mmapkit.journal import segment
@@ -157,3 +161,39 @@ def test_a_writer_that_syncs_starts_no_thread(tmp_path: Path, small_min: None) -
         for _ in range(100):
             j.append(b"x" * 100)
         assert j._active is not None and j._active._pf is None
+
+
+WRITER = """
+import sys
+from mmapkit import Journal
+j = Journal(sys.argv[1])  # 1 GiB segments: the prefault thread runs
+print("ready", flush=True)
+i = 0
+while True:  # each offset printed is acknowledged (append returned)
+    off = j.append(b"%08d" % i + b"." * 92)
+    if i % 100 == 0:
+        print(off, flush=True)
+    i += 1
+"""
+
+
+@pytest.mark.skipif(not _platform.HAVE_POPULATE, reason="Linux only")
+def test_kill_9_of_a_prefaulting_writer_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    d = str(tmp_path / "j")
+    Journal(d, create=True).close()
+    acked = -1
+    for _ in range(5):
+        p = spawn(WRITER, d)
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        time.sleep(random.uniform(0.02, 0.3))
+        p.send_signal(signal.SIGKILL)
+        out, _ = p.communicate()
+        assert p.returncode == -signal.SIGKILL
+        acked = max([acked, *(int(x) for x in out.split())])
+    with Journal(d) as j:
+        assert j.end_offset > acked
+        got = [r.value[:8] for r in j.reader()]
+    assert len(got) > acked
+    assert Journal.check(d).ok
+    # each writer restarted its count at 0: the values are runs of 0, 1, 2, ...
+    assert all(v == b"%08d" % 0 or int(v) == int(prev) + 1 for prev, v in pairwise(got))
