@@ -95,9 +95,13 @@ def test_close_and_roll_stop_the_thread_at_once(tmp_path: Path, small_min: None)
         bases.add(j._active.base)
     assert len(bases) >= 3
     assert len(prefaulters()) <= 2  # (the old segments' threads stopped; one may be exiting)
+    assert j._active is not None
+    pf = j._active._pf
+    assert pf is not None
     t0 = time.monotonic()
     j.close()
     assert time.monotonic() - t0 < 0.5  # close waits for one chunk at most
+    assert pf.stopped and not pf.retired  # old mappings left to the thread: unmapped
     assert wait_for(lambda: not prefaulters())
     with Journal(tmp_path / "j") as j2:
         assert j2.end_offset == 20_000

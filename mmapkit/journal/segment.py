@@ -24,8 +24,10 @@ Design rules:
   stores do not take a page fault each on fresh pages.  It only populates: never stores a
   byte, never allocates or extends the file (it works inside the mapping, which covers
   only allocated bytes), and works on the mapping under the prefaulter's lock, which
-  ``reserve`` (remap) and ``close`` take before they unmap: the mapping it populates is
-  never unmapped under it, and close waits at most for one chunk.  Close and roll (which
+  ``close`` takes before it unmaps (close waits at most for one chunk); a remap whose old
+  mapping the thread is populating leaves it to the thread to unmap after that call
+  (``retired``): the mapping it populates is never unmapped under it, and the writer
+  never waits for it at a remap.  Close and roll (which
   closes the old segment) stop it; a fork child never waits on its lock (the thread is the
   parent's).
 """
@@ -347,8 +349,15 @@ class ActiveSegment:
         mm = mmap.mmap(self.fd, want, access=mmap.ACCESS_WRITE)
         pf = self._pf
         if pf is not None and pf.pid == os.getpid():
-            with pf.lock:  # (the thread never populates a mapping being unmapped)
-                self._swap_map(mm, want)
+            old, self.mm, self.alloc = self.mm, mm, want
+            if old is not None:
+                # (never unmapped while the thread populates it; never waited for either:
+                # the thread unmaps it after its call in flight)
+                if pf.lock.acquire(blocking=False):
+                    old.close()
+                    pf.lock.release()
+                else:
+                    pf.retired.append(old)
             pf.wake.set()  # fresh room to populate
         else:
             self._swap_map(mm, want)
@@ -398,10 +407,11 @@ class ActiveSegment:
 class _Prefaulter:
     """The prefault thread of one ActiveSegment (see the module's design rules)."""
 
-    __slots__ = ("lock", "pid", "stopped", "wake")
+    __slots__ = ("lock", "pid", "retired", "stopped", "wake")
 
     def __init__(self, seg: ActiveSegment) -> None:
         self.lock = threading.Lock()
+        self.retired: list[mmap.mmap] = []  # old mappings for the thread to unmap
         self.wake = threading.Event()
         self.stopped = False
         self.pid = os.getpid()
@@ -415,15 +425,29 @@ class _Prefaulter:
         if self.pid == os.getpid():
             with self.lock:
                 self.stopped = True
+                self.unmap_retired()
             self.wake.set()
         else:
             self.stopped = True
+
+    def unmap_retired(self) -> None:
+        """Unmap the writer's old mappings left to the thread (under ``lock``)."""
+        while self.retired:
+            self.retired.pop().close()
 
 
 def _prefault(ref: weakref.ref[ActiveSegment], pf: _Prefaulter) -> None:
     """The prefault thread: populate the writer's mapping from W's position (or where it
     stopped) up to ``_PREFAULT_AHEAD`` past it, a chunk per call, then nap; exits when
     stopped, when the segment is gone, or when the kernel cannot populate."""
+    try:
+        _populate_ahead(ref, pf)
+    finally:
+        with pf.lock:  # (a mapping the writer left during the last call)
+            pf.unmap_retired()
+
+
+def _populate_ahead(ref: weakref.ref[ActiveSegment], pf: _Prefaulter) -> None:
     mapped: mmap.mmap | None = None
     address = done = 0
     while True:
@@ -431,16 +455,18 @@ def _prefault(ref: weakref.ref[ActiveSegment], pf: _Prefaulter) -> None:
         if seg is None:
             return
         with pf.lock:
-            mm, alloc, w = seg.mm, seg.alloc, seg._w
+            pf.unmap_retired()
+            mm, w = seg.mm, seg._w
             if pf.stopped or w is None:
                 return
             todo = 0
-            if mm is not None and alloc > 0:
+            if mm is not None and not mm.closed:
                 pos = int(w[0]) & F.POS_MASK
                 if mm is not mapped:  # a new mapping (remapped): its page tables are empty
                     mapped, address, done = mm, _platform.buffer_address(mm), 0
                 start = max(done, pos)
-                todo = min(alloc, pos + _PREFAULT_AHEAD, start + _PREFAULT_CHUNK) - start
+                # (the mapping's own length: the writer may store mm and alloc apart)
+                todo = min(len(mm), pos + _PREFAULT_AHEAD, start + _PREFAULT_CHUNK) - start
                 if todo > 0:
                     if not _platform.populate_write(address + start, todo):
                         return  # kernel without MADV_POPULATE_WRITE: the stores fault
