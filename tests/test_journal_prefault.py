@@ -57,6 +57,7 @@ def test_populate_write_changes_no_byte(tmp_path: Path) -> None:
 def small_min(monkeypatch: pytest.MonkeyPatch) -> None:
     """Prefault segments from 256 KiB on (the tests' segments are small)."""
     monkeypatch.setattr(segment, "_PREFAULT_MIN", 256 << 10)
+    monkeypatch.setattr(segment, "_PREFAULT_START", 0)
     monkeypatch.setattr(segment, "_PREFAULT_AHEAD", 256 << 10)
     monkeypatch.setattr(segment, "_PREFAULT_CHUNK", 64 << 10)
 

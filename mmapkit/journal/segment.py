@@ -17,19 +17,19 @@ Design rules:
   than W's position; the zeros past it are not part of the journal (as any bytes past W).
   Where the file system cannot allocate ahead, the writer falls back to pwrite.
 - A segment is never truncated and never rewritten in place while it may be mapped.
-- Prefault (segments of at least ``_PREFAULT_MIN`` bytes, Linux 5.14+, writers that do not
-  sync: a populated page is dirty, so a sync would write its zeros, then its data): a
-  daemon thread per writing ActiveSegment keeps the pages of the writer's mapping ahead of
-  W populated for writing (``_platform.populate_write``, GIL released), so the appends'
-  stores do not take a page fault each on fresh pages.  It only populates: never stores a
-  byte, never allocates or extends the file (it works inside the mapping, which covers
-  only allocated bytes), and works on the mapping under the prefaulter's lock, which
-  ``close`` takes before it unmaps (close waits at most for one chunk); a remap whose old
-  mapping the thread is populating leaves it to the thread to unmap after that call
-  (``retired``): the mapping it populates is never unmapped under it, and the writer
-  never waits for it at a remap.  Close and roll (which
-  closes the old segment) stop it; a fork child never waits on its lock (the thread is the
-  parent's).
+- Prefault (segments of at least ``_PREFAULT_MIN`` bytes once ``_PREFAULT_START`` of one
+  is mapped, Linux 5.14+, writers that do not sync: a populated page is dirty, so a sync
+  would write its zeros, then its data): a daemon thread per writing ActiveSegment keeps
+  the pages of the writer's mapping ahead of W populated for writing
+  (``_platform.populate_write``, GIL released), so the appends' stores do not take a page
+  fault each on fresh pages.  It only populates: never stores a byte, never allocates or
+  extends the file (it works inside the mapping, which covers only allocated bytes).  It
+  works on a mapping under the prefaulter's lock, which ``close`` takes before it unmaps
+  (close waits at most for one chunk); a remap whose old mapping the thread is populating
+  leaves it to the thread to unmap after that call (``retired``): the mapping it
+  populates is never unmapped under it, and the writer never waits for it at a remap.
+  Close and roll (which closes the old segment) stop it; a fork child never waits on its
+  lock (the thread is the parent's).
 """
 
 from __future__ import annotations
@@ -57,9 +57,12 @@ _GROW_MIN = 64 << 10  # the writer allocates ahead of W at least this much (capp
 _GROW_MAX = 4 << 20   # segment size), doubling with the segment up to this step
 _AHEAD = 16 << 10  # a file this much longer than W was allocated ahead: worth a remap
 # Prefault: only segments this big get a thread (a small one's few faults cost less than
-# starting it); pages kept populated ahead of W; bytes per madvise call (what close or a
-# remap may wait for); the thread's nap between looks at W.
+# starting it), once the writer has mapped this much of one (a writer in bulk: a thread
+# started for a few thousand appends cost more than it saved, bench --quick); pages kept
+# populated ahead of W; bytes per madvise call (what close may wait for); the thread's
+# nap between looks at W.
 _PREFAULT_MIN = 8 << 20
+_PREFAULT_START = 4 << 20
 _PREFAULT_AHEAD = 4 << 20
 _PREFAULT_CHUNK = 1 << 20
 _PREFAULT_NAP = 0.01
@@ -361,7 +364,8 @@ class ActiveSegment:
             pf.wake.set()  # fresh room to populate
         else:
             self._swap_map(mm, want)
-            if prefault and cap >= _PREFAULT_MIN and _platform.HAVE_POPULATE:
+            if prefault and cap >= _PREFAULT_MIN and want >= _PREFAULT_START and \
+                    _platform.HAVE_POPULATE:
                 self._pf = _Prefaulter(self)
         return True
 
