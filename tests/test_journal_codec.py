@@ -310,3 +310,97 @@ def test_check_batches_reports_damage_inside_a_long_run() -> None:
     p, nxt, problem = F.check_batches(memoryview(raw), 0, len(raw), len(raw), 0)
     assert (p, nxt) == (2500 * size, 2500)
     assert problem is not None and "checksum" in str(problem) and str(p) in str(problem)
+
+
+def _one_batches(first: int, recs: list[tuple[int, bytes | None, bytes, object]]
+                 ) -> tuple[bytes, list[int]]:
+    """One-record batches, one after another from offset ``first``, and their lengths."""
+    parts = [F.encode_batch(first + i, [r]) for i, r in enumerate(recs)]  # type: ignore[list-item]
+    return b"".join(parts), [len(p) for p in parts]
+
+
+def _decode_each(data: bytes, lengths: list[int]) -> list[F.Record]:
+    out, p = [], 0
+    for n in lengths:
+        out += F.decode_records(data, p, F.read_batch_header(data, p, len(data)))
+        p += n
+    return out
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 300), st.integers(F._RUN_MIN, 300), st.integers(0, 1 << 40),
+       st.integers(0, 1 << 40), st.integers(0, 400), st.sampled_from(["key", "crc", "len"]))
+def test_a_run_of_appends_decodes_as_each_batch_alone(vlen: int, n: int, first: int,
+                                                      ts: int, at: int, odd: str) -> None:
+    recs = [(ts + i % 3, None, bytes([i % 251]) * vlen, None) for i in range(n)]
+    data, lengths = _one_batches(first, recs)
+    info = F.read_batch_header(data, 0, len(data))
+    got = F.decode_one_run(data, memoryview(data), 0, len(data), info)
+    assert got is not None
+    recs_out, took = got
+    want = _decode_each(data, lengths)
+    assert took == len(data) or len(recs_out) == F._RUN_MAX
+    assert recs_out == want[: len(recs_out)] and type(recs_out[0]) is F.Record
+    # a batch of the same length that is not a plain record, or fails its CRC, or one of
+    # another length: the run ends before it (what comes before is decoded), or there is
+    # no run when it is among the first _RUN_MIN
+    i = at % n
+    if odd == "key":
+        recs[i] = (ts, b"", recs[i][2], None)  # (an empty key: the same batch length)
+    elif odd == "len":
+        recs[i] = (ts, None, recs[i][2] + b"+", None)
+    data, lengths = _one_batches(first, recs)
+    if odd == "crc":
+        p = sum(lengths[:i])
+        bad = bytearray(data)
+        bad[p + lengths[i] - 1 if vlen else p + 40] ^= 0xFF
+        data = bytes(bad)
+    view = memoryview(data)
+    got = F.decode_one_run(data, view, 0, len(data), F.read_batch_header(data, 0, len(data))) \
+        if i else None
+    if got is not None:
+        recs_out, took = got
+        assert recs_out == _decode_each(data, lengths[: len(recs_out)])
+        assert took == sum(lengths[: len(recs_out)])
+        assert len(recs_out) <= i
+    elif i >= F._RUN_MIN and odd != "len":
+        raise AssertionError("a run of at least _RUN_MIN plain batches was not decoded")
+
+
+def test_a_journal_of_appends_reads_back_by_runs(tmp_path: object) -> None:
+    from pathlib import Path
+
+    d = Path(str(tmp_path)) / "j"
+    want = []
+    with Journal(d, create=True) as j:
+        for i in range(3000):
+            if i % 997 == 500:
+                j.append(b"k%d" % i, key=b"key")
+                want.append((b"key", b"k%d" % i))
+            elif i % 1500 == 700:
+                j.append_many([b"m%d" % i, b"n%d" % i])
+                want += [(None, b"m%d" % i), (None, b"n%d" % i)]
+            else:
+                v = b"v%06d" % i if i % 1000 < 600 else b"w%07d" % i  # two value lengths
+                j.append(v)
+                want.append((None, v))
+        got = [(r.key, r.value) for r in j.reader()]
+        assert got == want
+        assert [r.offset for r in j.reader(1234)] == list(range(1234, len(want)))
+        with j.reader() as r:
+            assert [x.offset for x in r.poll(10)] == list(range(10))
+            assert sum(1 for _ in r) == len(want) - 10
+
+
+def test_runs_of_keyed_or_mixed_appends_are_left_to_the_general_decoder() -> None:
+    keyed, _ = _one_batches(0, [(1, b"k", b"v" * 10, None)] * 50)
+    info = F.read_batch_header(keyed, 0, len(keyed))
+    assert F.decode_one_run(keyed, keyed, 0, len(keyed), info) is None  # (one unpack)
+    # plain and keyed (of the same length) in turn: each call takes the one plain record
+    # and checks at most one window more (no rework of the whole run at every call)
+    mixed, lengths = _one_batches(0, [(1, None if i % 2 else b"", b"v" * 10, None)
+                                      for i in range(64)])
+    p = lengths[0]
+    info = F.read_batch_header(mixed, p, len(mixed))
+    got = F.decode_one_run(mixed, mixed, p, len(mixed), info)
+    assert got is not None and [r.offset for r in got[0]] == [1] and got[1] == lengths[1]

@@ -474,7 +474,7 @@ def _agreeing(k: int, length: int, count: int, want: Iterable[int],
                _first_differing(offsets, want, k))
 
 
-def _first_differing(a: Iterable[int], b: Iterable[int], n: int) -> int:
+def _first_differing(a: Iterable[object], b: Iterable[object], n: int) -> int:
     """The index of the first place where ``a`` and ``b`` differ (``n`` if none), in C."""
     return next(compress(_naturals(), map(ne, a, b)), n)
 
@@ -488,8 +488,9 @@ def decode_batch(view: memoryview | bytes, pos: int, info: BatchInfo) -> Iterato
 
 _new_tuple = tuple.__new__
 # compiled layouts of runs of uniform records: (value length, records, with the fixed
-# fields?) -> Struct (a bounded cache of immutable parsers, as struct keeps its own)
-_RUNS: dict[tuple[int, int, bool], struct.Struct] = {}
+# fields?, bytes skipped before each) -> Struct (a bounded cache of immutable parsers, as
+# struct keeps its own)
+_RUNS: dict[tuple[int, int, bool, int], struct.Struct] = {}
 _RUN = 256  # records per compiled run (a longer batch is unpacked run by run)
 _I32 = struct.Struct("<i").pack
 _NO_KEY = _I32(-1)
@@ -497,16 +498,18 @@ _NO_HEADERS = _I32(0)
 _KEY_AND_VALUE = struct.Struct("<ii").pack  # a record's key and value lengths: one word
 
 
-def _run(vlen: int, n: int, fixed: bool) -> struct.Struct:
+def _run(vlen: int, n: int, fixed: bool, skip: int = 0) -> struct.Struct:
     """The Struct that unpacks ``n`` uniform records of ``vlen``-byte values in one call:
     the values alone (``20x{vlen}s`` each), or each record's timestamp, its other fixed
-    fields as 12 raw bytes, and its value (``q12s{vlen}s``)."""
-    key = (vlen, n, fixed)
+    fields as 12 raw bytes, and its value (``q12s{vlen}s``), each after ``skip`` bytes (a
+    one-record batch's header: ``40xq12s{vlen}s``)."""
+    key = (vlen, n, fixed, skip)
     s = _RUNS.get(key)
     if s is None:
         if len(_RUNS) >= 64:
             _RUNS.clear()
-        s = _RUNS[key] = struct.Struct("<" + (f"q12s{vlen}s" if fixed else f"20x{vlen}s") * n)
+        one = f"q12s{vlen}s" if fixed else f"20x{vlen}s"
+        s = _RUNS[key] = struct.Struct("<" + (f"{skip}x{one}" if skip else one) * n)
     return s
 
 
@@ -607,6 +610,59 @@ def decode_one(buf: mmap.mmap | bytes, pos: int, end: int, offset: int) -> Recor
             crc32(buf[pos + CRC_FROM : end]) != crc:
         return None
     return _new_tuple(Record, (offset, ts, None, buf[pos + _ONE_FIXED : end], ()))
+
+
+def decode_one_run(buf: bytes | mmap.mmap, view: memoryview | bytes, pos: int, limit: int,
+                   info: BatchInfo) -> tuple[list[Record], int] | None:
+    """The records of the run of plain one-record batches (no key, no headers, one value
+    length: what a writer's appends leave) from ``pos``, whose first batch ``info`` was
+    verified, up to ``limit``: ``(records, bytes they take)``.  None when the batch at
+    ``pos`` is not a plain one-record batch followed by at least _RUN_MIN - 1 batches of
+    its length (the caller decodes it alone).
+
+    Each batch of the run is checked as check_batches checks it (length, count, offset,
+    version, CRC: _check_run, a C loop per check), then its record's fixed fields against
+    a plain record's; the timestamps, fixed fields and values come from one precompiled
+    unpack per window.  Windows double from _RUN_MIN (powers of two up to 256: a few
+    Structs per value length), and the run ends at the first batch that fails either
+    check, so the work past the records returned is at most one window: batches of
+    another kind between the plain ones (another producer's keyed appends of the same
+    length) cost no rework."""
+    length = info.length
+    if info.records != 1 or length < _ONE_FIXED:
+        return None
+    vlen = length - _ONE_FIXED
+    _, klen, rlen, hlen = REC.unpack_from(buf, pos + BATCH_HEADER)
+    if klen != -1 or hlen or rlen != vlen:
+        return None
+    k = min((limit - pos) // length, _RUN_MAX)
+    if k < _RUN_MIN:
+        return None
+    first = info.first_offset
+    k = _run_length(view, pos, k, length, 1, first, 0)
+    if k < _RUN_MIN:
+        return None
+    plain = _NO_KEY + _I32(vlen) + _NO_HEADERS
+    fields: list[bytes | int] = []
+    done, g = 0, _RUN_MIN
+    while done < k:
+        g = min(g, _RUN, 1 << ((k - done).bit_length() - 1))
+        at = pos + done * length
+        ok = _check_run(view, at, g, length, 1, first + done)
+        got = _run(vlen, g, True, BATCH_HEADER).unpack_from(buf, at)
+        fixed = got[1::3]
+        if fixed.count(plain) != g:
+            ok = min(ok, _first_differing(fixed, repeat(plain), g))
+        fields += got[: 3 * ok] if ok < g else got
+        done += ok
+        if ok < g:
+            break
+        g <<= 1
+    if not done:
+        return None
+    return list(starmap(_new_tuple, zip(repeat(Record), zip(  # noqa: RUF058
+        range(first, first + done), fields[0::3], repeat(None), fields[2::3], repeat(()))))
+        ), done * length
 
 
 def decode_records(buf: bytes | mmap.mmap, pos: int, info: BatchInfo) -> list[Record]:

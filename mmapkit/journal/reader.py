@@ -19,6 +19,10 @@ Design rules:
   N too; a look that read a sealed segment's last records does not arm it: the next
   segment's may be published already).  Not with a doorbell: then every empty look must
   empty the FIFO first (B2).
+- Batches of one record (appends) are decoded a run at a time where they are plain and of
+  one length (``_format.decode_one_run``); where a try finds no run, the next tries come
+  after 2, 4, ... 64 batches read one by one (a journal of keyed appends pays ~1/64 of a
+  try per batch).
 - A follower's look, when nothing is buffered: if the bytes between its position and W
   are exactly one plain one-record batch (an ``append``), in the mapping, it reads them
   with one unpack, one CRC and one slice (``_format.decode_one``); anything else --
@@ -65,6 +69,7 @@ _I_NOTIFY = F.OFF_NOTIFY // 4
 _I_ACTIVE = F.OFF_ACTIVE // 8
 _TAIL_PREAD = 1 << 16  # unread bytes past the mapping that a pread fetches (no remap)
 _decode_one = F.decode_one
+_decode_one_run = F.decode_one_run
 _SPAN_HEAD = struct.Struct("<IQIB")  # a batch header's length, first offset, count, version
 
 
@@ -84,6 +89,8 @@ class Reader:
         self._buf: list[Record] = []
         self._bi = 0
         self._it: Iterator[Record] | None = None  # the for-loop's iterator over _buf
+        # one-record batches to read one by one before trying a run again (decode_one_run)
+        self._run_wait, self._run_backoff = 0, 1
         self._drained = False  # the last _fill read through W of the active segment
         self._closed = False
         self._bell = -1        # doorbell FIFO (read end), made by fileno()
@@ -217,10 +224,23 @@ class Reader:
                     if info.first_offset > self._next:
                         raise F.BatchError(f"offsets {self._next}..{info.first_offset} are "
                                            f"missing before the batch at {self._pos}")
-                    recs = F.decode_records(seg.mm, self._pos, info)
+                    run = None
+                    if info.records == 1:
+                        if self._run_wait:
+                            self._run_wait -= 1
+                        else:
+                            run = _decode_one_run(seg.mm, view, self._pos, limit, info)
+                            # (no run here: try again only after more batches each time,
+                            # so batches that never form one pay for few tries)
+                            self._run_backoff = 1 if run else min(self._run_backoff * 2, 64)
+                            self._run_wait = 0 if run else self._run_backoff
+                    if run is None:
+                        recs, took = F.decode_records(seg.mm, self._pos, info), info.length
+                    else:  # a run of plain one-record batches (appends), decoded at once
+                        recs, took = run
                 except F.BatchError as exc:
                     self._skip_damage(seg, rel, pos_end, limit, str(exc))
-                self._pos += info.length
+                self._pos += took
                 k = self._next - info.first_offset
                 self._buf, self._bi = recs, k
                 # read through the W just read, in the active segment: nothing more to
