@@ -514,15 +514,11 @@ int main(int argc, char **argv) {
 
 def c_flock_floor(procs: int, n: int, repeat: int) -> list[float] | None:
     """Seconds for ``procs`` C processes to do ``n`` locked increments each, or None."""
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        return None
-    with tempfile.TemporaryDirectory(prefix="mmapkit-bench-flock-") as tmp:
-        src, exe, data = (os.path.join(tmp, x) for x in ("floor.c", "floor", "counter"))
-        with open(src, "w") as f:
-            f.write(_C_FLOCK)
-        if subprocess.run([cc, "-O2", "-o", exe, src], capture_output=True).returncode:
+    with _harness.c_program(_C_FLOCK, "flock", linux_only=False) as exe, \
+            tempfile.TemporaryDirectory(prefix="mmapkit-bench-flock-") as tmp:
+        if exe is None:
             return None
+        data = os.path.join(tmp, "counter")
         out = []
         for _ in range(repeat):
             with open(data, "wb") as f:
