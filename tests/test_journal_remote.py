@@ -414,7 +414,10 @@ def test_a_server_stalling_mid_reply_is_a_timeout(tmp_path: Path) -> None:
     def stalling_server() -> None:
         conn, _ = ls.accept()
         with conn:
-            R._recv_exact(conn, R.REQUEST.size)
+            req = R._recv_exact(conn, R.REQUEST.size)
+            if R.REQUEST.unpack(req)[2] == R.OFFSETS:  # (what a new connection asks first)
+                conn.sendall(R.encode_response(R.OK, 0, 0, 10, 0))
+                R._recv_exact(conn, R.REQUEST.size)
             conn.sendall(R.encode_response(R.OK, 1000, 0, 10, 0) + b"\0" * 10)
             release.wait(30)
 
@@ -423,7 +426,7 @@ def test_a_server_stalling_mid_reply_is_a_timeout(tmp_path: Path) -> None:
     try:
         r = RemoteReader(f"127.0.0.1:{port}", 0, io_timeout=0.3)
         t0 = time.monotonic()
-        with pytest.raises(TimeoutError):
+        with pytest.raises(TimeoutError, match="mid-reply"):
             r.fetch_raw()
         assert 0.2 < time.monotonic() - t0 < 10
         assert r._sock is None  # the framing is lost: closed, the next call reconnects
