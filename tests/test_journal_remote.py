@@ -598,3 +598,25 @@ def test_a_server_without_fetch_checked_is_asked_with_fetch(
             with RemoteReader(server.address, 1) as r:
                 assert [x.value for x in r.poll(10)] == [b"b", b"c", b"d"]
             assert R.FETCH_CHECKED not in kinds and R.FETCH in kinds
+
+
+def test_the_server_hands_a_finished_connections_journal_handle_on(tmp_path: Path) -> None:
+    d = tmp_path / "j"
+    with Journal(d, create=True) as j:
+        j.append(b"x")
+        server = j.serve(str(tmp_path / "sock"))
+        with server:
+            with RemoteReader(server.address, 0) as r:
+                assert r.poll(1)[0].value == b"x"
+            deadline = time.monotonic() + 10
+            while not server._idle and time.monotonic() < deadline:
+                time.sleep(0.01)  # (the connection's thread ends after the client's EOF)
+            assert len(server._idle) == 1
+            kept = server._idle[0]
+            with RemoteReader(server.address, 0) as r:
+                assert r.poll(1)[0].value == b"x"
+                assert not server._idle  # taken by this connection, not a new one
+            while not server._idle and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert server._idle == [kept] and not kept.closed
+        assert kept.closed and not server._idle  # close() closes the handles kept
