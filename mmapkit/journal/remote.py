@@ -361,7 +361,6 @@ class JournalServer:
             t.start()
 
     def _serve_conn(self, conn: socket.socket) -> None:
-
         j: Journal | None = None
         reader: Reader | None = None
         try:
