@@ -67,7 +67,7 @@ _HEAD = struct.Struct("<QQIIQ")
 _HEAD_SIZE = _HEAD.size
 _MSG = fmt.QUEUE_MSG  # the message without its length word
 assert _HEAD.format[2:] == _MSG.format[1:]  # (the length word, then the message)
-assert _MSG.size + 8 == _HEAD_SIZE == 32
+assert _MSG.size + 8 == _HEAD_SIZE == 32  # (channel.py's _seq_base: _base + 32)
 SEQ_FRAMED_MAX = 1024  # pickles up to this long are framed by one cached Struct per length
 _EMPTY_POLLS = 32  # looks at head (~3 us) of a get that found the ring empty (E1)
 _dumps, _loads = pickle.dumps, pickle.loads
@@ -132,7 +132,8 @@ class SequencedChannel(Channel):
                             head = hdr[8]  # _HEAD_Q
                         pos = head % cap
                         need = (n + 15) & ~7
-                        if pos + need <= cap and head + need <= self._room_end:
+                        end = head + need  # (each sum of big ints is a new int object)
+                        if pos + need <= cap and end <= self._room_end:
                             counters = self._seq_counters
                             seq = counters[0]  # PUTS
                             if pack is not None:
@@ -141,7 +142,7 @@ class SequencedChannel(Channel):
                                 _HEAD.pack_into(self._data, pos, n, seq, 0, 0, blen)
                                 self._data[pos + _HEAD_SIZE : pos + _HEAD_SIZE + blen] = body
                             counters[0] = seq + 1  # P4
-                            hdr[8] = self._head_mine = head + need  # S5: publish
+                            hdr[8] = self._head_mine = end  # S5: publish
                             h32[busy] = 0  # L9
                             if h32[18]:  # _CW_I
                                 self._wake_consumers()
@@ -187,14 +188,16 @@ class SequencedChannel(Channel):
                     dq = self._dq
                     i = pos >> 3
                     n = dq[i]  # a PAD or damage has high bits: runs past head
-                    if tail + 8 + n <= head and pos + 8 + n <= cap and n >= 24:
+                    m = n + 8  # (a cached small int, where tail + 8 + n made two new ones)
+                    if m <= head - tail and m <= cap - pos and n >= 24:
                         # The message's words (_HEAD after the length word): seq at
                         # i + 1, buffer count and reserved at i + 2 (0: no out-of-band
-                        # buffer), the pickle's length at i + 3; two word reads cost
-                        # less than an unpack.
-                        blen = dq[i + 3]
-                        if dq[i + 2] == 0 and blen + 24 <= n:
-                            at = self._base + pos + _HEAD_SIZE
+                        # buffer), the pickle's length at i + 3, the last two read
+                        # through the views that start 2 and 3 words in (i + 2 would be
+                        # a new int object); word reads cost less than an unpack.
+                        blen = self._dq3[i]
+                        if self._dq2[i] == 0 and blen + 24 <= n:
+                            at = self._seq_base + pos
                             out = self._mm[at : at + blen]
                             gets = self._seq_gets
                             if gets:  # (0: GETS not kept)
