@@ -192,11 +192,14 @@ class SequencedChannel(Channel):
                     if m <= head - tail and m <= cap - pos and n >= 24:
                         # The message's words (_HEAD after the length word): seq at
                         # i + 1, buffer count and reserved at i + 2 (0: no out-of-band
-                        # buffer), the pickle's length at i + 3, the last two read
-                        # through the views that start 2 and 3 words in (i + 2 would be
-                        # a new int object); word reads cost less than an unpack.
-                        blen = self._dq3[i]
-                        if self._dq2[i] == 0 and blen + 24 <= n:
+                        # buffer; read through the view that starts 2 words in: i + 2
+                        # would be a new int object), the pickle's length at i + 3.
+                        # Every Queue message without buffers is n = 24 + that length
+                        # (both puts write it so), so the pickle is the frame's last
+                        # n - 24 bytes and the word is not read (~0.3k instructions);
+                        # a damaged one cannot take the read past the frame.
+                        if self._dq2[i] == 0:
+                            blen = n - 24
                             at = self._seq_base + pos
                             out = self._mm[at : at + blen]
                             gets = self._seq_gets

@@ -101,7 +101,6 @@ class State:
         "_data",
         "_dq",
         "_dq2",
-        "_dq3",
         "_empty_waits",
         "_fdbox",
         "_fence",
@@ -175,7 +174,6 @@ class State:
     _data: memoryview  # the ring
     _dq: memoryview  # the ring cast 'Q'
     _dq2: memoryview  # ... from its third word on: _dq2[i] is _dq[i + 2] (no new int)
-    _dq3: memoryview  # ... from its fourth
     _base: int  # where the ring starts in _mm
     _base8: int  # where the payload of a frame at ring offset 0 starts in _mm
     _framers: dict[int, Callable[[memoryview, int, int, Any], None]]
