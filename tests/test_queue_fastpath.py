@@ -189,60 +189,6 @@ def test_get_takes_the_pickle_as_the_frame_less_the_header() -> None:
         ch.check()
 
 
-class _PublishOnLook:
-    """The channel's header view, publishing ``then()`` at the ``at``-th look at head:
-    what a producer on another CPU does while a get polls (E1)."""
-
-    def __init__(self, real: memoryview, at: int, then: object) -> None:
-        self.real, self.at, self.then, self.looks = real, at, then, 0
-
-    def __getitem__(self, i: int) -> int:
-        value: int = self.real[i]
-        if i == fmt.HEAD_Q and self.at:
-            self.looks += 1
-            if self.looks == self.at:
-                self.at = 0
-                self.then()  # type: ignore[operator]
-        return value
-
-    def __setitem__(self, i: int, value: int) -> None:
-        self.real[i] = value
-
-
-@pytest.mark.parametrize("at", [2, 3, 40])
-def test_a_get_that_finds_the_ring_empty_looks_again(at: int) -> None:
-    """E1: a blocking get that found the ring empty looks at head a few times (outside
-    the claim) and comes in again when it moved, instead of taking the general path; a
-    non-blocking get misses at once, and a second empty look is a miss too."""
-    with _mpmc() as ch:
-        _attach(ch)
-        parts = _Parts(ch)
-        real = ch._hdr
-        body = pickle.dumps(("late", 1), 5)
-        # at=2: the first poll sees the message; at=40: nothing within E1's polls, a miss
-        ch._hdr = _PublishOnLook(real, at, lambda: ch.send(_message(1, body)))
-        try:
-            got = ch._recv_seq(True, 5.0)
-        finally:
-            ch._hdr = real
-        if at < 32:
-            assert got == ("late", 1) and parts.gets == 0
-        else:
-            assert got is MISSED and parts.gets == 1
-            ch.send(_message(1, body))
-            assert ch._recv_seq() == ("late", 1)
-        assert ch._hdr32[ch._cbusy] == 0 and ch._recv_free == [True]
-        # a non-blocking get does not look again: one look at head, then the miss hook
-        hdr = _PublishOnLook(real, 2, lambda: ch.send(_message(2, body)))
-        ch._hdr = hdr
-        try:
-            assert ch._recv_seq(False) is MISSED
-        finally:
-            ch._hdr = real
-        assert hdr.looks == 1 and parts.gets == (1 if at < 32 else 2)
-        ch.check()
-
-
 def test_another_holder_of_the_lease_is_a_miss() -> None:
     with _mpmc() as a:
         _attach(a)

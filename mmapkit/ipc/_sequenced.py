@@ -27,13 +27,6 @@ Design rules:
   leaves nothing changed (busy word lowered, nothing written or consumed) and the miss
   hook takes over: it claims, waits, steals.  Our process's turn (_state.Turn) is taken
   around it: another thread of ours in it is a miss too.
-- E1: a blocking get that finds the ring empty under the lease (tail = head) lowers its
-  busy word and gives back its turn as on any miss, then looks at head up to
-  ``_EMPTY_POLLS`` times (~3 us) and comes in again (L1-L3 anew) if it moved, once a
-  call; else the miss hook.  With consumers as fast as producers (4 x 4 on 2 CPUs) a get
-  often finds the ring empty for the microseconds a producer on the other CPU takes to
-  publish, and the general path it took then cost 12k instructions more than a get
-  (callgrind); nothing is held while it looks.
 - They count nothing in the handle's statistics (the Queue's channel handle is private to
   it, and has none to show): four attribute updates were ~3% of a put+get.
 - The counters are the Queue's state page (``_seq_counters``, cast 'Q'): PUTS is read and
@@ -69,7 +62,6 @@ _MSG = fmt.QUEUE_MSG  # the message without its length word
 assert _HEAD.format[2:] == _MSG.format[1:]  # (the length word, then the message)
 assert _MSG.size + 8 == _HEAD_SIZE == 32  # (channel.py's _seq_base: _base + 32)
 SEQ_FRAMED_MAX = 1024  # pickles up to this long are framed by one cached Struct per length
-_EMPTY_POLLS = 32  # looks at head (~3 us) of a get that found the ring empty (E1)
 _dumps, _loads = pickle.dumps, pickle.loads
 
 
@@ -89,7 +81,10 @@ class SequencedChannel(Channel):
 
     def _seq_framer(self, blen: int) -> Callable[..., None]:
         pack: Callable[..., None] = struct.Struct(f"<QQIIQ{blen}s").pack_into
-        self._seq_framers[blen] = pack
+        framers = self._seq_framers
+        if len(framers) <= SEQ_FRAMED_MAX:  # (a list: its index is a cheaper look-up
+            framers.extend([None] * (SEQ_FRAMED_MAX + 1 - len(framers)))  # than a dict's)
+        framers[blen] = pack
         return pack
 
     def _send_seq(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
@@ -108,7 +103,9 @@ class SequencedChannel(Channel):
             if blen <= SEQ_FRAMED_MAX:  # (looked up before L1: a shorter claim is one
                 try:  #                   a preempting tick is less likely to land in)
                     pack = self._seq_framers[blen]
-                except KeyError:
+                except IndexError:
+                    pack = None
+                if pack is None:
                     pack = self._seq_framer(blen)
             else:
                 pack = None
@@ -160,45 +157,44 @@ class SequencedChannel(Channel):
         this is the lease's common case and the message has no out-of-band buffer
         (raising GETS past its sequence number when ``_seq_gets`` keeps it); else
         (nothing changed) what ``_seq_get_miss`` returns."""
-        again = block  # (one look again, E1, for a get that may wait)
-        while self._lease_recv:  # attached, with the consumers' lease
+        if self._lease_recv:  # attached, with the consumers' lease
             free = self._recv_free  # our process's turn (_state.Turn)
             try:
                 free.pop()
             except IndexError:  # another thread of ours has it: the miss hook waits for it
-                break
-            out = None
-            empty = False
-            h32, busy = self._hdr32, self._cbusy
-            try:
-                h32[busy] = 1  # L1
-                if self._fenced:  # L2 (version 3: no barrier here, see _claims.py)
-                    fence = self._fence
-                    fence.acquire()
-                    fence.release()
-                if h32[_CLEASE_I] == self._ctoken:  # L3
-                    hdr, cap = self._hdr, self._cap
-                    tail = self._tail_mine  # (see _tail_mine in _state.py)
-                    if tail < 0:
-                        tail = hdr[16]  # _TAIL_Q
-                    head = self._head_seen
-                    if tail >= head:  # what we saw is consumed: look at head again,
-                        head = self._head_seen = hdr[8]  # before the frame's words
-                    pos = tail % cap
-                    dq = self._dq
-                    i = pos >> 3
-                    n = dq[i]  # a PAD or damage has high bits: runs past head
-                    m = n + 8  # (a cached small int, where tail + 8 + n made two new ones)
-                    if m <= head - tail and m <= cap - pos and n >= 24:
-                        # The message's words (_HEAD after the length word): seq at
-                        # i + 1, buffer count and reserved at i + 2 (0: no out-of-band
-                        # buffer; read through the view that starts 2 words in: i + 2
-                        # would be a new int object), the pickle's length at i + 3.
-                        # Every Queue message without buffers is n = 24 + that length
-                        # (both puts write it so), so the pickle is the frame's last
-                        # n - 24 bytes and the word is not read (~0.3k instructions);
-                        # a damaged one cannot take the read past the frame.
-                        if self._dq2[i] == 0:
+                pass
+            else:
+                out = None
+                h32, busy = self._hdr32, self._cbusy
+                try:
+                    h32[busy] = 1  # L1
+                    if self._fenced:  # L2 (version 3: no barrier here, see _claims.py)
+                        fence = self._fence
+                        fence.acquire()
+                        fence.release()
+                    if h32[_CLEASE_I] == self._ctoken:  # L3
+                        hdr, cap = self._hdr, self._cap
+                        tail = self._tail_mine  # (see _tail_mine in _state.py)
+                        if tail < 0:
+                            tail = hdr[16]  # _TAIL_Q
+                        head = self._head_seen
+                        if tail >= head:  # what we saw is consumed: look at head again,
+                            head = self._head_seen = hdr[8]  # before the frame's words
+                        pos = tail % cap
+                        dq = self._dq
+                        i = pos >> 3
+                        n = dq[i]  # a PAD or damage has high bits: runs past head
+                        m = n + 8  # (a cached small int; tail + 8 + n made two new ones)
+                        # The message's words (_HEAD after the length word): seq at i + 1,
+                        # buffer count and reserved at i + 2 (0: no out-of-band buffer;
+                        # read through the view that starts 2 words in, as i + 2 would be
+                        # a new int object), the pickle's length at i + 3.  Every Queue
+                        # message without buffers is n = 24 + that length (both puts write
+                        # it so), so the pickle is the frame's last n - 24 bytes and that
+                        # word is not read (~0.5k instructions); a damaged one cannot take
+                        # the read past the frame.
+                        if (m <= head - tail and m <= cap - pos and n >= 24
+                                and self._dq2[i] == 0):
                             blen = n - 24
                             at = self._seq_base + pos
                             out = self._mm[at : at + blen]
@@ -209,29 +205,15 @@ class SequencedChannel(Channel):
                                 if seq >= counters[gets]:
                                     counters[gets] = seq + 1  # G2
                             hdr[16] = self._tail_mine = tail + ((n + 15) & ~7)  # R3
-                    elif tail == head:
-                        empty = True  # (E1 below)
-                h32[busy] = 0  # L9 (L4 when nothing was taken)
-            except BaseException:  # a busy word left up would stall thieves
-                h32[busy] = 0
-                raise
-            finally:
-                free.append(True)
-            if out is not None:
-                if h32[34]:  # _PW_I
-                    self._wake_producers()
-                return _loads(out)  # (outside the claim and our turn: it may run
-                #                     any code, even another get())
-            if not empty or not again:
-                break
-            again = False
-            # E1: the ring was empty, the lease ours.  A producer running on another CPU
-            # publishes within microseconds: look at head (outside the claim) a few times
-            # and come in again, rather than pay the general path's 12k instructions.
-            hdr = self._hdr
-            for _ in range(_EMPTY_POLLS):
-                if hdr[8] != head:
-                    break
-            else:
-                break
+                    h32[busy] = 0  # L9 (L4 when nothing was taken)
+                except BaseException:  # a busy word left up would stall thieves
+                    h32[busy] = 0
+                    raise
+                finally:
+                    free.append(True)
+                if out is not None:
+                    if h32[34]:  # _PW_I
+                        self._wake_producers()
+                    return _loads(out)  # (outside the claim and our turn: it may run
+                    #                     any code, even another get())
         return self._seq_get_miss(block, timeout)

@@ -177,7 +177,7 @@ class State:
     _base: int  # where the ring starts in _mm
     _base8: int  # where the payload of a frame at ring offset 0 starts in _mm
     _framers: dict[int, Callable[[memoryview, int, int, Any], None]]
-    _seq_framers: dict[int, Callable[..., None]]  # _sequenced.py's, per pickle length
+    _seq_framers: list[Callable[..., None] | None]  # _sequenced.py's, per pickle length
     # a Queue's (queue.py sets them; see _sequenced.py)
     _seq_base: int  # where the pickle of a Queue message at ring offset 0 starts in _mm
     _seq_counters: memoryview  # the Queue's state page, cast 'Q' (PUTS at index 0)

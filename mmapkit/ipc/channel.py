@@ -254,7 +254,7 @@ class Channel(Claims, Wake, Broadcast, InPlace):
         self._dq = self._data.cast("Q")
         self._dq2 = self._dq[2:]  # (_sequenced.py)
         self._framers = {}  # _framer()
-        self._seq_framers = {}  # a Queue's (_sequenced.py), and its parts (queue.py sets)
+        self._seq_framers = []  # a Queue's (_sequenced.py), and its parts (queue.py sets)
         self._seq_base = self._base + 32  # (the frame's head: _sequenced._HEAD)
         self._seq_counters = memoryview(bytearray(64)).cast("Q")
         self._seq_gets = 0
