@@ -21,14 +21,17 @@ Design rules:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -370,3 +373,20 @@ def ready(child: subprocess.Popen[str], what: str = "a benchmark child") -> None
     line = child.stdout.readline().strip()
     if line != "ready":
         raise RuntimeError(f"{what} failed to start ({line!r})")
+
+
+@contextlib.contextmanager
+def c_program(source: str, name: str, *, linux_only: bool = True) -> Iterator[str | None]:
+    """Build ``source`` (C) with the machine's ``cc`` into a temporary directory and yield
+    the executable's path, or None when there is no compiler (or, ``linux_only``, no
+    Linux) or it does not build: the C floors the benchmarks print beside our figures."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None or (linux_only and not sys.platform.startswith("linux")):
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix=f"mmapkit-bench-{name}-") as tmp:
+        src, exe = os.path.join(tmp, f"{name}.c"), os.path.join(tmp, name)
+        with open(src, "w") as f:
+            f.write(source)
+        built = subprocess.run([cc, "-O2", "-o", exe, src], capture_output=True)
+        yield None if built.returncode else exe

@@ -37,9 +37,7 @@ import argparse
 import ctypes
 import multiprocessing
 import os
-import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -430,14 +428,8 @@ int main(int argc, char **argv) {
 
 def c_futex_floor(n: int, gap: float = 0.0) -> list[float] | None:
     """Round-trip times (us) of the C futex ping-pong, or None when no C compiler builds it."""
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None or not sys.platform.startswith("linux"):
-        return None
-    with tempfile.TemporaryDirectory(prefix="mmapkit-bench-floor-") as tmp:
-        src, exe = os.path.join(tmp, "floor.c"), os.path.join(tmp, "floor")
-        with open(src, "w") as f:
-            f.write(_C_FLOOR)
-        if subprocess.run([cc, "-O2", "-o", exe, src], capture_output=True).returncode:
+    with _harness.c_program(_C_FLOOR, "floor") as exe:
+        if exe is None:
             return None
         out = subprocess.run([exe, str(n), str(int(gap * 1e6))], capture_output=True,
                              text=True, timeout=600, check=True).stdout

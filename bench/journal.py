@@ -482,14 +482,8 @@ int main(int argc, char **argv) {
 
 def c_tail_floor(n: int, mode: str) -> list[float] | None:
     """Latencies (us) of the C tail, ``mode`` "block" or "spin"; None without a C compiler."""
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None or not sys.platform.startswith("linux"):
-        return None
-    with tempfile.TemporaryDirectory(prefix="mmapkit-bench-tail-") as tmp:
-        src, exe = os.path.join(tmp, "tail.c"), os.path.join(tmp, "tail")
-        with open(src, "w") as f:
-            f.write(_C_TAIL)
-        if subprocess.run([cc, "-O2", "-o", exe, src], capture_output=True).returncode:
+    with _harness.c_program(_C_TAIL, "tail") as exe:
+        if exe is None:
             return None
         out = subprocess.run([exe, str(n), mode], capture_output=True, text=True,
                              timeout=600, check=True).stdout

@@ -514,15 +514,11 @@ int main(int argc, char **argv) {
 
 def c_flock_floor(procs: int, n: int, repeat: int) -> list[float] | None:
     """Seconds for ``procs`` C processes to do ``n`` locked increments each, or None."""
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        return None
-    with tempfile.TemporaryDirectory(prefix="mmapkit-bench-flock-") as tmp:
-        src, exe, data = (os.path.join(tmp, x) for x in ("floor.c", "floor", "counter"))
-        with open(src, "w") as f:
-            f.write(_C_FLOCK)
-        if subprocess.run([cc, "-O2", "-o", exe, src], capture_output=True).returncode:
+    with _harness.c_program(_C_FLOCK, "flock", linux_only=False) as exe, \
+            tempfile.TemporaryDirectory(prefix="mmapkit-bench-flock-") as tmp:
+        if exe is None:
             return None
+        data = os.path.join(tmp, "counter")
         out = []
         for _ in range(repeat):
             with open(data, "wb") as f:
@@ -542,11 +538,17 @@ def _contended_cases(report: _harness.Report, impls: list[str], tmp: str, repeat
                      quick: bool) -> None:
     procs, n = 4, 2000
     case = f"{procs} x {n} locked increments"
+    # Interleaved, at least 9 runs each (a run is 30-60 ms): four processes on two cores
+    # swing from run to run, and a drift of the machine must not fall on one side only.
+    runs: dict[str, list[tuple[float, float]]] = {impl: [] for impl in impls}
+    for _ in range(max(repeat, 9)):
+        for impl in impls:
+            runs[impl].append(_contended_run(impl, "inc", tmp, procs, n))
     for impl in impls:
-        runs = [_contended_run(impl, "inc", tmp, procs, n) for _ in range(repeat)]
-        report.add(case, impl, [r[0] * 1e3 for r in runs], "ms", higher_is_better=False,
+        got = runs[impl]
+        report.add(case, impl, [r[0] * 1e3 for r in got], "ms", higher_is_better=False,
                    note="spread of finishing times (median): "
-                   f"{sorted(r[1] for r in runs)[len(runs) // 2] * 1e3:.1f} ms")
+                   f"{sorted(r[1] for r in got)[len(got) // 2] * 1e3:.1f} ms")
     floor = c_flock_floor(procs, n, repeat)
     if floor is None:
         report.skip(FLOCK_FLOOR, "no C compiler (cc) here could build it")
@@ -556,8 +558,8 @@ def _contended_cases(report: _harness.Report, impls: list[str], tmp: str, repeat
     n = 10_000 if quick else 50_000
     case = f"2 x {n // 1000}k set int (aggregate)"
     for impl in impls:
-        runs = [_contended_run(impl, "set", tmp, 2, n) for _ in range(max(1, repeat // 2))]
-        report.add(case, impl, [2 * n / r[0] for r in runs], "ops/s")
+        sets = [_contended_run(impl, "set", tmp, 2, n) for _ in range(max(1, repeat // 2))]
+        report.add(case, impl, [2 * n / r[0] for r in sets], "ops/s")
     # (times: 1.3x lmdb's speed is at most 1/1.3 of its time)
     report.target(f"{procs} x 2000 locked increments", "lmdb", "<=", round(1 / 1.3, 3))
 

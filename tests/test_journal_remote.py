@@ -414,7 +414,10 @@ def test_a_server_stalling_mid_reply_is_a_timeout(tmp_path: Path) -> None:
     def stalling_server() -> None:
         conn, _ = ls.accept()
         with conn:
-            R._recv_exact(conn, R.REQUEST.size)
+            req = R._recv_exact(conn, R.REQUEST.size)
+            if R.REQUEST.unpack(req)[2] == R.OFFSETS:  # (what a new connection asks first)
+                conn.sendall(R.encode_response(R.OK, 0, 0, 10, 0))
+                R._recv_exact(conn, R.REQUEST.size)
             conn.sendall(R.encode_response(R.OK, 1000, 0, 10, 0) + b"\0" * 10)
             release.wait(30)
 
@@ -423,7 +426,7 @@ def test_a_server_stalling_mid_reply_is_a_timeout(tmp_path: Path) -> None:
     try:
         r = RemoteReader(f"127.0.0.1:{port}", 0, io_timeout=0.3)
         t0 = time.monotonic()
-        with pytest.raises(TimeoutError):
+        with pytest.raises(TimeoutError, match="mid-reply"):
             r.fetch_raw()
         assert 0.2 < time.monotonic() - t0 < 10
         assert r._sock is None  # the framing is lost: closed, the next call reconnects
@@ -432,3 +435,188 @@ def test_a_server_stalling_mid_reply_is_a_timeout(tmp_path: Path) -> None:
         release.set()
         t.join(10)
         ls.close()
+
+
+# --- FETCH_CHECKED: spans found from the index, requests sent ahead ------------------------
+
+
+def _batches(seg: Path, pos: int, end: int) -> list[tuple[int, int, int]]:
+    """(position, first offset, length) of each batch of a segment file in [pos, end)."""
+    raw = seg.read_bytes()
+    out = []
+    while pos < end:
+        info = F.read_batch_header(raw, pos, end)
+        out.append((pos, info.first_offset, info.length))
+        pos += info.length
+    return out
+
+
+@pytest.mark.parametrize("interval", [1, 4096, 1 << 20])
+def test_spans_from_the_index_end_on_batch_boundaries(tmp_path: Path, interval: int) -> None:
+    """next_span(trust_index=True) ends where the index names a batch (or at W), within
+    max_bytes, at the same boundaries a walk could have chosen; with an index too sparse
+    for the span it walks."""
+    d = tmp_path / "j"
+    with Journal(d, create=True, index_interval=interval) as j:
+        for i in range(300):
+            j.append_many([b"%d.%d" % (i, k) * (1 + i % 7) for k in range(1 + i % 5)])
+        end = j.end_offset
+        r = j.reader(0)
+        whole = r.next_span(1 << 30)
+        assert whole is not None
+        seg_path = Path(whole[0].path)
+        starts = {p: off for p, off, _ in _batches(seg_path, whole[1], whole[1] + whole[2])}
+        r.close()
+        for max_bytes in (1, 700, 5000, 1 << 20):
+            r = j.reader(0)
+            nxt = 0
+            while True:
+                span = r.next_span(max_bytes, trust_index=True)
+                if span is None:
+                    break
+                _, pos, length, first = span
+                assert starts[pos] == first == nxt
+                assert r.position == starts.get(pos + length, end)  # a boundary, or W
+                assert length <= max_bytes or len(_batches(seg_path, pos, pos + length)) == 1
+                nxt = r.position
+            assert nxt == end
+            r.close()
+
+
+def test_a_garbage_index_makes_the_server_walk(tmp_path: Path) -> None:
+    d = tmp_path / "j"
+    with Journal(d, create=True, index_interval=64) as j:
+        for i in range(200):
+            j.append_many([b"v%d" % i] * 3)
+        j.append(b"after")
+    idx = d / "00000000000000000000.index"
+    raw = bytearray(idx.read_bytes())
+    size = F.IDX_ENTRY.size
+    for i in range(F.INDEX_HEADER + size + 4, len(raw), size):  # (the first kept: the
+        raw[i] ^= 0x01  # reader starts there) positions that name no batch start
+    idx.write_bytes(bytes(raw))
+    with Journal(d) as j, j.serve("127.0.0.1:0") as server, \
+            RemoteReader(server.address, 0, max_bytes=1000) as r:
+        got = []
+        while len(got) < 601:
+            more = r.poll(1000, timeout=5)
+            assert more
+            got.extend(more)
+        assert [x.offset for x in got] == list(range(601))
+
+
+def test_damage_inside_an_unwalked_span_is_reported_not_delivered(tmp_path: Path) -> None:
+    """The server sends a FETCH_CHECKED span without reading the batches between its ends;
+    a batch damaged on the server's disk in the middle of it is still never delivered:
+    structural damage -> the batches before it, then CorruptFileError and the rest;
+    a flipped value byte (only its CRC tells) -> ProtocolError, the position unmoved."""
+    d = tmp_path / "j"
+    with Journal(d, create=True, index_interval=200) as j:  # (an entry per ~3 batches)
+        for i in range(50):
+            j.append(b"record %d" % i)
+    seg = d / "00000000000000000000.log"
+    batches = _batches(seg, F.SEGMENT_HEADER, _w_end(d))
+    pos20 = batches[20][0]
+    raw = bytearray(seg.read_bytes())
+    raw[pos20 + 20] = 99  # batch 20's version byte: not a batch any more
+    seg.write_bytes(bytes(raw))
+    with Journal(d) as j, j.serve("127.0.0.1:0") as server, \
+            RemoteReader(server.address, max_bytes=1 << 20) as r:
+        assert [x.offset for x in r.poll(100)] == list(range(20))
+        with pytest.raises(CorruptFileError) as info:
+            r.poll(100)
+        resume = r.position  # (the next indexed batch, as for a local reader)
+        assert info.value.offset == 20 and 21 <= resume <= 24
+        assert [x.offset for x in r.poll(100)] == list(range(resume, 50))
+    raw[pos20 + 20] = 1
+    pos30 = batches[30][0]
+    raw[pos30 + F.BATCH_HEADER + 12] ^= 0x20  # a byte of record 30's value
+    seg.write_bytes(bytes(raw))
+    with Journal(d) as j, j.serve("127.0.0.1:0") as server, \
+            RemoteReader(server.address, max_bytes=1 << 20) as r:
+        for _ in range(2):  # (each time: the reply is refused whole)
+            with pytest.raises(ProtocolError, match="checksum"):
+                r.poll(100)
+            assert r.position == 0
+
+
+def _w_end(d: Path) -> int:
+    with Journal(d) as j:
+        r = j.reader(0)
+        span = r.next_span(1 << 30)
+        r.close()
+    assert span is not None
+    return span[1] + span[2]
+
+
+def test_requests_sent_ahead_survive_seek_and_offsets(tmp_path: Path) -> None:
+    """A FETCH_CHECKED reply with more after it makes the client ask for the next one
+    before it checks this one; seek, offsets and damage handling cope with the reply
+    already on its way."""
+    d = tmp_path / "j"
+    with Journal(d, create=True) as j:
+        for i in range(100):
+            j.append_many([b"%d.%d" % (i, k) for k in range(10)])
+        with j.serve(str(tmp_path / "sock")) as server, \
+                RemoteReader(server.address, 0, max_bytes=2000) as r:
+            assert len(r.fetch_raw()) and r._ahead == r.position
+            assert r.offsets() == (0, 1000) and r._ahead < 0  # (its reply was read)
+            r.seek(5)
+            assert [x.offset for x in r.poll(3)] == [5, 6, 7]
+            got = []
+            while r.position < 1000:
+                got.extend(r.poll(1000))
+            assert [x.offset for x in got][-1] == 999 and len(got) == 1000 - 8
+            assert r.poll(10, timeout=0.05) == []
+
+
+def test_a_server_without_fetch_checked_is_asked_with_fetch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An older server answers OFFSETS with aux 0 and refuses kind 3: the client then asks
+    with FETCH (kind 1), which this server still answers as before (aux: the first
+    batch's offset)."""
+    d = tmp_path / "j"
+    with Journal(d, create=True) as j:
+        j.append_many([b"a", b"b", b"c"])
+        j.append(b"d")
+        with j.serve("127.0.0.1:0") as server:
+            with socket.create_connection(server.address) as s:  # an older client
+                s.sendall(R.encode_request(R.FETCH, 1, 1 << 20, 0))
+                head = R._recv_exact(s, R.RESPONSE.size)
+                _, _, status, length, _, end, aux, _ = R.RESPONSE.unpack(head)
+                assert (status, end, aux) == (R.OK, 4, 0)  # from the batch holding 1
+                assert len(R._recv_exact(s, length)) == length
+            monkeypatch.setattr(R, "FEATURE_CHECKED", 0)
+            kinds: list[int] = []
+            call = R.RemoteReader._call
+
+            def spy(self: R.RemoteReader, kind: int, *a: object, **k: object) -> object:
+                kinds.append(kind)
+                return call(self, kind, *a, **k)  # type: ignore[arg-type]
+
+            monkeypatch.setattr(R.RemoteReader, "_call", spy)
+            with RemoteReader(server.address, 1) as r:
+                assert [x.value for x in r.poll(10)] == [b"b", b"c", b"d"]
+            assert R.FETCH_CHECKED not in kinds and R.FETCH in kinds
+
+
+def test_the_server_hands_a_finished_connections_journal_handle_on(tmp_path: Path) -> None:
+    d = tmp_path / "j"
+    with Journal(d, create=True) as j:
+        j.append(b"x")
+        server = j.serve(str(tmp_path / "sock"))
+        with server:
+            with RemoteReader(server.address, 0) as r:
+                assert r.poll(1)[0].value == b"x"
+            deadline = time.monotonic() + 10
+            while not server._idle and time.monotonic() < deadline:
+                time.sleep(0.01)  # (the connection's thread ends after the client's EOF)
+            assert len(server._idle) == 1
+            kept = server._idle[0]
+            with RemoteReader(server.address, 0) as r:
+                assert r.poll(1)[0].value == b"x"
+                assert not server._idle  # taken by this connection, not a new one
+            while not server._idle and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert server._idle == [kept] and not kept.closed
+        assert kept.closed and not server._idle  # close() closes the handles kept

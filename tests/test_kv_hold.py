@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import mmap
+import os
 import subprocess
 import sys
 import textwrap
@@ -496,3 +497,145 @@ def test_a_waiting_handle_starts_its_releaser_thread_while_it_waits(tmp_path: Pa
                 "b waits without its releaser thread"
         writer.join(10)
         assert b["waited"] == 2 and b["held"] == 1
+
+
+def test_the_releaser_thread_starts_before_the_first_flock(tmp_path: Path) -> None:
+    """A handle that finds the lock free starts its releaser thread before it takes the
+    flock, not after (a thread start, 0.3-2 ms on two busy cores, would otherwise be
+    spent holding what other writers wait for)."""
+    path = tmp_path / "w.kv"
+    KV(path, multiprocess=True).close()
+    probe = """
+        import fcntl, os, sys, threading
+        from mmapkit.kv import KV
+        kv = KV(sys.argv[1], multiprocess=True, lock_hold=30)
+        seen = []
+        start = threading.Thread.start
+        def watched(thread):
+            if thread.name.startswith("mmapkit KV lock releaser"):
+                fd = os.open(sys.argv[1], os.O_RDWR)  # (another open file description)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    seen.append("free")
+                except BlockingIOError:
+                    seen.append("held")
+                finally:
+                    os.close(fd)
+            start(thread)
+        threading.Thread.start = watched
+        kv["k"] = 1
+        kv["k"] = 2
+        print(*seen)
+        kv.close()
+    """
+    res = run_py(probe, str(path))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["free"]
+
+
+# A writer whose sleeps for the lock last ``slice`` seconds (the default is 10 ms; long
+# slices make a missed wake-up show as a long wait); prints how long its write took.
+SLOW_SLICE_WRITER = """
+    import sys, time
+    from mmapkit.kv import _writelock
+    _writelock._LOCK_SLICE = float(sys.argv[3])
+    from mmapkit.kv import KV
+    kv = KV(sys.argv[1], multiprocess=True, lock_hold=0)
+    t = time.monotonic()
+    kv[sys.argv[2]] = 1
+    print(time.monotonic() - t, flush=True)
+    kv.close()
+"""
+
+
+def _wanted(words: LockWords, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while words["want"] != 1:
+        assert time.monotonic() < deadline, "the writers never asked for the lock"
+        time.sleep(0.01)
+    time.sleep(0.2)  # (asleep in their slices by now)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="futex: Linux only")
+def test_c4_l5_a_compaction_wakes_every_sleeper_on_the_old_file(tmp_path: Path) -> None:
+    """A holder that compacts wakes every writer asleep on the replaced file: each takes
+    its lock only to look (L5), sees it retired and moves to the new file.  (One hand-over
+    woke one; the others slept out their slices on a file nobody wrote any more: 10 ms
+    each, traced in the 4-process increments.)"""
+    path = tmp_path / "compact.kv"
+    KV(path, multiprocess=True).close()
+    holder = spawn("""
+        import sys
+        from mmapkit.kv import KV
+        kv = KV(sys.argv[1], multiprocess=True, lock_hold=60.0)
+        with kv.lock():
+            kv["a"] = 1
+            print("locked", flush=True)
+            sys.stdin.readline()
+            kv.compact()
+        print("compacted", flush=True)
+        sys.stdin.readline()
+    """, str(path), stdin=subprocess.PIPE)
+    writers: list[Child] = []
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        assert holder.stdout.readline().strip() == "locked"
+        writers = [spawn(SLOW_SLICE_WRITER, str(path), name, "60") for name in ("b", "c")]
+        with open(path, "r+b") as f, mmap.mmap(f.fileno(), 4096) as head:
+            _wanted(LockWords(head))
+        holder.stdin.write("compact\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "compacted"
+        for w in writers:
+            out, err = w.communicate(timeout=30)  # (a stranded one sleeps 60 s)
+            assert w.returncode == 0, err
+            assert float(out) < 30
+        holder.stdin.write("done\n")
+        holder.stdin.flush()
+        assert holder.wait(timeout=60) == 0
+    finally:
+        for p in (holder, *writers):
+            if p.poll() is None:
+                p.kill()
+            p.communicate()
+    with KV(path) as kv:
+        assert dict(kv) == {"a": 1, "b": 1, "c": 1}
+    assert KV.check(path).ok
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="futex: Linux only")
+def test_l2b_a_sleeper_leaves_a_claimed_turn_then_clears_a_dead_claim(tmp_path: Path) -> None:
+    """A sleeper whose slice ends with the lock free while a woken waiter has claimed the
+    next turn leaves the lock to it (taking it there put the sleeper's whole catch-up
+    under the lock: 4 ms, traced); a claim still there, with no hand-over, at its next
+    slice's end is a dead claimer's: it takes the lock and clears the claim."""
+    import fcntl
+
+    from mmapkit.kv import codec
+
+    path = tmp_path / "claimed.kv"
+    KV(path, multiprocess=True).close()
+    fd = os.open(path, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # a holder that knows nothing of the words
+    writer = spawn(SLOW_SLICE_WRITER, str(path), "w", "0.5")
+    try:
+        with open(path, "r+b") as f, mmap.mmap(f.fileno(), 4096) as head:
+            words = LockWords(head)
+            _wanted(words)
+            words["ready"] = codec.LOCK_CLAIMED  # woken, claimed, then killed
+            let_go = time.monotonic()
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            _, err = writer.communicate(timeout=60)
+            waited = time.monotonic() - let_go
+            assert writer.returncode == 0, err
+            assert words["ready"] == 0  # the dead claim is gone
+        # Its first slice ended 0.3 s after the unlock and left the lock to the claim;
+        # the second, 0.5 s later, took it.
+        assert waited > 0.6, waited
+    finally:
+        os.close(fd)
+        if writer.poll() is None:
+            writer.kill()
+    with KV(path) as kv:
+        assert kv["w"] == 1
+    assert KV.check(path).ok

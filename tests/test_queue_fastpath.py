@@ -169,6 +169,26 @@ def test_a_miss_changes_nothing() -> None:
         ch.check()
 
 
+def test_get_takes_the_pickle_as_the_frame_less_the_header() -> None:
+    """A Queue message without buffers is 24 bytes of words and its pickle, whichever put
+    wrote it, so the one-call get takes the frame's last n - 24 bytes and does not read
+    the pickle-length word: a damaged one changes nothing, and reads stay in the frame."""
+    with _mpmc() as ch:
+        _attach(ch)
+        parts = _Parts(ch)
+        obj = ("whole", 7)
+        for damage in (0, 1, 10**9):
+            head = ch._hdr[fmt.HEAD_Q]
+            assert parts.put(obj)
+            length_word = (head % ch.capacity) // 8 + 3  # after n, seq, count|reserved
+            assert ch._dq[length_word] == len(pickle.dumps(obj, 5))
+            if damage:
+                ch._dq[length_word] = damage
+            assert ch._recv_seq() == obj
+        assert parts.gets == 0
+        ch.check()
+
+
 def test_another_holder_of_the_lease_is_a_miss() -> None:
     with _mpmc() as a:
         _attach(a)

@@ -60,7 +60,7 @@ _HEAD = struct.Struct("<QQIIQ")
 _HEAD_SIZE = _HEAD.size
 _MSG = fmt.QUEUE_MSG  # the message without its length word
 assert _HEAD.format[2:] == _MSG.format[1:]  # (the length word, then the message)
-assert _MSG.size + 8 == _HEAD_SIZE == 32
+assert _MSG.size + 8 == _HEAD_SIZE == 32  # (channel.py's _seq_base: _base + 32)
 SEQ_FRAMED_MAX = 1024  # pickles up to this long are framed by one cached Struct per length
 _dumps, _loads = pickle.dumps, pickle.loads
 
@@ -81,7 +81,10 @@ class SequencedChannel(Channel):
 
     def _seq_framer(self, blen: int) -> Callable[..., None]:
         pack: Callable[..., None] = struct.Struct(f"<QQIIQ{blen}s").pack_into
-        self._seq_framers[blen] = pack
+        framers = self._seq_framers
+        if len(framers) <= SEQ_FRAMED_MAX:  # (a list: its index is a cheaper look-up
+            framers.extend([None] * (SEQ_FRAMED_MAX + 1 - len(framers)))  # than a dict's)
+        framers[blen] = pack
         return pack
 
     def _send_seq(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
@@ -97,6 +100,15 @@ class SequencedChannel(Channel):
         blen = len(body)
         n = blen + 24
         if n <= self._lease_send_limit:  # -1 unless attached, leased and not finished
+            if blen <= SEQ_FRAMED_MAX:  # (looked up before L1: a shorter claim is one
+                try:  #                   a preempting tick is less likely to land in)
+                    pack = self._seq_framers[blen]
+                except IndexError:
+                    pack = None
+                if pack is None:
+                    pack = self._seq_framer(blen)
+            else:
+                pack = None
             free = self._send_free  # our process's turn (_state.Turn)
             try:
                 free.pop()
@@ -117,20 +129,17 @@ class SequencedChannel(Channel):
                             head = hdr[8]  # _HEAD_Q
                         pos = head % cap
                         need = (n + 15) & ~7
-                        if pos + need <= cap and head + need <= self._room_end:
+                        end = head + need  # (each sum of big ints is a new int object)
+                        if pos + need <= cap and end <= self._room_end:
                             counters = self._seq_counters
                             seq = counters[0]  # PUTS
-                            if blen <= SEQ_FRAMED_MAX:
-                                try:
-                                    pack = self._seq_framers[blen]
-                                except KeyError:
-                                    pack = self._seq_framer(blen)
+                            if pack is not None:
                                 pack(self._data, pos, n, seq, 0, 0, blen, body)  # S4
                             else:
                                 _HEAD.pack_into(self._data, pos, n, seq, 0, 0, blen)
                                 self._data[pos + _HEAD_SIZE : pos + _HEAD_SIZE + blen] = body
                             counters[0] = seq + 1  # P4
-                            hdr[8] = self._head_mine = head + need  # S5: publish
+                            hdr[8] = self._head_mine = end  # S5: publish
                             h32[busy] = 0  # L9
                             if h32[18]:  # _CW_I
                                 self._wake_consumers()
@@ -175,22 +184,27 @@ class SequencedChannel(Channel):
                         dq = self._dq
                         i = pos >> 3
                         n = dq[i]  # a PAD or damage has high bits: runs past head
-                        if tail + 8 + n <= head and pos + 8 + n <= cap and n >= 24:
-                            # The message's words (_HEAD after the length word): seq at
-                            # i + 1, buffer count and reserved at i + 2 (0: no out-of-band
-                            # buffer), the pickle's length at i + 3; two word reads cost
-                            # less than an unpack.
-                            blen = dq[i + 3]
-                            if dq[i + 2] == 0 and blen + 24 <= n:
-                                at = self._base + pos + _HEAD_SIZE
-                                out = self._mm[at : at + blen]
-                                gets = self._seq_gets
-                                if gets:  # (0: GETS not kept)
-                                    counters = self._seq_counters
-                                    seq = dq[i + 1]
-                                    if seq >= counters[gets]:
-                                        counters[gets] = seq + 1  # G2
-                                hdr[16] = self._tail_mine = tail + ((n + 15) & ~7)  # R3
+                        m = n + 8  # (a cached small int; tail + 8 + n made two new ones)
+                        # The message's words (_HEAD after the length word): seq at i + 1,
+                        # buffer count and reserved at i + 2 (0: no out-of-band buffer;
+                        # read through the view that starts 2 words in, as i + 2 would be
+                        # a new int object), the pickle's length at i + 3.  Every Queue
+                        # message without buffers is n = 24 + that length (both puts write
+                        # it so), so the pickle is the frame's last n - 24 bytes and that
+                        # word is not read (~0.5k instructions); a damaged one cannot take
+                        # the read past the frame.
+                        if (m <= head - tail and m <= cap - pos and n >= 24
+                                and self._dq2[i] == 0):
+                            blen = n - 24
+                            at = self._seq_base + pos
+                            out = self._mm[at : at + blen]
+                            gets = self._seq_gets
+                            if gets:  # (0: GETS not kept)
+                                counters = self._seq_counters
+                                seq = dq[i + 1]
+                                if seq >= counters[gets]:
+                                    counters[gets] = seq + 1  # G2
+                            hdr[16] = self._tail_mine = tail + ((n + 15) & ~7)  # R3
                     h32[busy] = 0  # L9 (L4 when nothing was taken)
                 except BaseException:  # a busy word left up would stall thieves
                     h32[busy] = 0

@@ -100,6 +100,7 @@ class State:
         "_cursor",
         "_data",
         "_dq",
+        "_dq2",
         "_empty_waits",
         "_fdbox",
         "_fence",
@@ -145,6 +146,7 @@ class State:
         "_send_mutex",
         "_sent",
         "_sent_bytes",
+        "_seq_base",
         "_seq_counters",
         "_seq_framers",
         "_seq_get_miss",
@@ -171,11 +173,13 @@ class State:
     _hdr8: memoryview  # ... as bytes
     _data: memoryview  # the ring
     _dq: memoryview  # the ring cast 'Q'
+    _dq2: memoryview  # ... from its third word on: _dq2[i] is _dq[i + 2] (no new int)
     _base: int  # where the ring starts in _mm
     _base8: int  # where the payload of a frame at ring offset 0 starts in _mm
     _framers: dict[int, Callable[[memoryview, int, int, Any], None]]
-    _seq_framers: dict[int, Callable[..., None]]  # _sequenced.py's, per pickle length
+    _seq_framers: list[Callable[..., None] | None]  # _sequenced.py's, per pickle length
     # a Queue's (queue.py sets them; see _sequenced.py)
+    _seq_base: int  # where the pickle of a Queue message at ring offset 0 starts in _mm
     _seq_counters: memoryview  # the Queue's state page, cast 'Q' (PUTS at index 0)
     _seq_gets: int  # the index of GETS in it, or 0: get() does not keep GETS
     _seq_put_miss: Callable[[Any, bytes | None, bool, float | None], None]

@@ -252,8 +252,10 @@ class Channel(Claims, Wake, Broadcast, InPlace):
         self._base = fmt.HEADER_SIZE + region.offset - region.map_offset
         self._base8 = self._base + 8  # where the payload of a frame at ring offset 0 goes
         self._dq = self._data.cast("Q")
+        self._dq2 = self._dq[2:]  # (_sequenced.py)
         self._framers = {}  # _framer()
-        self._seq_framers = {}  # a Queue's (_sequenced.py), and its parts (queue.py sets)
+        self._seq_framers = []  # a Queue's (_sequenced.py), and its parts (queue.py sets)
+        self._seq_base = self._base + 32  # (the frame's head: _sequenced._HEAD)
         self._seq_counters = memoryview(bytearray(64)).cast("Q")
         self._seq_gets = 0
         self._seq_put_miss = _not_a_queue
@@ -1081,7 +1083,7 @@ class Channel(Claims, Wake, Broadcast, InPlace):
                 if not self._bc:  # a subscriber keeps its name and cursor for next time
                     self._hdr32[_slot_word(self._cslot, _F_STATE)] = _FREE
             self._forget_roles()
-            for view in (self._dq, self._data, self._hdr, self._hdr32, self._hdr8):
+            for view in (self._dq2, self._dq, self._data, self._hdr, self._hdr32, self._hdr8):
                 view.release()
             self._head_w.close()
             self._tail_w.close()

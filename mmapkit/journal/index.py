@@ -133,6 +133,18 @@ class SparseIndex:
                 hi = mid
         return lo - 1
 
+    def last_at_or_below(self, pos: int, n: int) -> int:
+        """Index of the last of the first ``n`` entries of the offset index whose position
+        is at or below ``pos`` (-1: none); entries' positions increase, as their offsets."""
+        lo, hi = 0, n
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.entry(mid)[1] <= pos:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo - 1
+
     def clear_from(self, i: int) -> None:
         """Zero the slots from ``i`` up to the first empty one (writer only)."""
         while i < self.slots:

@@ -1566,12 +1566,10 @@ class _WriterLock(WriterLock):
                 self._tlock.release()
                 raise ClosedError("the journal is closed; open it again")
             try:
-                if self._hold and self._hold_evt is None:
-                    # H1's releaser thread, started before L is taken: a thread start
-                    # (0.3-2 ms on 2 busy cores) is not spent holding what others wait for;
-                    # the futex set-up likewise (the KV does it at open)
+                if self._hold and self._lock_waiter is None:
+                    # the futex set-up before L is taken, as the KV's at open (and the
+                    # releaser thread's start: _acquire_flock)
                     self._prepare_waits()
-                    self._start_releaser()
                 self._acquire_flock()  # L1-L4, then H1 (the hold begins)
             except BaseException:
                 self._tlock.release()

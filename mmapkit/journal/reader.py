@@ -292,7 +292,8 @@ class Reader:
         self._drained = False
         return True
 
-    def next_span(self, max_bytes: int) -> tuple[Segment, int, int, int] | None:
+    def next_span(self, max_bytes: int, *, trust_index: bool = False
+                  ) -> tuple[Segment, int, int, int] | None:
         """Whole batches from the position on, as they lie in one segment file, for
         sending unchanged (the remote server): ``(segment, position, length, first offset
         of the first batch)``; None when nothing past the position is published.
@@ -300,7 +301,14 @@ class Reader:
         At least one batch even when it is larger than ``max_bytes``; the first may start
         before the position (the caller's peer skips those records).  Checks each batch's
         structure and offsets but not its CRC (the receiver does).  Moves the position
-        past them.  Damage raises CorruptFileError as iteration does."""
+        past them.  Damage raises CorruptFileError as iteration does.
+
+        ``trust_index``: for a receiver that checks every batch itself, the span after
+        the first batch ends where the offset index says a batch starts (or at W) and
+        only that batch's header is read, not every batch's: the bytes between are not
+        touched, so their pages are not even mapped (on a cold mapping the walk's page
+        faults cost more than sending the bytes).  Damage in between is then the
+        receiver's to find."""
         if self._it is not None:
             self._detach()
         self._buf, self._bi = [], 0
@@ -330,9 +338,14 @@ class Reader:
                         first = info.first_offset
                         p += info.length
                         nxt = first + info.records
+                    stop = min(limit, start + max_bytes)
+                    if trust_index and p < stop:
+                        found = _indexed_end(seg, rel, pos_end, limit, p, nxt, stop)
+                        if found is not None:
+                            self._pos, self._next = found
+                            return seg, start, found[0] - start, first
                     # then whole batches up to max_bytes: structure and offsets only (the
                     # receiver checks CRCs), with one unpack each
-                    stop = min(limit, start + max_bytes)
                     unpack = _SPAN_HEAD.unpack_from
                     while p + F.BATCH_HEADER <= stop:
                         length, boff, count, version = unpack(view, p + 4)
@@ -634,3 +647,27 @@ class Reader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _indexed_end(seg: Segment, rel: int, pos_end: int, limit: int, p: int, nxt: int,
+                 stop: int) -> tuple[int, int] | None:
+    """(position, offset) where a span of whole batches from ``p`` (a batch boundary at
+    offset ``nxt``) ends by ``stop``, from the offset index, without walking: W when the
+    span reaches it, else the last indexed batch starting at or before ``stop`` (its
+    header is read and must be that batch: the index is only a hint).  None: walk instead
+    (no trusted index, no indexed batch past ``p`` in reach, or the index disagrees)."""
+    if stop >= pos_end:  # (limit == pos_end: the mapping covers W)
+        return pos_end, seg.base + rel
+    idx, _ = seg.indexes()
+    n = idx.count(rel, pos_end)
+    k = idx.last_at_or_below(stop, n)
+    if k < 0:
+        return None
+    r, end = idx.entry(k)
+    if end <= p or end + F.BATCH_HEADER > limit:
+        return None
+    length, boff, count, version = _SPAN_HEAD.unpack_from(seg.view, end + 4)
+    if boff != seg.base + r or boff <= nxt or version != F.BATCH_VERSION or not count or \
+            length < F.BATCH_HEADER:
+        return None
+    return end, boff

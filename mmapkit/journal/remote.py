@@ -4,15 +4,27 @@ Design rules:
 
 - The server sends whole batches exactly as they lie in the segment files, with
   ``mmapkit.send`` (sendfile to TCP, splice to Unix sockets): the bytes never enter Python.
-  It checks batch structure and offsets (to find whole batches) but not CRCs.
+  For FETCH it walks the batches, checking structure and offsets but not CRCs.  For
+  FETCH_CHECKED (the client checks everything) it reads only the first batch's header
+  and, from the offset index, where the span ends: the pages between are not even mapped
+  in (walking a cold 8 MiB span cost more server CPU than splicing it).  Damage inside
+  such a span is found by the client, which then asks again with FETCH: a walk that
+  stops short of the damage tells damage on the server's disk (the good batches are
+  used, the damage reported as CorruptFileError by the next fetch, as a local reader
+  does) from damage on the wire (ProtocolError).
 - The client verifies every batch (CRC, structure, offset continuity from the offset it
   asked for) before it returns a record, so damage on the wire, or on the server's disk,
   is :class:`ProtocolError`, never a wrong record.  After a ProtocolError the connection is
   closed (the framing can no longer be trusted); the next call reconnects.  It checks the
-  batches of a reply as its bytes arrive (what the socket holds, up to 1 MiB at a time),
-  so the checking overlaps the server's sending; the CRC is ISA-L's where the ``isal``
-  extra is installed (mmapkit._crc: zlib's values, 10x its speed).  Over a Unix socket
-  these took a fetch from 0.31x to ~0.66x of a raw send of the same bytes.
+  batches of a reply as its bytes arrive (1 MiB at a time), so the checking overlaps the
+  server's sending; the CRC is ISA-L's where the ``isal`` extra is installed
+  (mmapkit._crc: zlib's values, 10x its speed).  Over a Unix socket these took a fetch
+  from 0.31x to ~0.66x of a raw send of the same bytes.
+- A FETCH_CHECKED reply names the offset after its last batch, and when the journal
+  holds more the client sends the next request before it receives and checks this reply
+  (one request ahead at most): the server's next span follows this one with no round
+  trip between.  Unix sockets get buffers of a few MiB, so the server runs ahead while
+  the client checks.
 - At the end of the journal the server long-polls: it sleeps on the journal's notify word
   (futex) up to the wait the client asked for, in slices that notice a closing server.
 - Nothing waits forever: the client bounds each reply by ``wait + io_timeout``, the server
@@ -21,7 +33,8 @@ Design rules:
   idle connection by ``idle_timeout``.  A killed
   peer is EOF or a reset, which ends only that connection.
 - One thread per connection, each with its own Journal handle (a Journal's tail view is
-  not shared between threads).
+  not shared between threads); a finished connection's handle is kept (up to 4) for the
+  next one, since opening a handle was a third of a short connection's set-up.
 
 Wire protocol, version 1 (little-endian; both frames carry a CRC32 of their other bytes):
 
@@ -30,7 +43,10 @@ Wire protocol, version 1 (little-endian; both frames carry a CRC32 of their othe
     ==========  ===========================================================================
     request     ``<4sHHQIII`` (28 bytes): magic ``MKJQ``, version 1, kind, offset,
                 max_bytes, wait_ms, crc32 of the first 24 bytes.  kind 1 = FETCH (batches
-                from ``offset``), kind 2 = OFFSETS (only the start and end offsets)
+                from ``offset``), kind 2 = OFFSETS (only the start and end offsets),
+                kind 3 = FETCH_CHECKED (as FETCH, for a client that checks every batch
+                itself; servers say they take it in OFFSETS' aux).  A client may send a
+                request before it has read the reply to the last (replies come in order)
     response    ``<4sHHIQQQI`` (40 bytes): magic ``MKJS``, version 1, status, payload
                 length, start offset, end offset, aux, crc32 of the first 36 bytes; then
                 ``length`` payload bytes
@@ -45,7 +61,11 @@ Wire protocol, version 1 (little-endian; both frames carry a CRC32 of their othe
                                           skips those records)
     FETCH at the end     0 OK / offset    empty, after waiting up to wait_ms for a
                                           record; the client asks again
-    OFFSETS              0 OK / 0         empty; start and end in the header
+    FETCH_CHECKED        0 OK / offset    as FETCH; the batches were not walked, only
+                         after the last   the first one's header and the index entry
+                         batch            naming the end were read
+    OFFSETS              0 OK / features  empty; start and end in the header; aux bit 0:
+                                          FETCH_CHECKED taken (0 from older servers)
     offset below start   1 OUT_OF_RANGE   empty; connection stays open; the client
     or past the end        / offset       raises OffsetOutOfRangeError(start, end)
     damaged batches on   4 DAMAGED /      UTF-8 message; connection stays open; the
@@ -98,11 +118,13 @@ REQUEST = struct.Struct("<4sHHQIII")
 RESPONSE = struct.Struct("<4sHHIQQQI")
 REQ_MAGIC = b"MKJQ"
 RESP_MAGIC = b"MKJS"
-FETCH, OFFSETS = 1, 2
+FETCH, OFFSETS, FETCH_CHECKED = 1, 2, 3
+FEATURE_CHECKED = 1  # OFFSETS reply's aux bit: this server takes FETCH_CHECKED
 OK, OUT_OF_RANGE, BAD_REQUEST, VERSION, DAMAGED, ERROR = 0, 1, 2, 3, 4, 5
 MAX_FETCH_BYTES = 64 << 20
 MAX_WAIT_MS = 60_000
 _SLICE = 0.1
+_IDLE_HANDLES = 4  # Journal handles kept for the next connections
 _MSG_MORE = getattr(socket, "MSG_MORE", 0)
 
 Address = Union[str, tuple[str, int]]  # noqa: UP007
@@ -163,6 +185,7 @@ def _recv_exact(sock: socket.socket, n: int, into: bytearray | None = None) -> b
 
 
 _MSG_WAITALL = getattr(socket, "MSG_WAITALL", 0)
+_Q = struct.Struct("<Q")
 _TIMEVAL = struct.Struct("@ll")
 
 
@@ -183,14 +206,29 @@ def _recv_all(sock: socket.socket, view: memoryview, n: int) -> None:
         got += k
 
 
+_UNIX_BUFFER = 4 << 20
+
+
+def _big_buffers(sock: socket.socket) -> None:
+    """Socket buffers of a few MiB on a Unix socket (the kernel caps them at
+    net.core.wmem_max / rmem_max): the default ~200 KiB makes a span's splice stop and
+    wake the reader every 200 KiB (a context switch each way); with room for MiBs the
+    sender runs ahead while the reader checks what it has."""
+    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, opt, _UNIX_BUFFER)
+
+
 _CHUNK = 1 << 20  # a fetch reply is received (and its batches checked) this much at a time
 
 
 def _recv_some(sock: socket.socket, view: memoryview, got: int, n: int) -> int:
-    """What the socket holds of bytes ``got``..``n`` of a reply (at least one byte): as
-    _recv_all, without MSG_WAITALL."""
+    """The next chunk of bytes ``got``..``n`` of a reply (less only when SO_RCVTIMEO
+    passed with some received), as _recv_all: with MSG_WAITALL a chunk is one system
+    call and one check of its batches, not one of each per socket buffer's worth (a
+    third of the checks' Python steps, measured)."""
     try:
-        k = sock.recv_into(view[got:n], min(n - got, _CHUNK))
+        k = sock.recv_into(view[got:n], min(n - got, _CHUNK), _MSG_WAITALL)
     except BlockingIOError:  # EAGAIN: SO_RCVTIMEO passed with nothing received
         raise TimeoutError("timed out") from None
     if k == 0:
@@ -204,18 +242,29 @@ class _Verifier:
     first batch at ``first``), fed the bytes as they arrive: every batch whole, in offset
     order from ``first``, its CRC right (_format.check_batches); the reply ends on a
     batch boundary past ``offset``.  BatchError otherwise.  ``next``: the offset after
-    the last batch."""
+    the last batch.  A FETCH_CHECKED reply names ``end``, the offset after its last batch,
+    instead of ``first`` (None): ``first`` is then the first batch's own (outside its CRC,
+    so the batches' continuity up to ``end`` is what vouches for it)."""
 
-    __slots__ = ("length", "next", "offset", "pos")
+    __slots__ = ("end", "length", "next", "offset", "pos")
 
-    def __init__(self, offset: int, first: int, length: int) -> None:
-        if not first <= offset:
+    def __init__(self, offset: int, first: int | None, length: int, end: int = -1) -> None:
+        if first is not None and not first <= offset:
             raise F.BatchError(f"the reply starts at offset {first}, after the {offset} "
                                "asked for")
-        self.offset, self.next, self.length, self.pos = offset, first, length, 0
+        self.offset, self.length, self.pos, self.end = offset, length, 0, end
+        self.next = -1 if first is None else first
 
     def __call__(self, data: memoryview, got: int) -> None:
         """Check the batches wholly within ``data[:got]`` not checked yet."""
+        if self.next < 0:
+            if got < F.BATCH_HEADER:
+                return  # (the first batch's header is not all here yet)
+            (first,) = _Q.unpack_from(data, 8)
+            if first > self.offset:
+                raise F.BatchError(f"the reply starts at offset {first}, after the "
+                                   f"{self.offset} asked for")
+            self.next = first
         self.pos, self.next, problem = F.check_batches(data, self.pos, got, self.length,
                                                        self.next)
         if problem is not None:
@@ -228,6 +277,9 @@ class _Verifier:
         if self.next <= self.offset:
             raise F.BatchError(f"the reply ends at offset {self.next}, before the "
                                f"{self.offset} asked for")
+        if self.end >= 0 and self.next != self.end:
+            raise F.BatchError(f"the reply ends at offset {self.next}, its header says "
+                               f"{self.end}")
 
 
 # --- server --------------------------------------------------------------------------------
@@ -266,6 +318,7 @@ class JournalServer:
         self._conns: set[socket.socket] = set()
         self._conns_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self._idle: list[Journal] = []  # handles a finished connection left (_conns_lock)
         self._sending: dict[socket.socket, float] = {}  # connection -> send started
         self._accepter = threading.Thread(target=self._accept_loop, daemon=True,
                                           name="mmapkit-journal-accept")
@@ -308,14 +361,14 @@ class JournalServer:
             t.start()
 
     def _serve_conn(self, conn: socket.socket) -> None:
-        from .journal import Journal
-
         j: Journal | None = None
         reader: Reader | None = None
         try:
             if conn.family != socket.AF_UNIX:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            j = Journal(self._path)
+            else:
+                _big_buffers(conn)
+            j = self._take_journal()
             while not self._stop.is_set():
                 conn.settimeout(self.idle_timeout)
                 try:
@@ -332,35 +385,52 @@ class JournalServer:
                     conn.sendall(encode_response(VERSION, 0, 0, 0, 0))
                     return
                 if kind == OFFSETS:
-                    conn.sendall(encode_response(OK, 0, j.start_offset, j.end_offset, 0))
+                    conn.sendall(encode_response(OK, 0, j.start_offset, j.end_offset,
+                                                 FEATURE_CHECKED))
                     continue
-                if kind != FETCH or not 0 < max_bytes <= MAX_FETCH_BYTES or \
+                if kind not in (FETCH, FETCH_CHECKED) or not 0 < max_bytes <= MAX_FETCH_BYTES or \
                         wait_ms > MAX_WAIT_MS:
                     self._refuse(conn, BAD_REQUEST, f"bad request: kind {kind}, max_bytes "
                                  f"{max_bytes} (1..{MAX_FETCH_BYTES}), wait_ms {wait_ms} "
                                  f"(<= {MAX_WAIT_MS})")
                     return
-                reader = self._fetch(conn, j, reader, offset, max_bytes, wait_ms)
+                reader = self._fetch(conn, j, reader, offset, max_bytes, wait_ms,
+                                     kind == FETCH_CHECKED)
         except (BrokenError, OSError):
             return  # the client went away mid-reply, or stopped reading (timeout)
         except Exception as exc:  # report it to the client, then close
             with contextlib.suppress(OSError):
                 self._refuse(conn, ERROR, f"server error: {type(exc).__name__}: {exc}")
+            if j is not None:
+                j.close()  # (not handed on: whatever failed may have been in it)
         finally:
             if reader is not None:
                 reader.close()
-            if j is not None:
-                j.close()
             with self._conns_lock:
                 self._conns.discard(conn)
+                if j is not None and not j.closed:
+                    if self._stop.is_set() or len(self._idle) >= _IDLE_HANDLES:
+                        j.close()
+                    else:
+                        self._idle.append(j)
             conn.close()
+
+    def _take_journal(self) -> Journal:
+        """A handle a finished connection left, or a new one (opening one costs a few
+        hundred us: a connection's set-up, most of a short one's round trip)."""
+        from .journal import Journal
+
+        with self._conns_lock:
+            if self._idle:
+                return self._idle.pop()
+        return Journal(self._path)
 
     def _refuse(self, conn: socket.socket, status: int, message: str) -> None:
         body = message.encode()
         conn.sendall(encode_response(status, len(body), 0, 0, 0) + body)
 
     def _fetch(self, conn: socket.socket, j: Journal, reader: Reader | None, offset: int,
-               max_bytes: int, wait_ms: int) -> Reader | None:
+               max_bytes: int, wait_ms: int, checked: bool) -> Reader | None:
         if reader is None or reader.position != offset:
             if reader is not None:
                 reader.close()
@@ -376,7 +446,7 @@ class JournalServer:
         while True:
             seen = waiter.load()
             try:
-                span = reader.next_span(max_bytes)
+                span = reader.next_span(max_bytes, trust_index=checked)
             except OffsetOutOfRangeError as exc:
                 conn.sendall(encode_response(OUT_OF_RANGE, 0, exc.start, exc.end, offset))
                 reader.close()
@@ -388,7 +458,8 @@ class JournalServer:
                 return reader
             if span is not None:
                 seg, pos, length, first = span
-                head = encode_response(OK, length, j.start_offset, j.end_offset, first)
+                head = encode_response(OK, length, j.start_offset, j.end_offset,
+                                       reader.position if checked else first)
                 # A blocking socket lets sendfile move the whole span in one call (a
                 # socket timeout makes it non-blocking: a poll per socket buffer, half
                 # the rate measured); the janitor bounds the send by io_timeout instead.
@@ -426,6 +497,10 @@ class JournalServer:
         self._janitor.join(5)
         for t in self._threads:
             t.join(5)
+        with self._conns_lock:
+            idle, self._idle = self._idle, []
+        for j in idle:
+            j.close()
         if self._unix_path is not None:
             with contextlib.suppress(OSError):
                 os.unlink(self._unix_path)
@@ -476,6 +551,10 @@ class RemoteReader:
         self._buf = bytearray(max_bytes + F.BATCH_HEADER)
         self._head = bytearray(RESPONSE.size)
         self._rcvtimeo = -1.0  # the SO_RCVTIMEO set on the socket (-1: none yet)
+        self._checked: bool | None = None  # the server takes FETCH_CHECKED (None: not
+        #                                    known on this connection yet)
+        self._got = 0  # bytes of the reply being received so far
+        self._ahead = -1  # offset of a FETCH_CHECKED sent before its turn, reply unread
         self._records: list[Record] = []
         self._ri = 0
         self._next = 0
@@ -497,6 +576,8 @@ class RemoteReader:
                 sock.connect(self._addr)
                 if self._family != socket.AF_UNIX:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                else:
+                    _big_buffers(sock)
             except OSError as exc:
                 sock.close()
                 raise BrokenError(f"cannot reach the journal server at {self._addr!r}: "
@@ -506,6 +587,7 @@ class RemoteReader:
             sock.settimeout(None)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(self.io_timeout))
             self._rcvtimeo = -1.0
+            self._checked = None
             self._sock = sock
         return self._sock
 
@@ -515,17 +597,41 @@ class RemoteReader:
             self._rcvtimeo = seconds
 
     def _disconnect(self) -> None:
+        self._ahead = -1
         if self._sock is not None:
             self._sock.close()
             self._sock = None
 
-    def _call(self, kind: int, offset: int, wait_ms: int) -> tuple[int, int, int, int,
-                                                                    int]:
-        """Send one request, read one response header: (status, length, start, end, aux)."""
+    def _ask_ahead(self, offset: int) -> None:
+        """Send the FETCH_CHECKED of the reply after the one being received (no wait):
+        the server sends it as soon as it has sent this one, so no round trip (request,
+        wake-up, span lookup) separates two replies while the client checks batches."""
+        assert self._sock is not None
+        try:
+            self._sock.sendall(encode_request(FETCH_CHECKED, offset, self.max_bytes, 0))
+        except (BlockingIOError, OSError) as exc:
+            self._disconnect()
+            raise BrokenError(f"the journal server at {self._addr!r} closed the connection "
+                              f"({exc}); it stopped or died; retry later") from exc
+        self._ahead = offset
+
+    def _skip_ahead(self) -> None:
+        """Read and drop the reply to a request sent ahead."""
+        if self._ahead >= 0:
+            self._ahead = -1
+            length = self._call(FETCH_CHECKED, 0, 0, sent=True)[1]
+            if length:
+                self._payload(length)
+
+    def _call(self, kind: int, offset: int, wait_ms: int, *, sent: bool = False
+              ) -> tuple[int, int, int, int, int]:
+        """Send one request (unless ``sent`` ahead), read one response header: (status,
+        length, start, end, aux)."""
         sock = self._connect()
         try:
             self._timeout(sock, self.io_timeout + wait_ms / 1000)
-            sock.sendall(encode_request(kind, offset, self.max_bytes, wait_ms))
+            if not sent:
+                sock.sendall(encode_request(kind, offset, self.max_bytes, wait_ms))
             head = self._head
             _recv_all(sock, memoryview(head), RESPONSE.size)
         except (TimeoutError, BlockingIOError):  # (EAGAIN: SO_SNDTIMEO passed)
@@ -554,6 +660,8 @@ class RemoteReader:
                                 f"{PROTOCOL_VERSION} does not allow (version {version}, "
                                 f"status {status}, length {length})")
         self.start_offset, self.end_offset = start, end
+        if kind == OFFSETS and status == OK:
+            self._checked = bool(aux & FEATURE_CHECKED)  # (older servers: aux 0)
         return status, length, start, end, aux
 
     def _payload(self, length: int, check: Callable[[memoryview, int], None] | None = None
@@ -570,11 +678,12 @@ class RemoteReader:
             self._timeout(sock, self.io_timeout)
             if check is None:
                 _recv_all(sock, view, length)
+                self._got = length
             else:
-                got = 0
-                while got < length:
-                    got += _recv_some(sock, view, got, length)
-                    check(view, got)
+                self._got = 0
+                while self._got < length:
+                    self._got += _recv_some(sock, view, self._got, length)
+                    check(view, self._got)
         except TimeoutError:
             self._disconnect()
             raise TimeoutError(f"the journal server at {self._addr!r} stalled mid-reply") from None
@@ -596,6 +705,8 @@ class RemoteReader:
     def seek(self, offset: str | int) -> None:
         """Go to ``"earliest"``, ``"latest"`` or an offset (checked at the next fetch)."""
         self._records, self._ri = [], 0
+        if self._ahead >= 0:
+            self._disconnect()  # (a reply asked for ahead is not wanted now)
         if offset in ("earliest", "latest"):
             self._call(OFFSETS, 0, 0)
             self._next = self.start_offset if offset == "earliest" else self.end_offset
@@ -607,6 +718,7 @@ class RemoteReader:
 
     def offsets(self) -> tuple[int, int]:
         """The server's (start offset, end offset) now."""
+        self._skip_ahead()
         self._call(OFFSETS, 0, 0)
         return self.start_offset, self.end_offset
 
@@ -616,19 +728,56 @@ class RemoteReader:
         them.  The view is valid until the next call."""
         offset = self._next
         wait_ms = max(0, min(MAX_WAIT_MS, int(wait * 1000)))
-        status, length, start, end, aux = self._call(FETCH, offset, wait_ms)
-        if status == OK:
+        if self._ahead >= 0 and self._ahead != offset:
+            self._disconnect()  # (defensive: seek drops a request sent ahead)
+        if self._checked is None:
+            self._call(OFFSETS, 0, 0)  # (a new connection: what does the server take?)
+        kind = FETCH_CHECKED if self._checked else FETCH
+        damaged: tuple[int, F.BatchError] | None = None
+        while True:
+            if self._ahead == offset and kind == FETCH_CHECKED:
+                self._ahead = -1
+                status, length, start, end, aux = self._call(kind, offset, 0, sent=True)
+                if status == OK and not length and wait_ms:
+                    continue  # (nothing there after all: ask again, with the wait)
+            else:
+                status, length, start, end, aux = self._call(kind, offset, wait_ms)
+            if status != OK:
+                break
             if not length:
                 return self._payload(0)
-            check = _Verifier(offset, aux, length)
+            if kind == FETCH_CHECKED:
+                check = _Verifier(offset, None, length, aux)
+                if aux < end:
+                    self._ask_ahead(aux)
+            else:
+                check = _Verifier(offset, aux, length)
+            self._got = 0
             try:
                 data = self._payload(length, check)
                 check.done()
             except F.BatchError as exc:
+                if kind == FETCH_CHECKED:
+                    # The server did not walk these batches: damage on its disk is told
+                    # from damage on the wire by asking again with FETCH, whose walk
+                    # stops before damaged batches (and reports them next time)
+                    self._payload(length - self._got)  # (the rest, unused)
+                    self._skip_ahead()
+                    damaged = (check.pos, exc)
+                    kind, wait_ms = FETCH, 0
+                    continue
+                exc = damaged[1] if damaged is not None else exc
                 self._disconnect()
                 raise ProtocolError(f"damaged bytes from the journal server at "
                                     f"{self._addr!r}: {exc}; nothing of this reply was "
                                     "used") from None
+            if damaged is not None and length > damaged[0]:
+                # the server's walk went past where the first reply was damaged: the
+                # bytes were damaged on the wire
+                self._disconnect()
+                raise ProtocolError(f"damaged bytes from the journal server at "
+                                    f"{self._addr!r}: {damaged[1]}; nothing of this reply "
+                                    "was used")
             self._next = check.next
             return data
         body = bytes(self._payload(length)) if length else b""

@@ -79,7 +79,9 @@ every row below safe:
     C2   set F's mark in W                F    readers: F2 (serve F, look at path)
     C3   rename F2 over the path          F    readers follow to F2 (F1); writers
                                                waiting on F's lock get it after C4
-    C4   unlock F, go on in F2            F2   writers on F: W1 sends them to F2
+    C4   unlock F, move F's hand-over     F2   writers asleep on F wake, see the mark
+         count, wake every sleeper on F;       and take F's lock only to look (L5);
+         go on in F2                           W1 sends them to F2
     K    kill -9 at any step              -    the kernel drops the flocks; a mark
                                                left by C2 is cleared at W2; a torn
                                                record past W's end is overwritten
@@ -396,6 +398,11 @@ class KV(MutableMapping[str, "Any"], WriterLock):
     _load_all = _lazily.load_all
     _settle = _lazily.settle
 
+    def _retired(self) -> bool:
+        """The file was compacted away (or its compactor died marking it: the next
+        writer clears the mark, W1)."""
+        return bool(self._commit[0] & SUPERSEDED)
+
     def _follow_committed(self) -> None:
         """Replay what other processes committed, lock-free (R2, what every reader does);
         a waiter for the writer lock calls it (L3).  A compacted file is left to the
@@ -603,7 +610,7 @@ class KV(MutableMapping[str, "Any"], WriterLock):
         except OSError:
             pass
         if self._shared:
-            self._release_flock()  # waiters on the old file get it, see the mark, move over
+            self._retire_lock()  # C4: waiters on the old file see the mark, move over
         # Swap files with the old views bound until the new ones replace them (other
         # threads' get() reads the commit word without the lock).
         old = {n: getattr(self, n) for n in ("_fd", "_region", "_commit", "_waitw",
