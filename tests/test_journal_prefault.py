@@ -14,7 +14,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
-from conftest import spawn
+from conftest import exit_code, fork_child, spawn
 
 from mmapkit import Journal, _platform
 from mmapkit.journal import segment
@@ -141,18 +141,12 @@ def test_a_fork_child_appends_and_closes_with_the_parents_thread_running(
     for _ in range(2000):
         j.append(b"p" * 100)
     assert j._active is not None and j._active._pf is not None
-    pid = os.fork()
-    if pid == 0:  # the child: the parent's thread (and the lock it may hold) is not here
-        code = 1
-        try:
-            for _ in range(5000):  # past a few allocation steps: remaps
-                j.append(b"c" * 100)
-            j.close()
-            code = 0
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    def child() -> None:  # the parent's thread (and the lock it may hold) is not here
+        for _ in range(5000):  # past a few allocation steps: remaps
+            j.append(b"c" * 100)
+        j.close()
+
+    assert exit_code(fork_child(child)) == 0
     for _ in range(2000):
         j.append(b"p" * 100)
     assert j.end_offset == 9000
