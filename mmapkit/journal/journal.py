@@ -1566,7 +1566,7 @@ class _WriterLock(WriterLock):
                 self._tlock.release()
                 raise ClosedError("the journal is closed; open it again")
             try:
-                if self._hold and self._lock_waiter is None:
+                if self._hold:
                     # the futex set-up before L is taken, as the KV's at open (and the
                     # releaser thread's start: _acquire_flock)
                     self._prepare_waits()

@@ -104,9 +104,16 @@ class WriterLock:
         imports ctypes and sets up the syscall (5-10 ms, measured), which the first
         hand-over would otherwise pay holding the lock while others wait (traced: a
         4 ms stall in every 4-process run).  Writable multiprocess handles only."""
-        if _platform.HAVE_FUTEX and self._lock_waiter is None:
+        if _platform.HAVE_FUTEX:
+            self._seq_waiter()
+
+    def _seq_waiter(self) -> Waiter:
+        """The futex on the hand-over count (made once per mapping: a growth drops it)."""
+        waiter = self._lock_waiter
+        if waiter is None:
             assert self._region is not None
-            self._lock_waiter = Waiter(self._region, self._SEQ_AT)
+            waiter = self._lock_waiter = Waiter(self._region, self._SEQ_AT)
+        return waiter
 
     def _take_own_lock(self, *, follow: bool = False) -> None:
         """_acquire_flock(), first making the lock ours if we are a fork child; nothing
@@ -162,26 +169,22 @@ class WriterLock:
         """H1: this handle may keep the lock between writes; make sure its releaser thread
         watches the hold (parked between holds)."""
         evt = self._hold_evt
-        if evt is None:
-            evt = self._start_releaser()
+        assert evt is not None  # (started before the flock: _acquire_flock)
         if not evt.is_set():
             evt.set()
 
-    def _start_releaser(self) -> threading.Event:
-        """Start the handle's releaser thread, parked.  Done before the first flock is
-        taken (starting a thread takes a few hundred microseconds, which would otherwise
-        be spent holding the lock others wait for)."""
-        evt = self._hold_evt
-        if evt is None:
-            evt = self._hold_evt = threading.Event()
-            # A handle dropped unclosed lets its thread go; one still open at interpreter
-            # exit lets go of its hold and wakes a waiter (else the waiters sleep out
-            # their slices: the kernel drops the flock at exit but wakes nobody).
-            weakref.finalize(self, _at_exit, weakref.ref(self), evt)
-            name = f"mmapkit {self._KIND} lock releaser ({os.path.basename(self._path)})"
-            threading.Thread(target=_releaser, args=(weakref.ref(self), evt), daemon=True,
-                             name=name).start()
-        return evt
+    def _start_releaser(self) -> None:
+        """Start the handle's releaser thread, parked (once: _hold_evt None).  Done before
+        the first flock is taken (starting a thread takes a few hundred microseconds,
+        which would otherwise be spent holding the lock others wait for)."""
+        evt = self._hold_evt = threading.Event()
+        # A handle dropped unclosed lets its thread go; one still open at interpreter
+        # exit lets go of its hold and wakes a waiter (else the waiters sleep out their
+        # slices: the kernel drops the flock at exit but wakes nobody).
+        weakref.finalize(self, _at_exit, weakref.ref(self), evt)
+        name = f"mmapkit {self._KIND} lock releaser ({os.path.basename(self._path)})"
+        threading.Thread(target=_releaser, args=(weakref.ref(self), evt), daemon=True,
+                         name=name).start()
 
     def _end_hold(self) -> None:
         """A write (or a lock()/batch() block) ended, holding the lock: keep it (H1) unless
@@ -360,18 +363,12 @@ class WriterLock:
             # just let go beat the ready waiter's next try every time)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise LockTimeout(
-                    f"could not take the write lock of {self._path} within "
-                    f"{self._lock_timeout} s: another process holds it (kv.lock() or a "
-                    f"long batch); retry, or find it with `fuser {self._path}`")
+                raise self._timed_out()
             if not futex:  # no futex (or read-only): poll, backing off
                 time.sleep(min(delay, remaining))
                 delay = min(delay * 2, 0.002)
                 continue
-            if self._lock_waiter is None:
-                assert self._region is not None
-                self._lock_waiter = Waiter(self._region, self._SEQ_AT)
-            self._lock_waiter.wait(seq, min(remaining, _LOCK_SLICE))
+            self._seq_waiter().wait(seq, min(remaining, _LOCK_SLICE))
             if words[2] == seq or words[3]:
                 claimed = claimed + 1 if words[3] and words[2] == seq else 0
                 # The slice ended and nobody handed over (try once more above: a killed
@@ -416,6 +413,12 @@ class WriterLock:
             words[3] = 0
         self._start_run()
 
+    def _timed_out(self) -> LockTimeout:
+        return LockTimeout(
+            f"could not take the write lock of {self._path} within {self._lock_timeout} s: "
+            f"another process holds it (kv.lock() or a long batch); retry, or find it with "
+            f"`fuser {self._path}`")
+
     def _retired(self) -> bool:
         """The file this lock guards has been replaced (the KV's compaction); the lock's
         words are then nobody's turns any more."""
@@ -431,9 +434,7 @@ class WriterLock:
                 return
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise LockTimeout(
-                        f"could not take the write lock of {self._path} within "
-                        f"{self._lock_timeout} s; retry") from None
+                    raise self._timed_out() from None
                 if delay:
                     time.sleep(delay)
                 else:
@@ -448,15 +449,10 @@ class WriterLock:
         self._held = False
         words = self._waitw
         _flock(self._fd, _LOCK_UN)
-        if self._readonly:
-            return
         words[1] = words[3] = 0
         words[2] = (words[2] + 1) & 0xFFFFFFFF
         if _platform.HAVE_FUTEX:
-            if self._lock_waiter is None:
-                assert self._region is not None
-                self._lock_waiter = Waiter(self._region, self._SEQ_AT)
-            self._lock_waiter.wake()
+            self._seq_waiter().wake()
 
     def _start_run(self) -> None:
         """L4: the lock is ours after a wait; our quantum counts from now."""
@@ -519,10 +515,7 @@ class WriterLock:
             pause("kv.handover.counted")
         if not _platform.HAVE_FUTEX:
             return
-        if self._lock_waiter is None:
-            assert self._region is not None
-            self._lock_waiter = Waiter(self._region, self._SEQ_AT)
-        if self._lock_waiter.wake(1):
+        if self._seq_waiter().wake(1):
             words[1] = 1  # others may sleep on: the next hand-over wakes the next one
 
 
