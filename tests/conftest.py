@@ -17,6 +17,21 @@ from hypothesis import HealthCheck, settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# A journal writer for kill -9 tests: appends "%08d" counters (100-byte values) forever
+# and prints every 50th offset once append() returned it (acknowledged).
+JOURNAL_APPENDER = """
+import sys
+from mmapkit import Journal
+j = Journal(sys.argv[1])
+print("ready", flush=True)
+i = 0
+while True:
+    off = j.append(b"%08d" % i + b"." * 92)
+    if i % 50 == 0:
+        print(off, flush=True)
+    i += 1
+"""
+
 # Hypothesis checks how fast it generates examples; on a loaded 2-core machine (a CI run, a
 # benchmark beside the tests) that check failed a test of our code for the machine's
 # speed.  The tests' own assertions are unchanged.

@@ -14,7 +14,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
-from conftest import exit_code, fork_child, spawn
+from conftest import JOURNAL_APPENDER, exit_code, fork_child, spawn
 
 from mmapkit import Journal, _platform
 from mmapkit.journal import segment
@@ -162,27 +162,13 @@ def test_a_writer_that_syncs_starts_no_thread(tmp_path: Path, small_min: None) -
         assert j._active is not None and j._active._pf is None
 
 
-WRITER = """
-import sys
-from mmapkit import Journal
-j = Journal(sys.argv[1])  # 1 GiB segments: the prefault thread runs
-print("ready", flush=True)
-i = 0
-while True:  # each offset printed is acknowledged (append returned)
-    off = j.append(b"%08d" % i + b"." * 92)
-    if i % 100 == 0:
-        print(off, flush=True)
-    i += 1
-"""
-
-
 @pytest.mark.skipif(not _platform.HAVE_POPULATE, reason="Linux only")
 def test_kill_9_of_a_prefaulting_writer_loses_nothing_acknowledged(tmp_path: Path) -> None:
     d = str(tmp_path / "j")
     Journal(d, create=True).close()
     acked = -1
     for _ in range(5):
-        p = spawn(WRITER, d)
+        p = spawn(JOURNAL_APPENDER, d)  # (1 GiB segments: prefaulted)
         assert p.stdout is not None and p.stdout.readline().strip() == "ready"
         time.sleep(random.uniform(0.02, 0.3))
         p.send_signal(signal.SIGKILL)

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import exit_code, fork_child, spawn, wait_reached
+from conftest import JOURNAL_APPENDER, exit_code, fork_child, spawn, wait_reached
 
 from mmapkit import Journal
 
@@ -252,19 +252,6 @@ def test_kill_at_a_protocol_step(tmp_path: Path, point: str,
     assert report.ok, report.problems
 
 
-CRASHING_WRITER = """
-import sys
-from mmapkit import Journal
-j = Journal(sys.argv[1])
-print("ready", flush=True)
-i = 0
-while True:  # each offset printed is acknowledged (append returned)
-    off = j.append(b"crash-%d" % i + b"." * 80)
-    if i % 50 == 0:
-        print(off, flush=True)
-    i += 1
-"""
-
 REOPEN = """
 import sys, time
 from mmapkit import Journal
@@ -285,7 +272,7 @@ def test_reopen_after_kill_mid_append_costs_unpublished_bytes_only(
         while j.statistics().bytes < size:
             j.append_many(chunk)
     for _ in range(3 if size < 1 << 30 else 10):
-        p = spawn(CRASHING_WRITER, d)
+        p = spawn(JOURNAL_APPENDER, d)
         assert p.stdout is not None and p.stdout.readline().strip() == "ready"
         acked = int(p.stdout.readline())
         time.sleep(random.uniform(0.01, 0.2))
