@@ -107,8 +107,7 @@ class Reader:
     @property
     def position(self) -> int:
         """The offset of the next record this reader returns."""
-        if self._it is not None:
-            self._detach()
+        self._detach()
         return self._next
 
     def seek(self, offset: str | int) -> None:
@@ -134,7 +133,7 @@ class Reader:
         position, and it is exhausted (the loop's next step resumes from the state)."""
         it, self._it = self._it, None
         if it is None:
-            return
+            return  # (the hot entries, __next__ and _take, test _it before calling)
         buf = self._buf
         bi = len(buf) - it.__length_hint__()  # type: ignore[attr-defined]
         if bi > self._bi:
@@ -143,8 +142,7 @@ class Reader:
         it.__setstate__(len(buf))  # type: ignore[attr-defined]
 
     def _drop(self) -> None:
-        if self._it is not None:
-            self._detach()
+        self._detach()
         self._idle_n = -1
         if self._seg is not None:
             self._seg.close()
@@ -309,8 +307,7 @@ class Reader:
         touched, so their pages are not even mapped (on a cold mapping the walk's page
         faults cost more than sending the bytes).  Damage in between is then the
         receiver's to find."""
-        if self._it is not None:
-            self._detach()
+        self._detach()
         self._buf, self._bi = [], 0
         meta = self._meta
         while True:
@@ -447,8 +444,7 @@ class Reader:
         deadline = None if timeout is None else time.monotonic() + timeout
         meta = self._meta
         waiter = self._j._get_waiter()
-        if self._it is not None:
-            self._detach()
+        self._detach()
         while True:
             seen = waiter.load()
             if self._bi < len(self._buf):
@@ -476,8 +472,7 @@ class Reader:
             raise ValueError(f"max_records must be positive, got {max_records}")
         if self._closed or self._j._closed:
             self._check_open()  # raises
-        if self._it is not None:
-            self._detach()
+        self._detach()
         if self._bi >= len(self._buf):
             # (an unarmed reader's _idle_n is -1: never a value of the u32 N)
             if timeout == 0 and self._notify[_I_NOTIFY] == self._idle_n:
@@ -572,8 +567,7 @@ class Reader:
         the buffer as a list iterator (the loop takes its records in C), or the one
         record ``__next__``'s way found after the end of the buffer."""
         while True:
-            if self._it is not None:
-                self._detach()  # (the loop exhausted it, or another entry took it back)
+            self._detach()  # (the loop exhausted it, or another entry took it back)
             buf = self._buf
             if self._bi < len(buf):
                 it = iter(buf)
@@ -620,8 +614,7 @@ class Reader:
         idle_since = time.monotonic()
         fd = self.fileno() if self.follow else -1
         while True:
-            if self._it is not None:
-                self._detach()
+            self._detach()
             got = self._take_or_arm(500) if fd >= 0 else self._take(500)
             for r in got:
                 yield r
