@@ -24,6 +24,7 @@ import os
 import select
 import stat
 import time
+from collections.abc import Callable
 
 from . import _platform
 from .errors import AlignmentError, OutOfRangeError, UnsupportedPlatformError
@@ -90,6 +91,19 @@ class Waiter:
     def doorbell(self) -> str | None:
         """Path of the FIFO doorbell (``None`` with the futex backend)."""
         return self._fifo
+
+    @property
+    def waker(self) -> Callable[[int], int]:
+        """``wake(count)`` as one call, for the hot path of a waker: the futex call with
+        its arguments converted once (the FIFO backend: :meth:`wake` itself)."""
+        return self._wake_word or self.wake
+
+    @property
+    def sleeper(self) -> Callable[[int, float | None], bool]:
+        """``sleep(expected, timeout)`` as one call, for a caller that loops on its own
+        state anyway: one sleep (futex) or one FIFO wait, True unless the timeout passed
+        (the word may still equal ``expected``: a wake-up is a hint)."""
+        return self._wait_word or self._wait_fifo
 
     def load(self) -> int:
         """The word's current value."""

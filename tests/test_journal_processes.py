@@ -14,6 +14,7 @@ import pytest
 from conftest import JOURNAL_APPENDER, exit_code, fork_child, spawn, wait_reached
 
 from mmapkit import Journal
+from mmapkit.journal import _format as F
 
 PRODUCER = """
 import sys, time
@@ -324,5 +325,57 @@ def test_a_spinning_poll_sees_every_record_of_another_process(tmp_path: Path) ->
         assert p.returncode == 0 and out.strip() == "done", err
         got.extend(x.offset for x in r.poll(500, timeout=0))
         assert got == list(range(want))
+    report = Journal.check(d)
+    assert report.ok, report.problems
+
+
+FOLLOWER = """
+import sys
+from mmapkit import Journal
+with Journal(sys.argv[1]) as j, j.reader("latest", follow=True, timeout=30) as r:
+    print("ready", flush=True)
+    for rec in r:
+        print(rec.value.decode(), flush=True)
+        if rec.value == b"last":
+            break
+"""
+
+
+def test_an_append_that_woke_a_follower_yields_the_cpu_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A7: an append (the general way, then the lean one) that woke a follower asleep in
+    another process yields the CPU once, so a follower woken on this CPU runs now; an
+    append that woke nobody makes no sched_yield call."""
+    d = str(tmp_path / "j")
+    yields: list[int] = []
+    real_yield = os.sched_yield
+
+    def counted() -> None:
+        yields.append(1)
+        real_yield()
+
+    waiting = F.OFF_WAITERS // 4
+    with Journal(d, create=True) as j:
+        p = spawn(FOLLOWER, d)
+        assert p.stdout is not None and p.stdout.readline() == "ready\n"
+        monkeypatch.setattr(os, "sched_yield", counted)
+        for value, woke in (("general", 1), ("lean", 1)):
+            deadline = time.monotonic() + 30
+            while not j._meta.u32[waiting]:  # the follower is asleep (it set the word)
+                assert time.monotonic() < deadline and p.poll() is None
+                time.sleep(0.001)
+            before = len(yields)
+            j.append(value.encode())
+            assert len(yields) - before == woke
+            assert p.stdout.readline() == value + "\n"
+        while not j._meta.u32[waiting]:
+            time.sleep(0.001)
+        j._meta.u32[waiting] = 0  # as if nobody slept: the append wakes nobody
+        before = len(yields)
+        j.append(b"unheard")
+        assert len(yields) == before
+        j.append(b"last")  # (the follower's slice ends; it reads both)
+        out, err = p.communicate(timeout=30)
+        assert p.returncode == 0 and out.split() == ["unheard", "last"], err
     report = Journal.check(d)
     assert report.ok, report.problems

@@ -63,6 +63,36 @@ def test_fork_child_is_woken_by_parent(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_sleeper_and_waker_are_one_sleep_and_one_wake(backend):
+    """The bare calls for hot loops: ``sleeper`` sleeps once (False only at the timeout),
+    ``waker`` wakes a fork child asleep in it and says how many it woke."""
+    with Region.anonymous(4096) as r:
+        w = Waiter(r, 8, backend=backend)
+        sleep, wake = w.sleeper, w.waker
+        t0 = time.monotonic()
+        assert sleep(0, 0.2) is False
+        assert 0.15 < time.monotonic() - t0 < 3
+        w.store(1)
+        assert sleep(0, 5) is True  # the word differs: no sleep
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                deadline = time.monotonic() + 10
+                while w.load() == 1 and time.monotonic() < deadline:
+                    sleep(1, 10)
+                code = 0 if w.load() == 7 and time.monotonic() < deadline else 2
+            finally:
+                os._exit(code)
+        time.sleep(0.2)
+        w.store(7)
+        assert wake(0x7FFFFFFF) >= (1 if backend == "futex" else 0)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        w.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_unrelated_process_wakes_us_and_sleeper_burns_no_cpu(tmp_path, backend):
     path = tmp_path / "word"
     with Region.open(path, 4096, create=True) as r:

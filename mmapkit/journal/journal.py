@@ -25,6 +25,11 @@ Design rules:
   index files are allocated when their segment is created (before A names it); a rebuilt
   index replaces the old file by rename; retention renames whole sealed segments to
   ``.deleted`` and unlinks them ``delete_delay_ms`` later, so a reader holding one reads on.
+- An append that woke a sleeping follower yields the CPU once (A7).  When P idles between
+  appends, the kernel wakes the follower on P's CPU (measured: 90-95% of wake-ups on a
+  2-vCPU VM; waking the other, idle vCPU costs 60-110 us there), where it waits for P to
+  sleep or its slice to end; the yield lets it run at once (same-CPU hand-off p50 3-7 us
+  lower).  Appends that woke nobody make no syscall; one that did pays one sched_yield.
 
 Multiprocess protocol.  Shared state: meta (A, S, notify word N, waiters word, boot stamp,
 recovery point, bells word B and the doorbell slots), each segment's W, the files in the
@@ -73,8 +78,9 @@ directory.  L = the writer lock.
     A6    store W (one 8-byte store)        L     the batch is whole and visible: it is
                                                   acknowledged from here on
     A7    N += 1; release L (or hold it:    -     followers woken (or they see N moved
-          H1-H3); waiters word set: clear         at their next timed look)
-          it, futex wake
+          H1-H3); waiters word set: clear         at their next timed look); one woken
+          it, futex wake; it woke someone:        on P's CPU runs at P's yield, not at
+          yield the CPU once                      P's next sleep or slice end
     A7b   bells word B read under L: B>0:  -     each registered reader's doorbell FIFO
           write a byte to each registered         turns readable (after W was stored); a
           reader's doorbell (after L)             FIFO nobody reads (reader killed) is
@@ -285,6 +291,7 @@ _crc32 = F.crc32  # (zlib's values; ISA-L's speed where the isal extra is instal
 _I_INTERVAL = F.OFF_INDEX_INTERVAL // 4
 _I_NOTIFY = F.OFF_NOTIFY // 4
 _I_WAITERS = F.OFF_WAITERS // 4
+_WAKE_ALL = 0x7FFFFFFF
 _I_BELLS = F.OFF_BELLS // 4
 _I_BELL0 = F.OFF_BELL_SLOTS // 8
 
@@ -469,6 +476,7 @@ class Journal:
         self._active: ActiveSegment | None = None
         self._tail: Segment | None = None  # read view of the active segment (end_offset)
         self._waiter: Waiter | None = None
+        self._wake: Callable[[int], int] | None = None  # the waiter's waker, once made
         self._kv: KV | None = None
         self._kv_lock = threading.Lock()
         self._appended = 0
@@ -646,8 +654,11 @@ class Journal:
                     lock._pos += 1  # (the lock's release: the flock stays, H2)
                     tlock.release()
                 self._appended += 1
-                if rare:
-                    self._lean_after(rare)
+                if rare:  # (A7 after L, inline: a sleeping reader waits for every step)
+                    if rare & 1 and (self._wake or self._make_wake())(_WAKE_ALL):
+                        os.sched_yield()  # A7: a follower woken on this CPU runs now
+                    if rare & 2:
+                        self._ring_bells()
                 if self._sync_every is not None:
                     self._sync_due()
                 return first
@@ -779,8 +790,8 @@ class Journal:
         self._appended += count
         if PAUSES:
             pause("journal.append.published")
-        if wake:
-            self._get_waiter().wake()
+        if wake and (self._wake or self._make_wake())(_WAKE_ALL):
+            os.sched_yield()  # A7: a follower woken on this CPU runs now
         if bells:
             self._ring_bells()
         if self._sync_every is not None:
@@ -811,12 +822,6 @@ class Journal:
                                        _monotonic() >= lock._turn_at):
             lock._end_hold()  # H3/H3b (clears lock._hot when it lets go)
         return todo
-
-    def _lean_after(self, todo: int) -> None:
-        if todo & 1:
-            self._get_waiter().wake()
-        if todo & 2:
-            self._ring_bells()
 
     def _sync_due(self) -> None:
         """A8: sync when the policy says so."""
@@ -876,6 +881,10 @@ class Journal:
                                   doorbell=None if _platform.HAVE_FUTEX
                                   else os.path.join(self._dir, "journal.bell"))
         return self._waiter
+
+    def _make_wake(self) -> Callable[[int], int]:
+        self._wake = wake = self._get_waiter().waker
+        return wake
 
     def _ring_bells(self) -> None:
         """A7: one byte into each registered reader's doorbell FIFO (``Reader.fileno()``).
@@ -1490,7 +1499,7 @@ class Journal:
         if getattr(self, "_waiter", None) is not None:
             assert self._waiter is not None
             self._waiter.close()
-            self._waiter = None
+            self._waiter = self._wake = None
         if getattr(self, "_kv", None) is not None:
             assert self._kv is not None
             self._kv.close()

@@ -66,6 +66,7 @@ __all__ = ["Reader"]
 
 _WAIT_SLICE = 0.1
 _I_NOTIFY = F.OFF_NOTIFY // 4
+_I_WAITERS = F.OFF_WAITERS // 4
 _I_ACTIVE = F.OFF_ACTIVE // 8
 _TAIL_PREAD = 1 << 16  # unread bytes past the mapping that a pread fetches (no remap)
 _decode_one = F.decode_one
@@ -441,12 +442,19 @@ class Reader:
     def wait(self, timeout: float | None = None) -> bool:
         """Sleep until a record past this reader's position is published (True) or
         ``timeout`` seconds pass (False)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        meta = self._meta
-        waiter = self._j._get_waiter()
         self._detach()
+        return self._wait(timeout)
+
+    def _wait(self, timeout: float | None) -> bool:
+        """wait() once the loop's iterator is detached.  After a wake-up the reader runs
+        cold (its CPU idled): the steps from the futex call's return to the record are
+        few on purpose -- the sleep is the waiter's bare futex call, and a record found
+        by the look is left in the buffer for the caller's iterator."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        sleep = self._j._get_waiter().sleeper
+        words = self._notify
         while True:
-            seen = waiter.load()
+            seen = words[_I_NOTIFY]
             if self._bi < len(self._buf):
                 return True
             if self._bell < 0:
@@ -459,11 +467,10 @@ class Reader:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return False
-            meta.u32[F.OFF_WAITERS // 4] = 1
-            if waiter.load() != seen:
+            words[_I_WAITERS] = 1
+            if words[_I_NOTIFY] != seen:
                 continue
-            waiter.wait(seen, _WAIT_SLICE if remaining is None else min(remaining,
-                                                                          _WAIT_SLICE))
+            sleep(seen, _WAIT_SLICE if remaining is None else min(remaining, _WAIT_SLICE))
 
     def poll(self, max_records: int = 500, timeout: float | None = 0.0) -> list[Record]:
         """Up to ``max_records`` records; waits up to ``timeout`` seconds (None: forever)
@@ -485,7 +492,7 @@ class Reader:
         out = self._take_or_arm(max_records)
         if out or timeout == 0:
             return out
-        if self.wait(timeout):
+        if self._wait(timeout):
             out = self._take(max_records)
         return out
 
@@ -577,11 +584,11 @@ class Reader:
                 yield it
                 continue
             got = self._take_or_arm(1)
-            if not got and self.follow and self.wait(self.timeout):
-                got = self._take(1)
-            if not got:
+            if got:
+                yield iter(got)
+            elif not self.follow or not self._wait(self.timeout):
                 return
-            yield iter(got)
+            # (woken with records: the loop's top hands out the buffer they are in)
 
     def __next__(self) -> Record:
         if self._it is not None:
@@ -596,7 +603,7 @@ class Reader:
         got = self._take_or_arm(1)
         if got:
             return got[0]
-        if self.follow and self.wait(self.timeout):
+        if self.follow and self._wait(self.timeout):
             got = self._take(1)
             if got:
                 return got[0]
