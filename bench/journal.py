@@ -490,6 +490,58 @@ def c_tail_floor(n: int, mode: str) -> list[float] | None:
     return [float(x) for x in out.split()]
 
 
+def py_tail_floor(n: int) -> list[float]:
+    """Latencies (us) of the C floor's steps done in Python, with no journal code: the
+    writer stamps a shared page, bumps a word and, when the reader said it sleeps, wakes
+    the futex on it (``Waiter.waker``); a fork child sleeps on the word
+    (``Waiter.sleeper``), the same 0.5 ms pauses.  What any Python writer and reader
+    pay on this machine before the journal's own steps."""
+    from mmapkit import Region, Waiter
+
+    with Region.anonymous(4096) as region:
+        stamp = region.view.cast("q")  # [0]: the stamp
+        words = region.view.cast("I")  # [2]: records published, [3]: "asleep"
+        w = Waiter(region, 8)
+        sleep, wake = w.sleeper, w.waker
+        rfd, wfd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.close(rfd)
+                now, seen = time.monotonic_ns, 0
+                lat: list[float] = []
+                while seen < n:
+                    while words[2] == seen:
+                        words[3] = 1
+                        if words[2] == seen:
+                            sleep(seen, 1.0)
+                    seen = words[2]
+                    lat.append((now() - stamp[0]) / 1e3)
+                with os.fdopen(wfd, "w") as f:
+                    json.dump(lat, f)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(wfd)
+        time.sleep(0.05)
+        now = time.monotonic_ns
+        for i in range(n):
+            time.sleep(0.0005)
+            stamp[0] = now()
+            words[2] = i + 1
+            if words[3]:
+                words[3] = 0
+                wake(0x7FFFFFFF)
+        with os.fdopen(rfd) as f:
+            lat = json.load(f)
+        os.waitpid(pid, 0)
+        stamp.release()
+        words.release()
+        w.close()
+    return lat
+
+
 def _tail_case(report: _harness.Report, impls: list[type[Impl]], tmp: str, n: int) -> None:
     runs: list[tuple[type[Impl], str, str]] = [
         (Ours, "tail-block", f"{OURS} (blocking)"), (Ours, "tail-spin", f"{OURS} (spinning)")]
@@ -524,6 +576,11 @@ def _tail_case(report: _harness.Report, impls: list[type[Impl]], tmp: str, n: in
             continue
         report.add("tail latency append -> seen", name, floor, "us", higher_is_better=False,
                    note="a C writer and reader, the same 0.5 ms pauses: the machine's floor")
+    if hasattr(os, "fork"):
+        report.add("tail latency append -> seen", "Python futex (floor)", py_tail_floor(n),
+                   "us", higher_is_better=False,
+                   note="the C floor's steps in Python, no journal code: the floor of any "
+                   "Python writer and reader here")
 
 
 def _commit_case(report: _harness.Report, impls: list[type[Impl]], tmp: str, n: int,

@@ -38,3 +38,11 @@ def test_missing_peer_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         assert why is not None
         report.skip(cls.name, why)
     assert set(report.skipped) == {"persist-queue", "litequeue"}
+
+
+def test_python_tail_floor_sees_every_stamp() -> None:
+    """The bare Python pair behind the tail case's floor row: a latency per record the
+    reader woke for (two published while it was off the CPU count once), each positive
+    (a stamp read before it was written would be negative)."""
+    lat = bj.py_tail_floor(50)
+    assert 0 < len(lat) <= 50 and all(x > 0 for x in lat)
