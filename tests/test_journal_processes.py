@@ -329,7 +329,7 @@ def test_a_spinning_poll_sees_every_record_of_another_process(tmp_path: Path) ->
     assert report.ok, report.problems
 
 
-FOLLOWER = """
+ECHO_FOLLOWER = """
 import sys
 from mmapkit import Journal
 with Journal(sys.argv[1]) as j, j.reader("latest", follow=True, timeout=30) as r:
@@ -356,7 +356,7 @@ def test_an_append_that_woke_a_follower_yields_the_cpu_once(
 
     waiting = F.OFF_WAITERS // 4
     with Journal(d, create=True) as j:
-        p = spawn(FOLLOWER, d)
+        p = spawn(ECHO_FOLLOWER, d)
         assert p.stdout is not None and p.stdout.readline() == "ready\n"
         monkeypatch.setattr(os, "sched_yield", counted)
         for value, woke in (("general", 1), ("lean", 1)):
