@@ -225,13 +225,9 @@ def _available(cls: type[Impl], tmp: str) -> str | None:
     return None
 
 
-_n = [0]
-
-
 @contextlib.contextmanager
 def _fresh(cls: type[Impl], tmp: str) -> Iterator[Impl]:
-    _n[0] += 1
-    impl = cls(os.path.join(tmp, f"run{_n[0]}"))
+    impl = cls(os.path.join(tempfile.mkdtemp(prefix="run", dir=tmp), "q"))
     try:
         yield impl
     finally:
