@@ -61,6 +61,10 @@ _HEAD_SIZE = _HEAD.size
 _MSG = fmt.QUEUE_MSG  # the message without its length word
 assert _HEAD.format[2:] == _MSG.format[1:]  # (the length word, then the message)
 assert _MSG.size + 8 == _HEAD_SIZE == 32  # (channel.py's _seq_base: _base + 32)
+# The cached framers spell the two zero words (buffer count, reserved) as pad bytes, which
+# pack_into writes as zeros (documented): two arguments fewer to convert a put.
+_PADDED = "<QQ8xQ"
+assert struct.Struct(_PADDED).pack(29, 7, 5) == _HEAD.pack(29, 7, 0, 0, 5)
 SEQ_FRAMED_MAX = 1024  # pickles up to this long are framed by one cached Struct per length
 _dumps, _loads = pickle.dumps, pickle.loads
 
@@ -80,7 +84,7 @@ class SequencedChannel(Channel):
     __slots__ = ()
 
     def _seq_framer(self, blen: int) -> Callable[..., None]:
-        pack: Callable[..., None] = struct.Struct(f"<QQIIQ{blen}s").pack_into
+        pack: Callable[..., None] = struct.Struct(f"{_PADDED}{blen}s").pack_into
         framers = self._seq_framers
         if len(framers) <= SEQ_FRAMED_MAX:  # (a list: its index is a cheaper look-up
             framers.extend([None] * (SEQ_FRAMED_MAX + 1 - len(framers)))  # than a dict's)
@@ -134,7 +138,7 @@ class SequencedChannel(Channel):
                             counters = self._seq_counters
                             seq = counters[0]  # PUTS
                             if pack is not None:
-                                pack(self._data, pos, n, seq, 0, 0, blen, body)  # S4
+                                pack(self._data, pos, n, seq, blen, body)  # S4
                             else:
                                 _HEAD.pack_into(self._data, pos, n, seq, 0, 0, blen)
                                 self._data[pos + _HEAD_SIZE : pos + _HEAD_SIZE + blen] = body
