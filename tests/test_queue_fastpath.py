@@ -209,6 +209,33 @@ def test_a_full_ring_looks_at_tail_again_before_it_misses() -> None:
         ch.check()
 
 
+def test_a_get_that_waited_on_an_empty_ring_takes_the_message_in_one_call() -> None:
+    """A get that misses on an empty ring with the consumers' lease ours waits as the
+    general path would, then takes the message through the one-call get (which keeps
+    its copy of tail; the general path's _c_leave drops it).  Timeouts still hold."""
+    from mmapkit import Queue
+
+    q = Queue(capacity=1 << 16)
+    try:
+        q.put("attach")
+        assert q.get() == "attach"  # both roles attached, both leases ours
+        with pytest.raises(queue.Empty):
+            q.get(timeout=0.05)
+        with pytest.raises(queue.Empty):
+            q.get_nowait()
+
+        def child() -> None:
+            time.sleep(0.2)
+            q.put(("late", 1))
+
+        pid = fork_child(child)
+        assert q.get(timeout=10) == ("late", 1)
+        assert q._chan._tail_mine == q._chan._hdr[fmt.TAIL_Q]
+        assert exit_code(pid) == 0
+    finally:
+        q.close()
+
+
 def test_get_takes_the_pickle_as_the_frame_less_the_header() -> None:
     """A Queue message without buffers is 24 bytes of words and its pickle, whichever put
     wrote it, so the one-call get takes the frame's last n - 24 bytes and does not read
