@@ -36,13 +36,6 @@ Design rules:
   file (UnsupportedPlatformError), and creates version 2 files.
 - A killed owner leaves its busy word at 1 and its slot lock free: thieves skip dead
   slots, so a killed peer cannot wedge the others.
-- A would-be thief first yields to a running holder (L4a): while the position the lease
-  guards keeps moving, another CPU runs the holder, and two processes of a role running
-  at once would steal the lease from each other at every message (~50 us of CPU a steal
-  under load: 4 x 4 runs on 2 vCPUs with 1.5k-8k consumer steals instead of ~150, at
-  0.55-0.75x the throughput).  It yields its CPU (to a process that needs it, as likely
-  as not) for up to ``_WATCH``, and steals once the position stood still for ``_STILL``
-  (an idle, preempted or dead holder) or the watch ran out (no process starves).
 - Version 1 files (made by older mmapkit, whose processes flock every claim), broadcast
   producers and weakly ordered CPUs (``strict()``: there every send and receive of every
   channel takes the kernel lock, whose lock and unlock are full barriers) claim by flock.
@@ -73,9 +66,6 @@ for consumers):
     L4    else (or L3 held but nothing fits, no  -           -
           frame ready: back to the general
           path) busy = 0 and steal:
-    L4a   while the position moves: yield the   -           -
-          CPU (up to _WATCH; steal when it
-          stood still for _STILL)
     L5    take the role's flock (tries without   flock       other thieves wait, yielding
           blocking, a yield apart; then waits                then in flock() (K: the
           in flock(): _thief_turn)                           kernel frees it)
@@ -162,8 +152,6 @@ _HEAD_Q = fmt.HEAD // 8
 _TAIL_Q = fmt.TAIL // 8
 _THIEF_YIELDS = 64  # tries of the thieves' flock without blocking (L5), a yield apart
 _BUSY_SCAN = 64  # rounds of yielding on a busy peer between two looks at its liveness
-_WATCH = 0.001  # longest a would-be thief yields to a holder that keeps moving its position
-_STILL = 20e-6  # ...and how long the position must stand still before it steals
 
 
 def strict() -> bool:
@@ -295,7 +283,6 @@ class Claims(State):
         # Whoever held the lease since our last claim may have moved the positions: the
         # one-call paths' copies of them are stale from here, even if this steal fails.
         self._head_mine = self._tail_mine = -1
-        self._yield_to_holder(_HEAD_Q if full else _TAIL_Q, deadline)  # L4a
         self._thief_turn(fd, deadline, full)  # L5: thieves one at a time
         try:
             h32[lease] = token  # L6
@@ -313,26 +300,6 @@ class Claims(State):
             raise
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
-
-    def _yield_to_holder(self, index: int, deadline: float | None) -> None:
-        """Step L4a (see the top comment): yield while header word ``index`` (the
-        position the lease guards) keeps moving, up to ``_WATCH`` seconds or the deadline;
-        return once it stood still for ``_STILL``."""
-        hdr = self._hdr
-        sched_yield = os.sched_yield
-        last = hdr[index]
-        start = moved = time.monotonic()
-        end = start + _WATCH if deadline is None else min(start + _WATCH, deadline)
-        while True:
-            sched_yield()
-            now = time.monotonic()
-            pos = hdr[index]
-            if pos != last:
-                last, moved = pos, now
-            elif now - moved >= _STILL:
-                return
-            if now >= end:
-                return
 
     def _await_idle(self, field: int, me: int, deadline: float | None, full: bool) -> None:
         """Step L7: wait until every other participant's busy word ``field`` has read 0
