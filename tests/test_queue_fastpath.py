@@ -4,7 +4,9 @@ miss changes nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import pickle
+import queue
 import struct
 import time
 
@@ -85,11 +87,14 @@ def test_put_writes_the_formats_frame(blen: int) -> None:
         obj = _bytes_pickling_to(blen)
         body = pickle.dumps(obj, 5)
         head = ch._hdr[fmt.HEAD_Q]
-        assert parts.put(obj)
-        assert parts.counters[0] == 42
         msg = _message(41, body)
         frame = fmt.encode_frame(msg)
         pos = head % ch.capacity
+        # bytes left by earlier messages: every byte of the frame (the framer's zero
+        # words are pad bytes) must be written
+        ch._data[pos : pos + len(frame)] = b"\xff" * len(frame)
+        assert parts.put(obj)
+        assert parts.counters[0] == 42
         assert bytes(ch._data[pos : pos + 8 + len(msg)]) == frame[: 8 + len(msg)]
         assert ch._hdr[fmt.HEAD_Q] == head + fmt.frame_size(len(msg))
         # the general receive path reads it as the same message
@@ -156,8 +161,8 @@ def test_a_miss_changes_nothing() -> None:
         counters[0] = 7
         while parts.put(b"c" * 100):
             pass
-        # it stopped where the next frame would pass the room it last saw (tail then +
-        # capacity), which is never more room than there is
+        # it stopped where the next frame would pass the room there is (it looks at tail
+        # again when the room it saw last is used up), never more room than there is
         size = len(pickle.dumps(b"c" * 100, 5))
         assert ch._hdr[fmt.HEAD_Q] + fmt.frame_size(24 + size) > ch._room_end
         assert ch._room_end <= ch._hdr[fmt.TAIL_Q] + ch.capacity
@@ -167,6 +172,68 @@ def test_a_miss_changes_nothing() -> None:
             got.append(obj)
         assert got == [b"c" * 100] * sent and counters[8] == counters[0]
         ch.check()
+
+
+def test_a_full_ring_looks_at_tail_again_before_it_misses() -> None:
+    """When a frame would pass the room seen last, the one-call put (and the lease send)
+    looks at tail again under the claim: room a consumer made since is used at once, not
+    through the general path (whose _p_leave drops the copy of head)."""
+    with _mpmc(4096) as ch:
+        _attach(ch)
+        ch.send(b"y" * (ch.capacity - 16 - 8))  # head and tail to 0 mod the capacity
+        ch.recv()
+        parts = _Parts(ch)
+        obj = _bytes_pickling_to(28)  # a 64-byte frame: 64 of them fill the ring exactly
+        while parts.put(obj):
+            pass
+        assert parts.counters[0] == 64 and len(parts.puts) == 1  # the last one: no room
+        room = ch._room_end
+        assert ch._recv_seq() == obj  # room for one more frame
+        assert parts.put(obj)  # no miss: the one-call put looked at tail
+        assert ch._room_end == room + 64 and ch._head_mine == ch._hdr[fmt.HEAD_Q]
+        assert not parts.put(obj)  # and no more room than there is
+        got = 0
+        while ch._recv_seq() is not MISSED:
+            got += 1
+        assert got == 64
+        # the Channel's own lease send does the same
+        with contextlib.suppress(queue.Full):
+            while True:
+                ch.send(b"e" * 56, timeout=0)
+        assert ch._head_mine == -1  # (the general path, which found no room)
+        assert ch.recv() == b"e" * 56
+        head = ch._hdr[fmt.HEAD_Q]
+        ch.send(b"e" * 56, timeout=0)
+        assert ch._head_mine == head + 64
+        assert len(ch.recv_many(100)) == 64
+        ch.check()
+
+
+def test_a_get_that_waited_on_an_empty_ring_takes_the_message_in_one_call() -> None:
+    """A get that misses on an empty ring with the consumers' lease ours waits as the
+    general path would, then takes the message through the one-call get (which keeps
+    its copy of tail; the general path's _c_leave drops it).  Timeouts still hold."""
+    from mmapkit import Queue
+
+    q = Queue(capacity=1 << 16)
+    try:
+        q.put("attach")
+        assert q.get() == "attach"  # both roles attached, both leases ours
+        with pytest.raises(queue.Empty):
+            q.get(timeout=0.05)
+        with pytest.raises(queue.Empty):
+            q.get_nowait()
+
+        def child() -> None:
+            time.sleep(0.2)
+            q.put(("late", 1))
+
+        pid = fork_child(child)
+        assert q.get(timeout=10) == ("late", 1)
+        assert q._chan._tail_mine == q._chan._hdr[fmt.TAIL_Q]
+        assert exit_code(pid) == 0
+    finally:
+        q.close()
 
 
 def test_get_takes_the_pickle_as_the_frame_less_the_header() -> None:

@@ -525,6 +525,16 @@ class Channel(Claims, Wake, Broadcast, InPlace):
             return -1
         return int(head)
 
+    def _room_now(self) -> int:
+        """Where the room for frames ends now (tail + capacity), remembered as _place
+        remembers it.  The lease paths call it, under the producer claim, when the room
+        they saw last is used up: with a full ring every send would otherwise take the
+        general path (a Queue put + get 49k instructions instead of 22k, callgrind)."""
+        tail = self._tail_seen = self._hdr[_TAIL_Q]
+        room: int = tail + self._cap
+        self._room_end = room
+        return room
+
     def _acquire_space(self, need: int, deadline: float | None) -> int:
         """Block until ``need`` bytes are free (steps S1-S3); returns the head position to
         write at.  With a producer claim lock, returns holding it."""
@@ -599,7 +609,8 @@ class Channel(Claims, Wake, Broadcast, InPlace):
 
     def _send_locked(self, data: bytes | memoryview, n: int, timeout: float | None) -> None:
         """send() with a producer claim (S1-S6).  The lease's common case (we hold it and
-        the frame fits below the room we saw last) is written out here, without a call:
+        the frame fits below the room we saw last, or below the room there is now:
+        ``_room_now``) is written out here, without a call:
         it is the multi-producer hot path (see _claims.py for steps L1-L9).  It takes our
         process's turn to send by popping ``_send_free`` (_state.Turn); taken by another
         thread of ours, or the case not common, the general path waits its turn."""
@@ -625,7 +636,8 @@ class Channel(Claims, Wake, Broadcast, InPlace):
                             if head < 0:
                                 head = hdr[8]  # _HEAD_Q
                             pos = head % cap
-                            if pos + need <= cap and head + need <= self._room_end:
+                            if pos + need <= cap and (head + need <= self._room_end
+                                                      or head + need <= self._room_now()):
                                 try:
                                     pack = self._framers[n]
                                 except KeyError:

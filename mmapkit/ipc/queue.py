@@ -118,6 +118,7 @@ _GETS_OFF, _DONE_OFF = 64, 192
 _GWAIT_I, _DWAIT_I = 32, 64  # u32 indexes (offsets 128, 256)
 _SLICE = 0.05
 _HEAD_Q, _TAIL_Q, _PAD_WORD = fmt.HEAD_Q, fmt.TAIL_Q, fmt.PAD_WORD
+_CLEASE_I = fmt.CONSUMER_LEASE // 4
 _dumps = pickle.dumps
 _SEQ = struct.Struct("<Q")  # a message: its sequence number, then an object payload
 _MSG = fmt.QUEUE_MSG  # ...and the payload's head: the common case in one pack
@@ -174,6 +175,7 @@ class _Shared:
         self._box.append(lock_fd)
         self.state_lock = FileLock(lock_fd)
         self.closed = False
+        self.retrying = False  # get_general() is trying the one-call get again (no nesting)
         # The channel's one-call put and get (_sequenced.py) and where they hand over what
         # they cannot do in one call: to us, through a weak reference (no cycle).
         channel._seq_counters = self.q
@@ -385,8 +387,27 @@ class _Shared:
             self.gets_w.wake()
 
     def get_general(self, deadline: float | None) -> Any:
-        """get() when its one-call path missed: claim, wait, take (G1-G4), unpickle."""
+        """get() when its one-call path missed: claim, wait, take (G1-G4), unpickle.
+
+        A miss on an empty ring while the consumers' lease is ours (the common miss of one
+        consumer that keeps up with its producers) waits for a message as the general path
+        would, then tries the one-call get again: taking the message there costs ~10k
+        instructions less than the general path's claim and take (callgrind)."""
         ch = self.channel
+        if not self.retrying:
+            hdr = ch._hdr
+            tail = hdr[_TAIL_Q]
+            if hdr[_HEAD_Q] == tail and ch._hdr32[_CLEASE_I] == ch._ctoken:
+                try:
+                    ch._await_data(tail, deadline)  # queue.Empty at the deadline
+                except BrokenError:  # every producer gone: the loop below waits for new ones
+                    pass
+                else:
+                    self.retrying = True  # its own miss takes the general path below
+                    try:
+                        return ch._recv_seq(True, _remaining(deadline))
+                    finally:
+                        self.retrying = False
         blob: bytes | bytearray | None = None
         while blob is None:
             try:
