@@ -778,6 +778,12 @@ def run(report: _harness.Report, args: argparse.Namespace) -> None:
             met = "met" if m.median >= goal else "NOT MET"
             print(f"  goal {case} >= {_harness.fmt(goal)}/s: {_harness.fmt(m.median)} {met}",
                   file=sys.stderr)
+    for label, goal in ((f"{OURS} (blocking)", 20.0), (f"{OURS} (spinning)", 5.0)):
+        m = report.find("tail latency append -> seen", label)
+        if m is not None:
+            met = "met" if m.median <= goal else "NOT MET"
+            print(f"  goal tail p50 {label} <= {goal:g} us: {m.median:.2f} us {met}",
+                  file=sys.stderr)
     for m in report.measurements:
         if m.impl != OURS:
             continue
