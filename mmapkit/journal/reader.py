@@ -457,18 +457,11 @@ class Reader:
             seen = words[_I_NOTIFY]
             if self._bi < len(self._buf):
                 return True
-            seg = self._seg
-            if self._bell < 0 and seg is not None:
-                # _look_one, inline (this is the first look after a wake-up); the reader
-                # stays unarmed (_idle_n -1: a poll(timeout=0) after it looks again)
-                end = seg._w[0] & 0xFFFFFFFF  # type: ignore[index]
-                mm = seg._map
-                if self._pos < end and mm is not None and end <= len(mm):
-                    rec = _decode_one(mm, self._pos, end, self._next)
-                    if rec is not None:
-                        self._pos, self._idle_n = end, -1
-                        self._buf, self._bi = [rec], 0
-                        return True
+            if self._bell < 0:
+                rec = self._look_one()
+                if rec is not None:
+                    self._buf, self._bi = [rec], 0
+                    return True
             if self._fill():
                 return True
             remaining = None if deadline is None else deadline - time.monotonic()
