@@ -508,28 +508,27 @@ class Channel(Claims, Wake, Broadcast, InPlace):
         the end of the ring.  The caller holds the producer claim if there is one."""
         hdr, cap = self._hdr, self._cap
         head = hdr[_HEAD_Q]
-        tail = hdr[_TAIL_Q]
-        self._tail_seen = tail
-        self._room_end = tail + cap
+        room = self._room_now()  # (tail read after head)
         pos = head % cap
         if pos + need > cap:
             pad = cap - pos
-            if head + pad - tail > cap:
+            if head + pad > room:
                 return -1
             self._dq[pos >> 3] = _PAD_WORD
             head += pad
             hdr[_HEAD_Q] = head
             if self._hdr32[_CW_I]:
                 self._wake_consumers()
-        if head + need - tail > cap:
+        if head + need > room:
             return -1
         return int(head)
 
     def _room_now(self) -> int:
-        """Where the room for frames ends now (tail + capacity), remembered as _place
-        remembers it.  The lease paths call it, under the producer claim, when the room
-        they saw last is used up: with a full ring every send would otherwise take the
-        general path (a Queue put + get 49k instructions instead of 22k, callgrind)."""
+        """Where the room for frames ends now (tail + capacity), remembered for the next
+        send (``_tail_seen``, ``_room_end``).  _place calls it, and the lease paths do,
+        under the producer claim, when the room they saw last is used up: with a full
+        ring every send would otherwise take the general path (a Queue put + get 49k
+        instructions instead of 22k, callgrind)."""
         tail = self._tail_seen = self._hdr[_TAIL_Q]
         room: int = tail + self._cap
         self._room_end = room
