@@ -26,8 +26,8 @@ Design rules:
   index replaces the old file by rename; retention renames whole sealed segments to
   ``.deleted`` and unlinks them ``delete_delay_ms`` later, so a reader holding one reads on.
 - An append that woke a sleeping follower yields the CPU once (A7).  When P idles between
-  appends, the kernel wakes the follower on P's CPU (measured: 90-95% of wake-ups on a
-  2-vCPU VM; waking the other, idle vCPU costs 60-110 us there), where it waits for P to
+  appends, the kernel wakes the follower on P's CPU (measured: 90-96% of wake-ups on a
+  2-vCPU VM; waking the other, idle vCPU costs 47-111 us there), where it waits for P to
   sleep or its slice to end; the yield lets it run at once (same-CPU hand-off p50 3-7 us
   lower).  Appends that woke nobody make no syscall; one that did pays one sched_yield.
 
