@@ -23,6 +23,9 @@ Cases (every implementation runs in the same process tree, one after the other):
   against multiprocessing.Queue and SimpleQueue, faster-fifo (which pickles objects) and
   the raw Channel (send_obj/recv_obj for objects; SPSC unless there are 4 x 4).
   ``--queue`` runs only these (``mmapkit bench channel`` runs them after the rest).
+  The 1 x 1 queue cases also time a bare SPSC ring in Python (``pyring_pair``: pickle, a
+  frame, a store to head; no claim, wake-up or check): the floor of a pickling queue in
+  Python on the machine, which shows how much of a ratio the interpreter leaves.
 
 The two blocking cases also time a C futex ping-pong (built with ``cc`` when there is one):
 the floor of a blocking hand-off on the machine, which no Python channel can beat.
@@ -48,6 +51,7 @@ from . import _harness
 MSG = b"m" * 64
 OBJ = (1234567, "o" * 40)
 FLOOR = "C futex (floor)"
+PYFLOOR = "Python ring (floor)"
 MIB = 1 << 20
 
 # An implementation is a factory returning (send_side, recv_side) setup callables that are
@@ -260,6 +264,83 @@ def channel_obj_pair(capacity: int, multi: bool = False) -> tuple[Side, Side, Ca
         return ch.recv_obj, ch.close
 
     return sender, receiver, ch.close
+
+
+def pyring_pair(capacity: int) -> tuple[Side, Side, Callable[[], None]]:
+    """The floor of a pickled 1 x 1 transport in Python on this machine: a bare SPSC ring
+    in a shared anonymous mapping, each object pickled (protocol 5) into its own frame
+    (length word, pickle) and published by a store to head; the consumer busy-polls head,
+    copies the pickle out, stores tail, unpickles.  No claim, no lease, no wake-up, no
+    sequence number, no damage checks: what is left is the work every message of a
+    pickling queue in Python does (the per-message part of mmapkit.Queue's put and get,
+    without the parts that make it multi-producer, multi-consumer and crash-safe)."""
+    import mmap
+    import pickle
+    import struct
+
+    data_at = 128  # head at 0, tail at 64: each on its own cache line
+    mm = mmap.mmap(-1, data_at + capacity)  # MAP_SHARED: fork children share it
+    words = memoryview(mm).cast("Q")  # words[0] head, words[8] tail
+    skip = (1 << 64) - 1  # a length word saying "the rest of the ring is unused"
+
+    def sender() -> tuple[Callable[..., Any], Callable[[], None]]:
+        dumps = pickle.dumps
+        framers: dict[int, Callable[..., None]] = {}
+        head = 0
+
+        def send(obj: Any) -> None:
+            nonlocal head
+            body = dumps(obj, 5)
+            blen = len(body)
+            need = (blen + 15) & ~7
+            pos = head % capacity
+            if pos + need > capacity:  # no room before the end: skip to the start
+                while head + capacity - pos - words[8] > capacity:
+                    pass
+                struct.pack_into("<Q", mm, data_at + pos, skip)
+                head += capacity - pos
+                words[0] = head
+                pos = 0
+            while head + need - words[8] > capacity:  # full: wait for the consumer
+                pass
+            pack = framers.get(blen)
+            if pack is None:
+                pack = framers[blen] = struct.Struct(f"<Q{blen}s").pack_into
+            pack(mm, data_at + pos, blen, body)
+            head += need
+            words[0] = head
+
+        return send, lambda: None
+
+    def receiver() -> tuple[Callable[..., Any], Callable[[], None]]:
+        loads = pickle.loads
+        tail = 0
+        seen = 0
+
+        def recv() -> Any:
+            nonlocal tail, seen
+            while True:
+                while tail >= seen:
+                    seen = words[0]
+                pos = tail % capacity
+                blen = words[(data_at + pos) >> 3]
+                if blen == skip:
+                    tail += capacity - pos
+                    words[8] = tail
+                    continue
+                at = data_at + pos + 8
+                out = mm[at : at + blen]
+                tail += (blen + 15) & ~7
+                words[8] = tail
+                return loads(out)
+
+        return recv, lambda: None
+
+    def close() -> None:
+        words.release()
+        mm.close()
+
+    return sender, receiver, close
 
 
 # --- drivers --------------------------------------------------------------------------
@@ -613,6 +694,11 @@ def run_queue(report: _harness.Report, args: argparse.Namespace, have: set[str],
             measure(case, "faster-fifo",
                     lambda msg=msg, kw=kw: throughput(fifo_pair(cap), n // 4, msg, **kw),
                     "msgs/s")
+            if p == 1 and _harness.wanted(args, PYFLOOR):
+                report.add(case, PYFLOOR, [throughput(pyring_pair(cap), n, msg)
+                                           for _ in range(args.repeat)], "msgs/s",
+                           note="pickle through a bare SPSC ring in Python, no claim: "
+                                "the most a pickling queue in Python moves here")
             report.target(case, "multiprocessing.Queue", ">=", 5.0 if p == 1 else 4.0)
 
 
