@@ -528,3 +528,26 @@ def test_put_and_get_without_maxsize_are_the_channels_one_call_methods() -> None
     c.put("a")
     assert Counting.puts == 1 and "put" not in vars(c) and c.get() == "a"
     c.close()
+
+
+def test_full_shared_memory_raises_disk_full_and_leaves_nothing(
+        tmpfs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """/dev/shm full (here a 256 KiB tmpfs in its place): Queue() raises DiskFullError,
+    which says what to do, and leaves no file or directory behind; a ring that fits
+    still works there."""
+    from mmapkit.errors import DiskFullError
+    from mmapkit.ipc import queue as queue_module
+
+    monkeypatch.setattr(queue_module, "_shm_dir", lambda: str(tmpfs))
+    for cls in (Queue, SimpleQueue, JoinableQueue):
+        with pytest.raises(DiskFullError) as raised:
+            cls(capacity=4 << 20)
+        assert str(tmpfs) in str(raised.value) and "capacity=" in str(raised.value)
+        assert list(tmpfs.iterdir()) == []
+    q = Queue(capacity=64 << 10)
+    try:
+        q.put(("fits", 1))
+        assert q.get(timeout=5) == ("fits", 1)
+    finally:
+        q.close()
+    assert list(tmpfs.iterdir()) == []

@@ -97,7 +97,7 @@ import weakref
 from typing import Any
 
 from .. import _platform
-from ..errors import BrokenError, CorruptFileError, MessageTooLargeError
+from ..errors import BrokenError, CorruptFileError, DiskFullError, MessageTooLargeError
 from ..lock import FileLock
 from ..region import Region
 from ..wait import Waiter
@@ -199,6 +199,14 @@ class _Shared:
             fds.append(os.open(state, os.O_RDWR | os.O_CREAT | os.O_EXCL | cloexec, 0o600))
             _platform.ensure_allocated(fds[2], _STATE_SIZE)
             return cls(channel, fds[0], fds[1], fds[2])
+        except DiskFullError as exc:  # say where, and what to do, in a Queue's words
+            _close_all(fds)
+            if channel is not None:
+                channel.close()
+            raise DiskFullError(
+                exc.errno, f"no room left in {os.path.dirname(directory)} for a queue of "
+                f"{capacity} bytes: free shared memory there (other queues, or files "
+                "left in it), or create the Queue with a smaller capacity=") from exc
         except BaseException:
             _close_all(fds)
             if channel is not None:
