@@ -391,6 +391,50 @@ def test_objects_and_numpy_without_extra_copy() -> None:
             ch.recv_obj()
 
 
+@pytest.mark.parametrize("multi", [False, True])
+def test_send_obj_writes_the_object_payload_of_the_codec_on_each_path(multi: bool) -> None:
+    """send_obj's paths (a small pickle framed into bytes and sent by send(); a pickle
+    longer than SMALL_OBJ written in place; an object with an out-of-band buffer pickled
+    again, collecting it) put in the ring exactly what _format.write_obj writes, and
+    recv_obj gives each object back."""
+    from mmapkit.ipc import _format as fmt
+    from mmapkit.ipc._inplace import SMALL_OBJ
+
+    small = (1234567, "o" * 40)
+    # pickles of exactly SMALL_OBJ bytes and of one more: the two sides of the boundary
+    edge, past = (next(b"e" * k for k in range(size - 64, size)
+                       if len(pickle.dumps(b"e" * k, 5)) == size)
+                  for size in (SMALL_OBJ, SMALL_OBJ + 1))
+    large = "L" * (3 * SMALL_OBJ)
+    oob = pickle.PickleBuffer(bytearray(b"out of band" * 50))
+    with Channel.anonymous(1 << 20, multi_producer=multi, multi_consumer=multi) as ch:
+        for obj in (small, edge, past, large, oob):
+            buffers: list[pickle.PickleBuffer] = []
+            body = pickle.dumps(obj, 5, buffer_callback=buffers.append)
+            raws = fmt.pickle_buffers(buffers)
+            want = bytearray(fmt.obj_size(len(body), raws))
+            fmt.write_obj(want, 0, body, raws)
+            ch.send_obj(obj)
+            assert ch.recv() == bytes(want)
+            ch.send_obj(obj)
+            got = ch.recv_obj()
+            if obj is oob:
+                assert bytes(got) == bytes(oob.raw())
+            else:
+                assert got == obj
+
+
+def test_send_obj_too_large_for_the_ring_says_so_on_each_path() -> None:
+    """A small pickle still longer than the ring is refused by send(), a long one by the
+    in-place path: MessageTooLargeError either way, and the channel carries on."""
+    with Channel.anonymous(1024) as ch:
+        for obj in ("s" * 2000, "L" * 10_000):
+            with pytest.raises(MessageTooLargeError):
+                ch.send_obj(obj)
+        ch.send_obj(("fits", 1))
+        assert ch.recv_obj() == ("fits", 1)
+
+
 # --- doorbell and asyncio -------------------------------------------------------------
 
 

@@ -51,6 +51,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _format as fmt
+from ._inplace import HasBuffers, no_buffers
 from .channel import Channel
 
 __all__ = ["SEQ_FRAMED_MAX", "HasBuffers", "SequencedChannel", "no_buffers"]
@@ -69,15 +70,6 @@ _PADDED = "<QQ8xQ"
 assert struct.Struct(_PADDED).pack(29, 7, 5) == _HEAD.pack(29, 7, 0, 0, 5)
 SEQ_FRAMED_MAX = 1024  # pickles up to this long are framed by one cached Struct per length
 _dumps, _loads = pickle.dumps, pickle.loads
-
-
-class HasBuffers(Exception):
-    """Step P1 met an out-of-band buffer: pickle the object again, collecting them."""
-
-
-def no_buffers(buffer: pickle.PickleBuffer) -> None:
-    """The buffer_callback of the common P1 (see the top comment)."""
-    raise HasBuffers
 
 
 class SequencedChannel(Channel):
