@@ -424,6 +424,62 @@ def test_send_obj_writes_the_object_payload_of_the_codec_on_each_path(multi: boo
                 assert got == obj
 
 
+@pytest.mark.parametrize("multi", [False, True])
+def test_recv_obj_takes_each_kind_of_message_on_its_path(multi: bool) -> None:
+    """recv_obj through every change of path (small objects by recv(); arrays, once one
+    was seen, by _recv_with), arrays writable, and a message that is no object payload
+    refused with the ValueError that says to use recv(), whatever came before it."""
+    np = pytest.importorskip("numpy")
+    arr = np.arange(1000, dtype=np.int64)
+    sequence: list[object] = [("a", 1), {"arr": arr}, {"arr": arr * 2}, ("b", 2), ("c", 3),
+                              {"arr": arr * 3}, ("d", 4), {"arr": arr * 4}, {"arr": arr * 5}]
+    with Channel.anonymous(1 << 20, multi_producer=multi, multi_consumer=multi) as ch:
+        for obj in sequence:
+            ch.send_obj(obj)
+        for obj in sequence:
+            got = ch.recv_obj()
+            if isinstance(obj, dict):
+                assert isinstance(got, dict) and np.array_equal(got["arr"], obj["arr"])
+                assert got["arr"].flags.writeable
+                got["arr"][0] = -1  # (a view of the receiver's own copy, not the ring)
+            else:
+                assert got == obj
+        for before in (("small", 0), {"arr": arr}):
+            ch.send_obj(before)
+            ch.recv_obj()
+            ch.send(b"not an object")
+            with pytest.raises(ValueError, match="recv"):
+                ch.recv_obj()
+            ch.send(b"x" * 40)  # long enough for a head, but its counts are wrong
+            with pytest.raises(ValueError, match="recv"):
+                ch.recv_obj()
+
+
+def test_recv_obj_copies_a_stream_of_arrays_once_each() -> None:
+    """After the first array of a stream, each array is copied once on the way out (one
+    bytearray): traced peak memory of a receive stays near one array, not two."""
+    np = pytest.importorskip("numpy")
+    import tracemalloc
+
+    arr = np.ones(2 << 20, dtype=np.uint8)  # 2 MiB
+    with Channel.anonymous(16 << 20) as ch:
+        peaks = []
+        for _ in range(4):
+            ch.send_obj(arr)
+        tracemalloc.start()
+        try:
+            for _ in range(4):
+                tracemalloc.reset_peak()
+                base = tracemalloc.get_traced_memory()[0]
+                got = ch.recv_obj()
+                peaks.append(tracemalloc.get_traced_memory()[1] - base)
+                assert got.nbytes == arr.nbytes and got.flags.writeable
+                del got
+        finally:
+            tracemalloc.stop()
+    assert all(p < 1.5 * arr.nbytes for p in peaks[1:]), peaks
+
+
 def test_send_obj_too_large_for_the_ring_says_so_on_each_path() -> None:
     """A small pickle still longer than the ring is refused by send(), a long one by the
     in-place path: MessageTooLargeError either way, and the channel carries on."""

@@ -175,6 +175,34 @@ def test_numpy_arrays_travel_out_of_band() -> None:
     assert q.get()[0] == 0.0
 
 
+def test_numpy_array_is_copied_once_on_the_way_out() -> None:
+    """get() of an array makes one copy of it (a bytearray the array is a view of), not
+    two: traced peak memory of each get stays near one array."""
+    np = pytest.importorskip("numpy")
+    import tracemalloc
+
+    a = np.ones(2 << 20, dtype=np.uint8)  # 2 MiB
+    q = Queue(capacity=16 << 20)
+    try:
+        for _ in range(3):
+            q.put(a)
+        peaks = []
+        tracemalloc.start()
+        try:
+            for _ in range(3):
+                tracemalloc.reset_peak()
+                base = tracemalloc.get_traced_memory()[0]
+                got = q.get()
+                peaks.append(tracemalloc.get_traced_memory()[1] - base)
+                assert got.nbytes == a.nbytes and got.flags.writeable
+                del got
+        finally:
+            tracemalloc.stop()
+    finally:
+        q.close()
+    assert all(p < 1.5 * a.nbytes for p in peaks), peaks
+
+
 def test_pickle_buffer_is_not_serialised_in_band() -> None:
     q = Queue(capacity=1 << 20)
     payload = bytearray(range(256)) * 1000

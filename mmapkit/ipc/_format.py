@@ -96,6 +96,7 @@ __all__ = [
     "Header",
     "check_positions",
     "copy_obj",
+    "copy_out",
     "decode_frame",
     "decode_header",
     "encode_frame",
@@ -415,4 +416,11 @@ def copy_obj(mapping: Any, at: int, n: int) -> bytes | bytearray:
         if count == 0 and body_len <= n - _OBJ_HEAD_SIZE:
             body: bytes = mapping[at + _OBJ_HEAD_SIZE : at + _OBJ_HEAD_SIZE + body_len]
             return body
-    return bytearray(mapping[at : at + n])
+    return copy_out(mapping, at, n)
+
+
+def copy_out(mapping: Any, at: int, n: int) -> bytearray:
+    """``n`` bytes at ``at`` of ``mapping`` in a new bytearray, copied once (slicing an
+    mmap makes bytes first: a second copy of what may be a large array)."""
+    with memoryview(mapping) as whole, whole[at : at + n] as part:
+        return bytearray(part)

@@ -125,6 +125,7 @@ class State:
         "_mc",
         "_mm",
         "_mp",
+        "_obj_look",
         "_path",
         "_pbusy",
         "_pclaim",
@@ -223,6 +224,7 @@ class State:
     _lease_send_limit: int  # max_message while the lease's send path may run, else -1
     _lease_recv: bool  # the lease's receive path may run (attached, consumer lease)
     _readable_end: int
+    _obj_look: bool  # recv_obj looks at the buffer count first (_inplace.py)
     # The lease's one-call paths' copies of the positions (channel.py, _claims.py):
     _head_mine: int  # head as our last one-call send stored it, while the lease stayed
     #                  ours since (-1: unknown; every other claim and steal clears it)

@@ -275,6 +275,7 @@ class Channel(Claims, Wake, Broadcast, InPlace):
         # Consumer: frames below this position are published (head at its last look) and
         # do not cross the end of the ring; one comparison checks a frame against both.
         self._readable_end = 0
+        self._obj_look = False  # recv_obj: the last object had no out-of-band buffer
         self._head_mine = self._tail_mine = -1  # the lease's one-call paths' copies of
         self._head_seen = 0  # head and tail (see _state.py and _claims.py)
         self._tail_seen = 0  # producer's last look at tail: room above it is free

@@ -378,7 +378,7 @@ class _Shared:
             q[_GETS_Q] = seq + 1
         if count == 0 and blen <= n - _MSG.size:
             return mapping[at + _MSG.size : at + _MSG.size + blen]
-        return bytearray(mapping[at : at + n])
+        return fmt.copy_out(mapping, at, n)
 
     def get(self, deadline: float | None) -> Any:
         """Steps G1-G4 and the unpickling (after the claim is let go)."""
