@@ -16,7 +16,10 @@ Design rules:
   arrays, PickleBuffer) are written straight into the ring, one copy, and come out as
   views of the receiver's one copy.
 - ``recv_obj`` takes the common message (no out-of-band buffer) by ``recv()``'s one-call
-  path and unpickles the pickle cut from those bytes (one copy).  A message with buffers
+  path and unpickles the pickle in those bytes (sliced out up to 4 KiB: cheaper than a
+  memoryview; in place beyond).  With the send side above, a 1 x 1 send_obj + recv_obj
+  of that tuple went from 41.2k to 25.7k instructions (MPMC 45.9k to 29.9k).  A message
+  with buffers
   needs a writable copy, a bytearray, which recv()'s bytes are not: while the last object
   the handle received had buffers, it first looks at the buffer count of the message at
   tail and, when there are, takes it by ``_recv_with`` into a bytearray (one copy);
