@@ -11,6 +11,7 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -114,6 +115,27 @@ def exit_code(pid: int) -> int:
     """Wait for child ``pid``; its exit code (negative: the signal that killed it)."""
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
+
+
+def receive_peaks(receive: Callable[[], object], count: int, nbytes: int) -> list[int]:
+    """Traced peak memory (bytes above what was traced before) of each of ``count`` calls
+    of ``receive``, each returning a writable array of ``nbytes`` bytes: how many copies
+    of the array the receive made."""
+    import tracemalloc
+
+    peaks = []
+    tracemalloc.start()
+    try:
+        for _ in range(count):
+            tracemalloc.reset_peak()
+            base = tracemalloc.get_traced_memory()[0]
+            got: Any = receive()
+            peaks.append(tracemalloc.get_traced_memory()[1] - base)
+            assert got.nbytes == nbytes and got.flags.writeable
+            del got
+    finally:
+        tracemalloc.stop()
+    return peaks
 
 
 @contextlib.contextmanager

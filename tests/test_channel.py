@@ -14,7 +14,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from conftest import exit_code, fork_child, spawn
+from conftest import exit_code, fork_child, receive_peaks, spawn
 
 from mmapkit.errors import (
     BrokenError,
@@ -459,24 +459,11 @@ def test_recv_obj_copies_a_stream_of_arrays_once_each() -> None:
     """After the first array of a stream, each array is copied once on the way out (one
     bytearray): traced peak memory of a receive stays near one array, not two."""
     np = pytest.importorskip("numpy")
-    import tracemalloc
-
     arr = np.ones(2 << 20, dtype=np.uint8)  # 2 MiB
     with Channel.anonymous(16 << 20) as ch:
-        peaks = []
         for _ in range(4):
             ch.send_obj(arr)
-        tracemalloc.start()
-        try:
-            for _ in range(4):
-                tracemalloc.reset_peak()
-                base = tracemalloc.get_traced_memory()[0]
-                got = ch.recv_obj()
-                peaks.append(tracemalloc.get_traced_memory()[1] - base)
-                assert got.nbytes == arr.nbytes and got.flags.writeable
-                del got
-        finally:
-            tracemalloc.stop()
+        peaks = receive_peaks(ch.recv_obj, 4, arr.nbytes)
     assert all(p < 1.5 * arr.nbytes for p in peaks[1:]), peaks
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from _queue_children import pool_init, round_trip
-from conftest import exit_code, fork_child, run_py
+from conftest import exit_code, fork_child, receive_peaks, run_py
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -179,25 +179,12 @@ def test_numpy_array_is_copied_once_on_the_way_out() -> None:
     """get() of an array makes one copy of it (a bytearray the array is a view of), not
     two: traced peak memory of each get stays near one array."""
     np = pytest.importorskip("numpy")
-    import tracemalloc
-
     a = np.ones(2 << 20, dtype=np.uint8)  # 2 MiB
     q = Queue(capacity=16 << 20)
     try:
         for _ in range(3):
             q.put(a)
-        peaks = []
-        tracemalloc.start()
-        try:
-            for _ in range(3):
-                tracemalloc.reset_peak()
-                base = tracemalloc.get_traced_memory()[0]
-                got = q.get()
-                peaks.append(tracemalloc.get_traced_memory()[1] - base)
-                assert got.nbytes == a.nbytes and got.flags.writeable
-                del got
-        finally:
-            tracemalloc.stop()
+        peaks = receive_peaks(q.get, 3, a.nbytes)
     finally:
         q.close()
     assert all(p < 1.5 * a.nbytes for p in peaks), peaks
