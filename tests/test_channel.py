@@ -7,6 +7,7 @@ import os
 import pickle
 import queue
 import random
+import select
 import signal
 import struct
 import time
@@ -465,6 +466,43 @@ def test_recv_obj_copies_a_stream_of_arrays_once_each() -> None:
             ch.send_obj(arr)
         peaks = receive_peaks(ch.recv_obj, 4, arr.nbytes)
     assert all(p < 1.5 * arr.nbytes for p in peaks[1:]), peaks
+
+
+def test_recv_obj_after_an_array_in_a_fork_child_and_after_close(tmp_path: Path) -> None:
+    """The handle remembers that its last object had buffers (recv_obj then looks at tail
+    first, and waits there as a consumer); a fork child (no slot yet) and a closed handle
+    start without that: the child waits as any consumer (BrokenError while no producer
+    is left, then the next array), and the closed handle raises what recv() raises."""
+    np = pytest.importorskip("numpy")
+    arr = np.arange(1000, dtype=np.int64)
+    ch = Channel.create(tmp_path / "c", capacity=1 << 20)
+    ch.send_obj(arr)
+    assert np.array_equal(ch.recv_obj(), arr)
+    go_r, go_w = os.pipe()
+    ready_r, ready_w = os.pipe()
+
+    def child() -> None:
+        os.read(go_r, 1)  # the parent closed its handle: no producer, no consumer
+        try:
+            with pytest.raises(BrokenError):
+                ch.recv_obj(timeout=10)
+        finally:
+            os.write(ready_w, b"r")  # (a failure here fails the test; it never hangs it)
+        assert np.array_equal(ch.recv_obj(timeout=30), arr * 2)
+
+    pid = fork_child(child)
+    ch.close()
+    with pytest.raises(Exception) as by_recv:
+        ch.recv()
+    with pytest.raises(type(by_recv.value)):
+        ch.recv_obj()
+    os.write(go_w, b"g")
+    assert select.select([ready_r], [], [], 30)[0], "the child never got past its wait"
+    with Channel.open(tmp_path / "c") as sender:
+        sender.send_obj(arr * 2)
+        assert exit_code(pid) == 0
+    for fd in (go_r, go_w, ready_r, ready_w):
+        os.close(fd)
 
 
 def test_send_obj_too_large_for_the_ring_says_so_on_each_path() -> None:

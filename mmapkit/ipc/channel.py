@@ -404,6 +404,7 @@ class Channel(Claims, Wake, Broadcast, InPlace):
         self._send_limit = -1
         self._lease_send_limit = -1
         self._lease_recv = False
+        self._obj_look = False  # (its look waits as a consumer, which needs a slot)
 
     # --- properties -------------------------------------------------------------------
 
