@@ -14,28 +14,29 @@ Design rules:
 - Objects (``send_obj``/``recv_obj``) travel by pickle protocol 5 in the object payload
   of ``_format.py`` (``write_obj``/``read_obj``/``copy_obj``): out-of-band buffers (numpy
   arrays, PickleBuffer) are written straight into the ring, one copy, and come out as
-  views of the receiver's one copy.
+  views of the receiver's one copy (but see recv_obj below).
+- ``send_obj`` frames a small object without out-of-band buffers (a pickle of at most
+  ``SMALL_OBJ`` bytes: most messages) into bytes, the object head and the pickle, and
+  sends it by ``send()``'s one-call path; the extra copy of up to 4 KiB costs less than
+  ``_send_with``'s closure and general claim.  Pickling first passes ``no_buffers``,
+  which stops at the first out-of-band buffer (a fixed callback costs less than a new
+  list and its bound append); such an object is pickled again, collecting them (its
+  __reduce__ methods up to that buffer run twice).
 - ``recv_obj`` takes the common message (no out-of-band buffer) by ``recv()``'s one-call
-  path and unpickles the pickle in those bytes (sliced out up to 4 KiB: cheaper than a
-  memoryview; in place beyond).  With the send side above, a 1 x 1 send_obj + recv_obj
-  of that tuple went from 41.2k to 25.7k instructions (MPMC 45.9k to 29.9k).  A message
-  with buffers
-  needs a writable copy, a bytearray, which recv()'s bytes are not: while the last object
-  the handle received had buffers, it first looks at the buffer count of the message at
-  tail and, when there are, takes it by ``_recv_with`` into a bytearray (one copy);
-  otherwise such a message comes by recv() and is copied once more.  So a stream of arrays
-  pays a second copy on its first array only, and a stream of small objects pays no look
-  (~260 ns a message; in 4 x 4 on 2 vCPUs a look on every message cost 17%, 556k against
-  669k msgs/s, and waiting there, outside the claim, had every consumer spinning).  One
+  path and unpickles the pickle in those bytes (sliced out up to 4 KiB, which is cheaper
+  than a memoryview; in place beyond).  A message with buffers needs a writable copy, a
+  bytearray, which recv()'s bytes are not: while the last object the handle received
+  had buffers, it first looks at the buffer count of the message at tail and, when
+  there are, takes it by ``_recv_with`` into a bytearray (one copy); otherwise such a
+  message comes by recv() and is copied once more.  So a stream of arrays pays a second
+  copy on its first array only, and a stream of small objects pays no look (~260 ns a
+  message; in 4 x 4 on 2 vCPUs a look on every message cost 17%, 556k against 669k
+  msgs/s, and waiting there, outside the claim, had every consumer spinning).  One
   consumer waits in the look while the ring is empty; several wait in recv()'s claim.
-- A small object without out-of-band buffers (a pickle of at most ``SMALL_OBJ`` bytes:
-  most messages) is framed into bytes, the object head and the pickle, and sent by
-  ``send()``'s one-call path: callgrind, a 1 x 1 send_obj + recv_obj of a tuple of an int
-  and a 40-char str 41.2k -> 27.9k instructions (MPMC 45.9k -> 33.6k); the extra copy of
-  up to 4 KiB costs less than ``_send_with``'s closure and general claim.  Pickling first
-  passes ``no_buffers``, which stops at the first out-of-band buffer (a fixed callback
-  costs less than a new list and its bound append); such an object is pickled again,
-  collecting them (its __reduce__ methods up to that buffer run twice).
+  A fork child and a closed handle start without the look (it waits as a consumer).
+- Both sides together, callgrind, a send_obj + recv_obj of a tuple of an int and a
+  40-char str in one process: 41.2k -> 25.7k instructions (MPMC 45.9k -> 29.9k); in
+  two processes 408k -> 812k msgs/s (4 x 4: 369k -> 650k).
 - A broadcast channel has no in-place paths: its producer may overwrite a frame a
   subscriber is looking at, and subscribers share no claim with it.  Its objects are
   framed in a bytearray and sent by copy.
@@ -224,7 +225,8 @@ class InPlace(State):
 
     def send_obj(self, obj: Any, timeout: float | None = None) -> None:
         """Send a picklable object (pickle protocol 5).  Out-of-band buffers (numpy arrays,
-        PickleBuffer) are copied straight into the ring: one copy, no intermediate bytes."""
+        PickleBuffer) are copied straight into the ring: one copy, no intermediate bytes.
+        A small object without them goes as one message by send() (see the top comment)."""
         import pickle
 
         try:

@@ -199,18 +199,15 @@ class _Shared:
             fds.append(os.open(state, os.O_RDWR | os.O_CREAT | os.O_EXCL | cloexec, 0o600))
             _platform.ensure_allocated(fds[2], _STATE_SIZE)
             return cls(channel, fds[0], fds[1], fds[2])
-        except DiskFullError as exc:  # say where, and what to do, in a Queue's words
+        except BaseException as exc:
             _close_all(fds)
             if channel is not None:
                 channel.close()
-            raise DiskFullError(
-                exc.errno, f"no room left in {os.path.dirname(directory)} for a queue of "
-                f"{capacity} bytes: free shared memory there (other queues, or files "
-                "left in it), or create the Queue with a smaller capacity=") from exc
-        except BaseException:
-            _close_all(fds)
-            if channel is not None:
-                channel.close()
+            if isinstance(exc, DiskFullError):  # say where, and what to do, in our words
+                raise DiskFullError(
+                    exc.errno, f"no room left in {os.path.dirname(directory)} for a queue "
+                    f"of {capacity} bytes: free shared memory there (other queues, or "
+                    "files left in it), or create the Queue with a smaller capacity=") from exc
             raise
         finally:
             if channel is not None:
