@@ -44,6 +44,7 @@ if sys.platform == "win32":  # pragma: no cover - refused by design
 
 __all__ = [
     "ADVICE",
+    "FUTEX_WAKE_ALL",
     "HAVE_FUTEX",
     "HAVE_OFD_LOCKS",
     "HAVE_POPULATE",
@@ -96,6 +97,7 @@ _FUTEX_SYSCALL = {"x86_64": 202, "aarch64": 98, "arm64": 98, "riscv64": 98, "ppc
 HAVE_FUTEX = IS_LINUX and _MACHINE in _FUTEX_SYSCALL
 _FUTEX_WAIT = 0  # no FUTEX_PRIVATE_FLAG: the word is shared between processes
 _FUTEX_WAKE = 1
+FUTEX_WAKE_ALL = 0x7FFFFFFF  # a wake count meaning every sleeper (INT_MAX)
 # CPUs whose plain aligned stores are seen by other cores in program order (TSO): there a
 # store of a 64-bit position after the stores of the bytes it covers publishes them.
 IS_TSO = _MACHINE.lower() in ("x86_64", "amd64", "i386", "i686")
@@ -315,10 +317,10 @@ def futex_waker(address: int) -> Callable[[int], int]:
 
     call = _raw_syscall(True)
     nr, addr, op = ctypes.c_long(_FUTEX_NR), ctypes.c_void_p(address), ctypes.c_int(_FUTEX_WAKE)
-    one, every = ctypes.c_int(1), ctypes.c_int(0x7FFFFFFF)
+    one, every = ctypes.c_int(1), ctypes.c_int(FUTEX_WAKE_ALL)
 
     def wake(count: int) -> int:
-        arg = one if count == 1 else every if count >= 0x7FFFFFFF else ctypes.c_int(count)
+        arg = one if count == 1 else every if count >= FUTEX_WAKE_ALL else ctypes.c_int(count)
         rc: int = call(nr, addr, op, arg)
         # The fast call saves no errno (saving it costs ~60 ns a wake); a failure, which
         # does not happen in practice, is repeated through the call that does, to say why.

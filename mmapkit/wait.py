@@ -30,10 +30,10 @@ from . import _platform
 from .errors import AlignmentError, OutOfRangeError, UnsupportedPlatformError
 from .region import Region
 
-__all__ = ["Waiter"]
+__all__ = ["WAKE_ALL", "Waiter"]
 
 _FIFO_RECHECK = 0.05
-_WAKE_ALL = 0x7FFFFFFF
+WAKE_ALL = _platform.FUTEX_WAKE_ALL  # wake(WAKE_ALL), waker(WAKE_ALL): every sleeper
 
 
 class Waiter:
@@ -191,7 +191,7 @@ class Waiter:
     def wake(self, n: int | None = None) -> int:
         """Wake up to ``n`` sleepers (all when ``None``).  Returns how many were woken
         (the FIFO backend cannot tell and returns how many doorbell bytes it wrote)."""
-        count = _WAKE_ALL if n is None else n
+        count = WAKE_ALL if n is None else n
         if self._wake_word is not None:
             return self._wake_word(count)
         assert self._fifo is not None

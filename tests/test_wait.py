@@ -9,6 +9,7 @@ import pytest
 from conftest import spawn
 
 from mmapkit import AlignmentError, OutOfRangeError, Region, Waiter, _platform
+from mmapkit.wait import WAKE_ALL
 
 BACKENDS = ["fifo"] + (["futex"] if _platform.HAVE_FUTEX else [])
 
@@ -86,7 +87,7 @@ def test_sleeper_and_waker_are_one_sleep_and_one_wake(backend):
                 os._exit(code)
         time.sleep(0.2)
         w.store(7)
-        assert wake(0x7FFFFFFF) >= (1 if backend == "futex" else 0)
+        assert wake(WAKE_ALL) >= (1 if backend == "futex" else 0)
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
         w.close()

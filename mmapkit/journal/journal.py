@@ -224,7 +224,7 @@ from ..errors import (
 from ..kv._writelock import WriterLock
 from ..kv.codec import LOCK_READY as _LOCK_READY
 from ..region import Region
-from ..wait import Waiter
+from ..wait import WAKE_ALL, Waiter
 from . import _format as F
 from .index import SparseIndex, index_paths
 from .segment import ActiveSegment, Segment, list_segments
@@ -291,7 +291,6 @@ _crc32 = F.crc32  # (zlib's values; ISA-L's speed where the isal extra is instal
 _I_INTERVAL = F.OFF_INDEX_INTERVAL // 4
 _I_NOTIFY = F.OFF_NOTIFY // 4
 _I_WAITERS = F.OFF_WAITERS // 4
-_WAKE_ALL = 0x7FFFFFFF
 _I_BELLS = F.OFF_BELLS // 4
 _I_BELL0 = F.OFF_BELL_SLOTS // 8
 
@@ -655,7 +654,7 @@ class Journal:
                     tlock.release()
                 self._appended += 1
                 if rare:  # (A7 after L, inline: a sleeping reader waits for every step)
-                    if rare & 1 and (self._wake or self._make_wake())(_WAKE_ALL):
+                    if rare & 1 and (self._wake or self._make_wake())(WAKE_ALL):
                         os.sched_yield()  # A7: a follower woken on this CPU runs now
                     if rare & 2:
                         self._ring_bells()
@@ -790,7 +789,7 @@ class Journal:
         self._appended += count
         if PAUSES:
             pause("journal.append.published")
-        if wake and (self._wake or self._make_wake())(_WAKE_ALL):
+        if wake and (self._wake or self._make_wake())(WAKE_ALL):
             os.sched_yield()  # A7: a follower woken on this CPU runs now
         if bells:
             self._ring_bells()
