@@ -63,8 +63,20 @@ _copy_obj = fmt.copy_obj
 _OBJ_HEAD = fmt.OBJ_HEAD
 _OBJ_HEAD_SIZE = _OBJ_HEAD.size
 SMALL_OBJ = 4096  # a pickle up to this long (no out-of-band buffer) goes by send()
-# ...as the object head and the pickle, which is the whole object payload then:
-assert fmt.obj_size(SMALL_OBJ, []) == _OBJ_HEAD.size + SMALL_OBJ
+
+
+def _fast_paths_spell_the_codec() -> bool:
+    """The format as send_obj and recv_obj's look spell it inline, against _format.py."""
+    payload = bytearray(fmt.obj_size(3, []))
+    fmt.write_obj(payload, 0, b"abc", [])
+    head = fmt.FRAME.pack(5, fmt.KIND_DATA) + _OBJ_HEAD.pack(7, 0, 9)
+    return (_OBJ_HEAD.pack(0, 0, 3) + b"abc" == payload  # send_obj: head + pickle
+            and fmt.PAD_WORD > 0xFFFFFFFF  # the look: a PAD's length word has high bits,
+            and int.from_bytes(head[:8], "little") == 5  # a data frame's is its length,
+            and int.from_bytes(head[8:16], "little") & 0xFFFFFFFF == 7)  # the count
+
+
+assert _fast_paths_spell_the_codec()
 
 
 class HasBuffers(Exception):

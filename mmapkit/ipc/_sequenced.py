@@ -37,10 +37,11 @@ Design rules:
   the two stores of either side leaves what queue.py's table says it may (a PUTS gap; a
   message consumed again).
 - Pickling (P1) passes a ``buffer_callback`` that raises at the first out-of-band buffer
-  (``_no_buffers``): most objects have none, and a fixed callback costs a third of what
-  a new list and its bound append cost per put (~650 of ~28k instructions a put+get); an
-  object that has one (a numpy array) stops the pickler there, and the miss hook pickles
-  it again, collecting them (its __reduce__ methods up to that buffer run twice).
+  (``no_buffers``, _inplace.py's, which Channel.send_obj uses too): most objects have
+  none, and a fixed callback costs a third of what a new list and its bound append cost
+  per put (~650 of ~28k instructions a put+get); an object that has one (a numpy array)
+  stops the pickler there, and the miss hook pickles it again, collecting them (its
+  __reduce__ methods up to that buffer run twice).
 """
 
 from __future__ import annotations
